@@ -1,0 +1,242 @@
+//! Plain-old-data types shared by the kernel programs (`agent-ebpf`) and the
+//! userspace agent: ring-buffer records, map keys and values, and the limits both
+//! sides must agree on. Every type is `#[repr(C)]` with fixed-width fields and
+//! explicit padding, and its size is asserted, so the two sides can never drift.
+#![no_std]
+#![deny(unsafe_code)]
+
+use core::mem::size_of;
+
+/// Bytes of payload carried by one ring-buffer record. Larger `SSL_*` calls are
+/// split into consecutive chunks of this size.
+pub const CHUNK_SIZE: usize = 16 * 1024;
+/// Most chunks one `SSL_*` call may emit (64 MiB). Beyond this, the rest is
+/// counted as dropped under [`DropReason::ChunkCap`] and the call is flagged.
+pub const MAX_CHUNKS_PER_CALL: u32 = 4096;
+/// Bytes of SNI kept from `SSL_ctrl(SSL_CTRL_SET_TLSEXT_HOSTNAME)`.
+pub const SNI_LEN: usize = 256;
+/// Size of the ring buffer shared by all probes.
+pub const RING_BUFFER_BYTES: u32 = 64 * 1024 * 1024;
+
+/// What a ring-buffer record is. The first field of every record.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A [`DataEvent`]: plaintext passed to or returned by `SSL_write*`/`SSL_read*`.
+    Data = 1,
+    /// An [`SniEvent`]: the host name a client set on an `SSL` object.
+    Sni = 2,
+    /// An [`ExecEvent`]: a traced process called `execve`.
+    Exec = 3,
+    /// A [`ConnectEvent`]: a traced thread's `connect()` returned.
+    Connect = 4,
+}
+
+impl EventKind {
+    /// Decodes the wire value; `None` for anything this build does not know.
+    pub fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Data),
+            2 => Some(Self::Sni),
+            3 => Some(Self::Exec),
+            4 => Some(Self::Connect),
+            _ => None,
+        }
+    }
+}
+
+/// Which way plaintext went through the TLS library.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// `SSL_write*`: the process sent it.
+    Write = 1,
+    /// `SSL_read*`: the process received it.
+    Read = 2,
+}
+
+impl Direction {
+    /// Decodes the wire value.
+    pub fn from_u32(value: u32) -> Option<Self> {
+        match value {
+            1 => Some(Self::Write),
+            2 => Some(Self::Read),
+            _ => None,
+        }
+    }
+}
+
+/// Why a kernel event could not be delivered; the index into the `DROP_COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// `bpf_ringbuf_reserve` failed: userspace fell behind.
+    RingFull = 0,
+    /// `bpf_probe_read_user` failed: the buffer was not readable.
+    CopyFailed = 1,
+    /// The call was larger than [`MAX_CHUNKS_PER_CALL`] chunks.
+    ChunkCap = 2,
+    /// A return probe found no matching entry (the per-thread map was full).
+    MissingEntry = 3,
+}
+
+impl DropReason {
+    /// Every reason, in counter-index order.
+    pub const ALL: [Self; 4] = [
+        Self::RingFull,
+        Self::CopyFailed,
+        Self::ChunkCap,
+        Self::MissingEntry,
+    ];
+
+    /// A short name for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::RingFull => "ring_full",
+            Self::CopyFailed => "copy_failed",
+            Self::ChunkCap => "chunk_cap",
+            Self::MissingEntry => "missing_entry",
+        }
+    }
+}
+
+/// Number of [`DropReason`] values: the length of the per-CPU drop counter array.
+#[expect(clippy::cast_possible_truncation, reason = "a handful of reasons")]
+pub const DROP_REASONS: u32 = DropReason::ALL.len() as u32;
+
+/// Fields every record starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct EventHeader {
+    /// An [`EventKind`].
+    pub kind: u32,
+    /// Thread group id (the userspace pid).
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Explicit padding.
+    pub pad: u32,
+    /// `bpf_ktime_get_ns()`: `CLOCK_MONOTONIC` nanoseconds.
+    pub timestamp_ns: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 24);
+
+/// One chunk of plaintext from one `SSL_*` call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    /// `kind` is [`EventKind::Data`]; the timestamp is when the call returned.
+    pub header: EventHeader,
+    /// The `SSL *` the call was made on: the connection's identity.
+    pub ssl: u64,
+    /// Bytes the whole call moved (may exceed this chunk).
+    pub call_len: u64,
+    /// Offset of this chunk within the call.
+    pub offset: u64,
+    /// Monotonic nanoseconds when the call was entered.
+    pub start_ns: u64,
+    /// A [`Direction`].
+    pub direction: u32,
+    /// Valid bytes in `data`.
+    pub len: u32,
+    /// Socket fd seen in a nested read/write syscall during the call, or -1
+    /// (memory BIOs, as in node, make no nested syscalls).
+    pub fd: i32,
+    /// Explicit padding.
+    pub pad: u32,
+    /// The plaintext.
+    pub data: [u8; CHUNK_SIZE],
+}
+const _: () = assert!(size_of::<DataEvent>() == 24 + 48 + CHUNK_SIZE);
+
+/// A host name set with `SSL_set_tlsext_host_name`, which OpenSSL implements
+/// as `SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, 0, name)`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SniEvent {
+    /// `kind` is [`EventKind::Sni`].
+    pub header: EventHeader,
+    /// The `SSL *` the name was set on.
+    pub ssl: u64,
+    /// NUL-terminated host name.
+    pub name: [u8; SNI_LEN],
+}
+const _: () = assert!(size_of::<SniEvent>() == 24 + 8 + SNI_LEN);
+
+/// A traced process called `execve`: userspace rescans its mappings for TLS libraries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    /// `kind` is [`EventKind::Exec`].
+    pub header: EventHeader,
+}
+const _: () = assert!(size_of::<ExecEvent>() == 24);
+
+/// A traced thread's `connect()` returned 0 or `-EINPROGRESS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectEvent {
+    /// `kind` is [`EventKind::Connect`].
+    pub header: EventHeader,
+    /// The socket fd.
+    pub fd: i32,
+    /// The syscall's return value.
+    pub ret: i32,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    /// Port in host byte order.
+    pub port: u16,
+    /// Explicit padding.
+    pub pad: u32,
+    /// IPv4 address in the first 4 bytes, or the IPv6 address.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<ConnectEvent>() == 24 + 32);
+
+/// Identifies one TLS connection: the `SSL *` within its process. Key of the
+/// `LOST_BYTES` map, which counts the plaintext bytes of that connection the
+/// kernel could not deliver, so userspace can flag the affected exchange.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Thread group id.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub pad: u32,
+    /// The `SSL *`.
+    pub ssl: u64,
+}
+const _: () = assert!(size_of::<ConnKey>() == 16);
+
+/// Which processes the probes report: the single entry of the `FILTER` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Filter {
+    /// A [`FilterMode`].
+    pub mode: u32,
+    /// Explicit padding.
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<Filter>() == 8);
+
+/// How [`Filter`] selects processes.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterMode {
+    /// Nothing is reported (the state before userspace configures the filter).
+    Off = 0,
+    /// Processes whose tgid is a key of `TARGET_TGIDS`.
+    Tgids = 1,
+    /// Processes whose cgroup v2 id is a key of `TARGET_CGROUPS`.
+    Cgroups = 2,
+    /// Every process on the host.
+    All = 3,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integer-only types with explicit padding.
+    #![expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
+    unsafe impl aya::Pod for super::Filter {}
+    unsafe impl aya::Pod for super::ConnKey {}
+}

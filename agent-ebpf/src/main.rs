@@ -1,0 +1,24 @@
+//! llmsim's kernel programs. Uprobes on the TLS library's `SSL_*` functions copy
+//! plaintext into one ring buffer; raw tracepoints on syscalls add each call's
+//! socket fd, connect destinations and execs. Only processes selected by the
+//! `FILTER` map are reported; everything that cannot be delivered is counted.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+mod filter;
+mod maps;
+mod probes;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// Built for the host only so `cargo clippy --workspace` checks this crate too.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+/// `bpf_probe_read_user` and friends are GPL-only helpers.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,80 @@
+//! Every map the kernel programs share with each other and with userspace.
+
+use agent_common::{ConnKey, DROP_REASONS, DropReason, Filter, RING_BUFFER_BYTES};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+
+/// Every record for userspace: data chunks, SNI, connects, execs.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
+
+/// One `u64` per [`DropReason`]: events that could not be delivered.
+#[map]
+pub static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+
+/// Plaintext bytes of a connection that could not be delivered.
+#[map]
+pub static LOST_BYTES: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Which processes are reported; index 0 only. Written by userspace.
+#[map]
+pub static FILTER: Array<Filter> = Array::with_max_entries(1, 0);
+
+/// Traced thread group ids (value unused), for `FilterMode::Tgids`.
+#[map]
+pub static TARGET_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(65_536, 0);
+
+/// Traced cgroup v2 ids (value unused), for `FilterMode::Cgroups`.
+#[map]
+pub static TARGET_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(1_024, 0);
+
+/// An `SSL_*` call in progress on a thread, from its entry probe to its return probe.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SslCall {
+    pub ssl: u64,
+    pub buf: u64,
+    /// `size_t *written` / `size_t *readbytes` of the `_ex` variants, or 0.
+    pub out_len: u64,
+    pub start_ns: u64,
+    pub direction: u32,
+    /// Socket fd of a nested read/write syscall, or -1.
+    pub fd: i32,
+}
+
+/// Calls in progress, keyed by `bpf_get_current_pid_tgid()`.
+#[map]
+pub static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(16_384, 0);
+
+/// A `connect()` in progress: its fd and user-space `sockaddr *`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingConnect {
+    pub fd: u64,
+    pub addr: u64,
+}
+
+/// Connects in progress, keyed by `bpf_get_current_pid_tgid()`.
+#[map]
+pub static CONNECTS: HashMap<u64, PendingConnect> = HashMap::with_max_entries(16_384, 0);
+
+/// Counts one undeliverable event.
+pub fn count_drop(reason: DropReason) {
+    if let Some(counter) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Adds `bytes` to the connection's undelivered count.
+pub fn count_lost(key: &ConnKey, bytes: u64) {
+    match LOST_BYTES.get_ptr_mut(key) {
+        // SAFETY: the pointer is a live map value; a racing update only loses a count, never memory safety.
+        Some(lost) => unsafe { *lost += bytes },
+        None => {
+            let _ = LOST_BYTES.insert(key, &bytes, 0);
+        }
+    }
+}

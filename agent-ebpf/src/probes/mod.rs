@@ -1,0 +1,21 @@
+//! The kernel programs, one module per hook family.
+
+mod ssl;
+mod syscalls;
+
+use agent_common::{EventHeader, EventKind};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+
+/// The common record header for the current task.
+#[inline(always)]
+fn header(kind: EventKind) -> EventHeader {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    EventHeader {
+        kind: kind as u32,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        pad: 0,
+        // SAFETY: plain helper call without arguments.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}

@@ -1,0 +1,288 @@
+//! Uprobes on OpenSSL's plaintext API (also BoringSSL-compatible builds that
+//! export the same names). Entry probes remember the call's arguments per thread;
+//! one return probe copies what the call actually moved into the ring buffer,
+//! in [`CHUNK_SIZE`] pieces, so calls of many MiB arrive whole.
+
+use agent_common::{
+    CHUNK_SIZE, ConnKey, DataEvent, Direction, DropReason, EventKind, MAX_CHUNKS_PER_CALL, SNI_LEN,
+    SniEvent,
+};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_probe_read_user_str_bytes,
+        generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+    },
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+
+use super::header;
+use crate::{
+    filter::is_traced,
+    maps::{EVENTS, SSL_CALLS, SslCall, count_drop, count_lost},
+};
+
+/// `SSL_ctrl` command behind the `SSL_set_tlsext_host_name` macro.
+const SSL_CTRL_SET_TLSEXT_HOSTNAME: i32 = 55;
+
+/// `int SSL_write(SSL *ssl, const void *buf, int num)`; OpenSSL >= 0.9.8, kernel >= 5.8 (ring buffer).
+#[uprobe]
+pub fn ssl_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Direction::Write, false);
+    0
+}
+
+/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`; OpenSSL >= 1.1.1.
+#[uprobe]
+pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Direction::Write, true);
+    0
+}
+
+/// `int SSL_read(SSL *ssl, void *buf, int num)`; OpenSSL >= 0.9.8.
+#[uprobe]
+pub fn ssl_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Direction::Read, false);
+    0
+}
+
+/// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`; OpenSSL >= 1.1.1.
+#[uprobe]
+pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
+    enter(&ctx, Direction::Read, true);
+    0
+}
+
+/// Return of all four functions above: `int`, the byte count for the plain
+/// variants, 1 on success for the `_ex` variants (count in `*written`/`*readbytes`).
+#[uretprobe]
+pub fn ssl_return(ctx: RetProbeContext) -> u32 {
+    let _ = try_ssl_return(&ctx);
+    0
+}
+
+/// `long SSL_ctrl(SSL *s, int cmd, long larg, void *parg)`; reports the SNI
+/// set by `SSL_set_tlsext_host_name(s, name)`.
+#[uprobe]
+pub fn ssl_ctrl(ctx: ProbeContext) -> u32 {
+    let _ = try_ssl_ctrl(&ctx);
+    0
+}
+
+fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
+    if !is_traced() {
+        return;
+    }
+    let (Some(ssl), Some(buf)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1)) else {
+        return;
+    };
+    let out_len = if ex {
+        ctx.arg::<u64>(3).unwrap_or(0)
+    } else {
+        0
+    };
+    let call = SslCall {
+        ssl,
+        buf,
+        out_len,
+        // SAFETY: plain helper call without arguments.
+        start_ns: unsafe { bpf_ktime_get_ns() },
+        direction: direction as u32,
+        fd: -1,
+    };
+    if SSL_CALLS
+        .insert(&bpf_get_current_pid_tgid(), &call, 0)
+        .is_err()
+    {
+        count_drop(DropReason::MissingEntry);
+    }
+}
+
+fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(call) = (unsafe { SSL_CALLS.get(&pid_tgid) }).copied() else {
+        return Ok(());
+    };
+    let _ = SSL_CALLS.remove(&pid_tgid);
+    let ret: i64 = ctx.ret::<i32>().into();
+    let moved = if call.out_len != 0 {
+        if ret != 1 {
+            return Ok(());
+        }
+        // SAFETY: reading a user pointer with the fault-tolerant helper.
+        unsafe { bpf_probe_read_user(call.out_len as *const u64) }.map_err(|_| {
+            count_drop(DropReason::CopyFailed);
+            1i64
+        })?
+    } else {
+        if ret <= 0 {
+            return Ok(());
+        }
+        ret as u64
+    };
+    emit_chunks(&call, pid_tgid, moved);
+    Ok(())
+}
+
+/// State of one [`emit_chunks`] loop, shared with the `bpf_loop` callback.
+#[repr(C)]
+struct ChunkLoop {
+    call: SslCall,
+    pid_tgid: u64,
+    moved: u64,
+    /// Bytes emitted so far.
+    offset: u64,
+    /// The [`DropReason`] that stopped the loop, or `u32::MAX`.
+    failed: u32,
+    pad: u32,
+}
+
+/// Emits the `moved` bytes at `call.buf` as consecutive chunk records, through
+/// `bpf_loop` (kernel >= 5.17) so the verifier checks one iteration, not each.
+/// Stops at the first record that cannot be delivered: userspace sees fewer
+/// bytes than `call_len` and flags the exchange; the kernel counts the reason
+/// and the connection's lost bytes.
+#[inline(always)]
+fn emit_chunks(call: &SslCall, pid_tgid: u64, moved: u64) {
+    let chunks = moved.div_ceil(CHUNK_SIZE as u64);
+    let iterations = if chunks > MAX_CHUNKS_PER_CALL as u64 {
+        MAX_CHUNKS_PER_CALL
+    } else {
+        chunks as u32
+    };
+    let mut state = ChunkLoop {
+        call: *call,
+        pid_tgid,
+        moved,
+        offset: 0,
+        failed: u32::MAX,
+        pad: 0,
+    };
+    // SAFETY: the callback is a BPF subprogram taking `&mut ChunkLoop` as its context.
+    unsafe {
+        bpf_loop(
+            iterations,
+            chunk_step as *mut c_void,
+            (&raw mut state).cast(),
+            0,
+        );
+    }
+    if state.failed != u32::MAX {
+        count_drop(if state.failed == DropReason::RingFull as u32 {
+            DropReason::RingFull
+        } else {
+            DropReason::CopyFailed
+        });
+    } else if state.offset < moved {
+        count_drop(DropReason::ChunkCap);
+    }
+    if state.offset < moved {
+        let key = ConnKey {
+            tgid: (pid_tgid >> 32) as u32,
+            pad: 0,
+            ssl: call.ssl,
+        };
+        count_lost(&key, moved - state.offset);
+    }
+}
+
+/// One `bpf_loop` iteration: emits chunk `index`; returns 1 to stop. The
+/// offset is derived from `index`, not carried in the state, so the verifier
+/// sees one imprecise iteration and converges instead of walking all of them.
+extern "C" fn chunk_step(index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `ChunkLoop` on the caller's stack.
+    let state = unsafe { &mut *ctx.cast::<ChunkLoop>() };
+    let offset = u64::from(index) * CHUNK_SIZE as u64;
+    if offset >= state.moved {
+        return 1;
+    }
+    let mut len = state.moved - offset;
+    if len > CHUNK_SIZE as u64 {
+        len = CHUNK_SIZE as u64;
+    }
+    match emit_chunk(&state.call, state.pid_tgid, state.moved, offset, len) {
+        Ok(()) => {
+            state.offset = offset + len;
+            0
+        }
+        Err(reason) => {
+            state.failed = reason as u32;
+            1
+        }
+    }
+}
+
+#[inline(never)]
+fn emit_chunk(
+    call: &SslCall,
+    pid_tgid: u64,
+    moved: u64,
+    offset: u64,
+    len: u64,
+) -> Result<(), DropReason> {
+    let mut len = len as u32;
+    if len > CHUNK_SIZE as u32 {
+        len = CHUNK_SIZE as u32;
+    }
+    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+        return Err(DropReason::RingFull);
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at an exclusive ring-buffer reservation of
+    // `size_of::<DataEvent>()` bytes; `len` is clamped to the data array's size.
+    let copied = unsafe {
+        (*event).header = header(EventKind::Data);
+        (*event).header.tgid = (pid_tgid >> 32) as u32;
+        (*event).ssl = call.ssl;
+        (*event).call_len = moved;
+        (*event).offset = offset;
+        (*event).start_ns = call.start_ns;
+        (*event).direction = call.direction;
+        (*event).len = len;
+        (*event).fd = call.fd;
+        (*event).pad = 0;
+        probe_read_user_raw(
+            (*event).data.as_mut_ptr().cast(),
+            len,
+            (call.buf + offset) as *const _,
+        )
+    };
+    if copied != 0 {
+        entry.discard(0);
+        return Err(DropReason::CopyFailed);
+    }
+    entry.submit(0);
+    Ok(())
+}
+
+fn try_ssl_ctrl(ctx: &ProbeContext) -> Result<(), i64> {
+    if ctx.arg::<i32>(1) != Some(SSL_CTRL_SET_TLSEXT_HOSTNAME) || !is_traced() {
+        return Ok(());
+    }
+    let (Some(ssl), Some(name)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(3)) else {
+        return Ok(());
+    };
+    let Some(mut entry) = EVENTS.reserve::<SniEvent>(0) else {
+        count_drop(DropReason::RingFull);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: exclusive reservation of `size_of::<SniEvent>()` bytes.
+    let read = unsafe {
+        (*event).header = header(EventKind::Sni);
+        (*event).ssl = ssl;
+        (*event).name = [0; SNI_LEN];
+        bpf_probe_read_user_str_bytes(name as *const u8, &mut (*event).name).map(|s| s.len())
+    };
+    match read {
+        Ok(_) => entry.submit(0),
+        Err(_) => {
+            entry.discard(0);
+            count_drop(DropReason::CopyFailed);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Raw tracepoints on syscall entry and exit and on exec (kernel >= 4.17; no
+//! tracefs needed). They add what the TLS probes cannot see: the socket fd
+//! behind an `SSL_*` call (a nested read/write syscall on the same thread),
+//! connect destinations, and execs that may map a new TLS library.
+
+use agent_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+
+use super::header;
+use crate::{
+    filter::is_traced,
+    maps::{CONNECTS, EVENTS, PendingConnect, SSL_CALLS, count_drop},
+};
+
+/// x86_64 syscall numbers of the calls a TLS library makes on its socket.
+const SOCKET_IO_SYSCALLS: [u64; 8] = [0, 1, 19, 20, 44, 45, 46, 47]; // read write readv writev sendto recvfrom sendmsg recvmsg
+const SYS_CONNECT: u64 = 42;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const EINPROGRESS: i64 = -115;
+
+/// `sys_enter(struct pt_regs *regs, long id)`; kernel >= 4.17.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let _ = try_sys_enter(&ctx);
+    0
+}
+
+/// `sys_exit(struct pt_regs *regs, long ret)`; kernel >= 4.17.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let _ = try_sys_exit(&ctx);
+    0
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`; kernel >= 4.17.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    if is_traced() {
+        match EVENTS.reserve::<ExecEvent>(0) {
+            Some(mut entry) => {
+                entry.write(ExecEvent {
+                    header: header(EventKind::Exec),
+                });
+                entry.submit(0);
+            }
+            None => count_drop(DropReason::RingFull),
+        }
+    }
+    0
+}
+
+/// The first two syscall arguments from a kernel `pt_regs`.
+#[inline(always)]
+fn syscall_args(regs: *const pt_regs) -> Result<(u64, u64), i64> {
+    // SAFETY: `regs` is the kernel pointer the tracepoint passes; read fault-tolerantly.
+    unsafe {
+        let a0 = bpf_probe_read_kernel(&raw const (*regs).rdi)?;
+        let a1 = bpf_probe_read_kernel(&raw const (*regs).rsi)?;
+        Ok((a0, a1))
+    }
+}
+
+fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let id: u64 = ctx.arg(1);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if id == SYS_CONNECT {
+        if !is_traced() {
+            return Ok(());
+        }
+        let (fd, addr) = syscall_args(ctx.arg(0))?;
+        let _ = CONNECTS.insert(&pid_tgid, &PendingConnect { fd, addr }, 0);
+        return Ok(());
+    }
+    if !SOCKET_IO_SYSCALLS.contains(&id) {
+        return Ok(());
+    }
+    let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) else {
+        return Ok(());
+    };
+    let (fd, _) = syscall_args(ctx.arg(0))?;
+    // SAFETY: a live value of this thread's own entry.
+    unsafe { (*call).fd = fd as i32 };
+    Ok(())
+}
+
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { CONNECTS.get(&pid_tgid) }).copied() else {
+        return Ok(());
+    };
+    let _ = CONNECTS.remove(&pid_tgid);
+    let ret: i64 = ctx.arg(1);
+    if ret != 0 && ret != EINPROGRESS {
+        return Ok(());
+    }
+    // SAFETY: user pointers read fault-tolerantly.
+    let family = unsafe { bpf_probe_read_user(pending.addr as *const u16) }?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(());
+    }
+    let port = u16::from_be(unsafe { bpf_probe_read_user((pending.addr + 2) as *const u16) }?);
+    let mut addr = [0u8; 16];
+    if family == AF_INET {
+        let v4 = unsafe { bpf_probe_read_user((pending.addr + 4) as *const [u8; 4]) }?;
+        addr[..4].copy_from_slice(&v4);
+    } else {
+        addr = unsafe { bpf_probe_read_user((pending.addr + 8) as *const [u8; 16]) }?;
+    }
+    let event = ConnectEvent {
+        header: header(EventKind::Connect),
+        fd: pending.fd as i32,
+        ret: ret as i32,
+        family,
+        port,
+        pad: 0,
+        addr,
+    };
+    if EVENTS.output(&event, 0).is_err() {
+        count_drop(DropReason::RingFull);
+    }
+    Ok(())
+}

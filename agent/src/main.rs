@@ -1,0 +1,156 @@
+//! `llmsim-agent`: the command line over the capture library.
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use agent::capture::{Capture, CaptureOptions, Summary, Target, UsageError};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "llmsim-agent",
+    version,
+    about = "Record LLM API traffic of unmodified programs with eBPF"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Record the HTTPS exchanges of processes into a snapshot directory.
+    Capture(CaptureArgs),
+}
+
+#[derive(Args)]
+#[expect(clippy::struct_excessive_bools, reason = "independent command-line flags")]
+struct CaptureArgs {
+    /// Snapshot directory (created, or appended to).
+    #[arg(long, default_value = "llmsim")]
+    out: PathBuf,
+    /// Capture this process and its threads (repeatable).
+    #[arg(long = "pid", value_name = "PID", conflicts_with_all = ["cgroup", "all", "argv"])]
+    pids: Vec<u32>,
+    /// Capture every process in this cgroup v2 (path under the cgroup2 mount, or absolute).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["all", "argv"])]
+    cgroup: Option<PathBuf>,
+    /// Capture every process on the host.
+    #[arg(long, conflicts_with = "argv")]
+    all: bool,
+    /// Also record hosts matching this glob (repeatable), besides the known providers.
+    #[arg(long = "host", value_name = "PATTERN")]
+    hosts: Vec<String>,
+    /// Record every HTTP exchange, whatever the host.
+    #[arg(long)]
+    any_host: bool,
+    /// Under sudo, run CMD as root instead of as the invoking user.
+    #[arg(long)]
+    as_root: bool,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Run this command in a fresh cgroup and capture its whole process tree.
+    #[arg(last = true, value_name = "CMD")]
+    argv: Vec<OsString>,
+}
+
+impl CaptureArgs {
+    fn target(&self) -> Option<Target> {
+        if !self.pids.is_empty() {
+            Some(Target::Pids(self.pids.clone()))
+        } else if let Some(cgroup) = &self.cgroup {
+            Some(Target::Cgroup(cgroup.clone()))
+        } else if self.all {
+            Some(Target::All)
+        } else if !self.argv.is_empty() {
+            Some(Target::Command {
+                argv: self.argv.clone(),
+                as_root: self.as_root,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LLMSIM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Capture(args) => capture(&args),
+    }
+}
+
+fn capture(args: &CaptureArgs) -> ExitCode {
+    let Some(target) = args.target() else {
+        eprintln!("llmsim-agent: say what to capture: --pid PID, --cgroup PATH, --all or -- CMD");
+        return ExitCode::from(2);
+    };
+    let options = CaptureOptions {
+        out: args.out.clone(),
+        target,
+        hosts: args.hosts.clone(),
+        any_host: args.any_host,
+        quiet: false,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("llmsim-agent: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async { Capture::prepare(&options)?.run().await });
+    match result {
+        Ok(summary) => {
+            print_summary(&summary, args.json);
+            match summary.exit_code {
+                Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+                None => ExitCode::SUCCESS,
+            }
+        }
+        Err(e) => {
+            eprintln!("llmsim-agent: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn print_summary(summary: &Summary, json: bool) {
+    let recorded = &summary.recorded;
+    eprintln!(
+        "llmsim-agent: {} exchanges written ({} bytes), {} incomplete, {} events dropped{}",
+        recorded.exchanges_written,
+        recorded.bytes_written,
+        recorded.exchanges_incomplete,
+        summary.dropped(),
+        if summary.connections.non_http_connections > 0 {
+            format!(
+                ", {} non-HTTP/1.1 connections skipped",
+                summary.connections.non_http_connections
+            )
+        } else {
+            String::new()
+        },
+    );
+    if json {
+        match serde_json::to_string_pretty(summary) {
+            Ok(text) => println!("{text}"),
+            Err(e) => eprintln!("llmsim-agent: summary as JSON: {e}"),
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Turns reassembled HTTP exchanges into snapshot exchanges: decides whether a
+//! host is recorded, redacts, writes atomically, prints the live line and keeps
+//! the figures for the summary.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use llmsim_snapshot::{
+    config::SnapshotConfig,
+    model::{Body, Exchange, FORMAT_VERSION, Headers, ProcessInfo, Request, Response, Scheme},
+    provider::{self, Provider},
+    redact::{Redactor, default_data_dir, redaction_key},
+    store::SnapshotWriter,
+};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::{connections::ConnectionExchange, http1};
+
+/// Failures setting up or writing the snapshot.
+#[derive(Debug, Error)]
+pub enum RecorderError {
+    /// A `--host` pattern is not a valid glob.
+    #[error("invalid --host pattern `{pattern}`")]
+    HostPattern {
+        /// The pattern.
+        pattern: String,
+        /// The cause.
+        #[source]
+        source: globset::Error,
+    },
+    /// The snapshot directory or its config could not be used.
+    #[error(transparent)]
+    Store(#[from] llmsim_snapshot::store::StoreError),
+    /// The snapshot's llmsim.toml is malformed.
+    #[error(transparent)]
+    Config(#[from] llmsim_snapshot::config::ConfigError),
+    /// The per-machine redaction key could not be read or created.
+    #[error(transparent)]
+    Redaction(#[from] llmsim_snapshot::redact::RedactError),
+}
+
+/// Which hosts are recorded.
+pub struct HostFilter {
+    extra: GlobSet,
+    any: bool,
+}
+
+impl HostFilter {
+    /// Known provider hosts plus `patterns`, or everything with `any`.
+    pub fn new(patterns: &[String], any: bool) -> Result<Self, RecorderError> {
+        let mut builder = GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = Glob::new(&pattern.to_ascii_lowercase()).map_err(|source| {
+                RecorderError::HostPattern {
+                    pattern: pattern.clone(),
+                    source,
+                }
+            })?;
+            builder.add(glob);
+        }
+        let extra = builder
+            .build()
+            .map_err(|source| RecorderError::HostPattern {
+                pattern: patterns.join(","),
+                source,
+            })?;
+        Ok(Self { extra, any })
+    }
+
+    /// Whether exchanges with `host` are recorded.
+    pub fn records(&self, host: &str) -> bool {
+        self.any || Provider::from_host(host) != Provider::Generic || self.extra.is_match(host)
+    }
+}
+
+/// What the capture recorded, for the summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RecordStats {
+    /// Exchange files written.
+    pub exchanges_written: u64,
+    /// Of those, flagged incomplete.
+    pub exchanges_incomplete: u64,
+    /// Exchanges with hosts that are not recorded.
+    pub exchanges_ignored: u64,
+    /// Bytes of exchange files written.
+    pub bytes_written: u64,
+    /// Files written, in order.
+    pub files: Vec<PathBuf>,
+}
+
+/// Writes exchanges into one snapshot directory.
+pub struct Recorder {
+    writer: SnapshotWriter,
+    redactor: Redactor,
+    hosts: HostFilter,
+    /// Wall clock minus monotonic clock, to date kernel timestamps.
+    wall_offset: Duration,
+    stats: RecordStats,
+    quiet: bool,
+}
+
+impl Recorder {
+    /// Opens (creating, or appending to) the snapshot directory.
+    pub fn open(
+        dir: &Path,
+        hosts: HostFilter,
+        monotonic_now_ns: u64,
+        quiet: bool,
+    ) -> Result<Self, RecorderError> {
+        let writer = SnapshotWriter::open(dir)?;
+        let config = SnapshotConfig::load(dir)?;
+        let redactor = Redactor::new(&config.redact, redaction_key(&default_data_dir()?)?)?;
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let wall_offset = since_epoch.saturating_sub(Duration::from_nanos(monotonic_now_ns));
+        Ok(Self {
+            writer,
+            redactor,
+            hosts,
+            wall_offset,
+            stats: RecordStats::default(),
+            quiet,
+        })
+    }
+
+    /// The figures so far.
+    pub fn stats(&self) -> &RecordStats {
+        &self.stats
+    }
+
+    /// Records one exchange if its host is wanted. `lost` flags it incomplete.
+    pub fn record(
+        &mut self,
+        done: ConnectionExchange,
+        lost: Option<String>,
+    ) -> Result<(), RecorderError> {
+        let ConnectionExchange {
+            tgid,
+            sni,
+            peer,
+            exchange,
+            ..
+        } = done;
+        let host = host_of(&exchange.request, sni.as_deref());
+        if !self.hosts.records(&host) {
+            self.stats.exchanges_ignored += 1;
+            return Ok(());
+        }
+        let mut exchange = self.to_snapshot(tgid, host, peer, exchange, lost);
+        self.redactor.redact_exchange(&mut exchange);
+        let path = self.writer.write(&exchange)?;
+        self.stats.bytes_written += std::fs::metadata(&path).map_or(0, |m| m.len());
+        self.stats.exchanges_written += 1;
+        if exchange.incomplete.is_some() {
+            self.stats.exchanges_incomplete += 1;
+        }
+        if !self.quiet {
+            eprintln!("{}", live_line(&exchange));
+        }
+        self.stats.files.push(path);
+        Ok(())
+    }
+
+    fn to_snapshot(
+        &self,
+        tgid: u32,
+        host: String,
+        peer: Option<std::net::SocketAddr>,
+        exchange: http1::Exchange,
+        lost: Option<String>,
+    ) -> Exchange {
+        let http1::Exchange {
+            request,
+            response,
+            incomplete,
+        } = exchange;
+        let start = request.start_ns;
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "durations are far below 2^52 ns"
+        )]
+        let ms = |ns: u64| ns.saturating_sub(start) as f64 / 1e6;
+        let mut incomplete = lost.or(incomplete);
+        let request_headers = headers(&request.headers);
+        let request_body = body(&request_headers, &[(0.0, request.body)], &mut incomplete);
+        let (response, ttfb_ms, duration_ms) = if let Some(r) = response {
+            let response_headers = headers(&r.headers);
+            let segments: Vec<(f64, Vec<u8>)> = r
+                .body_segments
+                .into_iter()
+                .map(|(ts, bytes)| (ms(ts), bytes))
+                .collect();
+            let body = body(&response_headers, &segments, &mut incomplete);
+            let response = Response {
+                status: r.status,
+                headers: response_headers,
+                body,
+            };
+            (response, ms(r.first_byte_ns), ms(r.end_ns))
+        } else {
+            incomplete.get_or_insert_with(|| "no response was seen".into());
+            let response = Response {
+                status: 0,
+                headers: Headers::default(),
+                body: Body::Empty {
+                    content_encoding: None,
+                },
+            };
+            (response, 0.0, ms(request.end_ns))
+        };
+        let provider = Provider::from_host(&host);
+        let endpoint = provider::Endpoint::classify(&request.method, &request.target);
+        let json = request_body.json();
+        let model = provider::model_of(endpoint, &request.target, json);
+        let streamed =
+            response.body.sse_events().is_some() || provider::is_streaming(endpoint, json);
+        let started_at =
+            time::OffsetDateTime::UNIX_EPOCH + self.wall_offset + Duration::from_nanos(start);
+        Exchange {
+            format_version: FORMAT_VERSION,
+            seq: 0,
+            provider,
+            host,
+            scheme: Scheme::Https,
+            process: process_info(tgid),
+            peer,
+            started_at,
+            ttfb_ms,
+            duration_ms,
+            incomplete,
+            streamed,
+            model,
+            request: Request {
+                method: request.method,
+                path: request.target,
+                headers: request_headers,
+                body: request_body,
+            },
+            response,
+        }
+    }
+}
+
+fn headers(raw: &[(String, Vec<u8>)]) -> Headers {
+    raw.iter()
+        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect()
+}
+
+/// Decodes a body for storage; a body that cannot be decoded is kept as
+/// recorded bytes and the exchange says why.
+fn body(headers: &Headers, segments: &[(f64, Vec<u8>)], incomplete: &mut Option<String>) -> Body {
+    match Body::from_http(
+        headers.get("content-type"),
+        headers.get("content-encoding"),
+        segments,
+    ) {
+        Ok(body) => body,
+        Err(error) => {
+            incomplete.get_or_insert_with(|| format!("body could not be decoded: {error}"));
+            Body::raw(
+                headers.get("content-encoding"),
+                segments
+                    .iter()
+                    .flat_map(|(_, b)| b.iter().copied())
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// The host the client addressed: the Host header (authoritative for HTTP),
+/// else the SNI, without a port.
+fn host_of(request: &http1::Request, sni: Option<&str>) -> String {
+    let header = request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    let host = header
+        .or_else(|| sni.map(str::to_owned))
+        .unwrap_or_default();
+    strip_port(&host).to_ascii_lowercase()
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn process_info(pid: u32) -> ProcessInfo {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned());
+    ProcessInfo { pid, comm, exe }
+}
+
+/// `openai POST /v1/chat/completions gpt-4o 200 812ms streamed`
+fn live_line(exchange: &Exchange) -> String {
+    let mut line = format!(
+        "{} {} {} {} {} {:.0}ms",
+        exchange.provider,
+        exchange.request.method,
+        exchange.request.path.split('?').next().unwrap_or_default(),
+        exchange.model.as_deref().unwrap_or("-"),
+        exchange.response.status,
+        exchange.duration_ms,
+    );
+    if exchange.streamed {
+        line.push_str(" streamed");
+    }
+    if let Some(why) = &exchange.incomplete {
+        let _ = write!(line, " INCOMPLETE ({why})");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_providers_and_patterns_are_recorded() {
+        let filter = HostFilter::new(&["*.openai.azure.com".into()], false).unwrap();
+        assert!(filter.records("api.openai.com"));
+        assert!(filter.records("myres.openai.azure.com"));
+        assert!(!filter.records("example.com"));
+        assert!(HostFilter::new(&[], true).unwrap().records("example.com"));
+    }
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("api.openai.com:443"), "api.openai.com");
+        assert_eq!(strip_port("[::1]:8080"), "::1");
+        assert_eq!(strip_port("localhost"), "localhost");
+    }
+}

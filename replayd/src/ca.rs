@@ -1,0 +1,1190 @@
+//! The per-machine replay CA and the TLS leaf certificates it mints. On first use
+//! [`CertificateAuthority::load_or_create`] makes an ECDSA P-256 CA under the user's data
+//! directory (key mode 0600, written atomically, never shipped or committed) and loads it on
+//! later runs. [`LeafResolver`] is a rustls certificate resolver that mints and caches a leaf
+//! per SNI name, so apps that trust the CA accept replayd as api.openai.com and friends.
+//! [`CertificateAuthority::trust_bundle`] writes the files the `-- CMD` child is pointed at
+//! (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`), and
+//! [`trust_install`] / [`trust_uninstall`] manage the Debian-style system store for the
+//! daemon modes. Every TLS object here uses the rustls `ring` provider explicitly.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::{CertifiedKey, SigningKey};
+use rustls::{ConfigBuilder, ServerConfig, WantsVerifier};
+use time::OffsetDateTime;
+
+/// File name of the CA's private key (PKCS#8 PEM, mode 0600) inside the CA directory.
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+/// File name of the CA's certificate (PEM, mode 0644) inside the CA directory.
+pub const CA_CERT_FILE: &str = "ca-cert.pem";
+/// Where Debian-style systems keep the system CA bundle that the trust bundle starts from.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where [`trust_install`] puts the CA on Debian-style systems.
+pub const SYSTEM_ANCHOR_PATH: &str = "/usr/local/share/ca-certificates/llmsim-replay-ca.crt";
+/// The command that rebuilds the Debian-style system store.
+pub const UPDATE_CA_CERTIFICATES: &str = "update-ca-certificates";
+/// File name of the trust bundle (system CAs plus the replay CA) written by
+/// [`CertificateAuthority::trust_bundle`].
+pub const BUNDLE_FILE: &str = "llmsim-ca-bundle.pem";
+/// File name of the copy of the CA certificate written by
+/// [`CertificateAuthority::trust_bundle`], for `NODE_EXTRA_CA_CERTS`.
+pub const BUNDLE_CA_FILE: &str = "llmsim-replay-ca.pem";
+/// ALPN protocols offered until HTTP/2 support lands.
+pub const HTTP11_ALPN: &[&[u8]] = &[b"http/1.1"];
+
+/// How long the CA is valid for.
+const CA_VALIDITY: Duration = Duration::from_hours(10 * 365 * 24);
+/// How long a minted leaf is valid for.
+const LEAF_VALIDITY: Duration = Duration::from_hours(30 * 24);
+/// How far back validity starts, to tolerate clocks that disagree a little.
+const BACKDATE: Duration = Duration::from_hours(24);
+/// A cached leaf older than this is minted again, well before it expires.
+const LEAF_REFRESH: Duration = Duration::from_hours(24);
+/// Default bound on the number of cached leaves.
+const DEFAULT_CACHE_CAPACITY: usize = 1024;
+/// Longest host name put into the CA's common name (X.509 caps a CN at 64 characters).
+const MAX_HOSTNAME_IN_CN: usize = 32;
+
+/// Errors from creating, loading or using the replay CA.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Neither `$XDG_DATA_HOME` nor `$HOME` is set to an absolute path, so there is no
+    /// default CA directory.
+    #[error(
+        "cannot find a data directory for the replay CA: set XDG_DATA_HOME or HOME, or pass --ca-dir"
+    )]
+    NoDataDir,
+    /// A directory could not be created.
+    #[error("cannot create directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file could not be written, renamed into place or removed.
+    #[error("cannot write {path}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The CA key file exists but is not a PEM private key.
+    #[error("the replay CA key {path} is corrupt; delete it and {cert} to mint a new CA")]
+    CorruptKey {
+        /// The key file.
+        path: PathBuf,
+        /// The certificate file that goes with it.
+        cert: PathBuf,
+        /// Why the key did not load.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The CA key file holds a key that is not ECDSA P-256.
+    #[error(
+        "the replay CA key {path} is not an ECDSA P-256 key; delete it and {cert} to mint a new CA"
+    )]
+    WrongKeyType {
+        /// The key file.
+        path: PathBuf,
+        /// The certificate file that goes with it.
+        cert: PathBuf,
+    },
+    /// The CA certificate file is not PEM.
+    #[error("the replay CA certificate {path} is not PEM; delete it to mint it again from the key")]
+    CorruptCertPem {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why the PEM did not parse.
+        #[source]
+        source: x509_parser::error::PEMError,
+    },
+    /// The CA certificate file holds PEM that is not an X.509 certificate.
+    #[error("the replay CA certificate {path} is corrupt; delete it to mint it again from the key")]
+    CorruptCert {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why the certificate did not parse.
+        #[source]
+        source: x509_parser::error::X509Error,
+    },
+    /// The CA certificate parsed but rcgen cannot issue from it.
+    #[error(
+        "the replay CA certificate {path} cannot be used as an issuer; delete it to mint it again from the key"
+    )]
+    UnusableCert {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why rcgen rejected it.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The CA certificate does not belong to the CA key.
+    #[error(
+        "the replay CA certificate {cert} does not match the key {key}; delete the certificate to mint it again from the key"
+    )]
+    KeyMismatch {
+        /// The key file.
+        key: PathBuf,
+        /// The certificate file.
+        cert: PathBuf,
+    },
+    /// The CA certificate has expired.
+    #[error(
+        "the replay CA certificate {path} has expired; delete it to mint it again from the key"
+    )]
+    Expired {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// Generating a key or signing a certificate failed.
+    #[error("cannot generate the {what}")]
+    Generate {
+        /// What was being generated, for example "CA key" or "leaf certificate for api.openai.com".
+        what: String,
+        /// The underlying rcgen error.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The crypto provider could not produce random bytes for a serial number.
+    #[error("the crypto provider could not produce random bytes")]
+    Random,
+    /// rustls rejected the key or the TLS configuration.
+    #[error("rustls rejected the {what}")]
+    Rustls {
+        /// What was rejected.
+        what: &'static str,
+        /// The underlying rustls error.
+        #[source]
+        source: rustls::Error,
+    },
+    /// The system-store update command could not be started.
+    #[error("cannot run {command}")]
+    Spawn {
+        /// The command.
+        command: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The system-store update command ran and failed.
+    #[error("{command} failed ({status}): {stderr}")]
+    CommandFailed {
+        /// The command.
+        command: PathBuf,
+        /// Its exit status.
+        status: ExitStatus,
+        /// What it printed on standard error, trimmed.
+        stderr: String,
+    },
+}
+
+/// The ring crypto provider every TLS object of replayd uses.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Installs the ring provider as the process-wide rustls default, for code that builds
+/// rustls configurations without naming a provider. Returns false when a provider was
+/// already installed (which is fine: everything in this module names its provider).
+pub fn install_crypto_provider() -> bool {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_ok()
+}
+
+/// The default CA directory: `$XDG_DATA_HOME/llmsim/ca`, else `~/.local/share/llmsim/ca`.
+/// Under sudo that is root's data directory, which is fine: the CA is per machine.
+pub fn default_ca_dir() -> Result<PathBuf, CaError> {
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(data) = absolute("XDG_DATA_HOME") {
+        return Ok(data.join("llmsim").join("ca"));
+    }
+    absolute("HOME")
+        .map(|home| home.join(".local/share/llmsim/ca"))
+        .ok_or(CaError::NoDataDir)
+}
+
+/// The replay CA: its issuing key and its certificate, loaded from or created in a directory.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
+    key_path: PathBuf,
+    cert_path: PathBuf,
+    provider: Arc<CryptoProvider>,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("key_path", &self.key_path)
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Loads the CA from `dir`, creating the directory, the key and the certificate first
+    /// when they are missing. A missing certificate next to an existing key is minted again
+    /// from that key, so leaves already trusted stay valid. Concurrent first runs agree on
+    /// one key: the key file is linked into place without replacing an existing one.
+    pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| CaError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let key_path = dir.join(CA_KEY_FILE);
+        let cert_path = dir.join(CA_CERT_FILE);
+        let provider = crypto_provider();
+
+        let key = if let Some(pem) = read_optional(&key_path)? {
+            parse_key(&pem, &key_path, &cert_path)?
+        } else {
+            let key = generate_key("CA key")?;
+            let pem = key.serialize_pem();
+            if write_atomic(&key_path, pem.as_bytes(), 0o600, false)? {
+                key
+            } else {
+                // Another process created the key first: use that one.
+                let pem = read_optional(&key_path)?.unwrap_or_default();
+                parse_key(&pem, &key_path, &cert_path)?
+            }
+        };
+
+        let (issuer, cert_der, cert_pem) = if let Some(pem) = read_optional(&cert_path)? {
+            let der = check_cert(&pem, &key, &key_path, &cert_path)?;
+            let issuer =
+                Issuer::from_ca_cert_der(&der, key).map_err(|source| CaError::UnusableCert {
+                    path: cert_path.clone(),
+                    source,
+                })?;
+            (issuer, der, pem)
+        } else {
+            let params = ca_params(&provider)?;
+            let cert = params
+                .self_signed(&key)
+                .map_err(|source| CaError::Generate {
+                    what: "CA certificate".into(),
+                    source,
+                })?;
+            let pem = cert.pem();
+            write_atomic(&cert_path, pem.as_bytes(), 0o644, true)?;
+            (Issuer::new(params, key), cert.der().clone(), pem)
+        };
+        Ok(Self {
+            issuer,
+            cert_der,
+            cert_pem,
+            key_path,
+            cert_path,
+            provider,
+        })
+    }
+
+    /// The CA certificate, DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert_der
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Path of the CA certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// Path of the CA key file.
+    pub fn key_path(&self) -> &Path {
+        &self.key_path
+    }
+
+    /// Writes the trust files for a child process into `out_dir`: a bundle of the system CAs
+    /// ([`SYSTEM_CA_BUNDLE`], when present) followed by the replay CA, and a copy of the CA
+    /// certificate alone. See [`TrustBundle::env`] for the variables to set.
+    pub fn trust_bundle(&self, out_dir: &Path) -> Result<TrustBundle, CaError> {
+        self.trust_bundle_with(out_dir, Path::new(SYSTEM_CA_BUNDLE))
+    }
+
+    /// [`Self::trust_bundle`] starting from the system bundle at `system_bundle` instead of
+    /// [`SYSTEM_CA_BUNDLE`]; a missing file contributes nothing.
+    pub fn trust_bundle_with(
+        &self,
+        out_dir: &Path,
+        system_bundle: &Path,
+    ) -> Result<TrustBundle, CaError> {
+        fs::create_dir_all(out_dir).map_err(|source| CaError::CreateDir {
+            path: out_dir.to_path_buf(),
+            source,
+        })?;
+        let mut bundle = read_optional(system_bundle)?.unwrap_or_default();
+        if !bundle.is_empty() && !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+        bundle.push_str("# llmsim replay CA\n");
+        bundle.push_str(&self.cert_pem);
+        let paths = TrustBundle {
+            bundle: out_dir.join(BUNDLE_FILE),
+            ca_cert: out_dir.join(BUNDLE_CA_FILE),
+        };
+        write_atomic(&paths.bundle, bundle.as_bytes(), 0o644, true)?;
+        write_atomic(&paths.ca_cert, self.cert_pem.as_bytes(), 0o644, true)?;
+        Ok(paths)
+    }
+
+    /// Mints a leaf for `sans` signed by this CA, with the given key.
+    fn mint_leaf(
+        &self,
+        sans: Vec<SanType>,
+        common_name: &str,
+        key: &KeyPair,
+    ) -> Result<CertificateDer<'static>, CaError> {
+        let now = OffsetDateTime::now_utc();
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.subject_alt_names = sans;
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial(&self.provider)?);
+        params.not_before = now - BACKDATE;
+        params.not_after = now + LEAF_VALIDITY;
+        let cert = params
+            .signed_by(key, &self.issuer)
+            .map_err(|source| CaError::Generate {
+                what: format!("leaf certificate for {common_name}"),
+                source,
+            })?;
+        Ok(cert.der().clone())
+    }
+}
+
+/// The files written by [`CertificateAuthority::trust_bundle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustBundle {
+    /// System CAs plus the replay CA: for `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE` and
+    /// `CURL_CA_BUNDLE`, which replace the default store.
+    pub bundle: PathBuf,
+    /// The replay CA alone: for `NODE_EXTRA_CA_CERTS`, which adds to node's built-in store.
+    pub ca_cert: PathBuf,
+}
+
+impl TrustBundle {
+    /// The environment a child needs to trust the replay CA, as (variable, path) pairs.
+    pub fn env(&self) -> [(&'static str, &Path); 4] {
+        [
+            ("SSL_CERT_FILE", &self.bundle),
+            ("REQUESTS_CA_BUNDLE", &self.bundle),
+            ("CURL_CA_BUNDLE", &self.bundle),
+            ("NODE_EXTRA_CA_CERTS", &self.ca_cert),
+        ]
+    }
+}
+
+/// A Debian-style system trust store: an anchor file plus the command that rebuilds the
+/// store from it. [`SystemTrustStore::default`] is the real one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemTrustStore {
+    /// Where the CA certificate is copied.
+    pub anchor: PathBuf,
+    /// The command run after the copy or removal (`update-ca-certificates`).
+    pub update_command: PathBuf,
+}
+
+impl Default for SystemTrustStore {
+    fn default() -> Self {
+        Self {
+            anchor: PathBuf::from(SYSTEM_ANCHOR_PATH),
+            update_command: PathBuf::from(UPDATE_CA_CERTIFICATES),
+        }
+    }
+}
+
+impl SystemTrustStore {
+    /// Copies the CA certificate to the anchor path and rebuilds the store.
+    pub fn install(&self, ca: &CertificateAuthority) -> Result<(), CaError> {
+        if let Some(parent) = self.anchor.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(parent)
+                .map_err(|source| CaError::CreateDir {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+        }
+        write_atomic(&self.anchor, ca.cert_pem.as_bytes(), 0o644, true)?;
+        self.run_update(&[])
+    }
+
+    /// Removes the anchor and rebuilds the store from scratch. Returns false, without
+    /// running anything, when the CA was not installed.
+    pub fn uninstall(&self) -> Result<bool, CaError> {
+        match fs::remove_file(&self.anchor) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(CaError::Write {
+                    path: self.anchor.clone(),
+                    source,
+                });
+            }
+        }
+        self.run_update(&["--fresh"])?;
+        Ok(true)
+    }
+
+    fn run_update(&self, args: &[&str]) -> Result<(), CaError> {
+        let output = Command::new(&self.update_command)
+            .args(args)
+            .output()
+            .map_err(|source| CaError::Spawn {
+                command: self.update_command.clone(),
+                source,
+            })?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(CaError::CommandFailed {
+                command: self.update_command.clone(),
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            })
+        }
+    }
+}
+
+/// Puts the CA into the Debian-style system store ([`SYSTEM_ANCHOR_PATH`] plus
+/// `update-ca-certificates`), for the daemon modes. Needs root.
+pub fn trust_install(ca: &CertificateAuthority) -> Result<(), CaError> {
+    SystemTrustStore::default().install(ca)
+}
+
+/// Takes the CA out of the Debian-style system store again. Returns false when it was not
+/// installed. Needs root.
+pub fn trust_uninstall() -> Result<bool, CaError> {
+    SystemTrustStore::default().uninstall()
+}
+
+/// A rustls certificate resolver that mints a leaf per SNI name, signed by the replay CA,
+/// and caches it (bounded; the oldest entry goes first). A client that sends no SNI gets
+/// a leaf for IP addresses: the fallback addresses given at construction, or the one
+/// passed to [`LeafResolver::server_config_for_ip`]. All leaves share one P-256 key that
+/// lives only in memory.
+pub struct LeafResolver {
+    ca: Arc<CertificateAuthority>,
+    key: KeyPair,
+    signing_key: Arc<dyn SigningKey>,
+    fallback_ips: Vec<IpAddr>,
+    builder: ConfigBuilder<ServerConfig, WantsVerifier>,
+    cache: Mutex<LeafCache>,
+}
+
+impl fmt::Debug for LeafResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeafResolver")
+            .field("ca", &self.ca)
+            .field("fallback_ips", &self.fallback_ips)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeafResolver {
+    /// A resolver whose SNI-less leaves are for 127.0.0.1 and `::1`.
+    pub fn new(ca: Arc<CertificateAuthority>) -> Result<Self, CaError> {
+        Self::with_fallback_ips(
+            ca,
+            vec![
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ],
+        )
+    }
+
+    /// A resolver whose SNI-less leaves carry `fallback_ips` as IP SANs.
+    pub fn with_fallback_ips(
+        ca: Arc<CertificateAuthority>,
+        fallback_ips: Vec<IpAddr>,
+    ) -> Result<Self, CaError> {
+        let key = generate_key("leaf key")?;
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signing_key = ca
+            .provider
+            .key_provider
+            .load_private_key(der)
+            .map_err(|source| CaError::Rustls {
+                what: "leaf key",
+                source,
+            })?;
+        let builder = ServerConfig::builder_with_provider(ca.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|source| CaError::Rustls {
+                what: "protocol versions",
+                source,
+            })?;
+        Ok(Self {
+            ca,
+            key,
+            signing_key,
+            fallback_ips,
+            builder,
+            cache: Mutex::new(LeafCache::new(DEFAULT_CACHE_CAPACITY)),
+        })
+    }
+
+    /// Bounds the leaf cache to `capacity` entries (at least one).
+    #[must_use]
+    pub fn with_cache_capacity(self, capacity: usize) -> Self {
+        Self {
+            cache: Mutex::new(LeafCache::new(capacity.max(1))),
+            ..self
+        }
+    }
+
+    /// A server configuration that resolves leaves through this resolver and offers `alpn`
+    /// (for now [`HTTP11_ALPN`]).
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> ServerConfig {
+        self.config_with(self.clone(), alpn)
+    }
+
+    /// Like [`Self::server_config`], but a client that sends no SNI gets a leaf for `ip`,
+    /// typically the original destination the app connected to.
+    pub fn server_config_for_ip(self: &Arc<Self>, alpn: &[&[u8]], ip: IpAddr) -> ServerConfig {
+        self.config_with(
+            Arc::new(ForIp {
+                inner: self.clone(),
+                ip,
+            }),
+            alpn,
+        )
+    }
+
+    fn config_with(&self, resolver: Arc<dyn ResolvesServerCert>, alpn: &[&[u8]]) -> ServerConfig {
+        let mut config = self
+            .builder
+            .clone()
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+
+    /// The leaf for a DNS name (an IP literal is treated as an IP SAN), from the cache or
+    /// freshly minted.
+    pub fn leaf_for_name(&self, name: &str) -> Result<Arc<CertifiedKey>, CaError> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return self.leaf_for_ips(&[ip]);
+        }
+        self.cached(CacheKey::Name(name.clone()), || {
+            let san =
+                SanType::DnsName(
+                    name.as_str()
+                        .try_into()
+                        .map_err(|source| CaError::Generate {
+                            what: format!("leaf certificate for {name}"),
+                            source,
+                        })?,
+                );
+            self.ca.mint_leaf(vec![san], &name, &self.key)
+        })
+    }
+
+    /// The leaf for a set of IP addresses, from the cache or freshly minted.
+    pub fn leaf_for_ips(&self, ips: &[IpAddr]) -> Result<Arc<CertifiedKey>, CaError> {
+        let common_name = ips
+            .first()
+            .map_or_else(|| "llmsim replay".to_owned(), ToString::to_string);
+        self.cached(CacheKey::Ips(ips.to_vec()), || {
+            let sans = ips.iter().copied().map(SanType::IpAddress).collect();
+            self.ca.mint_leaf(sans, &common_name, &self.key)
+        })
+    }
+
+    fn cached(
+        &self,
+        key: CacheKey,
+        mint: impl FnOnce() -> Result<CertificateDer<'static>, CaError>,
+    ) -> Result<Arc<CertifiedKey>, CaError> {
+        if let Some(hit) = self.lock_cache().get(&key) {
+            return Ok(hit);
+        }
+        // Minting happens outside the lock; two racing handshakes may both mint, which is
+        // harmless.
+        let cert = mint()?;
+        let leaf = Arc::new(CertifiedKey::new(vec![cert], self.signing_key.clone()));
+        self.lock_cache().insert(key, leaf.clone());
+        Ok(leaf)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, LeafCache> {
+        // The cache holds no invariant a panic elsewhere could break.
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn resolve_or_log(&self, sni: Option<&str>, ip: Option<IpAddr>) -> Option<Arc<CertifiedKey>> {
+        let result = match (sni, ip) {
+            (Some(name), _) => self.leaf_for_name(name),
+            (None, Some(ip)) => self.leaf_for_ips(&[ip]),
+            (None, None) => self.leaf_for_ips(&self.fallback_ips),
+        };
+        match result {
+            Ok(leaf) => Some(leaf),
+            Err(e) => {
+                tracing::warn!(sni = sni.unwrap_or("-"), error = %ErrorChain(&e), "cannot mint a TLS leaf");
+                None
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for LeafResolver {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.resolve_or_log(client_hello.server_name(), None)
+    }
+}
+
+/// [`LeafResolver`] with a per-connection IP for SNI-less clients.
+#[derive(Debug)]
+struct ForIp {
+    inner: Arc<LeafResolver>,
+    ip: IpAddr,
+}
+
+impl ResolvesServerCert for ForIp {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.inner
+            .resolve_or_log(client_hello.server_name(), Some(self.ip))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum CacheKey {
+    Name(String),
+    Ips(Vec<IpAddr>),
+}
+
+/// A bounded map of minted leaves; insertion order decides eviction.
+struct LeafCache {
+    capacity: usize,
+    map: HashMap<CacheKey, (Arc<CertifiedKey>, Instant)>,
+    order: VecDeque<CacheKey>,
+}
+
+impl LeafCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, key: &CacheKey) -> Option<Arc<CertifiedKey>> {
+        self.map
+            .get(key)
+            .filter(|(_, minted)| minted.elapsed() < LEAF_REFRESH)
+            .map(|(leaf, _)| leaf.clone())
+    }
+
+    fn insert(&mut self, key: CacheKey, leaf: Arc<CertifiedKey>) {
+        if self
+            .map
+            .insert(key.clone(), (leaf, Instant::now()))
+            .is_none()
+        {
+            self.order.push_back(key);
+        }
+        while self.map.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.map.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// Formats an error with its sources, `a: b: c`, for log lines.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+fn generate_key(what: &str) -> Result<KeyPair, CaError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| CaError::Generate {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+fn parse_key(pem: &str, key_path: &Path, cert_path: &Path) -> Result<KeyPair, CaError> {
+    let key = KeyPair::from_pem(pem).map_err(|source| CaError::CorruptKey {
+        path: key_path.to_path_buf(),
+        cert: cert_path.to_path_buf(),
+        source,
+    })?;
+    if key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+        return Err(CaError::WrongKeyType {
+            path: key_path.to_path_buf(),
+            cert: cert_path.to_path_buf(),
+        });
+    }
+    if let Ok(meta) = fs::metadata(key_path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(path = %key_path.display(), "the replay CA key is readable by other users; chmod 600 it");
+    }
+    Ok(key)
+}
+
+/// Parses the CA certificate, checks it belongs to `key` and is still valid, and returns
+/// its DER.
+fn check_cert(
+    pem: &str,
+    key: &KeyPair,
+    key_path: &Path,
+    cert_path: &Path,
+) -> Result<CertificateDer<'static>, CaError> {
+    let (_, parsed) =
+        x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| CaError::CorruptCertPem {
+            path: cert_path.to_path_buf(),
+            source: nom_inner(e, x509_parser::error::PEMError::IncompletePEM),
+        })?;
+    let x509 = parsed.parse_x509().map_err(|e| CaError::CorruptCert {
+        path: cert_path.to_path_buf(),
+        source: nom_inner(e, x509_parser::error::X509Error::InvalidCertificate),
+    })?;
+    if x509.tbs_certificate.subject_pki.raw != key.subject_public_key_info().as_slice() {
+        return Err(CaError::KeyMismatch {
+            key: key_path.to_path_buf(),
+            cert: cert_path.to_path_buf(),
+        });
+    }
+    if x509.validity().not_after.timestamp() < OffsetDateTime::now_utc().unix_timestamp() {
+        return Err(CaError::Expired {
+            path: cert_path.to_path_buf(),
+        });
+    }
+    Ok(CertificateDer::from(parsed.contents.clone()))
+}
+
+fn nom_inner<E>(e: x509_parser::nom::Err<E>, incomplete: E) -> E {
+    match e {
+        x509_parser::nom::Err::Error(e) | x509_parser::nom::Err::Failure(e) => e,
+        x509_parser::nom::Err::Incomplete(_) => incomplete,
+    }
+}
+
+fn ca_params(provider: &CryptoProvider) -> Result<CertificateParams, CaError> {
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "llmsim");
+    dn.push(
+        DnType::CommonName,
+        format!("llmsim replay CA ({})", hostname()),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial(provider)?);
+    params.not_before = now - BACKDATE;
+    params.not_after = now + CA_VALIDITY;
+    Ok(params)
+}
+
+fn random_serial(provider: &CryptoProvider) -> Result<SerialNumber, CaError> {
+    let mut bytes = [0u8; 16];
+    provider
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| CaError::Random)?;
+    // Positive and without a leading zero octet.
+    bytes[0] = (bytes[0] & 0x7f) | 0x40;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+/// This machine's host name, shortened for the CA's common name.
+fn hostname() -> String {
+    let name = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    name.chars().take(MAX_HOSTNAME_IN_CN).collect()
+}
+
+fn read_optional(path: &Path) -> Result<Option<String>, CaError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(CaError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Distinguishes temporary files written by concurrent threads of one process.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `contents` to `path` through a temporary file in the same directory that is
+/// created with `mode` from the start. With `replace`, the file is renamed over `path`;
+/// without, it is linked into place only if `path` does not exist yet, and the result
+/// says whether it was. Returns true when `path` now holds `contents`.
+fn write_atomic(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<bool, CaError> {
+    let write_err = |source| CaError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{file_name}.{}.{nanos}.{seq}.tmp",
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have narrowed a public file's mode; widen it back. A private file
+        // is created narrow and never widened.
+        if mode & 0o077 != 0 {
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+        }
+        file.write_all(contents)?;
+        file.sync_all()?;
+        if replace {
+            fs::rename(&tmp, path).map(|()| true)
+        } else {
+            match fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    })();
+    if !(replace && result.is_ok()) {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(write_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, RootCertStore};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn creates_files_with_the_right_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_dir = dir.path().join("nested/ca");
+        let ca = CertificateAuthority::load_or_create(&ca_dir).unwrap();
+        assert_eq!(mode(ca.key_path()), 0o600);
+        assert_eq!(mode(ca.cert_path()), 0o644);
+        assert_eq!(mode(&ca_dir), 0o700);
+        assert!(ca.cert_pem().starts_with("-----BEGIN CERTIFICATE-----"));
+        // No temporary files are left behind.
+        let names: Vec<_> = fs::read_dir(&ca_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let (_, pem) = x509_parser::pem::parse_x509_pem(ca.cert_pem().as_bytes()).unwrap();
+        let x509 = pem.parse_x509().unwrap();
+        let cn = x509.subject().to_string();
+        assert!(cn.contains("llmsim replay CA ("), "{cn}");
+        assert!(x509.is_ca());
+    }
+
+    #[test]
+    fn reload_gives_the_same_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = CertificateAuthority::load_or_create(dir.path()).unwrap();
+        let second = CertificateAuthority::load_or_create(dir.path()).unwrap();
+        assert_eq!(first.cert_der(), second.cert_der());
+        assert_eq!(first.cert_pem(), second.cert_pem());
+    }
+
+    #[test]
+    fn missing_cert_is_minted_again_from_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = CertificateAuthority::load_or_create(dir.path()).unwrap();
+        let key_before = fs::read(first.key_path()).unwrap();
+        fs::remove_file(first.cert_path()).unwrap();
+        let second = CertificateAuthority::load_or_create(dir.path()).unwrap();
+        assert_eq!(fs::read(second.key_path()).unwrap(), key_before);
+        assert!(second.cert_path().exists());
+    }
+
+    #[test]
+    fn corrupt_key_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(CA_KEY_FILE), "not a key").unwrap();
+        let err = CertificateAuthority::load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(err, CaError::CorruptKey { .. }), "{err:?}");
+        assert!(err.to_string().contains(CA_KEY_FILE), "{err}");
+    }
+
+    #[test]
+    fn mismatched_cert_is_an_error() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        CertificateAuthority::load_or_create(a.path()).unwrap();
+        CertificateAuthority::load_or_create(b.path()).unwrap();
+        fs::copy(a.path().join(CA_CERT_FILE), b.path().join(CA_CERT_FILE)).unwrap();
+        let err = CertificateAuthority::load_or_create(b.path()).unwrap_err();
+        assert!(matches!(err, CaError::KeyMismatch { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn trust_bundle_appends_the_ca_to_the_system_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap();
+        let system = dir.path().join("system.crt");
+        fs::write(&system, "SYSTEM CAS").unwrap();
+        let out = dir.path().join("out");
+        let bundle = ca.trust_bundle_with(&out, &system).unwrap();
+        let text = fs::read_to_string(&bundle.bundle).unwrap();
+        assert!(text.starts_with("SYSTEM CAS\n"));
+        assert!(text.ends_with(ca.cert_pem()));
+        assert_eq!(fs::read_to_string(&bundle.ca_cert).unwrap(), ca.cert_pem());
+        let env = bundle.env();
+        assert_eq!(env[0], ("SSL_CERT_FILE", bundle.bundle.as_path()));
+        assert_eq!(env[3], ("NODE_EXTRA_CA_CERTS", bundle.ca_cert.as_path()));
+        // A machine without a system bundle still gets the CA.
+        let bare = ca
+            .trust_bundle_with(&dir.path().join("bare"), &dir.path().join("missing"))
+            .unwrap();
+        assert!(
+            fs::read_to_string(&bare.bundle)
+                .unwrap()
+                .ends_with(ca.cert_pem())
+        );
+    }
+
+    #[test]
+    fn system_store_install_and_uninstall_run_the_update_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap();
+        let store = SystemTrustStore {
+            anchor: dir.path().join("store/llmsim-replay-ca.crt"),
+            update_command: PathBuf::from("true"),
+        };
+        store.install(&ca).unwrap();
+        assert_eq!(fs::read_to_string(&store.anchor).unwrap(), ca.cert_pem());
+        assert!(store.uninstall().unwrap());
+        assert!(!store.anchor.exists());
+        assert!(!store.uninstall().unwrap());
+
+        let failing = SystemTrustStore {
+            update_command: PathBuf::from("false"),
+            ..store.clone()
+        };
+        let err = failing.install(&ca).unwrap_err();
+        assert!(matches!(err, CaError::CommandFailed { .. }), "{err:?}");
+        let missing = SystemTrustStore {
+            update_command: dir.path().join("no-such-command"),
+            ..store
+        };
+        let err = missing.install(&ca).unwrap_err();
+        assert!(matches!(err, CaError::Spawn { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn leaf_cache_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
+        let resolver = LeafResolver::new(ca).unwrap().with_cache_capacity(2);
+        let a1 = resolver.leaf_for_name("a.example").unwrap();
+        let a2 = resolver.leaf_for_name("A.example.").unwrap();
+        assert!(Arc::ptr_eq(&a1, &a2), "names are cached case-insensitively");
+        resolver.leaf_for_name("b.example").unwrap();
+        resolver.leaf_for_name("c.example").unwrap();
+        assert_eq!(resolver.lock_cache().len(), 2);
+        let a3 = resolver.leaf_for_name("a.example").unwrap();
+        assert!(!Arc::ptr_eq(&a1, &a3), "the oldest entry was evicted");
+    }
+
+    fn client_config(roots: RootCertStore) -> Arc<ClientConfig> {
+        let mut config = ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// Serves one TLS connection that echoes a line, and returns the listener address.
+    async fn serve_once(
+        config: ServerConfig,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            if let Ok(mut tls) = acceptor.accept(tcp).await {
+                let mut buf = [0u8; 5];
+                if tls.read_exact(&mut buf).await.is_ok() {
+                    let _ = tls.write_all(&buf).await;
+                    let _ = tls.shutdown().await;
+                }
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn tls_handshake_with_a_minted_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
+        let resolver = Arc::new(LeafResolver::new(ca.clone()).unwrap());
+
+        // A client trusting the CA connects with SNI api.openai.com.
+        let (addr, server) = serve_once(resolver.server_config(HTTP11_ALPN)).await;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        let connector = TlsConnector::from(client_config(roots));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("api.openai.com").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let peer = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let (_, leaf) = x509_parser::parse_x509_certificate(&peer).unwrap();
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert_eq!(
+            format!("{:?}", san.value.general_names),
+            "[DNSName(\"api.openai.com\")]"
+        );
+        tls.write_all(b"hello").await.unwrap();
+        let mut back = Vec::new();
+        tls.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"hello");
+        server.await.unwrap();
+
+        // A client trusting only some other CA fails the handshake.
+        let other_dir = tempfile::tempdir().unwrap();
+        let other = CertificateAuthority::load_or_create(other_dir.path()).unwrap();
+        let (addr, server) = serve_once(resolver.server_config(HTTP11_ALPN)).await;
+        let mut roots = RootCertStore::empty();
+        roots.add(other.cert_der().clone()).unwrap();
+        let connector = TlsConnector::from(client_config(roots));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("api.openai.com").unwrap();
+        let err = connector.connect(name, tcp).await.unwrap_err();
+        // Both CAs carry this machine's name, so the client finds the issuer by name and
+        // then rejects the signature.
+        assert!(
+            err.to_string().contains("invalid peer certificate"),
+            "{err}"
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn tls_handshake_without_sni_gets_an_ip_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
+        let resolver = Arc::new(LeafResolver::new(ca.clone()).unwrap());
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let (addr, server) = serve_once(resolver.server_config_for_ip(HTTP11_ALPN, ip)).await;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.cert_der().clone()).unwrap();
+        // rustls sends no SNI for an IP address server name.
+        let connector = TlsConnector::from(client_config(roots));
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::IpAddress(ip.into()), tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"hello").await.unwrap();
+        let mut back = Vec::new();
+        tls.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"hello");
+        server.await.unwrap();
+    }
+}

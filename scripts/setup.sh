@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks to build and test llmsim, and nothing else.
+# Idempotent: when everything is present it only checks, in a few seconds.
+# Every version is pinned so that a newer nightly or bpf-linker cannot break the build silently.
+set -euo pipefail
+
+STABLE_TOOLCHAIN=1.99.1            # aya 0.16 needs rustc >= 1.98
+EBPF_TOOLCHAIN=nightly-2026-07-01  # rustc 1.98 on LLVM 22, the LLVM bpf-linker links against
+BPF_LINKER_VERSION=0.13.0
+LLVM_MAJOR=22
+APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib1g-dev
+              iproute2 curl openssl ca-certificates)
+PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_root() {
+    if [ "$(id -u)" -ne 0 ]; then
+        log "installing Debian packages needs root: run this script with sudo"
+        exit 2
+    fi
+}
+
+install_apt_packages() {
+    local missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    need_root
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+install_toolchain() {
+    local toolchain=$1; shift
+    local installed
+    installed=$(rustup toolchain list)
+    if ! grep -q "^${toolchain}-" <<<"$installed"; then
+        log "installing Rust toolchain $toolchain"
+        rustup toolchain install "$toolchain" --profile minimal --no-self-update "$@"
+        return
+    fi
+    # Components may be missing from a toolchain installed by hand.
+    local components=()
+    while [ $# -gt 0 ]; do
+        [ "$1" = --component ] && { components+=("$2"); shift; }
+        shift
+    done
+    local present
+    present=$(rustup component list --toolchain "$toolchain" --installed)
+    for c in "${components[@]}"; do
+        grep -q "^$c" <<<"$present" || rustup component add --toolchain "$toolchain" "$c"
+    done
+}
+
+install_bpf_linker() {
+    if command -v bpf-linker >/dev/null && [ "$(bpf-linker --version 2>/dev/null | awk '{print $2}')" = "$BPF_LINKER_VERSION" ]; then
+        return
+    fi
+    log "building bpf-linker $BPF_LINKER_VERSION against LLVM $LLVM_MAJOR"
+    LLVM_PREFIX=/usr/lib/llvm-${LLVM_MAJOR} LLVM_SYS_221_PREFIX=/usr/lib/llvm-${LLVM_MAJOR} \
+        cargo +"$STABLE_TOOLCHAIN" install bpf-linker --version "=$BPF_LINKER_VERSION" --locked \
+        --no-default-features --features llvm-${LLVM_MAJOR}
+}
+
+install_python_packages() {
+    if python3 - "${PYTHON_PACKAGES[@]}" <<'PY' 2>/dev/null; then return; fi
+import sys
+from importlib.metadata import version
+for spec in sys.argv[1:]:
+    name, want = spec.split("==")
+    if version(name) != want:
+        sys.exit(1)
+PY
+    log "installing Python SDKs: ${PYTHON_PACKAGES[*]}"
+    python3 -m pip install -q --disable-pip-version-check "${PYTHON_PACKAGES[@]}"
+}
+
+install_node_clients() {
+    local dir=tests/clients
+    # npm ci wipes node_modules, so it runs only when the lock file changed
+    # since the last install (a copy of it is kept as a stamp).
+    if cmp -s "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"; then
+        return
+    fi
+    log "installing the Node test clients (npm ci)"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error
+    cp "$dir/package-lock.json" "$dir/node_modules/.installed-lock.json"
+}
+
+cd "$(dirname "$0")/.."
+install_apt_packages
+install_toolchain "$STABLE_TOOLCHAIN" --component clippy --component rustfmt
+install_toolchain "$EBPF_TOOLCHAIN" --component rust-src
+install_bpf_linker
+install_python_packages
+install_node_clients
+log "ready"

@@ -1,0 +1,160 @@
+//! Whole-or-nothing file creation that never replaces an existing file. The
+//! contents go to a temporary file in the same directory, are fsynced, and are
+//! hard-linked to the final name (`link(2)` fails if the name exists); then the
+//! temporary name is removed and the directory fsynced. A crash at any point
+//! leaves no final file or a whole one, plus at most a stray temporary file
+//! whose name starts with `.` and ends in `.tmp`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Why a file could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The final name is taken; nothing was written under it.
+    #[error("{path} already exists")]
+    Exists {
+        /// The final name.
+        path: PathBuf,
+    },
+    /// The temporary file could not be created, written or fsynced.
+    #[error("cannot write temporary file {path}")]
+    Temp {
+        /// The temporary file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The temporary file could not be linked to its final name.
+    #[error("cannot create {path}")]
+    Link {
+        /// The final name.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The directory could not be fsynced, so the new name may not survive a crash.
+    #[error("cannot sync directory {path}")]
+    SyncDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Whether `name` is one of this module's temporary files.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && Path::new(name).extension().is_some_and(|e| e == "tmp")
+}
+
+/// Creates `dir/name` holding `contents`, with permission bits `mode` (less
+/// the umask), unless that name already exists.
+pub fn create_new(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> Result<PathBuf, PublishError> {
+    let path = dir.join(name);
+    let temp = dir.join(format!(
+        ".{name}.{}-{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    if let Err(source) = write_synced(&temp, contents, mode) {
+        remove_temp(&temp);
+        return Err(PublishError::Temp { path: temp, source });
+    }
+    let linked = fs::hard_link(&temp, &path);
+    remove_temp(&temp);
+    match linked {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(PublishError::Exists { path });
+        }
+        Err(source) => return Err(PublishError::Link { path, source }),
+        Ok(()) => {}
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| PublishError::SyncDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    Ok(path)
+}
+
+/// Best effort: the final name (if any) holds its own link, and a temporary
+/// file left behind is removed by the next writer that opens the directory.
+fn remove_temp(temp: &Path) {
+    if let Err(e) = fs::remove_file(temp)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %temp.display(), error = %e, "cannot remove temporary file");
+    }
+}
+
+fn write_synced(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(contents)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creates_whole_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = create_new(dir.path(), "a.json", b"{}\n", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"{}\n");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["a.json"]);
+    }
+
+    #[test]
+    fn never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.json"), b"old").unwrap();
+        let err = create_new(dir.path(), "a.json", b"new", 0o644).unwrap_err();
+        assert!(matches!(err, PublishError::Exists { .. }), "{err:?}");
+        assert_eq!(fs::read(dir.path().join("a.json")).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn missing_directory_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let err = create_new(&gone, "a.json", b"x", 0o644).unwrap_err();
+        assert!(
+            matches!(&err, PublishError::Temp { path, .. } if path.starts_with(&gone)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn temp_names() {
+        assert!(is_temp_name(".000001-openai-x.json.12-abcd.tmp"));
+        assert!(!is_temp_name("000001-openai-x.json"));
+        assert!(!is_temp_name(".gitkeep"));
+    }
+}

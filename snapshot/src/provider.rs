@@ -1,0 +1,345 @@
+//! Provider knowledge: which LLM API a host belongs to, which endpoint a
+//! request calls, and where each wire format keeps the model name and the
+//! streaming switch. Anything not recognised is `Generic` / `Other`, never an
+//! error, so unknown OpenAI-compatible servers still record and replay.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An LLM API provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// api.openai.com
+    OpenAi,
+    /// api.anthropic.com
+    Anthropic,
+    /// generativelanguage.googleapis.com
+    Gemini,
+    /// api.x.ai
+    Xai,
+    /// openrouter.ai
+    OpenRouter,
+    /// Any other host (Azure `OpenAI`, Ollama, vLLM, LM Studio, ...).
+    Generic,
+}
+
+/// The hosts whose provider is known, as replay's DNS answers them.
+pub const KNOWN_HOSTS: [(&str, Provider); 5] = [
+    ("api.openai.com", Provider::OpenAi),
+    ("api.anthropic.com", Provider::Anthropic),
+    ("generativelanguage.googleapis.com", Provider::Gemini),
+    ("api.x.ai", Provider::Xai),
+    ("openrouter.ai", Provider::OpenRouter),
+];
+
+/// A provider name that is not one of [`Provider`]'s.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The name matched no provider.
+    #[error(
+        "unknown provider {name:?} (expected openai, anthropic, gemini, xai, openrouter or generic)"
+    )]
+    Unknown {
+        /// The name as given.
+        name: String,
+    },
+}
+
+impl Provider {
+    /// Every provider, in declaration order.
+    pub const ALL: [Self; 6] = [
+        Self::OpenAi,
+        Self::Anthropic,
+        Self::Gemini,
+        Self::Xai,
+        Self::OpenRouter,
+        Self::Generic,
+    ];
+
+    /// The provider serving `host` (a `Host` header or SNI value; any port,
+    /// trailing dot and letter case are ignored).
+    pub fn from_host(host: &str) -> Self {
+        let host = host_name(host);
+        KNOWN_HOSTS
+            .iter()
+            .find(|(known, _)| known.eq_ignore_ascii_case(host))
+            .map_or(Self::Generic, |(_, provider)| *provider)
+    }
+
+    /// The lowercase name used in files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::Xai => "xai",
+            Self::OpenRouter => "openrouter",
+            Self::Generic => "generic",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Provider {
+    type Err = ProviderError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(name))
+            .ok_or_else(|| ProviderError::Unknown {
+                name: name.to_owned(),
+            })
+    }
+}
+
+/// `host`, `host:port`, `[v6]:port` or a bare IPv6 address, without the port
+/// and the trailing dot of a fully qualified name.
+fn host_name(host: &str) -> &str {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else if host.matches(':').count() == 1 {
+        host.split(':').next().unwrap_or(host)
+    } else {
+        host
+    };
+    name.strip_suffix('.').unwrap_or(name)
+}
+
+/// The API call a request makes, from its method and path alone, so
+/// OpenAI-compatible paths are recognised on any host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// `POST …/chat/completions` (`OpenAI` and every compatible server,
+    /// including `OpenRouter`'s `/api/v1/chat/completions`).
+    ChatCompletions,
+    /// `POST …/v1/responses` (`OpenAI` Responses API).
+    Responses,
+    /// `POST …/embeddings` (OpenAI-compatible embeddings).
+    Embeddings,
+    /// `POST …/v1/messages` (Anthropic Messages API).
+    Messages,
+    /// `POST …/models/{model}:generateContent` (Gemini).
+    GenerateContent,
+    /// `POST …/models/{model}:streamGenerateContent` (Gemini, streaming).
+    StreamGenerateContent,
+    /// `POST …/models/{model}:embedContent` (Gemini).
+    EmbedContent,
+    /// Anything else.
+    Other,
+}
+
+impl Endpoint {
+    /// Classifies a request; the query string is ignored.
+    pub fn classify(method: &str, path: &str) -> Self {
+        if !method.eq_ignore_ascii_case("POST") {
+            return Self::Other;
+        }
+        let path = path_only(path);
+        if let Some((_, call)) = gemini_call(path) {
+            return match call {
+                "generateContent" => Self::GenerateContent,
+                "streamGenerateContent" => Self::StreamGenerateContent,
+                "embedContent" => Self::EmbedContent,
+                _ => Self::Other,
+            };
+        }
+        let path = path.trim_end_matches('/');
+        if path.ends_with("/chat/completions") {
+            Self::ChatCompletions
+        } else if path.ends_with("/v1/responses") {
+            Self::Responses
+        } else if path.ends_with("/embeddings") {
+            Self::Embeddings
+        } else if path.ends_with("/v1/messages") {
+            Self::Messages
+        } else {
+            Self::Other
+        }
+    }
+
+    /// Whether this is one of Gemini's `models/{model}:{method}` calls.
+    pub fn is_gemini(self) -> bool {
+        matches!(
+            self,
+            Self::GenerateContent | Self::StreamGenerateContent | Self::EmbedContent
+        )
+    }
+}
+
+/// The model a request asks for: Gemini names it in the path, every other
+/// format in the body's `model` field.
+pub fn model_of(endpoint: Endpoint, path: &str, body: Option<&Value>) -> Option<String> {
+    if endpoint.is_gemini() {
+        return gemini_call(path_only(path)).map(|(model, _)| model.to_owned());
+    }
+    body?.get("model")?.as_str().map(str::to_owned)
+}
+
+/// Whether the request asks for a streamed response: Gemini by endpoint,
+/// every other format by `"stream": true` in the body.
+pub fn is_streaming(endpoint: Endpoint, body: Option<&Value>) -> bool {
+    match endpoint {
+        Endpoint::StreamGenerateContent => true,
+        Endpoint::GenerateContent | Endpoint::EmbedContent => false,
+        _ => body
+            .and_then(|b| b.get("stream"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    }
+}
+
+fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or(path)
+}
+
+/// `…/models/{model}:{call}` as `(model, call)`.
+fn gemini_call(path: &str) -> Option<(&str, &str)> {
+    let (_, rest) = path.rsplit_once("/models/")?;
+    let (model, call) = rest.split_once(':')?;
+    (!model.is_empty() && !model.contains('/') && !call.contains('/')).then_some((model, call))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hosts_map_to_providers() {
+        for (host, provider) in [
+            ("api.openai.com", Provider::OpenAi),
+            ("API.OpenAI.com:443", Provider::OpenAi),
+            ("api.anthropic.com.", Provider::Anthropic),
+            ("generativelanguage.googleapis.com", Provider::Gemini),
+            ("api.x.ai", Provider::Xai),
+            ("openrouter.ai:8443", Provider::OpenRouter),
+            ("localhost:11434", Provider::Generic),
+            ("[::1]:8080", Provider::Generic),
+            ("::1", Provider::Generic),
+            ("evil-api.openai.com", Provider::Generic),
+            ("", Provider::Generic),
+        ] {
+            assert_eq!(Provider::from_host(host), provider, "{host}");
+        }
+        assert!(
+            KNOWN_HOSTS
+                .iter()
+                .all(|(h, p)| Provider::from_host(h) == *p)
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in Provider::ALL {
+            assert_eq!(p.as_str().parse::<Provider>().unwrap(), p);
+            assert_eq!(serde_json::to_value(p).unwrap(), json!(p.as_str()));
+        }
+        assert!(
+            matches!("bard".parse::<Provider>(), Err(ProviderError::Unknown { name }) if name == "bard")
+        );
+    }
+
+    #[test]
+    fn endpoints_are_classified() {
+        for (method, path, endpoint) in [
+            ("POST", "/v1/chat/completions", Endpoint::ChatCompletions),
+            (
+                "post",
+                "/api/v1/chat/completions",
+                Endpoint::ChatCompletions,
+            ),
+            (
+                "POST",
+                "/openai/deployments/gpt4/chat/completions?api-version=2024-10-21",
+                Endpoint::ChatCompletions,
+            ),
+            ("POST", "/v1/responses", Endpoint::Responses),
+            ("GET", "/v1/responses/resp_123", Endpoint::Other),
+            ("POST", "/v1/embeddings", Endpoint::Embeddings),
+            ("POST", "/v1/messages", Endpoint::Messages),
+            ("POST", "/v1/threads/t1/messages", Endpoint::Other),
+            (
+                "POST",
+                "/v1beta/models/gemini-2.0-flash:generateContent",
+                Endpoint::GenerateContent,
+            ),
+            (
+                "POST",
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse&key=x",
+                Endpoint::StreamGenerateContent,
+            ),
+            (
+                "POST",
+                "/v1beta/models/text-embedding-004:embedContent",
+                Endpoint::EmbedContent,
+            ),
+            (
+                "POST",
+                "/v1beta/models/gemini-2.0-flash:countTokens",
+                Endpoint::Other,
+            ),
+            ("GET", "/v1/chat/completions", Endpoint::Other),
+            ("GET", "/v1/models", Endpoint::Other),
+            ("POST", "", Endpoint::Other),
+        ] {
+            assert_eq!(
+                Endpoint::classify(method, path),
+                endpoint,
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_comes_from_body_or_gemini_path() {
+        let body = json!({"model": "gpt-4o-mini", "stream": true});
+        assert_eq!(
+            model_of(
+                Endpoint::ChatCompletions,
+                "/v1/chat/completions",
+                Some(&body)
+            )
+            .as_deref(),
+            Some("gpt-4o-mini")
+        );
+        let path = "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse";
+        let endpoint = Endpoint::classify("POST", path);
+        assert_eq!(
+            model_of(endpoint, path, None).as_deref(),
+            Some("gemini-2.0-flash")
+        );
+        assert_eq!(
+            model_of(
+                Endpoint::Messages,
+                "/v1/messages",
+                Some(&json!({"model": 3}))
+            ),
+            None
+        );
+        assert_eq!(model_of(Endpoint::Other, "/", None), None);
+    }
+
+    #[test]
+    fn streaming_is_detected() {
+        let on = json!({"stream": true});
+        let off = json!({"stream": false});
+        assert!(is_streaming(Endpoint::ChatCompletions, Some(&on)));
+        assert!(!is_streaming(Endpoint::ChatCompletions, Some(&off)));
+        assert!(!is_streaming(Endpoint::Messages, None));
+        assert!(!is_streaming(Endpoint::Messages, Some(&json!("stream"))));
+        assert!(is_streaming(Endpoint::StreamGenerateContent, None));
+        assert!(!is_streaming(Endpoint::GenerateContent, Some(&on)));
+    }
+}

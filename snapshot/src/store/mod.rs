@@ -1,0 +1,261 @@
+//! The snapshot directory on disk: `DIR/llmsim.toml` (optional) and
+//! `DIR/exchanges/`, one pretty-printed JSON file per exchange, named so that
+//! they sort in capture order. This module owns reading the directory back
+//! ([`load`]) and, in [`SnapshotWriter`], appending to it without ever
+//! replacing or half-writing a file.
+
+mod naming;
+mod render;
+mod writer;
+
+use std::cmp::Ordering;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::atomic::PublishError;
+use crate::config::{ConfigError, SnapshotConfig};
+use crate::model::{Exchange, FORMAT_VERSION};
+
+pub use writer::SnapshotWriter;
+
+/// The subdirectory holding the exchange files.
+pub const EXCHANGES_DIR: &str = "exchanges";
+
+/// Why a snapshot directory could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The snapshot directory (or its `exchanges/`) could not be created.
+    #[error("cannot create snapshot directory {path}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A directory could not be listed (it is missing, not a directory, or
+    /// not readable).
+    #[error("cannot read snapshot directory {path}")]
+    ReadDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The `exchanges/` directory does not accept new files.
+    #[error("snapshot directory {path} is not writable")]
+    NotWritable {
+        /// The directory.
+        path: PathBuf,
+        /// Why the probe file could not be created.
+        #[source]
+        source: PublishError,
+    },
+    /// Another capture holds the directory's lock.
+    #[error("another capture is writing to {path}")]
+    Locked {
+        /// The locked directory.
+        path: PathBuf,
+    },
+    /// Taking the directory's lock failed for another reason.
+    #[error("cannot lock {path}")]
+    Lock {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A temporary file left by an earlier, killed capture could not be removed.
+    #[error("cannot remove stale temporary file {path}")]
+    RemoveTemp {
+        /// The temporary file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// An exchange could not be turned into a file that would load back (for
+    /// example a timing that is not a finite number).
+    #[error("exchange {seq} cannot be stored")]
+    Serialize {
+        /// The seq it would have been stored under.
+        seq: u64,
+        /// What serde reported.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Every seq up to `u64::MAX` is taken.
+    #[error("no sequence numbers left in {path}")]
+    SeqExhausted {
+        /// The `exchanges/` directory.
+        path: PathBuf,
+    },
+    /// An exchange file could not be created.
+    #[error("cannot write exchange {seq}")]
+    Write {
+        /// The seq being written.
+        seq: u64,
+        /// Which step failed, with its path.
+        #[source]
+        source: PublishError,
+    },
+    /// An exchange file could not be read.
+    #[error("cannot read {path}")]
+    ReadFile {
+        /// The exchange file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// An exchange file is not a valid exchange.
+    #[error("cannot parse {path}")]
+    Parse {
+        /// The exchange file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An exchange file was written in another format version.
+    #[error("{path} has format_version {found}, this build reads {expected}")]
+    FormatVersion {
+        /// The exchange file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// [`FORMAT_VERSION`].
+        expected: u32,
+    },
+    /// `llmsim.toml` could not be loaded.
+    #[error("cannot load the snapshot's configuration")]
+    Config {
+        /// What went wrong.
+        #[source]
+        source: ConfigError,
+    },
+}
+
+/// A snapshot directory as loaded.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// Its `llmsim.toml`, or the defaults.
+    pub config: SnapshotConfig,
+    /// Every exchange, in file name (capture) order.
+    pub exchanges: Vec<Recorded>,
+}
+
+/// One exchange file.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// The file it came from (`DIR/exchanges/000001-openai-….json`).
+    pub path: PathBuf,
+    /// Its contents.
+    pub exchange: Exchange,
+}
+
+/// Reads a snapshot directory: its config and every exchange, in name order.
+/// A directory without `exchanges/` is an empty snapshot; a missing directory
+/// is an error.
+pub fn load(dir: &Path) -> Result<Snapshot, StoreError> {
+    fs::read_dir(dir).map_err(|source| StoreError::ReadDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let config = SnapshotConfig::load(dir).map_err(|source| StoreError::Config { source })?;
+    let exchanges_dir = dir.join(EXCHANGES_DIR);
+    let mut names = match fs::read_dir(&exchanges_dir) {
+        Ok(entries) => exchange_names(&exchanges_dir, entries)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(StoreError::ReadDir {
+                path: exchanges_dir,
+                source,
+            });
+        }
+    };
+    names.sort_by(|a, b| by_seq(a, b));
+    let exchanges = names
+        .into_iter()
+        .map(|name| load_exchange(exchanges_dir.join(name)))
+        .collect::<Result<_, _>>()?;
+    Ok(Snapshot {
+        dir: dir.to_owned(),
+        config,
+        exchanges,
+    })
+}
+
+/// Names of the exchange files in `exchanges/`.
+fn exchange_names(dir: &Path, entries: fs::ReadDir) -> Result<Vec<String>, StoreError> {
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| StoreError::ReadDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && naming::is_exchange_file(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+/// Capture order even past six digits, then name.
+fn by_seq(a: &str, b: &str) -> Ordering {
+    naming::seq_of(a)
+        .cmp(&naming::seq_of(b))
+        .then_with(|| a.cmp(b))
+}
+
+fn load_exchange(path: PathBuf) -> Result<Recorded, StoreError> {
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(source) => return Err(StoreError::ReadFile { path, source }),
+    };
+    // The version first, so a file from another version says so rather than
+    // failing on whichever field changed.
+    let version = match serde_json::from_slice::<Version>(&bytes) {
+        Ok(v) => v.format_version,
+        Err(source) => return Err(StoreError::Parse { path, source }),
+    };
+    if version != FORMAT_VERSION {
+        return Err(StoreError::FormatVersion {
+            path,
+            found: version,
+            expected: FORMAT_VERSION,
+        });
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(exchange) => Ok(Recorded { path, exchange }),
+        Err(source) => Err(StoreError::Parse { path, source }),
+    }
+}
+
+/// Serializes `exchange` as its file text; used by the writer, and by tests to
+/// compare bytes.
+fn to_file_text(exchange: &Exchange) -> Result<String, serde_json::Error> {
+    let text = render::render(&serde_json::to_value(exchange)?);
+    // A value serde_json writes but cannot read back (NaN becomes null) would
+    // make the whole snapshot unloadable: refuse it here instead.
+    serde_json::from_str::<Exchange>(&text)?;
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests;
