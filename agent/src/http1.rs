@@ -126,6 +126,10 @@ fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
         .map(|(_, v)| v.as_slice())
 }
 
+/// The incomplete reason of a response cut off by the connection's end while
+/// its body was being read (as when a client stops reading a finished stream).
+pub const ENDED_IN_RESPONSE_BODY: &str = "connection ended inside the response body";
+
 /// A request paired with its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {

@@ -23,7 +23,10 @@ enum Command {
 }
 
 #[derive(Args)]
-#[expect(clippy::struct_excessive_bools, reason = "independent command-line flags")]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line flags"
+)]
 struct CaptureArgs {
     /// Snapshot directory (created, or appended to).
     #[arg(long, default_value = "llmsim")]

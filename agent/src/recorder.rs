@@ -197,6 +197,14 @@ impl Recorder {
                 .map(|(ts, bytes)| (ms(ts), bytes))
                 .collect();
             let body = body(&response_headers, &segments, &mut incomplete);
+            // A client that stops reading after a stream's last whole event
+            // (openai-python closes at `[DONE]` without reading the chunked
+            // terminator) saw the whole stream: nothing of it is missing.
+            if incomplete.as_deref() == Some(http1::ENDED_IN_RESPONSE_BODY)
+                && matches!(&body, Body::Sse { events, unterminated: None, .. } if !events.is_empty())
+            {
+                incomplete = None;
+            }
             let response = Response {
                 status: r.status,
                 headers: response_headers,

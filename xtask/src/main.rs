@@ -58,5 +58,8 @@ fn test() -> anyhow::Result<()> {
         "warnings",
     ])?;
 
+    // The end-to-end tests drive the binaries, which `cargo test` does not
+    // build for another package's tests.
+    cargo(&["build", "--bins"])?;
     cargo(&["test", "--workspace", "--no-fail-fast"])
 }

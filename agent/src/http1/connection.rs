@@ -269,7 +269,7 @@ impl Http1Connection {
                 self.complete_response(ts_ns, out);
                 return;
             }
-            ReadState::Body { orphan: false, .. } => "connection ended inside the response body",
+            ReadState::Body { orphan: false, .. } => super::ENDED_IN_RESPONSE_BODY,
             ReadState::Head(_) if !self.read_buf.is_empty() => {
                 "connection ended inside the response head"
             }
