@@ -233,10 +233,56 @@ pub enum FilterMode {
     All = 3,
 }
 
+/// Where replayd wants redirected connections: the single entry of the
+/// `REDIRECT` array. Addresses and ports are in network byte order, as the
+/// kernel's `bpf_sock_addr` holds them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RedirectConfig {
+    /// replayd's IPv4 listener address.
+    pub listener_ip4: u32,
+    /// replayd's listener port (network order in the low 16 bits).
+    pub listener_port: u32,
+    /// replayd's IPv6 listener address (`::1`), used for IPv6 destinations.
+    pub listener_ip6: [u32; 4],
+    /// replayd's IPv6 listener port (network order in the low 16 bits).
+    pub listener6_port: u32,
+    /// replayd's DNS responder address (UDP and TCP).
+    pub dns_ip4: u32,
+    /// replayd's DNS responder port (network order in the low 16 bits).
+    pub dns_port: u32,
+    /// `REDIRECT_FLAG_*` bits.
+    pub flags: u32,
+    /// replayd's own tgid, never redirected (it may run inside the cgroup).
+    pub exempt_tgid: u32,
+    /// Explicit padding.
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<RedirectConfig>() == 48);
+
+/// [`RedirectConfig::flags`]: redirect every non-loopback TCP destination,
+/// not only the addresses in `REDIRECT_V4`.
+pub const REDIRECT_FLAG_ALL_HOSTS: u32 = 1;
+
+/// A connection's original destination, as the app asked for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDestination {
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u32,
+    /// Port, network order in the low 16 bits.
+    pub port: u32,
+    /// IPv4 address (network order) in the first word, or the IPv6 address.
+    pub addr: [u32; 4],
+}
+const _: () = assert!(size_of::<OriginalDestination>() == 24);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integer-only types with explicit padding.
     #![expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::Filter {}
     unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::RedirectConfig {}
+    unsafe impl aya::Pod for super::OriginalDestination {}
 }

@@ -1,6 +1,9 @@
 //! Every map the kernel programs share with each other and with userspace.
 
-use agent_common::{ConnKey, DROP_REASONS, DropReason, Filter, RING_BUFFER_BYTES};
+use agent_common::{
+    ConnKey, DROP_REASONS, DropReason, Filter, OriginalDestination, RING_BUFFER_BYTES,
+    RedirectConfig,
+};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -78,3 +81,23 @@ pub fn count_lost(key: &ConnKey, bytes: u64) {
         }
     }
 }
+
+/// replayd's listener and DNS addresses; index 0 only. Written by replayd.
+#[map]
+pub static REDIRECT: Array<RedirectConfig> = Array::with_max_entries(1, 0);
+
+/// IPv4 destinations (network order) whose TCP connects go to replayd: the
+/// addresses replayd's DNS answers for recorded hosts.
+#[map]
+pub static REDIRECT_V4: HashMap<u32, u8> = HashMap::with_max_entries(4_096, 0);
+
+/// Original destination of each redirected socket, by socket cookie.
+#[map]
+pub static ORIGINAL_BY_COOKIE: LruHashMap<u64, OriginalDestination> =
+    LruHashMap::with_max_entries(65_536, 0);
+
+/// Original destination of each redirected TCP connection, by the client's
+/// local port (host order), for replayd to look up when it accepts.
+#[map]
+pub static ORIGINAL_BY_PORT: LruHashMap<u32, OriginalDestination> =
+    LruHashMap::with_max_entries(65_536, 0);

@@ -17,8 +17,10 @@ use thiserror::Error;
 
 use crate::tls_libs::{SslSymbols, TlsLibrary};
 
-/// The eBPF object built by build.rs from `agent-ebpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+/// The eBPF object built by build.rs from `agent-ebpf`: the capture probes and
+/// the replay redirect hooks.
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
 
 /// Raw tracepoints attached at start: program name = tracepoint name.
 const RAW_TRACEPOINTS: [&str; 3] = ["sys_enter", "sys_exit", "sched_process_exec"];

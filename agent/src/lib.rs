@@ -11,5 +11,6 @@ pub mod http1;
 pub mod kernel;
 pub mod preflight;
 pub mod recorder;
+pub mod redirect;
 mod sys;
 pub mod tls_libs;

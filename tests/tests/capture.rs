@@ -51,7 +51,7 @@ fn capture(netns: &TestNetns, ca: &TestCa, out: &Path, client: &str) -> ClientRu
     // The client's report comes first on stdout, the agent's JSON summary last.
     let stdout = std::mem::take(&mut output.stdout);
     let (client_out, summary) = stdout.split_at(stdout.rfind("\n{").map_or(0, |i| i + 1));
-    output.stdout = client_out.to_owned();
+    client_out.clone_into(&mut output.stdout);
     let summary: Value = serde_json::from_str(summary)
         .unwrap_or_else(|e| panic!("agent summary is not JSON ({e}): {summary}\n{output}"));
     assert_eq!(summary["exit_code"], 0, "{output}");

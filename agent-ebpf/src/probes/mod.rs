@@ -1,5 +1,6 @@
 //! The kernel programs, one module per hook family.
 
+mod cgroup;
 mod ssl;
 mod syscalls;
 

@@ -1,0 +1,303 @@
+//! cgroup socket hooks that send a cgroup's connections to replayd (kernel >=
+//! 5.7 for bpf_link attachment; 5.8 for `recvmsg`/`getpeername` rewrites).
+//! `connect4/6` and `sendmsg4/6` rewrite destinations: TCP connects to recorded
+//! hosts go to replayd's listener, DNS (port 53, UDP and TCP) to its responder.
+//! `recvmsg4/6` and `getpeername4/6` put the original address back where the
+//! app looks; `sock_ops` hands replayd each connection's original destination.
+//! Everything else passes untouched. Addresses and ports in `bpf_sock_addr`
+//! are in network byte order.
+
+use agent_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, sock_ops},
+    programs::{SockAddrContext, SockOpsContext},
+};
+
+use crate::maps::{ORIGINAL_BY_COOKIE, ORIGINAL_BY_PORT, REDIRECT, REDIRECT_V4};
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+/// Port 53 as `bpf_sock_addr` holds it: network order in the low 16 bits.
+const DNS_PORT: u32 = 53u16.to_be() as u32;
+/// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`: a client connection completed.
+const ACTIVE_ESTABLISHED: u32 = 4;
+/// The first three words of an IPv4-mapped IPv6 address, `::ffff:0:0/96`.
+const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, 0xffffu32.to_be()];
+/// cgroup hooks return 1 to let the syscall proceed.
+const ALLOW: i32 = 1;
+
+/// `connect(2)` on an IPv4 socket.
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    if let Some(config) = config() {
+        // SAFETY: the context pointer the kernel passes, valid for this call.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        redirect_v4(&ctx, sa, &config);
+    }
+    ALLOW
+}
+
+/// `sendto`/`sendmsg` with an address on an unconnected IPv4 socket.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    if let Some(config) = config() {
+        // SAFETY: as above.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        if sa.type_ == SOCK_DGRAM && sa.user_port == DNS_PORT {
+            remember(&ctx, AF_INET, sa.user_port, [sa.user_ip4, 0, 0, 0]);
+            sa.user_ip4 = config.dns_ip4;
+            sa.user_port = config.dns_port;
+        }
+    }
+    ALLOW
+}
+
+/// `recvmsg`/`recvfrom` on an IPv4 socket: a DNS answer from replayd appears
+/// to come from the nameserver the app asked (c-ares checks this).
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    if let Some(config) = config() {
+        // SAFETY: as above.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        if sa.user_ip4 == config.dns_ip4
+            && sa.user_port == config.dns_port
+            && let Some(original) = original(&ctx)
+            && original.family == AF_INET
+        {
+            sa.user_ip4 = original.addr[0];
+            sa.user_port = original.port;
+        }
+    }
+    ALLOW
+}
+
+/// `getpeername` on an IPv4 socket: a redirected connection shows its original peer.
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    if config().is_some()
+        && let Some(original) = original(&ctx)
+        && original.family == AF_INET
+    {
+        // SAFETY: as above.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        sa.user_ip4 = original.addr[0];
+        sa.user_port = original.port;
+    }
+    ALLOW
+}
+
+/// `connect(2)` on an IPv6 socket. A dual-stack socket connecting to an
+/// IPv4-mapped address lands here, not in `connect4`.
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    if let Some(config) = config() {
+        // SAFETY: as above.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        redirect_v6(&ctx, sa, &config);
+    }
+    ALLOW
+}
+
+/// `sendto`/`sendmsg` with an address on an unconnected IPv6 socket.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    if let Some(config) = config() {
+        // SAFETY: as above.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        if sa.type_ == SOCK_DGRAM && sa.user_port == DNS_PORT {
+            remember(&ctx, AF_INET6, sa.user_port, ip6(sa));
+            set_v4_mapped(sa, config.dns_ip4, config.dns_port);
+        }
+    }
+    ALLOW
+}
+
+/// `recvmsg`/`recvfrom` on an IPv6 socket (also the reply to a `sendto` of a
+/// mapped address, which ran `sendmsg4`).
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    if let Some(config) = config() {
+        // SAFETY: as above.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        let from = ip6(sa);
+        let from_dns = from[..3] == V4_MAPPED_PREFIX
+            && from[3] == config.dns_ip4
+            && sa.user_port == config.dns_port;
+        if from_dns && let Some(original) = original(&ctx) {
+            set_ip6(
+                sa,
+                if original.family == AF_INET {
+                    [
+                        V4_MAPPED_PREFIX[0],
+                        V4_MAPPED_PREFIX[1],
+                        V4_MAPPED_PREFIX[2],
+                        original.addr[0],
+                    ]
+                } else {
+                    original.addr
+                },
+            );
+            sa.user_port = original.port;
+        }
+    }
+    ALLOW
+}
+
+/// `getpeername` on an IPv6 socket.
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    if config().is_some()
+        && let Some(original) = original(&ctx)
+        && original.family == AF_INET6
+    {
+        // SAFETY: as above.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        set_ip6(sa, original.addr);
+        sa.user_port = original.port;
+    }
+    ALLOW
+}
+
+/// TCP state callbacks: when a redirected client connection is established its
+/// local port is known, so its original destination is filed under that port,
+/// where replayd finds it after `accept()`.
+#[sock_ops]
+pub fn sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == ACTIVE_ESTABLISHED {
+        // SAFETY: a sock_ops context is a valid argument for the cookie helper.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        // SAFETY: the value is copied before use.
+        if let Some(original) = unsafe { ORIGINAL_BY_COOKIE.get(&cookie) }.copied() {
+            let _ = ORIGINAL_BY_PORT.insert(&ctx.local_port(), &original, 0);
+        }
+    }
+    0
+}
+
+/// The configuration, unless replayd has not written it or the caller is
+/// replayd itself (its upstream DNS forwarding must not loop back to it).
+#[inline(always)]
+fn config() -> Option<RedirectConfig> {
+    let config = *REDIRECT.get(0)?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    (config.listener_port != 0 && tgid != config.exempt_tgid).then_some(config)
+}
+
+#[inline(always)]
+fn cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: a sock_addr context is a valid argument for the cookie helper.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, family: u32, port: u32, addr: [u32; 4]) {
+    let original = OriginalDestination { family, port, addr };
+    let _ = ORIGINAL_BY_COOKIE.insert(&cookie(ctx), &original, 0);
+}
+
+#[inline(always)]
+fn original(ctx: &SockAddrContext) -> Option<OriginalDestination> {
+    // SAFETY: the value is copied before use.
+    unsafe { ORIGINAL_BY_COOKIE.get(&cookie(ctx)) }.copied()
+}
+
+/// 127.0.0.0/8, network order.
+#[inline(always)]
+fn is_loopback_v4(ip: u32) -> bool {
+    u32::from_be(ip) >> 24 == 127
+}
+
+#[inline(always)]
+fn redirect_v4(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, config: &RedirectConfig) {
+    let (ip, port) = (sa.user_ip4, sa.user_port);
+    let target = if port == DNS_PORT && (sa.type_ == SOCK_DGRAM || sa.type_ == SOCK_STREAM) {
+        Some((config.dns_ip4, config.dns_port))
+    } else if sa.type_ == SOCK_STREAM && wanted_v4(ip, config) {
+        Some((config.listener_ip4, config.listener_port))
+    } else {
+        None
+    };
+    if let Some((new_ip, new_port)) = target {
+        remember(ctx, AF_INET, port, [ip, 0, 0, 0]);
+        sa.user_ip4 = new_ip;
+        sa.user_port = new_port;
+    }
+}
+
+#[inline(always)]
+fn wanted_v4(ip: u32, config: &RedirectConfig) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { REDIRECT_V4.get(&ip) }.is_some()
+        || (config.flags & REDIRECT_FLAG_ALL_HOSTS != 0 && !is_loopback_v4(ip))
+}
+
+#[inline(always)]
+fn redirect_v6(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, config: &RedirectConfig) {
+    let (ip6, port) = (ip6(sa), sa.user_port);
+    if ip6[..3] == V4_MAPPED_PREFIX {
+        let ip = ip6[3];
+        let target = if port == DNS_PORT {
+            Some((config.dns_ip4, config.dns_port))
+        } else if sa.type_ == SOCK_STREAM && wanted_v4(ip, config) {
+            Some((config.listener_ip4, config.listener_port))
+        } else {
+            None
+        };
+        if let Some((new_ip, new_port)) = target {
+            remember(ctx, AF_INET, port, [ip, 0, 0, 0]);
+            set_v4_mapped(sa, new_ip, new_port);
+        }
+        return;
+    }
+    let loopback = ip6 == [0, 0, 0, 1u32.to_be()];
+    if sa.type_ == SOCK_STREAM
+        && !loopback
+        && config.flags & REDIRECT_FLAG_ALL_HOSTS != 0
+        && config.listener6_port != 0
+    {
+        remember(ctx, AF_INET6, port, ip6);
+        set_ip6(sa, config.listener_ip6);
+        sa.user_port = config.listener6_port;
+    }
+}
+
+#[inline(always)]
+fn set_v4_mapped(sa: &mut bpf_sock_addr, ip: u32, port: u32) {
+    set_ip6(
+        sa,
+        [
+            V4_MAPPED_PREFIX[0],
+            V4_MAPPED_PREFIX[1],
+            V4_MAPPED_PREFIX[2],
+            ip,
+        ],
+    );
+    sa.user_port = port;
+}
+
+/// Reads `user_ip6` one word at a time, for the reason given at [`set_ip6`].
+#[inline(always)]
+fn ip6(sa: &bpf_sock_addr) -> [u32; 4] {
+    let base: *const bpf_sock_addr = sa;
+    // SAFETY: `base` is the context pointer; each index is < 4.
+    core::array::from_fn(|i| unsafe { (*core::hint::black_box(base)).user_ip6[i] })
+}
+
+/// Writes `user_ip6` one word at a time, each through an opaque copy of the
+/// context pointer: the verifier only accepts context stores at a constant
+/// offset from the context pointer itself, and an array copy would make LLVM
+/// store through a derived `ctx + 8` pointer instead.
+#[inline(always)]
+fn set_ip6(sa: &mut bpf_sock_addr, words: [u32; 4]) {
+    let base: *mut bpf_sock_addr = sa;
+    for (i, word) in words.into_iter().enumerate() {
+        let sa = core::hint::black_box(base);
+        // SAFETY: `sa` is the context pointer; `i` < 4.
+        unsafe { (*sa).user_ip6[i] = word };
+    }
+}

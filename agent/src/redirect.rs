@@ -1,0 +1,260 @@
+//! The replay redirect: attaches the cgroup socket hooks of the eBPF object to
+//! one cgroup, so that the cgroup's TCP connects to recorded hosts reach
+//! replayd's listener and its DNS reaches replayd's responder, and reports each
+//! redirected connection's original destination. The hooks are `bpf_link`
+//! attachments owned by [`Redirect`]: when it is dropped, or its process dies,
+//! the kernel removes them and the cgroup's traffic flows normally again.
+
+use std::{
+    fs::File,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    path::{Path, PathBuf},
+};
+
+use agent_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
+};
+use thiserror::Error;
+
+use crate::kernel::OBJECT;
+
+/// The cgroup socket-address programs in the object.
+const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+];
+
+/// The smallest ring buffer the kernel accepts: the redirect never uses the
+/// capture probes' ring, but every map in the object is created on load.
+const UNUSED_RING_BYTES: u32 = 4096;
+
+/// Failures attaching the redirect.
+#[derive(Debug, Error)]
+pub enum RedirectError {
+    /// The eBPF object could not be loaded.
+    #[error("loading the eBPF object failed")]
+    Load(#[source] aya::EbpfError),
+    /// The cgroup directory could not be opened.
+    #[error("opening cgroup {} failed", path.display())]
+    Cgroup {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A program is missing, or could not be loaded or attached.
+    #[error("eBPF program `{name}` could not be loaded or attached")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map is missing or could not be written.
+    #[error("eBPF map `{name}` could not be used")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// The cause, when the map exists.
+        #[source]
+        source: Option<MapError>,
+    },
+}
+
+/// Where redirected traffic goes.
+#[derive(Clone, Debug)]
+pub struct RedirectSettings {
+    /// replayd's IPv4 listener for HTTP and TLS.
+    pub listener_v4: SocketAddrV4,
+    /// replayd's IPv6 listener, for IPv6 destinations under `all_hosts`.
+    pub listener_v6: Option<SocketAddrV6>,
+    /// replayd's DNS responder (UDP and TCP).
+    pub dns: SocketAddrV4,
+    /// Destinations whose TCP connects are redirected: the addresses replayd's
+    /// DNS answers for recorded hosts.
+    pub hosts: Vec<Ipv4Addr>,
+    /// Redirect every non-loopback TCP destination.
+    pub all_hosts: bool,
+}
+
+/// The attached hooks. Dropping it detaches them.
+pub struct Redirect {
+    ebpf: Ebpf,
+}
+
+impl Redirect {
+    /// Attaches the hooks to the cgroup v2 directory `cgroup` (the cgroup2
+    /// mount itself for the whole host) and configures them.
+    pub fn attach(cgroup: &Path, settings: &RedirectSettings) -> Result<Self, RedirectError> {
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", UNUSED_RING_BYTES)
+            .load(OBJECT)
+            .map_err(RedirectError::Load)?;
+        let mut redirect = Self { ebpf };
+        redirect.configure(settings)?;
+        // `bpf_link` attachments always coexist with other programs on the
+        // cgroup; the kernel rejects any attach flag on them, so `Single`
+        // (no flag) is the only mode that works here.
+        let cgroup_fd = File::open(cgroup).map_err(|source| RedirectError::Cgroup {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        for name in SOCK_ADDR_PROGRAMS {
+            let program: &mut CgroupSockAddr = redirect.program(name)?;
+            program
+                .load()
+                .map_err(|source| RedirectError::Program { name, source })?;
+            program
+                .attach(&cgroup_fd, CgroupAttachMode::Single)
+                .map_err(|source| RedirectError::Program { name, source })?;
+        }
+        let program: &mut SockOps = redirect.program("sock_ops")?;
+        program.load().map_err(|source| RedirectError::Program {
+            name: "sock_ops",
+            source,
+        })?;
+        program
+            .attach(&cgroup_fd, CgroupAttachMode::Single)
+            .map_err(|source| RedirectError::Program {
+                name: "sock_ops",
+                source,
+            })?;
+        Ok(redirect)
+    }
+
+    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, RedirectError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(RedirectError::Map { name, source: None })?;
+        program
+            .try_into()
+            .map_err(|source| RedirectError::Program { name, source })
+    }
+
+    fn map<'a, T>(&'a mut self, name: &'static str) -> Result<T, RedirectError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(RedirectError::Map { name, source: None })?;
+        T::try_from(map).map_err(|source| RedirectError::Map {
+            name,
+            source: Some(source),
+        })
+    }
+
+    fn configure(&mut self, settings: &RedirectSettings) -> Result<(), RedirectError> {
+        let map_error = |name| {
+            move |source| RedirectError::Map {
+                name,
+                source: Some(source),
+            }
+        };
+        let mut hosts: HashMap<&mut MapData, u32, u8> = self.map("REDIRECT_V4")?;
+        for ip in &settings.hosts {
+            hosts
+                .insert(&u32::from_ne_bytes(ip.octets()), &1, 0)
+                .map_err(map_error("REDIRECT_V4"))?;
+        }
+        let listener_v6 =
+            settings
+                .listener_v6
+                .unwrap_or(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0));
+        let config = RedirectConfig {
+            listener_ip4: u32::from_ne_bytes(settings.listener_v4.ip().octets()),
+            listener_port: wire_port(settings.listener_v4.port()),
+            listener_ip6: ip6_words(*listener_v6.ip()),
+            listener6_port: wire_port(listener_v6.port()),
+            dns_ip4: u32::from_ne_bytes(settings.dns.ip().octets()),
+            dns_port: wire_port(settings.dns.port()),
+            flags: if settings.all_hosts {
+                REDIRECT_FLAG_ALL_HOSTS
+            } else {
+                0
+            },
+            exempt_tgid: std::process::id(),
+            pad: 0,
+        };
+        let mut array: Array<&mut MapData, RedirectConfig> = self.map("REDIRECT")?;
+        array.set(0, &config, 0).map_err(map_error("REDIRECT"))
+    }
+
+    /// The destination the app asked for, for a redirected connection accepted
+    /// from `client` (a loopback address whose port identifies the connection).
+    /// Each entry is handed out once.
+    pub fn original_destination(&mut self, client: SocketAddr) -> Option<SocketAddr> {
+        let mut map: HashMap<&mut MapData, u32, OriginalDestination> =
+            self.map("ORIGINAL_BY_PORT").ok()?;
+        let key = u32::from(client.port());
+        let original = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        decode(&original)
+    }
+}
+
+/// A port as `bpf_sock_addr` holds it: network order in the low 16 bits.
+fn wire_port(port: u16) -> u32 {
+    u32::from(u16::from_ne_bytes(port.to_be_bytes()))
+}
+
+fn ip6_words(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+fn decode(original: &OriginalDestination) -> Option<SocketAddr> {
+    let port = u16::from_be_bytes(u16::try_from(original.port).ok()?.to_ne_bytes());
+    let ip = match original.family {
+        2 => IpAddr::V4(Ipv4Addr::from(original.addr[0].to_ne_bytes())),
+        10 => {
+            let mut octets = [0u8; 16];
+            for (i, word) in original.addr.iter().enumerate() {
+                octets[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+            }
+            IpAddr::V6(Ipv6Addr::from(octets))
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_destinations_decode_from_kernel_byte_order() {
+        let v4 = OriginalDestination {
+            family: 2,
+            port: wire_port(443),
+            addr: [u32::from_ne_bytes([127, 77, 0, 1]), 0, 0, 0],
+        };
+        assert_eq!(decode(&v4), Some("127.77.0.1:443".parse().unwrap()));
+        let v6 = OriginalDestination {
+            family: 10,
+            port: wire_port(8443),
+            addr: ip6_words("2001:db8::5".parse().unwrap()),
+        };
+        assert_eq!(decode(&v6), Some("[2001:db8::5]:8443".parse().unwrap()));
+        assert_eq!(decode(&OriginalDestination::default()), None);
+    }
+}
