@@ -9,7 +9,7 @@ EBPF_TOOLCHAIN=nightly-2026-07-01  # rustc 1.98 on LLVM 22, the LLVM bpf-linker 
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib1g-dev
-              iproute2 curl openssl ca-certificates)
+              iproute2 curl openssl ca-certificates chromium)
 PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
 
 log() { printf 'setup: %s\n' "$*" >&2; }

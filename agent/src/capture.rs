@@ -2,12 +2,13 @@
 //! every TLS library they use (now and as they exec), and runs the event loop
 //! that turns kernel events into snapshot files until the targets are done or
 //! the user interrupts. Everything that can fail on bad input is checked before
-//! the first probe is attached.
+//! the first probe is attached (and before the snapshot directory is touched,
+//! except for the check that it is writable).
 
 use std::{
     collections::HashMap,
     ffi::OsString,
-    os::unix::process::ExitStatusExt as _,
+    os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
     path::{Path, PathBuf},
     process::ExitStatus,
     time::Duration,
@@ -16,10 +17,12 @@ use std::{
 use agent_common::DropReason;
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
+use llmsim_snapshot::model::ProcessInfo;
 use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    time::Instant,
 };
 
 use crate::{
@@ -28,7 +31,7 @@ use crate::{
     events::{Event, decode},
     kernel::{Probes, Selection},
     preflight,
-    recorder::{HostFilter, RecordStats, Recorder},
+    recorder::{HostFilter, RecordStats, Recorder, process_info},
     sys,
     tls_libs::Scanner,
 };
@@ -36,6 +39,13 @@ use crate::{
 /// How often target processes are rescanned for TLS libraries loaded with
 /// `dlopen` and for exits.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Runtimes that usually link OpenSSL into their own binary.
+const STATIC_TLS_RUNTIMES: [&str; 4] = ["node", "nodejs", "bun", "deno"];
+
+/// In command mode, how long the command may take to exit after SIGINT or
+/// SIGTERM was passed on to it, before what is left of it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What to capture.
 #[derive(Clone, Debug)]
@@ -80,6 +90,8 @@ pub struct Summary {
     pub connections: TrackerStats,
     /// Kernel events that could not be delivered, per reason.
     pub events_dropped: HashMap<&'static str, u64>,
+    /// The sum of [`Summary::events_dropped`].
+    pub events_dropped_total: u64,
     /// Ring-buffer records that could not be decoded.
     pub undecodable_records: u64,
     /// The command's exit code, in command mode.
@@ -93,6 +105,9 @@ impl Summary {
     }
 }
 
+/// A finished exchange with the process that made it, as it was then.
+type Finished = (ConnectionExchange, ProcessInfo);
+
 /// A capture whose inputs were checked and whose probes are attached.
 pub struct Capture {
     probes: Probes,
@@ -101,7 +116,12 @@ pub struct Capture {
     tracker: Tracker,
     recorder: Recorder,
     target: Target,
+    out: PathBuf,
+    quiet: bool,
     cgroup: Option<Cgroup>,
+    /// What each traced process is, read when it is first seen and after each
+    /// exec, so exchanges finished after it exited still name it.
+    processes: HashMap<u32, ProcessInfo>,
     /// Lost-byte counts already attributed, per connection.
     lost_seen: HashMap<(u32, u64), u64>,
     undecodable: u64,
@@ -118,9 +138,10 @@ impl Capture {
     pub fn prepare(options: &CaptureOptions) -> anyhow::Result<Self> {
         let usage = |e: anyhow::Error| anyhow::Error::new(UsageError(e));
         preflight::check().map_err(|e| usage(e.into()))?;
-        let mut scanner = Scanner::default();
         let hosts =
             HostFilter::new(&options.hosts, options.any_host).map_err(|e| usage(e.into()))?;
+        // The targets first: a typo in a pid must not create a directory.
+        let target = checked_target(&options.target).map_err(usage)?;
         let recorder = Recorder::open(&options.out, hosts, sys::monotonic_ns(), options.quiet)
             .map_err(|e| {
                 usage(
@@ -129,15 +150,8 @@ impl Capture {
                 )
             })?;
         let mut cgroup = None;
-        let (selection, initial_pids) = match &options.target {
-            Target::Pids(pids) => {
-                for &pid in pids {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
-                        return Err(usage(anyhow::anyhow!("no process with pid {pid}")));
-                    }
-                }
-                (Selection::Tgids(pids.clone()), pids.clone())
-            }
+        let (selection, initial_pids) = match &target {
+            Target::Pids(pids) => (Selection::Tgids(pids.clone()), pids.clone()),
             Target::Cgroup(path) => {
                 let group = Cgroup::existing(path).map_err(|e| usage(e.into()))?;
                 let id = group.id().map_err(|e| usage(e.into()))?;
@@ -146,45 +160,19 @@ impl Capture {
                 (Selection::Cgroups(vec![id]), pids)
             }
             Target::All => (Selection::All, all_pids()),
-            Target::Command { argv, .. } => {
-                if argv.is_empty() {
-                    return Err(usage(anyhow::anyhow!("no command given after --")));
-                }
-                let group = Cgroup::create("capture").map_err(|e| usage(e.into()))?;
+            Target::Command { .. } => {
+                let mut group = Cgroup::create("capture").map_err(|e| usage(e.into()))?;
+                // Nothing the command starts may outlive the agent, even a
+                // SIGKILLed agent whose destructors never run.
+                group.kill_on_exit().map_err(|e| usage(e.into()))?;
                 let id = group.id().map_err(|e| usage(e.into()))?;
                 cgroup = Some(group);
                 (Selection::Cgroups(vec![id]), Vec::new())
             }
         };
+        let mut scanner = Scanner::default();
         let mut probes = Probes::load().context("loading the eBPF probes")?;
-        for library in scanner.system_libraries() {
-            probes.attach_tls_library(&library)?;
-        }
-        if let Target::Command { argv, .. } = &options.target {
-            // A program with OpenSSL linked in (node) is attached before it runs.
-            for program in argv.iter().filter_map(which) {
-                if let Ok(Some(library)) = scanner.library_at(&program) {
-                    probes.attach_tls_library(&library)?;
-                }
-            }
-        }
-        let mut without_tls = Vec::new();
-        for pid in initial_pids {
-            match scanner.libraries_of(pid) {
-                Ok(libraries) if libraries.is_empty() => without_tls.push(pid),
-                Ok(libraries) => {
-                    for library in libraries {
-                        probes.attach_tls_library(&library)?;
-                    }
-                }
-                Err(_) => {} // exited meanwhile
-            }
-        }
-        if matches!(options.target, Target::Pids(_)) {
-            for pid in without_tls {
-                tracing::warn!(pid, "no TLS library is mapped yet; watching for one");
-            }
-        }
+        attach_initial(&mut probes, &mut scanner, &target, initial_pids)?;
         probes.select(&selection)?;
         let ring = sys::poll_readable(probes.take_events()?).context("polling the ring buffer")?;
         Ok(Self {
@@ -193,30 +181,43 @@ impl Capture {
             scanner,
             tracker: Tracker::default(),
             recorder,
-            target: options.target.clone(),
+            target,
+            out: options.out.clone(),
+            quiet: options.quiet,
             cgroup,
+            processes: HashMap::new(),
             lost_seen: HashMap::new(),
             undecodable: 0,
         })
     }
 
     /// Runs until the targets are done or SIGINT/SIGTERM, then flushes.
+    ///
+    /// In command mode, the first SIGINT or SIGTERM is passed on to the
+    /// command, which gets [`STOP_GRACE`] to exit (its exit code is reported);
+    /// a second signal, or the end of the grace period, stops at once.
     pub async fn run(mut self) -> anyhow::Result<Summary> {
+        if !self.quiet {
+            eprintln!("llmsim-agent: {}", self.describe());
+        }
         let mut child = match &self.target {
             Target::Command { argv, as_root } => Some(self.spawn(argv, *as_root)?),
             _ => None,
         };
+        let child_pid = child.as_ref().and_then(tokio::process::Child::id);
         let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         let mut exit_status: Option<ExitStatus> = None;
+        let mut stop_by: Option<Instant> = None;
         loop {
-            tokio::select! {
+            let signal = tokio::select! {
                 ready = self.ring.readable_mut() => {
                     let mut guard = ready.context("polling the ring buffer")?;
                     guard.clear_ready();
                     drop(guard);
                     self.drain()?;
+                    continue;
                 }
                 status = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() && exit_status.is_none() => {
                     exit_status = Some(status.context("waiting for the command")?);
@@ -226,20 +227,44 @@ impl Capture {
                     if self.rescan()? {
                         break;
                     }
+                    continue;
                 }
-                _ = interrupt.recv() => break,
-                _ = terminate.recv() => break,
+                () = sleep_until(stop_by) => break,
+                _ = interrupt.recv() => libc::SIGINT,
+                _ = terminate.recv() => libc::SIGTERM,
+            };
+            match child_pid {
+                Some(pid) if stop_by.is_none() && exit_status.is_none() => {
+                    sys::send_signal(pid, signal);
+                    stop_by = Some(Instant::now() + STOP_GRACE);
+                }
+                _ => break,
             }
         }
         // Everything the targets did is in the ring by now: drain it, then
         // close every connection.
         self.drain()?;
-        let finished = self.tracker.finish_all(sys::monotonic_ns());
+        let now = sys::monotonic_ns();
+        let finished = self
+            .tracker
+            .finish_all(now)
+            .into_iter()
+            .map(|done| {
+                let process = self.process(done.tgid);
+                (done, process)
+            })
+            .collect();
         self.record_all(finished)?;
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();
         }
-        let events_dropped = self
+        if let Some(child) = child.as_mut()
+            && exit_status.is_none()
+            && let Ok(Ok(status)) = tokio::time::timeout(STOP_GRACE, child.wait()).await
+        {
+            exit_status = Some(status);
+        }
+        let events_dropped: HashMap<_, _> = self
             .probes
             .drop_counts()?
             .into_iter()
@@ -248,71 +273,140 @@ impl Capture {
         Ok(Summary {
             recorded: self.recorder.stats().clone(),
             connections: self.tracker.stats(),
+            events_dropped_total: events_dropped.values().sum(),
             events_dropped,
             undecodable_records: self.undecodable,
             exit_code: exit_status.map(exit_code),
         })
     }
 
-    fn spawn(&self, argv: &[OsString], as_root: bool) -> anyhow::Result<tokio::process::Child> {
-        let cgroup = self.cgroup.as_ref().expect("command mode has a cgroup");
-        let mut command = std::process::Command::new(&argv[0]);
-        command.args(&argv[1..]);
-        sys::join_cgroup_and_die_with_parent(&mut command, cgroup.path().join("cgroup.procs"));
-        if !as_root {
-            let id = |name| std::env::var(name).ok().and_then(|v| v.parse::<u32>().ok());
-            if let (Some(uid), Some(gid)) = (id("SUDO_UID"), id("SUDO_GID")) {
-                use std::os::unix::process::CommandExt as _;
-                command.uid(uid).gid(gid);
+    /// The line that says the capture is running (tests wait for it).
+    fn describe(&self) -> String {
+        let out = self.out.display();
+        match &self.target {
+            Target::Pids(pids) => {
+                let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+                format!(
+                    "capturing pid {} into {out}; stops when they exit or on Ctrl-C",
+                    pids.join(", ")
+                )
+            }
+            Target::Cgroup(path) => {
+                let path = self.cgroup.as_ref().map_or(path.as_path(), Cgroup::path);
+                format!(
+                    "capturing cgroup {} into {out}; stop with Ctrl-C",
+                    path.display()
+                )
+            }
+            Target::All => format!("capturing every process into {out}; stop with Ctrl-C"),
+            Target::Command { argv, .. } => {
+                let words: Vec<_> = argv.iter().map(|w| w.to_string_lossy()).collect();
+                format!("capturing `{}` into {out}", words.join(" "))
             }
         }
+    }
+
+    fn spawn(&self, argv: &[OsString], as_root: bool) -> anyhow::Result<tokio::process::Child> {
+        let cgroup = self.cgroup.as_ref().expect("command mode has a cgroup");
+        let command = sys::command_in_cgroup(argv, &cgroup.path().join("cgroup.procs"), as_root);
         tokio::process::Command::from(command)
             .spawn()
             .with_context(|| format!("starting {}", argv[0].to_string_lossy()))
     }
 
+    /// What `tgid` is, as first seen (or since its last exec).
+    fn process(&mut self, tgid: u32) -> ProcessInfo {
+        known(&mut self.processes, tgid)
+    }
+
     /// Handles every record waiting in the ring buffer.
     fn drain(&mut self) -> anyhow::Result<()> {
-        let mut finished = Vec::new();
+        let mut finished: Vec<Finished> = Vec::new();
         let mut execs = Vec::new();
-        {
-            let ring = self.ring.get_mut();
-            while let Some(item) = ring.next() {
-                match decode(&item) {
-                    Ok(Event::Data(data)) => finished.extend(self.tracker.on_data(&data)),
-                    Ok(Event::Sni { tgid, ssl, name }) => {
-                        finished.extend(self.tracker.on_sni(tgid, ssl, name, sys::monotonic_ns()));
-                    }
-                    Ok(Event::Connect { tgid, fd, peer }) => {
-                        self.tracker.on_connect(tgid, fd, peer);
-                    }
-                    Ok(Event::Exec { tgid }) => execs.push(tgid),
-                    Err(error) => {
-                        self.undecodable += 1;
-                        tracing::warn!("{error}");
-                    }
+        let Self {
+            ring,
+            tracker,
+            processes,
+            undecodable,
+            ..
+        } = self;
+        let ring = ring.get_mut();
+        while let Some(item) = ring.next() {
+            let done = match decode(&item) {
+                Ok(Event::Data(data)) => {
+                    // Read /proc now, while the process surely exists.
+                    let process = known(processes, data.tgid);
+                    let done = tracker.on_data(&data);
+                    finished.extend(done.into_iter().map(|d| (d, process.clone())));
+                    continue;
                 }
+                Ok(Event::Sni { tgid, ssl, name }) => {
+                    tracker.on_sni(tgid, ssl, name, sys::monotonic_ns())
+                }
+                Ok(Event::Connect { tgid, fd, peer }) => {
+                    tracker.on_connect(tgid, fd, peer);
+                    continue;
+                }
+                Ok(Event::Exec { tgid }) => {
+                    // The old program's TLS connections died with its image.
+                    let done = tracker.finish_process(tgid, sys::monotonic_ns());
+                    let before = known(processes, tgid);
+                    finished.extend(done.into_iter().map(|d| (d, before.clone())));
+                    processes.insert(tgid, process_info(tgid));
+                    execs.push(tgid);
+                    continue;
+                }
+                Err(error) => {
+                    *undecodable += 1;
+                    tracing::warn!("{error}");
+                    continue;
+                }
+            };
+            for d in done {
+                let process = known(processes, d.tgid);
+                finished.push((d, process));
             }
         }
         for pid in execs {
-            self.attach_libraries_of(pid)?;
+            self.attach_libraries_of(pid);
         }
         self.record_all(finished)
     }
 
-    fn attach_libraries_of(&mut self, pid: u32) -> anyhow::Result<()> {
-        if let Ok(libraries) = self.scanner.libraries_of(pid) {
-            for library in libraries {
-                if self.probes.attach_tls_library(&library)? {
+    /// Attaches to the TLS libraries `pid` maps. A process that exits while
+    /// this runs makes its paths (`/proc/PID/root/...`) vanish: that, or any
+    /// other failure with one object, is a warning, never the end of the capture.
+    fn attach_libraries_of(&mut self, pid: u32) {
+        let Ok(libraries) = self.scanner.libraries_of(pid) else {
+            return; // exited
+        };
+        for library in libraries {
+            match self.probes.attach_tls_library(&library) {
+                Ok(true) => {
                     tracing::info!(pid, path = %library.path.display(), "attached to a TLS library");
+                }
+                Ok(false) => {}
+                Err(error) if !is_alive(pid) => {
+                    tracing::debug!(
+                        pid,
+                        "process exited while attaching: {:#}",
+                        anyhow::Error::new(error)
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        pid,
+                        "cannot capture this TLS library: {:#}",
+                        anyhow::Error::new(error)
+                    );
                 }
             }
         }
-        Ok(())
     }
 
     /// Attaches to libraries loaded since the last scan and finishes the
-    /// connections of exited processes. True when no target is left.
+    /// connections of exited processes. True when no target is left: every
+    /// `--pid` exited, or the `--cgroup` was removed.
     fn rescan(&mut self) -> anyhow::Result<bool> {
         let targets = match &self.target {
             Target::Pids(pids) => pids.clone(),
@@ -321,35 +415,173 @@ impl Capture {
             }
             Target::All => all_pids(),
         };
-        let alive: Vec<u32> = targets
-            .into_iter()
-            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            .collect();
+        let alive: Vec<u32> = targets.into_iter().filter(|&pid| is_alive(pid)).collect();
         for &pid in &alive {
-            self.attach_libraries_of(pid)?;
+            self.attach_libraries_of(pid);
         }
-        for tgid in self.tracker.tgids() {
-            if !Path::new(&format!("/proc/{tgid}")).exists() {
-                self.drain()?;
-                let finished = self.tracker.finish_process(tgid, sys::monotonic_ns());
-                self.record_all(finished)?;
-            }
+        let mut exited: Vec<u32> = self
+            .tracker
+            .tgids()
+            .into_iter()
+            .chain(self.processes.keys().copied())
+            .filter(|&tgid| !is_alive(tgid))
+            .collect();
+        exited.sort_unstable();
+        exited.dedup();
+        if !exited.is_empty() {
+            // Their last events may still be in the ring.
+            self.drain()?;
         }
-        Ok(matches!(self.target, Target::Pids(_)) && alive.is_empty())
+        for tgid in exited {
+            let finished = self
+                .tracker
+                .finish_process(tgid, sys::monotonic_ns())
+                .into_iter()
+                .map(|done| {
+                    let process = self.process(tgid);
+                    (done, process)
+                })
+                .collect();
+            self.record_all(finished)?;
+            self.processes.remove(&tgid);
+        }
+        Ok(match &self.target {
+            Target::Pids(_) => alive.is_empty(),
+            Target::Cgroup(_) => self.cgroup.as_ref().is_some_and(|c| !c.path().exists()),
+            Target::All | Target::Command { .. } => false,
+        })
     }
 
-    fn record_all(&mut self, finished: Vec<ConnectionExchange>) -> anyhow::Result<()> {
-        for done in finished {
+    fn record_all(&mut self, finished: Vec<Finished>) -> anyhow::Result<()> {
+        for (done, process) in finished {
             let lost_now = self.probes.lost_bytes(done.tgid, done.ssl).unwrap_or(0);
             let seen = self.lost_seen.entry((done.tgid, done.ssl)).or_insert(0);
             let lost = (lost_now > *seen)
                 .then(|| format!("kernel could not deliver {} bytes", lost_now - *seen));
             *seen = lost_now;
             self.recorder
-                .record(done, lost)
+                .record(done, process, lost)
                 .context("writing the snapshot")?;
         }
         Ok(())
+    }
+}
+
+/// Checks what `--pid`, `--cgroup` or `-- CMD` names, before anything is
+/// created or attached; a thread id is replaced by its process's id.
+fn checked_target(target: &Target) -> anyhow::Result<Target> {
+    Ok(match target {
+        Target::Pids(pids) => {
+            let mut tgids = Vec::with_capacity(pids.len());
+            for &pid in pids {
+                let tgid =
+                    tgid_of(pid).ok_or_else(|| anyhow::anyhow!("no process with pid {pid}"))?;
+                if tgid != pid {
+                    tracing::warn!(pid, tgid, "pid is a thread; capturing its process");
+                }
+                if !tgids.contains(&tgid) {
+                    tgids.push(tgid);
+                }
+            }
+            Target::Pids(tgids)
+        }
+        Target::Cgroup(path) => {
+            Cgroup::existing(path)?;
+            target.clone()
+        }
+        Target::All => Target::All,
+        Target::Command { argv, .. } => {
+            let Some(program) = argv.first() else {
+                anyhow::bail!("no command given after --");
+            };
+            if which(program).is_none() {
+                anyhow::bail!(
+                    "command not found or not executable: {}",
+                    program.to_string_lossy()
+                );
+            }
+            target.clone()
+        }
+    })
+}
+
+/// Attaches the probes to what is known before the capture starts: the
+/// system's libssl, static-OpenSSL programs, and the libraries the initial
+/// target processes map.
+fn attach_initial(
+    probes: &mut Probes,
+    scanner: &mut Scanner,
+    target: &Target,
+    initial_pids: Vec<u32>,
+) -> anyhow::Result<()> {
+    for library in scanner.system_libraries() {
+        probes.attach_tls_library(&library)?;
+    }
+    // Programs with OpenSSL linked in are attached before they run: those
+    // named on the command line, and the usual runtimes on PATH, which make
+    // their first TLS call sooner after exec than an exec event can turn a
+    // 100 MB binary into attached probes.
+    let mut programs: Vec<PathBuf> = STATIC_TLS_RUNTIMES
+        .iter()
+        .filter_map(|name| which(&OsString::from(name)))
+        .collect();
+    if let Target::Command { argv, .. } = &target {
+        programs.extend(argv.iter().filter_map(which));
+    }
+    for program in programs {
+        if let Ok(Some(library)) = scanner.library_at(&program)
+            && let Err(error) = probes.attach_tls_library(&library)
+        {
+            tracing::warn!(
+                "cannot capture {}: {:#}",
+                program.display(),
+                anyhow::Error::new(error)
+            );
+        }
+    }
+    let mut without_tls = Vec::new();
+    for pid in initial_pids {
+        match scanner.libraries_of(pid) {
+            Ok(libraries) if libraries.is_empty() => without_tls.push(pid),
+            Ok(libraries) => {
+                for library in libraries {
+                    // As in `attach_libraries_of`: one process (in
+                    // `--all`, any process) exiting meanwhile is no reason to stop.
+                    if let Err(error) = probes.attach_tls_library(&library)
+                        && is_alive(pid)
+                    {
+                        tracing::warn!(
+                            pid,
+                            "cannot capture this TLS library: {:#}",
+                            anyhow::Error::new(error)
+                        );
+                    }
+                }
+            }
+            Err(_) => {} // exited meanwhile
+        }
+    }
+    if matches!(target, Target::Pids(_)) {
+        for pid in without_tls {
+            tracing::warn!(pid, "no TLS library is mapped yet; watching for one");
+        }
+    }
+    Ok(())
+}
+
+/// What `tgid` is, from the cache or, the first time, from /proc.
+fn known(processes: &mut HashMap<u32, ProcessInfo>, tgid: u32) -> ProcessInfo {
+    processes
+        .entry(tgid)
+        .or_insert_with(|| process_info(tgid))
+        .clone()
+}
+
+/// Resolves when `deadline` passes; never without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -370,13 +602,78 @@ fn all_pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
+/// The state letter of a process in /proc/PID/stat (after the command name,
+/// which may itself contain spaces and parentheses).
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_comm) = stat.rsplit_once(')')?;
+    after_comm.trim_start().chars().next()
+}
+
+/// Whether `pid` is a running process: it exists and is not a zombie waiting
+/// to be reaped (which /proc still lists).
+fn is_alive(pid: u32) -> bool {
+    process_state(pid).is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
+}
+
+/// The thread group (process) `pid` belongs to, if it is alive: a thread id
+/// names its process.
+fn tgid_of(pid: u32) -> Option<u32> {
+    if pid == 0 || !is_alive(pid) {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|tgid| tgid.trim().parse().ok())
+}
+
 /// Resolves a command-line word to an executable file: a path, or a name on PATH.
 fn which(word: &OsString) -> Option<PathBuf> {
+    let executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     let word = Path::new(word);
     if word.components().count() > 1 {
-        return word.is_file().then(|| word.to_path_buf());
+        return executable(word).then(|| word.to_path_buf());
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(word))
-        .find(|candidate| candidate.is_file())
+        .find(|candidate| executable(candidate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_its_own_tgid() {
+        let me = std::process::id();
+        assert!(is_alive(me));
+        assert_eq!(tgid_of(me), Some(me));
+        assert_eq!(tgid_of(0), None);
+    }
+
+    #[test]
+    fn a_reaped_child_is_gone_and_a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie once it exits.
+        while process_state(pid) != Some('Z') {
+            std::thread::yield_now();
+        }
+        assert!(!is_alive(pid));
+        child.wait().unwrap();
+        assert_eq!(tgid_of(pid), None);
+    }
+
+    #[test]
+    fn which_finds_programs_on_path_and_refuses_others() {
+        assert!(which(&OsString::from("sh")).is_some());
+        assert!(which(&OsString::from("/bin/sh")).is_some());
+        assert!(which(&OsString::from("llmsim-no-such-program")).is_none());
+        assert!(which(&OsString::from("/etc/passwd")).is_none());
+    }
 }

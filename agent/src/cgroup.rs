@@ -6,6 +6,7 @@ use std::{
     io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    process::Child,
 };
 
 use thiserror::Error;
@@ -15,9 +16,17 @@ use thiserror::Error;
 pub enum CgroupError {
     /// No cgroup2 filesystem is mounted.
     #[error(
-        "no cgroup v2 mount found in /proc/self/mountinfo: mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+        "no cgroup v2 mount found in /proc/self/mountinfo and none could be mounted: mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
     )]
     NoCgroup2,
+    /// The path is not in the cgroup v2 hierarchy (a cgroup v1 directory?).
+    #[error("{} is not a cgroup v2 directory: the cgroup2 hierarchy is mounted at {}", path.display(), mount.display())]
+    NotCgroup2 {
+        /// The path given.
+        path: PathBuf,
+        /// The cgroup2 mount.
+        mount: PathBuf,
+    },
     /// A cgroup directory or file could not be used.
     #[error("cgroup {}: {action} failed", path.display())]
     Io {
@@ -31,11 +40,22 @@ pub enum CgroupError {
     },
 }
 
-/// The cgroup2 mount point.
+/// Where the cgroup2 hierarchy is mounted when no mount is visible, as inside
+/// `ip netns exec`, which gives the command a fresh /sys without it.
+const OWN_MOUNT: &str = "/run/llmsim/cgroup2";
+
+/// The cgroup2 mount point. When none is visible, the hierarchy is mounted at
+/// `/run/llmsim/cgroup2` (the one cgroup2 tree; this needs `CAP_SYS_ADMIN`).
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     let info =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(|_| CgroupError::NoCgroup2)?;
-    mount_from_mountinfo(&info).ok_or(CgroupError::NoCgroup2)
+    if let Some(mount) = mount_from_mountinfo(&info) {
+        return Ok(mount);
+    }
+    let own = PathBuf::from(OWN_MOUNT);
+    std::fs::create_dir_all(&own).map_err(|_| CgroupError::NoCgroup2)?;
+    crate::sys::mount_cgroup2(&own).map_err(|_| CgroupError::NoCgroup2)?;
+    Ok(own)
 }
 
 fn mount_from_mountinfo(info: &str) -> Option<PathBuf> {
@@ -56,24 +76,52 @@ pub struct Cgroup {
     path: PathBuf,
     /// Whether dropping this value removes the directory.
     owned: bool,
+    /// See [`Cgroup::kill_on_exit`]; its stdin is the pipe whose end it waits for.
+    watchdog: Option<Child>,
 }
 
+/// The watchdog of [`Cgroup::kill_on_exit`]: `$1` is the cgroup directory.
+/// It ignores the terminal's signals (Ctrl-C reaches the whole foreground
+/// process group), waits for end of input, then kills and removes the cgroup,
+/// retrying the removal while the killed tasks exit.
+const WATCHDOG_SCRIPT: &str = r#"trap '' INT TERM HUP QUIT
+while read -r _; do :; done
+{ echo 1 > "$1/cgroup.kill"; } 2>/dev/null
+i=0
+while [ -d "$1" ] && ! rmdir "$1" 2>/dev/null && [ "$i" -lt 200 ]; do
+    sleep 0.05
+    i=$((i + 1))
+done
+"#;
+
 impl Cgroup {
-    /// An existing cgroup, given as a path under the mount or absolute.
+    /// An existing cgroup, given as a path under the mount or absolute. A
+    /// directory of a cgroup v1 hierarchy (which has a `cgroup.procs` too) is
+    /// refused: its processes could never match a cgroup v2 id.
     pub fn existing(path: &Path) -> Result<Self, CgroupError> {
+        let mount = cgroup2_mount()?;
         let full = if path.is_absolute() && path.exists() {
             path.to_path_buf()
         } else {
-            cgroup2_mount()?.join(path.strip_prefix("/").unwrap_or(path))
+            mount.join(path.strip_prefix("/").unwrap_or(path))
         };
         std::fs::metadata(full.join("cgroup.procs")).map_err(|source| CgroupError::Io {
             path: full.clone(),
             action: "opening cgroup.procs",
             source,
         })?;
+        let canonical = full.canonicalize().map_err(|source| CgroupError::Io {
+            path: full.clone(),
+            action: "resolving",
+            source,
+        })?;
+        if !canonical.starts_with(&mount) {
+            return Err(CgroupError::NotCgroup2 { path: full, mount });
+        }
         Ok(Self {
             path: full,
             owned: false,
+            watchdog: None,
         })
     }
 
@@ -85,7 +133,37 @@ impl Cgroup {
             action: "creating",
             source,
         })?;
-        Ok(Self { path, owned: true })
+        Ok(Self {
+            path,
+            owned: true,
+            watchdog: None,
+        })
+    }
+
+    /// Makes sure nothing outlives this process in the cgroup, even when this
+    /// process is killed with SIGKILL and no destructor runs: starts a small
+    /// `sh` outside the cgroup that waits for the end of its stdin (the kernel
+    /// closes the pipe whatever way this process ends), then kills everything
+    /// in the cgroup and removes it. `PR_SET_PDEATHSIG` reaches only the
+    /// direct child; this reaches its whole process tree. Dropping the cgroup
+    /// stops the watchdog.
+    pub fn kill_on_exit(&mut self) -> Result<(), CgroupError> {
+        let child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(WATCHDOG_SCRIPT)
+            .arg("llmsim-cgroup-watchdog")
+            .arg(&self.path)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|source| CgroupError::Io {
+                path: self.path.clone(),
+                action: "starting the watchdog (/bin/sh) for",
+                source,
+            })?;
+        self.watchdog = Some(child);
+        Ok(())
     }
 
     /// The directory.
@@ -130,6 +208,11 @@ impl Drop for Cgroup {
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
+        }
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Not needed any more: this process cleaned up itself.
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
         }
     }
 }

@@ -36,12 +36,17 @@ pub struct TrackerStats {
     pub http2_connections: u64,
     /// Connections where this process answered requests (a server); skipped.
     pub server_connections: u64,
+    /// Connections first seen in the middle of an exchange (the probes were
+    /// attached while they were in use); parsing resumed at the next request.
+    pub joined_connections: u64,
     /// Plaintext bytes seen.
     pub plaintext_bytes: u64,
 }
 
 /// Why an exchange is flagged when a call's chunks did not all arrive.
 const LOST: &str = "the kernel could not deliver part of a TLS read or write";
+/// Why an exchange is flagged when the capture began in its middle.
+const JOINED: &str = "the capture began in the middle of this exchange";
 
 #[derive(Default)]
 struct Connection {
@@ -54,6 +59,8 @@ struct Connection {
     skipped: bool,
     /// Any plaintext seen yet.
     started: bool,
+    /// Any plaintext read yet.
+    read_seen: bool,
 }
 
 /// Every live connection of the traced processes.
@@ -106,17 +113,36 @@ impl Tracker {
         if conn.skipped {
             return Vec::new();
         }
-        if !conn.started {
-            conn.started = true;
-            if data.direction == Direction::Read && http1::looks_like_http1_request(data.bytes) {
-                // This process reads requests: it is the server of this connection.
-                conn.skipped = true;
-                self.stats.server_connections += 1;
-                return Vec::new();
+        let first = !conn.started;
+        conn.started = true;
+        if first && data.direction == Direction::Read && http1::looks_like_http1_request(data.bytes)
+        {
+            // This process reads requests: it is the server of this connection.
+            conn.skipped = true;
+            self.stats.server_connections += 1;
+            return Vec::new();
+        }
+        let mut done = Vec::new();
+        if data.direction == Direction::Read && !conn.read_seen {
+            conn.read_seen = true;
+            // A client's first read starts a response head. Anything else means
+            // the probes were attached while this connection was in use (a
+            // process whose TLS library was found after it started): resume at
+            // the next request instead of calling the connection malformed.
+            if data.offset != 0 || !could_start_response(data.bytes) {
+                if first {
+                    // Its request went unseen too.
+                    done.extend(conn.http.mark_lost(http1::Direction::Write, JOINED));
+                }
+                done.extend(conn.http.mark_lost(http1::Direction::Read, JOINED));
+                if data.offset != 0 {
+                    // The rest of this call follows; its start is not a gap to flag again.
+                    conn.call = Some((data.direction, data.call_len, data.offset));
+                }
+                self.stats.joined_connections += 1;
             }
         }
         // Chunks of one call arrive in order; a gap means the kernel dropped some.
-        let mut done = Vec::new();
         let continues = matches!(conn.call, Some((dir, len, got)) if dir == data.direction && got == data.offset && got < len);
         if data.offset == 0 {
             if let Some((dir, len, got)) = conn.call
@@ -224,9 +250,174 @@ impl Tracker {
     }
 }
 
+/// Whether `bytes`, the first a client read on a connection, can be the start
+/// of a status line (`HTTP/1.1 200 OK`), even cut short.
+fn could_start_response(bytes: &[u8]) -> bool {
+    const START: &[u8] = b"HTTP/1.";
+    let n = bytes.len().min(START.len());
+    n > 0 && bytes[..n] == START[..n]
+}
+
 fn http_direction(direction: Direction) -> http1::Direction {
     match direction {
         Direction::Write => http1::Direction::Write,
         Direction::Read => http1::Direction::Read,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SSL: u64 = 0x5555_0000;
+    const REQUEST: &[u8] =
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 2\r\n\r\n{}";
+    const RESPONSE: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
+    /// Feeds one whole call, in chunks of `chunk` bytes.
+    fn call(
+        tracker: &mut Tracker,
+        direction: Direction,
+        bytes: &[u8],
+        chunk: usize,
+        ts: u64,
+    ) -> Vec<ConnectionExchange> {
+        let mut done = Vec::new();
+        for (i, piece) in bytes.chunks(chunk).enumerate() {
+            done.extend(tracker.on_data(&Data {
+                tgid: 7,
+                tid: 7,
+                ssl: SSL,
+                direction,
+                start_ns: ts,
+                end_ns: ts,
+                call_len: bytes.len() as u64,
+                offset: (i * chunk) as u64,
+                fd: None,
+                bytes: piece,
+            }));
+        }
+        done
+    }
+
+    fn exchange(tracker: &mut Tracker, ts: u64) -> Vec<ConnectionExchange> {
+        let mut done = call(tracker, Direction::Write, REQUEST, 1 << 14, ts);
+        done.extend(call(tracker, Direction::Read, RESPONSE, 1 << 14, ts + 1));
+        done
+    }
+
+    #[test]
+    fn a_request_and_its_response_make_an_exchange() {
+        let mut tracker = Tracker::default();
+        let done = exchange(&mut tracker, 10);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].exchange.incomplete.is_none(), "{:?}", done[0]);
+        assert_eq!(done[0].exchange.request.body, b"{}");
+    }
+
+    #[test]
+    fn a_call_of_many_chunks_is_put_back_together() {
+        let body = vec![b'x'; 4 * 1024 * 1024 + 3];
+        let mut request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        let mut tracker = Tracker::default();
+        assert!(call(&mut tracker, Direction::Write, &request, 16 * 1024, 1).is_empty());
+        let done = call(&mut tracker, Direction::Read, RESPONSE, 16 * 1024, 2);
+        assert_eq!(done.len(), 1);
+        assert!(done[0].exchange.incomplete.is_none());
+        assert_eq!(done[0].exchange.request.body, body);
+    }
+
+    #[test]
+    fn a_missing_chunk_flags_the_exchange() {
+        let mut tracker = Tracker::default();
+        // A call of two chunks whose second (the body's last byte) never arrives.
+        let first = tracker.on_data(&Data {
+            tgid: 7,
+            tid: 7,
+            ssl: SSL,
+            direction: Direction::Write,
+            start_ns: 1,
+            end_ns: 1,
+            call_len: REQUEST.len() as u64,
+            offset: 0,
+            fd: None,
+            bytes: &REQUEST[..REQUEST.len() - 1],
+        });
+        assert!(first.is_empty());
+        let mut done = call(&mut tracker, Direction::Read, RESPONSE, 1 << 14, 2);
+        done.extend(tracker.finish_all(3));
+        assert!(!done.is_empty());
+        assert!(
+            done.iter().all(|d| d.exchange.incomplete.is_some()),
+            "{done:?}"
+        );
+    }
+
+    #[test]
+    fn joining_inside_a_response_resumes_at_the_next_request() {
+        let mut tracker = Tracker::default();
+        // The probes came up in the middle of a streamed response.
+        let tail = b"127\r\ndata: {\"id\":1}\r\n\r\n\r\n0\r\n\r\n";
+        assert!(call(&mut tracker, Direction::Read, tail, 1 << 14, 1).is_empty());
+        let done = exchange(&mut tracker, 10);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(done[0].exchange.incomplete.is_none(), "{done:?}");
+        let stats = tracker.stats();
+        assert_eq!(stats.joined_connections, 1);
+        assert_eq!(stats.non_http_connections, 0);
+    }
+
+    #[test]
+    fn a_response_head_missed_flags_only_that_exchange() {
+        let mut tracker = Tracker::default();
+        // The request was seen, the read probes came up after its response head.
+        assert!(call(&mut tracker, Direction::Write, REQUEST, 1 << 14, 1).is_empty());
+        let mut done = call(&mut tracker, Direction::Read, b"{}", 1 << 14, 2);
+        done.extend(exchange(&mut tracker, 10));
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert_eq!(
+            done[0].exchange.incomplete.as_deref(),
+            Some("response bytes lost: the capture began in the middle of this exchange")
+        );
+        assert!(done[1].exchange.incomplete.is_none(), "{done:?}");
+        assert_eq!(tracker.stats().non_http_connections, 0);
+    }
+
+    #[test]
+    fn non_http_and_http2_clients_are_counted_and_skipped() {
+        let mut tracker = Tracker::default();
+        let garbage = b"\x16\x03\x01 not http at all \x00\xff\r\n\r\n";
+        assert!(call(&mut tracker, Direction::Write, garbage, 1 << 14, 1).is_empty());
+        assert!(call(&mut tracker, Direction::Read, RESPONSE, 1 << 14, 2).is_empty());
+        assert!(tracker.finish_all(3).is_empty());
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        assert!(call(&mut tracker, Direction::Write, preface, 1 << 14, 4).is_empty());
+        let stats = tracker.stats();
+        assert_eq!(stats.non_http_connections, 2);
+        assert_eq!(stats.http2_connections, 1);
+        assert_eq!(stats.joined_connections, 0);
+    }
+
+    #[test]
+    fn a_server_connection_is_skipped() {
+        let mut tracker = Tracker::default();
+        assert!(call(&mut tracker, Direction::Read, REQUEST, 1 << 14, 1).is_empty());
+        assert!(call(&mut tracker, Direction::Write, RESPONSE, 1 << 14, 2).is_empty());
+        assert!(tracker.finish_all(3).is_empty());
+        assert_eq!(tracker.stats().server_connections, 1);
+    }
+
+    #[test]
+    fn a_short_first_read_can_still_start_a_response() {
+        assert!(could_start_response(b"HT"));
+        assert!(could_start_response(b"HTTP/1.1 200 OK\r\n"));
+        assert!(!could_start_response(b""));
+        assert!(!could_start_response(b"127\r\ndata"));
     }
 }

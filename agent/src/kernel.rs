@@ -11,7 +11,10 @@ use agent_common::{ConnKey, DROP_REASONS, DropReason, Filter, FilterMode};
 use aya::{
     Ebpf, EbpfError,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        ProgramError, RawTracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 use thiserror::Error;
 
@@ -183,18 +186,23 @@ impl Probes {
             symbol: "(open)",
             source: ProgramError::IOError(e),
         })?;
-        if !self.attached.insert((meta.dev(), meta.ino())) {
+        let identity = (meta.dev(), meta.ino());
+        if self.attached.contains(&identity) {
             return Ok(false);
         }
-        for (symbol, entry, has) in SSL_ENTRY_POINTS {
-            if !has(&library.symbols) {
-                continue;
-            }
-            self.attach_uprobe(entry, symbol, &library.path)?;
-            if let Some(ret) = return_program(symbol) {
-                self.attach_uprobe(ret, symbol, &library.path)?;
+        // Return probes first: a call entered while the entry probes are
+        // being attached is then either fully seen or not at all.
+        for (symbol, _, offset) in SSL_ENTRY_POINTS {
+            if let (Some(offset), Some(ret)) = (offset(&library.symbols), return_program(symbol)) {
+                self.attach_uprobe(ret, symbol, offset, &library.path)?;
             }
         }
+        for (symbol, entry, offset) in SSL_ENTRY_POINTS {
+            if let Some(offset) = offset(&library.symbols) {
+                self.attach_uprobe(entry, symbol, offset, &library.path)?;
+            }
+        }
+        self.attached.insert(identity);
         Ok(true)
     }
 
@@ -202,11 +210,16 @@ impl Probes {
         &mut self,
         program: &'static str,
         symbol: &'static str,
+        offset: u64,
         path: &Path,
     ) -> Result<(), KernelError> {
         let probe: &mut UProbe = self.program(program)?;
         probe
-            .attach([symbol], path, UProbeScope::AllProcesses)
+            .attach(
+                [UProbeAttachLocation::AbsoluteOffset(offset)],
+                path,
+                UProbeScope::AllProcesses,
+            )
             .map(drop)
             .map_err(|source| KernelError::Uprobe {
                 path: path.to_path_buf(),
@@ -255,14 +268,16 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> KernelError {
     move |source| KernelError::Map { name, source }
 }
 
-type HasSymbol = fn(&SslSymbols) -> bool;
+type SymbolOffset = fn(&SslSymbols) -> Option<u64>;
 
-/// Entry points: (function, entry program, whether the object exports it).
-const SSL_ENTRY_POINTS: [(&str, &str, HasSymbol); 5] = [
-    ("SSL_write", "ssl_write", |s| s.write),
-    ("SSL_write_ex", "ssl_write_ex", |s| s.write_ex),
+/// Entry points: (function, entry program, where the object defines it).
+/// Reads come before writes so a connection caught mid-attach loses whole
+/// calls rather than seeing its answer without its question.
+const SSL_ENTRY_POINTS: [(&str, &str, SymbolOffset); 5] = [
     ("SSL_read", "ssl_read", |s| s.read),
     ("SSL_read_ex", "ssl_read_ex", |s| s.read_ex),
+    ("SSL_write", "ssl_write", |s| s.write),
+    ("SSL_write_ex", "ssl_write_ex", |s| s.write_ex),
     ("SSL_ctrl", "ssl_ctrl", |s| s.ctrl),
 ];
 

@@ -20,6 +20,45 @@ struct Cli {
 enum Command {
     /// Record the HTTPS exchanges of processes into a snapshot directory.
     Capture(CaptureArgs),
+    /// Tokens, cost and latency of a snapshot, per provider and model.
+    Report(ReportArgs),
+    /// Check a snapshot before committing it: parse errors, secrets, incomplete exchanges, duplicates.
+    Verify(VerifyArgs),
+    /// Write a snapshot in another format (HAR 1.2, for browser devtools).
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Snapshot directory.
+    #[arg(default_value = "llmsim")]
+    dir: PathBuf,
+    /// Print the report as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write a self-contained HTML page with charts to FILE.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Prices overriding the built-in table (same TOML format as snapshot/data/prices.toml).
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// Snapshot directory.
+    #[arg(default_value = "llmsim")]
+    dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Write a HAR 1.2 file here.
+    #[arg(long, value_name = "FILE")]
+    har: PathBuf,
+    /// Snapshot directory.
+    #[arg(default_value = "llmsim")]
+    dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -88,7 +127,80 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Capture(args) => capture(&args),
+        Command::Report(args) => report(&args),
+        Command::Verify(args) => verify(&args),
+        Command::Export(args) => export(&args),
     }
+}
+
+fn report(args: &ReportArgs) -> ExitCode {
+    let ledger = match agent::report::load_ledger(&args.dir, args.prices.as_deref()) {
+        Ok(ledger) => ledger,
+        Err(e) => return fail(&e),
+    };
+    if args.json {
+        match agent::report::to_json(&ledger) {
+            Ok(text) => print!("{text}"),
+            Err(e) => return fail(&e),
+        }
+    } else {
+        print!("{}", agent::report::table::render(&ledger));
+    }
+    if let Some(path) = &args.html {
+        let title = args.dir.display().to_string();
+        if let Err(e) = agent::report::write_html(&ledger, &title, path) {
+            return fail(&e);
+        }
+        eprintln!("llmsim-agent: wrote {}", path.display());
+    }
+    ExitCode::SUCCESS
+}
+
+fn verify(args: &VerifyArgs) -> ExitCode {
+    match agent::verify::verify(&args.dir) {
+        Ok(found) => {
+            for problem in &found.problems {
+                println!("{problem}");
+            }
+            println!("{}", found.summary());
+            if found.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("llmsim-agent: {}", error_chain(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn export(args: &ExportArgs) -> ExitCode {
+    match agent::har::export(&args.dir, &args.har) {
+        Ok(n) => {
+            eprintln!("llmsim-agent: wrote {n} entries to {}", args.har.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("llmsim-agent: {}", error_chain(e));
+    ExitCode::FAILURE
+}
+
+/// `outer: cause: root cause`, as anyhow's `{:#}` prints.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn capture(args: &CaptureArgs) -> ExitCode {
@@ -150,6 +262,9 @@ fn print_summary(summary: &Summary, json: bool) {
             String::new()
         },
     );
+    if recorded.exchanges_written > 0 {
+        eprintln!("llmsim-agent: recorded {}", recorded.usage);
+    }
     if json {
         match serde_json::to_string_pretty(summary) {
             Ok(text) => println!("{text}"),

@@ -11,10 +11,13 @@ use std::{
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use llmsim_snapshot::{
     config::SnapshotConfig,
+    ledger::Totals,
     model::{Body, Exchange, FORMAT_VERSION, Headers, ProcessInfo, Request, Response, Scheme},
+    prices::PriceTable,
     provider::{self, Provider},
     redact::{Redactor, default_data_dir, redaction_key},
     store::SnapshotWriter,
+    usage,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -91,6 +94,8 @@ pub struct RecordStats {
     pub bytes_written: u64,
     /// Files written, in order.
     pub files: Vec<PathBuf>,
+    /// Calls, tokens and cost of what was written, under the built-in prices.
+    pub usage: Totals,
 }
 
 /// Writes exchanges into one snapshot directory.
@@ -101,6 +106,7 @@ pub struct Recorder {
     /// Wall clock minus monotonic clock, to date kernel timestamps.
     wall_offset: Duration,
     stats: RecordStats,
+    prices: PriceTable,
     quiet: bool,
 }
 
@@ -125,6 +131,7 @@ impl Recorder {
             hosts,
             wall_offset,
             stats: RecordStats::default(),
+            prices: PriceTable::builtin(),
             quiet,
         })
     }
@@ -135,13 +142,14 @@ impl Recorder {
     }
 
     /// Records one exchange if its host is wanted. `lost` flags it incomplete.
+    /// `process` is the process that made it, as it was then.
     pub fn record(
         &mut self,
         done: ConnectionExchange,
+        process: ProcessInfo,
         lost: Option<String>,
     ) -> Result<(), RecorderError> {
         let ConnectionExchange {
-            tgid,
             sni,
             peer,
             exchange,
@@ -152,9 +160,11 @@ impl Recorder {
             self.stats.exchanges_ignored += 1;
             return Ok(());
         }
-        let mut exchange = self.to_snapshot(tgid, host, peer, exchange, lost);
+        let mut exchange = self.to_snapshot(process, host, peer, exchange, lost);
         self.redactor.redact_exchange(&mut exchange);
+        exchange.summary = usage::summarize(&exchange);
         let path = self.writer.write(&exchange)?;
+        self.stats.usage.add_exchange(&exchange, &self.prices);
         self.stats.bytes_written += std::fs::metadata(&path).map_or(0, |m| m.len());
         self.stats.exchanges_written += 1;
         if exchange.incomplete.is_some() {
@@ -169,7 +179,7 @@ impl Recorder {
 
     fn to_snapshot(
         &self,
-        tgid: u32,
+        process: ProcessInfo,
         host: String,
         peer: Option<std::net::SocketAddr>,
         exchange: http1::Exchange,
@@ -236,7 +246,7 @@ impl Recorder {
             provider,
             host,
             scheme: Scheme::Https,
-            process: process_info(tgid),
+            process,
             peer,
             started_at,
             ttfb_ms,
@@ -244,6 +254,7 @@ impl Recorder {
             incomplete,
             streamed,
             model,
+            summary: None,
             request: Request {
                 method: request.method,
                 path: request.target,
@@ -307,7 +318,8 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-fn process_info(pid: u32) -> ProcessInfo {
+/// What /proc says about `pid` now: its command name and executable.
+pub fn process_info(pid: u32) -> ProcessInfo {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .unwrap_or_default()
         .trim()
@@ -318,7 +330,7 @@ fn process_info(pid: u32) -> ProcessInfo {
     ProcessInfo { pid, comm, exe }
 }
 
-/// `openai POST /v1/chat/completions gpt-4o 200 812ms streamed`
+/// `openai POST /v1/chat/completions gpt-4o 200 812ms streamed pid 4242 (python3)`
 fn live_line(exchange: &Exchange) -> String {
     let mut line = format!(
         "{} {} {} {} {} {:.0}ms",
@@ -329,8 +341,14 @@ fn live_line(exchange: &Exchange) -> String {
         exchange.response.status,
         exchange.duration_ms,
     );
-    if exchange.streamed {
-        line.push_str(" streamed");
+    line.push_str(if exchange.streamed {
+        " streamed"
+    } else {
+        " not-streamed"
+    });
+    let _ = write!(line, " pid {}", exchange.process.pid);
+    if !exchange.process.comm.is_empty() {
+        let _ = write!(line, " ({})", exchange.process.comm);
     }
     if let Some(why) = &exchange.incomplete {
         let _ = write!(line, " INCOMPLETE ({why})");

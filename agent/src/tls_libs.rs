@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use object::{Object as _, ObjectSymbol as _, read::ReadCache};
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use thiserror::Error;
 
 /// Directories searched for the system's shared libssl.
@@ -44,40 +44,54 @@ pub enum TlsLibError {
     },
 }
 
-/// Which `SSL_*` functions an object defines.
-#[expect(
-    clippy::struct_excessive_bools,
-    reason = "one flag per exported function"
-)]
+/// Where an object defines each `SSL_*` function: the file offset a uprobe
+/// attaches at, so attaching never parses the object again (the node binary is
+/// 100 MB, and its first TLS call races the attach).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SslSymbols {
     /// `SSL_write`.
-    pub write: bool,
+    pub write: Option<u64>,
     /// `SSL_write_ex`.
-    pub write_ex: bool,
+    pub write_ex: Option<u64>,
     /// `SSL_read`.
-    pub read: bool,
+    pub read: Option<u64>,
     /// `SSL_read_ex`.
-    pub read_ex: bool,
+    pub read_ex: Option<u64>,
     /// `SSL_ctrl` (for the SNI).
-    pub ctrl: bool,
+    pub ctrl: Option<u64>,
 }
 
 impl SslSymbols {
     fn any_data_function(self) -> bool {
-        self.write || self.write_ex || self.read || self.read_ex
+        self.write
+            .or(self.write_ex)
+            .or(self.read)
+            .or(self.read_ex)
+            .is_some()
     }
 
-    fn note(&mut self, name: &[u8]) {
-        match name {
-            b"SSL_write" => self.write = true,
-            b"SSL_write_ex" => self.write_ex = true,
-            b"SSL_read" => self.read = true,
-            b"SSL_read_ex" => self.read_ex = true,
-            b"SSL_ctrl" => self.ctrl = true,
-            _ => {}
-        }
+    fn note(&mut self, name: &[u8], offset: u64) {
+        let slot = match name {
+            b"SSL_write" => &mut self.write,
+            b"SSL_write_ex" => &mut self.write_ex,
+            b"SSL_read" => &mut self.read,
+            b"SSL_read_ex" => &mut self.read_ex,
+            b"SSL_ctrl" => &mut self.ctrl,
+            _ => return,
+        };
+        slot.get_or_insert(offset);
     }
+}
+
+/// The file offset of a virtual address: where the loadable segment holding
+/// it starts in the file, plus the distance into it.
+fn file_offset(object: &object::File<'_>, address: u64) -> Option<u64> {
+    object.segments().find_map(|segment| {
+        let (start, size) = (segment.address(), segment.size());
+        let (file_start, file_size) = segment.file_range();
+        (address >= start && address < start + size && address - start < file_size)
+            .then(|| file_start + (address - start))
+    })
 }
 
 /// An object to attach the TLS probes to.
@@ -89,24 +103,41 @@ pub struct TlsLibrary {
     pub symbols: SslSymbols,
 }
 
-/// Reads ELF symbol tables (.dynsym, and .symtab when present) for `SSL_*`
-/// definitions. Objects that are not ELF or cannot be parsed define nothing.
+/// Reads ELF symbol tables (.dynsym, and .symtab when .dynsym defines no data
+/// function) for `SSL_*` definitions. Objects that are not ELF or cannot be
+/// parsed define nothing.
+///
+/// The file is mapped, not read: only the pages of the headers and symbol
+/// tables are touched, which matters for a 100 MB node binary that must be
+/// probed between its exec and its first TLS call.
 pub fn inspect(path: &Path) -> Result<SslSymbols, TlsLibError> {
     let file = File::open(path).map_err(|source| TlsLibError::Read {
         path: path.into(),
         source,
     })?;
-    let cache = ReadCache::new(file);
-    let Ok(object) = object::File::parse(&cache) else {
+    let map = crate::sys::MappedFile::new(&file).map_err(|source| TlsLibError::Read {
+        path: path.into(),
+        source,
+    })?;
+    let Ok(object) = object::File::parse(map.bytes()) else {
         return Ok(SslSymbols::default());
     };
-    let mut symbols = SslSymbols::default();
-    for symbol in object.dynamic_symbols().chain(object.symbols()) {
-        if symbol.is_definition()
-            && let Ok(name) = symbol.name_bytes()
-        {
-            symbols.note(name);
+    let note_all = |symbols: &mut SslSymbols, table: object::SymbolIterator<'_, '_>| {
+        for symbol in table {
+            if symbol.is_definition()
+                && let Ok(name) = symbol.name_bytes()
+                && let Some(offset) = file_offset(&object, symbol.address())
+            {
+                symbols.note(name, offset);
+            }
         }
+    };
+    // Exported definitions are in .dynsym; a static binary that does not
+    // export them may still list them in .symtab, which is much larger.
+    let mut symbols = SslSymbols::default();
+    note_all(&mut symbols, object.dynamic_symbols());
+    if !symbols.any_data_function() {
+        note_all(&mut symbols, object.symbols());
     }
     Ok(symbols)
 }
@@ -115,7 +146,7 @@ pub fn inspect(path: &Path) -> Result<SslSymbols, TlsLibError> {
 /// many processes parse each object once.
 #[derive(Default)]
 pub struct Scanner {
-    seen: HashMap<(u64, u64), Option<TlsLibrary>>,
+    seen: HashMap<(u64, u64), SslSymbols>,
 }
 
 impl Scanner {
@@ -126,16 +157,19 @@ impl Scanner {
             source,
         })?;
         let key = (meta.dev(), meta.ino());
-        if let Some(known) = self.seen.get(&key) {
-            return Ok(known.clone());
-        }
-        let symbols = inspect(path)?;
-        let library = symbols.any_data_function().then(|| TlsLibrary {
+        let symbols = if let Some(&known) = self.seen.get(&key) {
+            known
+        } else {
+            let symbols = inspect(path)?;
+            self.seen.insert(key, symbols);
+            symbols
+        };
+        // The path asked for, not the one first seen: that one may name a
+        // process (`/proc/PID/root/...`) that has exited since.
+        Ok(symbols.any_data_function().then(|| TlsLibrary {
             path: path.to_path_buf(),
             symbols,
-        });
-        self.seen.insert(key, library.clone());
-        Ok(library)
+        }))
     }
 
     /// TLS libraries mapped by a process, reached through `/proc/PID/root` so
@@ -240,11 +274,31 @@ mod tests {
     }
 
     #[test]
+    fn a_library_is_named_by_the_path_asked_for_even_when_cached() {
+        let mut scanner = Scanner::default();
+        let libssl = scanner.system_libraries().remove(0);
+        let dir = tempfile::tempdir().unwrap();
+        let alias = dir.path().join("libssl-alias.so");
+        std::os::unix::fs::symlink(&libssl.path, &alias).unwrap();
+        let found = scanner.library_at(&alias).unwrap().expect("a TLS library");
+        assert_eq!(found.path, alias);
+        assert_eq!(found.symbols, libssl.symbols);
+        drop(dir);
+        let again = scanner
+            .library_at(&libssl.path)
+            .unwrap()
+            .expect("a TLS library");
+        assert_eq!(again.path, libssl.path);
+    }
+
+    #[test]
     fn the_system_libssl_defines_the_data_functions() {
         let libraries = Scanner::default().system_libraries();
         let libssl = libraries.first().expect("Debian ships libssl3");
         assert!(
-            libssl.symbols.write && libssl.symbols.read && libssl.symbols.ctrl,
+            libssl.symbols.write.is_some()
+                && libssl.symbols.read.is_some()
+                && libssl.symbols.ctrl.is_some(),
             "{libssl:?}"
         );
     }

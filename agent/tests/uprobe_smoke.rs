@@ -67,7 +67,7 @@ fn plaintext_of_a_real_curl_request_arrives_through_the_ring_buffer() {
     let libssl = Scanner::default()
         .system_libraries()
         .into_iter()
-        .find(|l| l.symbols.write_ex)
+        .find(|l| l.symbols.write_ex.is_some())
         .expect("a system libssl exporting SSL_write_ex");
     probes
         .attach_tls_library(&libssl)

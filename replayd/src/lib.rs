@@ -1,8 +1,28 @@
 //! replayd's library: the pieces of the replay daemon that can be built and tested in
-//! process, without kernel hooks. `ca` owns the per-machine replay CA and mints TLS leaf
-//! certificates per SNI; `dns` answers the target's DNS queries for recorded hosts and
-//! forwards or refuses the rest. The binary wires them to the cgroup redirect.
+//! process, without kernel hooks. `engine` signs and indexes a loaded snapshot and decides
+//! what each request gets; `response` and `body` turn a recorded answer into bytes on the
+//! wire, paced as recorded; `error` classifies failures and maps them to provider-shaped
+//! responses; `service` is the hyper service and `accept` the TLS-sniffing listener;
+//! `report` keeps the run's statistics; `run` ties a run together for every mode; `ca` owns
+//! the per-machine replay CA and mints TLS leaves per SNI; `dns` answers the target's DNS
+//! queries for recorded hosts; `explain` tells what replay would do with one request;
+//! `redirect` attaches the kernel redirect and runs a command under it. The binary adds
+//! the command line.
 #![forbid(unsafe_code)]
 
+pub mod accept;
+pub mod body;
 pub mod ca;
 pub mod dns;
+pub mod engine;
+pub mod error;
+pub mod explain;
+pub mod options;
+pub mod redirect;
+pub mod report;
+pub mod response;
+pub mod run;
+pub mod service;
+
+#[cfg(test)]
+mod testutil;

@@ -1,1 +1,400 @@
-fn main() {}
+//! `replayd`: the replay daemon's command line. It parses the arguments, sets up logging
+//! to stderr, and hands each mode to the library's `run` module: `--listen ADDR` serves the
+//! snapshot on a plain loopback listener; `-- CMD`, `--cgroup PATH` and `--all` add the
+//! kernel redirect; `trust` manages the CA in the system store; `explain`
+//! tells what replay would do with one request. Start-up errors print one line and exit 2;
+//! a run with misses (or recordings that could not be sent) exits 1.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io::IsTerminal as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use llmsim_snapshot::signature::Repeat;
+use replayd::engine::Engine;
+use replayd::explain::{RequestFile, explain};
+use replayd::options::{OnMiss, Pace, ReplayOptions};
+use replayd::redirect::{self, KernelRedirect, RedirectTarget};
+use replayd::run::{self, ListenAddr, Server};
+use replayd::{ca, dns, report::Report};
+
+/// Exit code of a run that had misses.
+const EXIT_MISSES: u8 = 1;
+/// Exit code of a start-up error.
+const EXIT_STARTUP: u8 = 2;
+/// Exit code when SIGINT/SIGTERM ended a `-- CMD` run before the command.
+const EXIT_INTERRUPTED: u8 = 130;
+
+/// Answers unmodified apps' LLM API calls from a recorded snapshot.
+#[derive(Debug, Parser)]
+#[command(
+    name = "replayd",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// The serving modes and their options.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("mode").required(true).args(["listen", "cgroup", "all", "cmd"])))]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent command-line flags"
+)]
+struct ServeArgs {
+    /// The snapshot directory.
+    #[arg(long = "in", value_name = "DIR", default_value = "llmsim")]
+    dir: PathBuf,
+    /// Serve on this address with no kernel hooks; the host comes from the Host header.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Pacing of streamed answers: recorded, instant or xN (x2 is twice as fast).
+    #[arg(long, value_name = "PACE", default_value = "recorded")]
+    pace: Pace,
+    /// What a request gets once its recordings are used up: last, cycle or fail.
+    #[arg(long, value_name = "POLICY", default_value = "last")]
+    repeat: Repeat,
+    /// What a request with no recording gets: fail (passthrough and record: not yet).
+    #[arg(long = "on-miss", value_name = "POLICY", default_value = "fail")]
+    on_miss: OnMiss,
+    /// Where the replay CA lives (default: the user's data directory).
+    #[arg(long, value_name = "DIR")]
+    ca_dir: Option<PathBuf>,
+    /// Answer NXDOMAIN for names that were not recorded instead of forwarding them.
+    #[arg(long)]
+    no_network: bool,
+    /// Redirect every non-loopback destination, not only the recorded hosts.
+    #[arg(long)]
+    all_hosts: bool,
+    /// Serve the processes of this existing cgroup (v2) until SIGINT/SIGTERM.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// Redirect the whole host (explicit opt-in).
+    #[arg(long)]
+    all: bool,
+    /// Under sudo, run CMD as root instead of as the invoking user.
+    #[arg(long)]
+    as_root: bool,
+    /// The command to run under replay.
+    #[arg(last = true, value_name = "CMD")]
+    cmd: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install or remove the replay CA in the system trust store, for the daemon modes.
+    Trust {
+        #[command(subcommand)]
+        action: TrustAction,
+        /// Where the replay CA lives (default: the user's data directory).
+        #[arg(long, value_name = "DIR")]
+        ca_dir: Option<PathBuf>,
+    },
+    /// Show which recording a request would get, or the nearest one and how it differs.
+    Explain {
+        /// `[DIR] REQUEST.json`: the snapshot directory (default ./llmsim) and a file
+        /// `{"method", "host", "path", "headers", "body"}`.
+        #[arg(num_args = 1..=2, required = true, value_name = "[DIR] REQUEST.json")]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustAction {
+    /// Add the CA to the system store (creating the CA on first use).
+    Install,
+    /// Remove it again.
+    Uninstall,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("replayd: {e:#}");
+            ExitCode::from(EXIT_STARTUP)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REPLAYD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Some(Command::Trust { action, ca_dir }) => trust(&action, ca_dir),
+        Some(Command::Explain { paths }) => explain_request(&paths),
+        None => serve(&cli.serve),
+    }
+}
+
+fn serve(args: &ServeArgs) -> Result<ExitCode> {
+    let Some(addr) = args.listen else {
+        return redirect(args);
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Through a base URL the Host header is the listener's own address: match any host.
+    let engine = Arc::new(run::load_engine(&args.dir, replay_options(args, true))?);
+    for line in engine_summary(&engine) {
+        eprintln!("replayd: {line}");
+    }
+    runtime.block_on(listen(engine, addr, args))
+}
+
+/// The replay options from the command line; `any_host` for `--listen` only, since the
+/// redirect modes see the real host names.
+fn replay_options(args: &ServeArgs, any_host: bool) -> ReplayOptions {
+    ReplayOptions {
+        pace: args.pace,
+        repeat: args.repeat,
+        on_miss: args.on_miss,
+        any_host,
+        max_request_body: ReplayOptions::DEFAULT_MAX_REQUEST_BODY,
+    }
+}
+
+fn engine_summary(engine: &Engine) -> Vec<String> {
+    let mut lines = vec![format!(
+        "serving {} recordings for {} from {}",
+        engine.len(),
+        if engine.hosts().is_empty() {
+            "no hosts".to_owned()
+        } else {
+            engine.hosts().join(", ")
+        },
+        engine.dir().display()
+    )];
+    if engine.skipped() > 0 {
+        lines.push(format!(
+            "skipped {} incomplete recordings",
+            engine.skipped()
+        ));
+    }
+    lines
+}
+
+/// `--listen ADDR`: plain listener, no kernel hooks, until SIGINT/SIGTERM.
+async fn listen(engine: Arc<Engine>, addr: SocketAddr, args: &ServeArgs) -> Result<ExitCode> {
+    // TLS is a bonus here (load generators measuring HTTPS); plain HTTP works without a CA.
+    let tls = match run::load_tls(args.ca_dir.as_deref()) {
+        Ok(resolver) => Some(resolver),
+        Err(e) => {
+            eprintln!(
+                "replayd: serving plain HTTP only: {:#}",
+                anyhow::Error::from(e)
+            );
+            None
+        }
+    };
+    let server = Server::bind(engine, tls, &[ListenAddr::required(addr)])?;
+    let signal = run::shutdown_signal()?;
+    let addrs = server.local_addrs();
+    let mut running = server.start(None);
+    for addr in addrs {
+        eprintln!("replayd: listening on {addr}");
+    }
+    running.run_until(signal).await?;
+    Ok(finish(&running.finish()))
+}
+
+/// Prints the report and picks the exit code.
+fn finish(report: &Report) -> ExitCode {
+    eprint!("{report}");
+    if report.failed() {
+        ExitCode::from(EXIT_MISSES)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `-- CMD`, `--cgroup PATH`, `--all`: the listener and DNS responder on
+/// loopback, the kernel redirect in front of them, until the command exits or
+/// SIGINT/SIGTERM.
+fn redirect(args: &ServeArgs) -> Result<ExitCode> {
+    let target = if !args.cmd.is_empty() {
+        RedirectTarget::Command
+    } else if let Some(path) = &args.cgroup {
+        RedirectTarget::Cgroup(path.clone())
+    } else {
+        RedirectTarget::All
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let engine = Arc::new(run::load_engine(&args.dir, replay_options(args, false))?);
+    for line in engine_summary(&engine) {
+        eprintln!("replayd: {line}");
+    }
+    runtime.block_on(serve_redirected(engine, &target, args))
+}
+
+async fn serve_redirected(
+    engine: Arc<Engine>,
+    target: &RedirectTarget,
+    args: &ServeArgs,
+) -> Result<ExitCode> {
+    let ca_dir = match &args.ca_dir {
+        Some(dir) => dir.clone(),
+        None => ca::default_ca_dir()?,
+    };
+    let authority = Arc::new(ca::CertificateAuthority::load_or_create(&ca_dir)?);
+    let tls = Arc::new(ca::LeafResolver::new(authority.clone())?);
+    let hosts = redirect::host_addresses(engine.hosts().iter().map(String::as_str))?;
+    let server = Server::bind(engine, Some(tls), &ListenAddr::loopback_defaults())?;
+    let dns = run::start_dns(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        dns_responder(&hosts, args.no_network),
+    )
+    .await?;
+    let (Some(SocketAddr::V4(listener_v4)), SocketAddr::V4(dns_v4)) = (server.local_v4(), dns.addr)
+    else {
+        bail!("replayd needs an IPv4 loopback listener and DNS responder");
+    };
+    let listener_v6 = match server.local_v6() {
+        Some(SocketAddr::V6(v6)) => Some(v6),
+        _ => None,
+    };
+    let kernel = Arc::new(KernelRedirect::attach(
+        target,
+        listener_v4,
+        listener_v6,
+        dns_v4,
+        hosts.iter().map(|(_, ip)| *ip).collect(),
+        args.all_hosts,
+    )?);
+    let lookup = kernel.clone();
+    let mut running = server.start(Some(Arc::new(move |peer| {
+        lookup.original_destination(peer)
+    })));
+    running.watch(dns.serve());
+    let signal = run::shutdown_signal()?;
+    let mut child_code = None;
+    if matches!(target, RedirectTarget::Command) {
+        let trust_dir = tempfile::tempdir().context("a directory for the CA bundle")?;
+        let bundle = authority.trust_bundle(trust_dir.path())?;
+        let mut child = kernel.spawn(&args.cmd, &bundle.env(), args.as_root)?;
+        let status = running
+            .run_until(async {
+                tokio::select! {
+                    status = child.wait() => Some(status),
+                    _ = signal => None,
+                }
+            })
+            .await?;
+        kernel.kill_own_cgroup();
+        child_code = match status {
+            Some(status) => Some(exit_code(status.context("waiting for the command")?)),
+            None => Some(EXIT_INTERRUPTED),
+        };
+    } else {
+        eprintln!(
+            "replayd: redirecting cgroup {}",
+            kernel.cgroup_path().display()
+        );
+        running.run_until(signal).await?;
+    }
+    let report = running.finish();
+    let replay_code = finish(&report);
+    Ok(match child_code {
+        Some(0) | None => replay_code,
+        Some(code) => ExitCode::from(code),
+    })
+}
+
+/// Answers for the recorded hosts; other names go to the machine's resolver,
+/// or get NXDOMAIN with `--no-network` or when there is none.
+fn dns_responder(hosts: &[(String, Ipv4Addr)], no_network: bool) -> dns::DnsResponder {
+    let mut answers = dns::HostAnswers::new();
+    for (host, ip) in hosts {
+        answers.insert(host, *ip, None);
+    }
+    let fallback = if no_network {
+        dns::Fallback::NxDomain
+    } else {
+        match dns::upstream_from_resolv_conf(Path::new("/etc/resolv.conf")) {
+            Ok(upstream) => dns::Fallback::Upstream(upstream),
+            Err(e) => {
+                eprintln!("replayd: answering NXDOMAIN for unrecorded names: {e:#}");
+                dns::Fallback::NxDomain
+            }
+        }
+    };
+    dns::DnsResponder::new(answers, fallback)
+}
+
+/// The command's exit code as a shell reports it (128 + signal when killed).
+fn exit_code(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt as _;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    u8::try_from(code).unwrap_or(1)
+}
+
+fn trust(action: &TrustAction, ca_dir: Option<PathBuf>) -> Result<ExitCode> {
+    match action {
+        TrustAction::Install => {
+            let dir = match ca_dir {
+                Some(dir) => dir,
+                None => ca::default_ca_dir()?,
+            };
+            let authority = ca::CertificateAuthority::load_or_create(&dir)?;
+            ca::trust_install(&authority)?;
+            eprintln!(
+                "replayd: installed {} into the system trust store",
+                authority.cert_path().display()
+            );
+        }
+        TrustAction::Uninstall => {
+            if ca::trust_uninstall()? {
+                eprintln!("replayd: removed the replay CA from the system trust store");
+            } else {
+                eprintln!("replayd: the replay CA was not in the system trust store");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain_request(paths: &[PathBuf]) -> Result<ExitCode> {
+    let (dir, request) = match paths {
+        [request] => (PathBuf::from("llmsim"), request),
+        [dir, request] => (dir.clone(), request),
+        _ => bail!("expected [DIR] REQUEST.json"),
+    };
+    let engine = run::load_engine(&dir, ReplayOptions::default())?;
+    let request = RequestFile::read(request)?.to_request()?;
+    let explanation = explain(&engine, &request);
+    print!("{explanation}");
+    Ok(if explanation.is_hit() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_MISSES)
+    })
+}

@@ -1,9 +1,11 @@
 //! Whole-or-nothing file creation that never replaces an existing file. The
-//! contents go to a temporary file in the same directory, are fsynced, and are
-//! hard-linked to the final name (`link(2)` fails if the name exists); then the
-//! temporary name is removed and the directory fsynced. A crash at any point
-//! leaves no final file or a whole one, plus at most a stray temporary file
-//! whose name starts with `.` and ends in `.tmp`.
+//! contents go to an unnamed `O_TMPFILE` file in the same directory, are
+//! fsynced, and are linked to the final name (`linkat(2)` fails if the name
+//! exists); then the directory is fsynced. A crash at any point leaves no
+//! final file or a whole one, and nothing else: an unnamed file vanishes with
+//! its process. Filesystems without `O_TMPFILE` get a named temporary file
+//! instead (starting with `.`, ending in `.tmp`), which a crash can leave
+//! behind for the next writer to remove.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -62,6 +64,11 @@ pub fn create_new(
     mode: u32,
 ) -> Result<PathBuf, PublishError> {
     let path = dir.join(name);
+    match create_unnamed(dir, &path, contents, mode) {
+        Ok(()) => return sync_dir(dir).map(|()| path),
+        Err(Unnamed::Unsupported) => {}
+        Err(Unnamed::Failed(error)) => return Err(error),
+    }
     let temp = dir.join(format!(
         ".{name}.{}-{:08x}.tmp",
         std::process::id(),
@@ -80,13 +87,76 @@ pub fn create_new(
         Err(source) => return Err(PublishError::Link { path, source }),
         Ok(()) => {}
     }
+    sync_dir(dir)?;
+    Ok(path)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PublishError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| PublishError::SyncDir {
             path: dir.to_owned(),
             source,
+        })
+}
+
+/// Why [`create_unnamed`] did not create the file.
+enum Unnamed {
+    /// The filesystem has no `O_TMPFILE`: use a named temporary file.
+    Unsupported,
+    /// A real failure.
+    Failed(PublishError),
+}
+
+/// Writes `contents` to an unnamed file in `dir` and links it as `path`.
+fn create_unnamed(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<(), Unnamed> {
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+    let fd = match rustix::fs::openat(
+        CWD,
+        dir,
+        OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    ) {
+        Ok(fd) => fd,
+        Err(e)
+            if [
+                rustix::io::Errno::OPNOTSUPP,
+                rustix::io::Errno::ISDIR,
+                rustix::io::Errno::INVAL,
+            ]
+            .contains(&e) =>
+        {
+            return Err(Unnamed::Unsupported);
+        }
+        Err(e) => {
+            return Err(Unnamed::Failed(PublishError::Temp {
+                path: dir.to_owned(),
+                source: e.into(),
+            }));
+        }
+    };
+    let mut file = File::from(fd);
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|source| {
+            Unnamed::Failed(PublishError::Temp {
+                path: dir.to_owned(),
+                source,
+            })
         })?;
-    Ok(path)
+    // Linking an open unnamed file by its /proc path needs no privilege
+    // (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH).
+    let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    match rustix::fs::linkat(CWD, proc_path.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::EXIST) => Err(Unnamed::Failed(PublishError::Exists {
+            path: path.to_owned(),
+        })),
+        Err(e) => Err(Unnamed::Failed(PublishError::Link {
+            path: path.to_owned(),
+            source: e.into(),
+        })),
+    }
 }
 
 /// Best effort: the final name (if any) holds its own link, and a temporary

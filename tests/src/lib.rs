@@ -42,6 +42,7 @@
 pub mod bins;
 pub mod ca;
 pub mod clients;
+pub mod flows;
 pub mod netns;
 pub mod paths;
 pub mod privilege;

@@ -46,6 +46,24 @@ impl TestNetns {
         reason = "creating a namespace is a side effect, not a default value"
     )]
     pub fn new() -> Self {
+        let netns = Self::create();
+        std::fs::create_dir_all(&netns.etc_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", netns.etc_dir.display()));
+        let hosts = netns.etc_dir.join("hosts");
+        std::fs::write(&hosts, hosts_file())
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", hosts.display()));
+        netns
+    }
+
+    /// A namespace like a CI runner with no network: loopback only, and the
+    /// machine's own hosts file and resolver settings, so provider names do not
+    /// resolve and nothing but loopback is reachable. Replay must make the
+    /// names work by itself there.
+    pub fn offline() -> Self {
+        Self::create()
+    }
+
+    fn create() -> Self {
         CLEAN_STALE.call_once(remove_stale);
         let name = format!(
             "{PREFIX}{}-{}",
@@ -62,11 +80,6 @@ impl TestNetns {
         // From here on, Drop cleans up whatever was created.
         let netns = TestNetns { name, etc_dir };
         ip(&["-n", &netns.name, "link", "set", "lo", "up"]);
-        std::fs::create_dir_all(&netns.etc_dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", netns.etc_dir.display()));
-        let hosts = netns.etc_dir.join("hosts");
-        std::fs::write(&hosts, hosts_file())
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", hosts.display()));
         netns
     }
 

@@ -1,8 +1,14 @@
 //! Developer tasks cargo cannot express alone: the full check run that CI uses
-//! (formatting, lints, unit and privileged tests). Toolchain set-up lives in
-//! scripts/setup.sh because it must run before any Rust can be built.
+//! (formatting, lints, unit and privileged tests) and the demo. Toolchain
+//! set-up lives in scripts/setup.sh because it must run before any Rust can be
+//! built.
 
-use std::process::{Command, ExitCode};
+mod demo;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -19,12 +25,20 @@ enum Task {
     /// Formatting, clippy with -D warnings, and the whole test suite. Run as
     /// root to include the privileged eBPF tests; with CI=true they may not skip.
     Test,
+    /// The README's main job: capture the bundled example against the bundled
+    /// fake provider, then replay it offline. Needs root.
+    Demo {
+        /// Where the recording goes (replaced).
+        #[arg(long, default_value = "target/demo/llmsim")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test => test(),
+        Task::Demo { out } => cargo(&["build", "--bins"]).and_then(|()| demo::run(&out)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,5 +75,76 @@ fn test() -> anyhow::Result<()> {
     // The end-to-end tests drive the binaries, which `cargo test` does not
     // build for another package's tests.
     cargo(&["build", "--bins"])?;
-    cargo(&["test", "--workspace", "--no-fail-fast"])
+    cargo_test(&["test", "--workspace", "--no-fail-fast"])
+}
+
+/// Runs `cargo test`, passing its output through, and closes with one line
+/// totalling every test binary's `test result:` line.
+fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let mut totals = Totals::default();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        totals.add(&line);
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    println!(
+        "{} passed, {} failed, {} ignored",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Sums of the `test result: ok. 3 passed; 0 failed; 1 ignored; ...` lines.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Totals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Totals;
+
+    #[test]
+    fn totals_add_up_test_result_lines() {
+        let mut totals = Totals::default();
+        totals.add("test result: ok. 46 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.53s");
+        totals
+            .add("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add("test foo ... ok");
+        assert_eq!((totals.passed, totals.failed, totals.ignored), (49, 1, 2));
+    }
 }

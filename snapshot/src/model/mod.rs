@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::provider::Provider;
+use crate::usage::ExchangeSummary;
 
 pub use body::Body;
 pub use encoding::{DecodeError, MAX_DECODED_LEN};
@@ -53,6 +54,10 @@ pub struct Exchange {
     pub streamed: bool,
     /// The model the request named, when the provider knows where to look.
     pub model: Option<String>,
+    /// Model, tokens, timing, stop reason and tool calls read from the
+    /// bodies ([`crate::usage`]); left out of files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<ExchangeSummary>,
     /// The request as sent, after redaction.
     pub request: Request,
     /// The response as received, after redaction.
@@ -197,6 +202,7 @@ pub(crate) mod tests {
             incomplete: None,
             streamed: false,
             model: Some("gpt-4o-mini".into()),
+            summary: None,
             request: Request {
                 method: "POST".into(),
                 path: "/v1/chat/completions".into(),

@@ -1,0 +1,221 @@
+//! The response body replay sends: either all bytes at once (with a `Content-Length`), or
+//! recorded chunks (one per server-sent event) released at their recorded offsets from the
+//! request's arrival under the run's [`Pace`], each as its own body frame so the server
+//! flushes it on its own. Waiting uses `tokio::time::sleep_until` on a fixed base instant,
+//! so delays do not add up. When the body is dropped (sent, or the client went away) the
+//! time it took is added to the run's statistics.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::options::Pace;
+use crate::report::Stats;
+use crate::response::TimedChunk;
+
+/// A replayed response body.
+#[derive(Debug)]
+pub struct ReplayBody {
+    kind: Kind,
+    timer: Option<ServeTimer>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Paced(Paced),
+}
+
+#[derive(Debug)]
+struct Paced {
+    chunks: Arc<[TimedChunk]>,
+    next: usize,
+    base: Instant,
+    pace: Pace,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+/// Adds the time from the request's arrival to the body's end to the statistics.
+#[derive(Debug)]
+struct ServeTimer {
+    stats: Arc<Stats>,
+    started: Instant,
+}
+
+impl Drop for ServeTimer {
+    fn drop(&mut self) {
+        self.stats.add_serve_time(self.started.elapsed());
+    }
+}
+
+impl ReplayBody {
+    /// A body sent at once.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            kind: Kind::Full(Some(bytes.into())).normalise(),
+            timer: None,
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    /// Chunks released at `base` plus their offset under `pace`.
+    pub fn paced(chunks: Arc<[TimedChunk]>, base: Instant, pace: Pace) -> Self {
+        Self {
+            kind: Kind::Paced(Paced {
+                chunks,
+                next: 0,
+                base,
+                pace,
+                sleep: None,
+            }),
+            timer: None,
+        }
+    }
+
+    /// Counts the time until this body is done (from `started`) as serve time in `stats`.
+    #[must_use]
+    pub fn timed(mut self, stats: Arc<Stats>, started: Instant) -> Self {
+        self.timer = Some(ServeTimer { stats, started });
+        self
+    }
+}
+
+impl Kind {
+    fn normalise(self) -> Self {
+        match self {
+            Self::Full(Some(b)) if b.is_empty() => Self::Full(None),
+            other => other,
+        }
+    }
+}
+
+impl http_body::Body for ReplayBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        let frame = match &mut this.kind {
+            Kind::Full(bytes) => bytes.take(),
+            Kind::Paced(paced) => {
+                let Some(chunk) = paced.chunks.get(paced.next) else {
+                    this.timer = None;
+                    return Poll::Ready(None);
+                };
+                if let Some(delay) = paced.pace.delay(chunk.offset_ms) {
+                    let due = paced.base + delay;
+                    if Instant::now() < due {
+                        let sleep = paced
+                            .sleep
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                        if sleep.deadline() != due {
+                            sleep.as_mut().reset(due);
+                        }
+                        ready!(sleep.as_mut().poll(cx));
+                    }
+                }
+                paced.next += 1;
+                Some(chunk.bytes.clone())
+            }
+        };
+        if frame.is_none() {
+            this.timer = None;
+        }
+        Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Paced(paced) => paced.next >= paced.chunks.len(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Paced(_) => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    fn chunks(offsets: &[f64]) -> Arc<[TimedChunk]> {
+        offsets
+            .iter()
+            .enumerate()
+            .map(|(i, &offset_ms)| TimedChunk {
+                offset_ms,
+                bytes: Bytes::from(format!("data: {i}\n\n")),
+            })
+            .collect()
+    }
+
+    async fn arrivals(body: ReplayBody, base: Instant) -> Vec<(Duration, Bytes)> {
+        let mut body = body;
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            out.push((base.elapsed(), data));
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recorded_pace_releases_each_chunk_at_its_offset() {
+        let base = Instant::now();
+        let body = ReplayBody::paced(chunks(&[0.0, 30.0, 30.0, 75.5]), base, Pace::Recorded);
+        let got = arrivals(body, base).await;
+        let times: Vec<u128> = got.iter().map(|(t, _)| t.as_millis()).collect();
+        assert_eq!(times, [0, 30, 30, 76]);
+        assert_eq!(got[3].1, "data: 3\n\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn factor_and_instant_pace() {
+        let base = Instant::now();
+        let fast = ReplayBody::paced(chunks(&[0.0, 100.0]), base, Pace::Factor(4.0));
+        let times: Vec<u128> = arrivals(fast, base)
+            .await
+            .iter()
+            .map(|(t, _)| t.as_millis())
+            .collect();
+        assert_eq!(times, [0, 25]);
+        let base = Instant::now();
+        let instant = ReplayBody::paced(chunks(&[0.0, 100.0, 5000.0]), base, Pace::Instant);
+        let got = arrivals(instant, base).await;
+        assert!(got.iter().all(|(t, _)| t.is_zero()));
+        assert_eq!(got.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn serve_time_is_counted_when_the_body_ends() {
+        let stats = Arc::new(Stats::new());
+        let base = Instant::now();
+        let body = ReplayBody::paced(chunks(&[10.0, 40.0]), base, Pace::Recorded)
+            .timed(stats.clone(), base);
+        arrivals(body, base).await;
+        assert_eq!(stats.report().serve_time, Duration::from_millis(40));
+        let full = ReplayBody::full("abc");
+        assert_eq!(http_body::Body::size_hint(&full).exact(), Some(3));
+        assert!(http_body::Body::is_end_stream(&ReplayBody::empty()));
+    }
+}

@@ -1,0 +1,193 @@
+//! The kernel side of replay for `-- CMD`, `--cgroup` and `--all`. Every
+//! recorded host gets a loopback address of its own (in 127.77.0.0/16) for
+//! replayd's DNS to answer; the cgroup redirect sends connects to those
+//! addresses, and the cgroup's DNS, to replayd. A fresh cgroup made for `-- CMD`
+//! is killed with replayd: its command can never outlive the redirect and so
+//! never reaches the real, paid API.
+
+use std::{
+    ffi::OsString,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use agent::{
+    cgroup::{Cgroup, CgroupError, cgroup2_mount},
+    redirect::{Redirect, RedirectError, RedirectSettings},
+};
+use thiserror::Error;
+
+/// Failures setting up the redirect.
+#[derive(Debug, Error)]
+pub enum RedirectSetupError {
+    /// The cgroup could not be found or created.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The hooks could not be attached.
+    #[error("attaching the redirect to {} failed", path.display())]
+    Attach {
+        /// The cgroup.
+        path: PathBuf,
+        /// The cause (boxed: eBPF load errors are large).
+        #[source]
+        source: Box<RedirectError>,
+    },
+    /// More recorded hosts than addresses in 127.77.0.0/16.
+    #[error("{count} recorded hosts is more than the {MAX_HOSTS} replay addresses")]
+    TooManyHosts {
+        /// How many hosts.
+        count: usize,
+    },
+    /// The command could not be started.
+    #[error("starting {program} failed")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How many distinct hosts get a replay address.
+pub const MAX_HOSTS: usize = u16::MAX as usize - 1;
+
+/// Loopback addresses for recorded hosts: 127.77.0.1, 127.77.0.2, ... in the
+/// order given (sorted and deduplicated by the caller). Loopback on purpose:
+/// were the redirect ever gone, a connect would still stay on this machine.
+pub fn host_addresses<'a>(
+    hosts: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<(String, Ipv4Addr)>, RedirectSetupError> {
+    let hosts: Vec<&str> = hosts.into_iter().collect();
+    if hosts.len() > MAX_HOSTS {
+        return Err(RedirectSetupError::TooManyHosts { count: hosts.len() });
+    }
+    Ok(hosts
+        .into_iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let [hi, lo] = u16::try_from(i + 1).unwrap_or(u16::MAX).to_be_bytes();
+            (host.to_owned(), Ipv4Addr::new(127, 77, hi, lo))
+        })
+        .collect())
+}
+
+/// Which processes are redirected.
+#[derive(Clone, Debug)]
+pub enum RedirectTarget {
+    /// A fresh cgroup for the command replayd runs.
+    Command,
+    /// An existing cgroup v2, such as a CI job's.
+    Cgroup(PathBuf),
+    /// Every process on the host (the cgroup2 root).
+    All,
+}
+
+/// The attached redirect and, for a command, its cgroup.
+pub struct KernelRedirect {
+    redirect: Mutex<Redirect>,
+    /// A cgroup this run created (removed and its processes killed on drop).
+    own_cgroup: Option<Cgroup>,
+    path: PathBuf,
+}
+
+impl KernelRedirect {
+    /// Attaches the hooks for `target`.
+    pub fn attach(
+        target: &RedirectTarget,
+        listener_v4: SocketAddrV4,
+        listener_v6: Option<SocketAddrV6>,
+        dns: SocketAddrV4,
+        hosts: Vec<Ipv4Addr>,
+        all_hosts: bool,
+    ) -> Result<Self, RedirectSetupError> {
+        let (own_cgroup, path) = match target {
+            RedirectTarget::Command => {
+                let mut cgroup = Cgroup::create("replay")?;
+                // Even a SIGKILLed replayd takes the command's whole tree with it.
+                cgroup.kill_on_exit()?;
+                let path = cgroup.path().to_path_buf();
+                (Some(cgroup), path)
+            }
+            RedirectTarget::Cgroup(path) => (None, Cgroup::existing(path)?.path().to_path_buf()),
+            RedirectTarget::All => (None, cgroup2_mount()?),
+        };
+        let settings = RedirectSettings {
+            listener_v4,
+            listener_v6,
+            dns,
+            hosts,
+            all_hosts,
+        };
+        let redirect =
+            Redirect::attach(&path, &settings).map_err(|source| RedirectSetupError::Attach {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        Ok(Self {
+            redirect: Mutex::new(redirect),
+            own_cgroup,
+            path,
+        })
+    }
+
+    /// The destination the app asked for, for a connection accepted from `client`.
+    pub fn original_destination(&self, client: SocketAddr) -> Option<SocketAddr> {
+        self.redirect.lock().ok()?.original_destination(client)
+    }
+
+    /// The redirected cgroup's directory.
+    pub fn cgroup_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `argv` inside this run's own cgroup with `env` added. The child
+    /// joins the cgroup before it execs and is killed if replayd dies; under
+    /// sudo it runs as the invoking user unless `as_root`.
+    pub fn spawn(
+        &self,
+        argv: &[OsString],
+        env: &[(&'static str, &Path)],
+        as_root: bool,
+    ) -> Result<tokio::process::Child, RedirectSetupError> {
+        let program = argv
+            .first()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut command =
+            agent::sys::command_in_cgroup(argv, &self.path.join("cgroup.procs"), as_root);
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        tokio::process::Command::from(command)
+            .spawn()
+            .map_err(|source| RedirectSetupError::Spawn { program, source })
+    }
+
+    /// Kills whatever is left in this run's own cgroup.
+    pub fn kill_own_cgroup(&self) {
+        if let Some(cgroup) = &self.own_cgroup {
+            cgroup.kill_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_get_distinct_loopback_addresses_in_order() {
+        let hosts = host_addresses(["api.anthropic.com", "api.openai.com"]).unwrap();
+        assert_eq!(
+            hosts,
+            [
+                ("api.anthropic.com".to_owned(), Ipv4Addr::new(127, 77, 0, 1)),
+                ("api.openai.com".to_owned(), Ipv4Addr::new(127, 77, 0, 2)),
+            ]
+        );
+        let many: Vec<String> = (0..300).map(|i| format!("h{i}")).collect();
+        let addrs = host_addresses(many.iter().map(String::as_str)).unwrap();
+        assert_eq!(addrs[255].1, Ipv4Addr::new(127, 77, 1, 0));
+        assert!(addrs.iter().all(|(_, a)| a.is_loopback()));
+    }
+}

@@ -1,0 +1,365 @@
+//! Per-run statistics and the end-of-run report: requests served per provider and per
+//! endpoint, repeats, misses with their field diffs, answers that failed, and the wall time
+//! saved against the recorded latencies (recorded `duration_ms` of every served exchange,
+//! less the time replay actually took to serve them). [`Stats`] is shared by every
+//! connection; [`Report`] is a copy taken at the end and printed by the binary.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use llmsim_snapshot::ledger::{CallLine, Totals};
+use llmsim_snapshot::provider::Provider;
+use serde::Serialize;
+
+/// A request that matched no recording.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MissRecord {
+    /// The request, `METHOD host/path?query`.
+    pub request: String,
+    /// Why it missed, one line.
+    pub reason: String,
+    /// The closest recorded exchange file, relative to the snapshot directory.
+    pub closest: Option<String>,
+    /// How the request differs from that recording, one field per line.
+    pub diffs: Vec<String>,
+}
+
+impl fmt::Display for MissRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.request, self.reason)?;
+        if let Some(closest) = &self.closest {
+            write!(f, "; closest recording {closest}")?;
+        }
+        for diff in &self.diffs {
+            write!(f, "\n    {diff}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One row of the served table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServedRow {
+    /// The provider of the served exchanges.
+    pub provider: Provider,
+    /// `METHOD /path`, query string left out.
+    pub endpoint: String,
+    /// How many requests it served.
+    pub count: u64,
+}
+
+/// A copy of the statistics, for printing at the end of a run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// Served requests per provider and endpoint, sorted.
+    pub served: Vec<ServedRow>,
+    /// Served requests in total.
+    pub total_served: u64,
+    /// Served requests that reused a recording already served (`--repeat last|cycle`).
+    pub repeats: u64,
+    /// Requests with no recording, in arrival order.
+    pub misses: Vec<MissRecord>,
+    /// Requests whose recording could not be sent (a broken snapshot file).
+    pub snapshot_errors: u64,
+    /// Requests refused because the app sent something unusable (a 400 or 413).
+    pub bad_requests: u64,
+    /// Requests replayd failed to answer through its own fault.
+    pub internal_errors: u64,
+    /// The recorded latencies of the served exchanges, added up.
+    pub recorded_latency: Duration,
+    /// How long serving them took.
+    pub serve_time: Duration,
+    /// Tokens and cost of the served exchanges: what the run did not spend.
+    pub ledger: Totals,
+}
+
+impl Report {
+    /// Recorded latency minus serve time, never negative.
+    pub fn wall_time_saved(&self) -> Duration {
+        self.recorded_latency.saturating_sub(self.serve_time)
+    }
+
+    /// Whether the run failed: a miss, or a recording that could not be sent.
+    pub fn failed(&self) -> bool {
+        !self.misses.is_empty() || self.snapshot_errors > 0 || self.internal_errors > 0
+    }
+}
+
+impl fmt::Display for Report {
+    /// Lines starting `replayd: `, the miss diffs indented below their miss.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "replayd: served {} requests ({} repeats), {} misses",
+            self.total_served,
+            self.repeats,
+            self.misses.len()
+        )?;
+        for row in &self.served {
+            writeln!(
+                f,
+                "replayd:   {:<10} {:<45} {}",
+                row.provider.as_str(),
+                row.endpoint,
+                row.count
+            )?;
+        }
+        for miss in &self.misses {
+            writeln!(f, "replayd: miss: {miss}")?;
+        }
+        if self.snapshot_errors > 0 {
+            writeln!(
+                f,
+                "replayd: {} requests matched a recording that could not be sent",
+                self.snapshot_errors
+            )?;
+        }
+        if self.bad_requests > 0 {
+            writeln!(
+                f,
+                "replayd: {} malformed requests refused",
+                self.bad_requests
+            )?;
+        }
+        if self.internal_errors > 0 {
+            writeln!(f, "replayd: {} internal errors", self.internal_errors)?;
+        }
+        if self.ledger.calls > 0 {
+            writeln!(f, "replayd: not spent: {}", self.ledger)?;
+        }
+        writeln!(
+            f,
+            "replayd: wall time saved {:.3} s (recorded {:.3} s, served in {:.3} s)",
+            self.wall_time_saved().as_secs_f64(),
+            self.recorded_latency.as_secs_f64(),
+            self.serve_time.as_secs_f64()
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    served: BTreeMap<(Provider, String), u64>,
+    repeats: u64,
+    misses: Vec<MissRecord>,
+    snapshot_errors: u64,
+    bad_requests: u64,
+    internal_errors: u64,
+    recorded_latency: Duration,
+    serve_time: Duration,
+    ledger: Totals,
+}
+
+/// What happened to one request, for [`Stats::record`].
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A recording was served.
+    Served {
+        /// Its provider.
+        provider: Provider,
+        /// `METHOD /path`.
+        endpoint: String,
+        /// Whether the repeat policy chose it.
+        repeated: bool,
+        /// The exchange as the ledger sees it: recorded duration, tokens, cost.
+        call: Box<CallLine>,
+    },
+    /// No recording matched.
+    Miss(MissRecord),
+    /// The matched recording could not be sent.
+    SnapshotError,
+    /// The app's request was refused.
+    BadRequest,
+    /// replayd failed.
+    InternalError,
+}
+
+/// Statistics shared by every connection of a run.
+#[derive(Debug, Default)]
+pub struct Stats {
+    counts: Mutex<Counts>,
+}
+
+impl Stats {
+    /// Empty statistics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts one request.
+    pub fn record(&self, event: Event) {
+        let mut counts = self.lock();
+        match event {
+            Event::Served {
+                provider,
+                endpoint,
+                repeated,
+                call,
+            } => {
+                *counts.served.entry((provider, endpoint)).or_default() += 1;
+                counts.repeats += u64::from(repeated);
+                counts.ledger.add(&call);
+                let recorded_ms = call.duration_ms;
+                if recorded_ms.is_finite() && recorded_ms > 0.0 {
+                    // A hand-edited file may hold any number: saturate, never panic.
+                    let recorded =
+                        Duration::try_from_secs_f64(recorded_ms / 1e3).unwrap_or(Duration::MAX);
+                    counts.recorded_latency = counts.recorded_latency.saturating_add(recorded);
+                }
+            }
+            Event::Miss(miss) => counts.misses.push(miss),
+            Event::SnapshotError => counts.snapshot_errors += 1,
+            Event::BadRequest => counts.bad_requests += 1,
+            Event::InternalError => counts.internal_errors += 1,
+        }
+    }
+
+    /// Adds the time one served answer took, from the request's arrival to its last byte.
+    pub fn add_serve_time(&self, elapsed: Duration) {
+        let mut counts = self.lock();
+        counts.serve_time = counts.serve_time.saturating_add(elapsed);
+    }
+
+    /// A copy of the statistics so far.
+    pub fn report(&self) -> Report {
+        let counts = self.lock();
+        Report {
+            served: counts
+                .served
+                .iter()
+                .map(|((provider, endpoint), count)| ServedRow {
+                    provider: *provider,
+                    endpoint: endpoint.clone(),
+                    count: *count,
+                })
+                .collect(),
+            total_served: counts.served.values().sum(),
+            repeats: counts.repeats,
+            misses: counts.misses.clone(),
+            snapshot_errors: counts.snapshot_errors,
+            bad_requests: counts.bad_requests,
+            internal_errors: counts.internal_errors,
+            recorded_latency: counts.recorded_latency,
+            serve_time: counts.serve_time,
+            ledger: counts.ledger,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // Counters hold no invariant a panic elsewhere could break.
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use llmsim_snapshot::provider::Endpoint;
+
+    use super::*;
+
+    fn call(duration_ms: f64) -> Box<CallLine> {
+        Box::new(CallLine {
+            seq: 0,
+            provider: Provider::OpenAi,
+            model: Some("gpt-4o-mini".into()),
+            endpoint: Endpoint::ChatCompletions,
+            status: 200,
+            started_at: String::new(),
+            start_offset_ms: 0.0,
+            duration_ms,
+            ttft_ms: None,
+            streamed: false,
+            incomplete: false,
+            usage: None,
+            cost_usd: None,
+        })
+    }
+
+    fn served(provider: Provider, endpoint: &str, repeated: bool) -> Event {
+        Event::Served {
+            provider,
+            endpoint: endpoint.into(),
+            repeated,
+            call: call(500.0),
+        }
+    }
+
+    #[test]
+    fn counts_per_provider_and_endpoint() {
+        let stats = Stats::new();
+        stats.record(served(Provider::OpenAi, "POST /v1/chat/completions", false));
+        stats.record(served(Provider::OpenAi, "POST /v1/chat/completions", true));
+        stats.record(served(Provider::Anthropic, "POST /v1/messages", false));
+        stats.record(Event::BadRequest);
+        stats.add_serve_time(Duration::from_millis(100));
+        let report = stats.report();
+        assert_eq!(report.total_served, 3);
+        assert_eq!(report.repeats, 1);
+        assert_eq!(
+            report.served,
+            [
+                ServedRow {
+                    provider: Provider::OpenAi,
+                    endpoint: "POST /v1/chat/completions".into(),
+                    count: 2
+                },
+                ServedRow {
+                    provider: Provider::Anthropic,
+                    endpoint: "POST /v1/messages".into(),
+                    count: 1
+                },
+            ]
+        );
+        assert_eq!(report.recorded_latency, Duration::from_millis(1500));
+        assert_eq!(report.wall_time_saved(), Duration::from_millis(1400));
+        assert!(
+            !report.failed(),
+            "a refused malformed request is the app's problem"
+        );
+        let text = report.to_string();
+        assert!(
+            text.starts_with("replayd: served 3 requests (1 repeats), 0 misses\n"),
+            "{text}"
+        );
+        assert!(text.contains("wall time saved 1.400 s"), "{text}");
+    }
+
+    #[test]
+    fn misses_fail_the_run_and_show_their_diffs() {
+        let stats = Stats::new();
+        stats.record(Event::Miss(MissRecord {
+            request: "POST api.openai.com/v1/chat/completions".into(),
+            reason: "no recording matches".into(),
+            closest: Some("exchanges/000001-openai-post-v1-chat-completions.json".into()),
+            diffs: vec![r#"/messages/0/content: recorded "a", requested "b""#.into()],
+        }));
+        let report = stats.report();
+        assert!(report.failed());
+        let text = report.to_string();
+        assert!(
+            text.contains(
+                "replayd: miss: POST api.openai.com/v1/chat/completions: no recording matches; \
+                 closest recording exchanges/000001-openai-post-v1-chat-completions.json\n    \
+                 /messages/0/content: recorded \"a\", requested \"b\""
+            ),
+            "{text}"
+        );
+        assert_eq!(report.wall_time_saved(), Duration::ZERO);
+    }
+
+    #[test]
+    fn absurd_recorded_latencies_saturate() {
+        let stats = Stats::new();
+        for recorded_ms in [1e300, 1e300, f64::NAN, -1.0] {
+            stats.record(Event::Served {
+                provider: Provider::Generic,
+                endpoint: "GET /".into(),
+                repeated: false,
+                call: call(recorded_ms),
+            });
+        }
+        assert_eq!(stats.report().recorded_latency, Duration::MAX);
+    }
+}

@@ -1,0 +1,408 @@
+//! A replay run's lifetime, shared by every mode: load the snapshot into an [`Engine`]
+//! ([`load_engine`]), load the CA ([`load_tls`]), bind the listeners ([`Server::bind`]) and,
+//! for the redirect modes, the DNS responder ([`start_dns`]); then [`Server::start`] with
+//! the redirect's original-destination lookup (none in `--listen` mode), wait for a signal
+//! or the child ([`Running::run_until`]), and take the end-of-run [`Report`]
+//! ([`Running::finish`]). The kernel redirect is attached between binding and starting,
+//! because it needs the bound addresses.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use llmsim_snapshot::store::{self, StoreError};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::task::JoinSet;
+
+use crate::accept::{AcceptError, Acceptor, OriginalDestination};
+use crate::ca::{self, CaError, CertificateAuthority, LeafResolver};
+use crate::dns::{DnsError, DnsResponder};
+use crate::engine::{Engine, EngineError};
+use crate::options::{OnMiss, ReplayOptions};
+use crate::report::Report;
+
+/// How many times [`start_dns`] tries for a port free for both UDP and TCP.
+const DNS_BIND_ATTEMPTS: usize = 16;
+
+/// Why a run could not start or stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The snapshot could not be loaded (a file that does not parse names itself).
+    #[error(transparent)]
+    Load(#[from] StoreError),
+    /// The engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// An option asks for something this build does not do yet.
+    #[error("--on-miss {policy} is not supported yet (TODO(#4)); use --on-miss fail")]
+    Unsupported {
+        /// The policy asked for.
+        policy: OnMiss,
+    },
+    /// The replay CA could not be loaded or created.
+    #[error("cannot set up the replay CA")]
+    Ca(#[from] CaError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// No port was free for both the UDP and TCP DNS sockets.
+    #[error("cannot find a port on {ip} free for both UDP and TCP DNS")]
+    DnsPort {
+        /// The address.
+        ip: IpAddr,
+        /// The last I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for signals failed.
+    #[error("cannot install signal handlers")]
+    Signals {
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A listener stopped accepting.
+    #[error(transparent)]
+    Accept(#[from] AcceptError),
+    /// The DNS responder stopped.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+}
+
+/// Loads the snapshot in `dir` and builds the engine. `--on-miss passthrough|record` are
+/// refused here until they exist.
+pub fn load_engine(dir: &Path, options: ReplayOptions) -> Result<Engine, RunError> {
+    if options.on_miss != OnMiss::Fail {
+        return Err(RunError::Unsupported {
+            policy: options.on_miss,
+        });
+    }
+    let snapshot = store::load(dir)?;
+    Ok(Engine::new(snapshot, options)?)
+}
+
+/// Loads (creating on first use) the CA in `ca_dir`, or the default directory, and returns
+/// a leaf resolver for it.
+pub fn load_tls(ca_dir: Option<&Path>) -> Result<Arc<LeafResolver>, RunError> {
+    let dir: PathBuf = match ca_dir {
+        Some(dir) => dir.to_owned(),
+        None => ca::default_ca_dir()?,
+    };
+    let authority = CertificateAuthority::load_or_create(&dir)?;
+    Ok(Arc::new(LeafResolver::new(Arc::new(authority))?))
+}
+
+/// An address to listen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddr {
+    /// The address; port 0 picks a free one.
+    pub addr: SocketAddr,
+    /// Whether failing to bind it stops start-up; otherwise it is skipped with a warning
+    /// (`[::1]` on a host without IPv6).
+    pub required: bool,
+}
+
+impl ListenAddr {
+    /// An address that must be bound.
+    pub fn required(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            required: true,
+        }
+    }
+
+    /// The redirect modes' default: `127.0.0.1:0`, and `[::1]:0` when IPv6 works.
+    pub fn loopback_defaults() -> Vec<Self> {
+        vec![
+            Self::required(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)),
+            Self {
+                addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0),
+                required: false,
+            },
+        ]
+    }
+}
+
+/// Bound listeners, not yet serving.
+#[derive(Debug)]
+pub struct Server {
+    engine: Arc<Engine>,
+    tls: Option<Arc<LeafResolver>>,
+    listeners: Vec<(SocketAddr, TcpListener)>,
+}
+
+impl Server {
+    /// Binds `addrs`. With `tls`, connections that start a TLS handshake get one. Call it
+    /// inside a Tokio runtime.
+    pub fn bind(
+        engine: Arc<Engine>,
+        tls: Option<Arc<LeafResolver>>,
+        addrs: &[ListenAddr],
+    ) -> Result<Self, RunError> {
+        let mut listeners = Vec::with_capacity(addrs.len());
+        for wanted in addrs {
+            match bind_tcp(wanted.addr) {
+                Ok(listener) => {
+                    let bound = listener.local_addr().map_err(|source| RunError::Bind {
+                        addr: wanted.addr,
+                        source,
+                    })?;
+                    listeners.push((bound, listener));
+                }
+                Err(source) if wanted.required => {
+                    return Err(RunError::Bind {
+                        addr: wanted.addr,
+                        source,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(addr = %wanted.addr, error = %e, "not listening on this address");
+                }
+            }
+        }
+        Ok(Self {
+            engine,
+            tls,
+            listeners,
+        })
+    }
+
+    /// The bound addresses, in the order asked for.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(addr, _)| *addr).collect()
+    }
+
+    /// The first bound IPv4 address: where the connect4 hook sends the target.
+    pub fn local_v4(&self) -> Option<SocketAddr> {
+        self.local_addrs().into_iter().find(SocketAddr::is_ipv4)
+    }
+
+    /// The first bound IPv6 address: where the connect6 hook sends the target.
+    pub fn local_v6(&self) -> Option<SocketAddr> {
+        self.local_addrs().into_iter().find(SocketAddr::is_ipv6)
+    }
+
+    /// The engine served.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Starts serving; `original_destination` comes from the kernel redirect, if any.
+    pub fn start(self, original_destination: Option<Arc<dyn OriginalDestination>>) -> Running {
+        let mut acceptor = Acceptor::new(self.engine.clone());
+        if let Some(resolver) = self.tls {
+            acceptor = acceptor.with_tls(resolver);
+        }
+        if let Some(lookup) = original_destination {
+            acceptor = acceptor.with_original_destination(lookup);
+        }
+        let mut tasks = JoinSet::new();
+        for (_, listener) in self.listeners {
+            let acceptor = acceptor.clone();
+            tasks.spawn(async move { acceptor.serve(listener).await.map_err(RunError::from) });
+        }
+        Running {
+            engine: self.engine,
+            tasks,
+        }
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// A serving run.
+#[derive(Debug)]
+pub struct Running {
+    engine: Arc<Engine>,
+    tasks: JoinSet<Result<(), RunError>>,
+}
+
+impl Running {
+    /// The engine served.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Adds a task whose failure should stop the run (the DNS responder).
+    pub fn watch(&mut self, task: impl Future<Output = Result<(), RunError>> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// Serves until `until` completes (a signal, the child exiting) and returns its
+    /// output, or returns the error of a listener or watched task that stopped first.
+    pub async fn run_until<F: Future>(&mut self, until: F) -> Result<F::Output, RunError> {
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                output = &mut until => return Ok(output),
+                Some(done) = self.tasks.join_next() => match done {
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Ok(Ok(())) | Err(_) => {}
+                },
+            }
+        }
+    }
+
+    /// The statistics so far.
+    pub fn report(&self) -> Report {
+        self.engine.stats().report()
+    }
+
+    /// Stops accepting and returns the end-of-run report.
+    pub fn finish(mut self) -> Report {
+        self.tasks.abort_all();
+        self.report()
+    }
+}
+
+/// The signal that ended a daemon run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+/// Installs SIGINT and SIGTERM handlers now and returns a future that resolves at the
+/// first of them.
+pub fn shutdown_signal() -> Result<impl Future<Output = Signal>, RunError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|source| RunError::Signals { source })?;
+    let mut terminate =
+        signal(SignalKind::terminate()).map_err(|source| RunError::Signals { source })?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => Signal::Interrupt,
+            _ = terminate.recv() => Signal::Terminate,
+        }
+    })
+}
+
+/// A DNS responder bound on one address for both UDP and TCP.
+#[derive(Debug)]
+pub struct DnsServer {
+    /// The address, the same port for UDP and TCP.
+    pub addr: SocketAddr,
+    /// The responder, for its statistics.
+    pub responder: Arc<DnsResponder>,
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+impl DnsServer {
+    /// The future serving both transports; give it to [`Running::watch`].
+    pub fn serve(self) -> impl Future<Output = Result<(), RunError>> + Send + 'static {
+        let (udp, tcp) = (self.responder.clone(), self.responder);
+        async move {
+            tokio::select! {
+                r = udp.serve_udp(self.udp) => r.map_err(RunError::from),
+                r = tcp.serve_tcp(self.tcp) => r.map_err(RunError::from),
+            }
+        }
+    }
+}
+
+/// Binds `responder` on `ip`, on a port free for both UDP and TCP (the redirect sends
+/// both transports of port 53 to one address).
+pub async fn start_dns(ip: IpAddr, responder: DnsResponder) -> Result<DnsServer, RunError> {
+    let mut last = io::Error::from(io::ErrorKind::AddrInUse);
+    for _ in 0..DNS_BIND_ATTEMPTS {
+        let udp = UdpSocket::bind(SocketAddr::new(ip, 0))
+            .await
+            .map_err(|source| RunError::DnsPort { ip, source })?;
+        let addr = udp
+            .local_addr()
+            .map_err(|source| RunError::DnsPort { ip, source })?;
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => {
+                return Ok(DnsServer {
+                    addr,
+                    responder: Arc::new(responder),
+                    udp,
+                    tcp,
+                });
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(RunError::DnsPort { ip, source: last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dns::{Fallback, HostAnswers};
+    use crate::testutil::{exchange, snapshot};
+    use std::error::Error as _;
+
+    #[test]
+    fn unsupported_miss_policies_are_refused_at_start_up() {
+        let dir = snapshot(&[]);
+        for policy in [OnMiss::Passthrough, OnMiss::Record] {
+            let err = load_engine(
+                dir.path(),
+                ReplayOptions {
+                    on_miss: policy,
+                    ..ReplayOptions::default()
+                },
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("not supported yet"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_broken_file_is_named_with_its_reason() {
+        let dir = snapshot(&[exchange("hi", serde_json::json!({}))]);
+        let file = dir
+            .path()
+            .join("exchanges/000001-openai-post-v1-chat-completions.json");
+        std::fs::write(&file, "{\"format_version\": 1, \"seq\": }").unwrap();
+        let err = load_engine(dir.path(), ReplayOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("000001-openai"), "{err}");
+        assert!(
+            err.source().unwrap().to_string().contains("line 1"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn binds_listeners_and_dns() {
+        let dir = snapshot(&[]);
+        let engine = Arc::new(load_engine(dir.path(), ReplayOptions::default()).unwrap());
+        let server = Server::bind(engine, None, &ListenAddr::loopback_defaults()).unwrap();
+        assert!(server.local_v4().unwrap().port() != 0);
+        let mut running = server.start(None);
+        let dns = start_dns(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            DnsResponder::new(HostAnswers::new(), Fallback::NxDomain),
+        )
+        .await
+        .unwrap();
+        assert_ne!(dns.addr.port(), 0);
+        running.watch(dns.serve());
+        let out = running.run_until(async { 7 }).await.unwrap();
+        assert_eq!(out, 7);
+        assert_eq!(running.finish().total_served, 0);
+    }
+}

@@ -1,0 +1,271 @@
+//! The HTTP service: one [`ReplayService`] per connection, built by [`app`], turns each
+//! request into an engine lookup and answers with the recorded status, headers and body
+//! (server-sent events paced as the run says) or with the error response of
+//! [`crate::error`]. It is a plain `hyper` service over any request body, so tests drive it
+//! over a loopback listener or call it directly; the acceptor adds TLS and the kernel's
+//! original destination through [`ConnInfo`].
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use llmsim_snapshot::provider::{Endpoint, Provider};
+use tokio::time::Instant;
+
+use crate::body::ReplayBody;
+use crate::engine::{Engine, Outcome, ReplayRequest};
+use crate::error::{ErrorShape, ServeError, UpstreamError, error_response};
+use crate::report::Event;
+use crate::response::{PreparedBody, PreparedResponse};
+
+/// What the acceptor knows about a connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// The address the client connected to before the kernel redirected it, if known.
+    pub original_destination: Option<SocketAddr>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The TLS server name the client sent.
+    pub sni: Option<String>,
+}
+
+/// The service answering one connection's requests from the engine.
+#[derive(Clone, Debug)]
+pub struct ReplayService {
+    engine: Arc<Engine>,
+    conn: Arc<ConnInfo>,
+}
+
+/// The replay service for one connection.
+pub fn app(engine: Arc<Engine>, conn: ConnInfo) -> ReplayService {
+    ReplayService {
+        engine,
+        conn: Arc::new(conn),
+    }
+}
+
+type BoxedBodyError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> hyper::service::Service<Request<B>> for ReplayService
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxedBodyError>,
+{
+    type Response = Response<ReplayBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ReplayBody>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<B>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { Ok(this.handle(request).await) })
+    }
+}
+
+impl ReplayService {
+    /// Answers one request.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ReplayBody>
+    where
+        B: http_body::Body + Send,
+        B::Error: Into<BoxedBodyError>,
+    {
+        let arrived = Instant::now();
+        let (parts, body) = request.into_parts();
+        let host = self.host_of(&parts);
+        let method = parts.method.as_str().to_owned();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let body = match read_body(body, self.engine.options().body_limit()).await {
+            Ok(body) => body,
+            Err(e) => {
+                self.engine.stats().record(Event::BadRequest);
+                let error = ServeError::from(e);
+                tracing::info!(peer = ?self.conn.peer, "refused a request: {}", error.message());
+                let shape = ErrorShape::of(
+                    Provider::from_host(&host),
+                    Endpoint::classify(&method, &path),
+                );
+                return error_response(&error, shape);
+            }
+        };
+        let request = ReplayRequest {
+            method,
+            host,
+            path,
+            headers: parts.headers,
+            body,
+        };
+        match self.engine.respond(&request) {
+            Outcome::Hit(hit) => {
+                let entry = &hit.entry;
+                let shape = ErrorShape::of(
+                    entry.exchange.provider,
+                    Endpoint::classify(&request.method, &request.path),
+                );
+                let result = match &entry.response {
+                    Ok(prepared) => self.send(prepared, arrived).await,
+                    Err(source) => Err(ServeError::Snapshot {
+                        file: entry.file.clone(),
+                        source: source.clone(),
+                    }),
+                };
+                result.unwrap_or_else(|error| {
+                    if matches!(error, ServeError::Internal { .. }) {
+                        self.engine.stats().record(Event::InternalError);
+                    }
+                    tracing::error!("{}", error.message());
+                    error_response(&error, shape)
+                })
+            }
+            Outcome::Miss(miss) => {
+                let shape = ErrorShape::of(miss.provider, miss.endpoint);
+                let error = ServeError::NoRecording(miss);
+                tracing::warn!("{}", error.message());
+                error_response(&error, shape)
+            }
+        }
+    }
+
+    /// The host to match: the TLS server name, else the `Host` header (or an absolute
+    /// request target's authority), else the original destination's address.
+    fn host_of(&self, parts: &Parts) -> String {
+        if let Some(sni) = &self.conn.sni {
+            return sni.clone();
+        }
+        if let Some(host) = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+        {
+            return host.to_owned();
+        }
+        if let Some(authority) = parts.uri.authority() {
+            return authority.host().to_owned();
+        }
+        self.conn
+            .original_destination
+            .map(|d| d.ip().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The recorded response, its events paced from the request's arrival.
+    async fn send(
+        &self,
+        prepared: &PreparedResponse,
+        arrived: Instant,
+    ) -> Result<Response<ReplayBody>, ServeError> {
+        let pace = self.engine.options().pace;
+        let body = match &prepared.body {
+            PreparedBody::Full(bytes) => ReplayBody::full(bytes.clone()),
+            PreparedBody::Events { head_ms, chunks } => {
+                if let Some(delay) = pace.delay(*head_ms) {
+                    tokio::time::sleep_until(arrived + delay).await;
+                }
+                ReplayBody::paced(chunks.clone(), arrived, pace)
+            }
+        };
+        let mut response = Response::builder()
+            .status(prepared.status)
+            .body(body.timed(self.engine.stats().clone(), arrived))
+            .map_err(|source| ServeError::Internal { source })?;
+        *response.headers_mut() = prepared.headers.clone();
+        Ok(response)
+    }
+}
+
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, UpstreamError>
+where
+    B: http_body::Body,
+    B::Error: Into<BoxedBodyError>,
+{
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(UpstreamError::BodyTooLarge { limit }),
+        Err(source) => Err(UpstreamError::BodyRead { source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use http_body_util::Full;
+    use llmsim_snapshot::store;
+    use serde_json::json;
+
+    use crate::options::ReplayOptions;
+    use crate::testutil::{chat, exchange, snapshot};
+
+    fn service(options: ReplayOptions) -> ReplayService {
+        let dir = snapshot(&[exchange("hi", json!({"answer": "hello"}))]);
+        let engine = Engine::new(store::load(dir.path()).unwrap(), options).unwrap();
+        app(Arc::new(engine), ConnInfo::default())
+    }
+
+    fn post(host: &str, body: &str) -> Request<Full<Bytes>> {
+        Request::post("/v1/chat/completions")
+            .header("host", host)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    }
+
+    async fn body_of(response: Response<ReplayBody>) -> Bytes {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_hit_is_the_recorded_answer() {
+        let service = service(ReplayOptions::default());
+        let response = service
+            .handle(post("api.openai.com", &chat("hi").to_string()))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(body_of(response).await, r#"{"answer":"hello"}"#);
+    }
+
+    #[tokio::test]
+    async fn the_host_comes_from_sni_then_the_host_header() {
+        let sni = app(
+            service(ReplayOptions::default()).engine,
+            ConnInfo {
+                sni: Some("api.openai.com".into()),
+                tls: true,
+                ..ConnInfo::default()
+            },
+        );
+        let response = sni
+            .handle(post("127.0.0.1:9", &chat("hi").to_string()))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let plain = service(ReplayOptions::default());
+        let response = plain
+            .handle(post("127.0.0.1:9", &chat("hi").to_string()))
+            .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_get_413() {
+        let service = service(ReplayOptions {
+            max_request_body: 8,
+            ..ReplayOptions::default()
+        });
+        let response = service
+            .handle(post("api.openai.com", &chat("hi").to_string()))
+            .await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(service.engine.stats().report().bad_requests, 1);
+    }
+}

@@ -1,0 +1,169 @@
+//! Processes that start after the capture began are captured: `-- CMD` is a shell that later
+//! forks and execs a Python client (dynamic libssl) and then a Node client (OpenSSL linked into
+//! the node binary). Each exchange names the process that made it, as it was then, even when the
+//! exchange only ended with that process. And a TLS binary the agent has never seen (a copy of
+//! node, so a new inode that nothing attached to in advance) is attached when it is exec'd.
+
+mod capture_support;
+
+use std::ffi::OsString;
+use std::process::Stdio;
+
+use capture_support::{
+    Agent, TIMEOUT, assert_summary_matches_disk, exchange_with_nonce, exchanges,
+};
+use llmsim_tests::{
+    ClientReport, FakeProvider, TestCa, TestNetns, client_script, ensure_node_client, find_nonce,
+    privileged,
+};
+use serde_json::Value;
+
+#[test]
+fn a_shell_that_later_runs_python_then_node_is_captured_whole() {
+    if !privileged("capture of processes started later") {
+        return;
+    }
+    ensure_node_client();
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let provider = FakeProvider::start(&netns, &ca);
+    let out = tempfile::tempdir().expect("tempdir");
+
+    let script = r#"python3 "$0" && node "$1""#;
+    let mut args = vec![OsString::from("--")];
+    args.extend(netns.exec_prefix());
+    args.extend([
+        "sh".into(),
+        "-c".into(),
+        script.into(),
+        client_script("openai_chat.py").into_os_string(),
+        client_script("openai_node.mjs").into_os_string(),
+    ]);
+    let agent = Agent::start(out.path(), &ca, &args);
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
+
+    let reports: Vec<ClientReport> = finished
+        .command_stdout()
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| {
+            let value: Value = serde_json::from_str(l).expect("client report");
+            ClientReport::from_json(&value).expect("client report shape")
+        })
+        .collect();
+    assert_eq!(reports.len(), 2, "{}", finished.dump());
+    assert_eq!(provider.requests().len(), 4);
+
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 4, "{}", finished.dump());
+    let mut pids = Vec::new();
+    for (report, comm, exe) in [
+        (&reports[0], "python3", "python"),
+        (&reports[1], "node", "node"),
+    ] {
+        for result in &report.results {
+            let nonce = find_nonce(result.text.as_deref().unwrap_or_default()).expect("nonce");
+            let exchange = exchange_with_nonce(&recorded, &nonce);
+            assert_eq!(exchange["process"]["comm"], comm, "{exchange:#}");
+            assert!(
+                exchange["process"]["exe"]
+                    .as_str()
+                    .is_some_and(|path| path.contains(exe)),
+                "{exchange:#}"
+            );
+            assert_eq!(exchange["streamed"], result.stream);
+            assert!(exchange["incomplete"].is_null(), "{exchange:#}");
+            pids.push(exchange["process"]["pid"].as_u64().expect("pid"));
+        }
+    }
+    assert_eq!(
+        pids[0], pids[1],
+        "both Python exchanges come from one process"
+    );
+    assert_eq!(
+        pids[2], pids[3],
+        "both Node exchanges come from one process"
+    );
+    assert_ne!(pids[0], pids[2], "Python and Node are different processes");
+    // File names sort in the order exchanges were written. Python's plain one comes first; its
+    // streamed one is written when its connection ends, which the agent learns only when the
+    // process has exited (the client stops reading at `[DONE]`), so it may follow Node's first.
+    assert_eq!(recorded[0]["process"]["comm"], "python3");
+    assert_eq!(recorded[0]["streamed"], false);
+    assert_summary_matches_disk(&finished, out.path());
+}
+
+#[test]
+fn a_tls_binary_first_seen_at_its_exec_is_attached_and_captured() {
+    if !privileged("capture of a TLS binary first seen at exec") {
+        return;
+    }
+    ensure_node_client();
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let provider = FakeProvider::start(&netns, &ca);
+    let out = tempfile::tempdir().expect("tempdir");
+    let bin = tempfile::tempdir().expect("tempdir");
+    let node = bin.path().join("node-copy");
+    let system_node = which_node();
+    std::fs::copy(&system_node, &node).unwrap_or_else(|e| {
+        panic!(
+            "copying {} to {}: {e}",
+            system_node.display(),
+            node.display()
+        )
+    });
+
+    // The copy's path is inside the shell script, so nothing on the command line names it.
+    let script = format!(
+        "exec '{}' '{}'",
+        node.display(),
+        client_script("openai_node_after_stdin.mjs").display()
+    );
+    let mut args = vec![OsString::from("--")];
+    args.extend(netns.exec_prefix());
+    args.extend(["sh".into(), "-c".into(), script.into()]);
+    let mut agent = Agent::spawn_with(out.path(), &ca, &args, |cmd| {
+        cmd.env("LLMSIM_LOG", "info").stdin(Stdio::piped());
+    });
+    agent.wait_started();
+    agent.stderr.wait_for(
+        |l| l.contains("attached to a TLS library") && l.contains("node-copy"),
+        TIMEOUT,
+        String::new,
+    );
+    agent.send_line("go");
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
+
+    let report: Value = serde_json::from_str(finished.command_stdout().join("\n").trim())
+        .unwrap_or_else(|e| panic!("client report ({e})\n{}", finished.dump()));
+    let report = ClientReport::from_json(&report).expect("client report shape");
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    assert_eq!(provider.requests().len(), 2);
+    for result in &report.results {
+        let nonce = find_nonce(result.text.as_deref().unwrap_or_default()).expect("nonce");
+        let exchange = exchange_with_nonce(&recorded, &nonce);
+        assert!(
+            exchange["process"]["exe"]
+                .as_str()
+                .is_some_and(|exe| exe.ends_with("node-copy")),
+            "{exchange:#}"
+        );
+        assert!(exchange["incomplete"].is_null(), "{exchange:#}");
+        assert_eq!(exchange["streamed"], result.stream);
+    }
+    assert_summary_matches_disk(&finished, out.path());
+}
+
+/// The node binary on PATH.
+fn which_node() -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").expect("PATH"))
+        .map(|dir| dir.join("node"))
+        .find(|path| path.is_file())
+        .expect("node is installed")
+}

@@ -1,0 +1,247 @@
+//! The capture targets other than `-- CMD`: `--pid` (attach to a client that is already running;
+//! the capture ends by itself when it exits), `--cgroup` (every process of a cgroup v2 the test
+//! creates, and nothing outside it) and `--all` (every process on the host, until SIGTERM).
+//! Each client is `openai_steps.py`, which waits on stdin, so the capture is attached before it
+//! makes its first request.
+
+mod capture_support;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use capture_support::{
+    Agent, StepClient, TIMEOUT, assert_summary_matches_disk, exchange_with_nonce, exchanges,
+    is_live_line, nonce_of,
+};
+use llmsim_tests::{FakeProvider, TestCa, TestNetns, client_argv, privileged, run_client};
+use serde_json::Value;
+
+/// A cgroup v2 directory for one test; its processes are killed and it is removed on drop.
+struct TestCgroup {
+    path: PathBuf,
+    /// The path relative to the cgroup2 mount, as a user would give it to `--cgroup`.
+    relative: PathBuf,
+}
+
+static CGROUPS: AtomicU32 = AtomicU32::new(0);
+
+impl TestCgroup {
+    fn new() -> TestCgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let mount = mountinfo
+            .lines()
+            .find_map(|line| {
+                let (left, right) = line.split_once(" - ")?;
+                let mount_point = left.split_whitespace().nth(4)?;
+                (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+            })
+            .expect("a cgroup2 mount");
+        let relative = PathBuf::from(format!(
+            "llmsim-test-{}-{}",
+            std::process::id(),
+            CGROUPS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let path = mount.join(&relative);
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        TestCgroup { path, relative }
+    }
+
+    /// A command whose process first moves itself into this cgroup, then execs `argv`.
+    fn command(&self, argv: &[OsString]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+            .arg(&self.path)
+            .args(argv);
+        cmd
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while self.path.exists() && std::fs::remove_dir(&self.path).is_err() {
+            if std::time::Instant::now() > deadline {
+                eprintln!("warning: cannot remove cgroup {}", self.path.display());
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// The client's two steps were recorded, by its process, with the nonces it saw.
+fn assert_steps_recorded(recorded: &[Value], pid: u32, plain: &Value, streamed: &Value) {
+    for (result, stream) in [(plain, false), (streamed, true)] {
+        let nonce = nonce_of(result);
+        let exchange = exchange_with_nonce(recorded, &nonce);
+        assert_eq!(exchange["process"]["pid"], pid, "{exchange:#}");
+        assert_eq!(exchange["process"]["comm"], "python3", "{exchange:#}");
+        assert_eq!(exchange["host"], "api.openai.com");
+        assert_eq!(exchange["request"]["path"], "/v1/chat/completions");
+        assert_eq!(exchange["response"]["status"], 200);
+        assert_eq!(exchange["streamed"], stream);
+        assert!(exchange["incomplete"].is_null(), "{exchange:#}");
+    }
+}
+
+fn steps_argv() -> Vec<OsString> {
+    client_argv("openai_steps.py")
+}
+
+fn in_netns(netns: &TestNetns, argv: &[OsString]) -> Vec<OsString> {
+    let mut full = netns.exec_prefix();
+    full.extend_from_slice(argv);
+    full
+}
+
+#[test]
+fn pid_mode_attaches_to_a_running_client_and_ends_when_it_exits() {
+    if !privileged("capture --pid") {
+        return;
+    }
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let _provider = FakeProvider::start(&netns, &ca);
+    let out = tempfile::tempdir().expect("tempdir");
+
+    let mut client = StepClient::in_netns(&netns, &ca);
+    let pid = client.pid;
+    let agent = Agent::start(out.path(), &ca, &["--pid".into(), pid.to_string().into()]);
+    let plain = client.step("plain");
+    let streamed = client.step("stream");
+    client.quit();
+    // No signal: the capture notices the exit and ends by itself.
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert!(finished.summary["exit_code"].is_null());
+    assert!(
+        finished
+            .stderr
+            .iter()
+            .any(|l| l.starts_with(&format!("llmsim-agent: capturing pid {pid} "))),
+        "{}",
+        finished.dump()
+    );
+
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    assert_steps_recorded(&recorded, pid, &plain, &streamed);
+    assert_summary_matches_disk(&finished, out.path());
+}
+
+#[test]
+fn cgroup_mode_records_its_processes_only() {
+    if !privileged("capture --cgroup") {
+        return;
+    }
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let provider = FakeProvider::start(&netns, &ca);
+    let out = tempfile::tempdir().expect("tempdir");
+    let cgroup = TestCgroup::new();
+
+    let mut client = StepClient::start(cgroup.command(&in_netns(&netns, &steps_argv())), &ca);
+    let agent = Agent::start(
+        out.path(),
+        &ca,
+        &["--cgroup".into(), cgroup.relative.clone().into()],
+    );
+    let plain = client.step("plain");
+    // A client outside the cgroup, at the same time: not recorded.
+    let outsider = run_client(&netns, &ca, "openai_chat.py");
+    let streamed = client.step("stream");
+    let pid = client.pid;
+    client.quit();
+    // The streamed exchange ends with its connection, when the process exits.
+    agent.wait_live_lines(2);
+    let finished = agent.stop("INT");
+    assert!(finished.status.success(), "{}", finished.dump());
+
+    let recorded = exchanges(out.path());
+    assert_eq!(
+        recorded.len(),
+        2,
+        "only the cgroup's exchanges\n{}",
+        finished.dump()
+    );
+    assert_steps_recorded(&recorded, pid, &plain, &streamed);
+    for result in &outsider.report.results {
+        let nonce = result.nonce().expect("nonce");
+        assert!(
+            !recorded.iter().any(|e| e.to_string().contains(&nonce)),
+            "a process outside the cgroup was recorded"
+        );
+    }
+    assert_eq!(
+        provider.requests().len(),
+        4,
+        "all four requests were served"
+    );
+    assert_summary_matches_disk(&finished, out.path());
+}
+
+#[test]
+fn all_mode_records_every_process_until_sigterm() {
+    if !privileged("capture --all") {
+        return;
+    }
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let _provider = FakeProvider::start(&netns, &ca);
+    let out = tempfile::tempdir().expect("tempdir");
+
+    let agent = Agent::start(out.path(), &ca, &["--all".into()]);
+    // Started after the capture: found through its exec.
+    let mut client = StepClient::in_netns(&netns, &ca);
+    let pid = client.pid;
+    let plain = client.step("plain");
+    let streamed = client.step("stream");
+    client.quit();
+    // Other processes on the host may be recorded too: wait for this client's two.
+    let mine = format!(" pid {pid} ");
+    agent.stderr.wait_for_nth(
+        2,
+        |l| is_live_line(l) && l.contains(&mine),
+        TIMEOUT,
+        String::new,
+    );
+    let finished = agent.stop("TERM");
+    assert!(finished.status.success(), "{}", finished.dump());
+
+    let recorded: Vec<Value> = exchanges(out.path())
+        .into_iter()
+        .filter(|e| e["process"]["pid"] == pid)
+        .collect();
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    assert_steps_recorded(&recorded, pid, &plain, &streamed);
+    assert_summary_matches_disk(&finished, out.path());
+    // The fake provider (a TLS server in the capture's view) is not recorded as a client.
+    assert!(
+        finished.summary["connections"]["server_connections"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{}",
+        finished.dump()
+    );
+}
+
+#[test]
+fn a_removed_cgroup_ends_the_capture() {
+    if !privileged("capture --cgroup of a removed cgroup") {
+        return;
+    }
+    let ca = TestCa::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let cgroup = TestCgroup::new();
+    let path: &Path = &cgroup.path;
+    let agent = Agent::start(out.path(), &ca, &["--cgroup".into(), path.into()]);
+    drop(cgroup);
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert_summary_matches_disk(&finished, out.path());
+}

@@ -1,0 +1,78 @@
+//! End-to-end replay: a recording made by `llmsim-agent capture` is served by
+//! `replayd -- CMD` to the same unmodified SDK clients in a network namespace
+//! with no network and no hosts mapping: replay alone makes api.openai.com
+//! resolve, terminates TLS with its own CA and answers from the recording.
+
+use std::{path::Path, time::Duration};
+
+use llmsim_tests::{
+    ClientRun, CommandOutput, TestNetns,
+    flows::{record, replay_command},
+    privileged, run_command,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Runs `client` under `replayd --in snapshot` in an offline namespace.
+fn replay(client: &str, snapshot: &Path, extra_env: &[(&str, &str)]) -> CommandOutput {
+    let offline = TestNetns::offline();
+    let mut cmd = replay_command(&offline, snapshot, client);
+    cmd.envs(extra_env.iter().copied());
+    run_command(cmd, &format!("replay of {client}"), TIMEOUT)
+}
+
+fn assert_replays_offline(client: &str) {
+    let snapshot = tempfile::tempdir().expect("tempdir");
+    let recorded = record(client, snapshot.path());
+    assert_eq!(recorded.len(), 2);
+    let output = replay(client, snapshot.path(), &[]);
+    assert!(output.status.success(), "replay failed:\n{output}");
+    let replayed = ClientRun::finish(output);
+    assert_eq!(
+        replayed.texts(),
+        recorded,
+        "replayed answers differ from the recorded ones"
+    );
+    let report = &replayed.output.stderr;
+    assert!(report.contains("served 2 requests"), "report:\n{report}");
+    assert!(report.contains(" 0 misses"), "report:\n{report}");
+}
+
+#[test]
+fn openai_python_replays_offline_from_its_recording() {
+    if !privileged("replay of openai-python") {
+        return;
+    }
+    assert_replays_offline("openai_chat.py");
+}
+
+#[test]
+fn openai_node_replays_offline_from_its_recording() {
+    if !privileged("replay of openai-node") {
+        return;
+    }
+    assert_replays_offline("openai_node.mjs");
+}
+
+#[test]
+fn a_request_with_no_recording_fails_the_run_and_names_the_difference() {
+    if !privileged("replay miss") {
+        return;
+    }
+    let snapshot = tempfile::tempdir().expect("tempdir");
+    record("openai_chat.py", snapshot.path());
+    let output = replay(
+        "openai_chat.py",
+        snapshot.path(),
+        &[("OPENAI_MODEL", "gpt-4.1-nano")],
+    );
+    assert!(
+        !output.status.success(),
+        "a miss must fail the run:\n{output}"
+    );
+    assert!(
+        output.stderr.contains("/model"),
+        "the diff names the model:\n{output}"
+    );
+    assert!(output.stderr.contains("gpt-4.1-nano"), "{output}");
+}
