@@ -3,16 +3,20 @@
 //! request's arrival under the run's [`Pace`], each as its own body frame so the server
 //! flushes it on its own. Waiting uses `tokio::time::sleep_until` on a fixed base instant,
 //! so delays do not add up. When the body is dropped (sent, or the client went away) the
-//! time it took is added to the run's statistics.
+//! time it took is added to the run's statistics. A forwarded answer (`--on-miss
+//! passthrough|record`) is a third kind: frames handed over by the forwarding task as they
+//! arrive from the real host, ending in an error (so the connection is cut rather than the
+//! body looking whole) when the real host broke off.
 
-use std::convert::Infallible;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, Sleep};
 
 use crate::options::Pace;
@@ -30,6 +34,7 @@ pub struct ReplayBody {
 enum Kind {
     Full(Option<Bytes>),
     Paced(Paced),
+    Stream(mpsc::Receiver<io::Result<Bytes>>),
 }
 
 #[derive(Debug)]
@@ -82,6 +87,15 @@ impl ReplayBody {
         }
     }
 
+    /// Frames sent on the other end of `frames` as they come; an `Err` ends the body
+    /// with that error, which makes the server cut the connection.
+    pub fn stream(frames: mpsc::Receiver<io::Result<Bytes>>) -> Self {
+        Self {
+            kind: Kind::Stream(frames),
+            timer: None,
+        }
+    }
+
     /// Counts the time until this body is done (from `started`) as serve time in `stats`.
     #[must_use]
     pub fn timed(mut self, stats: Arc<Stats>, started: Instant) -> Self {
@@ -101,14 +115,22 @@ impl Kind {
 
 impl http_body::Body for ReplayBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = io::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         let frame = match &mut this.kind {
+            Kind::Stream(frames) => match ready!(frames.poll_recv(cx)) {
+                Some(Ok(bytes)) => Some(bytes),
+                Some(Err(e)) => {
+                    this.timer = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => None,
+            },
             Kind::Full(bytes) => bytes.take(),
             Kind::Paced(paced) => {
                 let Some(chunk) = paced.chunks.get(paced.next) else {
@@ -141,13 +163,14 @@ impl http_body::Body for ReplayBody {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Paced(paced) => paced.next >= paced.chunks.len(),
+            Kind::Stream(_) => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Paced(_) => SizeHint::default(),
+            Kind::Paced(_) | Kind::Stream(_) => SizeHint::default(),
         }
     }
 }

@@ -6,8 +6,9 @@
 //! field-level diff. Every outcome is counted in the run's [`Stats`]. The engine knows
 //! nothing about sockets or HTTP framing; the service module does.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -20,10 +21,12 @@ use llmsim_snapshot::signature::{
     SignatureIndex,
 };
 use llmsim_snapshot::store::Snapshot;
+use rayon::prelude::*;
 
-use crate::options::ReplayOptions;
+use crate::options::{OnMiss, ReplayOptions};
 use crate::report::{Event, MissRecord, Stats};
 use crate::response::{PrepareError, PreparedResponse};
+use crate::upstream::Upstream;
 
 /// Why the engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +167,19 @@ pub struct Engine {
     options: ReplayOptions,
     stats: Arc<Stats>,
     skipped: usize,
+    prices: PriceTable,
+    /// Forwarding for misses (`--on-miss passthrough|record`).
+    upstream: Option<Arc<Upstream>>,
+    /// Exchanges recorded during this run, by signature digest, served to later identical
+    /// requests (`--on-miss record`).
+    live: Mutex<HashMap<[u8; 32], LiveRecordings>>,
+}
+
+/// The exchanges recorded during the run for one signature, and how many were served.
+#[derive(Debug, Default)]
+struct LiveRecordings {
+    entries: Vec<Arc<RecordedEntry>>,
+    served: usize,
 }
 
 impl Engine {
@@ -179,36 +195,45 @@ impl Engine {
                 path: snapshot.dir.join(llmsim_snapshot::config::CONFIG_FILE),
                 source,
             })?;
-        let mut entries = Vec::with_capacity(snapshot.exchanges.len());
-        let mut signatures = Vec::with_capacity(snapshot.exchanges.len());
-        let mut hosts: Vec<String> = Vec::new();
         let prices = PriceTable::builtin();
-        let mut skipped = 0;
-        for recorded in snapshot.exchanges {
-            let file = relative(&snapshot.dir, &recorded.path);
-            let exchange = recorded.exchange;
-            if let Some(why) = &exchange.incomplete {
-                tracing::warn!(file = %file.display(), reason = %why, "skipping an incomplete exchange");
-                skipped += 1;
-                continue;
-            }
-            let signature = recorded_signature(&exchange, &rules);
-            let host = signature.canonical().host.clone();
-            if !hosts.contains(&host) {
-                hosts.push(host);
-            }
-            let response = PreparedResponse::new(&exchange).map_err(Arc::new);
-            if let Err(e) = &response {
-                tracing::warn!(file = %file.display(), error = %error_chain(e.as_ref()), "this recording cannot be served");
+        let dir = &snapshot.dir;
+        // Signing and preparing are per exchange: spread them over the cores.
+        let prepared: Vec<Option<(RecordedEntry, Signature)>> = snapshot
+            .exchanges
+            .into_par_iter()
+            .map(|recorded| {
+                let file = relative(dir, &recorded.path);
+                let exchange = recorded.exchange;
+                if let Some(why) = &exchange.incomplete {
+                    tracing::warn!(file = %file.display(), reason = %why, "skipping an incomplete exchange");
+                    return None;
+                }
+                let signature = recorded_signature(&exchange, &rules);
+                let response = PreparedResponse::new(&exchange).map_err(Arc::new);
+                if let Err(e) = &response {
+                    tracing::warn!(file = %file.display(), error = %error_chain(e.as_ref()), "this recording cannot be served");
+                }
+                let entry = RecordedEntry {
+                    call: CallLine::of(&exchange, &prices),
+                    endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
+                    file,
+                    exchange,
+                    response,
+                };
+                Some((entry, signature))
+            })
+            .collect();
+        let skipped = prepared.iter().filter(|p| p.is_none()).count();
+        let mut entries = Vec::with_capacity(prepared.len());
+        let mut signatures = Vec::with_capacity(prepared.len());
+        let mut hosts: Vec<String> = Vec::new();
+        for (entry, signature) in prepared.into_iter().flatten() {
+            let host = &signature.canonical().host;
+            if !hosts.contains(host) {
+                hosts.push(host.clone());
             }
             signatures.push((entries.len(), signature));
-            entries.push(Arc::new(RecordedEntry {
-                call: CallLine::of(&exchange, &prices),
-                endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
-                file,
-                exchange,
-                response,
-            }));
+            entries.push(Arc::new(entry));
         }
         Ok(Self {
             dir: snapshot.dir,
@@ -219,6 +244,65 @@ impl Engine {
             options,
             stats: Arc::new(Stats::new()),
             skipped,
+            prices,
+            upstream: None,
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Forwards misses through `upstream` (`--on-miss passthrough|record`).
+    #[must_use]
+    pub fn with_upstream(mut self, upstream: Option<Arc<Upstream>>) -> Self {
+        self.upstream = upstream;
+        self
+    }
+
+    /// The forwarding for misses, if the miss policy forwards.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.upstream.as_ref()
+    }
+
+    /// Makes an exchange recorded during the run (stored at `path`) servable to later
+    /// requests with its signature, as if it had been in the snapshot at start-up.
+    pub fn add_recorded(&self, exchange: Exchange, path: &Path) {
+        let signature = recorded_signature(&exchange, &self.rules);
+        let response = PreparedResponse::new(&exchange).map_err(Arc::new);
+        let entry = Arc::new(RecordedEntry {
+            call: CallLine::of(&exchange, &self.prices),
+            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
+            file: relative(&self.dir, path),
+            exchange,
+            response,
+        });
+        self.live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(*signature.digest())
+            .or_default()
+            .entries
+            .push(entry);
+    }
+
+    /// The next exchange recorded during the run for `signature`, under the repeat policy.
+    fn live_next(&self, signature: &Signature) -> Option<Hit> {
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let recordings = live.get_mut(signature.digest())?;
+        let count = recordings.entries.len();
+        let n = recordings.served;
+        recordings.served += 1;
+        let (entry, repeated) = if n < count {
+            (recordings.entries.get(n)?, false)
+        } else {
+            let entry = match self.options.repeat {
+                signature::Repeat::Last => recordings.entries.last(),
+                signature::Repeat::Cycle => recordings.entries.get(n % count),
+                signature::Repeat::Fail => None,
+            }?;
+            (entry, true)
+        };
+        Some(Hit {
+            entry: entry.clone(),
+            repeated,
         })
     }
 
@@ -303,10 +387,17 @@ impl Engine {
                 repeated: hit.repeated,
                 call: Box::new(hit.entry.call.clone()),
             },
+            // A forwarded miss is counted when the forward ends.
+            Outcome::Miss(_) if self.forwards() => return outcome,
             Outcome::Miss(miss) => Event::Miss(miss.record()),
         };
         self.stats.record(event);
         outcome
+    }
+
+    /// Whether misses go to the real host.
+    pub fn forwards(&self) -> bool {
+        self.upstream.is_some() && self.options.on_miss != OnMiss::Fail
     }
 
     /// Like [`Self::respond`] without counting: for `explain`, and for tests.
@@ -316,6 +407,11 @@ impl Engine {
         for candidate in &candidates {
             if let Some(served) = self.index.next(candidate) {
                 return Outcome::Hit(self.hit(served));
+            }
+        }
+        for candidate in &candidates {
+            if let Some(hit) = self.live_next(candidate) {
+                return Outcome::Hit(hit);
             }
         }
         let used_up = candidates

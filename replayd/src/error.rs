@@ -7,6 +7,10 @@
 //!   (they retry 408, 409, 429 and 5xx) and a CI job fails at once. The message says no
 //!   recording matches, names the closest recorded exchange file, and lists the field diff.
 //! - snapshot: the matching recording cannot be sent (a hand edit broke a header): 500.
+//! - forward: under `--on-miss passthrough|record`, the real host could not be reached or
+//!   broke off: **502**.
+//! - budget: under `--budget`, the live spend is used up: **402** (not retried by SDKs),
+//!   typed as the providers type an exhausted quota.
 //! - internal: replayd itself failed: 500.
 //!
 //! Bodies are shaped like the provider's own errors, so SDKs surface the message:
@@ -25,6 +29,7 @@ use serde_json::{Value, json};
 use crate::body::ReplayBody;
 use crate::engine::{Miss, error_chain};
 use crate::response::PrepareError;
+use crate::upstream::{BudgetExhausted, ForwardError};
 
 /// Whose fault a failure is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +38,10 @@ pub enum ErrorClass {
     Upstream,
     /// No recording matches.
     Miss,
+    /// The real host, forwarding a miss.
+    Forward,
+    /// The `--budget` for forwarding is used up.
+    Budget,
     /// The snapshot.
     Snapshot,
     /// replayd.
@@ -75,6 +84,18 @@ pub enum ServeError {
         #[source]
         source: Arc<PrepareError>,
     },
+    /// Forwarding the miss to the real host failed.
+    #[error("forwarding {request} to the real host failed")]
+    Forward {
+        /// `METHOD host/path`.
+        request: String,
+        /// Why.
+        #[source]
+        source: ForwardError,
+    },
+    /// The miss was not forwarded: the budget is used up.
+    #[error(transparent)]
+    Budget(#[from] BudgetExhausted),
     /// Building the response failed.
     #[error("cannot build the response")]
     Internal {
@@ -90,6 +111,8 @@ impl ServeError {
         match self {
             Self::Upstream(_) => ErrorClass::Upstream,
             Self::NoRecording(_) => ErrorClass::Miss,
+            Self::Forward { .. } => ErrorClass::Forward,
+            Self::Budget(_) => ErrorClass::Budget,
             Self::Snapshot { .. } => ErrorClass::Snapshot,
             Self::Internal { .. } => ErrorClass::Internal,
         }
@@ -101,6 +124,8 @@ impl ServeError {
             Self::Upstream(UpstreamError::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Upstream(UpstreamError::BodyRead { .. }) => StatusCode::BAD_REQUEST,
             Self::NoRecording(_) => StatusCode::NOT_FOUND,
+            Self::Forward { .. } => StatusCode::BAD_GATEWAY,
+            Self::Budget(_) => StatusCode::PAYMENT_REQUIRED,
             Self::Snapshot { .. } | Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -187,6 +212,8 @@ fn class_name(class: ErrorClass) -> &'static str {
     match class {
         ErrorClass::Upstream => "upstream",
         ErrorClass::Miss => "miss",
+        ErrorClass::Forward => "forward",
+        ErrorClass::Budget => "budget",
         ErrorClass::Snapshot => "snapshot",
         ErrorClass::Internal => "internal",
     }
@@ -198,6 +225,8 @@ fn error_body(shape: ErrorShape, status: StatusCode, message: &str, error: &Serv
             let (kind, code) = match error {
                 ServeError::Upstream(_) => ("invalid_request_error", "llmsim_bad_request"),
                 ServeError::NoRecording(_) => ("invalid_request_error", "llmsim_no_recording"),
+                ServeError::Forward { .. } => ("server_error", "llmsim_forward_failed"),
+                ServeError::Budget(_) => ("insufficient_quota", "llmsim_budget_exhausted"),
                 ServeError::Snapshot { .. } => ("server_error", "llmsim_snapshot_error"),
                 ServeError::Internal { .. } => ("server_error", "llmsim_internal_error"),
             };
@@ -216,6 +245,7 @@ fn error_body(shape: ErrorShape, status: StatusCode, message: &str, error: &Serv
                 StatusCode::NOT_FOUND => "not_found_error",
                 StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
                 StatusCode::BAD_REQUEST => "invalid_request_error",
+                StatusCode::PAYMENT_REQUIRED => "billing_error",
                 _ => "api_error",
             };
             json!({"type": "error", "error": {"type": kind, "message": message}})
@@ -224,6 +254,8 @@ fn error_body(shape: ErrorShape, status: StatusCode, message: &str, error: &Serv
             let kind = match status {
                 StatusCode::NOT_FOUND => "NOT_FOUND",
                 StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "INVALID_ARGUMENT",
+                StatusCode::PAYMENT_REQUIRED => "RESOURCE_EXHAUSTED",
+                StatusCode::BAD_GATEWAY => "UNAVAILABLE",
                 _ => "INTERNAL",
             };
             json!({"error": {"code": status.as_u16(), "message": message, "status": kind}})
@@ -309,6 +341,37 @@ mod tests {
                 .contains("exchanges/x.json cannot be sent: recorded status 42")
         );
         assert_eq!(miss().class(), ErrorClass::Miss);
+    }
+
+    #[tokio::test]
+    async fn forward_failures_and_budget_refusals_are_provider_shaped() {
+        let forward = ServeError::Forward {
+            request: "POST api.openai.com/v1/chat/completions".into(),
+            source: ForwardError::NoHost,
+        };
+        let response = error_response(&forward, ErrorShape::OpenAi);
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(response.headers()["x-llmsim-error"], "forward");
+        let body = json_of(response).await;
+        assert_eq!(body["error"]["code"], "llmsim_forward_failed");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("names no host"), "{message}");
+
+        let budget = ServeError::from(BudgetExhausted {
+            budget_usd: 0.5,
+            spent_usd: 0.5,
+        });
+        let response = error_response(&budget, ErrorShape::Anthropic);
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+        let body = json_of(response).await;
+        assert_eq!(body["error"]["type"], "billing_error");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("budget of $0.5000 is exhausted"),
+            "{message}"
+        );
+        let body = json_of(error_response(&budget, ErrorShape::Gemini)).await;
+        assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
     }
 
     #[test]

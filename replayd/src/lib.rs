@@ -6,7 +6,8 @@
 //! `report` keeps the run's statistics; `run` ties a run together for every mode; `ca` owns
 //! the per-machine replay CA and mints TLS leaves per SNI; `dns` answers the target's DNS
 //! queries for recorded hosts; `explain` tells what replay would do with one request;
-//! `redirect` attaches the kernel redirect and runs a command under it. The binary adds
+//! `redirect` attaches the kernel redirect and runs a command under it; `upstream` forwards
+//! misses to the real host (`--on-miss passthrough|record`, `--budget`). The binary adds
 //! the command line.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod report;
 pub mod response;
 pub mod run;
 pub mod service;
+pub mod upstream;
 
 #[cfg(test)]
 mod testutil;

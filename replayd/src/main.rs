@@ -2,7 +2,8 @@
 //! to stderr, and hands each mode to the library's `run` module: `--listen ADDR` serves the
 //! snapshot on a plain loopback listener; `-- CMD`, `--cgroup PATH` and `--all` add the
 //! kernel redirect; `trust` manages the CA in the system store; `explain`
-//! tells what replay would do with one request. Start-up errors print one line and exit 2;
+//! tells what replay would do with one request. `--on-miss passthrough|record` forward
+//! misses to the real API (`--budget` caps the live spend). Start-up errors print one line and exit 2;
 //! a run with misses (or recordings that could not be sent) exits 1.
 #![forbid(unsafe_code)]
 
@@ -15,12 +16,14 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use llmsim_snapshot::provider::KNOWN_HOSTS;
 use llmsim_snapshot::signature::Repeat;
 use replayd::engine::Engine;
 use replayd::explain::{RequestFile, explain};
 use replayd::options::{OnMiss, Pace, ReplayOptions};
 use replayd::redirect::{self, KernelRedirect, RedirectTarget};
 use replayd::run::{self, ListenAddr, Server};
+use replayd::upstream::UpstreamSettings;
 use replayd::{ca, dns, report::Report};
 
 /// Exit code of a run that had misses.
@@ -65,9 +68,17 @@ struct ServeArgs {
     /// What a request gets once its recordings are used up: last, cycle or fail.
     #[arg(long, value_name = "POLICY", default_value = "last")]
     repeat: Repeat,
-    /// What a request with no recording gets: fail (passthrough and record: not yet).
+    /// What a request with no recording gets: fail (an error naming the closest
+    /// recording), passthrough (forward to the real host) or record (forward and append the
+    /// exchange to the snapshot).
     #[arg(long = "on-miss", value_name = "POLICY", default_value = "fail")]
     on_miss: OnMiss,
+    /// With passthrough or record: stop forwarding once the live spend would exceed USD.
+    #[arg(long, value_name = "USD")]
+    budget: Option<f64>,
+    /// A price file overriding the built-in prices, for --budget and the report.
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
     /// Where the replay CA lives (default: the user's data directory).
     #[arg(long, value_name = "DIR")]
     ca_dir: Option<PathBuf>,
@@ -159,7 +170,7 @@ fn serve(args: &ServeArgs) -> Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     // Through a base URL the Host header is the listener's own address: match any host.
-    let engine = Arc::new(run::load_engine(&args.dir, replay_options(args, true))?);
+    let engine = Arc::new(load_engine(args, true)?);
     for line in engine_summary(&engine) {
         eprintln!("replayd: {line}");
     }
@@ -178,6 +189,24 @@ fn replay_options(args: &ServeArgs, any_host: bool) -> ReplayOptions {
     }
 }
 
+/// The engine for a serving mode, forwarding misses as `--on-miss` says.
+fn load_engine(args: &ServeArgs, any_host: bool) -> Result<Engine> {
+    if args.on_miss == OnMiss::Fail && (args.budget.is_some() || args.prices.is_some()) {
+        bail!("--budget and --prices need --on-miss passthrough or record");
+    }
+    let settings = UpstreamSettings {
+        on_miss: args.on_miss,
+        budget_usd: args.budget,
+        prices: args.prices.clone(),
+        ..UpstreamSettings::default()
+    };
+    Ok(run::load_engine_with(
+        &args.dir,
+        replay_options(args, any_host),
+        settings,
+    )?)
+}
+
 fn engine_summary(engine: &Engine) -> Vec<String> {
     let mut lines = vec![format!(
         "serving {} recordings for {} from {}",
@@ -189,6 +218,19 @@ fn engine_summary(engine: &Engine) -> Vec<String> {
         },
         engine.dir().display()
     )];
+    if let Some(upstream) = engine.upstream() {
+        let budget = upstream
+            .budget_usd()
+            .map_or_else(String::new, |b| format!(", within a budget of ${b}"));
+        let what = if upstream.records() {
+            "forwarding and recording"
+        } else {
+            "forwarding"
+        };
+        lines.push(format!(
+            "{what} requests with no recording to the real API{budget}"
+        ));
+    }
     if engine.skipped() > 0 {
         lines.push(format!(
             "skipped {} incomplete recordings",
@@ -247,7 +289,7 @@ fn redirect(args: &ServeArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let engine = Arc::new(run::load_engine(&args.dir, replay_options(args, false))?);
+    let engine = Arc::new(load_engine(args, false)?);
     for line in engine_summary(&engine) {
         eprintln!("replayd: {line}");
     }
@@ -265,7 +307,7 @@ async fn serve_redirected(
     };
     let authority = Arc::new(ca::CertificateAuthority::load_or_create(&ca_dir)?);
     let tls = Arc::new(ca::LeafResolver::new(authority.clone())?);
-    let hosts = redirect::host_addresses(engine.hosts().iter().map(String::as_str))?;
+    let hosts = redirect::host_addresses(redirected_hosts(&engine).iter().map(String::as_str))?;
     let server = Server::bind(engine, Some(tls), &ListenAddr::loopback_defaults())?;
     let dns = run::start_dns(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -325,6 +367,20 @@ async fn serve_redirected(
         Some(0) | None => replay_code,
         Some(code) => ExitCode::from(code),
     })
+}
+
+/// The hosts DNS answers and the redirect covers: the recorded ones, plus, when misses are
+/// forwarded, every known provider host, so an unrecorded provider still reaches replayd.
+fn redirected_hosts(engine: &Engine) -> Vec<String> {
+    let mut hosts = engine.hosts().to_vec();
+    if engine.forwards() {
+        for (host, _) in KNOWN_HOSTS {
+            if !hosts.iter().any(|h| h == host) {
+                hosts.push(host.to_owned());
+            }
+        }
+    }
+    hosts
 }
 
 /// Answers for the recorded hosts; other names go to the machine's resolver,

@@ -105,9 +105,9 @@ pub enum OnMiss {
     /// A provider-shaped error naming the closest recording; the run exits nonzero.
     #[default]
     Fail,
-    /// Forward to the real host (not supported yet).
+    /// Forward to the real host and stream its answer back.
     Passthrough,
-    /// Forward and append the new exchange to the snapshot (not supported yet).
+    /// Forward, and append the new exchange to the snapshot, redacted as capture does.
     Record,
 }
 

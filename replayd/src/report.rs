@@ -1,7 +1,9 @@
 //! Per-run statistics and the end-of-run report: requests served per provider and per
 //! endpoint, repeats, misses with their field diffs, answers that failed, and the wall time
 //! saved against the recorded latencies (recorded `duration_ms` of every served exchange,
-//! less the time replay actually took to serve them). [`Stats`] is shared by every
+//! less the time replay actually took to serve them), and under `--on-miss
+//! passthrough|record` the requests forwarded to the real host, those recorded, what they
+//! cost live, and forwards that failed or that `--budget` refused. [`Stats`] is shared by every
 //! connection; [`Report`] is a copy taken at the end and printed by the binary.
 
 use std::collections::BTreeMap;
@@ -73,6 +75,18 @@ pub struct Report {
     pub serve_time: Duration,
     /// Tokens and cost of the served exchanges: what the run did not spend.
     pub ledger: Totals,
+    /// Misses forwarded to the real host and answered (`--on-miss passthrough|record`).
+    pub forwarded: u64,
+    /// Of those, the ones appended to the snapshot (`--on-miss record`).
+    pub recorded: u64,
+    /// Misses whose forward failed (the app got a 502).
+    pub forward_errors: u64,
+    /// Misses refused because the `--budget` was used up.
+    pub budget_refused: u64,
+    /// The `--budget` in dollars, once a refusal reported it.
+    pub budget_usd: Option<f64>,
+    /// Tokens and cost of the forwarded exchanges: what the run spent live.
+    pub live: Totals,
 }
 
 impl Report {
@@ -83,7 +97,11 @@ impl Report {
 
     /// Whether the run failed: a miss, or a recording that could not be sent.
     pub fn failed(&self) -> bool {
-        !self.misses.is_empty() || self.snapshot_errors > 0 || self.internal_errors > 0
+        !self.misses.is_empty()
+            || self.snapshot_errors > 0
+            || self.internal_errors > 0
+            || self.forward_errors > 0
+            || self.budget_refused > 0
     }
 }
 
@@ -129,6 +147,27 @@ impl fmt::Display for Report {
         if self.ledger.calls > 0 {
             writeln!(f, "replayd: not spent: {}", self.ledger)?;
         }
+        if self.forwarded > 0 || self.forward_errors > 0 || self.budget_refused > 0 {
+            writeln!(
+                f,
+                "replayd: passed through {} requests to the real API ({} recorded), {} failed",
+                self.forwarded, self.recorded, self.forward_errors
+            )?;
+        }
+        if self.live.calls > 0 {
+            writeln!(f, "replayd: live spend: {}", self.live)?;
+        }
+        if self.budget_refused > 0 {
+            let budget = self
+                .budget_usd
+                .map_or_else(String::new, |b| format!(" of ${b:.4}"));
+            writeln!(
+                f,
+                "replayd: budget{budget} exhausted after {} forwards (live spend ${:.4}): \
+                 refused {} requests",
+                self.forwarded, self.live.cost_usd, self.budget_refused
+            )?;
+        }
         writeln!(
             f,
             "replayd: wall time saved {:.3} s (recorded {:.3} s, served in {:.3} s)",
@@ -150,6 +189,12 @@ struct Counts {
     recorded_latency: Duration,
     serve_time: Duration,
     ledger: Totals,
+    forwarded: u64,
+    recorded: u64,
+    forward_errors: u64,
+    budget_refused: u64,
+    budget_usd: Option<f64>,
+    live: Totals,
 }
 
 /// What happened to one request, for [`Stats::record`].
@@ -174,6 +219,24 @@ pub enum Event {
     BadRequest,
     /// replayd failed.
     InternalError,
+    /// A miss was forwarded to the real host and its answer has ended.
+    Forwarded {
+        /// The provider, from the host.
+        provider: Provider,
+        /// `METHOD /path`.
+        endpoint: String,
+        /// Whether it was appended to the snapshot.
+        recorded: bool,
+        /// The exchange as the ledger sees it: duration, tokens, live cost.
+        call: Box<CallLine>,
+    },
+    /// Forwarding a miss failed.
+    ForwardFailed,
+    /// A miss was not forwarded: the budget is used up.
+    BudgetRefused {
+        /// The budget in dollars.
+        budget_usd: f64,
+    },
 }
 
 /// Statistics shared by every connection of a run.
@@ -213,6 +276,16 @@ impl Stats {
             Event::SnapshotError => counts.snapshot_errors += 1,
             Event::BadRequest => counts.bad_requests += 1,
             Event::InternalError => counts.internal_errors += 1,
+            Event::Forwarded { recorded, call, .. } => {
+                counts.forwarded += 1;
+                counts.recorded += u64::from(recorded);
+                counts.live.add(&call);
+            }
+            Event::ForwardFailed => counts.forward_errors += 1,
+            Event::BudgetRefused { budget_usd } => {
+                counts.budget_refused += 1;
+                counts.budget_usd = Some(budget_usd);
+            }
         }
     }
 
@@ -244,6 +317,12 @@ impl Stats {
             recorded_latency: counts.recorded_latency,
             serve_time: counts.serve_time,
             ledger: counts.ledger,
+            forwarded: counts.forwarded,
+            recorded: counts.recorded,
+            forward_errors: counts.forward_errors,
+            budget_refused: counts.budget_refused,
+            budget_usd: counts.budget_usd,
+            live: counts.live,
         }
     }
 
@@ -347,6 +426,51 @@ mod tests {
             "{text}"
         );
         assert_eq!(report.wall_time_saved(), Duration::ZERO);
+    }
+
+    #[test]
+    fn forwards_spend_and_budget_refusals_are_reported() {
+        let stats = Stats::new();
+        let mut priced = call(300.0);
+        priced.cost_usd = Some(0.25);
+        priced.usage = Some(llmsim_snapshot::usage::TokenUsage {
+            input_tokens: 10,
+            output_tokens: 5,
+            ..Default::default()
+        });
+        stats.record(Event::Forwarded {
+            provider: Provider::OpenAi,
+            endpoint: "POST /v1/chat/completions".into(),
+            recorded: true,
+            call: priced,
+        });
+        stats.record(Event::Forwarded {
+            provider: Provider::OpenAi,
+            endpoint: "POST /v1/chat/completions".into(),
+            recorded: false,
+            call: call(100.0),
+        });
+        let report = stats.report();
+        assert_eq!((report.forwarded, report.recorded), (2, 1));
+        assert!(!report.failed(), "answered forwards are not failures");
+        let text = report.to_string();
+        assert!(
+            text.contains("passed through 2 requests to the real API (1 recorded), 0 failed"),
+            "{text}"
+        );
+        assert!(text.contains("replayd: live spend: "), "{text}");
+        stats.record(Event::BudgetRefused { budget_usd: 0.25 });
+        stats.record(Event::ForwardFailed);
+        let report = stats.report();
+        assert!(report.failed());
+        let text = report.to_string();
+        assert!(
+            text.contains(
+                "budget of $0.2500 exhausted after 2 forwards (live spend $0.2500): refused 1 requests"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("1 failed"), "{text}");
     }
 
     #[test]

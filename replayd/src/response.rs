@@ -171,7 +171,8 @@ impl PreparedResponse {
     }
 }
 
-fn is_hop_by_hop(lower: &str) -> bool {
+/// Whether a header (lowercase name) describes one connection rather than the message.
+pub(crate) fn is_hop_by_hop(lower: &str) -> bool {
     HOP_BY_HOP.contains(&lower) || lower.starts_with("proxy-")
 }
 

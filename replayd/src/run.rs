@@ -20,8 +20,9 @@ use crate::accept::{AcceptError, Acceptor, OriginalDestination};
 use crate::ca::{self, CaError, CertificateAuthority, LeafResolver};
 use crate::dns::{DnsError, DnsResponder};
 use crate::engine::{Engine, EngineError};
-use crate::options::{OnMiss, ReplayOptions};
+use crate::options::ReplayOptions;
 use crate::report::Report;
+use crate::upstream::{Upstream, UpstreamSettings, UpstreamSetupError};
 
 /// How many times [`start_dns`] tries for a port free for both UDP and TCP.
 const DNS_BIND_ATTEMPTS: usize = 16;
@@ -35,12 +36,9 @@ pub enum RunError {
     /// The engine could not be built.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// An option asks for something this build does not do yet.
-    #[error("--on-miss {policy} is not supported yet (TODO(#4)); use --on-miss fail")]
-    Unsupported {
-        /// The policy asked for.
-        policy: OnMiss,
-    },
+    /// Forwarding misses (`--on-miss passthrough|record`) could not be set up.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamSetupError),
     /// The replay CA could not be loaded or created.
     #[error("cannot set up the replay CA")]
     Ca(#[from] CaError),
@@ -77,16 +75,30 @@ pub enum RunError {
     Dns(#[from] DnsError),
 }
 
-/// Loads the snapshot in `dir` and builds the engine. `--on-miss passthrough|record` are
-/// refused here until they exist.
+/// Loads the snapshot in `dir` and builds the engine, forwarding misses to the real hosts
+/// with the system roots and built-in prices when `options.on_miss` says so.
 pub fn load_engine(dir: &Path, options: ReplayOptions) -> Result<Engine, RunError> {
-    if options.on_miss != OnMiss::Fail {
-        return Err(RunError::Unsupported {
-            policy: options.on_miss,
-        });
-    }
+    load_engine_with(
+        dir,
+        options,
+        UpstreamSettings {
+            on_miss: options.on_miss,
+            ..UpstreamSettings::default()
+        },
+    )
+}
+
+/// [`load_engine`] with the forwarding settings spelled out (`--budget`, `--prices`, and
+/// in tests the roots and the address standing in for the real host).
+pub fn load_engine_with(
+    dir: &Path,
+    options: ReplayOptions,
+    upstream: UpstreamSettings,
+) -> Result<Engine, RunError> {
+    // First, so `--on-miss record` creates a snapshot directory that does not exist yet.
+    let upstream = Upstream::new(dir, upstream)?.map(Arc::new);
     let snapshot = store::load(dir)?;
-    Ok(Engine::new(snapshot, options)?)
+    Ok(Engine::new(snapshot, options)?.with_upstream(upstream))
 }
 
 /// Loads (creating on first use) the CA in `ca_dir`, or the default directory, and returns
@@ -356,18 +368,20 @@ mod tests {
     use std::error::Error as _;
 
     #[test]
-    fn unsupported_miss_policies_are_refused_at_start_up() {
+    fn a_bad_budget_is_refused_at_start_up() {
         let dir = snapshot(&[]);
-        for policy in [OnMiss::Passthrough, OnMiss::Record] {
-            let err = load_engine(
+        for budget in [-1.0, f64::NAN, f64::INFINITY] {
+            let err = load_engine_with(
                 dir.path(),
-                ReplayOptions {
-                    on_miss: policy,
-                    ..ReplayOptions::default()
+                ReplayOptions::default(),
+                UpstreamSettings {
+                    on_miss: crate::options::OnMiss::Passthrough,
+                    budget_usd: Some(budget),
+                    ..UpstreamSettings::default()
                 },
             )
             .unwrap_err();
-            assert!(err.to_string().contains("not supported yet"), "{err}");
+            assert!(err.to_string().contains("--budget"), "{err}");
         }
     }
 

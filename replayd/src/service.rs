@@ -1,7 +1,8 @@
 //! The HTTP service: one [`ReplayService`] per connection, built by [`app`], turns each
 //! request into an engine lookup and answers with the recorded status, headers and body
 //! (server-sent events paced as the run says) or with the error response of
-//! [`crate::error`]. It is a plain `hyper` service over any request body, so tests drive it
+//! [`crate::error`]. A miss under `--on-miss passthrough|record` goes to the real host
+//! through [`crate::upstream`], and its answer streams back as it arrives. It is a plain `hyper` service over any request body, so tests drive it
 //! over a loopback listener or call it directly; the acceptor adds TLS and the kernel's
 //! original destination through [`ConnInfo`].
 
@@ -19,10 +20,11 @@ use llmsim_snapshot::provider::{Endpoint, Provider};
 use tokio::time::Instant;
 
 use crate::body::ReplayBody;
-use crate::engine::{Engine, Outcome, ReplayRequest};
+use crate::engine::{Engine, Miss, Outcome, ReplayRequest};
 use crate::error::{ErrorShape, ServeError, UpstreamError, error_response};
 use crate::report::Event;
 use crate::response::{PreparedBody, PreparedResponse};
+use crate::upstream::target_of;
 
 /// What the acceptor knows about a connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -127,10 +129,47 @@ impl ReplayService {
                     error_response(&error, shape)
                 })
             }
+            Outcome::Miss(miss) if self.engine.forwards() => self.forward(request, &miss).await,
             Outcome::Miss(miss) => {
                 let shape = ErrorShape::of(miss.provider, miss.endpoint);
                 let error = ServeError::NoRecording(miss);
                 tracing::warn!("{}", error.message());
+                error_response(&error, shape)
+            }
+        }
+    }
+
+    /// Forwards a miss to the real host (`--on-miss passthrough|record`), unless the budget
+    /// is used up; a failure becomes a provider-shaped error.
+    async fn forward(&self, request: ReplayRequest, miss: &Miss) -> Response<ReplayBody> {
+        let shape = ErrorShape::of(miss.provider, miss.endpoint);
+        let Some(upstream) = self.engine.upstream() else {
+            return error_response(&ServeError::NoRecording(Box::new(miss.clone())), shape);
+        };
+        if let Err(exhausted) = upstream.admit() {
+            self.engine.stats().record(Event::BudgetRefused {
+                budget_usd: exhausted.budget_usd,
+            });
+            let error = ServeError::from(exhausted);
+            tracing::warn!("{}: {}", miss.request, error.message());
+            return error_response(&error, shape);
+        }
+        let target = target_of(
+            &request.host,
+            self.conn.tls,
+            self.conn.original_destination.map(|d| d.port()),
+        );
+        let described = request.describe();
+        tracing::info!("forwarding {described} to {}:{}", target.host, target.port);
+        match upstream.forward(&self.engine, target, request).await {
+            Ok(response) => response,
+            Err(source) => {
+                self.engine.stats().record(Event::ForwardFailed);
+                let error = ServeError::Forward {
+                    request: described,
+                    source,
+                };
+                tracing::error!("{}", error.message());
                 error_response(&error, shape)
             }
         }

@@ -27,6 +27,13 @@ enum Task {
     Test,
     /// The README's main job: capture the bundled example against the bundled
     /// fake provider, then replay it offline. Needs root.
+    /// Benchmarks, reported as ratios measured side by side in one run.
+    Bench {
+        /// `index`: replay start-up (load, sign, index) and lookups on a large snapshot.
+        name: String,
+        /// Arguments for the benchmark (for `index`: the number of exchanges).
+        args: Vec<String>,
+    },
     Demo {
         /// Where the recording goes (replaced).
         #[arg(long, default_value = "target/demo/llmsim")]
@@ -38,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Test => test(),
+        Task::Bench { name, args } => bench(&name, &args),
         Task::Demo { out } => cargo(&["build", "--bins"]).and_then(|()| demo::run(&out)),
     };
     match result {
@@ -76,6 +84,17 @@ fn test() -> anyhow::Result<()> {
     // build for another package's tests.
     cargo(&["build", "--bins"])?;
     cargo_test(&["test", "--workspace", "--no-fail-fast"])
+}
+
+fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
+    match name {
+        "index" => {
+            let mut cargo_args = vec!["bench", "-p", "replayd", "--bench", "index", "--"];
+            cargo_args.extend(args.iter().map(String::as_str));
+            cargo(&cargo_args)
+        }
+        other => bail!("unknown benchmark `{other}` (known: index)"),
+    }
 }
 
 /// Runs `cargo test`, passing its output through, and closes with one line

@@ -1,0 +1,162 @@
+//! Start-up and lookup cost of replay on a large snapshot: N exchange files
+//! (100k by default) are loaded, signed and indexed, then every recorded
+//! request is looked up once. Reading the same files' bytes is measured side by
+//! side in the same run as the floor that any loader pays, so the report gives
+//! ratios rather than absolute times alone (these machines are noisy).
+//!
+//! Run with `cargo xtask bench index [N]`.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use llmsim_snapshot::{model::Exchange, store};
+use replayd::{
+    engine::{Engine, Outcome, ReplayRequest},
+    options::ReplayOptions,
+};
+use serde_json::json;
+
+fn main() {
+    let count: usize = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-snapshot-{count}"));
+    generate(&dir, count);
+
+    let start = Instant::now();
+    let bytes = read_all(&dir);
+    let read = start.elapsed();
+
+    let start = Instant::now();
+    let snapshot = store::load(&dir).expect("load the snapshot");
+    let load = start.elapsed();
+    let requests: Vec<ReplayRequest> = snapshot
+        .exchanges
+        .iter()
+        .map(|r| request_of(&r.exchange))
+        .collect();
+
+    let start = Instant::now();
+    let engine = Engine::new(snapshot, ReplayOptions::default()).expect("build the engine");
+    let index = start.elapsed();
+
+    let start = Instant::now();
+    let hits = requests
+        .iter()
+        .filter(|r| matches!(engine.lookup(r), Outcome::Hit(_)))
+        .count();
+    let lookups = start.elapsed();
+    assert_eq!(hits, count, "every recorded request must hit");
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "replay index, {count} exchanges ({} MB of files)",
+        bytes / 1_000_000
+    );
+    println!(
+        "  read the files' bytes      {:>9.1} ms   1.00x (floor)",
+        ms(read)
+    );
+    println!(
+        "  load (read + parse)        {:>9.1} ms   {:.2}x",
+        ms(load),
+        ms(load) / ms(read)
+    );
+    println!(
+        "  sign + index               {:>9.1} ms   {:.2}x",
+        ms(index),
+        ms(index) / ms(read)
+    );
+    println!(
+        "  start-up (load + index)    {:>9.1} ms   {:.2}x",
+        ms(load + index),
+        ms(load + index) / ms(read)
+    );
+    println!(
+        "  {count} lookups              {:>9.1} ms   {:.2} us each",
+        ms(lookups),
+        ms(lookups) * 1e3 / f64::from(u32::try_from(count).unwrap_or(u32::MAX))
+    );
+}
+
+/// Writes `count` distinct chat-completion exchanges once; later runs reuse them.
+fn generate(dir: &Path, count: usize) {
+    let exchanges = dir.join(store::EXCHANGES_DIR);
+    if std::fs::read_dir(&exchanges).map_or(0, Iterator::count) == count {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(&exchanges).expect("create the bench snapshot");
+    for seq in 1..=count {
+        let exchange = json!({
+            "format_version": 1,
+            "seq": seq,
+            "provider": "openai",
+            "host": "api.openai.com",
+            "scheme": "https",
+            "process": {"pid": 1, "comm": "bench", "exe": null},
+            "peer": null,
+            "started_at": "2026-11-26T00:00:00Z",
+            "ttfb_ms": 300.0,
+            "duration_ms": 800.0,
+            "incomplete": null,
+            "streamed": false,
+            "model": "gpt-4o-mini",
+            "request": {
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "headers": [["content-type", "application/json"]],
+                "body": {"kind": "json", "content_encoding": null, "json": {
+                    "model": "gpt-4o-mini",
+                    "temperature": 0.2,
+                    "messages": [
+                        {"role": "system", "content": "You triage support tickets into a category and a priority."},
+                        {"role": "user", "content": format!("Ticket {seq}: the invoice export fails with a timeout after the upgrade.")}
+                    ]
+                }}
+            },
+            "response": {
+                "status": 200,
+                "headers": [["content-type", "application/json"]],
+                "body": {"kind": "json", "content_encoding": null, "json": {
+                    "id": format!("chatcmpl-{seq}"),
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": format!("billing, high ({seq})")}}],
+                    "usage": {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
+                }}
+            }
+        });
+        let name = format!("{seq:06}-openai-post-v1-chat-completions.json");
+        std::fs::write(
+            exchanges.join(name),
+            serde_json::to_vec_pretty(&exchange).expect("json"),
+        )
+        .expect("write an exchange");
+    }
+}
+
+fn read_all(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join(store::EXCHANGES_DIR))
+        .expect("exchanges dir")
+        .map(|e| std::fs::read(e.expect("entry").path()).expect("read").len())
+        .sum()
+}
+
+fn request_of(exchange: &Exchange) -> ReplayRequest {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().expect("header"));
+    ReplayRequest {
+        method: exchange.request.method.clone(),
+        host: exchange.host.clone(),
+        path: exchange.request.path.clone(),
+        headers,
+        body: Bytes::from(exchange.request.body.to_bytes()),
+    }
+}
