@@ -170,7 +170,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("llmsim-agent: {}", error_chain(&e));
+            eprintln!("llmsim-agent: {}", llmsim_snapshot::error_chain(&e));
             ExitCode::from(2)
         }
     }
@@ -187,20 +187,8 @@ fn export(args: &ExportArgs) -> ExitCode {
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {
-    eprintln!("llmsim-agent: {}", error_chain(e));
+    eprintln!("llmsim-agent: {}", llmsim_snapshot::error_chain(e));
     ExitCode::FAILURE
-}
-
-/// `outer: cause: root cause`, as anyhow's `{:#}` prints.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn capture(args: &CaptureArgs) -> ExitCode {

@@ -272,26 +272,18 @@ fn headers(raw: &[(String, Vec<u8>)]) -> Headers {
         .collect()
 }
 
-/// Decodes a body for storage; a body that cannot be decoded is kept as
-/// recorded bytes and the exchange says why.
+/// Decodes a body for storage; one that cannot be decoded is kept as its
+/// bytes and the exchange says why.
 fn body(headers: &Headers, segments: &[(f64, Vec<u8>)], incomplete: &mut Option<String>) -> Body {
-    match Body::from_http(
+    let (body, error) = Body::for_storage(
         headers.get("content-type"),
         headers.get("content-encoding"),
         segments,
-    ) {
-        Ok(body) => body,
-        Err(error) => {
-            incomplete.get_or_insert_with(|| format!("body could not be decoded: {error}"));
-            Body::raw(
-                headers.get("content-encoding"),
-                segments
-                    .iter()
-                    .flat_map(|(_, b)| b.iter().copied())
-                    .collect(),
-            )
-        }
+    );
+    if let Some(error) = error {
+        incomplete.get_or_insert_with(|| format!("body could not be decoded: {error}"));
     }
+    body
 }
 
 /// The host the client addressed: the Host header (authoritative for HTTP),

@@ -189,7 +189,7 @@ pub fn verify(dir: &Path) -> Result<Verification, VerifyError> {
         Err(e) => {
             report.problems.push(Problem::Unparseable {
                 path: dir.join(llmsim_snapshot::config::CONFIG_FILE),
-                reason: chain(&e),
+                reason: llmsim_snapshot::error_chain(&e),
             });
             SnapshotConfig::default()
         }
@@ -201,7 +201,7 @@ pub fn verify(dir: &Path) -> Result<Verification, VerifyError> {
             // A bad user pattern: report it and scan with the built-in rules.
             report.problems.push(Problem::Unparseable {
                 path: dir.join(llmsim_snapshot::config::CONFIG_FILE),
-                reason: chain(&e),
+                reason: llmsim_snapshot::error_chain(&e),
             });
             Redactor::new(&RedactRules::default(), [0; 32])
                 .map_err(|source| VerifyError::Scanner { source })?
@@ -499,17 +499,6 @@ fn first_change(original: &str, redacted: &str) -> Option<String> {
         .find(|i| original.is_char_boundary(*i))
         .unwrap_or(0);
     Some(original[at..].chars().take(4).collect())
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

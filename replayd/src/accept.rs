@@ -163,7 +163,7 @@ impl Acceptor {
             let this = this.clone();
             tokio::spawn(async move {
                 if let Err(e) = this.serve_connection(stream, peer).await {
-                    tracing::debug!(%peer, error = %crate::engine::error_chain(&e), "connection ended with an error");
+                    tracing::debug!(%peer, error = %llmsim_snapshot::error_chain(&e), "connection ended with an error");
                 }
             });
         }

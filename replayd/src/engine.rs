@@ -211,7 +211,7 @@ impl Engine {
                 let signature = recorded_signature(&exchange, &rules);
                 let response = PreparedResponse::new(&exchange).map_err(Arc::new);
                 if let Err(e) = &response {
-                    tracing::warn!(file = %file.display(), error = %error_chain(e.as_ref()), "this recording cannot be served");
+                    tracing::warn!(file = %file.display(), error = %llmsim_snapshot::error_chain(e.as_ref()), "this recording cannot be served");
                 }
                 let entry = RecordedEntry {
                     call: CallLine::of(&exchange, &prices),
@@ -522,18 +522,6 @@ pub fn endpoint_label(method: &str, path: &str) -> String {
 
 fn relative(dir: &Path, path: &Path) -> PathBuf {
     path.strip_prefix(dir).unwrap_or(path).to_path_buf()
-}
-
-/// `error: cause: cause`, for log lines.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 #[cfg(test)]

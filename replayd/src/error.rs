@@ -27,7 +27,9 @@ use llmsim_snapshot::provider::{Endpoint, Provider};
 use serde_json::{Value, json};
 
 use crate::body::ReplayBody;
-use crate::engine::{Miss, error_chain};
+use llmsim_snapshot::error_chain;
+
+use crate::engine::Miss;
 use crate::response::PrepareError;
 use crate::upstream::{BudgetExhausted, ForwardError};
 

@@ -456,7 +456,7 @@ impl Upstream {
                         tracing::error!(
                             "cannot record {}: {}",
                             request.describe(),
-                            crate::engine::error_chain(&e)
+                            llmsim_snapshot::error_chain(&e)
                         );
                         engine.stats().record(Event::InternalError);
                     }
@@ -652,23 +652,15 @@ fn decode_body(
     segments: &[(f64, Bytes)],
     incomplete: &mut Option<String>,
 ) -> Body {
-    match Body::from_http(
+    let (body, error) = Body::for_storage(
         headers.get("content-type"),
         headers.get("content-encoding"),
         segments,
-    ) {
-        Ok(body) => body,
-        Err(error) => {
-            incomplete.get_or_insert_with(|| format!("body could not be decoded: {error}"));
-            Body::raw(
-                headers.get("content-encoding"),
-                segments
-                    .iter()
-                    .flat_map(|(_, b)| b.iter().copied())
-                    .collect(),
-            )
-        }
+    );
+    if let Some(error) = error {
+        incomplete.get_or_insert_with(|| format!("body could not be decoded: {error}"));
     }
+    body
 }
 
 /// `localhost` or a loopback address: forwarding there would reach replayd itself.

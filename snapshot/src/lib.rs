@@ -14,3 +14,16 @@ pub mod redact;
 pub mod signature;
 pub mod store;
 pub mod usage;
+
+/// `error: cause: cause`: an error and its sources on one line, for log lines
+/// and messages that cannot use anyhow's `{:#}`.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}

@@ -131,6 +131,26 @@ impl Body {
     /// Keeps wire bytes as they are: [`Body::Encoded`] when a Content-Encoding
     /// is named, [`Body::Base64`] (or [`Body::Empty`]) otherwise. The agent's
     /// fallback when [`Body::from_http`] fails on a truncated body.
+    /// [`Body::from_http`] for storage, which must lose nothing: a body that
+    /// cannot be decoded is kept as its bytes, and the reason comes back so
+    /// the exchange can be flagged with it.
+    pub fn for_storage<B: AsRef<[u8]>>(
+        content_type: Option<&str>,
+        content_encoding: Option<&str>,
+        segments: &[(f64, B)],
+    ) -> (Self, Option<DecodeError>) {
+        match Self::from_http(content_type, content_encoding, segments) {
+            Ok(body) => (body, None),
+            Err(error) => {
+                let bytes = segments
+                    .iter()
+                    .flat_map(|(_, b)| b.as_ref().iter().copied())
+                    .collect();
+                (Self::raw(content_encoding, bytes), Some(error))
+            }
+        }
+    }
+
     pub fn raw(content_encoding: Option<&str>, bytes: Vec<u8>) -> Self {
         let content_encoding = encoding::normalize(content_encoding);
         if bytes.is_empty() {
