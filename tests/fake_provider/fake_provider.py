@@ -25,6 +25,19 @@ Rules that tests rely on:
 * A tool call is answered when tools are given, the last turn is a user text (not a tool
   result) and it contains "use the tool" (any case). Its id is `call_<24 alnum>` (OpenAI),
   `toolu_01<22 alnum>` (Anthropic); string arguments carry the nonce.
+* A forced tool (OpenAI `tool_choice` naming a function or "required", Anthropic `tool_choice`
+  {"type": "tool"} or {"type": "any"}, Gemini `toolConfig.functionCallingConfig.mode` ANY) is
+  always called, with arguments generated from its schema (rules below).
+* Structured output: OpenAI `response_format` json_schema (chat) or `text.format` json_schema
+  (responses), Anthropic `output_format` / `output_config.format` json_schema, Gemini
+  `responseMimeType` application/json with `responseSchema` or `responseJsonSchema`: the answer
+  text is compact JSON valid for the schema. Without a schema (json_object, or the JSON mime type
+  alone) it is `{"answer": "<the usual answer text>"}`. Generated values: `$ref` resolved,
+  `const` kept, enums pick the value whose words the last user text mentions most (else a pick
+  seeded by that text and the model: the same prompt to the same model always gets the same
+  value), every property filled, strings `<property> <nonce>`, numbers seeded within their
+  bounds. An object that has no string and allows extra properties gets a `nonce` property, so
+  the nonce is in the answer. Gemini's upper-case types (OBJECT, STRING) are understood.
 * A last user text containing `fake-error-<status>` (e.g. fake-error-429) gets that HTTP status
   with the provider's real error body.
 * A missing credential (Authorization: Bearer for OpenAI-style paths, x-api-key for Anthropic,
@@ -119,13 +132,20 @@ def gemini_parts_texts(parts):
 
 
 class Conversation:
-    """What the fake needs from a request: all texts, the last user text, tool situation."""
+    """What the fake needs from a request: all texts, the last user text, tool situation, and
+    the structured output asked for."""
 
-    def __init__(self, texts, last_user_text, last_is_user_text, tools):
+    def __init__(self, texts, last_user_text, last_is_user_text, tools, forced_tool=None, output=None):
         self.texts = texts
         self.last_user_text = last_user_text or ""
         self.last_is_user_text = last_is_user_text
         self.tools = tools  # list of (name, json-schema dict)
+        # A tool the request forces (tool_choice): a name, or "" for "any tool"; None if not forced.
+        self.forced_tool = forced_tool
+        # Structured output: None (free text), ("json_schema", schema) or ("json_object", None).
+        self.output = output
+        # The model asked for (set by the endpoint); salts seeded picks, so models can disagree.
+        self.model = ""
 
     @property
     def input_tokens(self):
@@ -133,6 +153,30 @@ class Conversation:
 
     def wants_tool(self):
         return bool(self.tools) and self.last_is_user_text and TOOL_TRIGGER in self.last_user_text.lower()
+
+    def tool_to_call(self, nonce):
+        """(name, arguments dict) of the tool call to answer with, or None for a text answer.
+
+        A forced tool (tool_choice naming one, or "any"/"required") is always called, with
+        arguments generated from its schema (see `schema_value`); otherwise the trigger phrase
+        rule applies, with `tool_arguments`."""
+        if self.tools and self.forced_tool is not None and self.last_is_user_text:
+            name, schema = next(((n, s) for n, s in self.tools if n == self.forced_tool), self.tools[0])
+            args = structured_value(schema, nonce, self.last_user_text, self.model, name)
+            return name, args if isinstance(args, dict) else tool_arguments(schema, nonce)
+        if self.wants_tool():
+            name, schema = self.tools[0]
+            return name, tool_arguments(schema, nonce)
+        return None
+
+    def text_answer(self, provider, nonce):
+        """The answer text: JSON for the structured output asked for, else the usual echo."""
+        if self.output is not None:
+            kind, schema = self.output
+            if kind == "json_schema" and isinstance(schema, dict) and schema:
+                return dumps(structured_value(schema, nonce, self.last_user_text, self.model, "response"))
+            return dumps({"answer": answer_text(provider, self, nonce)})
+        return answer_text(provider, self, nonce)
 
     def forced_error(self):
         m = ERROR_TRIGGER.search(self.last_user_text)
@@ -154,7 +198,20 @@ def openai_chat_conversation(body):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(fn, dict) and fn.get("name"):
             tools.append((fn["name"], fn.get("parameters") or {}))
-    return Conversation(texts, last_user, last_is_user, tools)
+    choice = body.get("tool_choice")
+    forced = None
+    if choice == "required":
+        forced = ""
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        forced = choice["function"].get("name") or ""
+    output = None
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), dict) else {}
+        output = ("json_schema", spec.get("schema") or {})
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        output = ("json_object", None)
+    return Conversation(texts, last_user, last_is_user, tools, forced, output)
 
 
 def openai_responses_conversation(body):
@@ -186,7 +243,19 @@ def openai_responses_conversation(body):
     for tool in body.get("tools") or []:
         if isinstance(tool, dict) and tool.get("type") == "function" and tool.get("name"):
             tools.append((tool["name"], tool.get("parameters") or {}))
-    return Conversation(texts, last_user, last_is_user, tools)
+    choice = body.get("tool_choice")
+    forced = None
+    if choice == "required":
+        forced = ""
+    elif isinstance(choice, dict) and choice.get("type") == "function":
+        forced = choice.get("name") or ""
+    output = None
+    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        output = ("json_schema", fmt.get("schema") or {})
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        output = ("json_object", None)
+    return Conversation(texts, last_user, last_is_user, tools, forced, output)
 
 
 def anthropic_conversation(body):
@@ -216,7 +285,19 @@ def anthropic_conversation(body):
     for tool in body.get("tools") or []:
         if isinstance(tool, dict) and tool.get("name"):
             tools.append((tool["name"], tool.get("input_schema") or {}))
-    return Conversation(texts, last_user, last_is_user, tools)
+    choice = body.get("tool_choice")
+    forced = None
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        forced = choice.get("name") or ""
+    elif isinstance(choice, dict) and choice.get("type") == "any":
+        forced = ""
+    output = None
+    fmt = body.get("output_format")
+    if not isinstance(fmt, dict):
+        fmt = (body.get("output_config") or {}).get("format") if isinstance(body.get("output_config"), dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        output = ("json_schema", fmt.get("schema") or {})
+    return Conversation(texts, last_user, last_is_user, tools, forced, output)
 
 
 def gemini_conversation(body):
@@ -243,8 +324,29 @@ def gemini_conversation(body):
             continue
         for decl in tool.get("functionDeclarations") or tool.get("function_declarations") or []:
             if isinstance(decl, dict) and decl.get("name"):
-                tools.append((decl["name"], decl.get("parameters") or decl.get("parametersJsonSchema") or {}))
-    return Conversation(texts, last_user, last_is_user, tools)
+                tools.append((decl["name"], decl.get("parameters") or decl.get("parametersJsonSchema")
+                               or decl.get("parameters_json_schema") or {}))
+    forced = None
+    tool_config = either(body, "toolConfig", "tool_config")
+    calling = either(tool_config, "functionCallingConfig", "function_calling_config")
+    if isinstance(calling, dict) and str(calling.get("mode", "")).upper() == "ANY":
+        allowed = either(calling, "allowedFunctionNames", "allowed_function_names") or []
+        forced = allowed[0] if allowed else ""
+    output = None
+    config = either(body, "generationConfig", "generation_config")
+    mime = either(config, "responseMimeType", "response_mime_type")
+    if isinstance(mime, str) and mime.lower().startswith("application/json"):
+        schema = (either(config, "responseJsonSchema", "response_json_schema")
+                  or either(config, "responseSchema", "response_schema"))
+        output = ("json_schema", schema) if isinstance(schema, dict) and schema else ("json_object", None)
+    return Conversation(texts, last_user, last_is_user, tools, forced, output)
+
+
+def either(obj, camel, snake):
+    """A field of a Gemini request under its camelCase or snake_case name (both are accepted)."""
+    if not isinstance(obj, dict):
+        return None
+    return obj.get(camel) if camel in obj else obj.get(snake)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,6 +383,91 @@ def tool_arguments(schema, nonce):
     if not any(v == nonce for v in args.values()):
         args.setdefault("nonce", nonce)
     return args
+
+
+def schema_kind(schema):
+    """The JSON type a schema asks for, lowercased (Gemini writes OBJECT, STRING...)."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if str(k).lower() != "null"), None)
+    if isinstance(kind, str):
+        return kind.lower()
+    if "properties" in schema:
+        return "object"
+    if "items" in schema:
+        return "array"
+    return "string"
+
+
+def seeded(seed, salt, path, n):
+    """A deterministic integer in [0, n) from the request text, the model and the value's path."""
+    digest = hashlib.sha256(f"{salt}\0{path}\0{seed}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % n
+
+
+def pick_enum(values, seed, salt, path):
+    """The enum value whose words the last user text mentions most (a word counts when it starts
+    with one of the value's words of 3+ letters: "billing" for "billing", "bugs" for "bug");
+    with no mention, a pick seeded by the text and the model, so the same prompt to the same
+    model always gets the same value."""
+    mentioned = re.findall(r"[a-z0-9]+", seed.lower())
+    best, best_score = None, 0
+    for value in values:
+        keys = [k for k in re.findall(r"[a-z0-9]+", str(value).lower()) if len(k) >= 3]
+        score = sum(1 for word in mentioned for key in keys if word.startswith(key))
+        if score > best_score:
+            best, best_score = value, score
+    return best if best is not None else values[seeded(seed, salt, path, len(values))]
+
+
+def schema_value(schema, nonce, seed, salt, root, path, depth=0):
+    """A value valid for a JSON schema (or Gemini's OpenAPI-style schema): `$ref` into `$defs`
+    resolved, `const` kept, enums picked by `pick_enum`, every object property filled, arrays
+    given `minItems` (at least one) items, numbers and integers seeded within their bounds,
+    strings `<name> <nonce>`."""
+    if not isinstance(schema, dict) or depth > 12:
+        return f"{path} {nonce}"
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target = root
+        for part in ref[2:].split("/"):
+            target = target.get(part) if isinstance(target, dict) else None
+        return schema_value(target or {}, nonce, seed, salt, root, path, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return pick_enum(schema["enum"], seed, salt, path)
+    for key in ("anyOf", "oneOf", "allOf", "any_of", "one_of"):
+        options = [o for o in schema.get(key) or [] if isinstance(o, dict) and schema_kind(o) != "null"]
+        if options:
+            return schema_value(options[0], nonce, seed, salt, root, path, depth + 1)
+    kind = schema_kind(schema)
+    if kind == "object":
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        value = {name: schema_value(prop, nonce, seed, salt, root, name, depth + 1) for name, prop in props.items()}
+        extra = schema.get("additionalProperties", schema.get("additional_properties", True))
+        if extra is not False and not any(nonce in dumps(v) for v in value.values()):
+            value["nonce"] = nonce
+        return value
+    if kind == "array":
+        low = schema.get("minItems", schema.get("min_items")) or 1
+        count = max(1, min(int(low), 3))
+        return [schema_value(schema.get("items") or {}, nonce, seed, salt, root, path, depth + 1) for _ in range(count)]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", 1)
+        high = schema.get("maximum", low + 9)
+        number = low + seeded(seed, salt, path, int(max(0, high - low)) + 1)
+        return int(number) if kind == "integer" else float(number)
+    if kind == "boolean":
+        return seeded(seed, salt, path, 2) == 1
+    if kind == "null":
+        return None
+    return f"{path} {nonce}"
+
+
+def structured_value(schema, nonce, seed, salt, name):
+    """`schema_value` for a whole response or tool input schema."""
+    return schema_value(schema, nonce, seed, salt, schema, name)
 
 
 def chunks_of(text):
@@ -472,17 +659,21 @@ def openai_chat(body, started):
     conv = openai_chat_conversation(body)
     nonce = new_nonce()
     model = body.get("model") or "gpt-4o-mini"
+    conv.model = model
     cid = "chatcmpl-" + rand_alnum(29)
     created = int(time.time())
     tool_call = None
-    if conv.wants_tool():
-        name, schema = conv.tools[0]
-        arguments = dumps(tool_arguments(schema, nonce))
+    call = conv.tool_to_call(nonce)
+    if call is not None:
+        name, args = call
+        arguments = dumps(args)
         tool_call = {"id": "call_" + rand_alnum(24), "type": "function",
                      "function": {"name": name, "arguments": arguments}}
-        text, out_tokens, finish = None, words(arguments), "tool_calls"
+        # A tool_choice naming the function ends with "stop", as the real API does.
+        finish = "stop" if conv.forced_tool else "tool_calls"
+        text, out_tokens = None, words(arguments)
     else:
-        text = answer_text("openai", conv, nonce)
+        text = conv.text_answer("openai", nonce)
         out_tokens, finish = words(text), "stop"
     usage = openai_usage(conv.input_tokens, out_tokens)
 
@@ -536,18 +727,20 @@ def openai_responses(body, started):
     conv = openai_responses_conversation(body)
     nonce = new_nonce()
     model = body.get("model") or "gpt-4o-mini"
+    conv.model = model
     rid = "resp_" + secrets.token_hex(24)
     created = int(time.time())
     tool_call = None
-    if conv.wants_tool():
-        name, schema = conv.tools[0]
-        arguments = dumps(tool_arguments(schema, nonce))
+    call = conv.tool_to_call(nonce)
+    if call is not None:
+        name, args = call
+        arguments = dumps(args)
         tool_call = {"id": "fc_" + secrets.token_hex(24), "type": "function_call", "status": "completed",
                      "arguments": arguments, "call_id": "call_" + rand_alnum(24), "name": name}
         text, out_tokens = None, words(arguments)
         item = tool_call
     else:
-        text = answer_text("openai", conv, nonce)
+        text = conv.text_answer("openai", nonce)
         out_tokens = words(text)
         item = {"id": "msg_" + secrets.token_hex(24), "type": "message", "status": "completed",
                 "content": [{"type": "output_text", "annotations": [], "logprobs": [], "text": text}],
@@ -555,6 +748,9 @@ def openai_responses(body, started):
     usage = {"input_tokens": conv.input_tokens, "input_tokens_details": {"cached_tokens": 0},
              "output_tokens": out_tokens, "output_tokens_details": {"reasoning_tokens": 0},
              "total_tokens": conv.input_tokens + out_tokens}
+
+    text_format = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    text_format = text_format if isinstance(text_format, dict) else {"type": "text"}
 
     def response(status, output, usage_value):
         return {"id": rid, "object": "response", "created_at": created, "status": status,
@@ -564,7 +760,8 @@ def openai_responses(body, started):
                 "previous_response_id": body.get("previous_response_id"), "prompt_cache_key": None,
                 "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
                 "service_tier": "default", "store": body.get("store", True),
-                "temperature": body.get("temperature", 1.0), "text": {"format": {"type": "text"}, "verbosity": "medium"},
+                "temperature": body.get("temperature", 1.0),
+                "text": {"format": text_format, "verbosity": "medium"},
                 "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
                 "top_logprobs": 0, "top_p": body.get("top_p", 1.0), "truncation": "disabled",
                 "usage": usage_value, "user": None, "metadata": body.get("metadata") or {}}
@@ -656,17 +853,18 @@ def anthropic_messages(body, started):
     conv = anthropic_conversation(body)
     nonce = new_nonce()
     model = body.get("model") or "claude-sonnet-4-5"
+    conv.model = model
     mid = "msg_01" + rand_alnum(22)
     tool_call = None
-    if conv.wants_tool():
-        name, schema = conv.tools[0]
-        args = tool_arguments(schema, nonce)
+    call = conv.tool_to_call(nonce)
+    if call is not None:
+        name, args = call
         tool_call = {"type": "tool_use", "id": "toolu_01" + rand_alnum(22), "name": name, "input": args}
         text, arguments = None, dumps(args)
         out_tokens, stop = words(arguments), "tool_use"
         content = [tool_call]
     else:
-        text = answer_text("anthropic", conv, nonce)
+        text = conv.text_answer("anthropic", nonce)
         out_tokens, stop = words(text), "end_turn"
         content = [{"type": "text", "text": text}]
     usage = {"input_tokens": conv.input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
@@ -718,17 +916,18 @@ GEMINI_JSON = "application/json; charset=UTF-8"
 
 def gemini_generate(model, method, query, body, started):
     conv = gemini_conversation(body)
+    conv.model = model
     nonce = new_nonce()
     response_id = rand_alnum(22)
     tool_call = None
-    if conv.wants_tool():
-        name, schema = conv.tools[0]
-        args = tool_arguments(schema, nonce)
+    call = conv.tool_to_call(nonce)
+    if call is not None:
+        name, args = call
         tool_call = {"name": name, "args": args}
         text, out_tokens = None, words(dumps(args))
         pieces = [{"functionCall": tool_call}]
     else:
-        text = answer_text("gemini", conv, nonce)
+        text = conv.text_answer("gemini", nonce)
         out_tokens = words(text)
         pieces = None
     usage = {"promptTokenCount": conv.input_tokens, "candidatesTokenCount": out_tokens,
@@ -985,6 +1184,12 @@ class Handler(BaseHTTPRequestHandler):
         head += [f"{name}: {value}" for name, value in headers]
         head = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         self.log_request(reply.status)
+        if self.server.latency:
+            # Model time before the first byte, as a real provider takes:
+            # deterministic per request so re-recordings pace alike.
+            low, high = self.server.latency
+            digest = int(hashlib.sha256(raw or b"").hexdigest()[:8], 16)
+            time.sleep((low + digest % max(1, high - low)) / 1000.0)
         if reply.events is None:
             # Head and body in one write, as real servers send a small response.
             self.wfile.write(head + (payload or b""))
@@ -1007,6 +1212,7 @@ class Server(ThreadingHTTPServer):
         self.gzip = options.gzip
         self.verbose = options.verbose
         self.event_delay = options.event_delay_ms / 1000.0
+        self.latency = options.latency_ms
         self.log = log
         super().__init__((host, port), Handler)
         bound = self.socket.getsockname()
@@ -1061,6 +1267,14 @@ def parse_listen(text):
     return host, int(port), family
 
 
+def parse_range(text):
+    low, _, high = text.partition("-")
+    low, high = int(low), int(high or low)
+    if low < 0 or high < low:
+        raise argparse.ArgumentTypeError(f"bad range {text!r}: expected MIN-MAX milliseconds")
+    return (low, high)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--listen", action="append", type=parse_listen, metavar="ADDR:PORT",
@@ -1070,6 +1284,8 @@ def main():
     parser.add_argument("--plain", action="store_true", help="plain HTTP instead of TLS")
     parser.add_argument("--log", help="append a JSON line per request served to this file")
     parser.add_argument("--event-delay-ms", type=float, default=20.0, help="delay between stream events")
+    parser.add_argument("--latency-ms", type=parse_range, default=None, metavar="MIN-MAX",
+                        help="wait this long (picked per request in the range) before answering, like a model")
     parser.add_argument("--gzip", action="store_true",
                         help="gzip non-streamed bodies when the client accepts gzip")
     parser.add_argument("--verbose", action="store_true", help="log requests and connection errors to stderr")

@@ -72,6 +72,7 @@ pub const REPLAY_API_KEYS: &[(&str, &str)] = &[
     REPLAY_API_KEY,
     ("ANTHROPIC_API_KEY", "sk-ant-replay-needs-no-key"),
     ("GEMINI_API_KEY", "replay-needs-no-key"),
+    ("XAI_API_KEY", "xai-replay-needs-no-key"),
 ];
 
 /// Variables a replayed client must not inherit: CA settings (replay provides

@@ -25,8 +25,6 @@ enum Task {
     /// Formatting, clippy with -D warnings, and the whole test suite. Run as
     /// root to include the privileged eBPF tests; with CI=true they may not skip.
     Test,
-    /// The README's main job: capture the bundled example against the bundled
-    /// fake provider, then replay it offline. Needs root.
     /// Benchmarks, reported as ratios measured side by side in one run.
     Bench {
         /// `index`: replay start-up (load, sign, index) and lookups on a large snapshot.
@@ -34,10 +32,12 @@ enum Task {
         /// Arguments for the benchmark (for `index`: the number of exchanges).
         args: Vec<String>,
     },
+    /// The README's main job: the triage demo app replayed offline from its
+    /// bundled recording, then its HTML report. Needs root.
     Demo {
-        /// Where the recording goes (replaced).
-        #[arg(long, default_value = "target/demo/llmsim")]
-        out: PathBuf,
+        /// Where the HTML report goes.
+        #[arg(long, default_value = "target/demo/report.html")]
+        html: PathBuf,
     },
 }
 
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Test => test(),
         Task::Bench { name, args } => bench(&name, &args),
-        Task::Demo { out } => cargo(&["build", "--bins"]).and_then(|()| demo::run(&out)),
+        Task::Demo { html } => cargo(&["build", "--bins"]).and_then(|()| demo::run(&html)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
