@@ -1,6 +1,6 @@
 //! The demo's promise, end to end: the support-ticket triage app, unmodified,
-//! runs its whole 240-call pipeline through the official OpenAI, Anthropic,
-//! Gemini and xAI SDKs under `replayd` from the bundled recording, offline and
+//! runs its whole 240-call pipeline (`OpenAI`, Anthropic, Gemini and xAI through
+//! their official SDKs) under `replayd` from the bundled recording, offline and
 //! with no keys, and prints exactly what the recorded run printed.
 
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! `cargo xtask demo`: the README's main job. The support-ticket triage app
-//! (examples/triage, 240 LLM calls through the official OpenAI, Anthropic,
-//! Gemini and xAI SDKs) runs under `replayd` from its bundled recording, in a
+//! (examples/triage, 240 LLM calls through the official `openai`, `anthropic`
+//! and `google-genai` SDKs, xAI through `openai`) runs under `replayd` from its bundled recording, in a
 //! network namespace with no network, no hosts mapping and no keys; then the
 //! recording's report is written as HTML.
 
