@@ -25,7 +25,9 @@ WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel
 
 def long_prompt(min_bytes):
     rng = random.Random()
-    parts, size = [], 0
+    # `size` is the joined length: each word adds itself and one separator,
+    # and the first word has none.
+    parts, size = [], -1
     while size < min_bytes:
         word = f"{rng.choice(WORDS)}{rng.randrange(1_000_000)}"
         parts.append(word)
