@@ -3,6 +3,8 @@
 //! set-up lives in scripts/setup.sh because it must run before any Rust can be
 //! built.
 
+mod bench_capture;
+mod bench_replay;
 mod demo;
 
 use std::{
@@ -27,9 +29,14 @@ enum Task {
     Test,
     /// Benchmarks, reported as ratios measured side by side in one run.
     Bench {
-        /// `index`: replay start-up (load, sign, index) and lookups on a large snapshot.
+        /// `index`: replay start-up (load, sign, index) and lookups on a large
+        /// snapshot. `replay`: replayd against nginx under wrk, plain and TLS.
+        /// `capture`: an HTTPS request loop with and without the agent.
         name: String,
-        /// Arguments for the benchmark (for `index`: the number of exchanges).
+        /// Arguments for the benchmark (`index`: the number of exchanges;
+        /// `replay`: --duration, --rounds, --connections, --threads, --no-build;
+        /// `capture`: requests per run and rounds).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// The README's main job: the triage demo app replayed offline from its
@@ -93,7 +100,9 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
             cargo_args.extend(args.iter().map(String::as_str));
             cargo(&cargo_args)
         }
-        other => bail!("unknown benchmark `{other}` (known: index)"),
+        "replay" => bench_replay::run(args),
+        "capture" => bench_capture::run(args),
+        other => bail!("unknown benchmark `{other}` (known: index, replay, capture)"),
     }
 }
 

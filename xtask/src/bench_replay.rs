@@ -1,0 +1,793 @@
+//! `cargo xtask bench replay`: throughput and latency of replayd serving one recorded 1 KiB JSON
+//! answer over keep-alive HTTP/1.1, plain and TLS, measured with a real load generator (`wrk`)
+//! against nginx serving the same bytes on the same machine in the same run. The servers take
+//! turns (which one goes first alternates every round) so that drift in the machine's speed hits
+//! both alike, and the report gives replayd's rate as a ratio of nginx's per scheme.
+//!
+//! Everything stays on loopback. The snapshot, the nginx configuration and both CAs live in a
+//! temporary directory that is removed afterwards; replayd and nginx are killed on the way out,
+//! whatever happens.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use llmsim_tests::{TestCa, paths::repo_root, privilege::is_root};
+
+/// Size of the recorded answer's body, in bytes.
+const BODY_LEN: usize = 1024;
+/// The recorded request: a GET with no body, which is what wrk sends by default.
+const PATH: &str = "/v1/models";
+/// How long a server may take to start listening.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bench's targets: replayd's rate as a share of nginx's, and its p99.
+const TARGET_RATIO: f64 = 0.8;
+const TARGET_P99_MS: f64 = 2.0;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask bench replay",
+    about = "replayd against nginx serving the same 1 KiB JSON answer, measured with wrk"
+)]
+struct Args {
+    /// Seconds each wrk run lasts.
+    #[arg(long, default_value_t = 5)]
+    duration: u32,
+    /// Rounds; every round measures each server once per scheme. The table shows medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Keep-alive connections wrk holds open.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// Use the replayd already in target/release instead of building it first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Replayd,
+    Nginx,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Replayd => "replayd",
+            Server::Nginx => "nginx",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    fn name(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// One wrk run's figures.
+#[derive(Clone, Copy)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let args = Args::try_parse_from(
+        std::iter::once("cargo xtask bench replay".to_owned()).chain(args.iter().cloned()),
+    )?;
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    ensure!(args.duration > 0, "--duration must be at least 1 second");
+    ensure!(
+        args.connections >= args.threads && args.threads > 0,
+        "wrk needs at least one thread and at least as many connections as threads"
+    );
+
+    let nginx_bin = ensure_tools()?;
+    if !args.no_build {
+        build_replayd()?;
+    }
+    let replayd_bin = target_dir().join("release/replayd");
+    ensure!(
+        replayd_bin.is_file(),
+        "{} is missing (build it with `cargo build --release -p replayd`)",
+        replayd_bin.display()
+    );
+
+    // The test CA's temporary directory doubles as the bench's scratch directory: it holds the
+    // leaf nginx serves, and everything below goes in there too, removed when `ca` drops.
+    let ca = TestCa::new();
+    let scratch = ca.dir().to_path_buf();
+    let body = answer_body();
+    write_snapshot(&scratch.join("snapshot"), &body)?;
+
+    let mut replayd = start_replayd(&replayd_bin, &scratch)?;
+    let mut nginx = start_nginx(&nginx_bin, &scratch, &body, &ca)?;
+
+    let targets = [
+        (Server::Replayd, Scheme::Http, replayd.addr),
+        (Server::Replayd, Scheme::Https, replayd.addr),
+        (Server::Nginx, Scheme::Http, nginx.http),
+        (Server::Nginx, Scheme::Https, nginx.https),
+    ];
+    let url = |scheme: Scheme, addr: SocketAddr| format!("{}://{addr}{PATH}", scheme.name());
+
+    // Both servers must answer with the very same body before anything is measured.
+    for (server, scheme, addr) in targets {
+        if scheme == Scheme::Http {
+            let (head, got) = fetch_plain(addr)?;
+            ensure!(
+                got == body,
+                "{} answered {} body bytes that differ from the recorded answer:\n{head}",
+                server.name(),
+                got.len()
+            );
+            println!(
+                "{:<8} {}: 200 with {} header bytes + {} body bytes, body identical",
+                server.name(),
+                url(scheme, addr),
+                head.len() + 4,
+                got.len()
+            );
+        }
+    }
+
+    // A short warm-up per target: TLS session set-up, page faults, CPU frequency.
+    eprintln!("xtask: warming up");
+    for (server, scheme, addr) in targets {
+        wrk(&args, 1, &url(scheme, addr))
+            .with_context(|| format!("warm-up of {} over {}", server.name(), scheme.name()))?;
+    }
+
+    let mut samples: Vec<(Server, Scheme, Sample)> = Vec::new();
+    for round in 0..args.rounds {
+        for scheme in [Scheme::Http, Scheme::Https] {
+            let order = if round % 2 == 0 {
+                [Server::Replayd, Server::Nginx]
+            } else {
+                [Server::Nginx, Server::Replayd]
+            };
+            for server in order {
+                let addr = match server {
+                    Server::Replayd => replayd.addr,
+                    Server::Nginx if scheme == Scheme::Http => nginx.http,
+                    Server::Nginx => nginx.https,
+                };
+                let sample = wrk(&args, args.duration, &url(scheme, addr)).with_context(|| {
+                    format!("measuring {} over {}", server.name(), scheme.name())
+                })?;
+                println!(
+                    "round {}/{}  {:<5} {:<8} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms",
+                    round + 1,
+                    args.rounds,
+                    scheme.name(),
+                    server.name(),
+                    sample.rps,
+                    sample.p50_ms,
+                    sample.p99_ms
+                );
+                samples.push((server, scheme, sample));
+            }
+        }
+    }
+    replayd.child.check_alive()?;
+    nginx.child.check_alive()?;
+
+    print!("{}", report(&args, &samples));
+    Ok(())
+}
+
+/// The summary table: medians over the rounds, and replayd's ratio to nginx per scheme.
+fn report(args: &Args, samples: &[(Server, Scheme, Sample)]) -> String {
+    let median_of = |server: Server, scheme: Scheme| {
+        let pick = |f: fn(&Sample) -> f64| {
+            median(
+                samples
+                    .iter()
+                    .filter(|(s, c, _)| *s == server && *c == scheme)
+                    .map(|(_, _, x)| f(x))
+                    .collect(),
+            )
+        };
+        Sample {
+            rps: pick(|x| x.rps),
+            p50_ms: pick(|x| x.p50_ms),
+            p99_ms: pick(|x| x.p99_ms),
+        }
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nreplay: {BODY_LEN}-byte JSON answer, keep-alive HTTP/1.1, {} connections, wrk -t{}, \
+         median of {} x {} s runs",
+        args.connections, args.threads, args.rounds, args.duration
+    );
+    let _ = writeln!(
+        out,
+        "{:<7} {:<8} {:>10} {:>10} {:>10} {:>10}",
+        "scheme", "server", "req/s", "p50 ms", "p99 ms", "vs nginx"
+    );
+    let mut met = true;
+    for scheme in [Scheme::Http, Scheme::Https] {
+        let ours = median_of(Server::Replayd, scheme);
+        let theirs = median_of(Server::Nginx, scheme);
+        let ratio = ours.rps / theirs.rps;
+        met &= ratio >= TARGET_RATIO && ours.p99_ms < TARGET_P99_MS;
+        for (server, s, vs) in [
+            (Server::Replayd, ours, format!("{ratio:.2}x")),
+            (Server::Nginx, theirs, "1.00x".to_owned()),
+        ] {
+            let _ = writeln!(
+                out,
+                "{:<7} {:<8} {:>10.0} {:>10.3} {:>10.3} {:>10}",
+                scheme.name(),
+                server.name(),
+                s.rps,
+                s.p50_ms,
+                s.p99_ms,
+                vs
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "target (replayd >= {TARGET_RATIO:.1}x nginx and p99 < {TARGET_P99_MS} ms, both schemes): {}",
+        if met { "met" } else { "MISSED" }
+    );
+    out
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        f64::midpoint(values[n / 2 - 1], values[n / 2])
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tools
+
+/// Makes sure wrk and nginx are installed (installing them with apt-get when running as root);
+/// returns the nginx executable.
+fn ensure_tools() -> anyhow::Result<PathBuf> {
+    let missing = |nginx: &Option<PathBuf>| {
+        let mut missing = Vec::new();
+        if find_program("wrk").is_none() {
+            missing.push("wrk");
+        }
+        if nginx.is_none() {
+            missing.push("nginx");
+        }
+        missing
+    };
+    let mut nginx = find_program("nginx");
+    let absent = missing(&nginx);
+    if absent.is_empty() {
+        return Ok(nginx.unwrap_or_default());
+    }
+    let install = format!("apt-get install -y {}", absent.join(" "));
+    if !is_root() {
+        bail!(
+            "the replay bench needs {} (not found on PATH or in /usr/sbin); install with \
+             `sudo {install}`",
+            absent.join(" and ")
+        );
+    }
+    eprintln!("xtask: {install}");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let mut apt_args = vec!["install", "-y"];
+    apt_args.extend(&absent);
+    // A fresh image has no package lists yet: update once and retry.
+    let installed = apt(&apt_args) || (apt(&["update"]) && apt(&apt_args));
+    if !installed {
+        bail!(
+            "`{install}` failed; install {} by hand",
+            absent.join(" and ")
+        );
+    }
+    nginx = find_program("nginx");
+    let absent = missing(&nginx);
+    ensure!(
+        absent.is_empty(),
+        "{} still not found after `{install}`",
+        absent.join(" and ")
+    );
+    Ok(nginx.unwrap_or_default())
+}
+
+/// `name` on PATH, or in /usr/sbin (where Debian puts nginx, often off a user's PATH).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn build_replayd() -> anyhow::Result<()> {
+    let args = ["build", "--release", "-p", "replayd"];
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(repo_root())
+        .status()
+        .context("running cargo build --release -p replayd")?;
+    ensure!(
+        status.success(),
+        "cargo build --release -p replayd failed ({status})"
+    );
+    Ok(())
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => repo_root().join(dir),
+        None => repo_root().join("target"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The answer and the snapshot
+
+/// A compact model list in `OpenAI`'s shape, padded to exactly [`BODY_LEN`] bytes. Compact and free of floats,
+/// so replayd's compact re-serialization of the recorded JSON gives back these very bytes.
+fn answer_body() -> Vec<u8> {
+    let model = |i: usize| {
+        format!(
+            r#"{{"id":"gpt-bench-{i:02}","object":"model","created":1735689600,"owned_by":"llmsim"}}"#
+        )
+    };
+    let mut models: Vec<String> = Vec::new();
+    let close = |models: &[String], pad: &str| {
+        format!(
+            r#"{{"object":"list","data":[{}],"pad":"{pad}"}}"#,
+            models.join(",")
+        )
+    };
+    while close(&[models.as_slice(), &[model(models.len())]].concat(), "").len() <= BODY_LEN {
+        models.push(model(models.len()));
+    }
+    let bare = close(&models, "").len();
+    let body = close(&models, &"x".repeat(BODY_LEN - bare));
+    debug_assert_eq!(body.len(), BODY_LEN);
+    body.into_bytes()
+}
+
+/// A snapshot of one exchange: `GET /v1/models` with no body, answered 200 with `body`.
+fn write_snapshot(dir: &Path, body: &[u8]) -> anyhow::Result<()> {
+    let exchanges = dir.join("exchanges");
+    std::fs::create_dir_all(&exchanges)
+        .with_context(|| format!("creating {}", exchanges.display()))?;
+    let body = std::str::from_utf8(body).context("the answer is UTF-8")?;
+    let exchange = format!(
+        r#"{{
+  "format_version": 1,
+  "seq": 1,
+  "provider": "generic",
+  "host": "127.0.0.1",
+  "scheme": "http",
+  "process": {{"pid": 1, "comm": "bench", "exe": null}},
+  "peer": null,
+  "started_at": "2026-11-26T00:00:00Z",
+  "ttfb_ms": 1.0,
+  "duration_ms": 1.0,
+  "incomplete": null,
+  "streamed": false,
+  "model": null,
+  "request": {{
+    "method": "GET",
+    "path": "{PATH}",
+    "headers": [],
+    "body": {{"kind": "empty"}}
+  }},
+  "response": {{
+    "status": 200,
+    "headers": [["content-type", "application/json"]],
+    "body": {{"kind": "json", "json": {body}}}
+  }}
+}}
+"#
+    );
+    let file = exchanges.join("000001-generic-get-v1-models.json");
+    std::fs::write(&file, exchange).with_context(|| format!("writing {}", file.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+
+/// A child killed and reaped on drop, with its captured stderr for error messages.
+struct Guard {
+    child: Child,
+    what: &'static str,
+    log: Arc<Mutex<String>>,
+}
+
+impl Guard {
+    /// An error if the child has exited, with what it printed.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait().context("polling a child")? {
+            bail!(
+                "{} exited ({status}); it printed:\n{}",
+                self.what,
+                self.log.lock().map(|l| l.clone()).unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Replayd {
+    child: Guard,
+    addr: SocketAddr,
+}
+
+/// Starts replayd on an ephemeral loopback port and waits for its `listening on` line.
+fn start_replayd(bin: &Path, scratch: &Path) -> anyhow::Result<Replayd> {
+    let mut child = Command::new(bin)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--in")
+        .arg(scratch.join("snapshot"))
+        .args(["--pace", "instant"])
+        .arg("--ca-dir")
+        .arg(scratch.join("replayd-ca"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stderr = child.stderr.take().context("replayd's stderr")?;
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut guard = Guard {
+        child,
+        what: "replayd",
+        log: Arc::clone(&log),
+    };
+
+    // A thread keeps draining stderr for the whole run (so a chatty replayd never blocks on a
+    // full pipe) and hands over the address once.
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix("replayd: listening on ")
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+            if let Ok(mut log) = log.lock() {
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+    });
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let addr = loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(addr) => break addr,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                guard.check_alive()?;
+            }
+            Err(_) => {
+                guard.check_alive()?;
+                bail!(
+                    "replayd printed no `listening on` line within {READY_TIMEOUT:?}; it printed:\n{}",
+                    guard.log.lock().map(|l| l.clone()).unwrap_or_default()
+                );
+            }
+        }
+    };
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("replayd's listening address `{addr}`"))?;
+    Ok(Replayd { child: guard, addr })
+}
+
+struct Nginx {
+    child: Guard,
+    http: SocketAddr,
+    https: SocketAddr,
+}
+
+/// Starts nginx in the foreground on two free loopback ports (plain and TLS) answering every
+/// request with `body`, and waits until both accept connections.
+fn start_nginx(bin: &Path, scratch: &Path, body: &[u8], ca: &TestCa) -> anyhow::Result<Nginx> {
+    let dir = scratch.join("nginx");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let http = free_port()?;
+    let https = free_port()?;
+    let body = std::str::from_utf8(body).context("the answer is UTF-8")?;
+    ensure!(
+        !body.contains(['\'', '\\', '$']),
+        "the answer cannot be quoted in nginx.conf"
+    );
+    let d = dir.display();
+    // The answer is returned from memory (`return`), nginx's cheapest path, so the comparison
+    // is with the best nginx can do; worker_processes auto is one per core.
+    let conf = format!(
+        r"worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server_tokens off;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server {{
+        listen 127.0.0.1:{http};
+        listen 127.0.0.1:{https} ssl;
+        location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+",
+        cert = ca.leaf_cert_path().display(),
+        key = ca.leaf_key_path().display(),
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
+
+    let mut cmd = Command::new(bin);
+    cmd.arg("-p")
+        .arg(&dir)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-g", "daemon off;"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let log = Arc::new(Mutex::new(String::new()));
+    let stderr = child.stderr.take().context("nginx's stderr")?;
+    let sink = Arc::clone(&log);
+    thread::spawn(move || {
+        let mut text = String::new();
+        let _ = BufReader::new(stderr).read_to_string(&mut text);
+        if let Ok(mut log) = sink.lock() {
+            log.push_str(&text);
+        }
+    });
+    let mut guard = Guard {
+        child,
+        what: "nginx",
+        log,
+    };
+    let (http, https) = (
+        SocketAddr::from((Ipv4Addr::LOCALHOST, http)),
+        SocketAddr::from((Ipv4Addr::LOCALHOST, https)),
+    );
+    for addr in [http, https] {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Err(e) = guard.check_alive() {
+                let errors = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                return Err(e.context(format!("nginx failed to start; error.log:\n{errors}")));
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "nginx did not listen on {addr} within {READY_TIMEOUT:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(Nginx {
+        child: guard,
+        http,
+        https,
+    })
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// One plain GET of the bench path; returns the response head and the body (by Content-Length).
+fn fetch_plain(addr: SocketAddr) -> anyhow::Result<(String, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer from {addr}"))?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("no end of headers in the answer from {addr}"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "{addr} did not answer 200:\n{head}"
+    );
+    let length = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .with_context(|| format!("no Content-Length in the answer from {addr}:\n{head}"))?;
+    let body = raw[split + 4..].to_vec();
+    ensure!(
+        body.len() == length,
+        "{addr} sent {} body bytes for Content-Length {length}",
+        body.len()
+    );
+    Ok((head, body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// wrk
+
+/// Runs wrk against `url` for `seconds` and parses its report; any socket error or non-2xx
+/// answer fails the run.
+fn wrk(args: &Args, seconds: u32, url: &str) -> anyhow::Result<Sample> {
+    let output = Command::new("wrk")
+        .arg(format!("-t{}", args.threads))
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency")
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "wrk {url} failed ({}):\n{text}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_wrk(&text).with_context(|| format!("wrk's report for {url}:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> anyhow::Result<Sample> {
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    };
+    if let Some(errors) = field("Socket errors:") {
+        bail!("socket errors: {errors}");
+    }
+    if let Some(n) = field("Non-2xx or 3xx responses:") {
+        bail!("{n} answers were not 2xx");
+    }
+    let rps: f64 = field("Requests/sec:")
+        .context("no Requests/sec line")?
+        .parse()
+        .context("Requests/sec is not a number")?;
+    let p50_ms = latency_ms(field("50%").context("no 50% latency line (--latency)")?)?;
+    let p99_ms = latency_ms(field("99%").context("no 99% latency line (--latency)")?)?;
+    ensure!(rps > 0.0, "no requests completed");
+    Ok(Sample {
+        rps,
+        p50_ms,
+        p99_ms,
+    })
+}
+
+/// wrk's latency figures (`812.00us`, `1.23ms`, `2.01s`, `1.50m`) in milliseconds.
+fn latency_ms(value: &str) -> anyhow::Result<f64> {
+    let split = value
+        .find(|c: char| c.is_ascii_alphabetic())
+        .with_context(|| format!("latency `{value}` has no unit"))?;
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("latency `{value}`"))?;
+    let scale = match unit {
+        "us" => 1e-3,
+        "ms" => 1.0,
+        "s" => 1e3,
+        "m" => 60e3,
+        "h" => 3600e3,
+        other => bail!("latency `{value}` has an unknown unit `{other}`"),
+    };
+    Ok(number * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BODY_LEN, answer_body, latency_ms, parse_wrk};
+
+    #[test]
+    fn the_answer_is_one_kib_of_json() {
+        let body = answer_body();
+        assert_eq!(body.len(), BODY_LEN);
+        assert!(body.starts_with(b"{\"object\":\"list\"") && body.ends_with(b"\"}"));
+    }
+
+    #[test]
+    fn wrk_reports_parse() {
+        let report = "Running 5s test @ http://127.0.0.1:8080/v1/models
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   530.12us  210.00us   9.87ms   90.00%
+    Req/Sec    60.00k     2.00k   65.00k    70.00%
+  Latency Distribution
+     50%  480.00us
+     75%  600.00us
+     90%  800.00us
+     99%    1.52ms
+  600000 requests in 5.00s, 700.00MB read
+Requests/sec: 120000.50
+Transfer/sec:    140.00MB
+";
+        let s = parse_wrk(report).unwrap();
+        assert!((s.rps - 120_000.5).abs() < 1e-6);
+        assert!((s.p50_ms - 0.48).abs() < 1e-9);
+        assert!((s.p99_ms - 1.52).abs() < 1e-9);
+        let errors = report.replace(
+            "Requests/sec",
+            "  Socket errors: connect 0, read 3, write 0, timeout 0\nRequests/sec",
+        );
+        assert!(parse_wrk(&errors).is_err());
+        assert!((latency_ms("2.00s").unwrap() - 2000.0).abs() < 1e-9);
+        assert!(latency_ms("7").is_err());
+    }
+}
