@@ -271,7 +271,7 @@ impl Capture {
             .map(|(reason, n): (DropReason, u64)| (reason.name(), n))
             .collect();
         Ok(Summary {
-            recorded: self.recorder.stats().clone(),
+            recorded: self.recorder.finish().context("writing the snapshot")?,
             connections: self.tracker.stats(),
             events_dropped_total: events_dropped.values().sum(),
             events_dropped,

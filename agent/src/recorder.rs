@@ -5,6 +5,8 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
+    sync::mpsc,
+    thread,
     time::{Duration, SystemTime},
 };
 
@@ -45,6 +47,12 @@ pub enum RecorderError {
     /// The per-machine redaction key could not be read or created.
     #[error(transparent)]
     Redaction(#[from] llmsim_snapshot::redact::RedactError),
+    /// The thread that writes files could not be started.
+    #[error("starting the snapshot writer thread failed")]
+    WriterThread(#[source] std::io::Error),
+    /// The thread that writes files stopped unexpectedly.
+    #[error("the snapshot writer thread stopped")]
+    WriterStopped,
 }
 
 /// Which hosts are recorded.
@@ -98,16 +106,17 @@ pub struct RecordStats {
     pub usage: Totals,
 }
 
-/// Writes exchanges into one snapshot directory.
+/// Writes exchanges into one snapshot directory. Files are written (and
+/// fsynced) on a thread of their own, so a burst of exchanges never holds up
+/// the event loop that drains the kernel's ring buffer.
 pub struct Recorder {
-    writer: SnapshotWriter,
     redactor: Redactor,
     hosts: HostFilter,
     /// Wall clock minus monotonic clock, to date kernel timestamps.
     wall_offset: Duration,
-    stats: RecordStats,
-    prices: PriceTable,
-    quiet: bool,
+    exchanges_ignored: u64,
+    files: Option<mpsc::Sender<Exchange>>,
+    writer: Option<thread::JoinHandle<Result<RecordStats, RecorderError>>>,
 }
 
 impl Recorder {
@@ -125,20 +134,33 @@ impl Recorder {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         let wall_offset = since_epoch.saturating_sub(Duration::from_nanos(monotonic_now_ns));
+        let (files, queue) = mpsc::channel();
+        let writer = thread::Builder::new()
+            .name("llmsim-writer".into())
+            .spawn(move || write_files(writer, &queue, quiet))
+            .map_err(RecorderError::WriterThread)?;
         Ok(Self {
-            writer,
             redactor,
             hosts,
             wall_offset,
-            stats: RecordStats::default(),
-            prices: PriceTable::builtin(),
-            quiet,
+            exchanges_ignored: 0,
+            files: Some(files),
+            writer: Some(writer),
         })
     }
 
-    /// The figures so far.
-    pub fn stats(&self) -> &RecordStats {
-        &self.stats
+    /// Waits until every exchange handed over is on disk; the figures.
+    pub fn finish(&mut self) -> Result<RecordStats, RecorderError> {
+        self.files = None;
+        let stats = match self.writer.take().map(thread::JoinHandle::join) {
+            Some(Ok(result)) => result?,
+            Some(Err(_)) => return Err(RecorderError::WriterStopped),
+            None => RecordStats::default(),
+        };
+        Ok(RecordStats {
+            exchanges_ignored: self.exchanges_ignored,
+            ..stats
+        })
     }
 
     /// Records one exchange if its host is wanted. `lost` flags it incomplete.
@@ -157,24 +179,20 @@ impl Recorder {
         } = done;
         let host = host_of(&exchange.request, sni.as_deref());
         if !self.hosts.records(&host) {
-            self.stats.exchanges_ignored += 1;
+            self.exchanges_ignored += 1;
             return Ok(());
         }
         let mut exchange = self.to_snapshot(process, host, peer, exchange, lost);
         self.redactor.redact_exchange(&mut exchange);
         exchange.summary = usage::summarize(&exchange);
-        let path = self.writer.write(&exchange)?;
-        self.stats.usage.add_exchange(&exchange, &self.prices);
-        self.stats.bytes_written += std::fs::metadata(&path).map_or(0, |m| m.len());
-        self.stats.exchanges_written += 1;
-        if exchange.incomplete.is_some() {
-            self.stats.exchanges_incomplete += 1;
+        // A send fails only once the writer stopped on an error: `finish` says which.
+        match &self.files {
+            Some(files) if files.send(exchange).is_ok() => Ok(()),
+            _ => self
+                .finish()
+                .map(drop)
+                .and(Err(RecorderError::WriterStopped)),
         }
-        if !self.quiet {
-            eprintln!("{}", live_line(&exchange));
-        }
-        self.stats.files.push(path);
-        Ok(())
     }
 
     fn to_snapshot(
@@ -264,6 +282,31 @@ impl Recorder {
             response,
         }
     }
+}
+
+/// The writer thread: writes each exchange it is handed, in order, and keeps
+/// the figures; stops at the first failure.
+fn write_files(
+    mut writer: SnapshotWriter,
+    queue: &mpsc::Receiver<Exchange>,
+    quiet: bool,
+) -> Result<RecordStats, RecorderError> {
+    let prices = PriceTable::builtin();
+    let mut stats = RecordStats::default();
+    for exchange in queue {
+        let path = writer.write(&exchange)?;
+        stats.usage.add_exchange(&exchange, &prices);
+        stats.bytes_written += std::fs::metadata(&path).map_or(0, |m| m.len());
+        stats.exchanges_written += 1;
+        if exchange.incomplete.is_some() {
+            stats.exchanges_incomplete += 1;
+        }
+        if !quiet {
+            eprintln!("{}", live_line(&exchange));
+        }
+        stats.files.push(path);
+    }
+    Ok(stats)
 }
 
 fn headers(raw: &[(String, Vec<u8>)]) -> Headers {
