@@ -151,6 +151,23 @@ impl ClientRun {
             .filter_map(|r| r.text.as_deref())
             .collect()
     }
+
+    /// Everything each call reported, in call order, less the tool results
+    /// the app itself sent back (not part of the answer): what a replay must
+    /// reproduce.
+    pub fn answers(&self) -> Vec<Value> {
+        self.report
+            .results
+            .iter()
+            .map(|r| {
+                let mut raw = r.raw.clone();
+                if let Some(object) = raw.as_object_mut() {
+                    object.remove("tool_result");
+                }
+                raw
+            })
+            .collect()
+    }
 }
 
 /// The JSON report a client prints.

@@ -47,21 +47,6 @@ fn tool_results(run: &ClientRun) -> Vec<String> {
         .collect()
 }
 
-/// What the app got from the model, call by call (without what it sent back).
-fn answers(run: &ClientRun) -> Vec<Value> {
-    run.report
-        .results
-        .iter()
-        .map(|r| {
-            let mut raw = r.raw.clone();
-            if let Some(object) = raw.as_object_mut() {
-                object.remove("tool_result");
-            }
-            raw
-        })
-        .collect()
-}
-
 /// `replayd explain snapshot REQUEST.json` for `body` sent to `request`'s host and path.
 fn explain(snapshot: &Path, request: &ProviderRequest, body: &Value) -> CommandOutput {
     let file = tempfile::NamedTempFile::new().expect("request file");
@@ -187,8 +172,8 @@ fn tool_loop_replays_only_with_a_mask_rule(client: &str, mask_pointer: &str, mis
     );
     let replayed = ClientRun::finish(output);
     assert_eq!(
-        answers(&replayed),
-        answers(&recording.run),
+        replayed.answers(),
+        recording.run.answers(),
         "turn N of the replay must get turn N's recorded answer"
     );
     // The tool really did produce different results this time: the same cities (the recorded

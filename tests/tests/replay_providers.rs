@@ -13,24 +13,6 @@ use llmsim_tests::{
     flows::{Recording, assert_report_matches_provider, record_client, replay_client},
     privileged,
 };
-use serde_json::Value;
-
-/// What must be equal between a recorded and a replayed call: everything the SDK surfaced
-/// from the answer (ids, texts, tool calls, stop reasons, usage, stream event counts).
-fn answers(run: &ClientRun) -> Vec<Value> {
-    run.report
-        .results
-        .iter()
-        .map(|r| {
-            let mut raw = r.raw.clone();
-            // What the app itself sent back is not part of the answer.
-            if let Some(object) = raw.as_object_mut() {
-                object.remove("tool_result");
-            }
-            raw
-        })
-        .collect()
-}
 
 /// Records `client`, checks the recording's report against the provider, replays it offline
 /// and checks the replay served every call from the recording with identical answers.
@@ -52,8 +34,8 @@ fn capture_and_replay(client: &str, provider: &str, expected_calls: usize) -> Re
     );
     let replayed = ClientRun::finish(output);
     assert_eq!(
-        answers(&replayed),
-        answers(&recording.run),
+        replayed.answers(),
+        recording.run.answers(),
         "replayed answers differ from the recorded ones"
     );
     assert_replay_report(&replayed.output.stderr, provider, &recording.served);
