@@ -17,6 +17,11 @@ pub const MAX_CHUNKS_PER_CALL: u32 = 4096;
 pub const SNI_LEN: usize = 256;
 /// Size of the ring buffer shared by all probes.
 pub const RING_BUFFER_BYTES: u32 = 64 * 1024 * 1024;
+/// Data records wake userspace only once this much is waiting; below it,
+/// userspace drains the ring on a timer. A wakeup per record would cost the
+/// traced call several microseconds (an inter-processor interrupt and a
+/// context switch), more than copying the record itself.
+pub const RING_WAKEUP_BYTES: u64 = RING_BUFFER_BYTES as u64 / 8;
 
 /// What a ring-buffer record is. The first field of every record.
 #[repr(u32)]

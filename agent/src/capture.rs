@@ -22,14 +22,14 @@ use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    time::Instant,
+    time::{Instant, MissedTickBehavior},
 };
 
 use crate::{
     cgroup::Cgroup,
     connections::{ConnectionExchange, Tracker, TrackerStats},
     events::{Event, decode},
-    kernel::{Probes, Selection},
+    kernel::{Probes, Reach, Selection},
     preflight,
     recorder::{HostFilter, RecordStats, Recorder, process_info},
     sys,
@@ -39,6 +39,10 @@ use crate::{
 /// How often target processes are rescanned for TLS libraries loaded with
 /// `dlopen` and for exits.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often the ring buffer is drained when nothing woke the agent: data
+/// records wake it only once `RING_WAKEUP_BYTES` are waiting.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Runtimes that usually link OpenSSL into their own binary.
 const STATIC_TLS_RUNTIMES: [&str; 4] = ["node", "nodejs", "bun", "deno"];
@@ -172,6 +176,9 @@ impl Capture {
         };
         let mut scanner = Scanner::default();
         let mut probes = Probes::load().context("loading the eBPF probes")?;
+        if let Target::Pids(pids) = &target {
+            probes.set_reach(Reach::Processes(pids.clone()));
+        }
         attach_initial(&mut probes, &mut scanner, &target, initial_pids)?;
         probes.select(&selection)?;
         let ring = sys::poll_readable(probes.take_events()?).context("polling the ring buffer")?;
@@ -208,6 +215,8 @@ impl Capture {
         let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
+        let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut exit_status: Option<ExitStatus> = None;
         let mut stop_by: Option<Instant> = None;
         loop {
@@ -216,6 +225,10 @@ impl Capture {
                     let mut guard = ready.context("polling the ring buffer")?;
                     guard.clear_ready();
                     drop(guard);
+                    self.drain()?;
+                    continue;
+                }
+                _ = drain.tick() => {
                     self.drain()?;
                     continue;
                 }

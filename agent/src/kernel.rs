@@ -3,6 +3,8 @@
 
 use std::{
     collections::HashSet,
+    io,
+    num::NonZeroU32,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -88,9 +90,23 @@ pub enum Selection {
     All,
 }
 
+/// Which processes a TLS library's breakpoints are planted in. A breakpoint
+/// costs every call through it two traps, even in a process the filter then
+/// ignores, so the probes go only into the targets when they are known
+/// processes; targets that start later (a cgroup's, a command's) must find
+/// the probes already in the libraries they map.
+#[derive(Clone, Debug)]
+pub enum Reach {
+    /// Every process that maps the library (`--all`, `--cgroup`, a command).
+    Everywhere,
+    /// These processes, threads included, across their execs (`--pid`).
+    Processes(Vec<u32>),
+}
+
 /// The loaded probes. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
+    reach: Reach,
     /// (device, inode) of every object the uprobes are attached to.
     attached: HashSet<(u64, u64)>,
 }
@@ -102,6 +118,7 @@ impl Probes {
         let ebpf = Ebpf::load(OBJECT).map_err(KernelError::Load)?;
         let mut probes = Self {
             ebpf,
+            reach: Reach::Everywhere,
             attached: HashSet::new(),
         };
         for name in RAW_TRACEPOINTS {
@@ -178,8 +195,14 @@ impl Probes {
         T::try_from(map).map_err(map_error(name))
     }
 
-    /// Attaches the `SSL_*` probes to `library` for every process (the filter
-    /// decides what is reported). Returns false when it was attached already.
+    /// Sets where libraries attached from now on get their probes.
+    pub fn set_reach(&mut self, reach: Reach) {
+        self.reach = reach;
+    }
+
+    /// Attaches the `SSL_*` probes to `library` in the processes of the
+    /// current [`Reach`] (the filter decides what is reported). Returns false
+    /// when it was attached already.
     pub fn attach_tls_library(&mut self, library: &TlsLibrary) -> Result<bool, KernelError> {
         let meta = std::fs::metadata(&library.path).map_err(|e| KernelError::Uprobe {
             path: library.path.clone(),
@@ -190,42 +213,55 @@ impl Probes {
         if self.attached.contains(&identity) {
             return Ok(false);
         }
+        let scopes: Vec<UProbeScope> = match &self.reach {
+            Reach::Everywhere => vec![UProbeScope::AllProcesses],
+            Reach::Processes(pids) => pids
+                .iter()
+                .filter_map(|&pid| NonZeroU32::new(pid))
+                .map(UProbeScope::OneProcess)
+                .collect(),
+        };
         // Return probes first: a call entered while the entry probes are
         // being attached is then either fully seen or not at all.
-        for (symbol, _, offset) in SSL_ENTRY_POINTS {
-            if let (Some(offset), Some(ret)) = (offset(&library.symbols), return_program(symbol)) {
-                self.attach_uprobe(ret, symbol, offset, &library.path)?;
-            }
-        }
-        for (symbol, entry, offset) in SSL_ENTRY_POINTS {
-            if let Some(offset) = offset(&library.symbols) {
-                self.attach_uprobe(entry, symbol, offset, &library.path)?;
+        let points = SSL_ENTRY_POINTS
+            .iter()
+            .filter_map(|&(symbol, _, offset)| Some((symbol, return_program(symbol)?, offset)))
+            .chain(SSL_ENTRY_POINTS);
+        for (symbol, program, offset) in points {
+            let Some(offset) = offset(&library.symbols) else {
+                continue;
+            };
+            for &scope in &scopes {
+                self.attach_uprobe(program, symbol, offset, &library.path, scope)?;
             }
         }
         self.attached.insert(identity);
         Ok(true)
     }
 
+    /// A process of the scope that exited meanwhile is skipped: it makes no more calls.
     fn attach_uprobe(
         &mut self,
         program: &'static str,
         symbol: &'static str,
         offset: u64,
         path: &Path,
+        scope: UProbeScope,
     ) -> Result<(), KernelError> {
         let probe: &mut UProbe = self.program(program)?;
-        probe
-            .attach(
-                [UProbeAttachLocation::AbsoluteOffset(offset)],
-                path,
-                UProbeScope::AllProcesses,
-            )
-            .map(drop)
-            .map_err(|source| KernelError::Uprobe {
+        match probe.attach([UProbeAttachLocation::AbsoluteOffset(offset)], path, scope) {
+            Ok(_) => Ok(()),
+            Err(error)
+                if matches!(scope, UProbeScope::OneProcess(_)) && is_no_such_process(&error) =>
+            {
+                Ok(())
+            }
+            Err(source) => Err(KernelError::Uprobe {
                 path: path.to_path_buf(),
                 symbol,
                 source,
-            })
+            }),
+        }
     }
 
     /// Takes the ring buffer; call once.
@@ -262,6 +298,13 @@ impl Probes {
             }),
         }
     }
+}
+
+/// True when attaching failed because the process is gone (`ESRCH`).
+fn is_no_such_process(error: &ProgramError) -> bool {
+    std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|e| e.raw_os_error() == Some(libc::ESRCH))
 }
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> KernelError {

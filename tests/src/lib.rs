@@ -41,6 +41,7 @@
 
 pub mod bins;
 pub mod ca;
+pub mod cgroup;
 pub mod clients;
 pub mod flows;
 pub mod netns;
@@ -51,6 +52,7 @@ pub mod provider;
 
 pub use bins::{bin_dir, binary, llmsim_agent, replayd};
 pub use ca::TestCa;
+pub use cgroup::{TestCgroup, cgroup2_mount};
 pub use clients::{
     ClientReport, ClientResult, ClientRun, TEST_API_KEYS, client_argv, client_command,
     configure_client_env, find_nonce, netns_client_argv, run_client, run_client_on_loopback,

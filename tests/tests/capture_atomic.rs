@@ -12,20 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use capture_support::{Agent, TIMEOUT, exchange_files, poll, temp_files, wait_gone};
-use llmsim_tests::{FakeProvider, TestCa, TestNetns, client_script, privileged};
-
-/// The cgroup2 mount point.
-fn cgroup2_mount() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .expect("a cgroup2 mount")
-}
+use llmsim_tests::{FakeProvider, TestCa, TestNetns, cgroup2_mount, client_script, privileged};
 
 /// Every child of every thread of `pid`.
 fn children_of(pid: u32) -> Vec<u32> {

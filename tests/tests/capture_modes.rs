@@ -1,78 +1,25 @@
 //! The capture targets other than `-- CMD`: `--pid` (attach to a client that is already running;
 //! the capture ends by itself when it exits), `--cgroup` (every process of a cgroup v2 the test
-//! creates, and nothing outside it) and `--all` (every process on the host, until SIGTERM).
+//! creates, and nothing outside it) and `--all` (every process on the host, until SIGTERM);
+//! `--pid` also keeps its breakpoints out of every other process.
 //! Each client is `openai_steps.py`, which waits on stdin, so the capture is attached before it
 //! makes its first request.
 
 mod capture_support;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use capture_support::{
     Agent, StepClient, TIMEOUT, assert_summary_matches_disk, exchange_with_nonce, exchanges,
     is_live_line, nonce_of,
 };
-use llmsim_tests::{FakeProvider, TestCa, TestNetns, client_argv, privileged, run_client};
+use llmsim_tests::{
+    ChildGuard, FakeProvider, TestCa, TestCgroup, TestNetns, client_argv, privileged, run_client,
+};
 use serde_json::Value;
-
-/// A cgroup v2 directory for one test; its processes are killed and it is removed on drop.
-struct TestCgroup {
-    path: PathBuf,
-    /// The path relative to the cgroup2 mount, as a user would give it to `--cgroup`.
-    relative: PathBuf,
-}
-
-static CGROUPS: AtomicU32 = AtomicU32::new(0);
-
-impl TestCgroup {
-    fn new() -> TestCgroup {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-        let mount = mountinfo
-            .lines()
-            .find_map(|line| {
-                let (left, right) = line.split_once(" - ")?;
-                let mount_point = left.split_whitespace().nth(4)?;
-                (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-            })
-            .expect("a cgroup2 mount");
-        let relative = PathBuf::from(format!(
-            "llmsim-test-{}-{}",
-            std::process::id(),
-            CGROUPS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let path = mount.join(&relative);
-        std::fs::create_dir(&path)
-            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
-        TestCgroup { path, relative }
-    }
-
-    /// A command whose process first moves itself into this cgroup, then execs `argv`.
-    fn command(&self, argv: &[OsString]) -> Command {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
-            .arg(&self.path)
-            .args(argv);
-        cmd
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.path.join("cgroup.kill"), "1");
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        while self.path.exists() && std::fs::remove_dir(&self.path).is_err() {
-            if std::time::Instant::now() > deadline {
-                eprintln!("warning: cannot remove cgroup {}", self.path.display());
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    }
-}
 
 /// The client's two steps were recorded, by its process, with the nonces it saw.
 fn assert_steps_recorded(recorded: &[Value], pid: u32, plain: &Value, streamed: &Value) {
@@ -149,7 +96,7 @@ fn cgroup_mode_records_its_processes_only() {
     let agent = Agent::start(
         out.path(),
         &ca,
-        &["--cgroup".into(), cgroup.relative.clone().into()],
+        &["--cgroup".into(), cgroup.relative().into()],
     );
     let plain = client.step("plain");
     // A client outside the cgroup, at the same time: not recorded.
@@ -238,10 +185,82 @@ fn a_removed_cgroup_ends_the_capture() {
     let ca = TestCa::new();
     let out = tempfile::tempdir().expect("tempdir");
     let cgroup = TestCgroup::new();
-    let path: &Path = &cgroup.path;
+    let path: &Path = cgroup.path();
     let agent = Agent::start(out.path(), &ca, &["--cgroup".into(), path.into()]);
     drop(cgroup);
     let finished = agent.finish();
     assert!(finished.status.success(), "{}", finished.dump());
     assert_summary_matches_disk(&finished, out.path());
+}
+
+/// Python's `ssl` module reading from an empty memory BIO: every `read` is one
+/// `SSL_read_ex` through the system libssl, with no network. Runs the calls on
+/// a line of stdin, says `done`, and stays alive until stdin closes.
+const SSL_CALLS_SCRIPT: &str = r"
+import ssl, sys
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+tls = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+sys.stdin.readline()
+for _ in range(100):
+    try:
+        tls.read(1)
+    except ssl.SSLWantReadError:
+        pass
+print('done', flush=True)
+sys.stdin.read()
+";
+
+/// The kernel maps its `[uprobes]` stepping area into a process at its first
+/// breakpoint hit.
+fn hit_a_breakpoint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .expect("maps")
+        .contains("[uprobes]")
+}
+
+#[test]
+fn pid_mode_plants_breakpoints_in_its_targets_only() {
+    if !privileged("capture --pid") {
+        return;
+    }
+    let ca = TestCa::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let start = || {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", SSL_CALLS_SCRIPT])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        ChildGuard::spawn(&mut cmd, "python3 ssl calls")
+    };
+    let (mut target, mut other) = (start(), start());
+    let target_pid = target.child_mut().id();
+    let agent = Agent::start(
+        out.path(),
+        &ca,
+        &["--pid".into(), target_pid.to_string().into()],
+    );
+    for client in [&mut target, &mut other] {
+        let child = client.child_mut();
+        writeln!(child.stdin.as_mut().expect("piped"), "go").expect("go");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("piped"))
+            .read_line(&mut line)
+            .expect("done");
+        assert_eq!(line.trim(), "done");
+    }
+    assert!(
+        hit_a_breakpoint(target_pid),
+        "the target's SSL_read_ex calls went through the probes"
+    );
+    assert!(
+        !hit_a_breakpoint(other.child_mut().id()),
+        "a process outside --pid using the same libssl carries no breakpoint"
+    );
+    drop(other);
+    drop(target.child_mut().stdin.take());
+    let _ = target.child_mut().wait();
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
 }

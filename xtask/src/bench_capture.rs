@@ -1,17 +1,21 @@
 //! `cargo xtask bench capture [REQUESTS] [PAIRS]`: what attaching the agent
 //! costs a TLS client. A keep-alive HTTPS loop (curl, URL globbing: REQUESTS
 //! requests over one connection through the system `libssl.so.3`) fetches a
-//! 1 KiB JSON body from a local nginx, alternately without the agent, under
-//! the agent with the host filter dropping every exchange (127.0.0.1 is not a
-//! provider: uprobes, ring buffer and reassembly, no files), and under the
-//! agent with `--any-host` (every exchange also written to disk). Reports the
-//! median requests per second of each, the ratio to the baseline, and the
-//! added time per request and per `SSL_*` call.
+//! 1 KiB JSON body from a local nginx, alternately without the agent and under
+//! it three ways: `--pid` with the host filter dropping every exchange
+//! (127.0.0.1 is not a provider: uprobes, ring buffer and reassembly, no
+//! files; the breakpoints are in curl only), `--cgroup` with the same filter
+//! (breakpoints in every process that maps libssl, nginx included, as for a
+//! command or a cgroup whose processes start later), and `--pid --any-host`
+//! (every exchange also written to disk). The client waits on stdin until the
+//! agent is attached, so every run times the same loop. Reports the median
+//! requests per second of each, the ratio to the baseline, and the added time
+//! per request and per `SSL_*` call.
 
 use std::{
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -21,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use llmsim_tests::{TestCa, repo_root};
+use llmsim_tests::{TestCa, TestCgroup, repo_root};
 
 const DEFAULT_REQUESTS: u32 = 5000;
 const DEFAULT_PAIRS: u32 = 3;
@@ -35,18 +39,20 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Baseline,
-    Filtered,
-    AnyHost,
+    Pid,
+    Cgroup,
+    PidAnyHost,
 }
 
 impl Mode {
-    const ALL: [Mode; 3] = [Mode::Baseline, Mode::Filtered, Mode::AnyHost];
+    const ALL: [Mode; 4] = [Mode::Baseline, Mode::Pid, Mode::Cgroup, Mode::PidAnyHost];
 
     fn label(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline (no agent)",
-            Mode::Filtered => "agent, host filtered (no files)",
-            Mode::AnyHost => "agent --any-host (files written)",
+            Mode::Pid => "--pid, host filtered (no files)",
+            Mode::Cgroup => "--cgroup, host filtered (no files)",
+            Mode::PidAnyHost => "--pid --any-host (files written)",
         }
     }
 }
@@ -110,15 +116,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         Mode::ALL.len()
     );
     // Warm-up: page cache, nginx worker, CPU frequency.
-    client.run(None, requests / 5 + 1)?;
+    client.run(&agent, Mode::Baseline, requests / 5 + 1)?;
 
     let mut samples: Vec<Vec<Sample>> = Mode::ALL.iter().map(|_| Vec::new()).collect();
     for round in 1..=pairs {
         for (i, mode) in Mode::ALL.into_iter().enumerate() {
-            let sample = match mode {
-                Mode::Baseline => client.run(None, requests)?,
-                Mode::Filtered | Mode::AnyHost => client.run(Some((&agent, mode)), requests)?,
-            };
+            let sample = client.run(&agent, mode, requests)?;
             let mut line = format!(
                 "round {round}  {:<34} {:>9.0} req/s",
                 mode.label(),
@@ -137,7 +140,97 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     drop(server);
     report(&samples);
+    per_call_cost(&agent, pairs)
+}
+
+/// `SSL_read_ex` calls per per-call run.
+const PER_CALL_CALLS: u32 = 100_000;
+
+/// Python's `ssl` module reading from an empty memory BIO: each `read` is one
+/// `SSL_read_ex` through the system libssl that returns at once (want read),
+/// with no network and no other process involved. Waits for a line on stdin,
+/// then prints microseconds per call.
+const PER_CALL_SCRIPT: &str = r"
+import ssl, sys, time
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+tls = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+calls = int(sys.argv[1])
+sys.stdin.readline()
+start = time.perf_counter()
+for _ in range(calls):
+    try:
+        tls.read(1)
+    except ssl.SSLWantReadError:
+        pass
+print((time.perf_counter() - start) / calls * 1e6)
+";
+
+/// The price of one probed `SSL_*` call on its own: the same tight loop of
+/// `SSL_read_ex` calls without the agent and under `--pid`, alternating.
+fn per_call_cost(agent: &Path, rounds: u32) -> anyhow::Result<()> {
+    println!(
+        "\nper-call cost: {PER_CALL_CALLS} SSL_read_ex calls on a memory BIO (python3 ssl), \
+         {rounds} rounds of 2 alternating runs"
+    );
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for _ in 0..rounds {
+        without.push(per_call_run(None)?);
+        with.push(per_call_run(Some(agent))?);
+    }
+    let (without, with) = (median(without), median(with));
+    println!(
+        "  without the agent {without:>8.2} us/call\n  under --pid       {with:>8.2} us/call  \
+         (+{:.2} us per probed call: breakpoint trap, stepping the displaced \
+         instruction, return probe, eBPF)",
+        with - without
+    );
     Ok(())
+}
+
+fn per_call_run(agent: Option<&Path>) -> anyhow::Result<f64> {
+    let mut client = Command::new("python3")
+        .args(["-c", PER_CALL_SCRIPT, &PER_CALL_CALLS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting python3")?;
+    let out = std::env::temp_dir().join(format!("llmsim-bench-per-call-{}", std::process::id()));
+    let agent = agent
+        .map(|agent| {
+            let args: Vec<std::ffi::OsString> = vec![
+                "capture".into(),
+                "--json".into(),
+                "--out".into(),
+                out.clone().into_os_string(),
+                "--pid".into(),
+                client.id().to_string().into(),
+            ];
+            RunningAgent::start(agent, &args)
+        })
+        .transpose()?;
+    client
+        .stdin
+        .take()
+        .context("python stdin")?
+        .write_all(b"go\n")
+        .context("starting the loop")?;
+    let output = client.wait_with_output().context("waiting for python3")?;
+    if let Some(agent) = agent {
+        agent.finish()?;
+    }
+    let _ = fs::remove_dir_all(&out);
+    ensure!(
+        output.status.success(),
+        "the per-call loop failed ({})",
+        output.status
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("reading the per-call figure")
 }
 
 /// The medians, ratios and added costs, with a warning for runs that lost events.
@@ -354,62 +447,76 @@ struct Client {
 }
 
 impl Client {
-    /// One loop of `requests` requests, under the agent when `agent` is given.
-    /// The loop times itself (a shell around curl writes the clock before and
-    /// after), so the agent's start-up and shutdown are outside the figure.
-    fn run(&self, agent: Option<(&Path, Mode)>, requests: u32) -> anyhow::Result<Sample> {
-        let url = if requests == self.requests {
-            self.url.clone()
-        } else {
-            self.url.replace(
-                &format!("[1-{}]", self.requests),
-                &format!("[1-{requests}]"),
-            )
-        };
-        let start_file = self.work.join("t-start");
-        let end_file = self.work.join("t-end");
-        let codes_file = self.work.join("codes");
-        let script = r#"date +%s%N > "$1"; "$2" --http1.1 --insecure --silent --output /dev/null --write-out '%{http_code} %{num_connects}\n' "$3" > "$4"; rc=$?; date +%s%N > "$5"; exit $rc"#;
-        let mut shell = vec![
+    /// One loop of `requests` requests in `mode`. The client (a shell that
+    /// becomes curl) waits for a line on stdin, sent once the agent says it is
+    /// capturing; the clock runs from that line to curl's exit, so the agent's
+    /// start-up and shutdown are outside the figure.
+    fn run(&self, agent: &Path, mode: Mode, requests: u32) -> anyhow::Result<Sample> {
+        let url = self.url.replace(
+            &format!("[1-{}]", self.requests),
+            &format!("[1-{requests}]"),
+        );
+        let client_argv: Vec<std::ffi::OsString> = vec![
             "sh".into(),
             "-c".into(),
-            script.into(),
+            r#"read go && exec "$@""#.into(),
             "bench".into(),
-            start_file.clone().into_os_string(),
             self.curl.clone().into_os_string(),
+            "--http1.1".into(),
+            "--insecure".into(),
+            "--silent".into(),
+            "--output".into(),
+            "/dev/null".into(),
+            "--write-out".into(),
+            "%{http_code} %{num_connects}\n".into(),
             url.into(),
-            codes_file.clone().into_os_string(),
-            end_file.clone().into_os_string(),
         ];
-        let out_dir = self.work.join("capture");
-        let (status, summary) = match agent {
-            None => {
-                let status = Command::new(&shell[0])
-                    .args(&shell[1..])
-                    .stdin(Stdio::null())
-                    .status()
-                    .context("running the curl loop")?;
-                (status, None)
-            }
-            Some((agent, mode)) => {
-                let _ = fs::remove_dir_all(&out_dir);
-                let mut args: Vec<std::ffi::OsString> = vec![
-                    "capture".into(),
-                    "--json".into(),
-                    "--out".into(),
-                    out_dir.clone().into_os_string(),
-                ];
-                if mode == Mode::AnyHost {
-                    args.push("--any-host".into());
-                }
-                args.push("--".into());
-                args.append(&mut shell);
-                let (status, stdout) = run_agent(agent, &args)?;
-                let _ = fs::remove_dir_all(&out_dir);
-                (status, Some(parse_summary(&stdout)))
-            }
+        let cgroup = (mode == Mode::Cgroup).then(TestCgroup::new);
+        let mut command = if let Some(cgroup) = &cgroup {
+            cgroup.command(&client_argv)
+        } else {
+            let mut command = Command::new(&client_argv[0]);
+            command.args(&client_argv[1..]);
+            command
         };
+        let codes_file = self.work.join("codes");
+        let mut client = command
+            .stdin(Stdio::piped())
+            .stdout(fs::File::create(&codes_file).context("creating the codes file")?)
+            .spawn()
+            .context("starting the curl loop")?;
+        let out_dir = self.work.join("capture");
+        let _ = fs::remove_dir_all(&out_dir);
+        let mut agent_args: Vec<std::ffi::OsString> = vec![
+            "capture".into(),
+            "--json".into(),
+            "--out".into(),
+            out_dir.clone().into_os_string(),
+        ];
+        if mode == Mode::PidAnyHost {
+            agent_args.push("--any-host".into());
+        }
+        match &cgroup {
+            Some(cgroup) => agent_args.extend(["--cgroup".into(), cgroup.relative().into()]),
+            None => agent_args.extend(["--pid".into(), client.id().to_string().into()]),
+        }
+        let agent = (mode != Mode::Baseline)
+            .then(|| RunningAgent::start(agent, &agent_args))
+            .transpose()?;
+
+        let start = Instant::now();
+        client
+            .stdin
+            .take()
+            .context("client stdin")?
+            .write_all(b"go\n")
+            .context("starting the loop")?;
+        let status = client.wait().context("waiting for the curl loop")?;
+        let elapsed = start.elapsed();
+        let summary = agent.map(RunningAgent::finish).transpose()?;
+        let _ = fs::remove_dir_all(&out_dir);
         ensure!(status.success(), "the curl loop failed ({status})");
+
         let codes = fs::read_to_string(&codes_file).context("reading curl's status codes")?;
         let ok = codes.lines().filter(|l| l.starts_with("200 ")).count();
         let connects: u64 = codes
@@ -424,70 +531,70 @@ impl Client {
             connects == 1,
             "the loop opened {connects} connections, not one keep-alive connection"
         );
-        let nanos = |p: &Path| -> anyhow::Result<u128> {
-            fs::read_to_string(p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .trim()
-                .parse()
-                .with_context(|| format!("parsing {}", p.display()))
-        };
-        let elapsed_ns = nanos(&end_file)? - nanos(&start_file)?;
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "nanoseconds of a run fit an f64 well enough"
-        )]
-        let requests_per_second = f64::from(requests) / (elapsed_ns as f64 / 1e9);
         Ok(Sample {
-            requests_per_second,
+            requests_per_second: f64::from(requests) / elapsed.as_secs_f64(),
             summary,
         })
     }
 }
 
-/// Runs the agent, echoing nothing unless it fails; returns its status and stdout.
-/// stderr is read as it comes so that an agent that never attaches is reported
-/// with what it said.
-fn run_agent(
-    agent: &Path,
-    args: &[std::ffi::OsString],
-) -> anyhow::Result<(std::process::ExitStatus, String)> {
-    let mut child = Command::new(agent)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", agent.display()))?;
-    let stderr = child.stderr.take().context("agent stderr")?;
-    let (tx, rx) = mpsc::channel();
-    let reader = thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("llmsim-agent: capturing") {
-                let _ = tx.send(());
+/// The agent, started and attached; its stderr is collected as it comes.
+struct RunningAgent {
+    child: Child,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl RunningAgent {
+    /// Starts the agent and waits until it says it is capturing.
+    fn start(agent: &Path, args: &[std::ffi::OsString]) -> anyhow::Result<Self> {
+        let mut child = Command::new(agent)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", agent.display()))?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        let (tx, rx) = mpsc::channel();
+        let stderr = thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("llmsim-agent: capturing") {
+                    let _ = tx.send(());
+                }
+                all.push_str(&line);
+                all.push('\n');
             }
-            all.push_str(&line);
-            all.push('\n');
+            all
+        });
+        if rx.recv_timeout(READY_TIMEOUT).is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let said = stderr.join().unwrap_or_default();
+            bail!("the agent never attached:\n{said}");
         }
-        all
-    });
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .context("agent stdout")?
-        .read_to_string(&mut stdout)
-        .context("reading the agent's summary")?;
-    let status = child.wait().context("waiting for the agent")?;
-    let stderr = reader.join().unwrap_or_default();
-    let attached = rx.try_recv().is_ok();
-    if !attached || !status.success() {
-        bail!(
-            "the agent {} ({status}):\n{stderr}",
-            if attached { "failed" } else { "never attached" }
-        );
+        Ok(Self { child, stderr })
     }
-    Ok((status, stdout))
+
+    /// Stops the agent (a `--pid` capture ends with its process; SIGINT ends
+    /// any other) and reads its summary.
+    fn finish(mut self) -> anyhow::Result<AgentSummary> {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .context("agent stdout")?
+            .read_to_string(&mut stdout)
+            .context("reading the agent's summary")?;
+        let status = self.child.wait().context("waiting for the agent")?;
+        let said = self.stderr.join().unwrap_or_default();
+        ensure!(status.success(), "the agent failed ({status}):\n{said}");
+        Ok(parse_summary(&stdout))
+    }
 }
 
 /// Reads the counters out of the agent's `--json` summary (`"key": number`).

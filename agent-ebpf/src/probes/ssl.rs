@@ -4,10 +4,11 @@
 //! in [`CHUNK_SIZE`] pieces, so calls of many MiB arrive whole.
 
 use agent_common::{
-    CHUNK_SIZE, ConnKey, DataEvent, Direction, DropReason, EventKind, MAX_CHUNKS_PER_CALL, SNI_LEN,
-    SniEvent,
+    CHUNK_SIZE, ConnKey, DataEvent, Direction, DropReason, EventKind, MAX_CHUNKS_PER_CALL,
+    RING_WAKEUP_BYTES, SNI_LEN, SniEvent,
 };
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
@@ -254,8 +255,19 @@ fn emit_chunk(
         entry.discard(0);
         return Err(DropReason::CopyFailed);
     }
-    entry.submit(0);
+    entry.submit(data_wakeup());
     Ok(())
+}
+
+/// Submit flags for a data record: wake userspace only when the ring holds
+/// more than [`RING_WAKEUP_BYTES`] (it drains on a timer otherwise).
+#[inline(always)]
+fn data_wakeup() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > RING_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
 }
 
 fn try_ssl_ctrl(ctx: &ProbeContext) -> Result<(), i64> {
