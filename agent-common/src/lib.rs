@@ -15,6 +15,9 @@ pub const CHUNK_SIZE: usize = 16 * 1024;
 pub const MAX_CHUNKS_PER_CALL: u32 = 4096;
 /// Bytes of SNI kept from `SSL_ctrl(SSL_CTRL_SET_TLSEXT_HOSTNAME)`.
 pub const SNI_LEN: usize = 256;
+/// Deepest cgroup v2 level whose processes the cgroup filter recognises (the
+/// root is level 0; systemd and CI runners nest a handful of levels).
+pub const MAX_CGROUP_DEPTH: i32 = 32;
 /// Size of the ring buffer shared by all probes.
 pub const RING_BUFFER_BYTES: u32 = 64 * 1024 * 1024;
 /// Data records wake userspace only once this much is waiting; below it,

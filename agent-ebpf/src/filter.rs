@@ -1,7 +1,7 @@
 //! Decides whether the current process is one the user asked to trace.
 
-use agent_common::FilterMode;
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid};
+use agent_common::{FilterMode, MAX_CGROUP_DEPTH};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id};
 
 use crate::maps::{FILTER, TARGET_CGROUPS, TARGET_TGIDS};
 
@@ -18,12 +18,27 @@ pub fn is_traced() -> bool {
             // SAFETY: the value is only tested for presence.
             unsafe { TARGET_TGIDS.get(&tgid) }.is_some()
         }
-        m if m == FilterMode::Cgroups as u32 => {
-            // SAFETY: plain helper call without arguments.
-            let cgroup = unsafe { bpf_get_current_cgroup_id() };
-            // SAFETY: the value is only tested for presence.
-            unsafe { TARGET_CGROUPS.get(&cgroup) }.is_some()
-        }
+        m if m == FilterMode::Cgroups as u32 => in_target_cgroup(),
         _ => false,
     }
+}
+
+/// True when the current task's cgroup, or one of its ancestors, is a target:
+/// a cgroup's processes include those of its child cgroups. Walks from the
+/// root (level 0) down to the task's own cgroup (kernel >= 5.6).
+#[inline(always)]
+fn in_target_cgroup() -> bool {
+    for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: plain helper call with an integer argument.
+        let cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if cgroup == 0 {
+            // Deeper than the task's own cgroup.
+            return false;
+        }
+        // SAFETY: the value is only tested for presence.
+        if unsafe { TARGET_CGROUPS.get(&cgroup) }.is_some() {
+            return true;
+        }
+    }
+    false
 }

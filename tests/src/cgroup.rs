@@ -54,6 +54,19 @@ impl TestCgroup {
         TestCgroup { path, relative }
     }
 
+    /// A child cgroup `name` of this one (drop it first).
+    ///
+    /// # Panics
+    /// When the directory cannot be created.
+    #[must_use]
+    pub fn child(&self, name: &str) -> TestCgroup {
+        let relative = self.relative.join(name);
+        let path = self.path.join(name);
+        std::fs::create_dir(&path)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        TestCgroup { path, relative }
+    }
+
     /// The directory.
     #[must_use]
     pub fn path(&self) -> &Path {

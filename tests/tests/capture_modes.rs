@@ -1,6 +1,6 @@
 //! The capture targets other than `-- CMD`: `--pid` (attach to a client that is already running;
 //! the capture ends by itself when it exits), `--cgroup` (every process of a cgroup v2 the test
-//! creates, and nothing outside it) and `--all` (every process on the host, until SIGTERM);
+//! creates and of its child cgroups, and nothing outside it) and `--all` (every process on the host, until SIGTERM);
 //! `--pid` also keeps its breakpoints out of every other process.
 //! Each client is `openai_steps.py`, which waits on stdin, so the capture is attached before it
 //! makes its first request.
@@ -17,7 +17,8 @@ use capture_support::{
     is_live_line, nonce_of,
 };
 use llmsim_tests::{
-    ChildGuard, FakeProvider, TestCa, TestCgroup, TestNetns, client_argv, privileged, run_client,
+    ChildGuard, ClientRun, FakeProvider, TestCa, TestCgroup, TestNetns, client_argv,
+    configure_client_env, privileged, run_client, run_command,
 };
 use serde_json::Value;
 
@@ -101,22 +102,36 @@ fn cgroup_mode_records_its_processes_only() {
     let plain = client.step("plain");
     // A client outside the cgroup, at the same time: not recorded.
     let outsider = run_client(&netns, &ca, "openai_chat.py");
+    // A client in a child cgroup, as a CI job step or a systemd scope: recorded.
+    let child = cgroup.child("step");
+    let mut nested = child.command(&in_netns(&netns, &client_argv("openai_chat.py")));
+    configure_client_env(&mut nested, &ca);
+    let nested = ClientRun::finish(run_command(nested, "client in a child cgroup", TIMEOUT));
     let streamed = client.step("stream");
     let pid = client.pid;
     client.quit();
     // The streamed exchange ends with its connection, when the process exits.
-    agent.wait_live_lines(2);
+    let expected = 2 + nested.report.results.len();
+    agent.wait_live_lines(expected);
     let finished = agent.stop("INT");
     assert!(finished.status.success(), "{}", finished.dump());
 
     let recorded = exchanges(out.path());
     assert_eq!(
         recorded.len(),
-        2,
-        "only the cgroup's exchanges\n{}",
+        expected,
+        "the cgroup's exchanges, its child cgroup's included\n{}",
         finished.dump()
     );
-    assert_steps_recorded(&recorded, pid, &plain, &streamed);
+    let (steps, in_child): (Vec<Value>, Vec<Value>) = recorded
+        .iter()
+        .cloned()
+        .partition(|e| e["process"]["pid"] == pid);
+    assert_steps_recorded(&steps, pid, &plain, &streamed);
+    for result in &nested.report.results {
+        let nonce = result.nonce().expect("nonce");
+        exchange_with_nonce(&in_child, &nonce);
+    }
     for result in &outsider.report.results {
         let nonce = result.nonce().expect("nonce");
         assert!(
@@ -126,8 +141,8 @@ fn cgroup_mode_records_its_processes_only() {
     }
     assert_eq!(
         provider.requests().len(),
-        4,
-        "all four requests were served"
+        expected + outsider.report.results.len(),
+        "every request was served"
     );
     assert_summary_matches_disk(&finished, out.path());
 }
