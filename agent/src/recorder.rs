@@ -12,6 +12,7 @@ use std::{
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use llmsim_snapshot::{
+    atomic::Owner,
     config::SnapshotConfig,
     ledger::Totals,
     model::{Body, Exchange, FORMAT_VERSION, Headers, ProcessInfo, Request, Response, Scheme},
@@ -127,7 +128,8 @@ impl Recorder {
         monotonic_now_ns: u64,
         quiet: bool,
     ) -> Result<Self, RecorderError> {
-        let writer = SnapshotWriter::open(dir)?;
+        // Under sudo the snapshot belongs to the user who ran it, not to root.
+        let writer = SnapshotWriter::open_as(dir, Owner::invoking_user())?;
         let config = SnapshotConfig::load(dir)?;
         let redactor = Redactor::new(&config.redact, redaction_key(&default_data_dir()?)?)?;
         let since_epoch = SystemTime::now()

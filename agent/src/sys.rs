@@ -14,6 +14,7 @@ use std::{
     process::Command,
 };
 
+use llmsim_snapshot::atomic::Owner;
 use tokio::io::{Interest, unix::AsyncFd};
 
 /// Mounts the cgroup2 filesystem at `target`.
@@ -128,11 +129,7 @@ struct InvokingUser {
 /// The user who ran `sudo`: `SUDO_UID` and `SUDO_GID`, plus what the password
 /// and group databases say about them. `None` outside sudo or as root.
 fn invoking_user() -> Option<InvokingUser> {
-    let id = |name| std::env::var(name).ok()?.parse::<u32>().ok();
-    let (uid, gid) = (id("SUDO_UID")?, id("SUDO_GID")?);
-    if uid == 0 {
-        return None;
-    }
+    let Owner { uid, gid } = Owner::invoking_user()?;
     let mut user = InvokingUser {
         uid,
         gid,

@@ -22,6 +22,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
+use llmsim_snapshot::atomic::Owner;
 use llmsim_snapshot::config::{ConfigError, SnapshotConfig};
 use llmsim_snapshot::ledger::CallLine;
 use llmsim_snapshot::model::{
@@ -258,7 +259,7 @@ impl Upstream {
             };
             let redactor = Redactor::new(&config.redact, redaction_key(&key_dir)?)?;
             Some(Mutex::new(Recorder {
-                writer: SnapshotWriter::open(dir)?,
+                writer: SnapshotWriter::open_as(dir, Owner::invoking_user())?,
                 redactor,
             }))
         } else {

@@ -55,16 +55,59 @@ pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && Path::new(name).extension().is_some_and(|e| e == "tmp")
 }
 
+/// Who a created file or directory belongs to, when not to the writing
+/// process: under `sudo`, the user who ran it, so a snapshot recorded as
+/// root can still be edited, pruned and committed without root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+impl Owner {
+    /// `SUDO_UID`/`SUDO_GID` when this process runs as root under `sudo` for
+    /// another user; `None` otherwise.
+    pub fn invoking_user() -> Option<Self> {
+        let id = |name| std::env::var(name).ok()?.parse::<u32>().ok();
+        let owner = Self {
+            uid: id("SUDO_UID")?,
+            gid: id("SUDO_GID")?,
+        };
+        (rustix::process::geteuid().is_root() && owner.uid != 0).then_some(owner)
+    }
+
+    /// Gives `file` to this owner.
+    fn chown_file(self, file: &File) -> io::Result<()> {
+        rustix::fs::fchown(file, Some(self.uid()), Some(self.gid())).map_err(Into::into)
+    }
+
+    /// Gives the file or directory at `path` to this owner.
+    pub fn chown_path(self, path: &Path) -> io::Result<()> {
+        rustix::fs::chown(path, Some(self.uid()), Some(self.gid())).map_err(Into::into)
+    }
+
+    fn uid(self) -> rustix::fs::Uid {
+        rustix::fs::Uid::from_raw(self.uid)
+    }
+
+    fn gid(self) -> rustix::fs::Gid {
+        rustix::fs::Gid::from_raw(self.gid)
+    }
+}
+
 /// Creates `dir/name` holding `contents`, with permission bits `mode` (less
-/// the umask), unless that name already exists.
+/// the umask) and, when given, `owner`, unless that name already exists.
 pub fn create_new(
     dir: &Path,
     name: &str,
     contents: &[u8],
     mode: u32,
+    owner: Option<Owner>,
 ) -> Result<PathBuf, PublishError> {
     let path = dir.join(name);
-    match create_unnamed(dir, &path, contents, mode) {
+    match create_unnamed(dir, &path, contents, mode, owner) {
         Ok(()) => return sync_dir(dir).map(|()| path),
         Err(Unnamed::Unsupported) => {}
         Err(Unnamed::Failed(error)) => return Err(error),
@@ -74,7 +117,7 @@ pub fn create_new(
         std::process::id(),
         rand::random::<u32>()
     ));
-    if let Err(source) = write_synced(&temp, contents, mode) {
+    if let Err(source) = write_synced(&temp, contents, mode, owner) {
         remove_temp(&temp);
         return Err(PublishError::Temp { path: temp, source });
     }
@@ -109,7 +152,13 @@ enum Unnamed {
 }
 
 /// Writes `contents` to an unnamed file in `dir` and links it as `path`.
-fn create_unnamed(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<(), Unnamed> {
+fn create_unnamed(
+    dir: &Path,
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<Owner>,
+) -> Result<(), Unnamed> {
     use rustix::fs::{AtFlags, CWD, Mode, OFlags};
     let fd = match rustix::fs::openat(
         CWD,
@@ -137,6 +186,7 @@ fn create_unnamed(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result
     };
     let mut file = File::from(fd);
     file.write_all(contents)
+        .and_then(|()| owner.map_or(Ok(()), |owner| owner.chown_file(&file)))
         .and_then(|()| file.sync_all())
         .map_err(|source| {
             Unnamed::Failed(PublishError::Temp {
@@ -169,13 +219,16 @@ fn remove_temp(temp: &Path) {
     }
 }
 
-fn write_synced(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+fn write_synced(path: &Path, contents: &[u8], mode: u32, owner: Option<Owner>) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(path)?;
     file.write_all(contents)?;
+    if let Some(owner) = owner {
+        owner.chown_file(&file)?;
+    }
     file.sync_all()
 }
 
@@ -187,7 +240,7 @@ mod tests {
     #[test]
     fn creates_whole_file_and_leaves_no_temp() {
         let dir = tempfile::tempdir().unwrap();
-        let path = create_new(dir.path(), "a.json", b"{}\n", 0o600).unwrap();
+        let path = create_new(dir.path(), "a.json", b"{}\n", 0o600, None).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"{}\n");
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -204,7 +257,7 @@ mod tests {
     fn never_replaces() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("a.json"), b"old").unwrap();
-        let err = create_new(dir.path(), "a.json", b"new", 0o644).unwrap_err();
+        let err = create_new(dir.path(), "a.json", b"new", 0o644, None).unwrap_err();
         assert!(matches!(err, PublishError::Exists { .. }), "{err:?}");
         assert_eq!(fs::read(dir.path().join("a.json")).unwrap(), b"old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -214,7 +267,7 @@ mod tests {
     fn missing_directory_names_the_path() {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("gone");
-        let err = create_new(&gone, "a.json", b"x", 0o644).unwrap_err();
+        let err = create_new(&gone, "a.json", b"x", 0o644, None).unwrap_err();
         assert!(
             matches!(&err, PublishError::Temp { path, .. } if path.starts_with(&gone)),
             "{err:?}"

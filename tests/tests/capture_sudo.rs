@@ -1,11 +1,12 @@
 //! Under sudo, `-- CMD` runs as the invoking user (`SUDO_UID`/`SUDO_GID`, that user's groups,
 //! `HOME`, `USER`, `LOGNAME`), not as root, and is still captured; `--as-root` keeps root. The
-//! tests set the variables sudo would set, for the `nobody` user, and run as root themselves.
+//! snapshot the agent creates belongs to that user too. The tests set the variables sudo would
+//! set, for the `nobody` user, and run as root themselves.
 
 mod capture_support;
 
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 
 use capture_support::{Agent, assert_summary_matches_disk, exchanges};
 use llmsim_tests::{FakeProvider, FakeProviderConfig, TEST_API_KEYS, TestCa, privileged};
@@ -96,7 +97,8 @@ fn a_command_run_as_the_invoking_user_is_captured() {
     std::fs::set_permissions(&ca_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let key = TEST_API_KEYS[0].1;
 
-    let out = tempfile::tempdir().expect("tempdir");
+    let parent = tempfile::tempdir().expect("tempdir");
+    let out = parent.path().join("llmsim");
     let url = format!("{}/v1/chat/completions", provider.origin());
     let body =
         r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello from nobody."}]}"#;
@@ -116,16 +118,32 @@ fn a_command_run_as_the_invoking_user_is_captured() {
         body.into(),
         url.into(),
     ];
-    let finished = Agent::spawn_with(out.path(), &ca, &args, as_sudo).finish();
+    let finished = Agent::spawn_with(&out, &ca, &args, as_sudo).finish();
     assert!(finished.status.success(), "{}", finished.dump());
     assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
 
     let served = provider.requests();
     assert_eq!(served.len(), 1);
-    let recorded = exchanges(out.path());
+    let recorded = exchanges(&out);
     assert_eq!(recorded.len(), 1, "{}", finished.dump());
     let exchange = &recorded[0];
     assert_eq!(exchange["process"]["comm"], "curl");
+    // The snapshot belongs to the invoking user, who edits and commits it without root.
+    let files = std::fs::read_dir(out.join("exchanges"))
+        .expect("exchanges/")
+        .map(|e| e.expect("entry").path());
+    for path in [out.clone(), out.join("exchanges")]
+        .into_iter()
+        .chain(files)
+    {
+        let meta = std::fs::metadata(&path).expect("metadata");
+        assert_eq!(
+            (meta.uid().to_string(), meta.gid().to_string()),
+            (NOBODY.to_owned(), NOBODY.to_owned()),
+            "owner of {}",
+            path.display()
+        );
+    }
     assert_eq!(exchange["request"]["body"]["json"], served[0].body);
     assert!(exchange["incomplete"].is_null(), "{exchange:#}");
     let nonce = served[0].nonce.as_deref().expect("nonce");
@@ -134,5 +152,5 @@ fn a_command_run_as_the_invoking_user_is_captured() {
         !exchange.to_string().contains(key),
         "the key reached the snapshot"
     );
-    assert_summary_matches_disk(&finished, out.path());
+    assert_summary_matches_disk(&finished, &out);
 }

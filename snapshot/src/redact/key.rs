@@ -48,7 +48,7 @@ pub fn redaction_key(data_dir: &Path) -> Result<[u8; 32], RedactError> {
         })?;
     let key: [u8; 32] = rand::random();
     let text = format!("{}\n", hex::encode(key));
-    match atomic::create_new(data_dir, KEY_FILE, text.as_bytes(), 0o600) {
+    match atomic::create_new(data_dir, KEY_FILE, text.as_bytes(), 0o600, None) {
         Ok(_) => Ok(key),
         // Another process created it first: use theirs.
         Err(PublishError::Exists { .. }) => read_key(&path),

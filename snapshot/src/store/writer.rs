@@ -6,7 +6,7 @@ use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
 
 use super::{EXCHANGES_DIR, StoreError, naming, to_file_text};
-use crate::atomic::{self, PublishError};
+use crate::atomic::{self, Owner, PublishError};
 use crate::model::{Exchange, FORMAT_VERSION};
 
 /// Permission bits of exchange files (less the umask): they are committed.
@@ -17,6 +17,7 @@ const FILE_MODE: u32 = 0o644;
 pub struct SnapshotWriter {
     exchanges_dir: PathBuf,
     next_seq: u64,
+    owner: Option<Owner>,
     /// Held for the flock on `exchanges/`, released on drop.
     _lock: File,
 }
@@ -26,11 +27,31 @@ impl SnapshotWriter {
     /// lock, removes temporary files left by a killed capture, checks that
     /// files can be created, and finds the next seq.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_as(dir, None)
+    }
+
+    /// [`SnapshotWriter::open`], with the directories and files it creates
+    /// given to `owner` (see [`Owner::invoking_user`]).
+    pub fn open_as(dir: &Path, owner: Option<Owner>) -> Result<Self, StoreError> {
         let exchanges_dir = dir.join(EXCHANGES_DIR);
+        let missing: Vec<&Path> = exchanges_dir
+            .ancestors()
+            .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+            .collect();
         fs::create_dir_all(&exchanges_dir).map_err(|source| StoreError::CreateDir {
             path: exchanges_dir.clone(),
             source,
         })?;
+        if let Some(owner) = owner {
+            for created in missing {
+                owner
+                    .chown_path(created)
+                    .map_err(|source| StoreError::CreateDir {
+                        path: created.to_owned(),
+                        source,
+                    })?;
+            }
+        }
         let lock = lock(&exchanges_dir)?;
         let entries = fs::read_dir(&exchanges_dir).map_err(|source| StoreError::ReadDir {
             path: exchanges_dir.clone(),
@@ -55,10 +76,11 @@ impl SnapshotWriter {
                 highest = highest.max(seq);
             }
         }
-        probe_writable(&exchanges_dir)?;
+        probe_writable(&exchanges_dir, owner)?;
         Ok(Self {
             next_seq: highest.saturating_add(1),
             exchanges_dir,
+            owner,
             _lock: lock,
         })
     }
@@ -89,8 +111,13 @@ impl SnapshotWriter {
                 &exchange.request.method,
                 &exchange.request.path,
             );
-            let created =
-                atomic::create_new(&self.exchanges_dir, &name, text.as_bytes(), FILE_MODE);
+            let created = atomic::create_new(
+                &self.exchanges_dir,
+                &name,
+                text.as_bytes(),
+                FILE_MODE,
+                self.owner,
+            );
             self.next_seq = seq + 1;
             match created {
                 Ok(path) => return Ok(path),
@@ -123,9 +150,9 @@ fn lock(dir: &Path) -> Result<File, StoreError> {
 
 /// Fails at open rather than at the first exchange, before the traced program
 /// has spent money on a request that then cannot be stored.
-fn probe_writable(dir: &Path) -> Result<(), StoreError> {
+fn probe_writable(dir: &Path, owner: Option<Owner>) -> Result<(), StoreError> {
     let probe = format!(".probe-{}.tmp", std::process::id());
-    let path = atomic::create_new(dir, &probe, b"", FILE_MODE).map_err(|source| {
+    let path = atomic::create_new(dir, &probe, b"", FILE_MODE, owner).map_err(|source| {
         StoreError::NotWritable {
             path: dir.to_owned(),
             source,
