@@ -38,6 +38,8 @@ pub enum EventKind {
     Exec = 3,
     /// A [`ConnectEvent`]: a traced thread's `connect()` returned.
     Connect = 4,
+    /// A [`FreeEvent`]: a traced process freed an `SSL` object.
+    Free = 5,
 }
 
 impl EventKind {
@@ -48,6 +50,7 @@ impl EventKind {
             2 => Some(Self::Sni),
             3 => Some(Self::Exec),
             4 => Some(Self::Connect),
+            5 => Some(Self::Free),
             _ => None,
         }
     }
@@ -179,6 +182,18 @@ pub struct ExecEvent {
     pub header: EventHeader,
 }
 const _: () = assert!(size_of::<ExecEvent>() == 24);
+
+/// `SSL_free(ssl)`: the connection is over, and the pointer may name a new
+/// one from now on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FreeEvent {
+    /// `kind` is [`EventKind::Free`].
+    pub header: EventHeader,
+    /// The freed `SSL *`.
+    pub ssl: u64,
+}
+const _: () = assert!(size_of::<FreeEvent>() == 24 + 8);
 
 /// A traced thread's `connect()` returned 0 or `-EINPROGRESS`.
 #[repr(C)]

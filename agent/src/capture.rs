@@ -356,6 +356,7 @@ impl Capture {
                 Ok(Event::Sni { tgid, ssl, name }) => {
                     tracker.on_sni(tgid, ssl, name, sys::monotonic_ns())
                 }
+                Ok(Event::Free { tgid, ssl, at_ns }) => tracker.on_free(tgid, ssl, at_ns),
                 Ok(Event::Connect { tgid, fd, peer }) => {
                     tracker.on_connect(tgid, fd, peer);
                     continue;

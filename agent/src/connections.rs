@@ -98,6 +98,12 @@ impl Tracker {
         done
     }
 
+    /// The TLS library freed `ssl`: its connection is over (and the pointer
+    /// may name a new one from now on).
+    pub fn on_free(&mut self, tgid: u32, ssl: u64, now_ns: u64) -> Vec<ConnectionExchange> {
+        self.finish_connection(tgid, ssl, now_ns)
+    }
+
     /// A traced thread connected `fd` to `peer`.
     pub fn on_connect(&mut self, tgid: u32, fd: i32, peer: SocketAddr) {
         self.peers.insert((tgid, fd), peer);

@@ -4,7 +4,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use agent_common::{ConnectEvent, DataEvent, Direction, EventHeader, EventKind, SNI_LEN, SniEvent};
+use agent_common::{
+    ConnectEvent, DataEvent, Direction, EventHeader, EventKind, FreeEvent, SNI_LEN, SniEvent,
+};
 use std::mem::{offset_of, size_of};
 use thiserror::Error;
 
@@ -51,6 +53,15 @@ pub enum Event<'a> {
     Exec {
         /// Who.
         tgid: u32,
+    },
+    /// A traced process freed an `SSL *`: its connection is over.
+    Free {
+        /// Who.
+        tgid: u32,
+        /// The connection.
+        ssl: u64,
+        /// Monotonic ns of the call.
+        at_ns: u64,
     },
     /// A traced thread connected a socket.
     Connect {
@@ -157,6 +168,14 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             })
         }
         Some(EventKind::Exec) => Ok(Event::Exec { tgid }),
+        Some(EventKind::Free) => {
+            need(size_of::<FreeEvent>())?;
+            Ok(Event::Free {
+                tgid,
+                ssl: u64_at(record, offset_of!(FreeEvent, ssl)),
+                at_ns: u64_at(record, offset_of!(EventHeader, timestamp_ns)),
+            })
+        }
         Some(EventKind::Connect) => {
             need(size_of::<ConnectEvent>())?;
             let family = u16_at(record, offset_of!(ConnectEvent, family));

@@ -316,26 +316,28 @@ type SymbolOffset = fn(&SslSymbols) -> Option<u64>;
 /// Entry points: (function, entry program, where the object defines it).
 /// Reads come before writes so a connection caught mid-attach loses whole
 /// calls rather than seeing its answer without its question.
-const SSL_ENTRY_POINTS: [(&str, &str, SymbolOffset); 5] = [
+const SSL_ENTRY_POINTS: [(&str, &str, SymbolOffset); 6] = [
     ("SSL_read", "ssl_read", |s| s.read),
     ("SSL_read_ex", "ssl_read_ex", |s| s.read_ex),
     ("SSL_write", "ssl_write", |s| s.write),
     ("SSL_write_ex", "ssl_write_ex", |s| s.write_ex),
     ("SSL_ctrl", "ssl_ctrl", |s| s.ctrl),
+    ("SSL_free", "ssl_free", |s| s.free),
 ];
 
 /// Every uprobe program in the object.
-const UPROBE_PROGRAMS: [&str; 6] = [
+const UPROBE_PROGRAMS: [&str; 7] = [
     "ssl_write",
     "ssl_write_ex",
     "ssl_read",
     "ssl_read_ex",
     "ssl_ctrl",
+    "ssl_free",
     "ssl_return",
 ];
 
-/// The return probe for a function, if it needs one: the data functions do,
-/// `SSL_ctrl` reads its argument on entry.
+/// The return probe for a function, if it needs one: the data functions do;
+/// `SSL_ctrl` and `SSL_free` read their arguments on entry.
 fn return_program(symbol: &str) -> Option<&'static str> {
-    (symbol != "SSL_ctrl").then_some("ssl_return")
+    (symbol.starts_with("SSL_read") || symbol.starts_with("SSL_write")).then_some("ssl_return")
 }

@@ -59,6 +59,8 @@ pub struct SslSymbols {
     pub read_ex: Option<u64>,
     /// `SSL_ctrl` (for the SNI).
     pub ctrl: Option<u64>,
+    /// `SSL_free` (the end of a connection).
+    pub free: Option<u64>,
 }
 
 impl SslSymbols {
@@ -77,6 +79,7 @@ impl SslSymbols {
             b"SSL_read" => &mut self.read,
             b"SSL_read_ex" => &mut self.read_ex,
             b"SSL_ctrl" => &mut self.ctrl,
+            b"SSL_free" => &mut self.free,
             _ => return,
         };
         slot.get_or_insert(offset);

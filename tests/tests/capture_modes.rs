@@ -62,6 +62,9 @@ fn pid_mode_attaches_to_a_running_client_and_ends_when_it_exits() {
     let agent = Agent::start(out.path(), &ca, &["--pid".into(), pid.to_string().into()]);
     let plain = client.step("plain");
     let streamed = client.step("stream");
+    // Both are written while the client still runs: the SDK stops reading at
+    // `data: [DONE]` and frees the connection, which ends the stream.
+    agent.wait_live_lines(2);
     client.quit();
     // No signal: the capture notices the exit and ends by itself.
     let finished = agent.finish();

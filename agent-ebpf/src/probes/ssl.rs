@@ -4,8 +4,8 @@
 //! in [`CHUNK_SIZE`] pieces, so calls of many MiB arrive whole.
 
 use agent_common::{
-    CHUNK_SIZE, ConnKey, DataEvent, Direction, DropReason, EventKind, MAX_CHUNKS_PER_CALL,
-    RING_WAKEUP_BYTES, SNI_LEN, SniEvent,
+    CHUNK_SIZE, ConnKey, DataEvent, Direction, DropReason, EventKind, FreeEvent,
+    MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES, SNI_LEN, SniEvent,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -69,6 +69,27 @@ pub fn ssl_return(ctx: RetProbeContext) -> u32 {
 #[uprobe]
 pub fn ssl_ctrl(ctx: ProbeContext) -> u32 {
     let _ = try_ssl_ctrl(&ctx);
+    0
+}
+
+/// `void SSL_free(SSL *ssl)`: ends the connection, so an exchange waiting for
+/// its end (a stream the client stopped reading) is written while the process
+/// lives, and a later connection reusing the pointer starts afresh.
+#[uprobe]
+pub fn ssl_free(ctx: ProbeContext) -> u32 {
+    if !is_traced() {
+        return 0;
+    }
+    let Some(ssl) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let event = FreeEvent {
+        header: header(EventKind::Free),
+        ssl,
+    };
+    if EVENTS.output(&event, batched_wakeup()).is_err() {
+        count_drop(DropReason::RingFull);
+    }
     0
 }
 
@@ -255,14 +276,14 @@ fn emit_chunk(
         entry.discard(0);
         return Err(DropReason::CopyFailed);
     }
-    entry.submit(data_wakeup());
+    entry.submit(batched_wakeup());
     Ok(())
 }
 
-/// Submit flags for a data record: wake userspace only when the ring holds
-/// more than [`RING_WAKEUP_BYTES`] (it drains on a timer otherwise).
+/// Submit flags for a record that can wait: wake userspace only when the ring
+/// holds more than [`RING_WAKEUP_BYTES`] (it drains on a timer otherwise).
 #[inline(always)]
-fn data_wakeup() -> u64 {
+fn batched_wakeup() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > RING_WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP.into()
     } else {
