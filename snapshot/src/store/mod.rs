@@ -9,7 +9,6 @@ mod render;
 mod writer;
 
 use rayon::prelude::*;
-use std::cmp::Ordering;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -172,7 +171,7 @@ pub fn load(dir: &Path) -> Result<Snapshot, StoreError> {
     })?;
     let config = SnapshotConfig::load(dir).map_err(|source| StoreError::Config { source })?;
     let exchanges_dir = dir.join(EXCHANGES_DIR);
-    let mut names = match fs::read_dir(&exchanges_dir) {
+    let names = match fs::read_dir(&exchanges_dir) {
         Ok(entries) => exchange_names(&exchanges_dir, entries)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(source) => {
@@ -182,12 +181,18 @@ pub fn load(dir: &Path) -> Result<Snapshot, StoreError> {
             });
         }
     };
-    names.sort_by(|a, b| by_seq(a, b));
+    // Capture order even past six digits, then name. The key is computed once
+    // per name: in the comparison it would dominate on large snapshots.
+    let mut names: Vec<(Option<u64>, String)> = names
+        .into_iter()
+        .map(|name| (naming::seq_of(&name), name))
+        .collect();
+    names.sort_unstable();
     // Parsing dominates start-up on large snapshots: spread it over the cores.
     // The order of `names`, and the first error in that order, are kept.
     let exchanges = names
         .into_par_iter()
-        .map(|name| load_exchange(exchanges_dir.join(name)))
+        .map(|(_, name)| load_exchange(exchanges_dir.join(name)))
         .collect::<Result<_, _>>()?;
     Ok(Snapshot {
         dir: dir.to_owned(),
@@ -215,38 +220,40 @@ fn exchange_names(dir: &Path, entries: fs::ReadDir) -> Result<Vec<String>, Store
     Ok(names)
 }
 
-/// Capture order even past six digits, then name.
-fn by_seq(a: &str, b: &str) -> Ordering {
-    naming::seq_of(a)
-        .cmp(&naming::seq_of(b))
-        .then_with(|| a.cmp(b))
-}
-
 fn load_exchange(path: PathBuf) -> Result<Recorded, StoreError> {
-    #[derive(Deserialize)]
-    struct Version {
-        format_version: u32,
-    }
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(source) => return Err(StoreError::ReadFile { path, source }),
     };
-    // The version first, so a file from another version says so rather than
-    // failing on whichever field changed.
-    let version = match serde_json::from_slice::<Version>(&bytes) {
-        Ok(v) => v.format_version,
-        Err(source) => return Err(StoreError::Parse { path, source }),
-    };
-    if version != FORMAT_VERSION {
-        return Err(StoreError::FormatVersion {
+    match serde_json::from_slice::<Exchange>(&bytes) {
+        Ok(exchange) if exchange.format_version == FORMAT_VERSION => {
+            Ok(Recorded { path, exchange })
+        }
+        Ok(exchange) => Err(StoreError::FormatVersion {
             path,
-            found: version,
+            found: exchange.format_version,
             expected: FORMAT_VERSION,
-        });
+        }),
+        Err(source) => Err(parse_error(path, &bytes, source)),
     }
-    match serde_json::from_slice(&bytes) {
-        Ok(exchange) => Ok(Recorded { path, exchange }),
-        Err(source) => Err(StoreError::Parse { path, source }),
+}
+
+/// Why a file did not parse. The version is read on its own first, so a file
+/// from another version says so rather than failing on whichever field
+/// changed; only failed files pay for that second pass.
+fn parse_error(path: PathBuf, bytes: &[u8], source: serde_json::Error) -> StoreError {
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: u32,
+    }
+    match serde_json::from_slice::<Version>(bytes) {
+        Ok(v) if v.format_version != FORMAT_VERSION => StoreError::FormatVersion {
+            path,
+            found: v.format_version,
+            expected: FORMAT_VERSION,
+        },
+        Ok(_) => StoreError::Parse { path, source },
+        Err(source) => StoreError::Parse { path, source },
     }
 }
 

@@ -245,22 +245,26 @@ fn another_format_version_has_its_own_error() {
         .unwrap()
         .write(&sample_exchange())
         .unwrap();
-    let text = fs::read_to_string(&path)
-        .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 2");
-    fs::write(&path, text).unwrap();
-    let err = load(dir.path()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::FormatVersion {
-                found: 2,
-                expected: 1,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let text = fs::read_to_string(&path).unwrap();
+    // Whether or not the rest of the file still reads as this version's.
+    let same_shape = text.replace("\"format_version\": 1", "\"format_version\": 2");
+    let new_shape = same_shape.replace("\"status\": 200", "\"status\": {\"code\": 200}");
+    assert_ne!(same_shape, new_shape);
+    for text in [same_shape, new_shape] {
+        fs::write(&path, text).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::FormatVersion {
+                    found: 2,
+                    expected: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 }
 
 #[test]
