@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -80,8 +80,33 @@ pub struct RecordedEntry {
     pub endpoint: String,
     /// The response ready to send, or why it cannot be sent.
     pub response: Result<PreparedResponse, Arc<PrepareError>>,
-    /// Its tokens and cost under the built-in prices, for the report.
-    pub call: CallLine,
+    /// Its tokens and cost, worked out when first served: only the report needs them, and
+    /// reading them from the bodies would otherwise weigh on start-up.
+    call: OnceLock<CallLine>,
+}
+
+impl RecordedEntry {
+    /// Prepares `exchange` (recorded in `file`) for serving; a response that cannot be
+    /// prepared is logged and kept as its error.
+    fn new(file: PathBuf, exchange: Exchange) -> Self {
+        let response = PreparedResponse::new(&exchange).map_err(Arc::new);
+        if let Err(e) = &response {
+            tracing::warn!(file = %file.display(), error = %llmsim_snapshot::error_chain(e.as_ref()), "this recording cannot be served");
+        }
+        Self {
+            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
+            file,
+            exchange,
+            response,
+            call: OnceLock::new(),
+        }
+    }
+
+    /// Its tokens and cost under `prices`, for the report.
+    fn call(&self, prices: &PriceTable) -> &CallLine {
+        self.call
+            .get_or_init(|| CallLine::of(&self.exchange, prices))
+    }
 }
 
 /// A request answered from the recording.
@@ -209,18 +234,7 @@ impl Engine {
                     return None;
                 }
                 let signature = recorded_signature(&exchange, &rules);
-                let response = PreparedResponse::new(&exchange).map_err(Arc::new);
-                if let Err(e) = &response {
-                    tracing::warn!(file = %file.display(), error = %llmsim_snapshot::error_chain(e.as_ref()), "this recording cannot be served");
-                }
-                let entry = RecordedEntry {
-                    call: CallLine::of(&exchange, &prices),
-                    endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
-                    file,
-                    exchange,
-                    response,
-                };
-                Some((entry, signature))
+                Some((RecordedEntry::new(file, exchange), signature))
             })
             .collect();
         let skipped = prepared.iter().filter(|p| p.is_none()).count();
@@ -266,14 +280,7 @@ impl Engine {
     /// requests with its signature, as if it had been in the snapshot at start-up.
     pub fn add_recorded(&self, exchange: Exchange, path: &Path) {
         let signature = recorded_signature(&exchange, &self.rules);
-        let response = PreparedResponse::new(&exchange).map_err(Arc::new);
-        let entry = Arc::new(RecordedEntry {
-            call: CallLine::of(&exchange, &self.prices),
-            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
-            file: relative(&self.dir, path),
-            exchange,
-            response,
-        });
+        let entry = Arc::new(RecordedEntry::new(relative(&self.dir, path), exchange));
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -385,7 +392,7 @@ impl Engine {
                 provider: hit.entry.exchange.provider,
                 endpoint: hit.entry.endpoint.clone(),
                 repeated: hit.repeated,
-                call: Box::new(hit.entry.call.clone()),
+                call: Box::new(hit.entry.call(&self.prices).clone()),
             },
             // A forwarded miss is counted when the forward ends.
             Outcome::Miss(_) if self.forwards() => return outcome,
