@@ -165,40 +165,82 @@ pub struct Recorded {
 /// A directory without `exchanges/` is an empty snapshot; a missing directory
 /// is an error.
 pub fn load(dir: &Path) -> Result<Snapshot, StoreError> {
-    fs::read_dir(dir).map_err(|source| StoreError::ReadDir {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let config = SnapshotConfig::load(dir).map_err(|source| StoreError::Config { source })?;
-    let exchanges_dir = dir.join(EXCHANGES_DIR);
-    let names = match fs::read_dir(&exchanges_dir) {
-        Ok(entries) => exchange_names(&exchanges_dir, entries)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => {
-            return Err(StoreError::ReadDir {
-                path: exchanges_dir,
-                source,
-            });
-        }
-    };
-    // Capture order even past six digits, then name. The key is computed once
-    // per name: in the comparison it would dominate on large snapshots.
-    let mut names: Vec<(Option<u64>, String)> = names
-        .into_iter()
-        .map(|name| (naming::seq_of(&name), name))
-        .collect();
-    names.sort_unstable();
-    // Parsing dominates start-up on large snapshots: spread it over the cores.
-    // The order of `names`, and the first error in that order, are kept.
-    let exchanges = names
-        .into_par_iter()
-        .map(|(_, name)| load_exchange(exchanges_dir.join(name)))
-        .collect::<Result<_, _>>()?;
+    let snapshot = SnapshotDir::open(dir)?;
+    let exchanges = snapshot.load_each(|recorded| recorded)?;
     Ok(Snapshot {
-        dir: dir.to_owned(),
-        config,
+        dir: snapshot.dir,
+        config: snapshot.config,
         exchanges,
     })
+}
+
+/// A snapshot directory with its config read and its exchange files listed,
+/// not yet read. [`SnapshotDir::load_each`] hands each exchange to the caller
+/// as soon as it is parsed, so a reader that keeps only part of each (replay)
+/// never holds the whole snapshot at once.
+#[derive(Clone, Debug)]
+pub struct SnapshotDir {
+    /// The snapshot directory.
+    pub dir: PathBuf,
+    /// Its `llmsim.toml`, or the defaults.
+    pub config: SnapshotConfig,
+    /// The exchange files, in capture order.
+    files: Vec<PathBuf>,
+}
+
+impl SnapshotDir {
+    /// Reads the config and lists the exchange files. A directory without
+    /// `exchanges/` is an empty snapshot; a missing directory is an error.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        fs::read_dir(dir).map_err(|source| StoreError::ReadDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let config = SnapshotConfig::load(dir).map_err(|source| StoreError::Config { source })?;
+        let exchanges_dir = dir.join(EXCHANGES_DIR);
+        let names = match fs::read_dir(&exchanges_dir) {
+            Ok(entries) => exchange_names(&exchanges_dir, entries)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(StoreError::ReadDir {
+                    path: exchanges_dir,
+                    source,
+                });
+            }
+        };
+        // Capture order even past six digits, then name. The key is computed
+        // once per name: in the comparison it would dominate on large snapshots.
+        let mut names: Vec<(Option<u64>, String)> = names
+            .into_iter()
+            .map(|name| (naming::seq_of(&name), name))
+            .collect();
+        names.sort_unstable();
+        Ok(Self {
+            dir: dir.to_owned(),
+            config,
+            files: names
+                .into_iter()
+                .map(|(_, name)| exchanges_dir.join(name))
+                .collect(),
+        })
+    }
+
+    /// Reads and parses every exchange file and returns what `each` makes of
+    /// them, in capture order. A file that cannot be read or parsed is the
+    /// error; with several, the first in capture order.
+    pub fn load_each<T, F>(&self, each: F) -> Result<Vec<T>, StoreError>
+    where
+        T: Send,
+        F: Fn(Recorded) -> T + Sync,
+    {
+        // Parsing dominates start-up on large snapshots: spread it over the cores.
+        let loaded: Vec<Result<T, StoreError>> = self
+            .files
+            .par_iter()
+            .map(|path| load_exchange(path.clone()).map(&each))
+            .collect();
+        loaded.into_iter().collect()
+    }
 }
 
 /// Names of the exchange files in `exchanges/`.

@@ -239,6 +239,26 @@ fn a_broken_file_is_named_with_line_and_column() {
 }
 
 #[test]
+fn of_several_broken_files_the_first_in_capture_order_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = SnapshotWriter::open(dir.path()).unwrap();
+    let paths: Vec<PathBuf> = (0..40)
+        .map(|_| writer.write(&sample_exchange()).unwrap())
+        .collect();
+    // One early, and many where another thread starts.
+    for path in std::iter::once(&paths[7]).chain(&paths[20..]) {
+        fs::write(path, "{").unwrap();
+    }
+    for _ in 0..5 {
+        let err = load(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Parse { path, .. } if *path == paths[7]),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
 fn another_format_version_has_its_own_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = SnapshotWriter::open(dir.path())
