@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -20,8 +20,7 @@ use llmsim_snapshot::signature::{
     self, CanonicalRequest, CompiledRules, FieldDiff, Served, Signature, SignatureError,
     SignatureIndex,
 };
-use llmsim_snapshot::store::Snapshot;
-use rayon::prelude::*;
+use llmsim_snapshot::store::{SnapshotDir, StoreError};
 
 use crate::options::{OnMiss, ReplayOptions};
 use crate::report::{Event, MissRecord, Stats};
@@ -31,6 +30,9 @@ use crate::upstream::Upstream;
 /// Why the engine could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The snapshot could not be loaded (a file that does not parse names itself).
+    #[error(transparent)]
+    Load(#[from] StoreError),
     /// The snapshot's `[match]` rules do not compile.
     #[error("the [match] rules of {path} are invalid")]
     Rules {
@@ -69,43 +71,37 @@ impl ReplayRequest {
     }
 }
 
-/// A recorded exchange as the engine keeps it.
+/// A recorded exchange as the engine keeps it: what serving and the report need, not the
+/// parsed bodies, which would take most of the memory of a large snapshot.
 #[derive(Debug)]
 pub struct RecordedEntry {
     /// The exchange file, relative to the snapshot directory when possible.
     pub file: PathBuf,
-    /// The exchange.
-    pub exchange: Exchange,
+    /// The provider it was recorded from.
+    pub provider: Provider,
     /// `METHOD /path`, the report's endpoint column.
     pub endpoint: String,
     /// The response ready to send, or why it cannot be sent.
     pub response: Result<PreparedResponse, Arc<PrepareError>>,
-    /// Its tokens and cost, worked out when first served: only the report needs them, and
-    /// reading them from the bodies would otherwise weigh on start-up.
-    call: OnceLock<CallLine>,
+    /// Its tokens and cost under the built-in prices, for the report.
+    pub call: CallLine,
 }
 
 impl RecordedEntry {
     /// Prepares `exchange` (recorded in `file`) for serving; a response that cannot be
     /// prepared is logged and kept as its error.
-    fn new(file: PathBuf, exchange: Exchange) -> Self {
-        let response = PreparedResponse::new(&exchange).map_err(Arc::new);
+    fn new(file: PathBuf, exchange: &Exchange, prices: &PriceTable) -> Self {
+        let response = PreparedResponse::new(exchange).map_err(Arc::new);
         if let Err(e) = &response {
             tracing::warn!(file = %file.display(), error = %llmsim_snapshot::error_chain(e.as_ref()), "this recording cannot be served");
         }
         Self {
-            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
             file,
-            exchange,
+            provider: exchange.provider,
+            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
             response,
-            call: OnceLock::new(),
+            call: CallLine::of(exchange, prices),
         }
-    }
-
-    /// Its tokens and cost under `prices`, for the report.
-    fn call(&self, prices: &PriceTable) -> &CallLine {
-        self.call
-            .get_or_init(|| CallLine::of(&self.exchange, prices))
     }
 }
 
@@ -208,10 +204,12 @@ struct LiveRecordings {
 }
 
 impl Engine {
-    /// Builds the engine from a loaded snapshot. Incomplete exchanges are skipped with a
-    /// warning; a response that cannot be prepared is logged and kept, so matching it gives
-    /// a snapshot error rather than a misleading miss.
-    pub fn new(snapshot: Snapshot, options: ReplayOptions) -> Result<Self, EngineError> {
+    /// Loads the snapshot in `dir` and builds the engine from it. Every exchange file is
+    /// read and parsed, and the first that does not parse is the error. Incomplete
+    /// exchanges are skipped with a warning; a response that cannot be prepared is logged
+    /// and kept, so matching it gives a snapshot error rather than a misleading miss.
+    pub fn load(dir: &Path, options: ReplayOptions) -> Result<Self, EngineError> {
+        let snapshot = SnapshotDir::open(dir)?;
         let rules = snapshot
             .config
             .matching
@@ -221,22 +219,20 @@ impl Engine {
                 source,
             })?;
         let prices = PriceTable::builtin();
-        let dir = &snapshot.dir;
-        // Signing and preparing are per exchange: spread them over the cores.
-        let prepared: Vec<Option<(RecordedEntry, Signature)>> = snapshot
-            .exchanges
-            .into_par_iter()
-            .map(|recorded| {
-                let file = relative(dir, &recorded.path);
+        // Each exchange is signed and prepared as soon as it is parsed, on the loading
+        // threads, and its parsed bodies are dropped there: holding every parsed exchange
+        // first cost more (in memory and page faults) than the parsing itself.
+        let prepared: Vec<Option<(RecordedEntry, Signature)>> =
+            snapshot.load_each(|recorded| {
+                let file = relative(&snapshot.dir, &recorded.path);
                 let exchange = recorded.exchange;
                 if let Some(why) = &exchange.incomplete {
                     tracing::warn!(file = %file.display(), reason = %why, "skipping an incomplete exchange");
                     return None;
                 }
                 let signature = recorded_signature(&exchange, &rules);
-                Some((RecordedEntry::new(file, exchange), signature))
-            })
-            .collect();
+                Some((RecordedEntry::new(file, &exchange, &prices), signature))
+            })?;
         let skipped = prepared.iter().filter(|p| p.is_none()).count();
         let mut entries = Vec::with_capacity(prepared.len());
         let mut signatures = Vec::with_capacity(prepared.len());
@@ -278,9 +274,13 @@ impl Engine {
 
     /// Makes an exchange recorded during the run (stored at `path`) servable to later
     /// requests with its signature, as if it had been in the snapshot at start-up.
-    pub fn add_recorded(&self, exchange: Exchange, path: &Path) {
-        let signature = recorded_signature(&exchange, &self.rules);
-        let entry = Arc::new(RecordedEntry::new(relative(&self.dir, path), exchange));
+    pub fn add_recorded(&self, exchange: &Exchange, path: &Path) {
+        let signature = recorded_signature(exchange, &self.rules);
+        let entry = Arc::new(RecordedEntry::new(
+            relative(&self.dir, path),
+            exchange,
+            &self.prices,
+        ));
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -389,10 +389,10 @@ impl Engine {
         let event = match &outcome {
             Outcome::Hit(hit) if hit.entry.response.is_err() => Event::SnapshotError,
             Outcome::Hit(hit) => Event::Served {
-                provider: hit.entry.exchange.provider,
+                provider: hit.entry.provider,
                 endpoint: hit.entry.endpoint.clone(),
                 repeated: hit.repeated,
-                call: Box::new(hit.entry.call(&self.prices).clone()),
+                call: Box::new(hit.entry.call.clone()),
             },
             // A forwarded miss is counted when the forward ends.
             Outcome::Miss(_) if self.forwards() => return outcome,
@@ -437,7 +437,7 @@ impl Engine {
             (Provider::Generic, Some((entry, _)))
                 if candidates.len() > 1 || self.options.any_host =>
             {
-                entry.exchange.provider
+                entry.provider
             }
             (provider, _) => provider,
         };
@@ -535,7 +535,8 @@ fn relative(dir: &Path, path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use llmsim_snapshot::signature::Repeat;
-    use llmsim_snapshot::store;
+
+    use crate::response::PreparedBody;
     use serde_json::json;
 
     use crate::testutil::{chat, exchange, snapshot};
@@ -552,15 +553,21 @@ mod tests {
 
     fn engine(exchanges: &[Exchange], options: ReplayOptions) -> Engine {
         let dir = snapshot(exchanges);
-        Engine::new(store::load(dir.path()).unwrap(), options).unwrap()
+        Engine::load(dir.path(), options).unwrap()
     }
 
     fn served_answer(outcome: &Outcome) -> (serde_json::Value, bool) {
         match outcome {
-            Outcome::Hit(hit) => (
-                hit.entry.exchange.response.body.json().unwrap().clone(),
-                hit.repeated,
-            ),
+            Outcome::Hit(hit) => {
+                let Ok(PreparedResponse {
+                    body: PreparedBody::Full(bytes),
+                    ..
+                }) = &hit.entry.response
+                else {
+                    panic!("not a whole JSON answer: {:?}", hit.entry.response);
+                };
+                (serde_json::from_slice(bytes).unwrap(), hit.repeated)
+            }
             Outcome::Miss(miss) => panic!("unexpected miss: {miss:?}"),
         }
     }
