@@ -176,7 +176,11 @@ impl Body {
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             Self::Empty { .. } => Vec::new(),
-            Self::Json { json, .. } => json.to_string().into_bytes(),
+            // `to_vec` writes the same compact text as `Display`, without going through
+            // `fmt`.
+            Self::Json { json, .. } => {
+                serde_json::to_vec(json).expect("a JSON value always serializes")
+            }
             Self::Text { text, .. } => text.as_bytes().to_vec(),
             Self::Base64 { base64, .. } | Self::Encoded { base64, .. } => base64.clone(),
             Self::Sse {
