@@ -1,6 +1,7 @@
-//! The replay engine: built once at start-up from a loaded snapshot, it signs every
-//! complete recorded exchange with the snapshot's match rules, indexes the signatures, and
-//! prepares each recorded response for sending. [`Engine::respond`] signs an incoming
+//! The replay engine: built once at start-up from a snapshot directory, it reads and
+//! validates every exchange file, signs every complete recorded exchange with the
+//! snapshot's match rules as soon as it is parsed, prepares its response for sending, and
+//! indexes the signatures. [`Engine::respond`] signs an incoming
 //! request the same way and gives either the recorded exchange to serve (in recorded order,
 //! then as the repeat policy says) or, for a miss, the closest recorded request and a
 //! field-level diff. Every outcome is counted in the run's [`Stats`]. The engine knows
