@@ -1,8 +1,9 @@
 //! The snapshot directory on disk: `DIR/llmsim.toml` (optional) and
 //! `DIR/exchanges/`, one pretty-printed JSON file per exchange, named so that
 //! they sort in capture order. This module owns reading the directory back
-//! ([`load`]) and, in [`SnapshotWriter`], appending to it without ever
-//! replacing or half-writing a file.
+//! ([`load`], or one exchange at a time through [`SnapshotDir`]) and, in
+//! [`SnapshotWriter`], appending to it without ever replacing or half-writing
+//! a file.
 
 mod naming;
 mod render;
@@ -311,9 +312,9 @@ fn read_file(dir: &fs::File, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// Why a file did not parse. The version is read on its own first, so a file
+/// Why a file did not parse. Its version is then read on its own, so a file
 /// from another version says so rather than failing on whichever field
-/// changed; only failed files pay for that second pass.
+/// changed; files that parse never pay for that second pass.
 fn parse_error(path: PathBuf, bytes: &[u8], source: serde_json::Error) -> StoreError {
     #[derive(Deserialize)]
     struct Version {
