@@ -1,11 +1,11 @@
 //! The replay engine: built once at start-up from a snapshot directory, it reads and
-//! validates every exchange file, signs every complete recorded exchange with the
-//! snapshot's match rules as soon as it is parsed, prepares its response for sending, and
-//! indexes the signatures. [`Engine::respond`] signs an incoming
-//! request the same way and gives either the recorded exchange to serve (in recorded order,
-//! then as the repeat policy says) or, for a miss, the closest recorded request and a
-//! field-level diff. Every outcome is counted in the run's [`Stats`]. The engine knows
-//! nothing about sockets or HTTP framing; the service module does.
+//! validates every exchange file, signs each complete recorded exchange with the snapshot's
+//! match rules as soon as it is parsed, prepares its response for sending, and indexes the
+//! signatures. [`Engine::respond`] signs an incoming request the same way and gives either
+//! the recorded exchange to serve (in recorded order, then as the repeat policy says) or,
+//! for a miss, the closest recorded request and a field-level diff. Every outcome is
+//! counted in the run's [`Stats`]. The engine knows nothing about sockets or HTTP framing;
+//! the service module does.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -222,7 +222,8 @@ impl Engine {
         let prices = PriceTable::builtin();
         // Each exchange is signed and prepared as soon as it is parsed, on the loading
         // threads, and its parsed bodies are dropped there: holding every parsed exchange
-        // first cost more (in memory and page faults) than the parsing itself.
+        // first took four times the memory, and faulting that in was a large part of
+        // start-up.
         let prepared: Vec<Option<(RecordedEntry, Signature)>> =
             snapshot.load_each(|recorded| {
                 let file = relative(&snapshot.dir, &recorded.path);
