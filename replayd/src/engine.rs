@@ -1,10 +1,11 @@
-//! The replay engine: built once at start-up from a loaded snapshot, it signs every
-//! complete recorded exchange with the snapshot's match rules, indexes the signatures, and
-//! prepares each recorded response for sending. [`Engine::respond`] signs an incoming
-//! request the same way and gives either the recorded exchange to serve (in recorded order,
-//! then as the repeat policy says) or, for a miss, the closest recorded request and a
-//! field-level diff. Every outcome is counted in the run's [`Stats`]. The engine knows
-//! nothing about sockets or HTTP framing; the service module does.
+//! The replay engine: built once at start-up from a snapshot directory, it reads and
+//! validates every exchange file, signs each complete recorded exchange with the snapshot's
+//! match rules as soon as it is parsed, prepares its response for sending, and indexes the
+//! signatures. [`Engine::respond`] signs an incoming request the same way and gives either
+//! the recorded exchange to serve (in recorded order, then as the repeat policy says) or,
+//! for a miss, the closest recorded request and a field-level diff. Every outcome is
+//! counted in the run's [`Stats`]. The engine knows nothing about sockets or HTTP framing;
+//! the service module does.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,7 @@ use llmsim_snapshot::signature::{
     self, CanonicalRequest, CompiledRules, FieldDiff, Served, Signature, SignatureError,
     SignatureIndex,
 };
-use llmsim_snapshot::store::Snapshot;
-use rayon::prelude::*;
+use llmsim_snapshot::store::{SnapshotDir, StoreError};
 
 use crate::options::{OnMiss, ReplayOptions};
 use crate::report::{Event, MissRecord, Stats};
@@ -31,6 +31,9 @@ use crate::upstream::Upstream;
 /// Why the engine could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
+    /// The snapshot could not be loaded (a file that does not parse names itself).
+    #[error(transparent)]
+    Load(#[from] StoreError),
     /// The snapshot's `[match]` rules do not compile.
     #[error("the [match] rules of {path} are invalid")]
     Rules {
@@ -69,19 +72,38 @@ impl ReplayRequest {
     }
 }
 
-/// A recorded exchange as the engine keeps it.
+/// A recorded exchange as the engine keeps it: what serving and the report need, not the
+/// parsed bodies, which would take most of the memory of a large snapshot.
 #[derive(Debug)]
 pub struct RecordedEntry {
     /// The exchange file, relative to the snapshot directory when possible.
     pub file: PathBuf,
-    /// The exchange.
-    pub exchange: Exchange,
+    /// The provider it was recorded from.
+    pub provider: Provider,
     /// `METHOD /path`, the report's endpoint column.
     pub endpoint: String,
     /// The response ready to send, or why it cannot be sent.
     pub response: Result<PreparedResponse, Arc<PrepareError>>,
     /// Its tokens and cost under the built-in prices, for the report.
     pub call: CallLine,
+}
+
+impl RecordedEntry {
+    /// Prepares `exchange` (recorded in `file`) for serving; a response that cannot be
+    /// prepared is logged and kept as its error.
+    fn new(file: PathBuf, exchange: &Exchange, prices: &PriceTable) -> Self {
+        let response = PreparedResponse::new(exchange).map_err(Arc::new);
+        if let Err(e) = &response {
+            tracing::warn!(file = %file.display(), error = %llmsim_snapshot::error_chain(e.as_ref()), "this recording cannot be served");
+        }
+        Self {
+            file,
+            provider: exchange.provider,
+            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
+            response,
+            call: CallLine::of(exchange, prices),
+        }
+    }
 }
 
 /// A request answered from the recording.
@@ -183,10 +205,12 @@ struct LiveRecordings {
 }
 
 impl Engine {
-    /// Builds the engine from a loaded snapshot. Incomplete exchanges are skipped with a
-    /// warning; a response that cannot be prepared is logged and kept, so matching it gives
-    /// a snapshot error rather than a misleading miss.
-    pub fn new(snapshot: Snapshot, options: ReplayOptions) -> Result<Self, EngineError> {
+    /// Loads the snapshot in `dir` and builds the engine from it. Every exchange file is
+    /// read and parsed, and the first that does not parse is the error. Incomplete
+    /// exchanges are skipped with a warning; a response that cannot be prepared is logged
+    /// and kept, so matching it gives a snapshot error rather than a misleading miss.
+    pub fn load(dir: &Path, options: ReplayOptions) -> Result<Self, EngineError> {
+        let snapshot = SnapshotDir::open(dir)?;
         let rules = snapshot
             .config
             .matching
@@ -196,33 +220,21 @@ impl Engine {
                 source,
             })?;
         let prices = PriceTable::builtin();
-        let dir = &snapshot.dir;
-        // Signing and preparing are per exchange: spread them over the cores.
-        let prepared: Vec<Option<(RecordedEntry, Signature)>> = snapshot
-            .exchanges
-            .into_par_iter()
-            .map(|recorded| {
-                let file = relative(dir, &recorded.path);
+        // Each exchange is signed and prepared as soon as it is parsed, on the loading
+        // threads, and its parsed bodies are dropped there: holding every parsed exchange
+        // first took four times the memory, and faulting that in was a large part of
+        // start-up.
+        let prepared: Vec<Option<(RecordedEntry, Signature)>> =
+            snapshot.load_each(|recorded| {
+                let file = relative(&snapshot.dir, &recorded.path);
                 let exchange = recorded.exchange;
                 if let Some(why) = &exchange.incomplete {
                     tracing::warn!(file = %file.display(), reason = %why, "skipping an incomplete exchange");
                     return None;
                 }
                 let signature = recorded_signature(&exchange, &rules);
-                let response = PreparedResponse::new(&exchange).map_err(Arc::new);
-                if let Err(e) = &response {
-                    tracing::warn!(file = %file.display(), error = %llmsim_snapshot::error_chain(e.as_ref()), "this recording cannot be served");
-                }
-                let entry = RecordedEntry {
-                    call: CallLine::of(&exchange, &prices),
-                    endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
-                    file,
-                    exchange,
-                    response,
-                };
-                Some((entry, signature))
-            })
-            .collect();
+                Some((RecordedEntry::new(file, &exchange, &prices), signature))
+            })?;
         let skipped = prepared.iter().filter(|p| p.is_none()).count();
         let mut entries = Vec::with_capacity(prepared.len());
         let mut signatures = Vec::with_capacity(prepared.len());
@@ -264,16 +276,13 @@ impl Engine {
 
     /// Makes an exchange recorded during the run (stored at `path`) servable to later
     /// requests with its signature, as if it had been in the snapshot at start-up.
-    pub fn add_recorded(&self, exchange: Exchange, path: &Path) {
-        let signature = recorded_signature(&exchange, &self.rules);
-        let response = PreparedResponse::new(&exchange).map_err(Arc::new);
-        let entry = Arc::new(RecordedEntry {
-            call: CallLine::of(&exchange, &self.prices),
-            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
-            file: relative(&self.dir, path),
+    pub fn add_recorded(&self, exchange: &Exchange, path: &Path) {
+        let signature = recorded_signature(exchange, &self.rules);
+        let entry = Arc::new(RecordedEntry::new(
+            relative(&self.dir, path),
             exchange,
-            response,
-        });
+            &self.prices,
+        ));
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -382,7 +391,7 @@ impl Engine {
         let event = match &outcome {
             Outcome::Hit(hit) if hit.entry.response.is_err() => Event::SnapshotError,
             Outcome::Hit(hit) => Event::Served {
-                provider: hit.entry.exchange.provider,
+                provider: hit.entry.provider,
                 endpoint: hit.entry.endpoint.clone(),
                 repeated: hit.repeated,
                 call: Box::new(hit.entry.call.clone()),
@@ -430,7 +439,7 @@ impl Engine {
             (Provider::Generic, Some((entry, _)))
                 if candidates.len() > 1 || self.options.any_host =>
             {
-                entry.exchange.provider
+                entry.provider
             }
             (provider, _) => provider,
         };
@@ -528,7 +537,8 @@ fn relative(dir: &Path, path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use llmsim_snapshot::signature::Repeat;
-    use llmsim_snapshot::store;
+
+    use crate::response::PreparedBody;
     use serde_json::json;
 
     use crate::testutil::{chat, exchange, snapshot};
@@ -545,15 +555,21 @@ mod tests {
 
     fn engine(exchanges: &[Exchange], options: ReplayOptions) -> Engine {
         let dir = snapshot(exchanges);
-        Engine::new(store::load(dir.path()).unwrap(), options).unwrap()
+        Engine::load(dir.path(), options).unwrap()
     }
 
     fn served_answer(outcome: &Outcome) -> (serde_json::Value, bool) {
         match outcome {
-            Outcome::Hit(hit) => (
-                hit.entry.exchange.response.body.json().unwrap().clone(),
-                hit.repeated,
-            ),
+            Outcome::Hit(hit) => {
+                let Ok(PreparedResponse {
+                    body: PreparedBody::Full(bytes),
+                    ..
+                }) = &hit.entry.response
+                else {
+                    panic!("not a whole JSON answer: {:?}", hit.entry.response);
+                };
+                (serde_json::from_slice(bytes).unwrap(), hit.repeated)
+            }
             Outcome::Miss(miss) => panic!("unexpected miss: {miss:?}"),
         }
     }

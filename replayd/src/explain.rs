@@ -232,13 +232,11 @@ mod tests {
     use super::*;
     use crate::options::ReplayOptions;
     use crate::testutil::{exchange, snapshot};
-    use llmsim_snapshot::store;
     use serde_json::json;
 
     fn engine() -> (tempfile::TempDir, Engine) {
         let dir = snapshot(&[exchange("What is the capital of France?", json!({}))]);
-        let engine =
-            Engine::new(store::load(dir.path()).unwrap(), ReplayOptions::default()).unwrap();
+        let engine = Engine::load(dir.path(), ReplayOptions::default()).unwrap();
         (dir, engine)
     }
 

@@ -12,7 +12,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use llmsim_snapshot::store::{self, StoreError};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::task::JoinSet;
 
@@ -30,10 +29,8 @@ const DNS_BIND_ATTEMPTS: usize = 16;
 /// Why a run could not start or stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The snapshot could not be loaded (a file that does not parse names itself).
-    #[error(transparent)]
-    Load(#[from] StoreError),
-    /// The engine could not be built.
+    /// The snapshot could not be loaded (a file that does not parse names itself), or the
+    /// engine could not be built from it.
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// Forwarding misses (`--on-miss passthrough|record`) could not be set up.
@@ -97,8 +94,7 @@ pub fn load_engine_with(
 ) -> Result<Engine, RunError> {
     // First, so `--on-miss record` creates a snapshot directory that does not exist yet.
     let upstream = Upstream::new(dir, upstream)?.map(Arc::new);
-    let snapshot = store::load(dir)?;
-    Ok(Engine::new(snapshot, options)?.with_upstream(upstream))
+    Ok(Engine::load(dir, options)?.with_upstream(upstream))
 }
 
 /// Loads (creating on first use) the CA in `ca_dir`, or the default directory, and returns

@@ -111,7 +111,7 @@ impl ReplayService {
             Outcome::Hit(hit) => {
                 let entry = &hit.entry;
                 let shape = ErrorShape::of(
-                    entry.exchange.provider,
+                    entry.provider,
                     Endpoint::classify(&request.method, &request.path),
                 );
                 let result = match &entry.response {
@@ -239,7 +239,6 @@ mod tests {
     use super::*;
     use http::StatusCode;
     use http_body_util::Full;
-    use llmsim_snapshot::store;
     use serde_json::json;
 
     use crate::options::ReplayOptions;
@@ -247,7 +246,7 @@ mod tests {
 
     fn service(options: ReplayOptions) -> ReplayService {
         let dir = snapshot(&[exchange("hi", json!({"answer": "hello"}))]);
-        let engine = Engine::new(store::load(dir.path()).unwrap(), options).unwrap();
+        let engine = Engine::load(dir.path(), options).unwrap();
         app(Arc::new(engine), ConnInfo::default())
     }
 

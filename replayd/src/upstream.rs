@@ -451,7 +451,7 @@ impl Upstream {
                 match recorder.writer.write(&exchange) {
                     Ok(path) => {
                         tracing::info!(file = %path.display(), "recorded a new exchange");
-                        engine.add_recorded(exchange.clone(), &path);
+                        engine.add_recorded(&exchange, &path);
                     }
                     Err(e) => {
                         tracing::error!(

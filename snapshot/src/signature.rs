@@ -423,25 +423,31 @@ pub struct CanonicalRequest {
 }
 
 impl CanonicalRequest {
-    /// The unambiguous text that is hashed.
+    /// The unambiguous text that is hashed: the JSON array `[method, host, path,
+    /// [[k, v], …] (query), [[k, v], …] (headers), body]`, written directly rather than
+    /// through a `Value`, as every recorded request is signed at start-up.
     fn hashed_text(&self) -> String {
-        let pairs = |list: &[(String, String)]| {
-            Value::Array(
-                list.iter()
-                    .map(|(k, v)| Value::Array(vec![k.as_str().into(), v.as_str().into()]))
-                    .collect(),
-            )
+        let pairs = |text: &mut String, list: &[(String, String)]| {
+            text.push_str(",[");
+            for (i, (k, v)) in list.iter().enumerate() {
+                text.push_str(if i == 0 { "[" } else { ",[" });
+                write_json_str(text, k);
+                text.push(',');
+                write_json_str(text, v);
+                text.push(']');
+            }
+            text.push(']');
         };
-        let mut text = Value::Array(vec![
-            self.method.as_str().into(),
-            self.host.as_str().into(),
-            self.path.as_str().into(),
-            pairs(&self.query),
-            pairs(&self.headers),
-        ])
-        .to_string();
-        // Close the array with the body element; the JSON body text is spliced in as is.
-        text.pop();
+        let mut text = String::with_capacity(256);
+        text.push('[');
+        write_json_str(&mut text, &self.method);
+        text.push(',');
+        write_json_str(&mut text, &self.host);
+        text.push(',');
+        write_json_str(&mut text, &self.path);
+        pairs(&mut text, &self.query);
+        pairs(&mut text, &self.headers);
+        // The body element closes the array; the JSON body text is spliced in as is.
         match &self.body {
             CanonicalBody::Empty => text.push_str(",[\"empty\"]]"),
             CanonicalBody::Json(json) => {
@@ -1779,6 +1785,38 @@ mod tests {
         assert_eq!(
             s.canonical().body.to_value().unwrap(),
             json!({"a": {"y": 2500, "z": 0}, "b": [1, tricky, null, true]})
+        );
+    }
+
+    #[test]
+    fn hashed_text_is_the_json_array_of_the_parts() {
+        let tricky = "quote \" backslash \\ newline \n nul \u{0} é";
+        let canonical = CanonicalRequest {
+            method: "POST".into(),
+            host: "h".into(),
+            path: format!("/p/{tricky}"),
+            query: vec![("a".into(), tricky.into()), ("b".into(), String::new())],
+            headers: vec![(tricky.into(), "v".into())],
+            body: CanonicalBody::Json(r#"{"a":1}"#.into()),
+        };
+        let want = json!([
+            "POST",
+            "h",
+            canonical.path,
+            [["a", tricky], ["b", ""]],
+            [[tricky, "v"]],
+            ["json", {"a": 1}]
+        ]);
+        assert_eq!(canonical.hashed_text(), want.to_string());
+        let bare = CanonicalRequest {
+            query: Vec::new(),
+            headers: Vec::new(),
+            body: CanonicalBody::Empty,
+            ..canonical
+        };
+        assert_eq!(
+            bare.hashed_text(),
+            json!(["POST", "h", bare.path, [], [], ["empty"]]).to_string()
         );
     }
 

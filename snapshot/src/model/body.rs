@@ -2,7 +2,9 @@
 //! most readable form that loses nothing (JSON, text, SSE events, or base64 as
 //! a last resort), plus the way back to wire bytes.
 
-use serde::{Deserialize, Serialize};
+mod de;
+
+use serde::Serialize;
 use serde_json::Value;
 
 use super::encoding::{self, DecodeError};
@@ -10,7 +12,8 @@ use super::sse::{self, SseEvent};
 
 /// A stored message body. Serialized with a `kind` tag; every kind records the
 /// Content-Encoding the stored form was decoded from, when there was one.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// Deserialized by hand (in `de`), to the same form.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Body {
     /// No body bytes.
@@ -173,7 +176,11 @@ impl Body {
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             Self::Empty { .. } => Vec::new(),
-            Self::Json { json, .. } => json.to_string().into_bytes(),
+            // `to_vec` writes the same compact text as `Display`, without going through
+            // `fmt`.
+            Self::Json { json, .. } => {
+                serde_json::to_vec(json).expect("a JSON value always serializes")
+            }
             Self::Text { text, .. } => text.as_bytes().to_vec(),
             Self::Base64 { base64, .. } | Self::Encoded { base64, .. } => base64.clone(),
             Self::Sse {
@@ -447,5 +454,70 @@ mod tests {
     fn invalid_base64_is_a_load_error() {
         let err = serde_json::from_str::<Body>(r#"{"kind":"base64","base64":"!!"}"#).unwrap_err();
         assert!(err.to_string().contains("Invalid"), "{err}");
+    }
+
+    #[test]
+    fn every_kind_reads_back_in_any_key_order() {
+        let event = SseEvent {
+            offset_ms: 1.5,
+            event: Some("delta".into()),
+            data: "x".into(),
+            id: None,
+            retry: Some(10),
+        };
+        let bodies = [
+            Body::default(),
+            Body::Empty {
+                content_encoding: Some("gzip".into()),
+            },
+            whole(
+                Some("application/json"),
+                Some("gzip"),
+                &compress("gzip", b"[1,null]"),
+            ),
+            whole(Some("text/plain"), None, b"plain"),
+            Body::raw(None, vec![0, 1, 2]),
+            Body::raw(Some("compress"), vec![3, 4]),
+            Body::Sse {
+                content_encoding: None,
+                events: vec![event],
+                unterminated: Some("data: cut".into()),
+            },
+        ];
+        for body in bodies {
+            let text = serde_json::to_string(&body).unwrap();
+            assert_eq!(serde_json::from_str::<Body>(&text).unwrap(), body, "{text}");
+            // The same object with `kind` last, as a hand edit might leave it.
+            let Value::Object(mut map) = serde_json::to_value(&body).unwrap() else {
+                panic!("{text} is not an object");
+            };
+            let kind = map.shift_remove("kind").unwrap();
+            map.insert("kind".into(), kind);
+            let reordered = Value::Object(map).to_string();
+            assert_eq!(
+                serde_json::from_str::<Body>(&reordered).unwrap(),
+                body,
+                "{reordered}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_or_unknown_kind_is_a_load_error() {
+        for (text, want) in [
+            (r#"{"json":{}}"#, "missing field `kind`"),
+            ("{}", "missing field `kind`"),
+            (r#"{"kind":"xml"}"#, "unknown variant `xml`"),
+            (r#"{"text":"x","kind":"xml"}"#, "unknown variant `xml`"),
+            (r#"{"kind":"json"}"#, "missing field `json`"),
+            (
+                r#"{"kind":"encoded","base64":""}"#,
+                "missing field `content_encoding`",
+            ),
+            (r#""json""#, "expected internally tagged enum Body"),
+        ] {
+            let err = serde_json::from_str::<Body>(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 }

@@ -239,28 +239,52 @@ fn a_broken_file_is_named_with_line_and_column() {
 }
 
 #[test]
+fn of_several_broken_files_the_first_in_capture_order_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = SnapshotWriter::open(dir.path()).unwrap();
+    let paths: Vec<PathBuf> = (0..40)
+        .map(|_| writer.write(&sample_exchange()).unwrap())
+        .collect();
+    // One early, and many where another thread starts.
+    for path in std::iter::once(&paths[7]).chain(&paths[20..]) {
+        fs::write(path, "{").unwrap();
+    }
+    for _ in 0..5 {
+        let err = load(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Parse { path, .. } if *path == paths[7]),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
 fn another_format_version_has_its_own_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = SnapshotWriter::open(dir.path())
         .unwrap()
         .write(&sample_exchange())
         .unwrap();
-    let text = fs::read_to_string(&path)
-        .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 2");
-    fs::write(&path, text).unwrap();
-    let err = load(dir.path()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            StoreError::FormatVersion {
-                found: 2,
-                expected: 1,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let text = fs::read_to_string(&path).unwrap();
+    // Whether or not the rest of the file still reads as this version's.
+    let same_shape = text.replace("\"format_version\": 1", "\"format_version\": 2");
+    let new_shape = same_shape.replace("\"status\": 200", "\"status\": {\"code\": 200}");
+    assert_ne!(same_shape, new_shape);
+    for text in [same_shape, new_shape] {
+        fs::write(&path, text).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::FormatVersion {
+                    found: 2,
+                    expected: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod anthropic;
 mod gemini;
 mod openai;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::AddAssign;
 
@@ -243,7 +244,7 @@ impl Format {
 
     /// Recognises a format from the response documents of a path no
     /// provider is known for (an OpenAI-compatible server on its own path).
-    fn sniff(docs: &[(Option<f64>, Value)]) -> Option<Self> {
+    fn sniff(docs: &[(Option<f64>, Cow<'_, Value>)]) -> Option<Self> {
         docs.iter().find_map(|(_, doc)| {
             let object = doc.get("object").and_then(Value::as_str).unwrap_or("");
             let kind = doc.get("type").and_then(Value::as_str).unwrap_or("");
@@ -267,29 +268,38 @@ impl Format {
 /// The JSON documents a response body carries, each with its arrival offset
 /// when the body was a stream: one for a JSON body, one per element of a
 /// JSON array (Gemini's streaming without `alt=sse`), one per SSE event
-/// whose data is JSON (`[DONE]` and other text skipped).
-fn documents(body: &Body) -> Vec<(Option<f64>, Value)> {
-    let whole = |value: &Value| match value {
-        Value::Array(items) => items.iter().map(|v| (None, v.clone())).collect(),
-        other => vec![(None, other.clone())],
-    };
+/// whose data is JSON (`[DONE]` and other text skipped). A JSON body is
+/// borrowed, not copied: replay summarises every recorded response at
+/// start-up.
+fn documents(body: &Body) -> Vec<(Option<f64>, Cow<'_, Value>)> {
+    fn whole(value: Cow<'_, Value>) -> Vec<(Option<f64>, Cow<'_, Value>)> {
+        match value {
+            Cow::Borrowed(Value::Array(items)) => {
+                items.iter().map(|v| (None, Cow::Borrowed(v))).collect()
+            }
+            Cow::Owned(Value::Array(items)) => {
+                items.into_iter().map(|v| (None, Cow::Owned(v))).collect()
+            }
+            other => vec![(None, other)],
+        }
+    }
     match body {
-        Body::Json { json, .. } => whole(json),
+        Body::Json { json, .. } => whole(Cow::Borrowed(json)),
         Body::Text { text, .. } => serde_json::from_str::<Value>(text)
-            .map(|v| whole(&v))
+            .map(|v| whole(Cow::Owned(v)))
             .unwrap_or_default(),
         Body::Sse { events, .. } => events.iter().filter_map(event_document).collect(),
         Body::Empty { .. } | Body::Base64 { .. } | Body::Encoded { .. } => Vec::new(),
     }
 }
 
-fn event_document(event: &SseEvent) -> Option<(Option<f64>, Value)> {
+fn event_document(event: &SseEvent) -> Option<(Option<f64>, Cow<'static, Value>)> {
     let data = event.data.trim();
     if !data.starts_with(['{', '[']) {
         return None;
     }
     let value = serde_json::from_str(data).ok()?;
-    Some((Some(event.offset_ms), value))
+    Some((Some(event.offset_ms), Cow::Owned(value)))
 }
 
 /// What the documents of one response said so far; later documents of a
