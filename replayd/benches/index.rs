@@ -16,7 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use http::HeaderMap;
-use llmsim_snapshot::{model::Exchange, store};
+use llmsim_snapshot::{model::Exchange, store, usage};
 use replayd::{
     engine::{Engine, Outcome, ReplayRequest},
     options::ReplayOptions,
@@ -90,7 +90,8 @@ fn main() {
 /// Writes `count` distinct chat-completion exchanges once; later runs reuse them.
 fn generate(dir: &Path, count: usize) {
     let exchanges = dir.join(store::EXCHANGES_DIR);
-    if std::fs::read_dir(&exchanges).map_or(0, Iterator::count) == count {
+    let marker = dir.join("generated-with-summaries");
+    if marker.exists() && std::fs::read_dir(&exchanges).map_or(0, Iterator::count) == count {
         return;
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -135,6 +136,9 @@ fn generate(dir: &Path, count: usize) {
                 }}
             }
         });
+        // With the usage summary capture stores beside every exchange.
+        let mut exchange: Exchange = serde_json::from_value(exchange).expect("an exchange");
+        exchange.summary = usage::summarize(&exchange);
         let name = format!("{seq:06}-openai-post-v1-chat-completions.json");
         std::fs::write(
             exchanges.join(name),
@@ -142,6 +146,7 @@ fn generate(dir: &Path, count: usize) {
         )
         .expect("write an exchange");
     }
+    std::fs::write(marker, "").expect("mark the bench snapshot");
 }
 
 fn read_all(dir: &Path) -> usize {
