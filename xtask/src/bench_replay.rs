@@ -192,7 +192,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 
     // Other work on the machine competes for the same two cores and shows in every figure,
-    // the tail most: the report says how busy the machine was before the bench loaded it.
+    // the tail most: the report says how busy the machine was as the runs began.
     let load = load_average();
 
     // A short warm-up per target: TLS session set-up, page faults, CPU frequency.
@@ -349,7 +349,7 @@ fn report(
     let _ = writeln!(
         out,
         "\nreplay: {BODY_LEN}-byte JSON answer, keep-alive HTTP/1.1, {} connections, median of {} \
-         x {} s runs per row; load average before the bench: {load}",
+         x {} s runs per row; load average as the runs began: {load}",
         args.connections, args.rounds, args.duration
     );
     let ratios_met = saturation_table(&mut out, args, samples);
