@@ -2,7 +2,17 @@
 # Installs what a fresh machine lacks to build and test llmsim, and nothing else.
 # Idempotent: when everything is present it only checks, in a few seconds.
 # Every version is pinned so that a newer nightly or bpf-linker cannot break the build silently.
+# With --bench it also installs the load generators and the reference server that
+# `cargo xtask bench replay` drives (wrk and nginx from Debian, oha from crates.io).
 set -euo pipefail
+
+BENCH=false
+for arg in "$@"; do
+    case $arg in
+        --bench) BENCH=true ;;
+        *) printf 'usage: %s [--bench]\n' "$0" >&2; exit 2 ;;
+    esac
+done
 
 STABLE_TOOLCHAIN=1.99.1            # aya 0.16 needs rustc >= 1.98
 EBPF_TOOLCHAIN=nightly-2026-07-01  # rustc 1.98 on LLVM 22, the LLVM bpf-linker links against
@@ -11,6 +21,10 @@ LLVM_MAJOR=22
 APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib1g-dev
               iproute2 curl openssl ca-certificates chromium)
 PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
+BENCH_APT_PACKAGES=(wrk nginx)
+# oha sends requests at a fixed rate and measures latency from each request's scheduled
+# start (--latency-correction), which wrk cannot; its JSON report's layout is per version.
+OHA_VERSION=1.16.0
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -65,6 +79,14 @@ install_bpf_linker() {
         --no-default-features --features llvm-${LLVM_MAJOR}
 }
 
+install_oha() {
+    if command -v oha >/dev/null && [ "$(oha --version 2>/dev/null | awk '{print $2}')" = "$OHA_VERSION" ]; then
+        return
+    fi
+    log "building oha $OHA_VERSION"
+    cargo +"$STABLE_TOOLCHAIN" install oha --version "=$OHA_VERSION" --locked
+}
+
 install_python_packages() {
     if python3 - "${PYTHON_PACKAGES[@]}" <<'PY' 2>/dev/null; then return; fi
 import sys
@@ -91,10 +113,16 @@ install_node_clients() {
 }
 
 cd "$(dirname "$0")/.."
+if $BENCH; then
+    APT_PACKAGES+=("${BENCH_APT_PACKAGES[@]}")
+fi
 install_apt_packages
 install_toolchain "$STABLE_TOOLCHAIN" --component clippy --component rustfmt
 install_toolchain "$EBPF_TOOLCHAIN" --component rust-src
 install_bpf_linker
 install_python_packages
 install_node_clients
+if $BENCH; then
+    install_oha
+fi
 log "ready"

@@ -1,8 +1,21 @@
 //! `cargo xtask bench replay`: throughput and latency of replayd serving one recorded 1 KiB JSON
-//! answer over keep-alive HTTP/1.1, plain and TLS, measured with a real load generator (`wrk`)
-//! against nginx serving the same bytes on the same machine in the same run. The servers take
-//! turns (which one goes first alternates every round) so that drift in the machine's speed hits
-//! both alike, and the report gives replayd's rate as a ratio of nginx's per scheme.
+//! answer over keep-alive HTTP/1.1, plain and TLS, against nginx serving the same bytes on the
+//! same machine in the same run. Two kinds of run, each with a real load generator:
+//!
+//! - Saturation (`wrk`, a closed loop: every connection sends its next request as soon as the
+//!   answer arrives) gives the most requests per second each server can answer; replayd's rate
+//!   is reported as a ratio of nginx's. Its latencies are reported too, but with the load
+//!   generator and the server sharing the cores flat out they are mostly time spent waiting
+//!   for a CPU, not time spent serving.
+//! - Latency (`oha`, an open loop at a fixed rate offered to both servers alike) gives p50, p99
+//!   and p99.9 measured from each request's scheduled start, so a stall also counts against the
+//!   requests that queued behind it (no coordinated omission). The rate is a fixed figure rather
+//!   than a share of the saturation rate because the generator must stay well below its own
+//!   ceiling too, and oha's (about 50,000 requests a second beside either server on two cores)
+//!   is about half of wrk's.
+//!
+//! The servers take turns (which one goes first alternates every round) so that drift in the
+//! machine's speed hits both alike.
 //!
 //! Everything stays on loopback. The snapshot, the nginx configuration and both CAs live in a
 //! temporary directory that is removed afterwards; replayd and nginx are killed on the way out,
@@ -21,36 +34,46 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
-use llmsim_tests::{TestCa, paths::repo_root, privilege::is_root};
+use llmsim_tests::{TestCa, paths::repo_root};
 
 /// Size of the recorded answer's body, in bytes.
 const BODY_LEN: usize = 1024;
-/// The recorded request: a GET with no body, which is what wrk sends by default.
+/// The recorded request: a GET with no body, which is what wrk and oha send by default.
 const PATH: &str = "/v1/models";
 /// How long a server may take to start listening.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// The bench's targets: replayd's rate as a share of nginx's, and its p99.
+/// The bench's targets: replayd's saturation rate as a share of nginx's, and its p99 at the
+/// latency run's fixed rate.
 const TARGET_RATIO: f64 = 0.8;
 const TARGET_P99_MS: f64 = 2.0;
+/// The share of the offered rate a latency run must achieve for its figures to count.
+const SUSTAINED_SHARE: f64 = 0.97;
 
 #[derive(Parser)]
 #[command(
     name = "cargo xtask bench replay",
-    about = "replayd against nginx serving the same 1 KiB JSON answer, measured with wrk"
+    about = "replayd against nginx serving the same 1 KiB JSON answer: saturation with wrk, \
+             latency at a fixed rate with oha"
 )]
 struct Args {
-    /// Seconds each wrk run lasts.
+    /// Seconds each wrk or oha run lasts.
     #[arg(long, default_value_t = 5)]
     duration: u32,
-    /// Rounds; every round measures each server once per scheme. The table shows medians.
+    /// Rounds; every round measures each server once per scheme and kind of run. The tables
+    /// show medians.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Keep-alive connections wrk holds open.
+    /// Keep-alive connections wrk and oha hold open.
     #[arg(long, default_value_t = 64)]
     connections: u32,
     /// wrk threads.
     #[arg(long, default_value_t = 2)]
     threads: u32,
+    /// Requests per second oha offers in the latency runs, the same for both servers: about a
+    /// fifth of what either server answers at saturation on two cores, and well within what
+    /// oha itself sustains beside the server.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u32,
     /// Use the replayd already in target/release instead of building it first.
     #[arg(long)]
     no_build: bool,
@@ -94,6 +117,16 @@ struct Sample {
     p99_ms: f64,
 }
 
+/// One oha run's figures at a fixed offered rate; latencies from each request's scheduled start.
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    /// The rate achieved.
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let args = Args::try_parse_from(
         std::iter::once("cargo xtask bench replay".to_owned()).chain(args.iter().cloned()),
@@ -104,8 +137,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         args.connections >= args.threads && args.threads > 0,
         "wrk needs at least one thread and at least as many connections as threads"
     );
+    ensure!(
+        args.rate > 0,
+        "--rate must be at least 1 request per second"
+    );
 
-    let nginx_bin = ensure_tools()?;
+    let tools = ensure_tools()?;
     if !args.no_build {
         build_replayd()?;
     }
@@ -124,7 +161,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     write_snapshot(&scratch.join("snapshot"), &body)?;
 
     let mut replayd = start_replayd(&replayd_bin, &scratch)?;
-    let mut nginx = start_nginx(&nginx_bin, &scratch, &body, &ca)?;
+    let mut nginx = start_nginx(&tools.nginx, &scratch, &body, &ca)?;
 
     let targets = [
         (Server::Replayd, Scheme::Http, replayd.addr),
@@ -154,6 +191,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         }
     }
 
+    // Other work on the machine competes for the same two cores and shows in every figure,
+    // the tail most: the report says how busy the machine was as the runs began.
+    let load = load_average();
+
     // A short warm-up per target: TLS session set-up, page faults, CPU frequency.
     eprintln!("xtask: warming up");
     for (server, scheme, addr) in targets {
@@ -161,68 +202,182 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .with_context(|| format!("warm-up of {} over {}", server.name(), scheme.name()))?;
     }
 
-    let mut samples: Vec<(Server, Scheme, Sample)> = Vec::new();
-    for round in 0..args.rounds {
-        for scheme in [Scheme::Http, Scheme::Https] {
-            let order = if round % 2 == 0 {
-                [Server::Replayd, Server::Nginx]
-            } else {
-                [Server::Nginx, Server::Replayd]
-            };
-            for server in order {
-                let addr = match server {
-                    Server::Replayd => replayd.addr,
-                    Server::Nginx if scheme == Scheme::Http => nginx.http,
-                    Server::Nginx => nginx.https,
-                };
-                let sample = wrk(&args, args.duration, &url(scheme, addr)).with_context(|| {
-                    format!("measuring {} over {}", server.name(), scheme.name())
-                })?;
-                println!(
-                    "round {}/{}  {:<5} {:<8} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms",
-                    round + 1,
-                    args.rounds,
-                    scheme.name(),
-                    server.name(),
-                    sample.rps,
-                    sample.p50_ms,
-                    sample.p99_ms
-                );
-                samples.push((server, scheme, sample));
-            }
-        }
-    }
+    let addrs = Addrs {
+        replayd: replayd.addr,
+        nginx_http: nginx.http,
+        nginx_https: nginx.https,
+    };
+    let samples = saturation_runs(&args, addrs)?;
+    let latencies = latency_runs(&args, &tools.oha, addrs)?;
     replayd.child.check_alive()?;
     nginx.child.check_alive()?;
 
-    print!("{}", report(&args, &samples));
+    print!(
+        "{}",
+        report(&args, &tools.oha_version, &load, &samples, &latencies)
+    );
     Ok(())
 }
 
-/// The summary table: medians over the rounds, and replayd's ratio to nginx per scheme.
-fn report(args: &Args, samples: &[(Server, Scheme, Sample)]) -> String {
-    let median_of = |server: Server, scheme: Scheme| {
-        let pick = |f: fn(&Sample) -> f64| {
-            median(
-                samples
-                    .iter()
-                    .filter(|(s, c, _)| *s == server && *c == scheme)
-                    .map(|(_, _, x)| f(x))
-                    .collect(),
-            )
+/// The 1, 5 and 15 minute load averages, as the kernel prints them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+    )
+}
+
+/// Where each server listens.
+#[derive(Clone, Copy)]
+struct Addrs {
+    replayd: SocketAddr,
+    nginx_http: SocketAddr,
+    nginx_https: SocketAddr,
+}
+
+impl Addrs {
+    fn url(self, server: Server, scheme: Scheme) -> String {
+        let addr = match (server, scheme) {
+            (Server::Replayd, _) => self.replayd,
+            (Server::Nginx, Scheme::Http) => self.nginx_http,
+            (Server::Nginx, Scheme::Https) => self.nginx_https,
         };
-        Sample {
-            rps: pick(|x| x.rps),
-            p50_ms: pick(|x| x.p50_ms),
-            p99_ms: pick(|x| x.p99_ms),
-        }
-    };
+        format!("{}://{addr}{PATH}", scheme.name())
+    }
+}
+
+/// Every round measures both servers per scheme, the one going first alternating.
+fn turns(rounds: usize) -> impl Iterator<Item = (usize, Scheme, Server)> {
+    (0..rounds).flat_map(|round| {
+        [Scheme::Http, Scheme::Https]
+            .into_iter()
+            .flat_map(move |scheme| {
+                let order = if round % 2 == 0 {
+                    [Server::Replayd, Server::Nginx]
+                } else {
+                    [Server::Nginx, Server::Replayd]
+                };
+                order.map(|server| (round, scheme, server))
+            })
+    })
+}
+
+/// The saturation runs (wrk), printed as they finish.
+fn saturation_runs(args: &Args, addrs: Addrs) -> anyhow::Result<Vec<(Server, Scheme, Sample)>> {
+    let mut samples = Vec::new();
+    for (round, scheme, server) in turns(args.rounds) {
+        let sample = wrk(args, args.duration, &addrs.url(server, scheme))
+            .with_context(|| format!("measuring {} over {}", server.name(), scheme.name()))?;
+        println!(
+            "saturation {}/{}  {:<5} {:<8} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms",
+            round + 1,
+            args.rounds,
+            scheme.name(),
+            server.name(),
+            sample.rps,
+            sample.p50_ms,
+            sample.p99_ms
+        );
+        samples.push((server, scheme, sample));
+    }
+    Ok(samples)
+}
+
+/// The latency runs at the fixed rate (oha), printed as they finish.
+fn latency_runs(
+    args: &Args,
+    oha_bin: &Path,
+    addrs: Addrs,
+) -> anyhow::Result<Vec<(Server, Scheme, Latency)>> {
+    let mut latencies = Vec::new();
+    for (round, scheme, server) in turns(args.rounds) {
+        let latency = oha(args, oha_bin, &addrs.url(server, scheme)).with_context(|| {
+            format!(
+                "measuring {} over {} at {} req/s",
+                server.name(),
+                scheme.name(),
+                args.rate
+            )
+        })?;
+        println!(
+            "latency {}/{}  {:<5} {:<8} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  \
+             p99.9 {:>6.3} ms",
+            round + 1,
+            args.rounds,
+            scheme.name(),
+            server.name(),
+            latency.rps,
+            latency.p50_ms,
+            latency.p99_ms,
+            latency.p999_ms
+        );
+        latencies.push((server, scheme, latency));
+    }
+    Ok(latencies)
+}
+
+/// The median over the rounds of one figure of one server and scheme.
+fn median_by<T>(
+    rows: &[(Server, Scheme, T)],
+    server: Server,
+    scheme: Scheme,
+    f: impl Fn(&T) -> f64,
+) -> f64 {
+    median(
+        rows.iter()
+            .filter(|(s, c, _)| *s == server && *c == scheme)
+            .map(|(_, _, x)| f(x))
+            .collect(),
+    )
+}
+
+/// The summary: medians over the rounds of each kind of run, replayd's saturation rate as a
+/// ratio of nginx's, and the verdict on the targets.
+fn report(
+    args: &Args,
+    oha_version: &str,
+    load: &str,
+    samples: &[(Server, Scheme, Sample)],
+    latencies: &[(Server, Scheme, Latency)],
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nreplay: {BODY_LEN}-byte JSON answer, keep-alive HTTP/1.1, {} connections, wrk -t{}, \
-         median of {} x {} s runs",
-        args.connections, args.threads, args.rounds, args.duration
+        "\nreplay: {BODY_LEN}-byte JSON answer, keep-alive HTTP/1.1, {} connections, median of {} \
+         x {} s runs per row; load average as the runs began: {load}",
+        args.connections, args.rounds, args.duration
+    );
+    let ratios_met = saturation_table(&mut out, args, samples);
+    let latency_met = latency_table(&mut out, args, oha_version, latencies);
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    let _ = writeln!(
+        out,
+        "\ntarget, both schemes: saturation rate >= {TARGET_RATIO:.1}x nginx: {}; p99 < \
+         {TARGET_P99_MS} ms at {} req/s: {}",
+        verdict(ratios_met),
+        args.rate,
+        verdict(latency_met)
+    );
+    out
+}
+
+/// The saturation table; whether replayd's rate is at least [`TARGET_RATIO`] of nginx's in
+/// both schemes.
+fn saturation_table(out: &mut String, args: &Args, samples: &[(Server, Scheme, Sample)]) -> bool {
+    let saturation = |server: Server, scheme: Scheme| Sample {
+        rps: median_by(samples, server, scheme, |x| x.rps),
+        p50_ms: median_by(samples, server, scheme, |x| x.p50_ms),
+        p99_ms: median_by(samples, server, scheme, |x| x.p99_ms),
+    };
+    let _ = writeln!(
+        out,
+        "\nsaturation (wrk -t{}, closed loop; its latencies are mostly waiting for a CPU)",
+        args.threads
     );
     let _ = writeln!(
         out,
@@ -231,10 +386,10 @@ fn report(args: &Args, samples: &[(Server, Scheme, Sample)]) -> String {
     );
     let mut met = true;
     for scheme in [Scheme::Http, Scheme::Https] {
-        let ours = median_of(Server::Replayd, scheme);
-        let theirs = median_of(Server::Nginx, scheme);
+        let ours = saturation(Server::Replayd, scheme);
+        let theirs = saturation(Server::Nginx, scheme);
         let ratio = ours.rps / theirs.rps;
-        met &= ratio >= TARGET_RATIO && ours.p99_ms < TARGET_P99_MS;
+        met &= ratio >= TARGET_RATIO;
         for (server, s, vs) in [
             (Server::Replayd, ours, format!("{ratio:.2}x")),
             (Server::Nginx, theirs, "1.00x".to_owned()),
@@ -251,12 +406,71 @@ fn report(args: &Args, samples: &[(Server, Scheme, Sample)]) -> String {
             );
         }
     }
+    met
+}
+
+/// The fixed-rate latency table; whether replayd kept up with the rate with a p99 under
+/// [`TARGET_P99_MS`] in both schemes.
+fn latency_table(
+    out: &mut String,
+    args: &Args,
+    oha_version: &str,
+    latencies: &[(Server, Scheme, Latency)],
+) -> bool {
+    let at_rate = |server: Server, scheme: Scheme| Latency {
+        rps: median_by(latencies, server, scheme, |x| x.rps),
+        p50_ms: median_by(latencies, server, scheme, |x| x.p50_ms),
+        p99_ms: median_by(latencies, server, scheme, |x| x.p99_ms),
+        p999_ms: median_by(latencies, server, scheme, |x| x.p999_ms),
+    };
     let _ = writeln!(
         out,
-        "target (replayd >= {TARGET_RATIO:.1}x nginx and p99 < {TARGET_P99_MS} ms, both schemes): {}",
-        if met { "met" } else { "MISSED" }
+        "\nlatency at a fixed {} req/s offered to each server (oha {oha_version}, open loop, \
+         measured from each request's scheduled start)",
+        args.rate
     );
-    out
+    let _ = writeln!(
+        out,
+        "{:<7} {:<8} {:>10} {:>10} {:>10} {:>10}",
+        "scheme", "server", "req/s", "p50 ms", "p99 ms", "p99.9 ms"
+    );
+    let mut met = true;
+    let mut sustained = true;
+    for scheme in [Scheme::Http, Scheme::Https] {
+        for server in [Server::Replayd, Server::Nginx] {
+            let l = at_rate(server, scheme);
+            let kept_up = l.rps >= SUSTAINED_SHARE * f64::from(args.rate);
+            sustained &= kept_up;
+            if server == Server::Replayd {
+                met &= kept_up && l.p99_ms < TARGET_P99_MS;
+            }
+            let _ = writeln!(
+                out,
+                "{:<7} {:<8} {:>10.0} {:>10.3} {:>10.3} {:>10.3}{}",
+                scheme.name(),
+                server.name(),
+                l.rps,
+                l.p50_ms,
+                l.p99_ms,
+                l.p999_ms,
+                if kept_up {
+                    ""
+                } else {
+                    "  (rate not sustained)"
+                }
+            );
+        }
+    }
+    if !sustained {
+        let _ = writeln!(
+            out,
+            "a run achieved less than {:.0}% of the offered rate: its latencies are not at {} \
+             req/s (try a lower --rate)",
+            SUSTAINED_SHARE * 100.0,
+            args.rate
+        );
+    }
+    met
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -274,65 +488,79 @@ fn median(mut values: Vec<f64>) -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Tools
 
-/// Makes sure wrk and nginx are installed (installing them with apt-get when running as root);
-/// returns the nginx executable.
-fn ensure_tools() -> anyhow::Result<PathBuf> {
-    let missing = |nginx: &Option<PathBuf>| {
-        let mut missing = Vec::new();
-        if find_program("wrk").is_none() {
-            missing.push("wrk");
-        }
-        if nginx.is_none() {
-            missing.push("nginx");
-        }
-        missing
-    };
-    let mut nginx = find_program("nginx");
-    let absent = missing(&nginx);
-    if absent.is_empty() {
-        return Ok(nginx.unwrap_or_default());
-    }
-    let install = format!("apt-get install -y {}", absent.join(" "));
-    if !is_root() {
-        bail!(
-            "the replay bench needs {} (not found on PATH or in /usr/sbin); install with \
-             `sudo {install}`",
-            absent.join(" and ")
-        );
-    }
-    eprintln!("xtask: {install}");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let mut apt_args = vec!["install", "-y"];
-    apt_args.extend(&absent);
-    // A fresh image has no package lists yet: update once and retry.
-    let installed = apt(&apt_args) || (apt(&["update"]) && apt(&apt_args));
-    if !installed {
-        bail!(
-            "`{install}` failed; install {} by hand",
-            absent.join(" and ")
-        );
-    }
-    nginx = find_program("nginx");
-    let absent = missing(&nginx);
-    ensure!(
-        absent.is_empty(),
-        "{} still not found after `{install}`",
-        absent.join(" and ")
-    );
-    Ok(nginx.unwrap_or_default())
+/// The programs the bench runs besides replayd.
+struct Tools {
+    nginx: PathBuf,
+    oha: PathBuf,
+    /// What `oha --version` says, for the report.
+    oha_version: String,
 }
 
-/// `name` on PATH, or in /usr/sbin (where Debian puts nginx, often off a user's PATH).
+/// Finds wrk, nginx and oha, running `scripts/setup.sh --bench` (which installs them, oha at
+/// its pinned version) when one is missing.
+fn ensure_tools() -> anyhow::Result<Tools> {
+    let find = || {
+        (
+            find_program("wrk"),
+            find_program("nginx"),
+            find_program("oha"),
+        )
+    };
+    let (mut wrk, mut nginx, mut oha) = find();
+    if wrk.is_none() || nginx.is_none() || oha.is_none() {
+        let setup = repo_root().join("scripts/setup.sh");
+        eprintln!("xtask: {} --bench", setup.display());
+        let status = Command::new(&setup)
+            .arg("--bench")
+            .status()
+            .with_context(|| format!("running {}", setup.display()))?;
+        ensure!(
+            status.success(),
+            "`{} --bench` failed ({status}); it installs wrk and nginx (with apt-get, as root) \
+             and oha (with cargo install)",
+            setup.display()
+        );
+        (wrk, nginx, oha) = find();
+    }
+    let missing: Vec<&str> = [("wrk", &wrk), ("nginx", &nginx), ("oha", &oha)]
+        .into_iter()
+        .filter(|(_, path)| path.is_none())
+        .map(|(name, _)| name)
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "{} still not found after `scripts/setup.sh --bench`",
+        missing.join(" and ")
+    );
+    let (Some(nginx), Some(oha)) = (nginx, oha) else {
+        unreachable!("checked above")
+    };
+    let version = Command::new(&oha)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", oha.display()))?;
+    let oha_version = String::from_utf8_lossy(&version.stdout)
+        .trim()
+        .trim_start_matches("oha ")
+        .to_owned();
+    Ok(Tools {
+        nginx,
+        oha,
+        oha_version,
+    })
+}
+
+/// `name` on PATH, in /usr/sbin (where Debian puts nginx, often off a user's PATH), or in
+/// cargo's bin directory (where `cargo install` puts oha).
 fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .map(|home| home.join("bin"));
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .chain(cargo_bin)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
 }
@@ -751,9 +979,90 @@ fn latency_ms(value: &str) -> anyhow::Result<f64> {
     Ok(number * scale)
 }
 
+// ---------------------------------------------------------------------------------------------
+// oha
+
+/// Runs oha against `url` for `--duration` seconds at `--rate` requests per second over
+/// `--connections` keep-alive connections, latency measured from each request's scheduled
+/// start; requests still open at the end are waited for rather than cut off. Any error,
+/// non-200 answer or answer of the wrong size fails the run.
+fn oha(args: &Args, oha: &Path, url: &str) -> anyhow::Result<Latency> {
+    let output = Command::new(oha)
+        .args(["--no-tui", "--output-format", "json"])
+        .arg("-c")
+        .arg(args.connections.to_string())
+        .arg("-z")
+        .arg(format!("{}s", args.duration))
+        .arg("-q")
+        .arg(args.rate.to_string())
+        .args([
+            "--latency-correction",
+            "--wait-ongoing-requests-after-deadline",
+        ])
+        // Both servers present leaves from test CAs.
+        .arg("--insecure")
+        .arg(url)
+        .stdin(Stdio::null())
+        .output()
+        .context("running oha")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success(),
+        "oha {url} failed ({}):\n{text}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_oha(&text).with_context(|| {
+        format!(
+            "oha's report for {url} (its layout is oha's own: `scripts/setup.sh --bench` \
+             installs the version this bench reads):\n{text}"
+        )
+    })
+}
+
+fn parse_oha(text: &str) -> anyhow::Result<Latency> {
+    let report: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
+    let number = |pointer: &str| {
+        report
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("no number at {pointer}"))
+    };
+    if let Some(errors) = report
+        .get("errorDistribution")
+        .and_then(serde_json::Value::as_object)
+        .filter(|errors| !errors.is_empty())
+    {
+        let errors: Vec<String> = errors.iter().map(|(e, n)| format!("{n} x {e}")).collect();
+        bail!("request errors: {}", errors.join("; "));
+    }
+    let statuses = report
+        .get("statusCodeDistribution")
+        .and_then(serde_json::Value::as_object)
+        .context("no statusCodeDistribution")?;
+    if let Some((status, n)) = statuses.iter().find(|(status, _)| *status != "200") {
+        bail!("{n} answers had status {status}");
+    }
+    ensure!(!statuses.is_empty(), "no requests completed");
+    #[expect(clippy::cast_precision_loss, reason = "a body length, far below 2^52")]
+    let body_len = BODY_LEN as f64;
+    let size = number("/summary/sizePerRequest")?;
+    ensure!(
+        (size - body_len).abs() < 0.5,
+        "answers averaged {size} body bytes, not {BODY_LEN}"
+    );
+    let ms = |pointer: &str| number(pointer).map(|seconds| seconds * 1e3);
+    Ok(Latency {
+        rps: number("/summary/requestsPerSec")?,
+        p50_ms: ms("/latencyPercentiles/p50")?,
+        p99_ms: ms("/latencyPercentiles/p99")?,
+        p999_ms: ms("/latencyPercentiles/p99.9")?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{BODY_LEN, answer_body, latency_ms, parse_wrk};
+    use super::{BODY_LEN, answer_body, latency_ms, parse_oha, parse_wrk};
 
     #[test]
     fn the_answer_is_one_kib_of_json() {
@@ -789,5 +1098,35 @@ Transfer/sec:    140.00MB
         assert!(parse_wrk(&errors).is_err());
         assert!((latency_ms("2.00s").unwrap() - 2000.0).abs() < 1e-9);
         assert!(latency_ms("7").is_err());
+    }
+
+    #[test]
+    fn oha_reports_parse() {
+        let report = r#"{
+  "summary": {"successRate": 1.0, "total": 5.0, "requestsPerSec": 19988.4, "sizePerRequest": 1024},
+  "latencyPercentiles": {"p50": 0.000412, "p90": 0.0009, "p99": 0.00152, "p99.9": 0.0041},
+  "statusCodeDistribution": {"200": 99942},
+  "errorDistribution": {}
+}"#;
+        let l = parse_oha(report).unwrap();
+        assert!((l.rps - 19_988.4).abs() < 1e-9);
+        assert!((l.p50_ms - 0.412).abs() < 1e-9);
+        assert!((l.p99_ms - 1.52).abs() < 1e-9);
+        assert!((l.p999_ms - 4.1).abs() < 1e-9);
+        let errors = report.replace(
+            r#""errorDistribution": {}"#,
+            r#""errorDistribution": {"connection closed": 3}"#,
+        );
+        assert!(
+            parse_oha(&errors)
+                .unwrap_err()
+                .to_string()
+                .contains("3 x connection closed")
+        );
+        let not_ok = report.replace(r#""200": 99942"#, r#""200": 99941, "404": 1"#);
+        assert!(parse_oha(&not_ok).is_err());
+        let short = report.replace(r#""sizePerRequest": 1024"#, r#""sizePerRequest": 18"#);
+        assert!(parse_oha(&short).is_err());
+        assert!(parse_oha("p99 1 ms").is_err());
     }
 }

@@ -30,11 +30,13 @@ enum Task {
     /// Benchmarks, reported as ratios measured side by side in one run.
     Bench {
         /// `index`: replay start-up (load, sign, index) and lookups on a large
-        /// snapshot. `replay`: replayd against nginx under wrk, plain and TLS.
+        /// snapshot. `replay`: replayd against nginx, plain and TLS, at saturation
+        /// (wrk) and at a fixed rate (oha).
         /// `capture`: an HTTPS request loop with and without the agent.
         name: String,
         /// Arguments for the benchmark (`index`: the number of exchanges;
-        /// `replay`: --duration, --rounds, --connections, --threads, --no-build;
+        /// `replay`: --duration, --rounds, --connections, --threads, --rate,
+        /// --no-build;
         /// `capture`: requests per run and rounds).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
