@@ -16,16 +16,19 @@ use std::{
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail, ensure};
-use llmsim_tests::{TestCa, TestCgroup, repo_root};
+use llmsim_tests::{TestCa, TestCgroup};
+
+use crate::bench_support::{
+    Nginx, READY_TIMEOUT, bench_tools, is_root, median, release_build, target_dir,
+};
 
 const DEFAULT_REQUESTS: u32 = 5000;
 const DEFAULT_PAIRS: u32 = 3;
@@ -34,7 +37,6 @@ const DEFAULT_PAIRS: u32 = 3;
 /// so this is an estimate.
 const SSL_CALLS_PER_REQUEST: f64 = 2.0;
 const BODY_BYTES: usize = 1024;
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -83,15 +85,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         is_root()?,
         "the capture benchmark attaches eBPF probes: run it as root (sudo -E cargo xtask bench capture)"
     );
-    let curl = find_tool("curl").context(
-        "curl not found: install it (apt-get install -y curl); it is the OpenSSL client loop",
-    )?;
-    let nginx = match find_tool("nginx") {
-        Some(path) => path,
-        None => install_nginx()?,
-    };
-
-    crate_build_agent()?;
+    let [curl, nginx] = bench_tools(["curl", "nginx"])?;
+    release_build("agent")?;
     let agent = target_dir().join("release/llmsim-agent");
     ensure!(
         agent.is_file(),
@@ -101,8 +96,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     let ca = TestCa::new();
     let work = ca.dir().to_path_buf();
-    let server = Nginx::start(&nginx, &work, &ca)?;
-    let url = format!("https://127.0.0.1:{}/x?i=[1-{requests}]", server.port);
+    let server = Nginx::start(&nginx, &work, body().as_bytes(), &ca)?;
+    let url = format!("https://{}/x?i=[1-{requests}]", server.https);
     let client = Client {
         curl,
         url,
@@ -285,149 +280,6 @@ fn parse_arg(arg: Option<&String>, default: u32, name: &str) -> anyhow::Result<u
             ensure!(n > 0, "{name} must be positive");
             Ok(n)
         }
-    }
-}
-
-fn is_root() -> anyhow::Result<bool> {
-    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let uid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .context("no effective uid in /proc/self/status")?;
-    Ok(uid == "0")
-}
-
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-fn install_nginx() -> anyhow::Result<PathBuf> {
-    eprintln!("xtask: nginx not found; apt-get install -y nginx");
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "--no-install-recommends", "nginx"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context(
-            "nginx is missing and apt-get could not run: install nginx (apt-get install -y nginx)",
-        )?;
-    ensure!(
-        status.success(),
-        "apt-get install -y nginx failed ({status}); install nginx and run again"
-    );
-    find_tool("nginx").context("nginx still not found after apt-get install")
-}
-
-fn crate_build_agent() -> anyhow::Result<()> {
-    let args = ["build", "--release", "-p", "agent"];
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(repo_root())
-        .status()
-        .context("running cargo build --release -p agent")?;
-    ensure!(
-        status.success(),
-        "cargo build --release -p agent failed ({status})"
-    );
-    Ok(())
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from)
-}
-
-/// nginx serving the body over TLS on a loopback port; stopped on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-}
-
-impl Nginx {
-    fn start(nginx: &Path, work: &Path, ca: &TestCa) -> anyhow::Result<Self> {
-        let www = work.join("www");
-        fs::create_dir_all(&www).context("creating the nginx document root")?;
-        fs::write(www.join("body.json"), body()).context("writing the body")?;
-        // Free port: bind to :0, read it, release it for nginx.
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .context("finding a free loopback port")?
-            .port();
-        let w = work.display();
-        let conf = format!(
-            "user root;
-worker_processes 1;
-pid {w}/nginx.pid;
-error_log {w}/nginx-error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {w}/body-temp;
-    proxy_temp_path {w}/proxy-temp;
-    fastcgi_temp_path {w}/fastcgi-temp;
-    uwsgi_temp_path {w}/uwsgi-temp;
-    scgi_temp_path {w}/scgi-temp;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        root {www};
-        default_type application/json;
-        location / {{ try_files /body.json =404; }}
-    }}
-}}
-",
-            cert = ca.leaf_cert_path().display(),
-            key = ca.leaf_key_path().display(),
-            www = www.display(),
-        );
-        let conf_path = work.join("nginx.conf");
-        fs::write(&conf_path, conf).context("writing nginx.conf")?;
-        let mut child = Command::new(nginx)
-            .arg("-p")
-            .arg(work)
-            .arg("-e")
-            .arg(work.join("nginx-error.log"))
-            .arg("-c")
-            .arg(&conf_path)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", nginx.display()))?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().context("waiting for nginx")? {
-                let log = fs::read_to_string(work.join("nginx-error.log")).unwrap_or_default();
-                bail!("nginx exited before listening ({status}):\n{log}");
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("nginx did not listen on {addr} within {READY_TIMEOUT:?}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        Ok(Nginx { child, port })
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers too (SIGKILL would orphan them).
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
     }
 }
 
@@ -617,15 +469,5 @@ fn parse_summary(json: &str) -> AgentSummary {
         ignored: field("exchanges_ignored"),
         dropped: field("events_dropped_total"),
         plaintext_bytes: field("plaintext_bytes"),
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        f64::midpoint(values[mid - 1], values[mid])
     }
 }

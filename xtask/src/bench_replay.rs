@@ -24,24 +24,27 @@
 use std::{
     fmt::Write as _,
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    process::{Command, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
-use llmsim_tests::{TestCa, paths::repo_root};
+use llmsim_tests::TestCa;
+
+use crate::bench_support::{
+    Guard, Nginx, READY_TIMEOUT, bench_tools, median, release_build, target_dir,
+};
 
 /// Size of the recorded answer's body, in bytes.
 const BODY_LEN: usize = 1024;
 /// The recorded request: a GET with no body, which is what wrk and oha send by default.
 const PATH: &str = "/v1/models";
 /// How long a server may take to start listening.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bench's targets: replayd's saturation rate as a share of nginx's, and its p99 at the
 /// latency run's fixed rate.
 const TARGET_RATIO: f64 = 0.8;
@@ -144,7 +147,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     let tools = ensure_tools()?;
     if !args.no_build {
-        build_replayd()?;
+        release_build("replayd")?;
     }
     let replayd_bin = target_dir().join("release/replayd");
     ensure!(
@@ -161,7 +164,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     write_snapshot(&scratch.join("snapshot"), &body)?;
 
     let mut replayd = start_replayd(&replayd_bin, &scratch)?;
-    let mut nginx = start_nginx(&tools.nginx, &scratch, &body, &ca)?;
+    let mut nginx = Nginx::start(&tools.nginx, &scratch, &body, &ca)?;
 
     let targets = [
         (Server::Replayd, Scheme::Http, replayd.addr),
@@ -473,18 +476,6 @@ fn latency_table(
     met
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        f64::midpoint(values[n / 2 - 1], values[n / 2])
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Tools
 
@@ -496,45 +487,9 @@ struct Tools {
     oha_version: String,
 }
 
-/// Finds wrk, nginx and oha, running `scripts/setup.sh --bench` (which installs them, oha at
-/// its pinned version) when one is missing.
+/// Finds wrk, nginx and oha, installing them through `scripts/setup.sh --bench` when missing.
 fn ensure_tools() -> anyhow::Result<Tools> {
-    let find = || {
-        (
-            find_program("wrk"),
-            find_program("nginx"),
-            find_program("oha"),
-        )
-    };
-    let (mut wrk, mut nginx, mut oha) = find();
-    if wrk.is_none() || nginx.is_none() || oha.is_none() {
-        let setup = repo_root().join("scripts/setup.sh");
-        eprintln!("xtask: {} --bench", setup.display());
-        let status = Command::new(&setup)
-            .arg("--bench")
-            .status()
-            .with_context(|| format!("running {}", setup.display()))?;
-        ensure!(
-            status.success(),
-            "`{} --bench` failed ({status}); it installs wrk and nginx (with apt-get, as root) \
-             and oha (with cargo install)",
-            setup.display()
-        );
-        (wrk, nginx, oha) = find();
-    }
-    let missing: Vec<&str> = [("wrk", &wrk), ("nginx", &nginx), ("oha", &oha)]
-        .into_iter()
-        .filter(|(_, path)| path.is_none())
-        .map(|(name, _)| name)
-        .collect();
-    ensure!(
-        missing.is_empty(),
-        "{} still not found after `scripts/setup.sh --bench`",
-        missing.join(" and ")
-    );
-    let (Some(nginx), Some(oha)) = (nginx, oha) else {
-        unreachable!("checked above")
-    };
+    let [_wrk, nginx, oha] = bench_tools(["wrk", "nginx", "oha"])?;
     let version = Command::new(&oha)
         .arg("--version")
         .output()
@@ -548,44 +503,6 @@ fn ensure_tools() -> anyhow::Result<Tools> {
         oha,
         oha_version,
     })
-}
-
-/// `name` on PATH, in /usr/sbin (where Debian puts nginx, often off a user's PATH), or in
-/// cargo's bin directory (where `cargo install` puts oha).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
-        .map(|home| home.join("bin"));
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .chain(cargo_bin)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-fn build_replayd() -> anyhow::Result<()> {
-    let args = ["build", "--release", "-p", "replayd"];
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(repo_root())
-        .status()
-        .context("running cargo build --release -p replayd")?;
-    ensure!(
-        status.success(),
-        "cargo build --release -p replayd failed ({status})"
-    );
-    Ok(())
-}
-
-/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => repo_root().join(dir),
-        None => repo_root().join("target"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -657,34 +574,6 @@ fn write_snapshot(dir: &Path, body: &[u8]) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Servers
 
-/// A child killed and reaped on drop, with its captured stderr for error messages.
-struct Guard {
-    child: Child,
-    what: &'static str,
-    log: Arc<Mutex<String>>,
-}
-
-impl Guard {
-    /// An error if the child has exited, with what it printed.
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait().context("polling a child")? {
-            bail!(
-                "{} exited ({status}); it printed:\n{}",
-                self.what,
-                self.log.lock().map(|l| l.clone()).unwrap_or_default()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Replayd {
     child: Guard,
     addr: SocketAddr,
@@ -706,12 +595,8 @@ fn start_replayd(bin: &Path, scratch: &Path) -> anyhow::Result<Replayd> {
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let stderr = child.stderr.take().context("replayd's stderr")?;
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut guard = Guard {
-        child,
-        what: "replayd",
-        log: Arc::clone(&log),
-    };
+    let mut guard = Guard::new(child, "replayd");
+    let log = guard.log_sink();
 
     // A thread keeps draining stderr for the whole run (so a chatty replayd never blocks on a
     // full pipe) and hands over the address once.
@@ -742,7 +627,7 @@ fn start_replayd(bin: &Path, scratch: &Path) -> anyhow::Result<Replayd> {
                 guard.check_alive()?;
                 bail!(
                     "replayd printed no `listening on` line within {READY_TIMEOUT:?}; it printed:\n{}",
-                    guard.log.lock().map(|l| l.clone()).unwrap_or_default()
+                    guard.log()
                 );
             }
         }
@@ -751,122 +636,6 @@ fn start_replayd(bin: &Path, scratch: &Path) -> anyhow::Result<Replayd> {
         .parse()
         .with_context(|| format!("replayd's listening address `{addr}`"))?;
     Ok(Replayd { child: guard, addr })
-}
-
-struct Nginx {
-    child: Guard,
-    http: SocketAddr,
-    https: SocketAddr,
-}
-
-/// Starts nginx in the foreground on two free loopback ports (plain and TLS) answering every
-/// request with `body`, and waits until both accept connections.
-fn start_nginx(bin: &Path, scratch: &Path, body: &[u8], ca: &TestCa) -> anyhow::Result<Nginx> {
-    let dir = scratch.join("nginx");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let http = free_port()?;
-    let https = free_port()?;
-    let body = std::str::from_utf8(body).context("the answer is UTF-8")?;
-    ensure!(
-        !body.contains(['\'', '\\', '$']),
-        "the answer cannot be quoted in nginx.conf"
-    );
-    let d = dir.display();
-    // The answer is returned from memory (`return`), nginx's cheapest path, so the comparison
-    // is with the best nginx can do; worker_processes auto is one per core.
-    let conf = format!(
-        r"worker_processes auto;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/client_body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server_tokens off;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    ssl_protocols TLSv1.2 TLSv1.3;
-    server {{
-        listen 127.0.0.1:{http};
-        listen 127.0.0.1:{https} ssl;
-        location / {{
-            default_type application/json;
-            return 200 '{body}';
-        }}
-    }}
-}}
-",
-        cert = ca.leaf_cert_path().display(),
-        key = ca.leaf_key_path().display(),
-    );
-    let conf_path = dir.join("nginx.conf");
-    std::fs::write(&conf_path, conf).with_context(|| format!("writing {}", conf_path.display()))?;
-
-    let mut cmd = Command::new(bin);
-    cmd.arg("-p")
-        .arg(&dir)
-        .arg("-e")
-        .arg(dir.join("error.log"))
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-g", "daemon off;"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().context("nginx's stderr")?;
-    let sink = Arc::clone(&log);
-    thread::spawn(move || {
-        let mut text = String::new();
-        let _ = BufReader::new(stderr).read_to_string(&mut text);
-        if let Ok(mut log) = sink.lock() {
-            log.push_str(&text);
-        }
-    });
-    let mut guard = Guard {
-        child,
-        what: "nginx",
-        log,
-    };
-    let (http, https) = (
-        SocketAddr::from((Ipv4Addr::LOCALHOST, http)),
-        SocketAddr::from((Ipv4Addr::LOCALHOST, https)),
-    );
-    for addr in [http, https] {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Err(e) = guard.check_alive() {
-                let errors = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                return Err(e.context(format!("nginx failed to start; error.log:\n{errors}")));
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "nginx did not listen on {addr} within {READY_TIMEOUT:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Ok(Nginx {
-        child: guard,
-        http,
-        https,
-    })
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a free loopback port")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// One plain GET of the bench path; returns the response head and the body (by Content-Length).

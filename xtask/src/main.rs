@@ -5,6 +5,7 @@
 
 mod bench_capture;
 mod bench_replay;
+mod bench_support;
 mod demo;
 
 use std::{

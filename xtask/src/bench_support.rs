@@ -1,0 +1,293 @@
+//! What the benchmarks share: finding and installing their tools, building
+//! the binaries they measure, nginx as the reference server, child processes
+//! that never outlive a run, and medians.
+
+use std::{
+    io::{BufReader, Read as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use llmsim_tests::{TestCa, paths::repo_root};
+
+/// How long a server may take to start listening.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a child may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The median; NaN for no values.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        f64::midpoint(values[n / 2 - 1], values[n / 2])
+    }
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => repo_root().join(dir),
+        None => repo_root().join("target"),
+    }
+}
+
+/// `cargo build --release -p PACKAGE`; its binaries are under `target_dir()/release`.
+pub fn release_build(package: &str) -> anyhow::Result<()> {
+    let args = ["build", "--release", "-p", package];
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(repo_root())
+        .status()
+        .with_context(|| format!("running cargo build --release -p {package}"))?;
+    ensure!(
+        status.success(),
+        "cargo build --release -p {package} failed ({status})"
+    );
+    Ok(())
+}
+
+/// `name` on PATH, in /usr/sbin (where Debian puts nginx, often off a user's PATH), or in
+/// cargo's bin directory (where `cargo install` puts oha).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .map(|home| home.join("bin"));
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .chain(cargo_bin)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The paths of `names`, running `scripts/setup.sh --bench` (which installs the benchmarks'
+/// tools, each at its pinned version) when one is missing.
+pub fn bench_tools<const N: usize>(names: [&str; N]) -> anyhow::Result<[PathBuf; N]> {
+    if names.iter().any(|name| find_program(name).is_none()) {
+        let setup = repo_root().join("scripts/setup.sh");
+        eprintln!("xtask: {} --bench", setup.display());
+        let status = Command::new(&setup)
+            .arg("--bench")
+            .status()
+            .with_context(|| format!("running {}", setup.display()))?;
+        ensure!(
+            status.success(),
+            "`{} --bench` failed ({status}); it installs wrk and nginx (with apt-get, as root) \
+             and oha (with cargo install)",
+            setup.display()
+        );
+    }
+    let found = names.map(find_program);
+    let missing: Vec<&str> = names
+        .iter()
+        .zip(&found)
+        .filter(|(_, path)| path.is_none())
+        .map(|(name, _)| *name)
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "{} still not found after `scripts/setup.sh --bench`",
+        missing.join(" and ")
+    );
+    Ok(found.map(Option::unwrap_or_default))
+}
+
+/// True when running as root (the capture benchmark attaches eBPF probes).
+pub fn is_root() -> anyhow::Result<bool> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .context("no effective uid in /proc/self/status")?;
+    Ok(uid == "0")
+}
+
+/// A child stopped on drop (SIGTERM, then SIGKILL after a grace period, so nginx's master
+/// takes its workers with it), with its captured stderr for error messages.
+pub struct Guard {
+    child: Child,
+    what: &'static str,
+    log: Arc<Mutex<String>>,
+}
+
+impl Guard {
+    /// Takes over `child`, whose stderr, if piped, is collected from now on.
+    pub fn new(mut child: Child, what: &'static str) -> Self {
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = Arc::clone(&log);
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stderr);
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = reader.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut log) = sink.lock() {
+                        log.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                    }
+                }
+            });
+        }
+        Self { child, what, log }
+    }
+
+    /// Where the child's stderr is collected, for a caller that reads the pipe itself.
+    pub fn log_sink(&self) -> Arc<Mutex<String>> {
+        Arc::clone(&self.log)
+    }
+
+    /// What the child printed on stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// An error if the child has exited, with what it printed.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait().context("polling a child")? {
+            bail!(
+                "{} exited ({status}); it printed:\n{}",
+                self.what,
+                self.log()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + STOP_GRACE;
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a free loopback port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// nginx answering every request with one body from memory, plain and over TLS, on two free
+/// loopback ports; stopped on drop.
+pub struct Nginx {
+    /// The process.
+    pub child: Guard,
+    /// The plain HTTP listener.
+    pub http: SocketAddr,
+    /// The TLS listener (the test CA's leaf certificate).
+    pub https: SocketAddr,
+}
+
+impl Nginx {
+    /// Starts nginx in the foreground under `scratch/nginx` and waits until both ports accept.
+    pub fn start(bin: &Path, scratch: &Path, body: &[u8], ca: &TestCa) -> anyhow::Result<Self> {
+        let dir = scratch.join("nginx");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let http = free_port()?;
+        let https = free_port()?;
+        let body = std::str::from_utf8(body).context("the answer is UTF-8")?;
+        ensure!(
+            !body.contains(['\'', '\\', '$']),
+            "the answer cannot be quoted in nginx.conf"
+        );
+        let d = dir.display();
+        // The answer is returned from memory (`return`), nginx's cheapest path, so the
+        // comparison is with the best nginx can do; worker_processes auto is one per core.
+        let conf = format!(
+            r"worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server_tokens off;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server {{
+        listen 127.0.0.1:{http};
+        listen 127.0.0.1:{https} ssl;
+        location / {{
+            default_type application/json;
+            return 200 '{body}';
+        }}
+    }}
+}}
+",
+            cert = ca.leaf_cert_path().display(),
+            key = ca.leaf_key_path().display(),
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)
+            .with_context(|| format!("writing {}", conf_path.display()))?;
+        let child = Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut guard = Guard::new(child, "nginx");
+        let (http, https) = (
+            SocketAddr::from((Ipv4Addr::LOCALHOST, http)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, https)),
+        );
+        for addr in [http, https] {
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if let Err(e) = guard.check_alive() {
+                    let errors = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                    return Err(e.context(format!("nginx failed to start; error.log:\n{errors}")));
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "nginx did not listen on {addr} within {READY_TIMEOUT:?}"
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(Self {
+            child: guard,
+            http,
+            https,
+        })
+    }
+}
