@@ -6,9 +6,10 @@
 //! host with no recording still completes; its requests then get the miss policy's answer.
 //! A connection's failure (a bad handshake, malformed HTTP) ends that connection only.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -97,12 +98,45 @@ pub enum ConnectionError {
     },
 }
 
+/// Most per-destination TLS configurations kept (`--all-hosts` may see many
+/// addresses); past it the cache starts over.
+const MAX_DESTINATION_CONFIGS: usize = 4096;
+
 /// Accepts connections and serves them from the engine.
 #[derive(Clone)]
 pub struct Acceptor {
     engine: Arc<Engine>,
-    tls: Option<(Arc<LeafResolver>, Arc<ServerConfig>)>,
+    tls: Option<Arc<Tls>>,
     original_destination: Option<Arc<dyn OriginalDestination>>,
+}
+
+/// The TLS side: one configuration for clients that send SNI, and one per
+/// original destination address for those that may not (the leaf then names
+/// the address). Each is built once, so a client's sessions resume across its
+/// connections.
+struct Tls {
+    resolver: Arc<LeafResolver>,
+    config: Arc<ServerConfig>,
+    by_destination: Mutex<HashMap<IpAddr, Arc<ServerConfig>>>,
+}
+
+impl Tls {
+    fn config_for(&self, original_destination: Option<SocketAddr>) -> Arc<ServerConfig> {
+        let Some(ip) = original_destination.map(|dst| dst.ip()) else {
+            return self.config.clone();
+        };
+        let mut configs = self
+            .by_destination
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if configs.len() >= MAX_DESTINATION_CONFIGS && !configs.contains_key(&ip) {
+            configs.clear();
+        }
+        configs
+            .entry(ip)
+            .or_insert_with(|| Arc::new(self.resolver.server_config_for_ip(HTTP11_ALPN, ip)))
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Acceptor {
@@ -128,7 +162,11 @@ impl Acceptor {
     #[must_use]
     pub fn with_tls(mut self, resolver: Arc<LeafResolver>) -> Self {
         let config = Arc::new(resolver.server_config(HTTP11_ALPN));
-        self.tls = Some((resolver, config));
+        self.tls = Some(Arc::new(Tls {
+            resolver,
+            config,
+            by_destination: Mutex::default(),
+        }));
         self
     }
 
@@ -198,11 +236,8 @@ impl Acceptor {
             sni: None,
         };
         match &self.tls {
-            Some((resolver, config)) if first[0] == TLS_HANDSHAKE => {
-                let config = match original_destination {
-                    Some(dst) => Arc::new(resolver.server_config_for_ip(HTTP11_ALPN, dst.ip())),
-                    None => config.clone(),
-                };
+            Some(tls) if first[0] == TLS_HANDSHAKE => {
+                let config = tls.config_for(original_destination);
                 let tls = tokio::time::timeout(
                     HANDSHAKE_TIMEOUT,
                     TlsAcceptor::from(config).accept(stream),

@@ -141,6 +141,13 @@ async fn connect_tls(replay: &Replay, server_name: &str) -> Sender {
 }
 
 async fn connect_tls_to(replay: &Replay, name: rustls::pki_types::ServerName<'static>) -> Sender {
+    connect_tls_with(replay, &client_config(replay), name)
+        .await
+        .0
+}
+
+/// A client trusting the replay CA; its session cache lets later connections resume.
+fn client_config(replay: &Replay) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(replay.ca.as_ref().unwrap().cert_der().clone())
@@ -150,16 +157,26 @@ async fn connect_tls_to(replay: &Replay, name: rustls::pki_types::ServerName<'st
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// A TLS connection with `config`, and whether its handshake resumed an earlier session.
+async fn connect_tls_with(
+    replay: &Replay,
+    config: &Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+) -> (Sender, bool) {
     let stream = TcpStream::connect(replay.addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config.clone())
         .connect(name, stream)
         .await
         .unwrap();
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
     tokio::spawn(conn);
-    sender
+    (sender, resumed)
 }
 
 fn post(host: &str, path: &str, body: &Value) -> Request<Full<Bytes>> {
@@ -514,6 +531,33 @@ async fn without_sni_the_leaf_is_for_the_original_destination() {
     )
     .await;
     assert_eq!((status, body), (StatusCode::OK, json!({"answer": "by ip"})));
+}
+
+#[tokio::test]
+async fn sessions_to_an_original_destination_resume_across_connections() {
+    let recorded = [chat_exchange("resume", json!({"answer": "again"}))];
+    let original: SocketAddr = "203.0.113.8:443".parse().unwrap();
+    let lookup = Arc::new(move |_client: SocketAddr| Some(original));
+    let replay = serve_with(&recorded, ReplayOptions::default(), true, Some(lookup));
+    let config = client_config(&replay);
+    let name = rustls::pki_types::ServerName::IpAddress(original.ip().into());
+    let mut resumed = Vec::new();
+    for _ in 0..2 {
+        let (mut client, was_resumed) = connect_tls_with(&replay, &config, name.clone()).await;
+        // Reading an answer also takes in the session tickets sent after the handshake.
+        let (status, _) = send_json(
+            &mut client,
+            post(OPENAI, "/v1/chat/completions", &chat("resume", false)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        resumed.push(was_resumed);
+    }
+    assert_eq!(
+        resumed,
+        [false, true],
+        "the second handshake resumes the first session"
+    );
 }
 
 #[tokio::test]
