@@ -26,9 +26,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use llmsim_tests::{TestCa, TestCgroup};
 
-use crate::bench_support::{
-    Nginx, READY_TIMEOUT, bench_tools, is_root, median, release_build, target_dir,
-};
+use crate::bench_support::{Nginx, READY_TIMEOUT, bench_tools, is_root, median, release_binary};
 
 const DEFAULT_REQUESTS: u32 = 5000;
 const DEFAULT_PAIRS: u32 = 3;
@@ -86,13 +84,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "the capture benchmark attaches eBPF probes: run it as root (sudo -E cargo xtask bench capture)"
     );
     let [curl, nginx] = bench_tools(["curl", "nginx"])?;
-    release_build("agent")?;
-    let agent = target_dir().join("release/llmsim-agent");
-    ensure!(
-        agent.is_file(),
-        "{} missing after the build",
-        agent.display()
-    );
+    let agent = release_binary("agent", "llmsim-agent", true)?;
 
     let ca = TestCa::new();
     let work = ca.dir().to_path_buf();

@@ -37,7 +37,7 @@ use clap::Parser;
 use llmsim_tests::TestCa;
 
 use crate::bench_support::{
-    Guard, Nginx, READY_TIMEOUT, bench_tools, median, release_build, target_dir,
+    Guard, Nginx, READY_TIMEOUT, bench_tools, median, release_binary, report_of,
 };
 
 /// Size of the recorded answer's body, in bytes.
@@ -146,15 +146,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
 
     let tools = ensure_tools()?;
-    if !args.no_build {
-        release_build("replayd")?;
-    }
-    let replayd_bin = target_dir().join("release/replayd");
-    ensure!(
-        replayd_bin.is_file(),
-        "{} is missing (build it with `cargo build --release -p replayd`)",
-        replayd_bin.display()
-    );
+    let replayd_bin = release_binary("replayd", "replayd", !args.no_build)?;
 
     // The test CA's temporary directory doubles as the bench's scratch directory: it holds the
     // leaf nginx serves, and everything below goes in there too, removed when `ca` drops.
@@ -682,22 +674,15 @@ fn fetch_plain(addr: SocketAddr) -> anyhow::Result<(String, Vec<u8>)> {
 /// Runs wrk against `url` for `seconds` and parses its report; any socket error or non-2xx
 /// answer fails the run.
 fn wrk(args: &Args, seconds: u32, url: &str) -> anyhow::Result<Sample> {
-    let output = Command::new("wrk")
-        .arg(format!("-t{}", args.threads))
-        .arg(format!("-c{}", args.connections))
-        .arg(format!("-d{seconds}s"))
-        .arg("--latency")
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        output.status.success(),
-        "wrk {url} failed ({}):\n{text}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = report_of(
+        Command::new("wrk")
+            .arg(format!("-t{}", args.threads))
+            .arg(format!("-c{}", args.connections))
+            .arg(format!("-d{seconds}s"))
+            .arg("--latency")
+            .arg(url),
+        &format!("wrk {url}"),
+    )?;
     parse_wrk(&text).with_context(|| format!("wrk's report for {url}:\n{text}"))
 }
 
@@ -756,31 +741,24 @@ fn latency_ms(value: &str) -> anyhow::Result<f64> {
 /// start; requests still open at the end are waited for rather than cut off. Any error,
 /// non-200 answer or answer of the wrong size fails the run.
 fn oha(args: &Args, oha: &Path, url: &str) -> anyhow::Result<Latency> {
-    let output = Command::new(oha)
-        .args(["--no-tui", "--output-format", "json"])
-        .arg("-c")
-        .arg(args.connections.to_string())
-        .arg("-z")
-        .arg(format!("{}s", args.duration))
-        .arg("-q")
-        .arg(args.rate.to_string())
-        .args([
-            "--latency-correction",
-            "--wait-ongoing-requests-after-deadline",
-        ])
-        // Both servers present leaves from test CAs.
-        .arg("--insecure")
-        .arg(url)
-        .stdin(Stdio::null())
-        .output()
-        .context("running oha")?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        output.status.success(),
-        "oha {url} failed ({}):\n{text}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = report_of(
+        Command::new(oha)
+            .args(["--no-tui", "--output-format", "json"])
+            .arg("-c")
+            .arg(args.connections.to_string())
+            .arg("-z")
+            .arg(format!("{}s", args.duration))
+            .arg("-q")
+            .arg(args.rate.to_string())
+            .args([
+                "--latency-correction",
+                "--wait-ongoing-requests-after-deadline",
+            ])
+            // Both servers present leaves from test CAs.
+            .arg("--insecure")
+            .arg(url),
+        &format!("oha {url}"),
+    )?;
     parse_oha(&text).with_context(|| {
         format!(
             "oha's report for {url} (its layout is oha's own: `scripts/setup.sh --bench` \

@@ -35,27 +35,52 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
-pub fn target_dir() -> PathBuf {
+fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => repo_root().join(dir),
         None => repo_root().join("target"),
     }
 }
 
-/// `cargo build --release -p PACKAGE`; its binaries are under `target_dir()/release`.
-pub fn release_build(package: &str) -> anyhow::Result<()> {
-    let args = ["build", "--release", "-p", package];
-    eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(repo_root())
-        .status()
-        .with_context(|| format!("running cargo build --release -p {package}"))?;
+/// The release binary `bin` of `package`, built first unless `build` is false.
+pub fn release_binary(package: &str, bin: &str, build: bool) -> anyhow::Result<PathBuf> {
+    if build {
+        let args = ["build", "--release", "-p", package];
+        eprintln!("xtask: cargo {}", args.join(" "));
+        let status = Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(repo_root())
+            .status()
+            .with_context(|| format!("running cargo build --release -p {package}"))?;
+        ensure!(
+            status.success(),
+            "cargo build --release -p {package} failed ({status})"
+        );
+    }
+    let path = target_dir().join("release").join(bin);
     ensure!(
-        status.success(),
-        "cargo build --release -p {package} failed ({status})"
+        path.is_file(),
+        "{} is missing (build it with `cargo build --release -p {package}`)",
+        path.display()
     );
-    Ok(())
+    Ok(path)
+}
+
+/// Runs a load generator to the end and returns its stdout; a failure is the
+/// error, with everything it printed.
+pub fn report_of(command: &mut Command, what: &str) -> anyhow::Result<String> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    ensure!(
+        output.status.success(),
+        "{what} failed ({}):\n{text}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(text)
 }
 
 /// `name` on PATH, in /usr/sbin (where Debian puts nginx, often off a user's PATH), or in
