@@ -224,7 +224,7 @@ impl Engine {
         // threads, and its parsed bodies are dropped there: holding every parsed exchange
         // first took four times the memory, and faulting that in was a large part of
         // start-up.
-        let prepared: Vec<Option<(RecordedEntry, Signature)>> =
+        let prepared: Vec<Option<(Arc<RecordedEntry>, Signature)>> =
             snapshot.load_each(|recorded| {
                 let file = relative(&snapshot.dir, &recorded.path);
                 let exchange = recorded.exchange;
@@ -233,7 +233,7 @@ impl Engine {
                     return None;
                 }
                 let signature = recorded_signature(&exchange, &rules);
-                Some((RecordedEntry::new(file, &exchange, &prices), signature))
+                Some((Arc::new(RecordedEntry::new(file, &exchange, &prices)), signature))
             })?;
         let skipped = prepared.iter().filter(|p| p.is_none()).count();
         let mut entries = Vec::with_capacity(prepared.len());
@@ -245,7 +245,7 @@ impl Engine {
                 hosts.push(host.clone());
             }
             signatures.push((entries.len(), signature));
-            entries.push(Arc::new(entry));
+            entries.push(entry);
         }
         Ok(Self {
             dir: snapshot.dir,

@@ -11,8 +11,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
-use std::sync::Arc;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use regex::{NoExpand, Regex};
@@ -928,11 +929,56 @@ struct Entry {
 /// exchanges in recorded order. Lookups take `&self` and are safe from many connections.
 #[derive(Debug)]
 pub struct SignatureIndex {
-    by_digest: HashMap<[u8; 32], Entry>,
+    by_digest: HashMap<[u8; 32], Entry, BuildHasherDefault<DigestHasher>>,
     recorded: Vec<(usize, Arc<CanonicalRequest>)>,
+    /// Only a miss needs them: built on the first one, not at start-up.
+    neighbourhoods: OnceLock<Neighbourhoods>,
+    repeat: Repeat,
+}
+
+/// Recorded positions grouped by route and by host, where [`SignatureIndex::closest`]
+/// looks first.
+#[derive(Debug, Default)]
+struct Neighbourhoods {
     by_route: HashMap<(String, String, String), Vec<usize>>,
     by_host: HashMap<String, Vec<usize>>,
-    repeat: Repeat,
+}
+
+impl Neighbourhoods {
+    fn of(recorded: &[(usize, Arc<CanonicalRequest>)]) -> Self {
+        let mut groups = Self::default();
+        for (position, (_, c)) in recorded.iter().enumerate() {
+            groups
+                .by_route
+                .entry((c.method.clone(), c.host.clone(), c.path.clone()))
+                .or_default()
+                .push(position);
+            groups
+                .by_host
+                .entry(c.host.clone())
+                .or_default()
+                .push(position);
+        }
+        groups
+    }
+}
+
+/// Hashes a SHA-256 digest by its first eight bytes: they are already uniform, so
+/// hashing them again would only cost time on every start-up and lookup.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(word);
+    }
 }
 
 impl SignatureIndex {
@@ -940,10 +986,12 @@ impl SignatureIndex {
     pub fn new(entries: impl IntoIterator<Item = (usize, Signature)>, repeat: Repeat) -> Self {
         let entries = entries.into_iter();
         let mut index = Self {
-            by_digest: HashMap::with_capacity(entries.size_hint().0),
+            by_digest: HashMap::with_capacity_and_hasher(
+                entries.size_hint().0,
+                BuildHasherDefault::default(),
+            ),
             recorded: Vec::with_capacity(entries.size_hint().0),
-            by_route: HashMap::new(),
-            by_host: HashMap::new(),
+            neighbourhoods: OnceLock::new(),
             repeat,
         };
         for (exchange, signature) in entries {
@@ -956,18 +1004,6 @@ impl SignatureIndex {
                 })
                 .exchanges
                 .push(exchange);
-            let position = index.recorded.len();
-            let c = &signature.canonical;
-            index
-                .by_route
-                .entry((c.method.clone(), c.host.clone(), c.path.clone()))
-                .or_default()
-                .push(position);
-            index
-                .by_host
-                .entry(c.host.clone())
-                .or_default()
-                .push(position);
             index.recorded.push((exchange, signature.canonical));
         }
         index
@@ -1031,10 +1067,13 @@ impl SignatureIndex {
             requested.host.clone(),
             requested.path.clone(),
         );
+        let groups = self
+            .neighbourhoods
+            .get_or_init(|| Neighbourhoods::of(&self.recorded));
         let all: Vec<usize>;
-        let candidates: &[usize] = if let Some(same) = self.by_route.get(&route) {
+        let candidates: &[usize] = if let Some(same) = groups.by_route.get(&route) {
             same
-        } else if let Some(same) = self.by_host.get(&requested.host) {
+        } else if let Some(same) = groups.by_host.get(&requested.host) {
             same
         } else {
             all = (0..self.recorded.len()).collect();

@@ -188,8 +188,9 @@ pub struct SnapshotDir {
     /// `exchanges/`, open, so that each file is opened relative to it rather
     /// than by walking its whole path again; `None` when there is none.
     exchanges: Option<fs::File>,
-    /// The exchange files, in capture order.
-    files: Vec<PathBuf>,
+    /// The exchange files' names, in capture order. Their paths are made on the
+    /// loading threads, which keeps start-up's serial part short.
+    names: Vec<String>,
 }
 
 impl SnapshotDir {
@@ -225,10 +226,7 @@ impl SnapshotDir {
             dir: dir.to_owned(),
             config,
             exchanges,
-            files: names
-                .into_iter()
-                .map(|(_, name)| exchanges_dir.join(name))
-                .collect(),
+            names: names.into_iter().map(|(_, name)| name).collect(),
         })
     }
 
@@ -245,11 +243,12 @@ impl SnapshotDir {
         };
         // Parsing dominates start-up on large snapshots: spread it over the
         // cores. Each task reads into one buffer, reused from file to file.
+        let exchanges_dir = self.dir.join(EXCHANGES_DIR);
         let loaded: Vec<Result<T, StoreError>> = self
-            .files
+            .names
             .par_iter()
-            .map_init(Vec::new, |buf, path| {
-                load_exchange(dir, path.clone(), buf).map(&each)
+            .map_init(Vec::new, |buf, name| {
+                load_exchange(dir, exchanges_dir.join(name), buf).map(&each)
             })
             .collect();
         loaded.into_iter().collect()
