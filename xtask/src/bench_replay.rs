@@ -9,7 +9,8 @@
 //!   for a CPU, not time spent serving.
 //! - Latency (`oha`, an open loop at a fixed rate offered to both servers alike) gives p50, p99
 //!   and p99.9 measured from each request's scheduled start, so a stall also counts against the
-//!   requests that queued behind it (no coordinated omission). The rate is a fixed figure rather
+//!   requests that queued behind it (no coordinated omission). The first second, in which the
+//!   connections are opened and handshaken all at once, is a warm-up left out of them. The rate is a fixed figure rather
 //!   than a share of the saturation rate because the generator must stay well below its own
 //!   ceiling too, and oha's (about 50,000 requests a second beside either server on two cores)
 //!   is about half of wrk's.
@@ -421,7 +422,8 @@ fn latency_table(
     let _ = writeln!(
         out,
         "\nlatency at a fixed {} req/s offered to each server (oha {oha_version}, open loop, \
-         measured from each request's scheduled start)",
+         measured from each request's scheduled start, after a {WARM_UP_S} s warm-up that opens \
+         the connections)",
         args.rate
     );
     let _ = writeln!(
@@ -736,18 +738,25 @@ fn latency_ms(value: &str) -> anyhow::Result<f64> {
 // ---------------------------------------------------------------------------------------------
 // oha
 
-/// Runs oha against `url` for `--duration` seconds at `--rate` requests per second over
-/// `--connections` keep-alive connections, latency measured from each request's scheduled
-/// start; requests still open at the end are waited for rather than cut off. Any error,
-/// non-200 answer or answer of the wrong size fails the run.
+/// Requests that start in an oha run's first second are left out of its figures: that is
+/// when it opens its connections and, over TLS, does all their handshakes at once (64 of them
+/// take tens of milliseconds on two cores), which is set-up rather than serving. wrk2 leaves
+/// out a calibration period for the same reason.
+const WARM_UP_S: u32 = 1;
+
+/// Runs oha against `url` for the warm-up plus `--duration` seconds at `--rate` requests per
+/// second over `--connections` keep-alive connections, latency measured from each request's
+/// scheduled start; requests still open at the end are waited for rather than cut off. A
+/// non-200 answer or an answer of the wrong size fails the run; requests that failed are
+/// missing from oha's list, which shows as a rate below the offered one.
 fn oha(args: &Args, oha: &Path, url: &str) -> anyhow::Result<Latency> {
     let text = report_of(
         Command::new(oha)
-            .args(["--no-tui", "--output-format", "json"])
+            .args(["--no-tui", "--output-format", "csv"])
             .arg("-c")
             .arg(args.connections.to_string())
             .arg("-z")
-            .arg(format!("{}s", args.duration))
+            .arg(format!("{}s", WARM_UP_S + args.duration))
             .arg("-q")
             .arg(args.rate.to_string())
             .args([
@@ -759,56 +768,75 @@ fn oha(args: &Args, oha: &Path, url: &str) -> anyhow::Result<Latency> {
             .arg(url),
         &format!("oha {url}"),
     )?;
-    parse_oha(&text).with_context(|| {
+    parse_oha(&text, args.duration).with_context(|| {
         format!(
-            "oha's report for {url} (its layout is oha's own: `scripts/setup.sh --bench` \
-             installs the version this bench reads):\n{text}"
+            "oha's request list for {url} (its layout is oha's own: `scripts/setup.sh --bench` \
+             installs the version this bench reads)"
         )
     })
 }
 
-fn parse_oha(text: &str) -> anyhow::Result<Latency> {
-    let report: serde_json::Value = serde_json::from_str(text).context("not JSON")?;
-    let number = |pointer: &str| {
-        report
-            .pointer(pointer)
-            .and_then(serde_json::Value::as_f64)
-            .with_context(|| format!("no number at {pointer}"))
-    };
-    if let Some(errors) = report
-        .get("errorDistribution")
-        .and_then(serde_json::Value::as_object)
-        .filter(|errors| !errors.is_empty())
-    {
-        let errors: Vec<String> = errors.iter().map(|(e, n)| format!("{n} x {e}")).collect();
-        bail!("request errors: {}", errors.join("; "));
-    }
-    let statuses = report
-        .get("statusCodeDistribution")
-        .and_then(serde_json::Value::as_object)
-        .context("no statusCodeDistribution")?;
-    if let Some((status, n)) = statuses.iter().find(|(status, _)| *status != "200") {
-        bail!("{n} answers had status {status}");
-    }
-    ensure!(!statuses.is_empty(), "no requests completed");
-    #[expect(clippy::cast_precision_loss, reason = "a body length, far below 2^52")]
-    let body_len = BODY_LEN as f64;
-    let size = number("/summary/sizePerRequest")?;
+/// oha's CSV list of answered requests, one per line: start (seconds into the run), DNS,
+/// DNS and connect, first byte, duration (seconds, from the scheduled start), body bytes,
+/// status. The figures cover the requests that start after the warm-up.
+fn parse_oha(text: &str, seconds: u32) -> anyhow::Result<Latency> {
+    const HEADER: &str =
+        "request-start,DNS,DNS+dialup,Response-delay,request-duration,bytes,status";
+    let mut lines = text.lines();
     ensure!(
-        (size - body_len).abs() < 0.5,
-        "answers averaged {size} body bytes, not {BODY_LEN}"
+        lines.next() == Some(HEADER),
+        "the first line is not `{HEADER}`"
     );
-    let ms = |pointer: &str| number(pointer).map(|seconds| seconds * 1e3);
+    let mut durations = Vec::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [start, _, _, _, duration, bytes, status] = fields[..] else {
+            bail!("`{line}` does not have 7 fields");
+        };
+        let number = |field: &str| {
+            field
+                .parse::<f64>()
+                .with_context(|| format!("`{field}` in `{line}` is not a number"))
+        };
+        ensure!(status == "200", "an answer had status {status}");
+        ensure!(
+            bytes == BODY_LEN.to_string(),
+            "an answer had {bytes} body bytes, not {BODY_LEN}"
+        );
+        if number(start)? >= f64::from(WARM_UP_S) {
+            durations.push(number(duration)? * 1e3);
+        }
+    }
+    ensure!(
+        !durations.is_empty(),
+        "no requests completed after the warm-up"
+    );
+    durations.sort_unstable_by(f64::total_cmp);
+    #[expect(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "request counts, far below 2^52"
+    )]
+    let percentile =
+        |q: f64| durations[((q * durations.len() as f64) as usize).min(durations.len() - 1)];
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a request count, far below 2^52"
+    )]
+    let rps = durations.len() as f64 / f64::from(seconds);
     Ok(Latency {
-        rps: number("/summary/requestsPerSec")?,
-        p50_ms: ms("/latencyPercentiles/p50")?,
-        p99_ms: ms("/latencyPercentiles/p99")?,
-        p999_ms: ms("/latencyPercentiles/p99.9")?,
+        rps,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        p999_ms: percentile(0.999),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::{BODY_LEN, answer_body, latency_ms, parse_oha, parse_wrk};
 
     #[test]
@@ -848,32 +876,35 @@ Transfer/sec:    140.00MB
     }
 
     #[test]
-    fn oha_reports_parse() {
-        let report = r#"{
-  "summary": {"successRate": 1.0, "total": 5.0, "requestsPerSec": 19988.4, "sizePerRequest": 1024},
-  "latencyPercentiles": {"p50": 0.000412, "p90": 0.0009, "p99": 0.00152, "p99.9": 0.0041},
-  "statusCodeDistribution": {"200": 99942},
-  "errorDistribution": {}
-}"#;
-        let l = parse_oha(report).unwrap();
-        assert!((l.rps - 19_988.4).abs() < 1e-9);
-        assert!((l.p50_ms - 0.412).abs() < 1e-9);
-        assert!((l.p99_ms - 1.52).abs() < 1e-9);
-        assert!((l.p999_ms - 4.1).abs() < 1e-9);
-        let errors = report.replace(
-            r#""errorDistribution": {}"#,
-            r#""errorDistribution": {"connection closed": 3}"#,
-        );
+    fn oha_request_lists_parse() {
+        // 1000 answers a second for two seconds: the first second is the warm-up and is left
+        // out, however slow; the second has latencies of 1..=1000 ms / 1000.
+        let mut csv = "request-start,DNS,DNS+dialup,Response-delay,request-duration,bytes,status\n"
+            .to_owned();
+        for i in 1..=1000 {
+            writeln!(csv, "0.{i:03},0,0.03,0.05,0.05,1024,200").unwrap();
+        }
+        for i in 1..=1000 {
+            let seconds = f64::from(i) / 1e6;
+            writeln!(csv, "1.{:03},0,0,{seconds},{seconds},1024,200", i - 1).unwrap();
+        }
+        let l = parse_oha(&csv, 1).unwrap();
+        assert!((l.rps - 1000.0).abs() < 1e-9);
+        assert!((l.p50_ms - 0.501).abs() < 1e-9, "{}", l.p50_ms);
+        assert!((l.p99_ms - 0.991).abs() < 1e-9, "{}", l.p99_ms);
+        assert!((l.p999_ms - 1.0).abs() < 1e-9, "{}", l.p999_ms);
+
+        let not_ok = csv.replacen(",1024,200\n1.", ",1024,404\n1.", 1);
         assert!(
-            parse_oha(&errors)
+            parse_oha(&not_ok, 1)
                 .unwrap_err()
                 .to_string()
-                .contains("3 x connection closed")
+                .contains("status 404")
         );
-        let not_ok = report.replace(r#""200": 99942"#, r#""200": 99941, "404": 1"#);
-        assert!(parse_oha(&not_ok).is_err());
-        let short = report.replace(r#""sizePerRequest": 1024"#, r#""sizePerRequest": 18"#);
-        assert!(parse_oha(&short).is_err());
-        assert!(parse_oha("p99 1 ms").is_err());
+        let short = csv.replacen(",1024,200", ",18,200", 1);
+        assert!(parse_oha(&short, 1).is_err());
+        assert!(parse_oha("p99 1 ms", 1).is_err());
+        let header_only = csv.lines().next().unwrap().to_owned();
+        assert!(parse_oha(&header_only, 1).is_err());
     }
 }
