@@ -1,8 +1,9 @@
 //! Privileged test of the replay redirect hooks on their own: inside the cgroup
-//! they are attached to, a real curl's TCP connect to a recorded address and a
-//! real resolver's DNS query reach local sockets, with the original destination
-//! reported; outside that cgroup, and after the hooks are dropped, nothing is
-//! redirected.
+//! they are attached to, a real curl's TCP connect to a recorded address, IPv4
+//! and IPv4-mapped IPv6 connects, and a real resolver's DNS query reach local
+//! sockets, with the original destination reported to replayd and shown to the
+//! app as its peer; outside that cgroup, and after the hooks are dropped,
+//! nothing is redirected.
 
 use std::{
     io::{Read as _, Write as _},
@@ -104,6 +105,39 @@ fn connects_and_dns_of_the_cgroup_only_reach_replayd_until_the_hooks_drop() {
         redirect.original_destination(peer),
         Some(SocketAddr::V4(SocketAddrV4::new(RECORDED, 8080)))
     );
+
+    // Inside the cgroup: an IPv4 socket and an IPv6 socket connecting to the
+    // IPv4-mapped form (replayd's AAAA answer) are both redirected, and both
+    // see the recorded address as their peer.
+    let client = run_in(
+        Some(&cgroup),
+        &format!(
+            r#"python3 -c 'import socket
+for family, host in ((socket.AF_INET, "{RECORDED}"), (socket.AF_INET6, "::ffff:{RECORDED}")):
+    s = socket.socket(family)
+    s.settimeout(10)
+    s.connect((host, 8080))
+    s.sendall(b"GET /hello HTTP/1.1\r\nHost: recorded\r\n\r\n")
+    peer = s.getpeername()
+    while s.recv(1024):
+        pass
+    print(peer[0], peer[1])'"#
+        ),
+    );
+    let peers = [answer_one(&listener), answer_one(&listener)];
+    let out = finished(client);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{RECORDED} 8080\n::ffff:{RECORDED} 8080\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for peer in peers {
+        assert_eq!(
+            redirect.original_destination(peer),
+            Some(SocketAddr::V4(SocketAddrV4::new(RECORDED, 8080)))
+        );
+    }
 
     // Inside the cgroup: the resolver's query arrives at the DNS socket.
     let resolver = run_in(Some(&cgroup), "getent ahostsv4 api.openai.com");

@@ -92,19 +92,14 @@ pub enum DnsError {
     },
 }
 
-/// The addresses replayd answers for one recorded host.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostAddrs {
-    /// The A answer.
-    pub v4: Ipv4Addr,
-    /// The AAAA answer; `None` gives an empty NOERROR answer, so clients use IPv4.
-    pub v6: Option<Ipv6Addr>,
-}
-
-/// Recorded host names (lowercase, without a trailing dot) and what to answer for them.
+/// Recorded host names (lowercase, without a trailing dot) and the loopback address the
+/// connect hook redirects for each. A queries get that address; AAAA queries get its
+/// IPv4-mapped form (`::ffff:127.77.0.1`), which an IPv6 socket connects to through the
+/// same redirect, so a client that asks only for IPv6 still reaches replayd, and the address
+/// stays on loopback even were the redirect gone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostAnswers {
-    hosts: HashMap<String, HostAddrs>,
+    hosts: HashMap<String, Ipv4Addr>,
 }
 
 impl HostAnswers {
@@ -114,13 +109,13 @@ impl HostAnswers {
     }
 
     /// Adds or replaces a host. The name is lowercased and a trailing dot dropped.
-    pub fn insert(&mut self, name: &str, v4: Ipv4Addr, v6: Option<Ipv6Addr>) {
-        self.hosts.insert(normalise(name), HostAddrs { v4, v6 });
+    pub fn insert(&mut self, name: &str, addr: Ipv4Addr) {
+        self.hosts.insert(normalise(name), addr);
     }
 
-    /// What to answer for `name`, case-insensitively.
-    pub fn get(&self, name: &str) -> Option<&HostAddrs> {
-        self.hosts.get(&normalise(name))
+    /// The address for `name`, case-insensitively.
+    pub fn get(&self, name: &str) -> Option<Ipv4Addr> {
+        self.hosts.get(&normalise(name)).copied()
     }
 
     /// How many hosts there are.
@@ -131,17 +126,6 @@ impl HostAnswers {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.hosts.is_empty()
-    }
-}
-
-impl<S: AsRef<str>> FromIterator<(S, HostAddrs)> for HostAnswers {
-    fn from_iter<I: IntoIterator<Item = (S, HostAddrs)>>(iter: I) -> Self {
-        Self {
-            hosts: iter
-                .into_iter()
-                .map(|(name, addrs)| (normalise(name.as_ref()), addrs))
-                .collect(),
-        }
     }
 }
 
@@ -370,17 +354,17 @@ impl DnsResponder {
             (OpCode::Query, [q]) => self
                 .records
                 .get(&q.name().to_ascii())
-                .map(|addrs| (q.clone(), *addrs)),
+                .map(|addr| (q.clone(), addr)),
             _ => None,
         };
-        if let Some((question, addrs)) = recorded {
+        if let Some((question, addr)) = recorded {
             bump(&self.counters.answered);
             let mut response = response_to(&query, ResponseCode::NoError);
             response.metadata.authoritative = true;
             let name = question.name().clone();
-            let rdata = match (question.query_class(), question.query_type(), addrs.v6) {
-                (DNSClass::IN, RecordType::A, _) => Some(RData::A(A(addrs.v4))),
-                (DNSClass::IN, RecordType::AAAA, Some(v6)) => Some(RData::AAAA(AAAA(v6))),
+            let rdata = match (question.query_class(), question.query_type()) {
+                (DNSClass::IN, RecordType::A) => Some(RData::A(A(addr))),
+                (DNSClass::IN, RecordType::AAAA) => Some(RData::AAAA(AAAA(addr.to_ipv6_mapped()))),
                 _ => None,
             };
             if let Some(rdata) = rdata {
@@ -592,12 +576,8 @@ mod tests {
 
     fn hosts() -> HostAnswers {
         let mut hosts = HostAnswers::new();
-        hosts.insert(
-            "api.openai.com",
-            Ipv4Addr::new(127, 0, 0, 2),
-            Some("fd00::2".parse().unwrap()),
-        );
-        hosts.insert("api.anthropic.com.", Ipv4Addr::new(127, 0, 0, 3), None);
+        hosts.insert("api.openai.com", Ipv4Addr::new(127, 0, 0, 2));
+        hosts.insert("api.anthropic.com.", Ipv4Addr::new(127, 0, 0, 3));
         hosts
     }
 
@@ -677,19 +657,19 @@ mod tests {
         assert_eq!(a.answers[0].ttl, ANSWER_TTL);
         assert_eq!(a.queries.len(), 1);
 
+        // AAAA: the same loopback address, IPv4-mapped.
         let aaaa = query_udp(dns.udp, "api.openai.com.", RecordType::AAAA).await;
-        assert_eq!(addresses(&aaaa), vec!["fd00::2".parse::<IpAddr>().unwrap()]);
-
-        // No IPv6 configured: an empty NOERROR answer.
-        let aaaa = query_udp(dns.udp, "api.anthropic.com.", RecordType::AAAA).await;
-        assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
-        assert_eq!(aaaa.answers.len(), 0);
+        assert_eq!(
+            addresses(&aaaa),
+            vec!["::ffff:127.0.0.2".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(aaaa.answers[0].ttl, ANSWER_TTL);
 
         // Other types for recorded names: empty NOERROR.
         let mx = query_udp(dns.udp, "api.openai.com.", RecordType::MX).await;
         assert_eq!(mx.metadata.response_code, ResponseCode::NoError);
         assert_eq!(mx.answers.len(), 0);
-        assert_eq!(dns.responder.stats().answered, 4);
+        assert_eq!(dns.responder.stats().answered, 3);
     }
 
     #[tokio::test]
@@ -718,7 +698,10 @@ mod tests {
         assert_eq!(a.metadata.id, 1);
         assert_eq!(addresses(&a), vec![IpAddr::from([127, 0, 0, 2])]);
         assert_eq!(aaaa.metadata.id, 2);
-        assert_eq!(addresses(&aaaa), vec!["fd00::2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            addresses(&aaaa),
+            vec!["::ffff:127.0.0.2".parse::<IpAddr>().unwrap()]
+        );
 
         // Both queries written before either answer is read: answered in order.
         let mut both = Vec::new();
@@ -749,7 +732,7 @@ mod tests {
     #[tokio::test]
     async fn unrecorded_names_are_forwarded_upstream() {
         let mut upstream_hosts = HostAnswers::new();
-        upstream_hosts.insert("other.example", Ipv4Addr::new(192, 0, 2, 9), None);
+        upstream_hosts.insert("other.example", Ipv4Addr::new(192, 0, 2, 9));
         let upstream = start(DnsResponder::new(upstream_hosts, Fallback::NxDomain)).await;
         let dns = start(DnsResponder::new(hosts(), Fallback::Upstream(upstream.udp))).await;
 

@@ -388,7 +388,7 @@ fn redirected_hosts(engine: &Engine) -> Vec<String> {
 fn dns_responder(hosts: &[(String, Ipv4Addr)], no_network: bool) -> dns::DnsResponder {
     let mut answers = dns::HostAnswers::new();
     for (host, ip) in hosts {
-        answers.insert(host, *ip, None);
+        answers.insert(host, *ip);
     }
     let fallback = if no_network {
         dns::Fallback::NxDomain

@@ -129,36 +129,22 @@ pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
             && from[3] == config.dns_ip4
             && sa.user_port == config.dns_port;
         if from_dns && let Some(original) = original(&ctx) {
-            set_ip6(
-                sa,
-                if original.family == AF_INET {
-                    [
-                        V4_MAPPED_PREFIX[0],
-                        V4_MAPPED_PREFIX[1],
-                        V4_MAPPED_PREFIX[2],
-                        original.addr[0],
-                    ]
-                } else {
-                    original.addr
-                },
-            );
-            sa.user_port = original.port;
+            set_original_v6(sa, &original);
         }
     }
     ALLOW
 }
 
-/// `getpeername` on an IPv6 socket.
+/// `getpeername` on an IPv6 socket, including one that connected to an
+/// IPv4-mapped address (which is what replayd's AAAA answers are).
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     if config().is_some()
         && let Some(original) = original(&ctx)
-        && original.family == AF_INET6
     {
         // SAFETY: as above.
         let sa = unsafe { &mut *ctx.sock_addr };
-        set_ip6(sa, original.addr);
-        sa.user_port = original.port;
+        set_original_v6(sa, &original);
     }
     ALLOW
 }
@@ -263,6 +249,17 @@ fn redirect_v6(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, config: &RedirectC
         remember(ctx, AF_INET6, port, ip6);
         set_ip6(sa, config.listener_ip6);
         sa.user_port = config.listener6_port;
+    }
+}
+
+/// Puts `original` back into an IPv6 address, IPv4-mapped when it was IPv4.
+#[inline(always)]
+fn set_original_v6(sa: &mut bpf_sock_addr, original: &OriginalDestination) {
+    if original.family == AF_INET {
+        set_v4_mapped(sa, original.addr[0], original.port);
+    } else {
+        set_ip6(sa, original.addr);
+        sa.user_port = original.port;
     }
 }
 
