@@ -98,12 +98,12 @@ pub enum ServeError {
     /// The miss was not forwarded: the budget is used up.
     #[error(transparent)]
     Budget(#[from] BudgetExhausted),
-    /// Building the response failed.
+    /// Building the response, or the timer that paces its events, failed.
     #[error("cannot build the response")]
     Internal {
-        /// What `http` reported.
+        /// What `http` or the kernel reported.
         #[source]
-        source: http::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

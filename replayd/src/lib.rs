@@ -14,6 +14,7 @@
 pub mod accept;
 pub mod body;
 pub mod ca;
+pub mod deadline;
 pub mod dns;
 pub mod engine;
 pub mod error;

@@ -11,15 +11,16 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use llmsim_snapshot::provider::{Endpoint, Provider};
-use tokio::time::Instant;
 
 use crate::body::ReplayBody;
+use crate::deadline::Deadline;
 use crate::engine::{Engine, Miss, Outcome, ReplayRequest};
 use crate::error::{ErrorShape, ServeError, UpstreamError, error_response};
 use crate::report::Event;
@@ -204,19 +205,24 @@ impl ReplayService {
         arrived: Instant,
     ) -> Result<Response<ReplayBody>, ServeError> {
         let pace = self.engine.options().pace;
+        let internal =
+            |source: Box<dyn std::error::Error + Send + Sync>| ServeError::Internal { source };
         let body = match &prepared.body {
             PreparedBody::Full(bytes) => ReplayBody::full(bytes.clone()),
             PreparedBody::Events { head_ms, chunks } => {
+                let mut deadline = Deadline::default();
                 if let Some(delay) = pace.delay(*head_ms) {
-                    tokio::time::sleep_until(arrived + delay).await;
+                    std::future::poll_fn(|cx| deadline.poll_until(cx, arrived + delay))
+                        .await
+                        .map_err(|e| internal(e.into()))?;
                 }
-                ReplayBody::paced(chunks.clone(), arrived, pace)
+                ReplayBody::paced(chunks.clone(), arrived, pace, deadline)
             }
         };
         let mut response = Response::builder()
             .status(prepared.status)
             .body(body.timed(self.engine.stats().clone(), arrived))
-            .map_err(|source| ServeError::Internal { source })?;
+            .map_err(|e| internal(e.into()))?;
         *response.headers_mut() = prepared.headers.clone();
         Ok(response)
     }
