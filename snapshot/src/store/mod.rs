@@ -275,12 +275,23 @@ fn exchange_names(dir: &Path, entries: fs::ReadDir) -> Result<Vec<String>, Store
 }
 
 fn load_exchange(dir: &fs::File, path: PathBuf, buf: &mut Vec<u8>) -> Result<Recorded, StoreError> {
+    let read_error = |path, source| StoreError::ReadFile { path, source };
     buf.clear();
-    if let Err(source) = read_file(dir, &path, buf) {
-        return Err(StoreError::ReadFile { path, source });
+    let file = match read_file(dir, &path, buf) {
+        Ok(file) => file,
+        Err(source) => return Err(read_error(path, source)),
+    };
+    let mut parsed = serde_json::from_slice::<Exchange>(buf);
+    if parsed.is_err() {
+        // A filesystem may have ended that one read early: parse again with the rest, if
+        // there is more, before saying the file is broken.
+        match read_rest(&file, buf) {
+            Ok(0) => {}
+            Ok(_) => parsed = serde_json::from_slice::<Exchange>(buf),
+            Err(source) => return Err(read_error(path, source)),
+        }
     }
-    let bytes = buf.as_slice();
-    match serde_json::from_slice::<Exchange>(bytes) {
+    match parsed {
         Ok(exchange) if exchange.format_version == FORMAT_VERSION => {
             Ok(Recorded { path, exchange })
         }
@@ -289,15 +300,21 @@ fn load_exchange(dir: &fs::File, path: PathBuf, buf: &mut Vec<u8>) -> Result<Rec
             found: exchange.format_version,
             expected: FORMAT_VERSION,
         }),
-        Err(source) => Err(parse_error(path, bytes, source)),
+        Err(source) => Err(parse_error(path, buf, source)),
     }
 }
 
-/// Appends the bytes of `path`, a file in `dir`, to `buf`: opened relative to
-/// `dir`, and read without asking for its size first (`fs::read` does), as
-/// `buf` is usually large enough already. Both save system calls, which are
-/// a good part of loading 100k small files.
-fn read_file(dir: &fs::File, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+/// Room the first read of an exchange file gets: more than almost any file needs.
+const FIRST_READ: usize = 64 * 1024;
+
+/// Appends the bytes of `path`, a file in `dir`, to `buf` and returns the file, still
+/// open. It is opened relative to `dir` and read with as few system calls as can be, as
+/// they are a good part of loading 100k small files: no `fstat` for its size (`fs::read`
+/// makes one), and one `read` for a file that fits in [`FIRST_READ`], as a read of a
+/// regular file that comes back short has reached the end on local filesystems, so the
+/// read that would confirm it is skipped. [`load_exchange`] reads the rest before it
+/// calls a file broken, for filesystems where that does not hold.
+fn read_file(dir: &fs::File, path: &Path, buf: &mut Vec<u8>) -> io::Result<fs::File> {
     use rustix::fs::{Mode, OFlags};
     let name = path.file_name().unwrap_or(path.as_os_str());
     let file = fs::File::from(rustix::fs::openat(
@@ -306,9 +323,19 @@ fn read_file(dir: &fs::File, path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
     )?);
+    buf.reserve(FIRST_READ);
+    let room = buf.capacity() - buf.len();
+    let n = rustix::io::read(&file, rustix::buffer::spare_capacity(buf))?;
+    if n == room {
+        read_rest(&file, buf)?;
+    }
+    Ok(file)
+}
+
+/// Appends whatever is left of `file` to `buf`; returns how many bytes that was.
+fn read_rest(file: &fs::File, buf: &mut Vec<u8>) -> io::Result<usize> {
     // `Take` keeps `File`'s own `read_to_end`, which asks for the size, out.
-    file.take(u64::MAX).read_to_end(buf)?;
-    Ok(())
+    file.take(u64::MAX).read_to_end(buf)
 }
 
 /// Why a file did not parse. Its version is then read on its own, so a file

@@ -216,6 +216,31 @@ fn a_directory_without_exchanges_is_empty() {
 }
 
 #[test]
+fn files_larger_than_the_first_read_load_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = SnapshotWriter::open(dir.path()).unwrap();
+    let mut large = sample_exchange();
+    large.response.body = crate::model::Body::Text {
+        content_encoding: None,
+        text: "long answer ".repeat(3 * FIRST_READ / 12),
+    };
+    // Large, small, large: one loading thread's buffer goes from one to the next.
+    for exchange in [&large, &sample_exchange(), &large] {
+        writer.write(exchange).unwrap();
+    }
+    drop(writer);
+    let loaded = load(dir.path()).unwrap();
+    let bodies: Vec<Vec<u8>> = loaded
+        .exchanges
+        .iter()
+        .map(|r| r.exchange.response.body.to_bytes())
+        .collect();
+    assert_eq!(bodies[0], large.response.body.to_bytes());
+    assert_eq!(bodies[1], sample_exchange().response.body.to_bytes());
+    assert_eq!(bodies[2], large.response.body.to_bytes());
+}
+
+#[test]
 fn a_broken_file_is_named_with_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let mut writer = SnapshotWriter::open(dir.path()).unwrap();
