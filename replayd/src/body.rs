@@ -2,11 +2,11 @@
 //! recorded chunks (one per server-sent event) released at their recorded offsets from the
 //! request's arrival under the run's [`Pace`], each as its own body frame so the server
 //! flushes it on its own. Each wait is for a fixed base instant plus the chunk's offset, so
-//! delays do not add up, on a high-resolution timer ([`Deadline`]). When the body is dropped (sent, or the client went away) the
-//! time it took is added to the run's statistics. A forwarded answer (`--on-miss
-//! passthrough|record`) is a third kind: frames handed over by the forwarding task as they
-//! arrive from the real host, ending in an error (so the connection is cut rather than the
-//! body looking whole) when the real host broke off.
+//! delays do not add up, on a precise timer ([`Deadline`]). When the body is dropped
+//! (sent, or the client went away) the time it took is added to the run's statistics. A
+//! forwarded answer (`--on-miss passthrough|record`) is a third kind: frames handed over by
+//! the forwarding task as they arrive from the real host, ending in an error (so the
+//! connection is cut rather than the body looking whole) when the real host broke off.
 
 use std::io;
 use std::pin::Pin;
@@ -200,9 +200,9 @@ mod tests {
         at.as_secs_f64() * 1e3
     }
 
-    /// Real time: a chunk may not go out before its offset; how late it goes out on a
-    /// busy machine is left to the service test, with only a loose bound
-    /// here that a pace ignoring the offsets' scale would break.
+    /// Real time: a chunk may not go out before its offset. How late it goes out on a busy
+    /// machine is the service test's to check; the bound here is loose, only for a pace
+    /// that ignored the offsets' scale.
     #[tokio::test]
     async fn recorded_pace_releases_each_chunk_at_its_offset() {
         let base = Instant::now();

@@ -20,6 +20,11 @@ pub struct Deadline {
 }
 
 impl Deadline {
+    /// Waits until `due` has passed; errs only if the timer thread cannot be started.
+    pub async fn until(&mut self, due: Instant) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_until(cx, due)).await
+    }
+
     /// Ready once `due` has passed; errs only if the timer thread cannot be started.
     pub fn poll_until(&mut self, cx: &mut Context<'_>, due: Instant) -> Poll<io::Result<()>> {
         if Instant::now() >= due {

@@ -212,7 +212,8 @@ impl ReplayService {
             PreparedBody::Events { head_ms, chunks } => {
                 let mut deadline = Deadline::default();
                 if let Some(delay) = pace.delay(*head_ms) {
-                    std::future::poll_fn(|cx| deadline.poll_until(cx, arrived + delay))
+                    deadline
+                        .until(arrived + delay)
                         .await
                         .map_err(|e| internal(e.into()))?;
                 }
