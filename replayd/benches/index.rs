@@ -3,14 +3,19 @@
 //! does before serving, then every recorded request is looked up once.
 //! Loading the snapshot whole (`store::load`, as the report and HAR export
 //! do) is measured too. Reading the same files' bytes is measured side by
-//! side in the same run as the floor that any loader pays, so the report gives
-//! ratios rather than absolute times alone (these machines are noisy). The
-//! page cache is warmed first, so the floor is memory, not the disk.
+//! side as the floor that any loader pays, so the report gives ratios rather
+//! than absolute times alone. The page cache is warmed first, so the floor is
+//! memory, not the disk.
+//!
+//! These machines are noisy, so start-up is measured several times, each in a
+//! fresh process as `replayd` starts (a warm allocator would flatter it), in
+//! turn with the floor; the report gives medians and ranges.
 //!
 //! Run with `cargo xtask bench index [N]`.
 
 use std::{
     path::{Path, PathBuf},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -23,9 +28,27 @@ use replayd::{
 };
 use serde_json::json;
 
+/// Start-up measurements, each alternating with a floor measurement.
+const ROUNDS: usize = 5;
+/// The argument that makes this program one start-up measurement: it loads the
+/// snapshot in DIR and prints the milliseconds taken.
+const STARTUP_ONCE: &str = "--startup-once";
+
 fn main() {
-    let count: usize = std::env::args()
-        .skip(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, dir] = args.as_slice()
+        && flag == STARTUP_ONCE
+    {
+        let start = Instant::now();
+        let engine =
+            Engine::load(Path::new(dir), ReplayOptions::default()).expect("start the engine");
+        println!("{}", ms(start.elapsed()));
+        // Exiting frees it all at once; dropping it piece by piece is not start-up.
+        std::mem::forget(engine);
+        return;
+    }
+    let count: usize = args
+        .iter()
         .find(|a| !a.starts_with('-'))
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
@@ -34,18 +57,19 @@ fn main() {
 
     // A first pass warms the page cache, so every step below reads from memory.
     read_all(&dir);
-    let start = Instant::now();
-    let bytes = read_all(&dir);
-    let read = start.elapsed();
-
-    // Replay's start-up first, so it runs in a fresh process as `replayd` does.
-    let start = Instant::now();
-    let engine = Engine::load(&dir, ReplayOptions::default()).expect("start the engine");
-    let startup = start.elapsed();
+    let mut floors = Vec::new();
+    let mut startups = Vec::new();
+    let mut bytes = 0;
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        bytes = read_all(&dir);
+        floors.push(ms(start.elapsed()));
+        startups.push(startup_in_a_fresh_process(&dir));
+    }
 
     let start = Instant::now();
     let snapshot = store::load(&dir).expect("load the snapshot");
-    let load = start.elapsed();
+    let load = ms(start.elapsed());
     let requests: Vec<ReplayRequest> = snapshot
         .exchanges
         .iter()
@@ -53,38 +77,67 @@ fn main() {
         .collect();
     drop(snapshot);
 
+    let engine = Engine::load(&dir, ReplayOptions::default()).expect("start the engine");
     let start = Instant::now();
     let hits = requests
         .iter()
         .filter(|r| matches!(engine.lookup(r), Outcome::Hit(_)))
         .count();
-    let lookups = start.elapsed();
+    let lookups = ms(start.elapsed());
     assert_eq!(hits, count, "every recorded request must hit");
 
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (floor, floor_range) = median_and_range(floors);
+    let (startup, startup_range) = median_and_range(startups);
     println!(
-        "replay index, {count} exchanges ({} MB of files)",
+        "replay index, {count} exchanges ({} MB of files); medians of {ROUNDS} runs, ranges in brackets",
         bytes / 1_000_000
     );
+    println!("  read the files' bytes      {floor:>9.1} ms   1.00x (floor)   {floor_range}");
     println!(
-        "  read the files' bytes      {:>9.1} ms   1.00x (floor)",
-        ms(read)
+        "  load (read + parse)        {load:>9.1} ms   {:.2}x   (one run)",
+        load / floor
     );
     println!(
-        "  load (read + parse)        {:>9.1} ms   {:.2}x",
-        ms(load),
-        ms(load) / ms(read)
+        "  replay start-up            {startup:>9.1} ms   {:.2}x   {startup_range}   (read, parse, validate, sign, index; a fresh process each)",
+        startup / floor
     );
     println!(
-        "  replay start-up            {:>9.1} ms   {:.2}x   (read, parse, validate, sign, index)",
-        ms(startup),
-        ms(startup) / ms(read)
+        "  {count} lookups              {lookups:>9.1} ms   {:.2} us each",
+        lookups * 1e3 / f64::from(u32::try_from(count).unwrap_or(u32::MAX))
     );
-    println!(
-        "  {count} lookups              {:>9.1} ms   {:.2} us each",
-        ms(lookups),
-        ms(lookups) * 1e3 / f64::from(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// This program again, as [`STARTUP_ONCE`]: its start-up time in milliseconds.
+fn startup_in_a_fresh_process(dir: &Path) -> f64 {
+    let output = Command::new(std::env::current_exe().expect("this program's path"))
+        .arg(STARTUP_ONCE)
+        .arg(dir)
+        .output()
+        .expect("run a start-up");
+    assert!(
+        output.status.success(),
+        "the start-up run failed: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("the start-up run prints its milliseconds")
+}
+
+/// The median, and `[min-max]`.
+fn median_and_range(mut values: Vec<f64>) -> (f64, String) {
+    values.sort_by(f64::total_cmp);
+    let range = format!(
+        "[{:.0}-{:.0}]",
+        values.first().copied().unwrap_or(f64::NAN),
+        values.last().copied().unwrap_or(f64::NAN)
+    );
+    (values[values.len() / 2], range)
 }
 
 /// Writes `count` distinct chat-completion exchanges once; later runs reuse them.
