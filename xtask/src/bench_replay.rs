@@ -24,22 +24,18 @@
 
 use std::{
     fmt::Write as _,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    sync::mpsc,
-    thread,
-    time::{Duration, Instant},
+    process::Command,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use llmsim_tests::TestCa;
 
-use crate::bench_support::{
-    Guard, Nginx, READY_TIMEOUT, bench_tools, median, release_binary, report_of,
-};
+use crate::bench_support::{Nginx, Replayd, bench_tools, median, release_binary, report_of};
 
 /// Size of the recorded answer's body, in bytes.
 const BODY_LEN: usize = 1024;
@@ -156,7 +152,12 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let body = answer_body();
     write_snapshot(&scratch.join("snapshot"), &body)?;
 
-    let mut replayd = start_replayd(&replayd_bin, &scratch)?;
+    let mut replayd = Replayd::start(
+        &replayd_bin,
+        &scratch.join("snapshot"),
+        &scratch.join("replayd-ca"),
+        "instant",
+    )?;
     let mut nginx = Nginx::start(&tools.nginx, &scratch, &body, &ca)?;
 
     let targets = [
@@ -567,70 +568,6 @@ fn write_snapshot(dir: &Path, body: &[u8]) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Servers
-
-struct Replayd {
-    child: Guard,
-    addr: SocketAddr,
-}
-
-/// Starts replayd on an ephemeral loopback port and waits for its `listening on` line.
-fn start_replayd(bin: &Path, scratch: &Path) -> anyhow::Result<Replayd> {
-    let mut child = Command::new(bin)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--in")
-        .arg(scratch.join("snapshot"))
-        .args(["--pace", "instant"])
-        .arg("--ca-dir")
-        .arg(scratch.join("replayd-ca"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let stderr = child.stderr.take().context("replayd's stderr")?;
-    let mut guard = Guard::new(child, "replayd");
-    let log = guard.log_sink();
-
-    // A thread keeps draining stderr for the whole run (so a chatty replayd never blocks on a
-    // full pipe) and hands over the address once.
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix("replayd: listening on ")
-                && let Some(tx) = tx.take()
-            {
-                let _ = tx.send(addr.trim().to_owned());
-            }
-            if let Ok(mut log) = log.lock() {
-                log.push_str(&line);
-                log.push('\n');
-            }
-        }
-    });
-    let deadline = Instant::now() + READY_TIMEOUT;
-    let addr = loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(addr) => break addr,
-            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
-                guard.check_alive()?;
-            }
-            Err(_) => {
-                guard.check_alive()?;
-                bail!(
-                    "replayd printed no `listening on` line within {READY_TIMEOUT:?}; it printed:\n{}",
-                    guard.log()
-                );
-            }
-        }
-    };
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("replayd's listening address `{addr}`"))?;
-    Ok(Replayd { child: guard, addr })
-}
 
 /// One plain GET of the bench path; returns the response head and the body (by Content-Length).
 fn fetch_plain(addr: SocketAddr) -> anyhow::Result<(String, Vec<u8>)> {

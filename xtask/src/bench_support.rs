@@ -3,11 +3,11 @@
 //! that never outlive a run, and medians.
 
 use std::{
-    io::{BufReader, Read as _},
+    io::{BufRead as _, BufReader, Read as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -314,5 +314,73 @@ http {{
             http,
             https,
         })
+    }
+}
+
+/// `replayd --listen` on an ephemeral loopback port, stopped on drop.
+pub struct Replayd {
+    pub child: Guard,
+    pub addr: SocketAddr,
+}
+
+impl Replayd {
+    /// Starts replayd serving `snapshot` with `--pace pace`, its CA in `ca_dir`, and waits
+    /// for its `listening on` line.
+    pub fn start(bin: &Path, snapshot: &Path, ca_dir: &Path, pace: &str) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--in")
+            .arg(snapshot)
+            .args(["--pace", pace])
+            .arg("--ca-dir")
+            .arg(ca_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stderr = child.stderr.take().context("replayd's stderr")?;
+        let mut guard = Guard::new(child, "replayd");
+        let log = guard.log_sink();
+
+        // A thread keeps draining stderr for the whole run (so a chatty replayd never blocks on a
+        // full pipe) and hands over the address once.
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("replayd: listening on ")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+                if let Ok(mut log) = log.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(addr) => break addr,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                    guard.check_alive()?;
+                }
+                Err(_) => {
+                    guard.check_alive()?;
+                    bail!(
+                        "replayd printed no `listening on` line within {READY_TIMEOUT:?}; it printed:\n{}",
+                        guard.log()
+                    );
+                }
+            }
+        };
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("replayd's listening address `{addr}`"))?;
+        Ok(Replayd { child: guard, addr })
     }
 }

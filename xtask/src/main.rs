@@ -4,6 +4,7 @@
 //! built.
 
 mod bench_capture;
+mod bench_pacing;
 mod bench_replay;
 mod bench_support;
 mod demo;
@@ -33,11 +34,13 @@ enum Task {
         /// `index`: replay start-up (load, sign, index) and lookups on a large
         /// snapshot. `replay`: replayd against nginx, plain and TLS, at saturation
         /// (wrk) and at a fixed rate (oha).
+        /// `pacing`: how closely `--pace recorded` keeps a recorded stream's
+        /// event offsets.
         /// `capture`: an HTTPS request loop with and without the agent.
         name: String,
         /// Arguments for the benchmark (`index`: the number of exchanges;
         /// `replay`: --duration, --rounds, --connections, --threads, --rate,
-        /// --no-build;
+        /// --no-build; `pacing`: --events, --spacing-ms, --rounds, --no-build;
         /// `capture`: requests per run and rounds).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -104,8 +107,9 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
             cargo(&cargo_args)
         }
         "replay" => bench_replay::run(args),
+        "pacing" => bench_pacing::run(args),
         "capture" => bench_capture::run(args),
-        other => bail!("unknown benchmark `{other}` (known: index, replay, capture)"),
+        other => bail!("unknown benchmark `{other}` (known: index, replay, pacing, capture)"),
     }
 }
 

@@ -1,0 +1,165 @@
+//! `cargo xtask bench pacing`: how closely replayd's `--pace recorded` keeps a recorded
+//! stream's timing. One recorded server-sent-event stream (events at a fixed spacing) is
+//! fetched several times over plain HTTP/1.1 on loopback, a fresh connection each time, and each event's
+//! arrival is compared with its recorded offset, counted from just before the request is
+//! written, as an app would see it. An event may never arrive early; the target is that it
+//! arrives within 2 ms of its offset.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
+use serde_json::json;
+
+use crate::bench_support::{Replayd, release_binary};
+
+/// The recorded request.
+const PATH: &str = "/v1/stream";
+/// How late an event may arrive.
+const TARGET_LATE_MS: f64 = 2.0;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask bench pacing",
+    about = "how closely replayd --pace recorded keeps a recorded stream's event offsets"
+)]
+struct Args {
+    /// Events in the recorded stream.
+    #[arg(long, default_value_t = 50)]
+    events: u32,
+    /// Milliseconds between recorded events.
+    #[arg(long, default_value_t = 10.0)]
+    spacing_ms: f64,
+    /// Times the stream is fetched.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Use the replayd already in target/release instead of building it first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let args = Args::try_parse_from(
+        std::iter::once("cargo xtask bench pacing".to_owned()).chain(args.iter().cloned()),
+    )?;
+    ensure!(
+        args.events > 0 && args.rounds > 0,
+        "--events and --rounds must be at least 1"
+    );
+    ensure!(args.spacing_ms >= 0.0, "--spacing-ms must not be negative");
+    let replayd_bin = release_binary("replayd", "replayd", !args.no_build)?;
+    let scratch = tempfile::tempdir().context("a scratch directory")?;
+    let offsets: Vec<f64> = (0..args.events)
+        .map(|i| f64::from(i + 1) * args.spacing_ms)
+        .collect();
+    let snapshot = scratch.path().join("snapshot");
+    write_snapshot(&snapshot, &offsets)?;
+    let mut replayd = Replayd::start(
+        &replayd_bin,
+        &snapshot,
+        &scratch.path().join("replayd-ca"),
+        "recorded",
+    )?;
+
+    let mut late_ms = Vec::new();
+    for _ in 0..args.rounds {
+        let arrivals = fetch_events(replayd.addr, offsets.len())?;
+        for (at, offset) in arrivals.iter().zip(&offsets) {
+            let late = at.as_secs_f64() * 1e3 - offset;
+            ensure!(
+                late >= 0.0,
+                "an event recorded at {offset} ms arrived {:.3} ms early",
+                -late
+            );
+            late_ms.push(late);
+        }
+    }
+    replayd.child.check_alive()?;
+
+    late_ms.sort_by(f64::total_cmp);
+    #[expect(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "event counts, far below 2^52"
+    )]
+    let percentile = |q: f64| late_ms[((q * late_ms.len() as f64) as usize).min(late_ms.len() - 1)];
+    let (p50, p99, max) = (percentile(0.5), percentile(0.99), percentile(1.0));
+    println!(
+        "\npacing: {} events {} ms apart, fetched {} times; lateness after each recorded \
+         offset, counted from before the request was written",
+        args.events, args.spacing_ms, args.rounds
+    );
+    println!("  early   none");
+    println!("  p50     {p50:.3} ms");
+    println!("  p99     {p99:.3} ms");
+    println!("  max     {max:.3} ms");
+    println!(
+        "\ntarget: every event within {TARGET_LATE_MS} ms of its offset: {}",
+        if max <= TARGET_LATE_MS {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    Ok(())
+}
+
+/// A snapshot of one `GET /v1/stream` answered with events `{"n":i}` at `offsets`.
+fn write_snapshot(dir: &Path, offsets: &[f64]) -> anyhow::Result<()> {
+    let exchanges = dir.join("exchanges");
+    std::fs::create_dir_all(&exchanges)
+        .with_context(|| format!("creating {}", exchanges.display()))?;
+    let events: Vec<_> = offsets
+        .iter()
+        .enumerate()
+        .map(|(n, offset)| json!({"offset_ms": offset, "data": json!({"n": n}).to_string()}))
+        .collect();
+    let exchange = json!({
+        "format_version": 1, "seq": 1, "provider": "generic", "host": "127.0.0.1",
+        "scheme": "http", "process": {"pid": 1, "comm": "bench", "exe": null}, "peer": null,
+        "started_at": "2026-11-26T00:00:00Z", "ttfb_ms": offsets[0],
+        "duration_ms": offsets[offsets.len() - 1], "incomplete": null, "streamed": true,
+        "model": null,
+        "request": {"method": "GET", "path": PATH, "headers": [], "body": {"kind": "empty"}},
+        "response": {"status": 200, "headers": [["content-type", "text/event-stream"]],
+                     "body": {"kind": "sse", "events": events}}
+    });
+    let file = exchanges.join("000001-generic-get-v1-stream.json");
+    std::fs::write(&file, serde_json::to_vec_pretty(&exchange)?)
+        .with_context(|| format!("writing {}", file.display()))
+}
+
+/// Fetches the stream once on a fresh connection; when each of its `count` events arrived,
+/// from just before the request was written. An event ends with a blank line, and no other
+/// part of the answer has one (header lines end in CRLF, chunk framing too).
+fn fetch_events(addr: SocketAddr, count: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let request = format!("GET {PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let sent = Instant::now();
+    stream.write_all(request.as_bytes())?;
+    let mut arrivals = Vec::new();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while arrivals.len() < count {
+        let n = stream.read(&mut buf).context("reading the stream")?;
+        if n == 0 {
+            bail!(
+                "the stream ended after {} of {count} events",
+                arrivals.len()
+            );
+        }
+        let at = sent.elapsed();
+        answer.extend_from_slice(&buf[..n]);
+        let ended = answer.windows(2).filter(|w| w == b"\n\n").count();
+        arrivals.resize(ended, at);
+    }
+    Ok(arrivals)
+}
