@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use serde_json::json;
 
-use crate::bench_support::{Replayd, release_binary};
+use crate::bench_support::{Replayd, quantile, release_binary};
 
 /// The recorded request.
 const PATH: &str = "/v1/stream";
@@ -82,14 +82,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     replayd.child.check_alive()?;
 
     late_ms.sort_by(f64::total_cmp);
-    #[expect(
-        clippy::cast_precision_loss,
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "event counts, far below 2^52"
-    )]
-    let percentile = |q: f64| late_ms[((q * late_ms.len() as f64) as usize).min(late_ms.len() - 1)];
-    let (p50, p99, max) = (percentile(0.5), percentile(0.99), percentile(1.0));
+    let [p50, p99, max] = [0.5, 0.99, 1.0].map(|q| quantile(&late_ms, q));
     println!(
         "\npacing: {} events {} ms apart, fetched {} times; lateness after each recorded \
          offset, counted from before the request was written",

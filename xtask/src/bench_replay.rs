@@ -35,7 +35,9 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use llmsim_tests::TestCa;
 
-use crate::bench_support::{Nginx, Replayd, bench_tools, median, release_binary, report_of};
+use crate::bench_support::{
+    Nginx, Replayd, bench_tools, median, quantile, release_binary, report_of,
+};
 
 /// Size of the recorded answer's body, in bytes.
 const BODY_LEN: usize = 1024;
@@ -749,14 +751,7 @@ fn parse_oha(text: &str, seconds: u32) -> anyhow::Result<Latency> {
         "no requests completed after the warm-up"
     );
     durations.sort_unstable_by(f64::total_cmp);
-    #[expect(
-        clippy::cast_precision_loss,
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        reason = "request counts, far below 2^52"
-    )]
-    let percentile =
-        |q: f64| durations[((q * durations.len() as f64) as usize).min(durations.len() - 1)];
+    let percentile = |q: f64| quantile(&durations, q);
     #[expect(
         clippy::cast_precision_loss,
         reason = "a request count, far below 2^52"

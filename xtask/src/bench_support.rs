@@ -34,6 +34,19 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// The `q` quantile (0 to 1) of `sorted`, which is sorted and not empty: the value that
+/// a share `q` of the values lie below.
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    #[expect(
+        clippy::cast_precision_loss,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "sample counts, far below 2^52"
+    )]
+    let at = (q * sorted.len() as f64) as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
 /// Cargo's target directory: `CARGO_TARGET_DIR` (relative to the workspace) or `target/`.
 fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
