@@ -209,9 +209,29 @@ fn read_all(dir: &Path) -> usize {
         .sum()
 }
 
+/// The recorded request as openai-python sends it, with the headers it adds to every call.
 fn request_of(exchange: &Exchange) -> ReplayRequest {
     let mut headers = HeaderMap::new();
-    headers.insert("content-type", "application/json".parse().expect("header"));
+    for (name, value) in [
+        ("host", "api.openai.com"),
+        ("accept-encoding", "gzip, deflate"),
+        ("connection", "keep-alive"),
+        ("accept", "application/json"),
+        ("content-type", "application/json"),
+        ("user-agent", "OpenAI/Python 1.99.0"),
+        ("x-stainless-lang", "python"),
+        ("x-stainless-package-version", "1.99.0"),
+        ("x-stainless-os", "Linux"),
+        ("x-stainless-arch", "x64"),
+        ("x-stainless-runtime", "CPython"),
+        ("x-stainless-runtime-version", "3.12.3"),
+        ("authorization", "Bearer sk-replay-needs-no-key"),
+        ("x-stainless-async", "false"),
+        ("x-stainless-retry-count", "0"),
+        ("x-stainless-read-timeout", "600"),
+    ] {
+        headers.insert(name, value.parse().expect("header"));
+    }
     ReplayRequest {
         method: exchange.request.method.clone(),
         host: exchange.host.clone(),

@@ -7,6 +7,7 @@
 //! counted in the run's [`Stats`]. The engine knows nothing about sockets or HTTP framing;
 //! the service module does.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -413,12 +414,12 @@ impl Engine {
     pub fn lookup(&self, request: &ReplayRequest) -> Outcome {
         let signature = self.signature(request);
         let candidates = self.candidates(&signature);
-        for candidate in &candidates {
+        for candidate in candidates.iter() {
             if let Some(served) = self.index.next(candidate) {
                 return Outcome::Hit(self.hit(served));
             }
         }
-        for candidate in &candidates {
+        for candidate in candidates.iter() {
             if let Some(hit) = self.live_next(candidate) {
                 return Outcome::Hit(hit);
             }
@@ -458,10 +459,10 @@ impl Engine {
 
     /// The signatures to look up: the request's own, then, when `any_host` is on and its
     /// host is not a recorded one, the same request addressed to each recorded host.
-    fn candidates(&self, signature: &Signature) -> Vec<Signature> {
+    fn candidates<'a>(&self, signature: &'a Signature) -> Cow<'a, [Signature]> {
         let host = &signature.canonical().host;
         if !self.options.any_host || self.hosts.iter().any(|h| h == host) {
-            return vec![signature.clone()];
+            return Cow::Borrowed(std::slice::from_ref(signature));
         }
         self.hosts
             .iter()
@@ -472,7 +473,8 @@ impl Engine {
                 };
                 Signature::from_canonical(canonical)
             })
-            .collect()
+            .collect::<Vec<_>>()
+            .into()
     }
 
     fn hit(&self, served: Served) -> Hit {

@@ -234,6 +234,10 @@ where
     B: http_body::Body,
     B::Error: Into<BoxedBodyError>,
 {
+    // Most requests with no body (GET) say so up front: nothing to poll or collect.
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<LengthLimitError>() => Err(UpstreamError::BodyTooLarge { limit }),

@@ -547,26 +547,25 @@ impl Signature {
         let (path, query) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
+        // Every request is signed: what the rules leave out is dropped before it is copied.
         let mut query: Vec<(String, String)> = query
             .split('&')
             .filter(|pair| !pair.is_empty())
-            .map(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                (k.to_owned(), v.to_owned())
-            })
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
             .filter(|(k, _)| rules.keeps_query(k))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         query.sort();
-        let mut headers: Vec<(String, String)> = headers
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    n.as_ref().to_ascii_lowercase(),
-                    String::from_utf8_lossy(v.as_ref()).trim().to_owned(),
-                )
-            })
-            .filter(|(n, _)| rules.keeps_header(n))
-            .collect();
+        let mut headers: Vec<(String, String)> = if rules.include_headers.is_empty() {
+            Vec::new()
+        } else {
+            headers
+                .into_iter()
+                .map(|(n, v)| (n.as_ref().to_ascii_lowercase(), v))
+                .filter(|(n, _)| rules.keeps_header(n))
+                .map(|(n, v)| (n, String::from_utf8_lossy(v.as_ref()).trim().to_owned()))
+                .collect()
+        };
         headers.sort();
         let path = if rules.wildcard_model {
             wildcard_model_path(path)
