@@ -1,6 +1,6 @@
 //! What the benchmarks share: finding and installing their tools, building
-//! the binaries they measure, nginx as the reference server, child processes
-//! that never outlive a run, and medians.
+//! the binaries they measure, `replayd --listen` and nginx as the servers they
+//! measure, child processes that never outlive a run, medians and quantiles.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
