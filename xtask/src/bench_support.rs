@@ -3,11 +3,11 @@
 //! measure, child processes that never outlive a run, medians and quantiles.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufReader, Read as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -185,14 +185,30 @@ impl Guard {
         Self { child, what, log }
     }
 
-    /// Where the child's stderr is collected, for a caller that reads the pipe itself.
-    pub fn log_sink(&self) -> Arc<Mutex<String>> {
-        Arc::clone(&self.log)
-    }
-
     /// What the child printed on stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The first stderr line (so far or within [`READY_TIMEOUT`]) that `ready` makes
+    /// something of; an error if the child exits first or the time runs out.
+    pub fn wait_for_line<T>(&mut self, ready: impl Fn(&str) -> Option<T>) -> anyhow::Result<T> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            // Only whole lines: the last one may still be arriving.
+            let log = self.log();
+            let whole = log.rsplit_once('\n').map_or("", |(lines, _)| lines);
+            if let Some(found) = whole.lines().find_map(&ready) {
+                return Ok(found);
+            }
+            self.check_alive()?;
+            ensure!(
+                Instant::now() < deadline,
+                "{} printed no line it is ready within {READY_TIMEOUT:?}; it printed:\n{log}",
+                self.what
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// An error if the child has exited, with what it printed.
@@ -340,7 +356,7 @@ impl Replayd {
     /// Starts replayd serving `snapshot` with `--pace pace`, its CA in `ca_dir`, and waits
     /// for its `listening on` line.
     pub fn start(bin: &Path, snapshot: &Path, ca_dir: &Path, pace: &str) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin)
+        let child = Command::new(bin)
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--in")
@@ -353,44 +369,11 @@ impl Replayd {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let stderr = child.stderr.take().context("replayd's stderr")?;
         let mut guard = Guard::new(child, "replayd");
-        let log = guard.log_sink();
-
-        // A thread keeps draining stderr for the whole run (so a chatty replayd never blocks on a
-        // full pipe) and hands over the address once.
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.strip_prefix("replayd: listening on ")
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-                if let Ok(mut log) = log.lock() {
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-        });
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let addr = loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(addr) => break addr,
-                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
-                    guard.check_alive()?;
-                }
-                Err(_) => {
-                    guard.check_alive()?;
-                    bail!(
-                        "replayd printed no `listening on` line within {READY_TIMEOUT:?}; it printed:\n{}",
-                        guard.log()
-                    );
-                }
-            }
-        };
+        let addr = guard.wait_for_line(|line| {
+            line.strip_prefix("replayd: listening on ")
+                .map(|addr| addr.trim().to_owned())
+        })?;
         let addr: SocketAddr = addr
             .parse()
             .with_context(|| format!("replayd's listening address `{addr}`"))?;
