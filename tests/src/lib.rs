@@ -49,6 +49,7 @@ pub mod paths;
 pub mod privilege;
 pub mod process;
 pub mod provider;
+pub mod snapshot;
 
 pub use bins::{bin_dir, binary, llmsim_agent, replayd};
 pub use ca::TestCa;

@@ -9,6 +9,7 @@ use llmsim_tests::{
     ClientRun, CommandOutput, TestNetns,
     flows::{record, replay_command},
     privileged, replayd, run_command,
+    snapshot::write_exchanges,
 };
 use serde_json::json;
 
@@ -83,25 +84,18 @@ fn a_client_that_resolves_only_ipv6_reaches_the_recording() {
     if !privileged("replay to an IPv6-only client") {
         return;
     }
-    // One recorded `GET /v1/models`, written as capture writes it.
+    // One recorded `GET /v1/models`.
     let snapshot = tempfile::tempdir().expect("tempdir");
-    let exchanges = snapshot.path().join("exchanges");
-    std::fs::create_dir_all(&exchanges).expect("exchanges dir");
     let answer = json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]});
-    let exchange = json!({
-        "format_version": 1, "seq": 1, "provider": "openai", "host": "api.openai.com",
-        "scheme": "https", "process": {"pid": 1, "comm": "curl", "exe": null}, "peer": null,
-        "started_at": "2026-11-26T00:00:00Z", "ttfb_ms": 300.0, "duration_ms": 300.0,
-        "incomplete": null, "streamed": false, "model": null,
-        "request": {"method": "GET", "path": "/v1/models", "headers": [], "body": {"kind": "empty"}},
-        "response": {"status": 200, "headers": [["content-type", "application/json"]],
-                     "body": {"kind": "json", "json": answer}}
-    });
-    std::fs::write(
-        exchanges.join("000001-openai-get-v1-models.json"),
-        serde_json::to_vec_pretty(&exchange).expect("json"),
-    )
-    .expect("write the exchange");
+    write_exchanges(
+        snapshot.path(),
+        [json!({
+            "provider": "openai", "host": "api.openai.com", "scheme": "https",
+            "request": {"method": "GET", "path": "/v1/models", "headers": [], "body": {"kind": "empty"}},
+            "response": {"status": 200, "headers": [["content-type", "application/json"]],
+                         "body": {"kind": "json", "json": answer}}
+        })],
+    );
 
     // `curl -6` asks only for AAAA and connects only over an IPv6 socket.
     let offline = TestNetns::offline();

@@ -12,6 +12,7 @@ use std::time::Duration;
 use llmsim_tests::{
     ChildGuard, ClientRun, FakeProvider, FakeProviderConfig, Lines, ProviderRequest, TestCa,
     client_argv, configure_client_env, replayd, run_client_on_loopback, run_command,
+    snapshot::write_exchanges,
 };
 use serde_json::{Value, json};
 
@@ -44,64 +45,56 @@ fn sse_events(text: &str) -> Vec<Value> {
 /// Writes one exchange file per request the fake provider served, as capture would have
 /// recorded them for api.openai.com.
 fn write_snapshot(dir: &Path, served: &[ProviderRequest]) {
-    let exchanges = dir.join("exchanges");
-    std::fs::create_dir_all(&exchanges).expect("create exchanges/");
-    for (i, request) in served.iter().enumerate() {
-        let headers: Vec<(String, String)> = request
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                let value = if name == "authorization" {
-                    "Bearer <redacted:00000000>".to_owned()
-                } else {
-                    value.clone()
-                };
-                (name.clone(), value)
+    write_exchanges(
+        dir,
+        served.iter().map(|request| {
+            let headers: Vec<(String, String)> = request
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let value = if name == "authorization" {
+                        "Bearer <redacted:00000000>".to_owned()
+                    } else {
+                        value.clone()
+                    };
+                    (name.clone(), value)
+                })
+                .collect();
+            let (body, duration_ms) = if request.stream {
+                let events = sse_events(&request.response_body);
+                let last = events
+                    .last()
+                    .and_then(|e| e["offset_ms"].as_f64())
+                    .unwrap_or(0.0);
+                (json!({"kind": "sse", "events": events}), last)
+            } else {
+                let answer: Value = serde_json::from_str(&request.response_body)
+                    .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {request:?}"));
+                (json!({"kind": "json", "json": answer}), 5.0)
+            };
+            json!({
+                "provider": "openai",
+                "host": "api.openai.com",
+                "scheme": "https",
+                "process": {"pid": 1, "comm": "python3", "exe": null},
+                "started_at": "2026-07-01T09:00:00Z",
+                "duration_ms": duration_ms,
+                "streamed": request.stream,
+                "model": request.body["model"],
+                "request": {
+                    "method": request.method,
+                    "path": request.path,
+                    "headers": headers,
+                    "body": {"kind": "json", "json": request.body},
+                },
+                "response": {
+                    "status": request.status,
+                    "headers": request.response_headers.iter().collect::<Vec<_>>(),
+                    "body": body,
+                },
             })
-            .collect();
-        let (body, duration_ms) = if request.stream {
-            let events = sse_events(&request.response_body);
-            let last = events
-                .last()
-                .and_then(|e| e["offset_ms"].as_f64())
-                .unwrap_or(0.0);
-            (json!({"kind": "sse", "events": events}), last)
-        } else {
-            let answer: Value = serde_json::from_str(&request.response_body)
-                .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {request:?}"));
-            (json!({"kind": "json", "json": answer}), 5.0)
-        };
-        let seq = i + 1;
-        let exchange = json!({
-            "format_version": 1,
-            "seq": seq,
-            "provider": "openai",
-            "host": "api.openai.com",
-            "scheme": "https",
-            "process": {"pid": 1, "comm": "python3", "exe": null},
-            "peer": null,
-            "started_at": "2026-07-01T09:00:00Z",
-            "ttfb_ms": 1.0,
-            "duration_ms": duration_ms,
-            "incomplete": null,
-            "streamed": request.stream,
-            "model": request.body["model"],
-            "request": {
-                "method": request.method,
-                "path": request.path,
-                "headers": headers,
-                "body": {"kind": "json", "json": request.body},
-            },
-            "response": {
-                "status": request.status,
-                "headers": request.response_headers.iter().collect::<Vec<_>>(),
-                "body": body,
-            },
-        });
-        let path = exchanges.join(format!("{seq:06}-openai-post-v1-chat-completions.json"));
-        let text = serde_json::to_string_pretty(&exchange).expect("serialize exchange");
-        std::fs::write(&path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    }
+        }),
+    );
 }
 
 /// A running `replayd --listen` and its stderr.

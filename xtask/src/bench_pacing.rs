@@ -16,6 +16,8 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use serde_json::json;
 
+use llmsim_tests::snapshot::write_exchanges;
+
 use crate::bench_support::{Replayd, quantile, release_binary};
 
 /// The recorded request.
@@ -58,7 +60,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .map(|i| f64::from(i + 1) * args.spacing_ms)
         .collect();
     let snapshot = scratch.path().join("snapshot");
-    write_snapshot(&snapshot, &offsets)?;
+    write_snapshot(&snapshot, &offsets);
     let mut replayd = Replayd::start(
         &replayd_bin,
         &snapshot,
@@ -104,28 +106,21 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// A snapshot of one `GET /v1/stream` answered with events `{"n":i}` at `offsets`.
-fn write_snapshot(dir: &Path, offsets: &[f64]) -> anyhow::Result<()> {
-    let exchanges = dir.join("exchanges");
-    std::fs::create_dir_all(&exchanges)
-        .with_context(|| format!("creating {}", exchanges.display()))?;
+fn write_snapshot(dir: &Path, offsets: &[f64]) {
     let events: Vec<_> = offsets
         .iter()
         .enumerate()
         .map(|(n, offset)| json!({"offset_ms": offset, "data": json!({"n": n}).to_string()}))
         .collect();
-    let exchange = json!({
-        "format_version": 1, "seq": 1, "provider": "generic", "host": "127.0.0.1",
-        "scheme": "http", "process": {"pid": 1, "comm": "bench", "exe": null}, "peer": null,
-        "started_at": "2026-11-26T00:00:00Z", "ttfb_ms": offsets[0],
-        "duration_ms": offsets[offsets.len() - 1], "incomplete": null, "streamed": true,
-        "model": null,
-        "request": {"method": "GET", "path": PATH, "headers": [], "body": {"kind": "empty"}},
-        "response": {"status": 200, "headers": [["content-type", "text/event-stream"]],
-                     "body": {"kind": "sse", "events": events}}
-    });
-    let file = exchanges.join("000001-generic-get-v1-stream.json");
-    std::fs::write(&file, serde_json::to_vec_pretty(&exchange)?)
-        .with_context(|| format!("writing {}", file.display()))
+    write_exchanges(
+        dir,
+        [json!({
+            "ttfb_ms": offsets[0], "duration_ms": offsets[offsets.len() - 1], "streamed": true,
+            "request": {"method": "GET", "path": PATH, "headers": [], "body": {"kind": "empty"}},
+            "response": {"status": 200, "headers": [["content-type", "text/event-stream"]],
+                         "body": {"kind": "sse", "events": events}}
+        })],
+    );
 }
 
 /// Fetches the stream once on a fresh connection; when each of its `count` events arrived,

@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
-use llmsim_tests::TestCa;
+use llmsim_tests::{TestCa, snapshot::write_exchanges};
 
 use crate::bench_support::{
     Nginx, Replayd, bench_tools, median, quantile, release_binary, report_of,
@@ -531,41 +531,16 @@ fn answer_body() -> Vec<u8> {
 
 /// A snapshot of one exchange: `GET /v1/models` with no body, answered 200 with `body`.
 fn write_snapshot(dir: &Path, body: &[u8]) -> anyhow::Result<()> {
-    let exchanges = dir.join("exchanges");
-    std::fs::create_dir_all(&exchanges)
-        .with_context(|| format!("creating {}", exchanges.display()))?;
-    let body = std::str::from_utf8(body).context("the answer is UTF-8")?;
-    let exchange = format!(
-        r#"{{
-  "format_version": 1,
-  "seq": 1,
-  "provider": "generic",
-  "host": "127.0.0.1",
-  "scheme": "http",
-  "process": {{"pid": 1, "comm": "bench", "exe": null}},
-  "peer": null,
-  "started_at": "2026-11-26T00:00:00Z",
-  "ttfb_ms": 1.0,
-  "duration_ms": 1.0,
-  "incomplete": null,
-  "streamed": false,
-  "model": null,
-  "request": {{
-    "method": "GET",
-    "path": "{PATH}",
-    "headers": [],
-    "body": {{"kind": "empty"}}
-  }},
-  "response": {{
-    "status": 200,
-    "headers": [["content-type", "application/json"]],
-    "body": {{"kind": "json", "json": {body}}}
-  }}
-}}
-"#
+    let answer: serde_json::Value = serde_json::from_slice(body).context("the answer is JSON")?;
+    write_exchanges(
+        dir,
+        [serde_json::json!({
+            "request": {"method": "GET", "path": PATH, "headers": [], "body": {"kind": "empty"}},
+            "response": {"status": 200, "headers": [["content-type", "application/json"]],
+                         "body": {"kind": "json", "json": answer}}
+        })],
     );
-    let file = exchanges.join("000001-generic-get-v1-models.json");
-    std::fs::write(&file, exchange).with_context(|| format!("writing {}", file.display()))
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
