@@ -1,4 +1,4 @@
-//! Builds the eBPF object from `agent-ebpf` with the pinned nightly and bpf-linker
+//! Builds the eBPF object from `llmsim-ebpf` with the pinned nightly and bpf-linker
 //! (installed by scripts/setup.sh) and leaves it in `OUT_DIR` for `include_bytes!`.
 
 use anyhow::{Context as _, anyhow};
@@ -16,12 +16,12 @@ fn main() -> anyhow::Result<()> {
     let ebpf = metadata
         .packages
         .into_iter()
-        .find(|p| p.name.as_str() == "agent-ebpf")
-        .ok_or_else(|| anyhow!("agent-ebpf package not found"))?;
+        .find(|p| p.name.as_str() == "llmsim-ebpf")
+        .ok_or_else(|| anyhow!("llmsim-ebpf package not found"))?;
     let root_dir = ebpf
         .manifest_path
         .parent()
-        .ok_or_else(|| anyhow!("agent-ebpf manifest has no parent"))?;
+        .ok_or_else(|| anyhow!("llmsim-ebpf manifest has no parent"))?;
     let package = Package {
         name: ebpf.name.as_str(),
         root_dir: root_dir.as_str(),

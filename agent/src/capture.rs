@@ -14,9 +14,9 @@ use std::{
     time::Duration,
 };
 
-use agent_common::DropReason;
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
+use llmsim_ebpf_common::DropReason;
 use llmsim_snapshot::model::ProcessInfo;
 use serde::Serialize;
 use tokio::{

@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use agent_common::Direction;
+use llmsim_ebpf_common::Direction;
 
 use crate::{
     events::Data,

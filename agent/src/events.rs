@@ -1,10 +1,10 @@
 //! Decodes ring-buffer records into typed events. Parsing is by byte offsets
-//! into the `#[repr(C)]` layouts of `agent-common`, so it needs no `unsafe` and
+//! into the `#[repr(C)]` layouts of `llmsim-ebpf-common`, so it needs no `unsafe` and
 //! rejects short or unknown records instead of misreading them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use agent_common::{
+use llmsim_ebpf_common::{
     ConnectEvent, DataEvent, Direction, EventHeader, EventKind, FreeEvent, SNI_LEN, SniEvent,
 };
 use std::mem::{offset_of, size_of};

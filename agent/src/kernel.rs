@@ -9,7 +9,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{ConnKey, DROP_REASONS, DropReason, Filter, FilterMode};
 use aya::{
     Ebpf, EbpfError,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
@@ -18,14 +17,15 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
+use llmsim_ebpf_common::{ConnKey, DROP_REASONS, DropReason, Filter, FilterMode};
 use thiserror::Error;
 
 use crate::tls_libs::{SslSymbols, TlsLibrary};
 
-/// The eBPF object built by build.rs from `agent-ebpf`: the capture probes and
+/// The eBPF object built by build.rs from `llmsim-ebpf`: the capture probes and
 /// the replay redirect hooks.
 pub(crate) static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/agent-ebpf"));
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/llmsim-ebpf"));
 
 /// Raw tracepoints attached at start: program name = tracepoint name.
 const RAW_TRACEPOINTS: [&str; 3] = ["sys_enter", "sys_exit", "sched_process_exec"];

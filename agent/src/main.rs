@@ -2,8 +2,8 @@
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
-use agent::capture::{Capture, CaptureOptions, Summary, Target, UsageError};
 use clap::{Args, Parser, Subcommand};
+use llmsim_agent::capture::{Capture, CaptureOptions, Summary, Target, UsageError};
 
 #[derive(Parser)]
 #[command(
@@ -134,21 +134,21 @@ fn main() -> ExitCode {
 }
 
 fn report(args: &ReportArgs) -> ExitCode {
-    let ledger = match agent::report::load_ledger(&args.dir, args.prices.as_deref()) {
+    let ledger = match llmsim_agent::report::load_ledger(&args.dir, args.prices.as_deref()) {
         Ok(ledger) => ledger,
         Err(e) => return fail(&e),
     };
     if args.json {
-        match agent::report::to_json(&ledger) {
+        match llmsim_agent::report::to_json(&ledger) {
             Ok(text) => print!("{text}"),
             Err(e) => return fail(&e),
         }
     } else {
-        print!("{}", agent::report::table::render(&ledger));
+        print!("{}", llmsim_agent::report::table::render(&ledger));
     }
     if let Some(path) = &args.html {
         let title = args.dir.display().to_string();
-        if let Err(e) = agent::report::write_html(&ledger, &title, path) {
+        if let Err(e) = llmsim_agent::report::write_html(&ledger, &title, path) {
             return fail(&e);
         }
         eprintln!("llmsim-agent: wrote {}", path.display());
@@ -157,7 +157,7 @@ fn report(args: &ReportArgs) -> ExitCode {
 }
 
 fn verify(args: &VerifyArgs) -> ExitCode {
-    match agent::verify::verify(&args.dir) {
+    match llmsim_agent::verify::verify(&args.dir) {
         Ok(found) => {
             for problem in &found.problems {
                 println!("{problem}");
@@ -177,7 +177,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
 }
 
 fn export(args: &ExportArgs) -> ExitCode {
-    match agent::har::export(&args.dir, &args.har) {
+    match llmsim_agent::har::export(&args.dir, &args.har) {
         Ok(n) => {
             eprintln!("llmsim-agent: wrote {n} entries to {}", args.har.display());
             ExitCode::SUCCESS

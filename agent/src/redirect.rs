@@ -11,12 +11,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError},
     programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
 };
+use llmsim_ebpf_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
 use thiserror::Error;
 
 use crate::kernel::OBJECT;

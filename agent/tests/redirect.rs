@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use agent::{
+use llmsim_agent::{
     cgroup::Cgroup,
     redirect::{Redirect, RedirectSettings},
 };

@@ -10,12 +10,12 @@ use std::{
     sync::Arc,
 };
 
-use agent::{
+use llmsim_agent::{
     events::{Event, decode},
     kernel::{Probes, Selection},
     tls_libs::Scanner,
 };
-use agent_common::Direction;
+use llmsim_ebpf_common::Direction;
 
 /// Serves one HTTPS request on a loopback port with a throwaway certificate.
 fn serve_one_https_request() -> (u16, std::thread::JoinHandle<()>) {

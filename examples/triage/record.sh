@@ -24,7 +24,7 @@
 # examples/triage/recorded-results.json: what a replay must reproduce.
 #
 # Needs root (eBPF, network namespaces), python3 with the SDKs of scripts/setup.sh, openssl,
-# iproute2, and target/debug/llmsim-agent (built with `cargo build -p agent` if missing).
+# iproute2, and target/debug/llmsim-agent (built with `cargo build -p llmsim-agent` if missing).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -53,7 +53,7 @@ for tool in python3 openssl ip; do
 done
 if [ ! -x "$AGENT" ]; then
     say "building llmsim-agent"
-    (cd "$ROOT" && cargo build -p agent) || die "cannot build llmsim-agent"
+    (cd "$ROOT" && cargo build -p llmsim-agent) || die "cannot build llmsim-agent"
 fi
 
 TMP=$(mktemp -d /tmp/llmsim-triage-record.XXXXXX)

@@ -21,11 +21,11 @@ use std::{
 
 use bytes::Bytes;
 use http::HeaderMap;
-use llmsim_snapshot::{model::Exchange, store, usage};
-use replayd::{
+use llmsim_replayd::{
     engine::{Engine, Outcome, ReplayRequest},
     options::ReplayOptions,
 };
+use llmsim_snapshot::{model::Exchange, store, usage};
 use serde_json::json;
 
 /// Start-up measurements, each alternating with a floor measurement.

@@ -16,15 +16,15 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use llmsim_replayd::engine::Engine;
+use llmsim_replayd::explain::{RequestFile, explain};
+use llmsim_replayd::options::{OnMiss, Pace, ReplayOptions};
+use llmsim_replayd::redirect::{self, KernelRedirect, RedirectTarget};
+use llmsim_replayd::run::{self, ListenAddr, Server};
+use llmsim_replayd::upstream::UpstreamSettings;
+use llmsim_replayd::{ca, dns, report::Report};
 use llmsim_snapshot::provider::KNOWN_HOSTS;
 use llmsim_snapshot::signature::Repeat;
-use replayd::engine::Engine;
-use replayd::explain::{RequestFile, explain};
-use replayd::options::{OnMiss, Pace, ReplayOptions};
-use replayd::redirect::{self, KernelRedirect, RedirectTarget};
-use replayd::run::{self, ListenAddr, Server};
-use replayd::upstream::UpstreamSettings;
-use replayd::{ca, dns, report::Report};
 
 /// Exit code of a run that had misses.
 const EXIT_MISSES: u8 = 1;

@@ -12,7 +12,7 @@ use std::{
     sync::Mutex,
 };
 
-use agent::{
+use llmsim_agent::{
     cgroup::{Cgroup, CgroupError, cgroup2_mount},
     redirect::{Redirect, RedirectError, RedirectSettings},
 };
@@ -156,7 +156,7 @@ impl KernelRedirect {
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
         let mut command =
-            agent::sys::command_in_cgroup(argv, &self.path.join("cgroup.procs"), as_root);
+            llmsim_agent::sys::command_in_cgroup(argv, &self.path.join("cgroup.procs"), as_root);
         command.envs(env.iter().map(|(k, v)| (k, v)));
         tokio::process::Command::from(command)
             .spawn()

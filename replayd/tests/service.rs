@@ -11,14 +11,14 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use llmsim_replayd::accept::OriginalDestination;
+use llmsim_replayd::ca::{CertificateAuthority, LeafResolver};
+use llmsim_replayd::options::{Pace, ReplayOptions};
+use llmsim_replayd::run::{self, ListenAddr, Running, Server};
 use llmsim_snapshot::model::{Body, Exchange, FORMAT_VERSION, SseEvent};
 use llmsim_snapshot::provider::Provider;
 use llmsim_snapshot::signature::Repeat;
 use llmsim_snapshot::store::SnapshotWriter;
-use replayd::accept::OriginalDestination;
-use replayd::ca::{CertificateAuthority, LeafResolver};
-use replayd::options::{Pace, ReplayOptions};
-use replayd::run::{self, ListenAddr, Running, Server};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -152,7 +152,7 @@ fn client_config(replay: &Replay) -> Arc<rustls::ClientConfig> {
     roots
         .add(replay.ca.as_ref().unwrap().cert_der().clone())
         .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(replayd::ca::crypto_provider())
+    let config = rustls::ClientConfig::builder_with_provider(llmsim_replayd::ca::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

@@ -26,7 +26,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.is_file(),
-        "binary {name} not found at {}: build it first with `cargo build -p agent -p replayd` \
+        "binary {name} not found at {}: build it first with `cargo build -p llmsim-agent -p llmsim-replayd` \
          (add --release and set LLMSIM_BIN_DIR=target/release for release builds), \
          or point LLMSIM_BIN_DIR at the directory holding it",
         path.display()

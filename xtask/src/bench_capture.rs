@@ -84,7 +84,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "the capture benchmark attaches eBPF probes: run it as root (sudo -E cargo xtask bench capture)"
     );
     let [curl, nginx] = bench_tools(["curl", "nginx"])?;
-    let agent = release_binary("agent", "llmsim-agent", true)?;
+    let agent = release_binary("llmsim-agent", "llmsim-agent", true)?;
 
     let ca = TestCa::new();
     let work = ca.dir().to_path_buf();

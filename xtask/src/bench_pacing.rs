@@ -54,7 +54,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "--events and --rounds must be at least 1"
     );
     ensure!(args.spacing_ms >= 0.0, "--spacing-ms must not be negative");
-    let replayd_bin = release_binary("replayd", "replayd", !args.no_build)?;
+    let replayd_bin = release_binary("llmsim-replayd", "replayd", !args.no_build)?;
     let scratch = tempfile::tempdir().context("a scratch directory")?;
     let offsets: Vec<f64> = (0..args.events)
         .map(|i| f64::from(i + 1) * args.spacing_ms)

@@ -145,7 +145,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
 
     let tools = ensure_tools()?;
-    let replayd_bin = release_binary("replayd", "replayd", !args.no_build)?;
+    let replayd_bin = release_binary("llmsim-replayd", "replayd", !args.no_build)?;
 
     // The test CA's temporary directory doubles as the bench's scratch directory: it holds the
     // leaf nginx serves, and everything below goes in there too, removed when `ca` drops.

@@ -102,7 +102,7 @@ fn test() -> anyhow::Result<()> {
 fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
     match name {
         "index" => {
-            let mut cargo_args = vec!["bench", "-p", "replayd", "--bench", "index", "--"];
+            let mut cargo_args = vec!["bench", "-p", "llmsim-replayd", "--bench", "index", "--"];
             cargo_args.extend(args.iter().map(String::as_str));
             cargo(&cargo_args)
         }

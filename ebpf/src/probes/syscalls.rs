@@ -3,13 +3,13 @@
 //! behind an `SSL_*` call (a nested read/write syscall on the same thread),
 //! connect destinations, and execs that may map a new TLS library.
 
-use agent_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
+use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
 
 use super::header;
 use crate::{

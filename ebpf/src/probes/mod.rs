@@ -4,8 +4,8 @@ mod cgroup;
 mod ssl;
 mod syscalls;
 
-use agent_common::{EventHeader, EventKind};
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use llmsim_ebpf_common::{EventHeader, EventKind};
 
 /// The common record header for the current task.
 #[inline(always)]

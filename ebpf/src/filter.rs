@@ -1,7 +1,7 @@
 //! Decides whether the current process is one the user asked to trace.
 
-use agent_common::{FilterMode, MAX_CGROUP_DEPTH};
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_ancestor_cgroup_id};
+use llmsim_ebpf_common::{FilterMode, MAX_CGROUP_DEPTH};
 
 use crate::maps::{FILTER, TARGET_CGROUPS, TARGET_TGIDS};
 

@@ -3,10 +3,6 @@
 //! one return probe copies what the call actually moved into the ring buffer,
 //! in [`CHUNK_SIZE`] pieces, so calls of many MiB arrive whole.
 
-use agent_common::{
-    CHUNK_SIZE, ConnKey, DataEvent, Direction, DropReason, EventKind, FreeEvent,
-    MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES, SNI_LEN, SniEvent,
-};
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
@@ -17,6 +13,10 @@ use aya_ebpf::{
     },
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
+};
+use llmsim_ebpf_common::{
+    CHUNK_SIZE, ConnKey, DataEvent, Direction, DropReason, EventKind, FreeEvent,
+    MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES, SNI_LEN, SniEvent,
 };
 
 use super::header;

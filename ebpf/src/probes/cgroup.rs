@@ -7,7 +7,6 @@
 //! Everything else passes untouched. Addresses and ports in `bpf_sock_addr`
 //! are in network byte order.
 
-use agent_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
@@ -15,6 +14,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockOpsContext},
 };
+use llmsim_ebpf_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
 
 use crate::maps::{ORIGINAL_BY_COOKIE, ORIGINAL_BY_PORT, REDIRECT, REDIRECT_V4};
 

@@ -1,4 +1,4 @@
-//! Plain-old-data types shared by the kernel programs (`agent-ebpf`) and the
+//! Plain-old-data types shared by the kernel programs (`llmsim-ebpf`) and the
 //! userspace agent: ring-buffer records, map keys and values, and the limits both
 //! sides must agree on. Every type is `#[repr(C)]` with fixed-width fields and
 //! explicit padding, and its size is asserted, so the two sides can never drift.

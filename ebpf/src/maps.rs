@@ -1,12 +1,12 @@
 //! Every map the kernel programs share with each other and with userspace.
 
-use agent_common::{
-    ConnKey, DROP_REASONS, DropReason, Filter, OriginalDestination, RING_BUFFER_BYTES,
-    RedirectConfig,
-};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use llmsim_ebpf_common::{
+    ConnKey, DROP_REASONS, DropReason, Filter, OriginalDestination, RING_BUFFER_BYTES,
+    RedirectConfig,
 };
 
 /// Every record for userspace: data chunks, SNI, connects, execs.
