@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::ca::{HTTP11_ALPN, LeafResolver};
 use crate::engine::Engine;
+use crate::io_error::{RESOURCE_BACK_OFF, is_resource_exhaustion, is_transient};
 use crate::service::{ConnInfo, app};
 
 /// How long a new connection may stay silent before its first byte.
@@ -193,7 +194,7 @@ impl Acceptor {
                 Err(e) if is_transient(&e) => continue,
                 Err(e) if is_resource_exhaustion(&e) => {
                     tracing::warn!(error = %e, "cannot accept a connection; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(RESOURCE_BACK_OFF).await;
                     continue;
                 }
                 Err(source) => return Err(AcceptError::Accept { addr, source }),
@@ -267,25 +268,4 @@ impl Acceptor {
             .await
             .map_err(|source| ConnectionError::Http { source })
     }
-}
-
-/// Errors about one connection that accept reports but that do not affect the listener.
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    )
-}
-
-/// Out of file descriptors or memory: worth retrying after a pause.
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    const EMFILE: i32 = 24;
-    const ENFILE: i32 = 23;
-    const ENOBUFS: i32 = 105;
-    const ENOMEM: i32 = 12;
-    matches!(e.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
-        || e.kind() == io::ErrorKind::OutOfMemory
 }

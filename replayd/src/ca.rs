@@ -11,15 +11,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use llmsim_snapshot::atomic::{self, Mode, PublishError};
+use llmsim_snapshot::{error_chain, paths};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
@@ -31,6 +32,8 @@ use rustls::sign::{CertifiedKey, SigningKey};
 use rustls::{ConfigBuilder, ServerConfig, WantsVerifier};
 use time::OffsetDateTime;
 
+/// The CA directory's name inside the data directory ([`paths::data_dir`]).
+pub const CA_DIR: &str = "ca";
 /// File name of the CA's private key (PKCS#8 PEM, mode 0600) inside the CA directory.
 pub const CA_KEY_FILE: &str = "ca-key.pem";
 /// File name of the CA's certificate (PEM, mode 0644) inside the CA directory.
@@ -58,6 +61,11 @@ const LEAF_VALIDITY: Duration = Duration::from_hours(30 * 24);
 const BACKDATE: Duration = Duration::from_hours(24);
 /// A cached leaf older than this is minted again, well before it expires.
 const LEAF_REFRESH: Duration = Duration::from_hours(24);
+/// The CA key's mode: never readable by anyone else, not even while it is written.
+const KEY_MODE: Mode = Mode::Umasked(0o600);
+/// The mode of certificates and trust bundles, whatever the umask: other users' programs
+/// (a `-- CMD` child, the system store's readers) must be able to read them.
+const PUBLIC_MODE: Mode = Mode::Exact(0o644);
 /// Default bound on the number of cached leaves.
 const DEFAULT_CACHE_CAPACITY: usize = 1024;
 /// Longest host name put into the CA's common name (X.509 caps a CN at 64 characters).
@@ -90,9 +98,18 @@ pub enum CaError {
         #[source]
         source: io::Error,
     },
-    /// A file could not be written, renamed into place or removed.
+    /// A file could not be written whole under its name.
     #[error("cannot write {path}")]
     Write {
+        /// The file.
+        path: PathBuf,
+        /// Which step failed.
+        #[source]
+        source: PublishError,
+    },
+    /// A file could not be removed.
+    #[error("cannot remove {path}")]
+    Remove {
         /// The file.
         path: PathBuf,
         /// The underlying I/O error.
@@ -223,19 +240,12 @@ pub fn install_crypto_provider() -> bool {
         .is_ok()
 }
 
-/// The default CA directory: `$XDG_DATA_HOME/llmsim/ca`, else `~/.local/share/llmsim/ca`.
-/// Under sudo that is root's data directory, which is fine: the CA is per machine.
+/// The default CA directory: `ca` in the data directory ([`paths::data_dir`]), so
+/// `$XDG_DATA_HOME/llmsim/ca`, else `~/.local/share/llmsim/ca`. Under sudo that is root's
+/// data directory, which is fine: the CA is per machine.
 pub fn default_ca_dir() -> Result<PathBuf, CaError> {
-    let absolute = |name: &str| {
-        std::env::var_os(name)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    if let Some(data) = absolute("XDG_DATA_HOME") {
-        return Ok(data.join("llmsim").join("ca"));
-    }
-    absolute("HOME")
-        .map(|home| home.join(".local/share/llmsim/ca"))
+    paths::data_dir()
+        .map(|data| data.join(CA_DIR))
         .ok_or(CaError::NoDataDir)
 }
 
@@ -281,12 +291,19 @@ impl CertificateAuthority {
         } else {
             let key = generate_key("CA key")?;
             let pem = key.serialize_pem();
-            if write_atomic(&key_path, pem.as_bytes(), 0o600, false)? {
-                key
-            } else {
-                // Another process created the key first: use that one.
-                let pem = read_optional(&key_path)?.unwrap_or_default();
-                parse_key(&pem, &key_path, &cert_path)?
+            match atomic::create_new(dir, CA_KEY_FILE, pem.as_bytes(), KEY_MODE, None) {
+                Ok(_) => key,
+                Err(PublishError::Exists { .. }) => {
+                    // Another process created the key first: use that one.
+                    let pem = read_optional(&key_path)?.unwrap_or_default();
+                    parse_key(&pem, &key_path, &cert_path)?
+                }
+                Err(source) => {
+                    return Err(CaError::Write {
+                        path: key_path,
+                        source,
+                    });
+                }
             }
         };
 
@@ -307,7 +324,7 @@ impl CertificateAuthority {
                     source,
                 })?;
             let pem = cert.pem();
-            write_atomic(&cert_path, pem.as_bytes(), 0o644, true)?;
+            replace_file(&cert_path, pem.as_bytes())?;
             (Issuer::new(params, key), cert.der().clone(), pem)
         };
         Ok(Self {
@@ -368,8 +385,8 @@ impl CertificateAuthority {
             bundle: out_dir.join(BUNDLE_FILE),
             ca_cert: out_dir.join(BUNDLE_CA_FILE),
         };
-        write_atomic(&paths.bundle, bundle.as_bytes(), 0o644, true)?;
-        write_atomic(&paths.ca_cert, self.cert_pem.as_bytes(), 0o644, true)?;
+        replace_file(&paths.bundle, bundle.as_bytes())?;
+        replace_file(&paths.ca_cert, self.cert_pem.as_bytes())?;
         Ok(paths)
     }
 
@@ -457,7 +474,7 @@ impl SystemTrustStore {
                     source,
                 })?;
         }
-        write_atomic(&self.anchor, ca.cert_pem.as_bytes(), 0o644, true)?;
+        replace_file(&self.anchor, ca.cert_pem.as_bytes())?;
         self.run_update(&[])
     }
 
@@ -468,7 +485,7 @@ impl SystemTrustStore {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(source) => {
-                return Err(CaError::Write {
+                return Err(CaError::Remove {
                     path: self.anchor.clone(),
                     source,
                 });
@@ -675,7 +692,7 @@ impl LeafResolver {
         match result {
             Ok(leaf) => Some(leaf),
             Err(e) => {
-                tracing::warn!(sni = sni.unwrap_or("-"), error = %ErrorChain(&e), "cannot mint a TLS leaf");
+                tracing::warn!(sni = sni.unwrap_or("-"), error = %error_chain(&e), "cannot mint a TLS leaf");
                 None
             }
         }
@@ -752,21 +769,6 @@ impl LeafCache {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.map.len()
-    }
-}
-
-/// Formats an error with its sources, `a: b: c`, for log lines.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
     }
 }
 
@@ -890,58 +892,23 @@ fn read_optional(path: &Path) -> Result<Option<String>, CaError> {
     }
 }
 
-/// Distinguishes temporary files written by concurrent threads of one process.
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `contents` to `path` through a temporary file in the same directory that is
-/// created with `mode` from the start. With `replace`, the file is renamed over `path`;
-/// without, it is linked into place only if `path` does not exist yet, and the result
-/// says whether it was. Returns true when `path` now holds `contents`.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32, replace: bool) -> Result<bool, CaError> {
-    let write_err = |source| CaError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path
+/// Writes the public file `path` (a certificate or a bundle, mode [`PUBLIC_MODE`]),
+/// replacing what it held.
+fn replace_file(path: &Path, contents: &[u8]) -> Result<(), CaError> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
         .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .map(|name| name.to_string_lossy())
         .unwrap_or_default();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{file_name}.{}.{nanos}.{seq}.tmp",
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The umask may have narrowed a public file's mode; widen it back. A private file
-        // is created narrow and never widened.
-        if mode & 0o077 != 0 {
-            file.set_permissions(fs::Permissions::from_mode(mode))?;
-        }
-        file.write_all(contents)?;
-        file.sync_all()?;
-        if replace {
-            fs::rename(&tmp, path).map(|()| true)
-        } else {
-            match fs::hard_link(&tmp, path) {
-                Ok(()) => Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(e),
-            }
-        }
-    })();
-    if !(replace && result.is_ok()) {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)
+    atomic::replace(dir, &name, contents, PUBLIC_MODE, None)
+        .map(drop)
+        .map_err(|source| CaError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -977,6 +944,29 @@ mod tests {
         let cn = x509.subject().to_string();
         assert!(cn.contains("llmsim replay CA ("), "{cn}");
         assert!(x509.is_ca());
+    }
+
+    #[test]
+    fn concurrent_first_runs_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cas: Vec<_> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| CertificateAuthority::load_or_create(dir.path()).unwrap()))
+                .collect();
+            runs.into_iter().map(|run| run.join().unwrap()).collect()
+        });
+        let public_key = |ca: &CertificateAuthority| {
+            let (_, cert) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
+            cert.tbs_certificate.subject_pki.raw.to_vec()
+        };
+        let first = public_key(&cas[0]);
+        assert!(cas.iter().all(|ca| public_key(ca) == first));
+        assert_eq!(mode(cas[0].key_path()), 0o600);
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        // What the runs left behind loads.
+        let again = CertificateAuthority::load_or_create(dir.path()).unwrap();
+        assert_eq!(public_key(&again), first);
     }
 
     #[test]

@@ -21,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
+use crate::io_error::{RESOURCE_BACK_OFF, is_resource_exhaustion, is_transient};
+
 /// TTL of every answer replayd gives for a recorded host.
 pub const ANSWER_TTL: u32 = 5;
 /// How long a forwarded query waits for the original resolver by default.
@@ -252,6 +254,11 @@ impl DnsResponder {
             let (n, peer) = match socket.recv_from(&mut buf).await {
                 Ok(got) => got,
                 Err(e) if is_transient(&e) => continue,
+                Err(e) if is_resource_exhaustion(&e) => {
+                    tracing::warn!(error = %e, "cannot receive a DNS query; backing off");
+                    tokio::time::sleep(RESOURCE_BACK_OFF).await;
+                    continue;
+                }
                 Err(source) => return Err(DnsError::Recv { source }),
             };
             let packet = &buf[..n];
@@ -288,9 +295,8 @@ impl DnsResponder {
                 Ok(got) => got,
                 Err(e) if is_transient(&e) => continue,
                 Err(e) if is_resource_exhaustion(&e) => {
-                    // Out of descriptors or memory: back off instead of spinning.
                     tracing::warn!(error = %e, "cannot accept a DNS connection; backing off");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(RESOURCE_BACK_OFF).await;
                     continue;
                 }
                 Err(source) => return Err(DnsError::Accept { source }),
@@ -514,29 +520,6 @@ async fn send_udp(socket: &UdpSocket, bytes: &[u8], peer: SocketAddr) {
     if let Err(e) = socket.send_to(bytes, peer).await {
         tracing::debug!(%peer, error = %e, "cannot send a DNS answer");
     }
-}
-
-/// Errors about one client, not the socket.
-fn is_transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-            | io::ErrorKind::TimedOut
-    )
-}
-
-/// EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or system is out of something.
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    const ENOMEM: i32 = 12;
-    const ENFILE: i32 = 23;
-    const EMFILE: i32 = 24;
-    const ENOBUFS: i32 = 105;
-    matches!(e.raw_os_error(), Some(ENOMEM | ENFILE | EMFILE | ENOBUFS))
-        || e.kind() == io::ErrorKind::OutOfMemory
 }
 
 /// The first usable `nameserver` of a resolv.conf, on port 53. Link-local IPv6 entries

@@ -1,7 +1,7 @@
 //! Every way a request can fail, classified by whose fault it is, and the one place that
 //! turns a failure into the HTTP response the app gets. Classes:
 //!
-//! - upstream: the app sent something replay cannot use (a body too large, a body that
+//! - downstream: the app sent something replay cannot use (a body too large, a body that
 //!   broke off): 400 or 413, and the connection is closed. Counted, but not a failed run.
 //! - miss: no recording matches (under `--on-miss fail`): **404**, so SDKs do not retry it
 //!   (they retry 408, 409, 429 and 5xx) and a CI job fails at once. The message says no
@@ -12,6 +12,10 @@
 //! - budget: under `--budget`, the live spend is used up: **402** (not retried by SDKs),
 //!   typed as the providers type an exhausted quota.
 //! - internal: replayd itself failed: 500.
+//!
+//! As in pingora, downstream is the app and upstream the real provider. The
+//! `x-llmsim-error` header names the class; a downstream error is sent as `upstream`, the
+//! value replayd has always documented (docs/replay.md).
 //!
 //! Bodies are shaped like the provider's own errors, so SDKs surface the message:
 //! `OpenAI` (and every generic host) `{"error":{"message","type","param","code"}}`,
@@ -36,8 +40,8 @@ use crate::upstream::{BudgetExhausted, ForwardError};
 /// Whose fault a failure is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// The app's request.
-    Upstream,
+    /// The app's (downstream's) request.
+    Downstream,
     /// No recording matches.
     Miss,
     /// The real host, forwarding a miss.
@@ -52,7 +56,7 @@ pub enum ErrorClass {
 
 /// The app sent something replay cannot use.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub enum DownstreamError {
     /// The request body is larger than the limit.
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge {
@@ -73,7 +77,7 @@ pub enum UpstreamError {
 pub enum ServeError {
     /// The app sent something replay cannot use.
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Downstream(#[from] DownstreamError),
     /// No recording matches.
     #[error("{}", .0.reason())]
     NoRecording(Box<Miss>),
@@ -111,7 +115,7 @@ impl ServeError {
     /// Whose fault it is.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Upstream(_) => ErrorClass::Upstream,
+            Self::Downstream(_) => ErrorClass::Downstream,
             Self::NoRecording(_) => ErrorClass::Miss,
             Self::Forward { .. } => ErrorClass::Forward,
             Self::Budget(_) => ErrorClass::Budget,
@@ -123,8 +127,8 @@ impl ServeError {
     /// The status the app gets.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Upstream(UpstreamError::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Upstream(UpstreamError::BodyRead { .. }) => StatusCode::BAD_REQUEST,
+            Self::Downstream(DownstreamError::BodyTooLarge { .. }) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Downstream(DownstreamError::BodyRead { .. }) => StatusCode::BAD_REQUEST,
             Self::NoRecording(_) => StatusCode::NOT_FOUND,
             Self::Forward { .. } => StatusCode::BAD_GATEWAY,
             Self::Budget(_) => StatusCode::PAYMENT_REQUIRED,
@@ -188,7 +192,7 @@ impl ErrorShape {
 }
 
 /// The one place a failure becomes a response: status by class, provider-shaped JSON
-/// body, `Connection: close` after an upstream error.
+/// body, `Connection: close` after a downstream error.
 pub fn error_response(error: &ServeError, shape: ErrorShape) -> Response<ReplayBody> {
     let status = error.status();
     let message = error.message();
@@ -204,7 +208,7 @@ pub fn error_response(error: &ServeError, shape: ErrorShape) -> Response<ReplayB
         "x-llmsim-error",
         HeaderValue::from_static(class_name(error.class())),
     );
-    if error.class() == ErrorClass::Upstream {
+    if error.class() == ErrorClass::Downstream {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
@@ -212,7 +216,8 @@ pub fn error_response(error: &ServeError, shape: ErrorShape) -> Response<ReplayB
 
 fn class_name(class: ErrorClass) -> &'static str {
     match class {
-        ErrorClass::Upstream => "upstream",
+        // The value docs/replay.md documents for this class.
+        ErrorClass::Downstream => "upstream",
         ErrorClass::Miss => "miss",
         ErrorClass::Forward => "forward",
         ErrorClass::Budget => "budget",
@@ -225,7 +230,7 @@ fn error_body(shape: ErrorShape, status: StatusCode, message: &str, error: &Serv
     match shape {
         ErrorShape::OpenAi => {
             let (kind, code) = match error {
-                ServeError::Upstream(_) => ("invalid_request_error", "llmsim_bad_request"),
+                ServeError::Downstream(_) => ("invalid_request_error", "llmsim_bad_request"),
                 ServeError::NoRecording(_) => ("invalid_request_error", "llmsim_no_recording"),
                 ServeError::Forward { .. } => ("server_error", "llmsim_forward_failed"),
                 ServeError::Budget(_) => ("insufficient_quota", "llmsim_budget_exhausted"),
@@ -327,11 +332,12 @@ mod tests {
 
     #[test]
     fn classes_map_to_statuses() {
-        let too_large = ServeError::from(UpstreamError::BodyTooLarge { limit: 10 });
-        assert_eq!(too_large.class(), ErrorClass::Upstream);
+        let too_large = ServeError::from(DownstreamError::BodyTooLarge { limit: 10 });
+        assert_eq!(too_large.class(), ErrorClass::Downstream);
         assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let response = error_response(&too_large, ErrorShape::OpenAi);
         assert_eq!(response.headers()["connection"], "close");
+        assert_eq!(response.headers()["x-llmsim-error"], "upstream");
         let snapshot = ServeError::Snapshot {
             file: "exchanges/x.json".into(),
             source: Arc::new(PrepareError::Status { status: 42 }),

@@ -6,9 +6,10 @@
 //! `report` keeps the run's statistics; `run` ties a run together for every mode; `ca` owns
 //! the per-machine replay CA and mints TLS leaves per SNI; `dns` answers the target's DNS
 //! queries for recorded hosts; `explain` tells what replay would do with one request;
-//! `redirect` attaches the kernel redirect and runs a command under it; `upstream` forwards
-//! misses to the real host (`--on-miss passthrough|record`, `--budget`). The binary adds
-//! the command line.
+//! `io_error` decides which socket errors the server loops ride out; `redirect` attaches
+//! the kernel redirect and runs a command under it; `upstream` forwards misses to the real
+//! host (`--on-miss passthrough|record`, `--budget`). As in pingora, downstream is the app
+//! and upstream the real provider. The binary adds the command line.
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -19,6 +20,7 @@ pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod explain;
+pub mod io_error;
 pub mod options;
 pub mod redirect;
 pub mod report;

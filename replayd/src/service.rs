@@ -22,7 +22,7 @@ use llmsim_snapshot::provider::{Endpoint, Provider};
 use crate::body::ReplayBody;
 use crate::deadline::Deadline;
 use crate::engine::{Engine, Miss, Outcome, ReplayRequest};
-use crate::error::{ErrorShape, ServeError, UpstreamError, error_response};
+use crate::error::{DownstreamError, ErrorShape, ServeError, error_response};
 use crate::report::Event;
 use crate::response::{PreparedBody, PreparedResponse};
 use crate::upstream::target_of;
@@ -229,7 +229,7 @@ impl ReplayService {
     }
 }
 
-async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, UpstreamError>
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, DownstreamError>
 where
     B: http_body::Body,
     B::Error: Into<BoxedBodyError>,
@@ -240,8 +240,8 @@ where
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(UpstreamError::BodyTooLarge { limit }),
-        Err(source) => Err(UpstreamError::BodyRead { source }),
+        Err(e) if e.is::<LengthLimitError>() => Err(DownstreamError::BodyTooLarge { limit }),
+        Err(source) => Err(DownstreamError::BodyRead { source }),
     }
 }
 

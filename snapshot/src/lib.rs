@@ -8,6 +8,7 @@ pub mod atomic;
 pub mod config;
 pub mod ledger;
 pub mod model;
+pub mod paths;
 pub mod prices;
 pub mod provider;
 pub mod redact;

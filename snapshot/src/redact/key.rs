@@ -10,24 +10,15 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use super::RedactError;
-use crate::atomic::{self, PublishError};
+use crate::atomic::{self, Mode, PublishError};
+use crate::paths;
 
 /// The key file's name inside the data directory.
 pub const KEY_FILE: &str = "redaction.key";
 
-/// `$XDG_DATA_HOME/llmsim`, or `$HOME/.local/share/llmsim` when that is unset
-/// or not absolute (as the XDG spec says).
+/// The data directory ([`paths::data_dir`]) the key lives in by default.
 pub fn default_data_dir() -> Result<PathBuf, RedactError> {
-    let absolute = |var: &str| {
-        std::env::var_os(var)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    if let Some(data_home) = absolute("XDG_DATA_HOME") {
-        return Ok(data_home.join("llmsim"));
-    }
-    let home = absolute("HOME").ok_or(RedactError::NoDataDir)?;
-    Ok(home.join(".local/share/llmsim"))
+    paths::data_dir().ok_or(RedactError::NoDataDir)
 }
 
 /// Loads `data_dir/redaction.key`, creating the directory (0700) and a fresh
@@ -48,7 +39,13 @@ pub fn redaction_key(data_dir: &Path) -> Result<[u8; 32], RedactError> {
         })?;
     let key: [u8; 32] = rand::random();
     let text = format!("{}\n", hex::encode(key));
-    match atomic::create_new(data_dir, KEY_FILE, text.as_bytes(), 0o600, None) {
+    match atomic::create_new(
+        data_dir,
+        KEY_FILE,
+        text.as_bytes(),
+        Mode::Umasked(0o600),
+        None,
+    ) {
         Ok(_) => Ok(key),
         // Another process created it first: use theirs.
         Err(PublishError::Exists { .. }) => read_key(&path),

@@ -6,11 +6,11 @@ use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
 
 use super::{EXCHANGES_DIR, StoreError, naming, to_file_text};
-use crate::atomic::{self, Owner, PublishError};
+use crate::atomic::{self, Mode, Owner, PublishError};
 use crate::model::{Exchange, FORMAT_VERSION};
 
 /// Permission bits of exchange files (less the umask): they are committed.
-const FILE_MODE: u32 = 0o644;
+const FILE_MODE: Mode = Mode::Umasked(0o644);
 
 /// Appends exchanges to one snapshot directory.
 #[derive(Debug)]
