@@ -12,6 +12,7 @@ pub mod events;
 pub mod http1;
 pub mod kernel;
 pub mod preflight;
+pub mod procfs;
 pub mod recorder;
 pub mod redirect;
 pub mod sys;
