@@ -138,9 +138,9 @@ impl Tracker {
             if data.offset != 0 || !could_start_response(data.bytes) {
                 if first {
                     // Its request went unseen too.
-                    done.extend(conn.http.mark_lost(http1::Direction::Write, JOINED));
+                    done.extend(conn.http.mark_lost(Direction::Write, JOINED));
                 }
-                done.extend(conn.http.mark_lost(http1::Direction::Read, JOINED));
+                done.extend(conn.http.mark_lost(Direction::Read, JOINED));
                 if data.offset != 0 {
                     // The rest of this call follows; its start is not a gap to flag again.
                     conn.call = Some((data.direction, data.call_len, data.offset));
@@ -154,20 +154,17 @@ impl Tracker {
             if let Some((dir, len, got)) = conn.call
                 && got < len
             {
-                done.extend(conn.http.mark_lost(http_direction(dir), LOST));
+                done.extend(conn.http.mark_lost(dir, LOST));
             }
             conn.call = Some((data.direction, data.call_len, 0));
         } else if !continues {
-            done.extend(conn.http.mark_lost(http_direction(data.direction), LOST));
+            done.extend(conn.http.mark_lost(data.direction, LOST));
             conn.call = Some((data.direction, data.call_len, data.offset));
         }
         if let Some((_, _, got)) = conn.call.as_mut() {
             *got = data.offset + data.bytes.len() as u64;
         }
-        match conn
-            .http
-            .push(http_direction(data.direction), data.end_ns, data.bytes)
-        {
+        match conn.http.push(data.direction, data.end_ns, data.bytes) {
             Ok(exchanges) => done.extend(exchanges),
             Err(error) => {
                 tracing::warn!(
@@ -207,7 +204,7 @@ impl Tracker {
         if let Some((dir, len, got)) = conn.call
             && got < len
         {
-            done.extend(conn.http.mark_lost(http_direction(dir), LOST));
+            done.extend(conn.http.mark_lost(dir, LOST));
         }
         // A poisoned connection still returns what completed before the error.
         done.extend(conn.http.finish(now_ns));
@@ -262,13 +259,6 @@ fn could_start_response(bytes: &[u8]) -> bool {
     const START: &[u8] = b"HTTP/1.";
     let n = bytes.len().min(START.len());
     n > 0 && bytes[..n] == START[..n]
-}
-
-fn http_direction(direction: Direction) -> http1::Direction {
-    match direction {
-        Direction::Write => http1::Direction::Write,
-        Direction::Read => http1::Direction::Read,
-    }
 }
 
 #[cfg(test)]
