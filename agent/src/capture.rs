@@ -27,8 +27,9 @@ use tokio::{
 
 use crate::{
     cgroup::Cgroup,
-    connections::{ConnectionExchange, Tracker, TrackerStats},
+    connections::{ConnectionExchange, LOST, Tracker, TrackerStats},
     events::{Event, decode},
+    http1,
     kernel::{Probes, Reach, Selection},
     preflight,
     procfs::{all_pids, is_alive, process_info, tgid_of},
@@ -467,12 +468,17 @@ impl Capture {
         })
     }
 
+    /// Records finished exchanges. The kernel's lost-byte count of each one's
+    /// connection flags it when the count rose since that connection's last
+    /// record and the tracker flagged nothing: calls of which no chunk arrived
+    /// leave no gap (see [`LOST`]). An exchange already flagged keeps its one
+    /// reason.
     fn record_all(&mut self, finished: Vec<Finished>) -> anyhow::Result<()> {
         for (done, process) in finished {
             let lost_now = self.probes.lost_bytes(done.tgid, done.ssl).unwrap_or(0);
             let seen = self.lost_seen.entry((done.tgid, done.ssl)).or_insert(0);
-            let lost = (lost_now > *seen)
-                .then(|| format!("kernel could not deliver {} bytes", lost_now - *seen));
+            let lost = (lost_now > *seen && done.exchange.incomplete.is_none())
+                .then(|| http1::lost_reason(None, LOST));
             *seen = lost_now;
             self.recorder
                 .record(done, process, lost)

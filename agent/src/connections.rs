@@ -23,7 +23,8 @@ pub struct ConnectionExchange {
     pub sni: Option<String>,
     /// The socket's peer, if the fd was seen and its connect was traced.
     pub peer: Option<SocketAddr>,
-    /// The exchange; `incomplete` is set when bytes were lost.
+    /// The exchange; `incomplete` says why it is not whole, as far as the
+    /// bytes that arrived show.
     pub exchange: http1::Exchange,
 }
 
@@ -43,8 +44,15 @@ pub struct TrackerStats {
     pub plaintext_bytes: u64,
 }
 
-/// Why an exchange is flagged when a call's chunks did not all arrive.
-const LOST: &str = "the kernel could not deliver part of a TLS read or write";
+/// Why an exchange is flagged when the kernel could not deliver some of its
+/// bytes. The kernel stops emitting a call's chunks at the first it cannot
+/// deliver and adds the rest to the connection's count in `LOST_BYTES`. A call
+/// cut short shows here as a gap, which says which exchange and which way, and
+/// resynchronizes the parser: that flag is authoritative. A call of which no
+/// chunk arrived leaves no gap and shows only in the count, which capture reads
+/// as it records each exchange and uses to flag an exchange nothing else
+/// flagged. Both give this reason, through [`http1::lost_reason`].
+pub const LOST: &str = "the kernel could not deliver part of a TLS read or write";
 /// Why an exchange is flagged when the capture began in its middle.
 const JOINED: &str = "the capture began in the middle of this exchange";
 
@@ -352,6 +360,15 @@ mod tests {
         assert!(
             done.iter().all(|d| d.exchange.incomplete.is_some()),
             "{done:?}"
+        );
+        // The one reason for lost bytes, with the way they flowed when known.
+        assert_eq!(
+            done[0].exchange.incomplete.as_deref(),
+            Some("request bytes lost: the kernel could not deliver part of a TLS read or write")
+        );
+        assert_eq!(
+            http1::lost_reason(None, LOST),
+            "bytes lost: the kernel could not deliver part of a TLS read or write"
         );
     }
 

@@ -112,6 +112,16 @@ fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
 /// its body was being read (as when a client stops reading a finished stream).
 pub const ENDED_IN_RESPONSE_BODY: &str = "connection ended inside the response body";
 
+/// The incomplete reason of an exchange whose bytes flowing `direction` (when
+/// it is known) did not all arrive, for the reason `why`: `response bytes lost:
+/// …`, or `bytes lost: …` when the direction is unknown.
+pub fn lost_reason(direction: Option<Direction>, why: &str) -> String {
+    match direction {
+        Some(direction) => format!("{} bytes lost: {why}", message(direction)),
+        None => format!("bytes lost: {why}"),
+    }
+}
+
 /// A request paired with its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
