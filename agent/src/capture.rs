@@ -27,11 +27,13 @@ use tokio::{
 
 use crate::{
     cgroup::Cgroup,
-    connections::{ConnectionExchange, Tracker, TrackerStats},
+    connections::{ConnectionExchange, LOST, Tracker, TrackerStats},
     events::{Event, decode},
+    http1,
     kernel::{Probes, Reach, Selection},
     preflight,
-    recorder::{HostFilter, RecordStats, Recorder, process_info},
+    procfs::{all_pids, is_alive, process_info, tgid_of},
+    recorder::{HostFilter, RecordStats, Recorder},
     sys,
     tls_libs::Scanner,
 };
@@ -466,12 +468,17 @@ impl Capture {
         })
     }
 
+    /// Records finished exchanges. The kernel's lost-byte count of each one's
+    /// connection flags it when the count rose since that connection's last
+    /// record and the tracker flagged nothing: calls of which no chunk arrived
+    /// leave no gap (see [`LOST`]). An exchange already flagged keeps its one
+    /// reason.
     fn record_all(&mut self, finished: Vec<Finished>) -> anyhow::Result<()> {
         for (done, process) in finished {
             let lost_now = self.probes.lost_bytes(done.tgid, done.ssl).unwrap_or(0);
             let seen = self.lost_seen.entry((done.tgid, done.ssl)).or_insert(0);
-            let lost = (lost_now > *seen)
-                .then(|| format!("kernel could not deliver {} bytes", lost_now - *seen));
+            let lost = (lost_now > *seen && done.exchange.incomplete.is_none())
+                .then(|| http1::lost_reason(None, LOST));
             *seen = lost_now;
             self.recorder
                 .record(done, process, lost)
@@ -605,44 +612,6 @@ fn exit_code(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The state letter of a process in /proc/PID/stat (after the command name,
-/// which may itself contain spaces and parentheses).
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, after_comm) = stat.rsplit_once(')')?;
-    after_comm.trim_start().chars().next()
-}
-
-/// Whether `pid` is a running process: it exists and is not a zombie waiting
-/// to be reaped (which /proc still lists).
-fn is_alive(pid: u32) -> bool {
-    process_state(pid).is_some_and(|state| !matches!(state, 'Z' | 'X' | 'x'))
-}
-
-/// The thread group (process) `pid` belongs to, if it is alive: a thread id
-/// names its process.
-fn tgid_of(pid: u32) -> Option<u32> {
-    if pid == 0 || !is_alive(pid) {
-        return None;
-    }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Tgid:"))
-        .and_then(|tgid| tgid.trim().parse().ok())
-}
-
 /// Resolves a command-line word to an executable file: a path, or a name on PATH.
 fn which(word: &OsString) -> Option<PathBuf> {
     let executable = |path: &Path| {
@@ -661,27 +630,6 @@ fn which(word: &OsString) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn this_process_is_alive_and_its_own_tgid() {
-        let me = std::process::id();
-        assert!(is_alive(me));
-        assert_eq!(tgid_of(me), Some(me));
-        assert_eq!(tgid_of(0), None);
-    }
-
-    #[test]
-    fn a_reaped_child_is_gone_and_a_zombie_is_not_alive() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        // Not reaped yet: a zombie once it exits.
-        while process_state(pid) != Some('Z') {
-            std::thread::yield_now();
-        }
-        assert!(!is_alive(pid));
-        child.wait().unwrap();
-        assert_eq!(tgid_of(pid), None);
-    }
 
     #[test]
     fn which_finds_programs_on_path_and_refuses_others() {

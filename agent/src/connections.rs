@@ -23,7 +23,8 @@ pub struct ConnectionExchange {
     pub sni: Option<String>,
     /// The socket's peer, if the fd was seen and its connect was traced.
     pub peer: Option<SocketAddr>,
-    /// The exchange; `incomplete` is set when bytes were lost.
+    /// The exchange; `incomplete` says why it is not whole, as far as the
+    /// bytes that arrived show.
     pub exchange: http1::Exchange,
 }
 
@@ -43,8 +44,15 @@ pub struct TrackerStats {
     pub plaintext_bytes: u64,
 }
 
-/// Why an exchange is flagged when a call's chunks did not all arrive.
-const LOST: &str = "the kernel could not deliver part of a TLS read or write";
+/// Why an exchange is flagged when the kernel could not deliver some of its
+/// bytes. The kernel stops emitting a call's chunks at the first it cannot
+/// deliver and adds the rest to the connection's count in `LOST_BYTES`. A call
+/// cut short shows here as a gap, which says which exchange and which way, and
+/// resynchronizes the parser: that flag is authoritative. A call of which no
+/// chunk arrived leaves no gap and shows only in the count, which capture reads
+/// as it records each exchange and uses to flag an exchange nothing else
+/// flagged. Both give this reason, through [`http1::lost_reason`].
+pub const LOST: &str = "the kernel could not deliver part of a TLS read or write";
 /// Why an exchange is flagged when the capture began in its middle.
 const JOINED: &str = "the capture began in the middle of this exchange";
 
@@ -138,9 +146,9 @@ impl Tracker {
             if data.offset != 0 || !could_start_response(data.bytes) {
                 if first {
                     // Its request went unseen too.
-                    done.extend(conn.http.mark_lost(http1::Direction::Write, JOINED));
+                    done.extend(conn.http.mark_lost(Direction::Write, JOINED));
                 }
-                done.extend(conn.http.mark_lost(http1::Direction::Read, JOINED));
+                done.extend(conn.http.mark_lost(Direction::Read, JOINED));
                 if data.offset != 0 {
                     // The rest of this call follows; its start is not a gap to flag again.
                     conn.call = Some((data.direction, data.call_len, data.offset));
@@ -154,20 +162,17 @@ impl Tracker {
             if let Some((dir, len, got)) = conn.call
                 && got < len
             {
-                done.extend(conn.http.mark_lost(http_direction(dir), LOST));
+                done.extend(conn.http.mark_lost(dir, LOST));
             }
             conn.call = Some((data.direction, data.call_len, 0));
         } else if !continues {
-            done.extend(conn.http.mark_lost(http_direction(data.direction), LOST));
+            done.extend(conn.http.mark_lost(data.direction, LOST));
             conn.call = Some((data.direction, data.call_len, data.offset));
         }
         if let Some((_, _, got)) = conn.call.as_mut() {
             *got = data.offset + data.bytes.len() as u64;
         }
-        match conn
-            .http
-            .push(http_direction(data.direction), data.end_ns, data.bytes)
-        {
+        match conn.http.push(data.direction, data.end_ns, data.bytes) {
             Ok(exchanges) => done.extend(exchanges),
             Err(error) => {
                 tracing::warn!(
@@ -207,7 +212,7 @@ impl Tracker {
         if let Some((dir, len, got)) = conn.call
             && got < len
         {
-            done.extend(conn.http.mark_lost(http_direction(dir), LOST));
+            done.extend(conn.http.mark_lost(dir, LOST));
         }
         // A poisoned connection still returns what completed before the error.
         done.extend(conn.http.finish(now_ns));
@@ -262,13 +267,6 @@ fn could_start_response(bytes: &[u8]) -> bool {
     const START: &[u8] = b"HTTP/1.";
     let n = bytes.len().min(START.len());
     n > 0 && bytes[..n] == START[..n]
-}
-
-fn http_direction(direction: Direction) -> http1::Direction {
-    match direction {
-        Direction::Write => http1::Direction::Write,
-        Direction::Read => http1::Direction::Read,
-    }
 }
 
 #[cfg(test)]
@@ -362,6 +360,15 @@ mod tests {
         assert!(
             done.iter().all(|d| d.exchange.incomplete.is_some()),
             "{done:?}"
+        );
+        // The one reason for lost bytes, with the way they flowed when known.
+        assert_eq!(
+            done[0].exchange.incomplete.as_deref(),
+            Some("request bytes lost: the kernel could not deliver part of a TLS read or write")
+        );
+        assert_eq!(
+            http1::lost_reason(None, LOST),
+            "bytes lost: the kernel could not deliver part of a TLS read or write"
         );
     }
 

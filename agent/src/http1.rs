@@ -12,10 +12,11 @@ mod head;
 #[cfg(test)]
 mod tests;
 
-use std::fmt;
-
 pub use body::ChunkError;
 pub use connection::Http1Connection;
+/// Which way bytes flowed, from the client's point of view (`Write`: requests,
+/// `Read`: responses): the type the kernel's data events carry.
+pub use llmsim_ebpf_common::Direction;
 
 /// Largest head (start line plus fields) accepted; real LLM API heads are a few KiB.
 pub const MAX_HEAD_BYTES: usize = 1 << 20;
@@ -23,31 +24,12 @@ pub const MAX_HEAD_BYTES: usize = 1 << 20;
 /// Header fields in arrival order: name as sent, raw value bytes.
 pub type Headers = Vec<(String, Vec<u8>)>;
 
-/// Which way bytes flowed, from the client's point of view.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Bytes the client sent (`SSL_write`): requests.
-    Write,
-    /// Bytes the client received (`SSL_read`): responses.
-    Read,
-}
-
-impl Direction {
-    /// The kind of message flowing this way.
-    fn message(self) -> &'static str {
-        match self {
-            Self::Write => "request",
-            Self::Read => "response",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Write => "write",
-            Self::Read => "read",
-        })
+/// The kind of message flowing `direction`: the client writes requests and
+/// reads responses.
+fn message(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Write => "request",
+        Direction::Read => "response",
     }
 }
 
@@ -130,6 +112,16 @@ fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
 /// its body was being read (as when a client stops reading a finished stream).
 pub const ENDED_IN_RESPONSE_BODY: &str = "connection ended inside the response body";
 
+/// The incomplete reason of an exchange whose bytes flowing `direction` (when
+/// it is known) did not all arrive, for the reason `why`: `response bytes lost:
+/// …`, or `bytes lost: …` when the direction is unknown.
+pub fn lost_reason(direction: Option<Direction>, why: &str) -> String {
+    match direction {
+        Some(direction) => format!("{} bytes lost: {why}", message(direction)),
+        None => format!("bytes lost: {why}"),
+    }
+}
+
 /// A request paired with its response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exchange {
@@ -151,7 +143,7 @@ pub enum Http1Error {
     #[error("the client sent the HTTP/2 connection preface: this connection is HTTP/2")]
     Http2Preface,
     /// The bytes where a head should begin cannot start an HTTP/1.x message.
-    #[error("{} stream at offset {offset} is not HTTP/1.x; it starts with \"{prefix}\"", .direction.message())]
+    #[error("{} stream at offset {offset} is not HTTP/1.x; it starts with \"{prefix}\"", message(*.direction))]
     NotHttp {
         direction: Direction,
         /// Stream offset in this direction where the head should have started.
@@ -160,7 +152,7 @@ pub enum Http1Error {
         prefix: String,
     },
     /// httparse rejected a head.
-    #[error("malformed {} head at offset {offset}", .direction.message())]
+    #[error("malformed {} head at offset {offset}", message(*.direction))]
     MalformedHead {
         direction: Direction,
         /// Stream offset of the head.
@@ -169,14 +161,14 @@ pub enum Http1Error {
         source: httparse::Error,
     },
     /// httparse still wanted bytes after the blank line that ends a head.
-    #[error("{} head at offset {offset} not terminated where a blank line was seen", .direction.message())]
+    #[error("{} head at offset {offset} not terminated where a blank line was seen", message(*.direction))]
     UnterminatedHead {
         direction: Direction,
         /// Stream offset of the head.
         offset: u64,
     },
     /// No blank line ended a head within the limit.
-    #[error("{} head at offset {offset} is larger than {limit} bytes", .direction.message())]
+    #[error("{} head at offset {offset} is larger than {limit} bytes", message(*.direction))]
     HeadTooLarge {
         direction: Direction,
         /// Stream offset of the head.
@@ -185,7 +177,7 @@ pub enum Http1Error {
         limit: usize,
     },
     /// `Content-Length` is not a decimal number, or several values differ.
-    #[error("invalid Content-Length {value:?} in {} head at offset {offset}", .direction.message())]
+    #[error("invalid Content-Length {value:?} in {} head at offset {offset}", message(*.direction))]
     InvalidContentLength {
         direction: Direction,
         /// Stream offset of the head.
@@ -205,7 +197,7 @@ pub enum Http1Error {
         value: String,
     },
     /// A chunked body is malformed.
-    #[error("invalid chunked {} body at offset {offset}", .direction.message())]
+    #[error("invalid chunked {} body at offset {offset}", message(*.direction))]
     InvalidChunkedBody {
         direction: Direction,
         /// Stream offset of the offending byte.

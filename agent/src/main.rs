@@ -1,4 +1,5 @@
-//! `llmsim-agent`: the command line over the capture library.
+//! `llmsim-agent`: the command line over the capture library and, for
+//! `report`, `verify` and `export`, the offline tools of `llmsim-inspect`.
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
@@ -134,21 +135,21 @@ fn main() -> ExitCode {
 }
 
 fn report(args: &ReportArgs) -> ExitCode {
-    let ledger = match llmsim_agent::report::load_ledger(&args.dir, args.prices.as_deref()) {
+    let ledger = match llmsim_inspect::report::load_ledger(&args.dir, args.prices.as_deref()) {
         Ok(ledger) => ledger,
         Err(e) => return fail(&e),
     };
     if args.json {
-        match llmsim_agent::report::to_json(&ledger) {
+        match llmsim_inspect::report::to_json(&ledger) {
             Ok(text) => print!("{text}"),
             Err(e) => return fail(&e),
         }
     } else {
-        print!("{}", llmsim_agent::report::table::render(&ledger));
+        print!("{}", llmsim_inspect::report::table::render(&ledger));
     }
     if let Some(path) = &args.html {
         let title = args.dir.display().to_string();
-        if let Err(e) = llmsim_agent::report::write_html(&ledger, &title, path) {
+        if let Err(e) = llmsim_inspect::report::write_html(&ledger, &title, path) {
             return fail(&e);
         }
         eprintln!("llmsim-agent: wrote {}", path.display());
@@ -157,7 +158,7 @@ fn report(args: &ReportArgs) -> ExitCode {
 }
 
 fn verify(args: &VerifyArgs) -> ExitCode {
-    match llmsim_agent::verify::verify(&args.dir) {
+    match llmsim_inspect::verify::verify(&args.dir) {
         Ok(found) => {
             for problem in &found.problems {
                 println!("{problem}");
@@ -177,7 +178,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
 }
 
 fn export(args: &ExportArgs) -> ExitCode {
-    match llmsim_agent::har::export(&args.dir, &args.har) {
+    match llmsim_inspect::har::export(&args.dir, &args.har) {
         Ok(n) => {
             eprintln!("llmsim-agent: wrote {n} entries to {}", args.har.display());
             ExitCode::SUCCESS

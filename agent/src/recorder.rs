@@ -355,18 +355,6 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
-/// What /proc says about `pid` now: its command name and executable.
-pub fn process_info(pid: u32) -> ProcessInfo {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_owned();
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    ProcessInfo { pid, comm, exe }
-}
-
 /// `openai POST /v1/chat/completions gpt-4o 200 812ms streamed pid 4242 (python3)`
 fn live_line(exchange: &Exchange) -> String {
     let mut line = format!(

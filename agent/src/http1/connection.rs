@@ -6,7 +6,10 @@ use std::collections::VecDeque;
 
 use super::body::{BodyDecoder, Chunked};
 use super::head::{self, Framing, HeadScan};
-use super::{Direction, Exchange, Http1Error, Request, Response, looks_like_http1_request, to_u64};
+use super::{
+    Direction, Exchange, Http1Error, Request, Response, looks_like_http1_request, lost_reason,
+    to_u64,
+};
 
 /// A request on its way to becoming an [`Exchange`].
 #[derive(Debug)]
@@ -196,7 +199,7 @@ impl Http1Connection {
                 if matches!(self.write, WriteState::Body(_))
                     && let Some(entry) = self.pending.back_mut()
                 {
-                    entry.flag(|| format!("request bytes lost: {reason}"));
+                    entry.flag(|| lost_reason(Some(dir), reason));
                     entry.request_done = true;
                 }
                 self.lost_requests = Some(reason.to_owned());
@@ -208,7 +211,7 @@ impl Http1Connection {
                 if !orphan && let Some(entry) = self.pending.get_mut(self.responding) {
                     // Responses only answer pending requests, so the lost bytes were (at
                     // least the start of) this one's.
-                    entry.flag(|| format!("response bytes lost: {reason}"));
+                    entry.flag(|| lost_reason(Some(dir), reason));
                     entry.response_done = true;
                     self.responding += 1;
                 }

@@ -8,7 +8,7 @@ use Direction::{Read, Write};
 /// Feeds one chunk, panicking with context on error.
 fn push(conn: &mut Http1Connection, dir: Direction, ts: u64, bytes: &[u8]) -> Vec<Exchange> {
     conn.push(dir, ts, bytes)
-        .unwrap_or_else(|e| panic!("push {dir} at ts {ts} failed: {e:#?}"))
+        .unwrap_or_else(|e| panic!("push {dir:?} at ts {ts} failed: {e:#?}"))
 }
 
 fn get(target: &str) -> Vec<u8> {

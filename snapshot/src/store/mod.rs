@@ -197,36 +197,26 @@ impl SnapshotDir {
     /// Reads the config and lists the exchange files. A directory without
     /// `exchanges/` is an empty snapshot; a missing directory is an error.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        fs::read_dir(dir).map_err(|source| StoreError::ReadDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        check_dir(dir)?;
         let config = SnapshotConfig::load(dir).map_err(|source| StoreError::Config { source })?;
         let exchanges_dir = dir.join(EXCHANGES_DIR);
-        let read_dir_error = |source| StoreError::ReadDir {
-            path: exchanges_dir.clone(),
-            source,
+        let names = exchange_names(&exchanges_dir)?;
+        let exchanges = match names {
+            Some(_) => {
+                Some(
+                    fs::File::open(&exchanges_dir).map_err(|source| StoreError::ReadDir {
+                        path: exchanges_dir.clone(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
         };
-        let (exchanges, names) = match fs::read_dir(&exchanges_dir) {
-            Ok(entries) => (
-                Some(fs::File::open(&exchanges_dir).map_err(read_dir_error)?),
-                exchange_names(&exchanges_dir, entries)?,
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (None, Vec::new()),
-            Err(source) => return Err(read_dir_error(source)),
-        };
-        // Capture order even past six digits, then name. The key is computed
-        // once per name: in the comparison it would dominate on large snapshots.
-        let mut names: Vec<(Option<u64>, String)> = names
-            .into_iter()
-            .map(|name| (naming::seq_of(&name), name))
-            .collect();
-        names.sort_unstable();
         Ok(Self {
             dir: dir.to_owned(),
             config,
             exchanges,
-            names: names.into_iter().map(|(_, name)| name).collect(),
+            names: names.unwrap_or_default(),
         })
     }
 
@@ -255,23 +245,53 @@ impl SnapshotDir {
     }
 }
 
-/// Names of the exchange files in `exchanges/`.
-fn exchange_names(dir: &Path, entries: fs::ReadDir) -> Result<Vec<String>, StoreError> {
-    let mut names = Vec::new();
+/// The exchange files of the snapshot in `dir`, in capture order, listed as
+/// [`load`] and [`SnapshotDir`] list them but not read: for tools that look at
+/// each file themselves. A directory without `exchanges/` has none; a missing
+/// directory is an error.
+pub fn exchange_files(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    check_dir(dir)?;
+    let exchanges_dir = dir.join(EXCHANGES_DIR);
+    let names = exchange_names(&exchanges_dir)?.unwrap_or_default();
+    Ok(names.iter().map(|name| exchanges_dir.join(name)).collect())
+}
+
+/// Fails unless `dir` can be listed.
+fn check_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::read_dir(dir).map_err(|source| StoreError::ReadDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Names of the exchange files in `exchanges_dir`, in capture order, or `None`
+/// when there is no such directory.
+fn exchange_names(exchanges_dir: &Path) -> Result<Option<Vec<String>>, StoreError> {
+    let read_dir_error = |source| StoreError::ReadDir {
+        path: exchanges_dir.to_owned(),
+        source,
+    };
+    let entries = match fs::read_dir(exchanges_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(read_dir_error(source)),
+    };
+    // Capture order even past six digits, then name. The key is computed once
+    // per name: in the comparison it would dominate on large snapshots.
+    let mut names: Vec<(Option<u64>, String)> = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| StoreError::ReadDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        let entry = entry.map_err(read_dir_error)?;
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
         if is_file && naming::is_exchange_file(&name) {
-            names.push(name);
+            names.push((naming::seq_of(&name), name));
         }
     }
-    Ok(names)
+    names.sort_unstable();
+    Ok(Some(names.into_iter().map(|(_, name)| name).collect()))
 }
 
 fn load_exchange(dir: &fs::File, path: PathBuf, buf: &mut Vec<u8>) -> Result<Recorded, StoreError> {

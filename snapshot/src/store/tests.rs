@@ -331,13 +331,16 @@ fn load_orders_by_seq_past_six_digits() {
         fs::write(exchanges.join(name), to_file_text(&ex).unwrap()).unwrap();
     }
     fs::write(exchanges.join("notes.md"), b"not an exchange").unwrap();
-    let seqs: Vec<u64> = load(dir.path())
-        .unwrap()
-        .exchanges
-        .iter()
-        .map(|r| r.exchange.seq)
-        .collect();
+    fs::write(exchanges.join(".000003-openai-x.json.1-2.tmp"), b"partial").unwrap();
+    let loaded = load(dir.path()).unwrap();
+    let seqs: Vec<u64> = loaded.exchanges.iter().map(|r| r.exchange.seq).collect();
     assert_eq!(seqs, [2, 999_999, 1_000_000]);
+    let paths: Vec<PathBuf> = loaded.exchanges.into_iter().map(|r| r.path).collect();
+    assert_eq!(super::exchange_files(dir.path()).unwrap(), paths);
+    assert!(matches!(
+        super::exchange_files(&dir.path().join("missing")),
+        Err(StoreError::ReadDir { .. })
+    ));
 }
 
 const CHILD_DIR_ENV: &str = "LLMSIM_SNAPSHOT_TEST_CHILD_DIR";

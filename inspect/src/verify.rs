@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use llmsim_snapshot::config::{RedactRules, SnapshotConfig};
 use llmsim_snapshot::model::{Body, Exchange, FORMAT_VERSION, Headers};
 use llmsim_snapshot::redact::{RedactError, Redactor};
-use llmsim_snapshot::store::EXCHANGES_DIR;
+use llmsim_snapshot::store::{self, StoreError};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -21,13 +21,11 @@ use serde_json::Value;
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// The snapshot directory (or its `exchanges/`) could not be listed.
-    #[error("cannot read snapshot directory {path}")]
-    ReadDir {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
+    #[error(transparent)]
+    List {
+        /// What the store reported, with the directory.
+        #[from]
+        source: StoreError,
     },
     /// The built-in redaction patterns could not be compiled.
     #[error("cannot set up the secret scanner")]
@@ -179,10 +177,7 @@ impl Verification {
 
 /// Verifies the snapshot in `dir`.
 pub fn verify(dir: &Path) -> Result<Verification, VerifyError> {
-    fs::read_dir(dir).map_err(|source| VerifyError::ReadDir {
-        path: dir.to_owned(),
-        source,
-    })?;
+    let files = store::exchange_files(dir)?;
     let mut report = Verification::default();
     let config = match SnapshotConfig::load(dir) {
         Ok(config) => config,
@@ -208,47 +203,11 @@ pub fn verify(dir: &Path) -> Result<Verification, VerifyError> {
         }
     };
     let mut seen: HashMap<String, PathBuf> = HashMap::new();
-    for path in exchange_files(dir)? {
+    for path in files {
         report.files += 1;
         check_file(&path, &redactor, &mut seen, &mut report.problems);
     }
     Ok(report)
-}
-
-/// The visible `*.json` files in `dir/exchanges/`, by name (capture order).
-fn exchange_files(dir: &Path) -> Result<Vec<PathBuf>, VerifyError> {
-    let exchanges = dir.join(EXCHANGES_DIR);
-    let entries = match fs::read_dir(&exchanges) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(VerifyError::ReadDir {
-                path: exchanges,
-                source,
-            });
-        }
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.path())
-        .filter(|p| {
-            let visible = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'));
-            visible && p.extension().is_some_and(|e| e == "json")
-        })
-        .collect();
-    files.sort_by_key(|p| {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let seq: Option<u64> = name.split('-').next().and_then(|d| d.parse().ok());
-        (seq, name)
-    });
-    Ok(files)
 }
 
 fn check_file(
@@ -512,7 +471,7 @@ mod tests {
     const GOOGLE_KEY: &str = "AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q";
 
     fn files(dir: &Path) -> Vec<PathBuf> {
-        exchange_files(dir).unwrap()
+        store::exchange_files(dir).unwrap()
     }
 
     fn edit(path: &Path, f: impl FnOnce(&mut Value)) {
@@ -532,7 +491,9 @@ mod tests {
         assert!(verify(empty.path()).unwrap().passed());
         assert!(matches!(
             verify(&empty.path().join("nope")),
-            Err(VerifyError::ReadDir { .. })
+            Err(VerifyError::List {
+                source: StoreError::ReadDir { .. }
+            })
         ));
     }
 
