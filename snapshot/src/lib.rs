@@ -10,6 +10,7 @@ pub mod ledger;
 pub mod model;
 pub mod prices;
 pub mod provider;
+pub mod record;
 pub mod redact;
 pub mod signature;
 pub mod store;
