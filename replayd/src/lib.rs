@@ -7,8 +7,8 @@
 //! the per-machine replay CA and mints TLS leaves per SNI; `dns` answers the target's DNS
 //! queries for recorded hosts; `explain` tells what replay would do with one request;
 //! `redirect` attaches the kernel redirect and runs a command under it; `upstream` forwards
-//! misses to the real host (`--on-miss passthrough|record`, `--budget`). The binary adds
-//! the command line.
+//! misses to the real host (`--on-miss passthrough|record`, `--budget`); `request` is a
+//! request as the app sent it. The binary adds the command line.
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -22,6 +22,7 @@ pub mod explain;
 pub mod options;
 pub mod redirect;
 pub mod report;
+pub mod request;
 pub mod response;
 pub mod run;
 pub mod service;

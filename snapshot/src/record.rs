@@ -59,7 +59,9 @@ impl<'a> Authority<'a> {
             return Self { host, port };
         }
         match text.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+            Some((host, port))
+                if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
+            {
                 Self {
                     host,
                     port: port.parse().ok(),
@@ -424,7 +426,10 @@ mod tests {
         };
         let mut files = Vec::new();
         for (name, raw) in [
-            ("capture", raw(capture_process.clone(), Some("api.openai.com"))),
+            (
+                "capture",
+                raw(capture_process.clone(), Some("api.openai.com")),
+            ),
             ("replay", raw(replay_process.clone(), None)),
         ] {
             let dir = root.path().join(name);
@@ -433,8 +438,10 @@ mod tests {
             let path = recorder.write(&exchange).unwrap();
             files.push((exchange, path.strip_prefix(&dir).unwrap().to_owned(), path));
         }
-        let [(captured, capture_name, capture_path), (replayed, replay_name, replay_path)] =
-            <[_; 2]>::try_from(files).unwrap();
+        let [
+            (captured, capture_name, capture_path),
+            (replayed, replay_name, replay_path),
+        ] = <[_; 2]>::try_from(files).unwrap();
         // What may differ: the process that made the request. Nothing else.
         assert_eq!(
             (&captured.process, &replayed.process),
@@ -443,7 +450,10 @@ mod tests {
         assert_eq!(capture_name, replay_name);
         let capture_text = std::fs::read_to_string(&capture_path).unwrap();
         let replay_text = std::fs::read_to_string(&replay_path).unwrap();
-        assert_eq!(without_process(&capture_text), without_process(&replay_text));
+        assert_eq!(
+            without_process(&capture_text),
+            without_process(&replay_text)
+        );
         // And what both decided: host, redaction, decoding, derivations, summary.
         assert_eq!(captured.host, "api.openai.com");
         assert_eq!(captured.provider, Provider::OpenAi);
