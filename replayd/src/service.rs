@@ -2,9 +2,11 @@
 //! request into an engine lookup and answers with the recorded status, headers and body
 //! (server-sent events paced as the run says) or with the error response of
 //! [`crate::error`]. A miss under `--on-miss passthrough|record` goes to the real host
-//! through [`crate::upstream`], and its answer streams back as it arrives. It is a plain `hyper` service over any request body, so tests drive it
-//! over a loopback listener or call it directly; the acceptor adds TLS and the kernel's
-//! original destination through [`ConnInfo`].
+//! through [`Engine::forward`], and its answer streams back as it arrives. What happens to
+//! each request is counted by the engine; the service reports the failures only it sees. It
+//! is a plain `hyper` service over any request body, so tests drive it over a loopback
+//! listener or call it directly; the acceptor adds TLS and the kernel's original destination
+//! through [`ConnInfo`].
 
 use std::convert::Infallible;
 use std::future::Future;
