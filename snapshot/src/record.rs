@@ -347,6 +347,9 @@ mod tests {
     /// One streamed chat completion, as either recording path describes it. `process` and
     /// `sni` are what the paths fill in differently: capture sees the app's process and its
     /// TLS server name; replayd made the request itself and, behind `--listen`, has no SNI.
+    /// The rest is the same message either way; what differs before recording starts (replayd
+    /// gets header names lowercased from its HTTP server, capture sees them as sent; each
+    /// path times and dates its own connection) is not this module's to decide.
     fn raw(process: ProcessInfo, sni: Option<&str>) -> RawExchange<Vec<u8>> {
         let request_body = format!(
             r#"{{"model":"gpt-4o-mini","stream":true,"messages":[{{"role":"user","content":"hi {SECRET}"}}]}}"#
