@@ -1,6 +1,7 @@
-//! Turns reassembled HTTP exchanges into snapshot exchanges: decides whether a
-//! host is recorded, redacts, writes atomically, prints the live line and keeps
-//! the figures for the summary.
+//! Capture's side of recording: decides whether a host is recorded, hands each
+//! reassembled exchange to the snapshot's recorder ([`llmsim_snapshot::record`], which
+//! builds, redacts and writes it) on a writer thread, prints the live line and keeps the
+//! figures for the summary.
 
 use std::{
     fmt::Write as _,
@@ -12,15 +13,11 @@ use std::{
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use llmsim_snapshot::{
-    atomic::Owner,
-    config::SnapshotConfig,
     ledger::Totals,
-    model::{Body, Exchange, FORMAT_VERSION, Headers, ProcessInfo, Request, Response, Scheme},
+    model::{Body, Exchange, ProcessInfo, Scheme},
     prices::PriceTable,
-    provider::{self, Provider},
-    redact::{Redactor, default_data_dir, redaction_key},
-    store::SnapshotWriter,
-    usage,
+    provider::Provider,
+    record::{self, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder},
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -39,15 +36,12 @@ pub enum RecorderError {
         #[source]
         source: globset::Error,
     },
-    /// The snapshot directory or its config could not be used.
+    /// The snapshot directory, its config or the redaction key could not be used.
+    #[error(transparent)]
+    Open(#[from] RecordError),
+    /// An exchange file could not be written.
     #[error(transparent)]
     Store(#[from] llmsim_snapshot::store::StoreError),
-    /// The snapshot's llmsim.toml is malformed.
-    #[error(transparent)]
-    Config(#[from] llmsim_snapshot::config::ConfigError),
-    /// The per-machine redaction key could not be read or created.
-    #[error(transparent)]
-    Redaction(#[from] llmsim_snapshot::redact::RedactError),
     /// The thread that writes files could not be started.
     #[error("starting the snapshot writer thread failed")]
     WriterThread(#[source] std::io::Error),
@@ -107,16 +101,15 @@ pub struct RecordStats {
     pub usage: Totals,
 }
 
-/// Writes exchanges into one snapshot directory. Files are written (and
-/// fsynced) on a thread of their own, so a burst of exchanges never holds up
+/// Records exchanges into one snapshot directory. Exchanges are built, redacted and
+/// written (and fsynced) on a thread of their own, so a burst of exchanges never holds up
 /// the event loop that drains the kernel's ring buffer.
 pub struct Recorder {
-    redactor: Redactor,
     hosts: HostFilter,
     /// Wall clock minus monotonic clock, to date kernel timestamps.
     wall_offset: Duration,
     exchanges_ignored: u64,
-    files: Option<mpsc::Sender<Exchange>>,
+    files: Option<mpsc::Sender<RawExchange<Vec<u8>>>>,
     writer: Option<thread::JoinHandle<Result<RecordStats, RecorderError>>>,
 }
 
@@ -128,10 +121,7 @@ impl Recorder {
         monotonic_now_ns: u64,
         quiet: bool,
     ) -> Result<Self, RecorderError> {
-        // Under sudo the snapshot belongs to the user who ran it, not to root.
-        let writer = SnapshotWriter::open_as(dir, Owner::invoking_user())?;
-        let config = SnapshotConfig::load(dir)?;
-        let redactor = Redactor::new(&config.redact, redaction_key(&default_data_dir()?)?)?;
+        let recorder = SnapshotRecorder::open(dir, None)?;
         let since_epoch = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -139,10 +129,9 @@ impl Recorder {
         let (files, queue) = mpsc::channel();
         let writer = thread::Builder::new()
             .name("llmsim-writer".into())
-            .spawn(move || write_files(writer, &queue, quiet))
+            .spawn(move || write_files(recorder, &queue, quiet))
             .map_err(RecorderError::WriterThread)?;
         Ok(Self {
-            redactor,
             hosts,
             wall_offset,
             exchanges_ignored: 0,
@@ -173,23 +162,14 @@ impl Recorder {
         process: ProcessInfo,
         lost: Option<String>,
     ) -> Result<(), RecorderError> {
-        let ConnectionExchange {
-            sni,
-            peer,
-            exchange,
-            ..
-        } = done;
-        let host = host_of(&exchange.request, sni.as_deref());
-        if !self.hosts.records(&host) {
+        let raw = self.raw_exchange(done, process, lost);
+        if !self.hosts.records(&raw.host()) {
             self.exchanges_ignored += 1;
             return Ok(());
         }
-        let mut exchange = self.to_snapshot(process, host, peer, exchange, lost);
-        self.redactor.redact_exchange(&mut exchange);
-        exchange.summary = usage::summarize(&exchange);
         // A send fails only once the writer stopped on an error: `finish` says which.
         match &self.files {
-            Some(files) if files.send(exchange).is_ok() => Ok(()),
+            Some(files) if files.send(raw).is_ok() => Ok(()),
             _ => self
                 .finish()
                 .map(drop)
@@ -197,14 +177,20 @@ impl Recorder {
         }
     }
 
-    fn to_snapshot(
+    /// The exchange as the kernel's probes saw it: always TLS, timed from the request's
+    /// first write, dated by the wall clock.
+    fn raw_exchange(
         &self,
+        done: ConnectionExchange,
         process: ProcessInfo,
-        host: String,
-        peer: Option<std::net::SocketAddr>,
-        exchange: http1::Exchange,
         lost: Option<String>,
-    ) -> Exchange {
+    ) -> RawExchange<Vec<u8>> {
+        let ConnectionExchange {
+            sni,
+            peer,
+            exchange,
+            ..
+        } = done;
         let http1::Exchange {
             request,
             response,
@@ -216,87 +202,51 @@ impl Recorder {
             reason = "durations are far below 2^52 ns"
         )]
         let ms = |ns: u64| ns.saturating_sub(start) as f64 / 1e6;
-        let mut incomplete = lost.or(incomplete);
-        let request_headers = headers(&request.headers);
-        let request_body = body(&request_headers, &[(0.0, request.body)], &mut incomplete);
-        let (response, ttfb_ms, duration_ms) = if let Some(r) = response {
-            let response_headers = headers(&r.headers);
-            let segments: Vec<(f64, Vec<u8>)> = r
+        let duration_ms = ms(response.as_ref().map_or(request.end_ns, |r| r.end_ns));
+        let response = response.map(|r| RawResponse {
+            status: r.status,
+            headers: wire_headers(&r.headers),
+            first_byte_ms: ms(r.first_byte_ns),
+            body: r
                 .body_segments
                 .into_iter()
                 .map(|(ts, bytes)| (ms(ts), bytes))
-                .collect();
-            let body = body(&response_headers, &segments, &mut incomplete);
-            // A client that stops reading after a stream's last whole event
-            // (openai-python closes at `[DONE]` without reading the chunked
-            // terminator) saw the whole stream: nothing of it is missing.
-            if incomplete.as_deref() == Some(http1::ENDED_IN_RESPONSE_BODY)
-                && matches!(&body, Body::Sse { events, unterminated: None, .. } if !events.is_empty())
-            {
-                incomplete = None;
-            }
-            let response = Response {
-                status: r.status,
-                headers: response_headers,
-                body,
-            };
-            (response, ms(r.first_byte_ns), ms(r.end_ns))
-        } else {
-            incomplete.get_or_insert_with(|| "no response was seen".into());
-            let response = Response {
-                status: 0,
-                headers: Headers::default(),
-                body: Body::Empty {
-                    content_encoding: None,
-                },
-            };
-            (response, 0.0, ms(request.end_ns))
-        };
-        let provider = Provider::from_host(&host);
-        let endpoint = provider::Endpoint::classify(&request.method, &request.target);
-        let json = request_body.json();
-        let model = provider::model_of(endpoint, &request.target, json);
-        let streamed =
-            response.body.sse_events().is_some() || provider::is_streaming(endpoint, json);
-        let started_at =
-            time::OffsetDateTime::UNIX_EPOCH + self.wall_offset + Duration::from_nanos(start);
-        Exchange {
-            format_version: FORMAT_VERSION,
-            seq: 0,
-            provider,
-            host,
-            scheme: Scheme::Https,
-            process,
-            peer,
-            started_at,
-            ttfb_ms,
-            duration_ms,
-            incomplete,
-            streamed,
-            model,
-            summary: None,
-            request: Request {
+                .collect(),
+        });
+        RawExchange {
+            request: RawRequest {
+                headers: wire_headers(&request.headers),
                 method: request.method,
-                path: request.target,
-                headers: request_headers,
-                body: request_body,
+                target: request.target,
+                body: request.body,
             },
             response,
+            started_at: time::OffsetDateTime::UNIX_EPOCH
+                + self.wall_offset
+                + Duration::from_nanos(start),
+            duration_ms,
+            sni,
+            peer,
+            process,
+            scheme: Scheme::Https,
+            incomplete: lost.or(incomplete),
         }
     }
 }
 
-/// The writer thread: writes each exchange it is handed, in order, and keeps
+/// The writer thread: builds and writes each exchange it is handed, in order, and keeps
 /// the figures; stops at the first failure.
 fn write_files(
-    mut writer: SnapshotWriter,
-    queue: &mpsc::Receiver<Exchange>,
+    mut recorder: SnapshotRecorder,
+    queue: &mpsc::Receiver<RawExchange<Vec<u8>>>,
     quiet: bool,
 ) -> Result<RecordStats, RecorderError> {
     let prices = PriceTable::builtin();
     let mut stats = RecordStats::default();
-    for exchange in queue {
-        let path = writer.write(&exchange)?;
+    for raw in queue {
+        let mut exchange = recorder.exchange(raw);
+        accept_a_stream_read_to_its_last_event(&mut exchange);
+        let path = recorder.write(&exchange)?;
         stats.usage.add_exchange(&exchange, &prices);
         stats.bytes_written += std::fs::metadata(&path).map_or(0, |m| m.len());
         stats.exchanges_written += 1;
@@ -311,48 +261,21 @@ fn write_files(
     Ok(stats)
 }
 
-fn headers(raw: &[(String, Vec<u8>)]) -> Headers {
-    raw.iter()
-        .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect()
+/// A client that stops reading after a stream's last whole event (openai-python closes at
+/// `[DONE]` without reading the chunked terminator) saw the whole stream: nothing of it is
+/// missing, though the reassembler saw the connection end inside the response body. This
+/// belongs to capture, which sees only what the client read; replayd reads every answer it
+/// forwards to its end, so a body that ends early there was cut off.
+fn accept_a_stream_read_to_its_last_event(exchange: &mut Exchange) {
+    if exchange.incomplete.as_deref() == Some(http1::ENDED_IN_RESPONSE_BODY)
+        && matches!(&exchange.response.body, Body::Sse { events, unterminated: None, .. } if !events.is_empty())
+    {
+        exchange.incomplete = None;
+    }
 }
 
-/// Decodes a body for storage; one that cannot be decoded is kept as its
-/// bytes and the exchange says why.
-fn body(headers: &Headers, segments: &[(f64, Vec<u8>)], incomplete: &mut Option<String>) -> Body {
-    let (body, error) = Body::for_storage(
-        headers.get("content-type"),
-        headers.get("content-encoding"),
-        segments,
-    );
-    if let Some(error) = error {
-        incomplete.get_or_insert_with(|| format!("body could not be decoded: {error}"));
-    }
-    body
-}
-
-/// The host the client addressed: the Host header (authoritative for HTTP),
-/// else the SNI, without a port.
-fn host_of(request: &http1::Request, sni: Option<&str>) -> String {
-    let header = request
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-    let host = header
-        .or_else(|| sni.map(str::to_owned))
-        .unwrap_or_default();
-    strip_port(&host).to_ascii_lowercase()
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host,
-    }
+fn wire_headers(fields: &http1::Headers) -> llmsim_snapshot::model::Headers {
+    record::headers(fields.iter().map(|(name, value)| (name, value)))
 }
 
 /// `openai POST /v1/chat/completions gpt-4o 200 812ms streamed pid 4242 (python3)`
@@ -392,12 +315,5 @@ mod tests {
         assert!(filter.records("myres.openai.azure.com"));
         assert!(!filter.records("example.com"));
         assert!(HostFilter::new(&[], true).unwrap().records("example.com"));
-    }
-
-    #[test]
-    fn ports_are_stripped_from_hosts() {
-        assert_eq!(strip_port("api.openai.com:443"), "api.openai.com");
-        assert_eq!(strip_port("[::1]:8080"), "::1");
-        assert_eq!(strip_port("localhost"), "localhost");
     }
 }

@@ -22,8 +22,9 @@ use std::{
 use bytes::Bytes;
 use http::HeaderMap;
 use llmsim_replayd::{
-    engine::{Engine, Outcome, ReplayRequest},
+    engine::{Engine, Outcome},
     options::ReplayOptions,
+    request::ReplayRequest,
 };
 use llmsim_snapshot::{model::Exchange, store, usage};
 use serde_json::json;

@@ -3,31 +3,41 @@
 //! match rules as soon as it is parsed, prepares its response for sending, and indexes the
 //! signatures. [`Engine::respond`] signs an incoming request the same way and gives either
 //! the recorded exchange to serve (in recorded order, then as the repeat policy says) or,
-//! for a miss, the closest recorded request and a field-level diff. Every outcome is
-//! counted in the run's [`Stats`]. The engine knows nothing about sockets or HTTP framing;
-//! the service module does.
+//! for a miss, the closest recorded request and a field-level diff. Under `--on-miss
+//! passthrough|record`, [`Engine::forward`] sends a miss to the real host through the
+//! [`Upstream`], which hands the finished exchange back; one recorded during the run is then
+//! served to later identical requests.
+//!
+//! The run's [`Stats`] are recorded here and nowhere else: every lookup as it is decided,
+//! every forward when it is refused, fails or ends, and the failures only the service sees
+//! (an unreadable request, an answer it could not build) when the service reports them.
+//! The engine knows nothing about sockets or HTTP framing; the service module does.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bytes::Bytes;
-use http::HeaderMap;
+use http::Response;
 use llmsim_snapshot::ledger::CallLine;
 use llmsim_snapshot::model::{self, Exchange};
 use llmsim_snapshot::prices::PriceTable;
 use llmsim_snapshot::provider::{Endpoint, Provider};
+use llmsim_snapshot::record::Authority;
 use llmsim_snapshot::signature::{
     self, CanonicalRequest, CompiledRules, FieldDiff, Served, Signature, SignatureError,
     SignatureIndex,
 };
 use llmsim_snapshot::store::{SnapshotDir, StoreError};
 
+use crate::body::ReplayBody;
 use crate::options::{OnMiss, ReplayOptions};
 use crate::report::{Event, MissRecord, Stats};
+use crate::request::ReplayRequest;
 use crate::response::{PrepareError, PreparedResponse};
-use crate::upstream::Upstream;
+use crate::upstream::{
+    BudgetExhausted, ForwardError, Forwarded, Recording, Upstream, UpstreamAddr,
+};
 
 /// Why the engine could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -46,31 +56,18 @@ pub enum EngineError {
     },
 }
 
-/// A request as the engine sees it.
-#[derive(Clone, Debug, Default)]
-pub struct ReplayRequest {
-    /// The method, e.g. `POST`.
-    pub method: String,
-    /// The host the app asked for (SNI or `Host`); a port is ignored.
-    pub host: String,
-    /// The request target: path and query string.
-    pub path: String,
-    /// The request headers.
-    pub headers: HeaderMap,
-    /// The body as received (possibly in a `Content-Encoding`).
-    pub body: Bytes,
-}
-
-impl ReplayRequest {
-    /// `METHOD host/path`, for messages.
-    pub fn describe(&self) -> String {
-        format!(
-            "{} {}{}",
-            self.method,
-            host_without_port(&self.host),
-            self.path
-        )
-    }
+/// Why a miss got no answer from the real host.
+#[derive(Debug, thiserror::Error)]
+pub enum NotForwarded {
+    /// The miss policy does not forward (`--on-miss fail`).
+    #[error("misses are not forwarded")]
+    Off,
+    /// The `--budget` is used up.
+    #[error(transparent)]
+    Budget(#[from] BudgetExhausted),
+    /// Forwarding failed.
+    #[error(transparent)]
+    Failed(#[from] ForwardError),
 }
 
 /// A recorded exchange as the engine keeps it: what serving and the report need, not the
@@ -275,9 +272,77 @@ impl Engine {
         self.upstream.as_ref()
     }
 
+    /// Forwards a miss to the real host `to`, unless the budget is used up, and counts the
+    /// refusal or the failure. When the answer ends, the forward is counted and, under
+    /// record, the new exchange becomes servable, before the app's body ends.
+    pub async fn forward(
+        self: &Arc<Self>,
+        request: ReplayRequest,
+        to: UpstreamAddr,
+    ) -> Result<Response<ReplayBody>, NotForwarded> {
+        let result = self.try_forward(request, to).await;
+        match &result {
+            Err(NotForwarded::Budget(exhausted)) => self.stats.record(Event::BudgetRefused {
+                budget_usd: exhausted.budget_usd,
+            }),
+            Err(NotForwarded::Failed(_)) => self.stats.record(Event::ForwardFailed),
+            Ok(_) | Err(NotForwarded::Off) => {}
+        }
+        result
+    }
+
+    async fn try_forward(
+        self: &Arc<Self>,
+        request: ReplayRequest,
+        to: UpstreamAddr,
+    ) -> Result<Response<ReplayBody>, NotForwarded> {
+        let upstream = match &self.upstream {
+            Some(upstream) if self.forwards() => upstream,
+            _ => return Err(NotForwarded::Off),
+        };
+        upstream.admit()?;
+        tracing::info!("forwarding {} to {to}", request.describe());
+        let engine = self.clone();
+        let done = move |forwarded| engine.forwarded(forwarded);
+        Ok(upstream.forward(to, request, done).await?)
+    }
+
+    /// Counts a forward whose answer ended; under record, serves what was written to later
+    /// identical requests.
+    fn forwarded(&self, forwarded: Forwarded) {
+        let Forwarded {
+            exchange,
+            call,
+            recording,
+        } = forwarded;
+        match &recording {
+            Recording::Written(path) => self.add_recorded(&exchange, path),
+            Recording::Failed => self.stats.record(Event::InternalError),
+            Recording::Off | Recording::Incomplete => {}
+        }
+        self.stats.record(Event::Forwarded {
+            provider: exchange.provider,
+            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
+            // A complete exchange under record counts as recorded even when its write
+            // failed; the failure is counted as an internal error.
+            recorded: matches!(recording, Recording::Written(_) | Recording::Failed),
+            call: Box::new(call),
+        });
+    }
+
+    /// Counts a request refused before any lookup: its body could not be read.
+    pub fn count_bad_request(&self) {
+        self.stats.record(Event::BadRequest);
+    }
+
+    /// Counts an answer replayd failed to build through its own fault.
+    pub fn count_internal_error(&self) {
+        self.stats.record(Event::InternalError);
+    }
+
     /// Makes an exchange recorded during the run (stored at `path`) servable to later
     /// requests with its signature, as if it had been in the snapshot at start-up.
-    pub fn add_recorded(&self, exchange: &Exchange, path: &Path) {
+    fn add_recorded(&self, exchange: &Exchange, path: &Path) {
         let signature = recorded_signature(exchange, &self.rules);
         let entry = Arc::new(RecordedEntry::new(
             relative(&self.dir, path),
@@ -326,7 +391,7 @@ impl Engine {
         &self.options
     }
 
-    /// The run's statistics.
+    /// The run's statistics, to read (and for served bodies to add their serve time).
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
@@ -375,7 +440,7 @@ impl Engine {
         };
         Signature::with_headers(
             &request.method,
-            host_without_port(&request.host),
+            request.host_name(),
             &request.path,
             request
                 .headers
@@ -491,7 +556,7 @@ pub fn recorded_signature(exchange: &Exchange, rules: &CompiledRules) -> Signatu
     let mut bytes = Vec::new();
     Signature::with_headers(
         &request.method,
-        host_without_port(&exchange.host),
+        Authority::parse(&exchange.host).host,
         &request.path,
         request.headers.iter().map(|(n, v)| (n, v.as_bytes())),
         signature_body(&request.body, &mut bytes),
@@ -511,20 +576,6 @@ fn signature_body<'a>(body: &'a model::Body, bytes: &'a mut Vec<u8>) -> signatur
     }
 }
 
-/// `host`, `host:port`, `[v6]:port` or a bare IPv6 address, without the port.
-pub fn host_without_port(host: &str) -> &str {
-    let host = host.trim();
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
-            name
-        }
-        _ => host,
-    }
-}
-
 /// `METHOD /path` without the query string.
 pub fn endpoint_label(method: &str, path: &str) -> String {
     let path = path.split(['?', '#']).next().unwrap_or(path);
@@ -538,6 +589,8 @@ fn relative(dir: &Path, path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http::HeaderMap;
     use llmsim_snapshot::signature::Repeat;
 
     use crate::response::PreparedBody;
@@ -755,10 +808,18 @@ mod tests {
 
     #[test]
     fn hosts_and_labels() {
-        assert_eq!(host_without_port("api.openai.com:443"), "api.openai.com");
-        assert_eq!(host_without_port("[::1]:8080"), "::1");
-        assert_eq!(host_without_port("::1"), "::1");
-        assert_eq!(host_without_port("localhost"), "localhost");
+        for (host, name) in [
+            ("api.openai.com:443", "api.openai.com"),
+            ("[::1]:8080", "::1"),
+            ("::1", "::1"),
+            ("localhost", "localhost"),
+        ] {
+            let request = ReplayRequest {
+                host: host.into(),
+                ..ReplayRequest::default()
+            };
+            assert_eq!(request.host_name(), name);
+        }
         assert_eq!(endpoint_label("post", "/v1/x?y=1"), "POST /v1/x");
         let engine = engine(&[exchange("hi", json!({}))], ReplayOptions::default());
         assert_eq!(engine.hosts(), ["api.openai.com"]);

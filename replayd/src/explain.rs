@@ -16,7 +16,8 @@ use http::header::{HeaderName, HeaderValue, InvalidHeaderName, InvalidHeaderValu
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::engine::{Engine, Miss, Outcome, ReplayRequest};
+use crate::engine::{Engine, Miss, Outcome};
+use crate::request::ReplayRequest;
 
 /// Why the request file could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -8,8 +8,9 @@
 //! queries for recorded hosts; `explain` tells what replay would do with one request;
 //! `io_error` decides which socket errors the server loops ride out; `redirect` attaches
 //! the kernel redirect and runs a command under it; `upstream` forwards misses to the real
-//! host (`--on-miss passthrough|record`, `--budget`). As in pingora, downstream is the app
-//! and upstream the real provider. The binary adds the command line.
+//! host (`--on-miss passthrough|record`, `--budget`); `request` is a request as the app
+//! sent it. As in pingora, downstream is the app and upstream the real provider. The binary
+//! adds the command line.
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -24,6 +25,7 @@ pub mod io_error;
 pub mod options;
 pub mod redirect;
 pub mod report;
+pub mod request;
 pub mod response;
 pub mod run;
 pub mod service;

@@ -4,7 +4,8 @@
 //! less the time replay actually took to serve them), and under `--on-miss
 //! passthrough|record` the requests forwarded to the real host, those recorded, what they
 //! cost live, and forwards that failed or that `--budget` refused. [`Stats`] is shared by every
-//! connection; [`Report`] is a copy taken at the end and printed by the binary.
+//! connection and recorded by the engine alone ([`crate::engine`]); [`Report`] is a copy taken
+//! at the end and printed by the binary.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -251,7 +252,7 @@ impl Stats {
         Self::default()
     }
 
-    /// Counts one request.
+    /// Counts one request (the engine's to call).
     pub fn record(&self, event: Event) {
         let mut counts = self.lock();
         match event {

@@ -2,9 +2,11 @@
 //! request into an engine lookup and answers with the recorded status, headers and body
 //! (server-sent events paced as the run says) or with the error response of
 //! [`crate::error`]. A miss under `--on-miss passthrough|record` goes to the real host
-//! through [`crate::upstream`], and its answer streams back as it arrives. It is a plain `hyper` service over any request body, so tests drive it
-//! over a loopback listener or call it directly; the acceptor adds TLS and the kernel's
-//! original destination through [`ConnInfo`].
+//! through [`Engine::forward`], and its answer streams back as it arrives. What happens to
+//! each request is counted by the engine; the service reports the failures only it sees. It
+//! is a plain `hyper` service over any request body, so tests drive it over a loopback
+//! listener or call it directly; the acceptor adds TLS and the kernel's original destination
+//! through [`ConnInfo`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,11 +23,11 @@ use llmsim_snapshot::provider::{Endpoint, Provider};
 
 use crate::body::ReplayBody;
 use crate::deadline::Deadline;
-use crate::engine::{Engine, Miss, Outcome, ReplayRequest};
+use crate::engine::{Engine, Miss, NotForwarded, Outcome};
 use crate::error::{DownstreamError, ErrorShape, ServeError, error_response};
-use crate::report::Event;
+use crate::request::ReplayRequest;
 use crate::response::{PreparedBody, PreparedResponse};
-use crate::upstream::target_of;
+use crate::upstream::UpstreamAddr;
 
 /// What the acceptor knows about a connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,7 +93,7 @@ impl ReplayService {
         let body = match read_body(body, self.engine.options().body_limit()).await {
             Ok(body) => body,
             Err(e) => {
-                self.engine.stats().record(Event::BadRequest);
+                self.engine.count_bad_request();
                 let error = ServeError::from(e);
                 tracing::info!(peer = ?self.conn.peer, "refused a request: {}", error.message());
                 let shape = ErrorShape::of(
@@ -124,7 +126,7 @@ impl ReplayService {
                 };
                 result.unwrap_or_else(|error| {
                     if matches!(error, ServeError::Internal { .. }) {
-                        self.engine.stats().record(Event::InternalError);
+                        self.engine.count_internal_error();
                     }
                     tracing::error!("{}", error.message());
                     error_response(&error, shape)
@@ -144,36 +146,30 @@ impl ReplayService {
     /// is used up; a failure becomes a provider-shaped error.
     async fn forward(&self, request: ReplayRequest, miss: &Miss) -> Response<ReplayBody> {
         let shape = ErrorShape::of(miss.provider, miss.endpoint);
-        let Some(upstream) = self.engine.upstream() else {
-            return error_response(&ServeError::NoRecording(Box::new(miss.clone())), shape);
-        };
-        if let Err(exhausted) = upstream.admit() {
-            self.engine.stats().record(Event::BudgetRefused {
-                budget_usd: exhausted.budget_usd,
-            });
-            let error = ServeError::from(exhausted);
-            tracing::warn!("{}: {}", miss.request, error.message());
-            return error_response(&error, shape);
-        }
-        let target = target_of(
+        let to = UpstreamAddr::of(
             &request.host,
             self.conn.tls,
             self.conn.original_destination.map(|d| d.port()),
         );
         let described = request.describe();
-        tracing::info!("forwarding {described} to {}:{}", target.host, target.port);
-        match upstream.forward(&self.engine, target, request).await {
-            Ok(response) => response,
-            Err(source) => {
-                self.engine.stats().record(Event::ForwardFailed);
+        let error = match self.engine.forward(request, to).await {
+            Ok(response) => return response,
+            Err(NotForwarded::Off) => ServeError::NoRecording(Box::new(miss.clone())),
+            Err(NotForwarded::Budget(exhausted)) => {
+                let error = ServeError::from(exhausted);
+                tracing::warn!("{}: {}", miss.request, error.message());
+                error
+            }
+            Err(NotForwarded::Failed(source)) => {
                 let error = ServeError::Forward {
                     request: described,
                     source,
                 };
                 tracing::error!("{}", error.message());
-                error_response(&error, shape)
+                error
             }
-        }
+        };
+        error_response(&error, shape)
     }
 
     /// The host to match: the TLS server name, else the `Host` header (or an absolute

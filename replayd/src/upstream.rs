@@ -1,17 +1,19 @@
 //! Misses that go to the real host: `--on-miss passthrough` forwards a request with no
-//! recording to the host the app asked for and streams the answer back as it arrives
-//! (server-sent events included); `--on-miss record` does the same and appends the new
-//! exchange to the snapshot, redacted as capture redacts (the snapshot's `[redact]` rules
-//! and the per-machine key), with its usage summary, through the [`SnapshotWriter`] that
-//! assigns seq and never overwrites. The engine then serves it to later identical requests
-//! of the same run. `--budget USD` prices every forwarded exchange and refuses forwards
-//! once the live spend would exceed the budget.
+//! recording to the host the app asked for ([`UpstreamAddr`]) and streams the answer back as
+//! it arrives (server-sent events included); `--on-miss record` does the same and appends
+//! the new exchange to the snapshot through the snapshot's [`SnapshotRecorder`], exactly as
+//! capture records (same host rule, redaction, usage summary and writer). When an answer
+//! ends, the finished exchange ([`Forwarded`]) goes back to whoever asked for the forward,
+//! which counts it and, under record, serves it to later identical requests of the run;
+//! this module knows nothing of the engine or the statistics. `--budget USD` prices every
+//! forwarded exchange and refuses forwards once the live spend would exceed the budget.
 //!
 //! replayd's own process is exempt from the cgroup redirect, so its connects and DNS go out
 //! normally; certificates are verified against the system roots (`SSL_CERT_FILE` honoured).
 //! One connection per forward: misses are rare, and a connection per forward keeps a
 //! broken upstream from poisoning the next one.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,18 +24,15 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use llmsim_snapshot::atomic::Owner;
-use llmsim_snapshot::config::{ConfigError, SnapshotConfig};
+use llmsim_snapshot::config::ConfigError;
 use llmsim_snapshot::ledger::CallLine;
-use llmsim_snapshot::model::{
-    Body, Exchange, FORMAT_VERSION, Headers, ProcessInfo, Request as StoredRequest,
-    Response as StoredResponse, Scheme,
-};
+use llmsim_snapshot::model::{Exchange, ProcessInfo, Scheme};
 use llmsim_snapshot::prices::{PriceError, PriceTable};
-use llmsim_snapshot::provider::{self, Endpoint, Provider};
-use llmsim_snapshot::redact::{RedactError, Redactor, default_data_dir, redaction_key};
-use llmsim_snapshot::store::{SnapshotWriter, StoreError};
-use llmsim_snapshot::usage;
+use llmsim_snapshot::record::{
+    self, Authority, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder,
+};
+use llmsim_snapshot::redact::RedactError;
+use llmsim_snapshot::store::StoreError;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use time::OffsetDateTime;
@@ -43,9 +42,8 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::body::ReplayBody;
-use crate::engine::{Engine, ReplayRequest, endpoint_label, host_without_port};
 use crate::options::OnMiss;
-use crate::report::Event;
+use crate::request::ReplayRequest;
 use crate::response::is_hop_by_hop;
 
 /// Frames buffered between the real host and the app.
@@ -71,13 +69,23 @@ pub enum UpstreamSetupError {
     },
     /// The snapshot's `llmsim.toml` could not be read (for its `[redact]` rules).
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
     /// The redactor or the per-machine key could not be set up.
     #[error("cannot set up redaction for --on-miss record")]
-    Redact(#[from] RedactError),
+    Redact(#[source] RedactError),
     /// The snapshot directory cannot be appended to.
     #[error("cannot open the snapshot for --on-miss record")]
-    Writer(#[from] StoreError),
+    Writer(#[source] StoreError),
+}
+
+impl From<RecordError> for UpstreamSetupError {
+    fn from(error: RecordError) -> Self {
+        match error {
+            RecordError::Config(e) => Self::Config(e),
+            RecordError::Redaction(e) => Self::Redact(e),
+            RecordError::Store(e) => Self::Writer(e),
+        }
+    }
 }
 
 /// Why one forward failed; the app gets a 502.
@@ -182,9 +190,9 @@ pub struct UpstreamSettings {
     pub connect_to: Option<SocketAddr>,
 }
 
-/// Where a miss goes.
+/// The real host a miss is forwarded to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Target {
+pub struct UpstreamAddr {
     /// The host the app asked for, without a port.
     pub host: String,
     /// The port to connect to.
@@ -193,17 +201,52 @@ pub struct Target {
     pub tls: bool,
 }
 
-impl Target {
-    fn describe(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+impl UpstreamAddr {
+    /// The real host for a miss on a connection: the app's host (`host`, `host:port`,
+    /// `[v6]:port`), on the original destination's port when the redirect knows it, else the
+    /// host's own port, else 443 for TLS and 80 for plain HTTP.
+    pub fn of(host: &str, tls: bool, original_port: Option<u16>) -> Self {
+        let authority = Authority::parse(host);
+        let port = original_port
+            .or(authority.port)
+            .unwrap_or(if tls { 443 } else { 80 });
+        Self {
+            host: authority.host.to_owned(),
+            port,
+            tls,
+        }
     }
 }
 
-/// Appends forwarded exchanges to the snapshot.
+impl fmt::Display for UpstreamAddr {
+    /// `host:port`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// A forward whose answer has ended, handed back to whoever asked for it.
 #[derive(Debug)]
-struct Recorder {
-    writer: SnapshotWriter,
-    redactor: Redactor,
+pub struct Forwarded {
+    /// The exchange as stored (redacted under record), with its usage summary.
+    pub exchange: Exchange,
+    /// Its tokens and live cost under the run's prices.
+    pub call: CallLine,
+    /// What `--on-miss record` did with it.
+    pub recording: Recording,
+}
+
+/// What `--on-miss record` did with a forwarded exchange.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recording {
+    /// Nothing: the run passes misses through without recording.
+    Off,
+    /// Nothing: the exchange is incomplete.
+    Incomplete,
+    /// Appended to the snapshot, in this file.
+    Written(PathBuf),
+    /// Writing it failed (logged).
+    Failed,
 }
 
 /// The live spend against the budget.
@@ -222,7 +265,7 @@ pub struct Upstream {
     prices: PriceTable,
     budget_usd: Option<f64>,
     spend: Mutex<Spend>,
-    recorder: Option<Mutex<Recorder>>,
+    recorder: Option<Mutex<SnapshotRecorder>>,
 }
 
 impl Upstream {
@@ -252,16 +295,10 @@ impl Upstream {
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let recorder = if settings.on_miss == OnMiss::Record {
-            let config = SnapshotConfig::load(dir)?;
-            let key_dir = match settings.redaction_dir {
-                Some(dir) => dir,
-                None => default_data_dir()?,
-            };
-            let redactor = Redactor::new(&config.redact, redaction_key(&key_dir)?)?;
-            Some(Mutex::new(Recorder {
-                writer: SnapshotWriter::open_as(dir, Owner::invoking_user())?,
-                redactor,
-            }))
+            Some(Mutex::new(SnapshotRecorder::open(
+                dir,
+                settings.redaction_dir.as_deref(),
+            )?))
         } else {
             None
         };
@@ -302,24 +339,26 @@ impl Upstream {
         self.budget_usd
     }
 
-    /// Forwards `request` to `target` and answers with the real host's status and headers
+    /// Forwards `request` to `to` and answers with the real host's status and headers
     /// (hop-by-hop ones dropped) and a body streamed as it arrives. When the body ends, the
-    /// exchange is priced, counted and (under record) written and made servable.
+    /// exchange is priced and (under record) written, and handed to `done`; only then does
+    /// the app's body end, so whatever `done` does (counting it, serving it to the next
+    /// identical request) is in place once the app has its answer.
     pub async fn forward(
         self: &Arc<Self>,
-        engine: &Arc<Engine>,
-        target: Target,
+        to: UpstreamAddr,
         request: ReplayRequest,
+        done: impl FnOnce(Forwarded) + Send + 'static,
     ) -> Result<Response<ReplayBody>, ForwardError> {
-        if target.host.is_empty() {
+        if to.host.is_empty() {
             return Err(ForwardError::NoHost);
         }
-        if self.connect_to.is_none() && is_loopback_name(&target.host) {
-            return Err(ForwardError::Loopback { host: target.host });
+        if self.connect_to.is_none() && is_loopback_name(&to.host) {
+            return Err(ForwardError::Loopback { host: to.host });
         }
-        let described = target.describe();
-        let (mut sender, peer) = self.open(&target, &described).await?;
-        let outgoing = outgoing_request(&request, &target)?;
+        let described = to.to_string();
+        let (mut sender, peer) = self.open(&to, &described).await?;
+        let outgoing = outgoing_request(&request, &to)?;
         let started_at = OffsetDateTime::now_utc();
         let started = Instant::now();
         let response =
@@ -330,7 +369,7 @@ impl Upstream {
                     target: described.clone(),
                     source,
                 })?;
-        let ttfb_ms = ms_since(started);
+        let first_byte_ms = ms_since(started);
         let (parts, mut incoming) = response.into_parts();
         let mut headers = HeaderMap::with_capacity(parts.headers.len());
         for (name, value) in &parts.headers {
@@ -338,20 +377,16 @@ impl Upstream {
                 headers.append(name.clone(), value.clone());
             }
         }
-        let stored_head = StoredHead {
-            target,
-            peer,
-            started_at,
-            ttfb_ms,
+        let mut answer = RawResponse {
             status: parts.status.as_u16(),
-            headers: stored_headers(&parts.headers),
+            headers: record::headers(&parts.headers),
+            first_byte_ms,
+            body: Vec::new(),
         };
         let (frames, receiver) = mpsc::channel(STREAM_BUFFER);
         let this = self.clone();
-        let engine = engine.clone();
         tokio::spawn(async move {
             let _sender = sender;
-            let mut segments: Vec<(f64, Bytes)> = Vec::new();
             let mut broke_off = None;
             let mut app_gone = false;
             while let Some(frame) = incoming.frame().await {
@@ -360,7 +395,7 @@ impl Upstream {
                         let Ok(data) = frame.into_data() else {
                             continue;
                         };
-                        segments.push((ms_since(started), data.clone()));
+                        answer.body.push((ms_since(started), data.clone()));
                         if !app_gone && frames.send(Ok(data)).await.is_err() {
                             // The app went away; read on so the exchange is whole.
                             app_gone = true;
@@ -373,17 +408,30 @@ impl Upstream {
                     }
                 }
             }
-            let duration_ms = ms_since(started);
-            this.finish(
-                &engine,
-                stored_head,
-                &request,
-                &segments,
-                duration_ms,
-                broke_off,
-            );
-            // Only now does the app's body end: once it has its answer, the exchange is
-            // counted and, under record, servable to the next identical request.
+            let described = request.describe();
+            let raw = RawExchange {
+                request: RawRequest {
+                    method: request.method,
+                    target: request.path,
+                    headers: record::headers(&request.headers),
+                    body: request.body,
+                },
+                response: Some(answer),
+                started_at,
+                duration_ms: ms_since(started),
+                // The name replayd's own TLS connection sent.
+                sni: to.tls.then(|| to.host.clone()),
+                peer,
+                // The app's process is not known to the listener; replayd made the request.
+                process: ProcessInfo {
+                    pid: std::process::id(),
+                    comm: "replayd".to_owned(),
+                    exe: None,
+                },
+                scheme: if to.tls { Scheme::Https } else { Scheme::Http },
+                incomplete: broke_off,
+            };
+            done(this.finish(raw, &described));
             drop(frames);
         });
         let mut response = Response::new(ReplayBody::stream(receiver));
@@ -392,16 +440,16 @@ impl Upstream {
         Ok(response)
     }
 
-    /// A connection to `target` (TLS verified against the roots), ready for one request,
-    /// and the address it reached.
+    /// A connection to `to` (TLS verified against the roots), ready for one request, and
+    /// the address it reached.
     async fn open(
         &self,
-        target: &Target,
+        to: &UpstreamAddr,
         described: &str,
     ) -> Result<(SendRequest, Option<SocketAddr>), ForwardError> {
         let connect = match self.connect_to {
             Some(addr) => TcpStream::connect(addr).await,
-            None => TcpStream::connect((target.host.as_str(), target.port)).await,
+            None => TcpStream::connect((to.host.as_str(), to.port)).await,
         };
         let stream = connect.map_err(|source| ForwardError::Connect {
             target: described.to_owned(),
@@ -410,10 +458,10 @@ impl Upstream {
         // Small writes (a request, then nothing) must not wait for delayed ACKs.
         let _ = stream.set_nodelay(true);
         let peer = stream.peer_addr().ok();
-        let sender = if target.tls {
-            let name = ServerName::try_from(target.host.clone()).map_err(|source| {
+        let sender = if to.tls {
+            let name = ServerName::try_from(to.host.clone()).map_err(|source| {
                 ForwardError::ServerName {
-                    host: target.host.clone(),
+                    host: to.host.clone(),
                     source,
                 }
             })?;
@@ -431,129 +479,44 @@ impl Upstream {
         Ok((sender, peer))
     }
 
-    /// Prices, counts and (under record) stores one forwarded exchange.
-    fn finish(
-        &self,
-        engine: &Engine,
-        head: StoredHead,
-        request: &ReplayRequest,
-        segments: &[(f64, Bytes)],
-        duration_ms: f64,
-        incomplete: Option<String>,
-    ) {
-        let mut exchange = head.exchange(request, segments, duration_ms, incomplete);
-        let call = if let Some(recorder) = &self.recorder {
+    /// Builds, prices and (under record) stores one forwarded exchange; `described` names
+    /// its request in log lines.
+    fn finish(&self, raw: RawExchange<Bytes>, described: &str) -> Forwarded {
+        let (exchange, recording) = if let Some(recorder) = &self.recorder {
             let mut recorder = recorder.lock().unwrap_or_else(PoisonError::into_inner);
-            recorder.redactor.redact_exchange(&mut exchange);
-            exchange.summary = usage::summarize(&exchange);
-            let call = CallLine::of(&exchange, &self.prices);
-            if exchange.incomplete.is_none() {
-                match recorder.writer.write(&exchange) {
+            let exchange = recorder.exchange(raw);
+            let recording = if exchange.incomplete.is_some() {
+                tracing::warn!("not recording {described}: the exchange is incomplete");
+                Recording::Incomplete
+            } else {
+                match recorder.write(&exchange) {
                     Ok(path) => {
                         tracing::info!(file = %path.display(), "recorded a new exchange");
-                        engine.add_recorded(&exchange, &path);
+                        Recording::Written(path)
                     }
                     Err(e) => {
                         tracing::error!(
-                            "cannot record {}: {}",
-                            request.describe(),
+                            "cannot record {described}: {}",
                             llmsim_snapshot::error_chain(&e)
                         );
-                        engine.stats().record(Event::InternalError);
+                        Recording::Failed
                     }
                 }
-            } else {
-                tracing::warn!(
-                    "not recording {}: the exchange is incomplete",
-                    request.describe()
-                );
-            }
-            call
+            };
+            (exchange, recording)
         } else {
-            exchange.summary = usage::summarize(&exchange);
-            CallLine::of(&exchange, &self.prices)
+            (raw.into_exchange(None), Recording::Off)
         };
+        let call = CallLine::of(&exchange, &self.prices);
         if let Some(cost) = call.cost_usd.filter(|c| c.is_finite() && *c > 0.0) {
             let mut spend = self.spend.lock().unwrap_or_else(PoisonError::into_inner);
             spend.spent_usd += cost;
             spend.largest_usd = spend.largest_usd.max(cost);
         }
-        engine.stats().record(Event::Forwarded {
-            provider: exchange.provider,
-            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
-            recorded: self.recorder.is_some() && exchange.incomplete.is_none(),
-            call: Box::new(call),
-        });
-    }
-}
-
-/// What is known of a forwarded exchange once its head arrived.
-struct StoredHead {
-    target: Target,
-    peer: Option<SocketAddr>,
-    started_at: OffsetDateTime,
-    ttfb_ms: f64,
-    status: u16,
-    headers: Headers,
-}
-
-impl StoredHead {
-    /// The exchange as capture would have stored it (before redaction).
-    fn exchange(
-        self,
-        request: &ReplayRequest,
-        segments: &[(f64, Bytes)],
-        duration_ms: f64,
-        mut incomplete: Option<String>,
-    ) -> Exchange {
-        let request_headers = stored_headers(&request.headers);
-        let request_body = decode_body(
-            &request_headers,
-            &[(0.0, request.body.clone())],
-            &mut incomplete,
-        );
-        let response_body = decode_body(&self.headers, segments, &mut incomplete);
-        let provider = Provider::from_host(&self.target.host);
-        let endpoint = Endpoint::classify(&request.method, &request.path);
-        let json = request_body.json();
-        let model = provider::model_of(endpoint, &request.path, json);
-        let streamed =
-            response_body.sse_events().is_some() || provider::is_streaming(endpoint, json);
-        Exchange {
-            format_version: FORMAT_VERSION,
-            seq: 0,
-            provider,
-            host: self.target.host.to_ascii_lowercase(),
-            scheme: if self.target.tls {
-                Scheme::Https
-            } else {
-                Scheme::Http
-            },
-            // The app's process is not known to the listener; replayd made the request.
-            process: ProcessInfo {
-                pid: std::process::id(),
-                comm: "replayd".to_owned(),
-                exe: None,
-            },
-            peer: self.peer,
-            started_at: self.started_at,
-            ttfb_ms: self.ttfb_ms,
-            duration_ms,
-            incomplete,
-            streamed,
-            model,
-            summary: None,
-            request: StoredRequest {
-                method: request.method.clone(),
-                path: request.path.clone(),
-                headers: request_headers,
-                body: request_body,
-            },
-            response: StoredResponse {
-                status: self.status,
-                headers: self.headers,
-                body: response_body,
-            },
+        Forwarded {
+            exchange,
+            call,
+            recording,
         }
     }
 }
@@ -604,10 +567,10 @@ where
 }
 
 /// The app's request as the real host gets it: hop-by-hop headers dropped, `Host` kept
-/// (or set from the target), the body as received.
+/// (or set from `to`), the body as received.
 fn outgoing_request(
     request: &ReplayRequest,
-    target: &Target,
+    to: &UpstreamAddr,
 ) -> Result<Request<Full<Bytes>>, ForwardError> {
     let mut outgoing = Request::builder()
         .method(request.method.as_str())
@@ -621,47 +584,17 @@ fn outgoing_request(
         }
     }
     if !headers.contains_key(header::HOST) {
-        let default_port = if target.tls { 443 } else { 80 };
-        let host = if target.port == default_port {
-            target.host.clone()
+        let default_port = if to.tls { 443 } else { 80 };
+        let host = if to.port == default_port {
+            to.host.clone()
         } else {
-            target.describe()
+            to.to_string()
         };
         let value =
             HeaderValue::try_from(host).map_err(|e| ForwardError::Build { source: e.into() })?;
         headers.insert(header::HOST, value);
     }
     Ok(outgoing)
-}
-
-fn stored_headers(headers: &HeaderMap) -> Headers {
-    headers
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_owned(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect()
-}
-
-/// Decodes a body for storage as capture does; one that cannot be decoded is kept as its
-/// bytes and the exchange says why.
-fn decode_body(
-    headers: &Headers,
-    segments: &[(f64, Bytes)],
-    incomplete: &mut Option<String>,
-) -> Body {
-    let (body, error) = Body::for_storage(
-        headers.get("content-type"),
-        headers.get("content-encoding"),
-        segments,
-    );
-    if let Some(error) = error {
-        incomplete.get_or_insert_with(|| format!("body could not be decoded: {error}"));
-    }
-    body
 }
 
 /// `localhost` or a loopback address: forwarding there would reach replayd itself.
@@ -676,46 +609,26 @@ fn ms_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1e3
 }
 
-/// The target for a miss on a connection: the app's host, on the original destination's
-/// port when the redirect knows it, else the `Host` header's port, else 443 for TLS and 80
-/// for plain HTTP.
-pub fn target_of(host: &str, tls: bool, original_port: Option<u16>) -> Target {
-    let trimmed = host.trim();
-    let name = host_without_port(trimmed).to_owned();
-    let header_port = if name.len() < trimmed.len() {
-        trimmed
-            .rsplit_once(':')
-            .and_then(|(_, port)| port.parse::<u16>().ok())
-    } else {
-        None
-    };
-    let port = original_port
-        .or(header_port)
-        .unwrap_or(if tls { 443 } else { 80 });
-    Target {
-        host: name,
-        port,
-        tls,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn targets_take_the_original_port_then_the_host_header_then_the_scheme_default() {
-        let t = target_of("api.openai.com", true, None);
+    fn upstreams_take_the_original_port_then_the_host_header_then_the_scheme_default() {
+        let t = UpstreamAddr::of("api.openai.com", true, None);
         assert_eq!(
             (t.host.as_str(), t.port, t.tls),
             ("api.openai.com", 443, true)
         );
-        assert_eq!(target_of("api.openai.com", true, Some(8443)).port, 8443);
-        assert_eq!(target_of("localhost:11434", false, None).port, 11434);
-        assert_eq!(target_of("localhost", false, None).port, 80);
-        let v6 = target_of("[::1]:8080", false, None);
+        assert_eq!(
+            UpstreamAddr::of("api.openai.com", true, Some(8443)).port,
+            8443
+        );
+        assert_eq!(UpstreamAddr::of("localhost:11434", false, None).port, 11434);
+        assert_eq!(UpstreamAddr::of("localhost", false, None).port, 80);
+        let v6 = UpstreamAddr::of("[::1]:8080", false, None);
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 8080));
-        assert_eq!(target_of("[::1]", false, None).port, 80);
+        assert_eq!(UpstreamAddr::of("[::1]", false, None).port, 80);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod model;
 pub mod paths;
 pub mod prices;
 pub mod provider;
+pub mod record;
 pub mod redact;
 pub mod signature;
 pub mod store;

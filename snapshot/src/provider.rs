@@ -9,6 +9,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::record::Authority;
+
 /// An LLM API provider.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -102,17 +104,10 @@ impl FromStr for Provider {
     }
 }
 
-/// `host`, `host:port`, `[v6]:port` or a bare IPv6 address, without the port
-/// and the trailing dot of a fully qualified name.
+/// `host`, `host:port`, `[v6]:port` or a bare IPv6 address ([`Authority`]), without the
+/// port and the trailing dot of a fully qualified name.
 fn host_name(host: &str) -> &str {
-    let host = host.trim();
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else if host.matches(':').count() == 1 {
-        host.split(':').next().unwrap_or(host)
-    } else {
-        host
-    };
+    let name = Authority::parse(host).host;
     name.strip_suffix('.').unwrap_or(name)
 }
 
