@@ -15,7 +15,8 @@ for arg in "$@"; do
 done
 
 STABLE_TOOLCHAIN=1.99.1            # aya 0.16 needs rustc >= 1.98
-EBPF_TOOLCHAIN=nightly-2026-07-01  # rustc 1.98 on LLVM 22, the LLVM bpf-linker links against
+# The eBPF nightly is pinned in one place, ebpf/rust-toolchain.toml, which kernel/build.rs reads too.
+EBPF_TOOLCHAIN_FILE=ebpf/rust-toolchain.toml
 BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib1g-dev
@@ -113,6 +114,11 @@ install_node_clients() {
 }
 
 cd "$(dirname "$0")/.."
+EBPF_TOOLCHAIN=$(sed -n 's/^channel *= *"\(.*\)"$/\1/p' "$EBPF_TOOLCHAIN_FILE")
+if [ -z "$EBPF_TOOLCHAIN" ]; then
+    log "no toolchain channel in $EBPF_TOOLCHAIN_FILE"
+    exit 1
+fi
 if $BENCH; then
     APT_PACKAGES+=("${BENCH_APT_PACKAGES[@]}")
 fi

@@ -8,7 +8,7 @@
 use std::{
     collections::HashMap,
     ffi::OsString,
-    os::unix::{fs::PermissionsExt as _, process::ExitStatusExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::ExitStatus,
     time::Duration,
@@ -17,6 +17,10 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use llmsim_ebpf_common::DropReason;
+use llmsim_kernel::{
+    cgroup::Cgroup,
+    sys::{command_in_cgroup, exit_code},
+};
 use llmsim_snapshot::model::ProcessInfo;
 use serde::Serialize;
 use tokio::{
@@ -26,12 +30,10 @@ use tokio::{
 };
 
 use crate::{
-    cgroup::Cgroup,
     connections::{ConnectionExchange, LOST, Tracker, TrackerStats},
     events::{Event, decode},
-    http1,
-    kernel::{Probes, Reach, Selection},
-    preflight,
+    http1, preflight,
+    probes::{Probes, Reach, Selection},
     procfs::{all_pids, is_alive, process_info, tgid_of},
     recorder::{HostFilter, RecordStats, Recorder},
     sys,
@@ -291,7 +293,7 @@ impl Capture {
             events_dropped_total: events_dropped.values().sum(),
             events_dropped,
             undecodable_records: self.undecodable,
-            exit_code: exit_status.map(exit_code),
+            exit_code: exit_status.map(|status| i32::from(exit_code(status))),
         })
     }
 
@@ -323,7 +325,7 @@ impl Capture {
 
     fn spawn(&self, argv: &[OsString], as_root: bool) -> anyhow::Result<tokio::process::Child> {
         let cgroup = self.cgroup.as_ref().expect("command mode has a cgroup");
-        let command = sys::command_in_cgroup(argv, &cgroup.path().join("cgroup.procs"), as_root);
+        let command = command_in_cgroup(argv, &cgroup.path().join("cgroup.procs"), as_root);
         tokio::process::Command::from(command)
             .spawn()
             .with_context(|| format!("starting {}", argv[0].to_string_lossy()))
@@ -604,12 +606,6 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-fn exit_code(status: ExitStatus) -> i32 {
-    status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
 /// Resolves a command-line word to an executable file: a path, or a name on PATH.

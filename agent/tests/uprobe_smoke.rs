@@ -12,7 +12,7 @@ use std::{
 
 use llmsim_agent::{
     events::{Event, decode},
-    kernel::{Probes, Selection},
+    probes::{Probes, Selection},
     tls_libs::Scanner,
 };
 use llmsim_ebpf_common::Direction;

@@ -351,7 +351,9 @@ async fn serve_redirected(
             .await?;
         kernel.kill_own_cgroup();
         child_code = match status {
-            Some(status) => Some(exit_code(status.context("waiting for the command")?)),
+            Some(status) => Some(llmsim_kernel::sys::exit_code(
+                status.context("waiting for the command")?,
+            )),
             None => Some(EXIT_INTERRUPTED),
         };
     } else {
@@ -402,15 +404,6 @@ fn dns_responder(hosts: &[(String, Ipv4Addr)], no_network: bool) -> dns::DnsResp
         }
     };
     dns::DnsResponder::new(answers, fallback)
-}
-
-/// The command's exit code as a shell reports it (128 + signal when killed).
-fn exit_code(status: std::process::ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt as _;
-    let code = status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-    u8::try_from(code).unwrap_or(1)
 }
 
 fn trust(action: &TrustAction, ca_dir: Option<PathBuf>) -> Result<ExitCode> {

@@ -12,9 +12,10 @@ use std::{
     sync::Mutex,
 };
 
-use llmsim_agent::{
+use llmsim_kernel::{
     cgroup::{Cgroup, CgroupError, cgroup2_mount},
     redirect::{Redirect, RedirectError, RedirectSettings},
+    sys::command_in_cgroup,
 };
 use thiserror::Error;
 
@@ -155,8 +156,7 @@ impl KernelRedirect {
             .first()
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let mut command =
-            llmsim_agent::sys::command_in_cgroup(argv, &self.path.join("cgroup.procs"), as_root);
+        let mut command = command_in_cgroup(argv, &self.path.join("cgroup.procs"), as_root);
         command.envs(env.iter().map(|(k, v)| (k, v)));
         tokio::process::Command::from(command)
             .spawn()

@@ -20,14 +20,7 @@ static CGROUPS: AtomicU32 = AtomicU32::new(0);
 /// When no cgroup2 filesystem is mounted.
 pub fn cgroup2_mount() -> PathBuf {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .expect("a cgroup2 mount")
+    llmsim_kernel::cgroup::mount_from_mountinfo(&mountinfo).expect("a cgroup2 mount")
 }
 
 /// A fresh cgroup v2 directory; its processes are killed and it is removed on drop.

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use llmsim_agent::cgroup::Cgroup;
+use llmsim_kernel::cgroup::Cgroup;
 use llmsim_tests::{
     ChildGuard, Lines, TestNetns, client_argv,
     flows::{REPLAY_API_KEY, record_with_input},

@@ -1,5 +1,5 @@
 //! cgroup socket hooks that send a cgroup's connections to replayd (kernel >=
-//! 5.7 for bpf_link attachment; 5.8 for `recvmsg`/`getpeername` rewrites).
+//! 5.7 for `bpf_link` attachment; 5.8 for `recvmsg`/`getpeername` rewrites).
 //! `connect4/6` and `sendmsg4/6` rewrite destinations: TCP connects to recorded
 //! hosts go to replayd's listener, DNS (port 53, UDP and TCP) to its responder.
 //! `recvmsg4/6` and `getpeername4/6` put the original address back where the

@@ -9,6 +9,10 @@ use llmsim_ebpf_common::{EventHeader, EventKind};
 
 /// The common record header for the current task.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the low half of pid_tgid is the thread id"
+)]
 fn header(kind: EventKind) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     EventHeader {

@@ -143,7 +143,7 @@ fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
         if ret <= 0 {
             return Ok(());
         }
-        ret as u64
+        ret.cast_unsigned()
     };
     emit_chunks(&call, pid_tgid, moved);
     Ok(())
@@ -168,9 +168,13 @@ struct ChunkLoop {
 /// bytes than `call_len` and flags the exchange; the kernel counts the reason
 /// and the connection's lost bytes.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the chunk count is cast only when at most MAX_CHUNKS_PER_CALL"
+)]
 fn emit_chunks(call: &SslCall, pid_tgid: u64, moved: u64) {
     let chunks = moved.div_ceil(CHUNK_SIZE as u64);
-    let iterations = if chunks > MAX_CHUNKS_PER_CALL as u64 {
+    let iterations = if chunks > u64::from(MAX_CHUNKS_PER_CALL) {
         MAX_CHUNKS_PER_CALL
     } else {
         chunks as u32
@@ -238,6 +242,10 @@ extern "C" fn chunk_step(index: u32, ctx: *mut c_void) -> i64 {
 }
 
 #[inline(never)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "callers pass at most CHUNK_SIZE bytes; the clamp after the cast is the bound the verifier checks"
+)]
 fn emit_chunk(
     call: &SslCall,
     pid_tgid: u64,
@@ -291,6 +299,10 @@ fn batched_wakeup() -> u64 {
     }
 }
 
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "every entry point wraps a fallible try_* function, this one included"
+)]
 fn try_ssl_ctrl(ctx: &ProbeContext) -> Result<(), i64> {
     if ctx.arg::<i32>(1) != Some(SSL_CTRL_SET_TLSEXT_HOSTNAME) || !is_traced() {
         return Ok(());
@@ -308,14 +320,13 @@ fn try_ssl_ctrl(ctx: &ProbeContext) -> Result<(), i64> {
         (*event).header = header(EventKind::Sni);
         (*event).ssl = ssl;
         (*event).name = [0; SNI_LEN];
-        bpf_probe_read_user_str_bytes(name as *const u8, &mut (*event).name).map(|s| s.len())
+        bpf_probe_read_user_str_bytes(name as *const u8, &mut (*event).name).map(<[u8]>::len)
     };
-    match read {
-        Ok(_) => entry.submit(0),
-        Err(_) => {
-            entry.discard(0);
-            count_drop(DropReason::CopyFailed);
-        }
+    if read.is_ok() {
+        entry.submit(0);
+    } else {
+        entry.discard(0);
+        count_drop(DropReason::CopyFailed);
     }
     Ok(())
 }

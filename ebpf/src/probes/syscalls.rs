@@ -17,7 +17,7 @@ use crate::{
     maps::{CONNECTS, EVENTS, PendingConnect, SSL_CALLS, count_drop},
 };
 
-/// x86_64 syscall numbers of the calls a TLS library makes on its socket.
+/// `x86_64` syscall numbers of the calls a TLS library makes on its socket.
 const SOCKET_IO_SYSCALLS: [u64; 8] = [0, 1, 19, 20, 44, 45, 46, 47]; // read write readv writev sendto recvfrom sendmsg recvmsg
 const SYS_CONNECT: u64 = 42;
 const AF_INET: u16 = 2;
@@ -66,6 +66,10 @@ fn syscall_args(regs: *const pt_regs) -> Result<(u64, u64), i64> {
     }
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a syscall's fd argument is an int in a 64-bit register"
+)]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let id: u64 = ctx.arg(1);
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -89,6 +93,10 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "connect(2)'s fd argument and return value are ints in 64-bit registers"
+)]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.

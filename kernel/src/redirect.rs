@@ -12,14 +12,13 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError},
+    maps::{Array, HashMap, MapData},
     programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
 };
 use llmsim_ebpf_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
 use thiserror::Error;
 
-use crate::kernel::OBJECT;
+use crate::object::{Object, ObjectError, Purpose, map_error, program_error};
 
 /// The cgroup socket-address programs in the object.
 const SOCK_ADDR_PROGRAMS: [&str; 8] = [
@@ -33,16 +32,12 @@ const SOCK_ADDR_PROGRAMS: [&str; 8] = [
     "getpeername6",
 ];
 
-/// The smallest ring buffer the kernel accepts: the redirect never uses the
-/// capture probes' ring, but every map in the object is created on load.
-const UNUSED_RING_BYTES: u32 = 4096;
-
 /// Failures attaching the redirect.
 #[derive(Debug, Error)]
 pub enum RedirectError {
-    /// The eBPF object could not be loaded.
-    #[error("loading the eBPF object failed")]
-    Load(#[source] aya::EbpfError),
+    /// The object could not be loaded, or a program or map in it used.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
     /// The cgroup directory could not be opened.
     #[error("opening cgroup {} failed", path.display())]
     Cgroup {
@@ -51,24 +46,6 @@ pub enum RedirectError {
         /// The cause.
         #[source]
         source: std::io::Error,
-    },
-    /// A program is missing, or could not be loaded or attached.
-    #[error("eBPF program `{name}` could not be loaded or attached")]
-    Program {
-        /// Program name.
-        name: &'static str,
-        /// The cause.
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    /// A map is missing or could not be written.
-    #[error("eBPF map `{name}` could not be used")]
-    Map {
-        /// Map name.
-        name: &'static str,
-        /// The cause, when the map exists.
-        #[source]
-        source: Option<MapError>,
     },
 }
 
@@ -90,18 +67,16 @@ pub struct RedirectSettings {
 
 /// The attached hooks. Dropping it detaches them.
 pub struct Redirect {
-    ebpf: Ebpf,
+    object: Object,
 }
 
 impl Redirect {
     /// Attaches the hooks to the cgroup v2 directory `cgroup` (the cgroup2
     /// mount itself for the whole host) and configures them.
     pub fn attach(cgroup: &Path, settings: &RedirectSettings) -> Result<Self, RedirectError> {
-        let ebpf = EbpfLoader::new()
-            .map_max_entries("EVENTS", UNUSED_RING_BYTES)
-            .load(OBJECT)
-            .map_err(RedirectError::Load)?;
-        let mut redirect = Self { ebpf };
+        let mut redirect = Self {
+            object: Object::load(Purpose::Redirect)?,
+        };
         redirect.configure(settings)?;
         // `bpf_link` attachments always coexist with other programs on the
         // cgroup; the kernel rejects any attach flag on them, so `Single`
@@ -111,63 +86,23 @@ impl Redirect {
             source,
         })?;
         for name in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = redirect.program(name)?;
-            program
-                .load()
-                .map_err(|source| RedirectError::Program { name, source })?;
+            let program: &mut CgroupSockAddr = redirect.object.program_mut(name)?;
+            program.load().map_err(program_error(name))?;
             program
                 .attach(&cgroup_fd, CgroupAttachMode::Single)
-                .map_err(|source| RedirectError::Program { name, source })?;
+                .map_err(program_error(name))?;
         }
-        let program: &mut SockOps = redirect.program("sock_ops")?;
-        program.load().map_err(|source| RedirectError::Program {
-            name: "sock_ops",
-            source,
-        })?;
+        let name = "sock_ops";
+        let program: &mut SockOps = redirect.object.program_mut(name)?;
+        program.load().map_err(program_error(name))?;
         program
             .attach(&cgroup_fd, CgroupAttachMode::Single)
-            .map_err(|source| RedirectError::Program {
-                name: "sock_ops",
-                source,
-            })?;
+            .map_err(program_error(name))?;
         Ok(redirect)
     }
 
-    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, RedirectError>
-    where
-        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-    {
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(RedirectError::Map { name, source: None })?;
-        program
-            .try_into()
-            .map_err(|source| RedirectError::Program { name, source })
-    }
-
-    fn map<'a, T>(&'a mut self, name: &'static str) -> Result<T, RedirectError>
-    where
-        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
-    {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(RedirectError::Map { name, source: None })?;
-        T::try_from(map).map_err(|source| RedirectError::Map {
-            name,
-            source: Some(source),
-        })
-    }
-
-    fn configure(&mut self, settings: &RedirectSettings) -> Result<(), RedirectError> {
-        let map_error = |name| {
-            move |source| RedirectError::Map {
-                name,
-                source: Some(source),
-            }
-        };
-        let mut hosts: HashMap<&mut MapData, u32, u8> = self.map("REDIRECT_V4")?;
+    fn configure(&mut self, settings: &RedirectSettings) -> Result<(), ObjectError> {
+        let mut hosts: HashMap<&mut MapData, u32, u8> = self.object.map_mut("REDIRECT_V4")?;
         for ip in &settings.hosts {
             hosts
                 .insert(&u32::from_ne_bytes(ip.octets()), &1, 0)
@@ -192,7 +127,7 @@ impl Redirect {
             exempt_tgid: std::process::id(),
             pad: 0,
         };
-        let mut array: Array<&mut MapData, RedirectConfig> = self.map("REDIRECT")?;
+        let mut array: Array<&mut MapData, RedirectConfig> = self.object.map_mut("REDIRECT")?;
         array.set(0, &config, 0).map_err(map_error("REDIRECT"))
     }
 
@@ -201,7 +136,7 @@ impl Redirect {
     /// Each entry is handed out once.
     pub fn original_destination(&mut self, client: SocketAddr) -> Option<SocketAddr> {
         let mut map: HashMap<&mut MapData, u32, OriginalDestination> =
-            self.map("ORIGINAL_BY_PORT").ok()?;
+            self.object.map_mut("ORIGINAL_BY_PORT").ok()?;
         let key = u32::from(client.port());
         let original = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);

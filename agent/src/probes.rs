@@ -1,5 +1,6 @@
-//! The agent's only door to the kernel: loads the embedded eBPF object, sets the
-//! process filter, attaches the probes, and reads the ring buffer and counters.
+//! The capture probes, built on `llmsim_kernel`'s loader: sets the process
+//! filter, attaches the raw tracepoints and, per TLS library, the `SSL_*`
+//! uprobes, and reads the ring buffer and the loss counters.
 
 use std::{
     collections::HashSet,
@@ -10,7 +11,6 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         ProgramError, RawTracePoint, UProbe,
@@ -18,45 +18,20 @@ use aya::{
     },
 };
 use llmsim_ebpf_common::{ConnKey, DROP_REASONS, DropReason, Filter, FilterMode};
+use llmsim_kernel::object::{Object, ObjectError, Purpose, map_error, program_error};
 use thiserror::Error;
 
 use crate::tls_libs::{SslSymbols, TlsLibrary};
 
-/// The eBPF object built by build.rs from `llmsim-ebpf`: the capture probes and
-/// the replay redirect hooks.
-pub(crate) static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/llmsim-ebpf"));
-
 /// Raw tracepoints attached at start: program name = tracepoint name.
 const RAW_TRACEPOINTS: [&str; 3] = ["sys_enter", "sys_exit", "sched_process_exec"];
 
-/// Failures talking to the kernel.
+/// Failures of the capture probes.
 #[derive(Debug, Error)]
-pub enum KernelError {
-    /// The eBPF object could not be loaded (verifier, missing BTF, privileges).
-    #[error("loading the eBPF object failed")]
-    Load(#[source] EbpfError),
-    /// A program is missing from the object: a build mismatch.
-    #[error("eBPF program `{name}` is missing from the object")]
-    MissingProgram {
-        /// Program name.
-        name: &'static str,
-    },
-    /// A map is missing from the object: a build mismatch.
-    #[error("eBPF map `{name}` is missing from the object")]
-    MissingMap {
-        /// Map name.
-        name: &'static str,
-    },
-    /// Loading or attaching a program failed.
-    #[error("eBPF program `{name}` could not be loaded or attached")]
-    Program {
-        /// Program name.
-        name: &'static str,
-        /// The cause.
-        #[source]
-        source: ProgramError,
-    },
+pub enum ProbeError {
+    /// The object could not be loaded, or a program or map in it used.
+    #[error(transparent)]
+    Object(#[from] ObjectError),
     /// A uprobe could not be attached to a TLS library.
     #[error("attaching `{symbol}` in {} failed", path.display())]
     Uprobe {
@@ -67,15 +42,6 @@ pub enum KernelError {
         /// The cause.
         #[source]
         source: ProgramError,
-    },
-    /// A map operation failed.
-    #[error("eBPF map `{name}` operation failed")]
-    Map {
-        /// Map name.
-        name: &'static str,
-        /// The cause.
-        #[source]
-        source: MapError,
     },
 }
 
@@ -105,7 +71,7 @@ pub enum Reach {
 
 /// The loaded probes. Dropping it detaches everything.
 pub struct Probes {
-    ebpf: Ebpf,
+    object: Object,
     reach: Reach,
     /// (device, inode) of every object the uprobes are attached to.
     attached: HashSet<(u64, u64)>,
@@ -114,56 +80,36 @@ pub struct Probes {
 impl Probes {
     /// Loads the object and attaches the raw tracepoints. Uprobes come later,
     /// per TLS library, through [`Probes::attach_tls_library`].
-    pub fn load() -> Result<Self, KernelError> {
-        let ebpf = Ebpf::load(OBJECT).map_err(KernelError::Load)?;
-        let mut probes = Self {
-            ebpf,
-            reach: Reach::Everywhere,
-            attached: HashSet::new(),
-        };
+    pub fn load() -> Result<Self, ProbeError> {
+        let mut object = Object::load(Purpose::Capture)?;
         for name in RAW_TRACEPOINTS {
-            let program: &mut RawTracePoint = probes.program(name)?;
-            program
-                .load()
-                .map_err(|source| KernelError::Program { name, source })?;
-            program
-                .attach(name)
-                .map_err(|source| KernelError::Program { name, source })?;
+            let program: &mut RawTracePoint = object.program_mut(name)?;
+            program.load().map_err(program_error(name))?;
+            program.attach(name).map_err(program_error(name))?;
         }
         for name in UPROBE_PROGRAMS {
-            let program: &mut UProbe = probes.program(name)?;
-            program
-                .load()
-                .map_err(|source| KernelError::Program { name, source })?;
+            let program: &mut UProbe = object.program_mut(name)?;
+            program.load().map_err(program_error(name))?;
         }
-        Ok(probes)
-    }
-
-    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, KernelError>
-    where
-        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-    {
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(KernelError::MissingProgram { name })?;
-        program
-            .try_into()
-            .map_err(|source| KernelError::Program { name, source })
+        Ok(Self {
+            object,
+            reach: Reach::Everywhere,
+            attached: HashSet::new(),
+        })
     }
 
     /// Sets which processes the probes report.
-    pub fn select(&mut self, selection: &Selection) -> Result<(), KernelError> {
+    pub fn select(&mut self, selection: &Selection) -> Result<(), ProbeError> {
         let mode = match selection {
             Selection::Tgids(tgids) => {
-                let mut map: HashMap<_, u32, u8> = self.map_mut("TARGET_TGIDS")?;
+                let mut map: HashMap<_, u32, u8> = self.object.map_mut("TARGET_TGIDS")?;
                 for tgid in tgids {
                     map.insert(tgid, &1, 0).map_err(map_error("TARGET_TGIDS"))?;
                 }
                 FilterMode::Tgids
             }
             Selection::Cgroups(ids) => {
-                let mut map: HashMap<_, u64, u8> = self.map_mut("TARGET_CGROUPS")?;
+                let mut map: HashMap<_, u64, u8> = self.object.map_mut("TARGET_CGROUPS")?;
                 for id in ids {
                     map.insert(id, &1, 0).map_err(map_error("TARGET_CGROUPS"))?;
                 }
@@ -171,7 +117,7 @@ impl Probes {
             }
             Selection::All => FilterMode::All,
         };
-        let mut filter: Array<_, Filter> = self.map_mut("FILTER")?;
+        let mut filter: Array<_, Filter> = self.object.map_mut("FILTER")?;
         filter
             .set(
                 0,
@@ -181,18 +127,8 @@ impl Probes {
                 },
                 0,
             )
-            .map_err(map_error("FILTER"))
-    }
-
-    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, KernelError>
-    where
-        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
-    {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(KernelError::MissingMap { name })?;
-        T::try_from(map).map_err(map_error(name))
+            .map_err(map_error("FILTER"))?;
+        Ok(())
     }
 
     /// Sets where libraries attached from now on get their probes.
@@ -203,8 +139,8 @@ impl Probes {
     /// Attaches the `SSL_*` probes to `library` in the processes of the
     /// current [`Reach`] (the filter decides what is reported). Returns false
     /// when it was attached already.
-    pub fn attach_tls_library(&mut self, library: &TlsLibrary) -> Result<bool, KernelError> {
-        let meta = std::fs::metadata(&library.path).map_err(|e| KernelError::Uprobe {
+    pub fn attach_tls_library(&mut self, library: &TlsLibrary) -> Result<bool, ProbeError> {
+        let meta = std::fs::metadata(&library.path).map_err(|e| ProbeError::Uprobe {
             path: library.path.clone(),
             symbol: "(open)",
             source: ProgramError::IOError(e),
@@ -247,8 +183,8 @@ impl Probes {
         offset: u64,
         path: &Path,
         scope: UProbeScope,
-    ) -> Result<(), KernelError> {
-        let probe: &mut UProbe = self.program(program)?;
+    ) -> Result<(), ProbeError> {
+        let probe: &mut UProbe = self.object.program_mut(program)?;
         match probe.attach([UProbeAttachLocation::AbsoluteOffset(offset)], path, scope) {
             Ok(_) => Ok(()),
             Err(error)
@@ -256,7 +192,7 @@ impl Probes {
             {
                 Ok(())
             }
-            Err(source) => Err(KernelError::Uprobe {
+            Err(source) => Err(ProbeError::Uprobe {
                 path: path.to_path_buf(),
                 symbol,
                 source,
@@ -265,17 +201,13 @@ impl Probes {
     }
 
     /// Takes the ring buffer; call once.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
-        let map = self
-            .ebpf
-            .take_map("EVENTS")
-            .ok_or(KernelError::MissingMap { name: "EVENTS" })?;
-        RingBuf::try_from(map).map_err(map_error("EVENTS"))
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        Ok(self.object.take_map("EVENTS")?)
     }
 
     /// Undeliverable events so far, summed over CPUs, per reason.
-    pub fn drop_counts(&mut self) -> Result<Vec<(DropReason, u64)>, KernelError> {
-        let counters: PerCpuArray<_, u64> = self.map_mut("DROP_COUNTERS")?;
+    pub fn drop_counts(&mut self) -> Result<Vec<(DropReason, u64)>, ProbeError> {
+        let counters: PerCpuArray<_, u64> = self.object.map_mut("DROP_COUNTERS")?;
         let mut out = Vec::with_capacity(DROP_REASONS as usize);
         for reason in DropReason::ALL {
             let per_cpu = counters
@@ -287,15 +219,12 @@ impl Probes {
     }
 
     /// Plaintext bytes of one connection the kernel could not deliver.
-    pub fn lost_bytes(&mut self, tgid: u32, ssl: u64) -> Result<u64, KernelError> {
-        let map: HashMap<_, ConnKey, u64> = self.map_mut("LOST_BYTES")?;
+    pub fn lost_bytes(&mut self, tgid: u32, ssl: u64) -> Result<u64, ProbeError> {
+        let map: HashMap<_, ConnKey, u64> = self.object.map_mut("LOST_BYTES")?;
         match map.get(&ConnKey { tgid, pad: 0, ssl }, 0) {
             Ok(lost) => Ok(lost),
             Err(MapError::KeyNotFound) => Ok(0),
-            Err(source) => Err(KernelError::Map {
-                name: "LOST_BYTES",
-                source,
-            }),
+            Err(source) => Err(map_error("LOST_BYTES")(source).into()),
         }
     }
 }
@@ -305,10 +234,6 @@ fn is_no_such_process(error: &ProgramError) -> bool {
     std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
         .filter_map(|e| e.downcast_ref::<io::Error>())
         .any(|e| e.raw_os_error() == Some(libc::ESRCH))
-}
-
-fn map_error(name: &'static str) -> impl Fn(MapError) -> KernelError {
-    move |source| KernelError::Map { name, source }
 }
 
 type SymbolOffset = fn(&SslSymbols) -> Option<u64>;

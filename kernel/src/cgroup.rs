@@ -58,7 +58,9 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     Ok(own)
 }
 
-fn mount_from_mountinfo(info: &str) -> Option<PathBuf> {
+/// The mount point of the first cgroup2 filesystem in `info`, the text of a
+/// /proc/PID/mountinfo.
+pub fn mount_from_mountinfo(info: &str) -> Option<PathBuf> {
     info.lines().find_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         let fstype = right.split_whitespace().next()?;

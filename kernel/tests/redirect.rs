@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use llmsim_agent::{
+use llmsim_kernel::{
     cgroup::Cgroup,
     redirect::{Redirect, RedirectSettings},
 };

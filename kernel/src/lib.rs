@@ -1,0 +1,17 @@
+//! llmsim's door to the kernel, shared by capture (`llmsim-agent`) and replay
+//! (`replayd`): the eBPF object built from `llmsim-ebpf` and the one loader for
+//! it (`object`), the replay redirect that hooks a cgroup's sockets
+//! (`redirect`), cgroup v2 handling ([`cgroup`]), and starting a command inside
+//! a cgroup ([`sys`]). Which capture probes to attach, and where, is the
+//! agent's business; it builds them on `object::Object`.
+//!
+//! `object` and `redirect` are the default `ebpf` feature; without it only
+//! [`cgroup`] and [`sys`] remain, and no eBPF object is built.
+#![deny(unsafe_code)]
+
+pub mod cgroup;
+#[cfg(feature = "ebpf")]
+pub mod object;
+#[cfg(feature = "ebpf")]
+pub mod redirect;
+pub mod sys;
