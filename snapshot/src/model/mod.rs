@@ -6,6 +6,7 @@
 mod body;
 mod encoding;
 mod sse;
+mod summary;
 
 use std::net::SocketAddr;
 
@@ -13,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::provider::Provider;
-use crate::usage::ExchangeSummary;
 
 pub use body::Body;
 pub use encoding::{DecodeError, MAX_DECODED_LEN};
 pub use sse::SseEvent;
+pub use summary::{ExchangeSummary, TokenUsage, ToolCall};
 
 /// The exchange file format this build writes and reads; bump on any change
 /// that an older reader would misread.
