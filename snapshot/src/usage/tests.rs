@@ -3,10 +3,14 @@
 use serde_json::{Value, json};
 
 use super::*;
-use crate::model::{Body, Exchange, Headers, ProcessInfo, Request, Response, Scheme, SseEvent};
+use crate::model::{Body, Exchange, SseEvent};
 use crate::provider::Provider;
 
 /// A complete 200 exchange with `response` as its body.
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "callers pass json! literals and bodies built in place"
+)]
 pub(crate) fn exchange(
     host: &str,
     path: &str,
@@ -17,40 +21,27 @@ pub(crate) fn exchange(
 ) -> Exchange {
     let method = "POST";
     let endpoint = Endpoint::classify(method, path);
-    Exchange {
-        format_version: crate::model::FORMAT_VERSION,
-        seq: 1,
-        provider: Provider::from_host(host),
-        host: host.to_owned(),
-        scheme: Scheme::Https,
-        process: ProcessInfo {
-            pid: 1,
-            comm: "python3".into(),
-            exe: None,
+    let mut exchange = crate::fixtures::exchange(json!({
+        "seq": 1,
+        "provider": Provider::from_host(host),
+        "host": host,
+        "scheme": "https",
+        "process": {"pid": 1, "comm": "python3", "exe": null},
+        "started_at": "2026-07-01T09:00:00Z",
+        "streamed": provider::is_streaming(endpoint, Some(&request)),
+        "model": provider::model_of(endpoint, path, Some(&request)),
+        "request": {
+            "method": method,
+            "path": path,
+            "headers": [],
+            "body": {"kind": "json", "json": request},
         },
-        peer: None,
-        started_at: time::macros::datetime!(2026-07-01 09:00:00 UTC),
-        ttfb_ms,
-        duration_ms,
-        incomplete: None,
-        streamed: provider::is_streaming(endpoint, Some(&request)),
-        model: provider::model_of(endpoint, path, Some(&request)),
-        summary: None,
-        request: Request {
-            method: method.into(),
-            path: path.into(),
-            headers: Headers::default(),
-            body: Body::Json {
-                content_encoding: None,
-                json: request,
-            },
-        },
-        response: Response {
-            status: 200,
-            headers: Headers::default(),
-            body: response,
-        },
-    }
+        "response": {"status": 200, "headers": [], "body": response},
+    }));
+    // Set directly: JSON has no NaN or infinity, which some tests time with.
+    exchange.ttfb_ms = ttfb_ms;
+    exchange.duration_ms = duration_ms;
+    exchange
 }
 
 pub(crate) fn json_body(json: Value) -> Body {
