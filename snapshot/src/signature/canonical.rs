@@ -28,7 +28,7 @@ const TOOL_OBJECT_TYPES: &[&str] = &[
     "custom_tool_call",
 ];
 
-/// A request body as handed to [`Signature::of`].
+/// A request body as handed to [`Signature::of`](super::Signature::of).
 #[derive(Clone, Copy, Debug)]
 pub enum Body<'a> {
     /// No body.
@@ -81,7 +81,8 @@ pub struct CanonicalRequest {
     pub method: String,
     /// The host, lower case, without a trailing dot.
     pub host: String,
-    /// The path, with the model wildcarded under [`MatchRules::wildcard_model`].
+    /// The path, with the model wildcarded under
+    /// [`MatchRules::wildcard_model`](super::MatchRules::wildcard_model).
     pub path: String,
     /// The kept query parameters, sorted.
     pub query: Vec<(String, String)>,

@@ -59,7 +59,7 @@ impl Signature {
     }
 
     /// The signature of a request whose headers are offered for
-    /// [`MatchRules::include_headers`].
+    /// [`MatchRules::include_headers`](super::MatchRules::include_headers).
     pub fn with_headers<N, V>(
         method: &str,
         host: &str,

@@ -122,7 +122,8 @@ pub struct MaskRule {
 }
 
 impl MatchRules {
-    /// Checks and compiles the rules, once, for [`Signature::of`].
+    /// Checks and compiles the rules, once, for
+    /// [`Signature::of`](super::Signature::of).
     pub fn compile(&self) -> Result<CompiledRules, SignatureError> {
         let mut ignore = PointerTrie::default();
         let defaults = if self.keep_volatile_fields {
