@@ -27,6 +27,7 @@ use llmsim_replayd::{
     request::ReplayRequest,
 };
 use llmsim_snapshot::{model::Exchange, store, usage};
+use llmsim_tests::snapshot;
 use serde_json::json;
 
 /// Start-up measurements, each alternating with a floor measurement.
@@ -151,19 +152,14 @@ fn generate(dir: &Path, count: usize) {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(&exchanges).expect("create the bench snapshot");
     for seq in 1..=count {
-        let exchange = json!({
-            "format_version": 1,
+        let mut exchange = snapshot::exchange(json!({
             "seq": seq,
             "provider": "openai",
             "host": "api.openai.com",
             "scheme": "https",
             "process": {"pid": 1, "comm": "bench", "exe": null},
-            "peer": null,
-            "started_at": "2026-11-26T00:00:00Z",
             "ttfb_ms": 300.0,
             "duration_ms": 800.0,
-            "incomplete": null,
-            "streamed": false,
             "model": "gpt-4o-mini",
             "request": {
                 "method": "POST",
@@ -189,9 +185,8 @@ fn generate(dir: &Path, count: usize) {
                     "usage": {"prompt_tokens": 40, "completion_tokens": 4, "total_tokens": 44}
                 }}
             }
-        });
+        }));
         // With the usage summary capture stores beside every exchange.
-        let mut exchange: Exchange = serde_json::from_value(exchange).expect("an exchange");
         exchange.summary = usage::summarize(&exchange);
         let name = format!("{seq:06}-openai-post-v1-chat-completions.json");
         std::fs::write(

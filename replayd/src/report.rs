@@ -434,7 +434,7 @@ mod tests {
         let stats = Stats::new();
         let mut priced = call(300.0);
         priced.cost_usd = Some(0.25);
-        priced.usage = Some(llmsim_snapshot::usage::TokenUsage {
+        priced.usage = Some(llmsim_snapshot::model::TokenUsage {
             input_tokens: 10,
             output_tokens: 5,
             ..Default::default()

@@ -1,27 +1,21 @@
 //! Builders shared by the unit tests: small exchanges and snapshots in temporary
-//! directories.
+//! directories, made through `llmsim_tests::snapshot`.
 
-use llmsim_snapshot::model::{Exchange, FORMAT_VERSION};
-use llmsim_snapshot::store::SnapshotWriter;
+use llmsim_snapshot::model::Exchange;
 use serde_json::{Value, json};
 
-/// A chat completion asking `prompt` and answering `answer`. Built from JSON, as a file
-/// would be, so fields the model gains later keep their defaults.
+/// A chat completion asking `prompt` and answering `answer`, as python3 recorded it
+/// from `api.openai.com`.
 #[expect(clippy::needless_pass_by_value, reason = "callers pass json! literals")]
 pub fn exchange(prompt: &str, answer: Value) -> Exchange {
-    serde_json::from_value(json!({
-        "format_version": FORMAT_VERSION,
-        "seq": 0,
+    llmsim_tests::snapshot::exchange(json!({
         "provider": "openai",
         "host": "api.openai.com",
         "scheme": "https",
         "process": {"pid": 1, "comm": "python3", "exe": null},
-        "peer": null,
         "started_at": "2026-07-01T09:00:00Z",
         "ttfb_ms": 100.0,
         "duration_ms": 120.0,
-        "incomplete": null,
-        "streamed": false,
         "model": "gpt-4o-mini",
         "request": {
             "method": "POST",
@@ -35,7 +29,6 @@ pub fn exchange(prompt: &str, answer: Value) -> Exchange {
             "body": {"kind": "json", "json": answer},
         },
     }))
-    .unwrap()
 }
 
 /// The request body of a chat completion asking `prompt`.
@@ -46,9 +39,6 @@ pub fn chat(prompt: &str) -> Value {
 /// A snapshot directory holding `exchanges`, in order.
 pub fn snapshot(exchanges: &[Exchange]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let mut writer = SnapshotWriter::open(dir.path()).unwrap();
-    for ex in exchanges {
-        writer.write(ex).unwrap();
-    }
+    llmsim_tests::snapshot::write(dir.path(), exchanges.iter().cloned());
     dir
 }

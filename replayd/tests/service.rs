@@ -15,10 +15,10 @@ use llmsim_replayd::accept::OriginalDestination;
 use llmsim_replayd::ca::{CertificateAuthority, LeafResolver};
 use llmsim_replayd::options::{Pace, ReplayOptions};
 use llmsim_replayd::run::{self, ListenAddr, Running, Server};
-use llmsim_snapshot::model::{Body, Exchange, FORMAT_VERSION, SseEvent};
+use llmsim_snapshot::model::{Body, Exchange, SseEvent};
 use llmsim_snapshot::provider::Provider;
 use llmsim_snapshot::signature::Repeat;
-use llmsim_snapshot::store::SnapshotWriter;
+use llmsim_tests::snapshot;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,21 +29,16 @@ fn chat(prompt: &str, stream: bool) -> Value {
     json!({"model": "gpt-4o-mini", "stream": stream, "messages": [{"role": "user", "content": prompt}]})
 }
 
-/// An exchange built from JSON, as a file would be, so fields the model gains later keep
-/// their defaults.
+/// A chat-shaped exchange python3 recorded from `host`.
 fn exchange(host: &str, path: &str, request: &Value, response: &Body) -> Exchange {
-    serde_json::from_value(json!({
-        "format_version": FORMAT_VERSION,
-        "seq": 0,
+    snapshot::exchange(json!({
         "provider": Provider::from_host(host),
         "host": host,
         "scheme": "https",
         "process": {"pid": 7, "comm": "python3", "exe": null},
-        "peer": null,
         "started_at": "2026-07-01T09:00:00Z",
         "ttfb_ms": 10.0,
         "duration_ms": 250.0,
-        "incomplete": null,
         "streamed": matches!(response, Body::Sse { .. }),
         "model": "gpt-4o-mini",
         "request": {
@@ -58,7 +53,6 @@ fn exchange(host: &str, path: &str, request: &Value, response: &Body) -> Exchang
             "body": response,
         },
     }))
-    .unwrap()
 }
 
 fn answer(json: Value) -> Body {
@@ -96,11 +90,7 @@ fn serve_with(
     original_destination: Option<Arc<dyn OriginalDestination>>,
 ) -> Replay {
     let dir = tempfile::tempdir().unwrap();
-    let mut writer = SnapshotWriter::open(dir.path()).unwrap();
-    for ex in exchanges {
-        writer.write(ex).unwrap();
-    }
-    drop(writer);
+    snapshot::write(dir.path(), exchanges.iter().cloned());
     let engine = Arc::new(run::load_engine(dir.path(), options).unwrap());
     let (ca, resolver) = if tls {
         let ca = Arc::new(CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap());

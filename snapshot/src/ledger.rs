@@ -11,10 +11,10 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::{OffsetDateTime, UtcOffset};
 
-use crate::model::Exchange;
+use crate::model::{Exchange, TokenUsage};
 use crate::prices::{PriceSource, PriceTable};
 use crate::provider::{Endpoint, Provider};
-use crate::usage::{self, TokenUsage};
+use crate::usage;
 
 /// One exchange as the ledger sees it.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -6,6 +6,8 @@
 
 pub mod atomic;
 pub mod config;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod ledger;
 pub mod model;
 pub mod paths;

@@ -12,8 +12,8 @@ use std::sync::LazyLock;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
+use crate::model::TokenUsage;
 use crate::provider::Provider;
-use crate::usage::TokenUsage;
 
 /// The built-in table's text.
 pub const BUILTIN_PRICES: &str = include_str!("../data/prices.toml");

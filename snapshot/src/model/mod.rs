@@ -6,6 +6,7 @@
 mod body;
 mod encoding;
 mod sse;
+mod summary;
 
 use std::net::SocketAddr;
 
@@ -13,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::provider::Provider;
-use crate::usage::ExchangeSummary;
 
 pub use body::Body;
 pub use encoding::{DecodeError, MAX_DECODED_LEN};
 pub use sse::SseEvent;
+pub use summary::{ExchangeSummary, TokenUsage, ToolCall};
 
 /// The exchange file format this build writes and reads; bump on any change
 /// that an older reader would misread.
@@ -184,49 +185,28 @@ pub(crate) mod tests {
 
     /// A small but complete exchange for tests across the crate.
     pub(crate) fn sample_exchange() -> Exchange {
-        Exchange {
-            format_version: FORMAT_VERSION,
-            seq: 0,
-            provider: Provider::OpenAi,
-            host: "api.openai.com".into(),
-            scheme: Scheme::Https,
-            process: ProcessInfo {
-                pid: 4242,
-                comm: "python3".into(),
-                exe: Some("/usr/bin/python3.11".into()),
+        crate::fixtures::exchange(json!({
+            "provider": "openai",
+            "host": "api.openai.com",
+            "scheme": "https",
+            "process": {"pid": 4242, "comm": "python3", "exe": "/usr/bin/python3.11"},
+            "peer": "127.0.0.1:443",
+            "started_at": "2026-07-01T12:00:00.5+02:00",
+            "ttfb_ms": 120.5,
+            "duration_ms": 480.25,
+            "model": "gpt-4o-mini",
+            "request": {
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "headers": [["content-type", "application/json"], ["x-dup", "1"], ["x-dup", "2"]],
+                "body": {"kind": "json", "json": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}},
             },
-            peer: Some("127.0.0.1:443".parse().unwrap()),
-            started_at: time::macros::datetime!(2026-07-01 12:00:00.5 +02:00),
-            ttfb_ms: 120.5,
-            duration_ms: 480.25,
-            incomplete: None,
-            streamed: false,
-            model: Some("gpt-4o-mini".into()),
-            summary: None,
-            request: Request {
-                method: "POST".into(),
-                path: "/v1/chat/completions".into(),
-                headers: [
-                    ("content-type", "application/json"),
-                    ("x-dup", "1"),
-                    ("x-dup", "2"),
-                ]
-                .into_iter()
-                .collect(),
-                body: Body::Json {
-                    content_encoding: None,
-                    json: json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}),
-                },
+            "response": {
+                "status": 200,
+                "headers": [["content-type", "application/json"]],
+                "body": {"kind": "json", "content_encoding": "gzip", "json": {"id": "chatcmpl-1", "choices": []}},
             },
-            response: Response {
-                status: 200,
-                headers: [("content-type", "application/json")].into_iter().collect(),
-                body: Body::Json {
-                    content_encoding: Some("gzip".into()),
-                    json: json!({"id": "chatcmpl-1", "choices": []}),
-                },
-            },
-        }
+        }))
     }
 
     #[test]

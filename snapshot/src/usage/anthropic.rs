@@ -82,8 +82,8 @@ fn tool_block(acc: &mut Acc, block: &Value) -> bool {
 mod tests {
     use serde_json::json;
 
+    use crate::model::{TokenUsage, ToolCall};
     use crate::usage::tests::{exchange, json_body, sse_named, summary};
-    use crate::usage::{TokenUsage, ToolCall};
 
     #[test]
     fn message_body_with_cache_and_tool_use() {

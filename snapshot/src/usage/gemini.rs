@@ -59,8 +59,8 @@ mod tests {
     use serde_json::json;
 
     use crate::model::Body;
+    use crate::model::{TokenUsage, ToolCall};
     use crate::usage::tests::{exchange, json_body, sse_body, summary};
-    use crate::usage::{TokenUsage, ToolCall};
 
     #[expect(
         clippy::needless_pass_by_value,

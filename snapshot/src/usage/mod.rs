@@ -1,10 +1,10 @@
 //! Usage extraction: what one exchange cost in tokens and how fast it was
 //! answered, read from the response body in each provider's wire format
 //! (plain JSON, SSE streams and Gemini's JSON-array streams). The result, an
-//! [`ExchangeSummary`], is stored in the exchange file so a reader sees the
-//! model, tokens, time to first token, stop reason and tool calls without
-//! parsing the bodies. Extraction never fails: what a body does not say is
-//! left empty.
+//! [`ExchangeSummary`] (part of the model, [`crate::model`]), is stored in the
+//! exchange file so a reader sees the model, tokens, time to first token, stop
+//! reason and tool calls without parsing the bodies. Extraction never fails:
+//! what a body does not say is left empty.
 
 mod anthropic;
 mod gemini;
@@ -12,107 +12,11 @@ mod openai;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::ops::AddAssign;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::{Body, Exchange, SseEvent};
+use crate::model::{Body, Exchange, ExchangeSummary, SseEvent, TokenUsage, ToolCall};
 use crate::provider::{self, Endpoint};
-
-/// What one exchange used and how it was answered, as stored in the
-/// exchange file's `summary` field.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ExchangeSummary {
-    /// The API call, from the request's method and path.
-    pub endpoint: Endpoint,
-    /// The model that answered, as the response names it (`gpt-4o-2024-08-06`),
-    /// else as the request named it.
-    pub model: Option<String>,
-    /// Whether the response arrived as a stream.
-    pub streamed: bool,
-    /// Token counts, when the response reported them.
-    pub usage: Option<TokenUsage>,
-    /// Milliseconds from request start to the first stream event that carried
-    /// content (text, a tool call, reasoning); for an unstreamed answer, the
-    /// time to the first response byte. `None` for failed calls and
-    /// embeddings.
-    pub ttft_ms: Option<f64>,
-    /// Output tokens per second of generation: after the first token for a
-    /// stream, over the whole call otherwise.
-    pub tokens_per_second: Option<f64>,
-    /// Why generation stopped, in the provider's words (`stop`, `end_turn`,
-    /// `STOP`, `tool_calls`, `max_tokens`, `completed`).
-    pub stop_reason: Option<String>,
-    /// The tools the model called, in order.
-    pub tool_calls: Vec<ToolCall>,
-}
-
-impl Default for ExchangeSummary {
-    fn default() -> Self {
-        Self {
-            endpoint: Endpoint::Other,
-            model: None,
-            streamed: false,
-            usage: None,
-            ttft_ms: None,
-            tokens_per_second: None,
-            stop_reason: None,
-            tool_calls: Vec::new(),
-        }
-    }
-}
-
-/// Token counts, normalised across providers: `input_tokens` counts every
-/// prompt token, cached or not, and `output_tokens` every generated token,
-/// reasoning included, so the subsets can be priced apart.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TokenUsage {
-    /// All prompt tokens, including those read from or written to a cache.
-    pub input_tokens: u64,
-    /// All generated tokens, including reasoning.
-    pub output_tokens: u64,
-    /// Of the input, tokens read from the provider's prompt cache.
-    pub cached_input_tokens: u64,
-    /// Of the input, tokens written to the prompt cache (Anthropic's
-    /// `cache_creation_input_tokens`), billed at a premium.
-    pub cache_write_tokens: u64,
-    /// Of the output, reasoning (thinking) tokens.
-    pub reasoning_tokens: u64,
-}
-
-impl TokenUsage {
-    /// Input plus output tokens.
-    pub fn total(&self) -> u64 {
-        self.input_tokens.saturating_add(self.output_tokens)
-    }
-}
-
-impl AddAssign for TokenUsage {
-    fn add_assign(&mut self, other: Self) {
-        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
-        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
-        self.cached_input_tokens = self
-            .cached_input_tokens
-            .saturating_add(other.cached_input_tokens);
-        self.cache_write_tokens = self
-            .cache_write_tokens
-            .saturating_add(other.cache_write_tokens);
-        self.reasoning_tokens = self.reasoning_tokens.saturating_add(other.reasoning_tokens);
-    }
-}
-
-/// One tool call the model made.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct ToolCall {
-    /// The call's id (`call_…`, `toolu_…`), when the format has one.
-    pub id: Option<String>,
-    /// The tool's name.
-    pub name: String,
-}
 
 /// The summary stored in `exchange`, or one computed from its bodies when
 /// the file has none (recordings made before summaries were stored).

@@ -216,8 +216,8 @@ pub(super) fn embeddings(acc: &mut Acc, doc: &Value) -> bool {
 mod tests {
     use serde_json::json;
 
+    use crate::model::{TokenUsage, ToolCall};
     use crate::usage::tests::{exchange, json_body, sse_body, summary};
-    use crate::usage::{TokenUsage, ToolCall};
 
     #[test]
     fn chat_completion_body() {
