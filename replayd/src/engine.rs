@@ -19,11 +19,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use http::Response;
+use llmsim_snapshot::authority::Authority;
 use llmsim_snapshot::ledger::CallLine;
 use llmsim_snapshot::model::{self, Exchange};
 use llmsim_snapshot::prices::PriceTable;
 use llmsim_snapshot::provider::{Endpoint, Provider};
-use llmsim_snapshot::record::Authority;
 use llmsim_snapshot::signature::{
     self, CanonicalRequest, CompiledRules, FieldDiff, Served, Signature, SignatureError,
     SignatureIndex,

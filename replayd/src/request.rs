@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::HeaderMap;
-use llmsim_snapshot::record::Authority;
+use llmsim_snapshot::authority::Authority;
 
 /// A request as the engine sees it.
 #[derive(Clone, Debug, Default)]

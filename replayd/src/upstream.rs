@@ -24,12 +24,13 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
+use llmsim_snapshot::authority::Authority;
 use llmsim_snapshot::config::ConfigError;
 use llmsim_snapshot::ledger::CallLine;
 use llmsim_snapshot::model::{Exchange, ProcessInfo, Scheme};
 use llmsim_snapshot::prices::{PriceError, PriceTable};
 use llmsim_snapshot::record::{
-    self, Authority, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder,
+    self, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder,
 };
 use llmsim_snapshot::redact::RedactError;
 use llmsim_snapshot::store::StoreError;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod atomic;
+pub mod authority;
 pub mod config;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;

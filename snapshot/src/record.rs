@@ -13,12 +13,14 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 use crate::atomic::Owner;
+use crate::authority::Authority;
 use crate::config::{ConfigError, SnapshotConfig};
 use crate::model::{
     Body, Exchange, FORMAT_VERSION, Headers, ProcessInfo, Request, Response, Scheme,
 };
+use crate::paths;
 use crate::provider::{self, Endpoint, Provider};
-use crate::redact::{RedactError, Redactor, default_data_dir, redaction_key};
+use crate::redact::{RedactError, Redactor, redaction_key};
 use crate::store::{SnapshotWriter, StoreError};
 use crate::usage;
 
@@ -34,45 +36,6 @@ pub enum RecordError {
     /// The redactor or the per-machine redaction key could not be set up.
     #[error(transparent)]
     Redaction(#[from] RedactError),
-}
-
-/// The host and port of an authority (a `Host` header, an `:authority`, a URL's authority):
-/// `host`, `host:port`, `[v6]`, `[v6]:port`, or a bare IPv6 address such as `::1`, which has
-/// no port (its last group is not one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Authority<'a> {
-    /// The host as written: a name, an IPv4 address, or an IPv6 address without brackets.
-    pub host: &'a str,
-    /// The port, when one is given and fits in 16 bits.
-    pub port: Option<u16>,
-}
-
-impl<'a> Authority<'a> {
-    /// Splits `text` (surrounding whitespace ignored) into host and port. A suffix of digits
-    /// after the last `:` of a name or IPv4 address is the port, and is dropped from the host
-    /// even when it does not fit in 16 bits; anything else after a `:` is part of the host.
-    pub fn parse(text: &'a str) -> Self {
-        let text = text.trim();
-        if let Some(rest) = text.strip_prefix('[') {
-            let (host, after) = rest.split_once(']').unwrap_or((rest, ""));
-            let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-            return Self { host, port };
-        }
-        match text.rsplit_once(':') {
-            Some((host, port))
-                if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                Self {
-                    host,
-                    port: port.parse().ok(),
-                }
-            }
-            _ => Self {
-                host: text,
-                port: None,
-            },
-        }
-    }
 }
 
 /// The host a request was for, lowercase and without a port: the `Host` header (or HTTP/2's
@@ -279,7 +242,7 @@ impl SnapshotRecorder {
         let config = SnapshotConfig::load(dir)?;
         let key = match key_dir {
             Some(key_dir) => redaction_key(key_dir)?,
-            None => redaction_key(&default_data_dir()?)?,
+            None => redaction_key(&paths::data_dir().ok_or(RedactError::NoDataDir)?)?,
         };
         let redactor = Redactor::new(&config.redact, key)?;
         Ok(Self { redactor, writer })
@@ -300,26 +263,6 @@ impl SnapshotRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn authorities_split_into_host_and_port() {
-        for (text, host, port) in [
-            ("api.openai.com", "api.openai.com", None),
-            ("api.openai.com:443", "api.openai.com", Some(443)),
-            (" localhost:11434 ", "localhost", Some(11434)),
-            ("127.0.0.1:8080", "127.0.0.1", Some(8080)),
-            ("[::1]", "::1", None),
-            ("[::1]:8080", "::1", Some(8080)),
-            ("::1", "::1", None),
-            ("fe80::1:2", "fe80::1:2", None),
-            ("host:", "host", None),
-            ("host:99999", "host", None),
-            ("host:http", "host:http", None),
-            ("", "", None),
-        ] {
-            assert_eq!(Authority::parse(text), Authority { host, port }, "{text:?}");
-        }
-    }
 
     #[test]
     fn the_host_header_wins_over_sni_and_loses_its_port() {

@@ -7,19 +7,13 @@
 use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::RedactError;
 use crate::atomic::{self, Mode, PublishError};
-use crate::paths;
 
 /// The key file's name inside the data directory.
 pub const KEY_FILE: &str = "redaction.key";
-
-/// The data directory ([`paths::data_dir`]) the key lives in by default.
-pub fn default_data_dir() -> Result<PathBuf, RedactError> {
-    paths::data_dir().ok_or(RedactError::NoDataDir)
-}
 
 /// Loads `data_dir/redaction.key`, creating the directory (0700) and a fresh
 /// random key (0600) on first use. Concurrent first uses agree on one key.

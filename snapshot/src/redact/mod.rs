@@ -21,7 +21,7 @@ use crate::config::RedactRules;
 use crate::model::{Body, Exchange, Headers};
 use patterns::Pattern;
 
-pub use key::{KEY_FILE, default_data_dir, redaction_key};
+pub use key::{KEY_FILE, redaction_key};
 
 /// Header names whose values are always secret (compared lowercase).
 pub const SECRET_HEADERS: [&str; 10] = [
