@@ -211,13 +211,15 @@ impl Capture {
         if !self.quiet {
             eprintln!("llmsim-agent: {}", self.describe());
         }
+        // The handlers exist before the command does: a signal sent as soon as
+        // the command is up must be passed on, not end the agent.
+        let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut child = match &self.target {
             Target::Command { argv, as_root } => Some(self.spawn(argv, *as_root)?),
             _ => None,
         };
         let child_pid = child.as_ref().and_then(tokio::process::Child::id);
-        let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-        let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
