@@ -1,16 +1,20 @@
 //! Starting a command inside a cgroup, and the system calls that takes which std
 //! does not wrap: what the child does between fork and exec (join the cgroup,
 //! drop to the invoking user, die with its parent), and mounting cgroup2 where
-//! none is visible. Also the exit code a shell reports for the child.
+//! none is visible. Also the exit code a shell reports for the child, and a
+//! blocking wait for a readable fd (the probes' log ring).
 //! The only `unsafe` in this crate.
 #![expect(unsafe_code, reason = "libc calls without safe std equivalents")]
 
 use std::{
     ffi::{CStr, CString, OsString},
     io,
-    os::unix::{
-        ffi::OsStrExt as _,
-        process::{CommandExt as _, ExitStatusExt as _},
+    os::{
+        fd::{AsRawFd as _, BorrowedFd},
+        unix::{
+            ffi::OsStrExt as _,
+            process::{CommandExt as _, ExitStatusExt as _},
+        },
     },
     path::Path,
     process::{Command, ExitStatus},
@@ -176,6 +180,27 @@ fn group_list(name: &CStr, gid: libc::gid_t) -> Option<Vec<libc::gid_t>> {
         groups.resize(count.max(groups.len() * 2), 0);
     }
     None
+}
+
+/// Blocks until `fd` is readable (a signal interrupting the wait counts as
+/// readable: the caller just looks again).
+pub fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let ret = unsafe { libc::poll(&raw mut poll, 1, -1) };
+    if ret >= 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.kind() == io::ErrorKind::Interrupted {
+        Ok(())
+    } else {
+        Err(error)
+    }
 }
 
 /// The child's exit code as a shell reports it: its own code, or 128 plus the

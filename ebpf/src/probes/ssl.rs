@@ -2,6 +2,12 @@
 //! export the same names). Entry probes remember the call's arguments per thread;
 //! one return probe copies what the call actually moved into the ring buffer,
 //! in [`CHUNK_SIZE`] pieces, so calls of many MiB arrive whole.
+//!
+//! A call whose plaintext or SNI cannot be read, or that made no socket
+//! syscall (so its connection is unknown), also logs a debug line through
+//! aya-log. The level is a load-time constant (`AYA_LOG_LEVEL` in .rodata,
+//! set by `llmsim_kernel`'s loader); at the default, off, the verifier proves
+//! each log branch dead and removes it, so it costs no instruction at all.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -14,6 +20,7 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
+use aya_log_ebpf::debug;
 use llmsim_ebpf_common::{
     CHUNK_SIZE, ConnKey, DataEvent, Direction, DropReason, EventKind, FreeEvent,
     MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES, SNI_LEN, SniEvent,
@@ -136,6 +143,7 @@ fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
         }
         // SAFETY: reading a user pointer with the fault-tolerant helper.
         unsafe { bpf_probe_read_user(call.out_len as *const u64) }.map_err(|_| {
+            debug!(ctx, "SSL call on {:x}: its length cannot be read", call.ssl);
             count_drop(DropReason::CopyFailed);
             1i64
         })?
@@ -145,7 +153,13 @@ fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
         }
         ret.cast_unsigned()
     };
-    emit_chunks(&call, pid_tgid, moved);
+    if call.fd < 0 {
+        debug!(
+            ctx,
+            "SSL call on {:x}: no socket syscall seen, its connection is unknown", call.ssl
+        );
+    }
+    emit_chunks(ctx, &call, pid_tgid, moved);
     Ok(())
 }
 
@@ -172,7 +186,7 @@ struct ChunkLoop {
     clippy::cast_possible_truncation,
     reason = "the chunk count is cast only when at most MAX_CHUNKS_PER_CALL"
 )]
-fn emit_chunks(call: &SslCall, pid_tgid: u64, moved: u64) {
+fn emit_chunks(ctx: &RetProbeContext, call: &SslCall, pid_tgid: u64, moved: u64) {
     let chunks = moved.div_ceil(CHUNK_SIZE as u64);
     let iterations = if chunks > u64::from(MAX_CHUNKS_PER_CALL) {
         MAX_CHUNKS_PER_CALL
@@ -196,12 +210,17 @@ fn emit_chunks(call: &SslCall, pid_tgid: u64, moved: u64) {
             0,
         );
     }
-    if state.failed != u32::MAX {
-        count_drop(if state.failed == DropReason::RingFull as u32 {
-            DropReason::RingFull
-        } else {
-            DropReason::CopyFailed
-        });
+    if state.failed == DropReason::RingFull as u32 {
+        count_drop(DropReason::RingFull);
+    } else if state.failed != u32::MAX {
+        debug!(
+            ctx,
+            "SSL call on {:x}: plaintext at offset {} of {} cannot be read",
+            call.ssl,
+            state.offset,
+            moved
+        );
+        count_drop(DropReason::CopyFailed);
     } else if state.offset < moved {
         count_drop(DropReason::ChunkCap);
     }
@@ -326,6 +345,7 @@ fn try_ssl_ctrl(ctx: &ProbeContext) -> Result<(), i64> {
         entry.submit(0);
     } else {
         entry.discard(0);
+        debug!(ctx, "SSL_ctrl on {:x}: the host name cannot be read", ssl);
         count_drop(DropReason::CopyFailed);
     }
     Ok(())
