@@ -323,9 +323,8 @@ impl Engine {
         self.stats.record(Event::Forwarded {
             provider: exchange.provider,
             endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
-            // A complete exchange under record counts as recorded even when its write
-            // failed; the failure is counted as an internal error.
-            recorded: matches!(recording, Recording::Written(_) | Recording::Failed),
+            // A write that failed is counted as an internal error, not as recorded.
+            recorded: matches!(recording, Recording::Written(_)),
             call: Box::new(call),
         });
     }
