@@ -1,5 +1,6 @@
 //! replayd's DNS responder. The cgroup hooks send the target's port-53 traffic here; this
-//! module answers A and AAAA queries for recorded hosts with the addresses the connect hook
+//! module answers A and AAAA queries for the hosts replay answers for (the recorded ones and
+//! every known provider host, listed by the caller) with the addresses the connect hook
 //! redirects (TTL 5, so nothing stale outlives a run), and either forwards every other
 //! query unchanged to the original resolver or answers NXDOMAIN (`--no-network`). It
 //! serves UDP and TCP (several length-prefixed queries per connection, answered in order).
@@ -23,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::io_error::{RESOURCE_BACK_OFF, is_resource_exhaustion, is_transient};
 
-/// TTL of every answer replayd gives for a recorded host.
+/// TTL of every answer replayd gives for a host it answers for.
 pub const ANSWER_TTL: u32 = 5;
 /// How long a forwarded query waits for the original resolver by default.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
@@ -94,11 +95,11 @@ pub enum DnsError {
     },
 }
 
-/// Recorded host names (lowercase, without a trailing dot) and the loopback address the
-/// connect hook redirects for each. A queries get that address; AAAA queries get its
-/// IPv4-mapped form (`::ffff:127.77.0.1`), which an IPv6 socket connects to through the
-/// same redirect, so a client that asks only for IPv6 still reaches replayd, and the address
-/// stays on loopback even were the redirect gone.
+/// The host names replay answers for (lowercase, without a trailing dot) and the loopback
+/// address the connect hook redirects for each. A queries get that address; AAAA queries
+/// get its IPv4-mapped form (`::ffff:127.77.0.1`), which an IPv6 socket connects to through
+/// the same redirect, so a client that asks only for IPv6 still reaches replayd, and the
+/// address stays on loopback even were the redirect gone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostAnswers {
     hosts: HashMap<String, Ipv4Addr>,
@@ -135,7 +136,7 @@ fn normalise(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// What happens to queries for names that were not recorded.
+/// What happens to queries for names replay does not answer for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fallback {
     /// Forward the query bytes unchanged to this resolver (the one from /etc/resolv.conf)
@@ -150,7 +151,7 @@ pub enum Fallback {
 pub struct DnsStats {
     /// Well-formed queries received.
     pub queries: u64,
-    /// Queries answered from the recorded hosts.
+    /// Queries answered from the host list.
     pub answered: u64,
     /// Queries forwarded to the upstream resolver and answered by it.
     pub forwarded: u64,

@@ -395,8 +395,9 @@ impl Engine {
         &self.stats
     }
 
-    /// The recorded hosts (lowercase, no port), in order of first appearance: what DNS
-    /// answers and the redirect hooks cover.
+    /// The recorded hosts (lowercase, no port), in order of first appearance: with the
+    /// known provider hosts, what DNS answers and the redirect hooks cover
+    /// ([`crate::redirect::answered_hosts`]).
     pub fn hosts(&self) -> &[String] {
         &self.hosts
     }

@@ -23,7 +23,6 @@ use llmsim_replayd::redirect::{self, KernelRedirect, RedirectTarget};
 use llmsim_replayd::run::{self, ListenAddr, Server};
 use llmsim_replayd::upstream::UpstreamSettings;
 use llmsim_replayd::{ca, dns, report::Report};
-use llmsim_snapshot::provider::KNOWN_HOSTS;
 use llmsim_snapshot::signature::Repeat;
 
 /// Exit code of a run that had misses.
@@ -307,7 +306,11 @@ async fn serve_redirected(
     };
     let authority = Arc::new(ca::CertificateAuthority::load_or_create(&ca_dir)?);
     let tls = Arc::new(ca::LeafResolver::new(authority.clone())?);
-    let hosts = redirect::host_addresses(redirected_hosts(&engine).iter().map(String::as_str))?;
+    let hosts = redirect::host_addresses(
+        redirect::answered_hosts(engine.hosts())
+            .iter()
+            .map(String::as_str),
+    )?;
     let server = Server::bind(engine, Some(tls), &ListenAddr::loopback_defaults())?;
     let dns = run::start_dns(
         IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -371,21 +374,7 @@ async fn serve_redirected(
     })
 }
 
-/// The hosts DNS answers and the redirect covers: the recorded ones, plus, when misses are
-/// forwarded, every known provider host, so an unrecorded provider still reaches replayd.
-fn redirected_hosts(engine: &Engine) -> Vec<String> {
-    let mut hosts = engine.hosts().to_vec();
-    if engine.forwards() {
-        for (host, _) in KNOWN_HOSTS {
-            if !hosts.iter().any(|h| h == host) {
-                hosts.push(host.to_owned());
-            }
-        }
-    }
-    hosts
-}
-
-/// Answers for the recorded hosts; other names go to the machine's resolver,
+/// Answers for the hosts replay answers for; other names go to the machine's resolver,
 /// or get NXDOMAIN with `--no-network` or when there is none.
 fn dns_responder(hosts: &[(String, Ipv4Addr)], no_network: bool) -> dns::DnsResponder {
     let mut answers = dns::HostAnswers::new();

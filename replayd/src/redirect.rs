@@ -1,9 +1,11 @@
-//! The kernel side of replay for `-- CMD`, `--cgroup` and `--all`. Every
-//! recorded host gets a loopback address of its own (in 127.77.0.0/16) for
+//! The kernel side of replay for `-- CMD`, `--cgroup` and `--all`. Every host
+//! replay answers for ([`answered_hosts`]: the recorded ones and every known
+//! provider host) gets a loopback address of its own (in 127.77.0.0/16) for
 //! replayd's DNS to answer; the cgroup redirect sends connects to those
-//! addresses, and the cgroup's DNS, to replayd. A fresh cgroup made for `-- CMD`
-//! is killed with replayd: its command can never outlive the redirect and so
-//! never reaches the real, paid API.
+//! addresses, and the cgroup's DNS, to replayd. A provider the snapshot does not
+//! have is thus a miss, never a paid call. A fresh cgroup made for `-- CMD` is
+//! killed with replayd: its command can never outlive the redirect and so never
+//! reaches the real, paid API.
 
 use std::{
     ffi::OsString,
@@ -17,6 +19,7 @@ use llmsim_kernel::{
     redirect::{Redirect, RedirectError, RedirectSettings},
     sys::command_in_cgroup,
 };
+use llmsim_snapshot::provider::KNOWN_HOSTS;
 use thiserror::Error;
 
 /// Failures setting up the redirect.
@@ -34,7 +37,7 @@ pub enum RedirectSetupError {
         #[source]
         source: Box<RedirectError>,
     },
-    /// More recorded hosts than addresses in 127.77.0.0/16.
+    /// More hosts to answer for than addresses in 127.77.0.0/16.
     #[error("{count} recorded hosts is more than the {MAX_HOSTS} replay addresses")]
     TooManyHosts {
         /// How many hosts.
@@ -54,9 +57,26 @@ pub enum RedirectSetupError {
 /// How many distinct hosts get a replay address.
 pub const MAX_HOSTS: usize = u16::MAX as usize - 1;
 
-/// Loopback addresses for recorded hosts: 127.77.0.1, 127.77.0.2, ... in the
-/// order given (sorted and deduplicated by the caller). Loopback on purpose:
-/// were the redirect ever gone, a connect would still stay on this machine.
+/// The hosts replay answers for, whatever `--on-miss` says: the recorded ones in
+/// their order, then every known provider host not among them, in
+/// [`KNOWN_HOSTS`] order (the same input gives the same addresses). A known
+/// provider the snapshot does not have reaches replayd and so is a miss (or is
+/// forwarded under `--on-miss passthrough|record`) instead of reaching the real
+/// API with the app's key.
+pub fn answered_hosts(recorded: &[String]) -> Vec<String> {
+    let mut hosts = recorded.to_vec();
+    for (known, _) in KNOWN_HOSTS {
+        if !hosts.iter().any(|h| h.eq_ignore_ascii_case(known)) {
+            hosts.push(known.to_owned());
+        }
+    }
+    hosts
+}
+
+/// Loopback addresses for the hosts replay answers for: 127.77.0.1, 127.77.0.2,
+/// ... in the order given (deduplicated by the caller, see [`answered_hosts`]).
+/// Loopback on purpose: were the redirect ever gone, a connect would still stay
+/// on this machine.
 pub fn host_addresses<'a>(
     hosts: impl IntoIterator<Item = &'a str>,
 ) -> Result<Vec<(String, Ipv4Addr)>, RedirectSetupError> {
@@ -174,6 +194,24 @@ impl KernelRedirect {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_hosts_come_first_then_every_known_provider_once() {
+        let recorded = ["api.anthropic.com".to_owned(), "llm.internal".to_owned()];
+        assert_eq!(
+            answered_hosts(&recorded),
+            [
+                "api.anthropic.com",
+                "llm.internal",
+                "api.openai.com",
+                "generativelanguage.googleapis.com",
+                "api.x.ai",
+                "openrouter.ai",
+            ]
+        );
+        let known: Vec<&str> = KNOWN_HOSTS.iter().map(|(host, _)| *host).collect();
+        assert_eq!(answered_hosts(&[]), known);
+    }
 
     #[test]
     fn hosts_get_distinct_loopback_addresses_in_order() {

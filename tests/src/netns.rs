@@ -9,6 +9,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -61,6 +62,30 @@ impl TestNetns {
     /// names work by itself there.
     pub fn offline() -> Self {
         Self::create()
+    }
+
+    /// An [`offline`](Self::offline) namespace with one stand-in for the outside world at
+    /// `addr`, added to loopback so that it is the namespace's only other destination, and
+    /// named as the nameserver in the namespace's `/etc/resolv.conf`: a resolver and a
+    /// provider the test runs there stand in for the real ones, so a call that escapes
+    /// replay is seen instead of paid for.
+    pub fn offline_with_stand_in(addr: Ipv4Addr) -> Self {
+        let netns = Self::create();
+        ip(&[
+            "-n",
+            &netns.name,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "lo",
+        ]);
+        std::fs::create_dir_all(&netns.etc_dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", netns.etc_dir.display()));
+        let resolv_conf = netns.etc_dir.join("resolv.conf");
+        std::fs::write(&resolv_conf, format!("nameserver {addr}\n"))
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", resolv_conf.display()));
+        netns
     }
 
     fn create() -> Self {
