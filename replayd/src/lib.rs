@@ -1,15 +1,16 @@
 //! replayd's library: the pieces of the replay daemon that can be built and tested in
-//! process, without kernel hooks. `engine` signs and indexes a loaded snapshot and decides
-//! what each request gets; `response` and `body` turn a recorded answer into bytes on the
-//! wire, paced as recorded; `error` classifies failures and maps them to provider-shaped
-//! responses; `service` is the hyper service and `accept` the TLS-sniffing listener;
-//! `report` keeps the run's statistics; `run` ties a run together for every mode; `ca` owns
-//! the per-machine replay CA and mints TLS leaves per SNI; `dns` answers the target's DNS
-//! queries for recorded and known provider hosts; `explain` tells what replay would do
-//! with one request; `io_error` decides which socket errors the server loops ride out; `redirect` attaches
-//! the kernel redirect and runs a command under it; `upstream` forwards misses to the real
-//! host (`--on-miss passthrough|record`, `--budget`); `request` is a request as the app
-//! sent it. As in pingora, downstream is the app and upstream the real provider. The binary
+//! process, without kernel hooks. `engine` signs and indexes a loaded snapshot and
+//! decides what each request gets; `response` and `body` turn a recorded answer into
+//! bytes on the wire, paced as recorded; `error` classifies failures and maps them to
+//! provider-shaped responses; `service` is the hyper service and `accept` the
+//! TLS-sniffing listener; `report` keeps the run's statistics; `run` ties a run
+//! together for every mode; `ca` owns the per-machine replay CA and mints TLS leaves
+//! per SNI; `dns` answers the target's DNS queries for recorded and known provider
+//! hosts; `explain` tells what replay would do with one request; `io_error` decides
+//! which socket errors the server loops ride out; `redirect` attaches the kernel
+//! redirect and runs a command under it; `upstream` forwards misses to the real host
+//! (`--on-miss passthrough|record`, `--budget`); `request` is a request as the app sent
+//! it. As in pingora, downstream is the app and upstream the real provider. The binary
 //! adds the command line.
 #![forbid(unsafe_code)]
 
