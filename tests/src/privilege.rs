@@ -1,10 +1,23 @@
 //! Root is opt-in: [`privileged`] decides whether a privileged test runs, skips with one clear
 //! line for a normal user, or fails under `CI=true`, where a skip would hide a broken runner.
+//! It also owns the form of that line, which [`is_skip_line`] recognises so that a test run's
+//! totals can count a skipped test as skipped rather than passed.
 
 use std::io::Write as _;
 
 /// The capabilities llmsim's privileged tests need, as printed in skip and failure messages.
 const NEEDS: &str = "needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)";
+
+/// How the line announcing a skipped test starts: `SKIP <feature>: <reason>`.
+const SKIP_PREFIX: &str = "SKIP ";
+
+/// Whether one line of a test run's stderr announces a skipped test, `SKIP <feature>: <reason>`.
+/// libtest reports a skipped test as passed; whoever sums a run's results subtracts these.
+pub fn is_skip_line(line: &str) -> bool {
+    line.strip_prefix(SKIP_PREFIX)
+        .and_then(|rest| rest.split_once(": "))
+        .is_some_and(|(feature, reason)| !feature.is_empty() && !reason.is_empty())
+}
 
 /// Whether this process runs with effective uid 0 (read from `/proc/self/status`).
 pub fn is_root() -> bool {
@@ -25,7 +38,8 @@ fn in_ci() -> bool {
 
 /// Gate for a privileged test: `true` when running as root. Otherwise prints exactly one line,
 /// `SKIP <feature>: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)`, to the real stderr (not
-/// captured by the test runner, so it shows in `cargo test` output) and returns `false`; under
+/// captured by the test runner, so it shows in `cargo test` output) in a single write, so that
+/// output of other processes sharing that stderr cannot split it, and returns `false`; under
 /// `CI=true` it panics instead, because a skip is a failure in CI.
 pub fn privileged(feature: &str) -> bool {
     if is_root() {
@@ -35,6 +49,25 @@ pub fn privileged(feature: &str) -> bool {
         !in_ci(),
         "{feature}: {NEEDS}, and CI=true makes a skipped privileged test a failure"
     );
-    let _ = writeln!(std::io::stderr(), "SKIP {feature}: {NEEDS}");
+    let line = format!("{SKIP_PREFIX}{feature}: {NEEDS}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NEEDS, SKIP_PREFIX, is_skip_line};
+
+    #[test]
+    fn the_skip_line_is_recognised() {
+        assert!(is_skip_line(&format!(
+            "{SKIP_PREFIX}capture --pid: {NEEDS}"
+        )));
+        assert!(!is_skip_line("SKIP"));
+        assert!(!is_skip_line("SKIP : no feature"));
+        assert!(!is_skip_line("SKIPPED capture --pid: later"));
+        assert!(!is_skip_line(
+            "warning: SKIP capture --pid: not at the start"
+        ));
+    }
 }

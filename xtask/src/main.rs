@@ -8,14 +8,18 @@ mod bench_pacing;
 mod bench_replay;
 mod bench_support;
 mod demo;
+mod totals;
 
 use std::{
+    io::{self, BufRead as _, BufReader, IsTerminal as _, Read, Write},
     path::PathBuf,
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
+    sync::{Mutex, PoisonError},
 };
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use totals::Totals;
 
 #[derive(Parser)]
 #[command(about = "llmsim developer tasks")]
@@ -114,72 +118,58 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Runs `cargo test`, passing its output through, and closes with one line
-/// totalling every test binary's `test result:` line.
+/// totalling every test binary's `test result:` line and every skipped test
+/// ([`Totals`]).
 fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
-    let mut child = Command::new(env!("CARGO"))
+    let mut command = Command::new(env!("CARGO"));
+    command
         .args(args)
-        .stdout(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Cargo colours its stderr only on a terminal; here that stderr reaches
+    // the terminal through a pipe.
+    if std::env::var_os("CARGO_TERM_COLOR").is_none() && io::stderr().is_terminal() {
+        command.env("CARGO_TERM_COLOR", "always");
+    }
+    let mut child = command
         .spawn()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
     let stdout = child.stdout.take().context("cargo test stdout")?;
-    let mut totals = Totals::default();
-    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
-        let line = line.context("reading cargo test output")?;
-        println!("{line}");
-        totals.add(&line);
-    }
+    let stderr = child.stderr.take().context("cargo test stderr")?;
+    let totals = Mutex::new(Totals::default());
+    std::thread::scope(|scope| {
+        let stderr = scope.spawn(|| relay(stderr, io::stderr(), &totals));
+        let stdout = relay(stdout, io::stdout(), &totals);
+        let stderr = stderr
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        stdout.context("passing cargo test's stdout through")?;
+        stderr.context("passing cargo test's stderr through")
+    })?;
     let status = child.wait().context("waiting for cargo test")?;
-    println!(
-        "{} passed, {} failed, {} ignored",
-        totals.passed, totals.failed, totals.ignored
-    );
+    let totals = totals.into_inner().unwrap_or_else(PoisonError::into_inner);
+    println!("{totals}");
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
 }
 
-/// Sums of the `test result: ok. 3 passed; 0 failed; 1 ignored; ...` lines.
-#[derive(Default)]
-struct Totals {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-}
-
-impl Totals {
-    fn add(&mut self, line: &str) {
-        let Some(rest) = line.strip_prefix("test result: ") else {
-            return;
-        };
-        for part in rest.split(';') {
-            let mut words = part.split_whitespace().rev();
-            let (Some(what), Some(n)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let Ok(n) = n.parse::<u64>() else { continue };
-            match what {
-                "passed" => self.passed += n,
-                "failed" => self.failed += n,
-                "ignored" => self.ignored += n,
-                _ => {}
-            }
+/// Copies `from` to `to` line by line, as bytes, counting each line in `totals`.
+fn relay(from: impl Read, mut to: impl Write, totals: &Mutex<Totals>) -> io::Result<()> {
+    let mut from = BufReader::new(from);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if from.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Totals;
-
-    #[test]
-    fn totals_add_up_test_result_lines() {
-        let mut totals = Totals::default();
-        totals.add("test result: ok. 46 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.53s");
+        to.write_all(&line)?;
+        to.flush()?;
         totals
-            .add("test result: FAILED. 3 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out");
-        totals.add("test foo ... ok");
-        assert_eq!((totals.passed, totals.failed, totals.ignored), (49, 1, 2));
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .add(&String::from_utf8_lossy(&line));
     }
 }
