@@ -62,6 +62,6 @@ pub use netns::{PROVIDER_HOSTS, TestNetns};
 pub use paths::{
     client_script, clients_dir, ensure_node_client, fake_provider_script, repo_root, tests_dir,
 };
-pub use privilege::{is_root, privileged};
+pub use privilege::{is_root, privileged, requires};
 pub use process::{ChildGuard, CommandOutput, Lines, run_command};
 pub use provider::{FakeProvider, FakeProviderConfig, ProviderRequest, Usage};

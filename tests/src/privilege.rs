@@ -1,5 +1,6 @@
 //! Root is opt-in: [`privileged`] decides whether a privileged test runs, skips with one clear
-//! line for a normal user, or fails under `CI=true`, where a skip would hide a broken runner.
+//! line for a normal user, or fails under `CI=true`, where a skip would hide a broken runner;
+//! [`requires`] does the same for anything else a test needs from the machine.
 //! It also owns the form of that line, which [`is_skip_line`] recognises so that a test run's
 //! totals can count a skipped test as skipped rather than passed.
 
@@ -36,20 +37,26 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
-/// Gate for a privileged test: `true` when running as root. Otherwise prints exactly one line,
-/// `SKIP <feature>: needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)`, to the real stderr (not
-/// captured by the test runner, so it shows in `cargo test` output) in a single write, so that
-/// output of other processes sharing that stderr cannot split it, and returns `false`; under
-/// `CI=true` it panics instead, because a skip is a failure in CI.
+/// Gate for a privileged test: `true` when running as root, otherwise as [`requires`] says,
+/// with the reason `needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)`.
 pub fn privileged(feature: &str) -> bool {
-    if is_root() {
+    requires(is_root(), feature, NEEDS)
+}
+
+/// Gate for a test that needs something the machine may lack (root, a browser): `true` when
+/// `available`. Otherwise prints exactly one line, `SKIP <feature>: <reason>`, to the real
+/// stderr (not captured by the test runner, so it shows in `cargo test` output) in a single
+/// write, so that output of other processes sharing that stderr cannot split it, and returns
+/// `false`; under `CI=true` it panics instead, because a skip is a failure in CI.
+pub fn requires(available: bool, feature: &str, reason: &str) -> bool {
+    if available {
         return true;
     }
     assert!(
         !in_ci(),
-        "{feature}: {NEEDS}, and CI=true makes a skipped privileged test a failure"
+        "{feature}: {reason}, and CI=true makes a skipped test a failure"
     );
-    let line = format!("{SKIP_PREFIX}{feature}: {NEEDS}\n");
+    let line = format!("{SKIP_PREFIX}{feature}: {reason}\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     false
 }
