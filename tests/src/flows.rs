@@ -2,7 +2,7 @@
 //! snapshot, and the command that replays a snapshot to a client in an offline
 //! namespace.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{ffi::OsStr, path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
 
@@ -48,11 +48,21 @@ pub fn record_with_input(client: &str, input: &str, out: &Path) -> CommandOutput
 /// `replayd --in snapshot -- <client>` inside `offline`, with no CA settings
 /// (replay provides its own) and a dummy key.
 pub fn replay_command(offline: &TestNetns, snapshot: &Path, client: &str) -> Command {
-    let mut cmd = offline.command(replayd());
-    cmd.arg("--in")
-        .arg(snapshot)
-        .arg("--")
-        .args(client_argv(client));
+    let mut cmd = replayd_command(offline, snapshot, client_argv(client));
+    cmd.env(REPLAY_API_KEY.0, REPLAY_API_KEY.1)
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
+}
+
+/// `replayd --in snapshot -- <argv>` inside `netns`, with no CA settings: replay provides
+/// its own, as it would on a CI runner.
+pub fn replayd_command(
+    netns: &TestNetns,
+    snapshot: &Path,
+    argv: impl IntoIterator<Item = impl AsRef<OsStr>>,
+) -> Command {
+    let mut cmd = netns.command(replayd());
+    cmd.arg("--in").arg(snapshot).arg("--").args(argv);
     for name in [
         "SSL_CERT_FILE",
         "REQUESTS_CA_BUNDLE",
@@ -61,8 +71,6 @@ pub fn replay_command(offline: &TestNetns, snapshot: &Path, client: &str) -> Com
     ] {
         cmd.env_remove(name);
     }
-    cmd.env(REPLAY_API_KEY.0, REPLAY_API_KEY.1)
-        .env("PYTHONDONTWRITEBYTECODE", "1");
     cmd
 }
 

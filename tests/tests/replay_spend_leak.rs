@@ -11,7 +11,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use llmsim_tests::{
-    ChildGuard, Lines, TestNetns, privileged, replayd, run_command, snapshot::write_exchanges,
+    ChildGuard, Lines, TestNetns, flows::replayd_command, privileged, run_command,
+    snapshot::write_exchanges,
 };
 use serde_json::json;
 
@@ -98,34 +99,28 @@ fn an_unrecorded_provider_host_is_a_miss_and_never_reached() {
     let mut lines = Lines::new(stdout, "the stand-in provider");
     lines.wait_for(|l| l == "ready", TIMEOUT, String::new);
 
-    let mut cmd = netns.command(replayd());
-    cmd.arg("--in").arg(snapshot.path()).args([
-        "--",
-        "curl",
-        "--silent",
-        "--show-error",
-        "--max-time",
-        "20",
-        "--write-out",
-        "\nstatus %{http_code}\n",
-        "https://api.anthropic.com/v1/messages",
-        "-H",
-        "x-api-key: sk-ant-must-never-be-sent",
-        "-H",
-        "anthropic-version: 2023-06-01",
-        "-H",
-        "content-type: application/json",
-        "--data",
-        r#"{"model":"claude-3-5-haiku-latest","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#,
-    ]);
-    for name in [
-        "SSL_CERT_FILE",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "NODE_EXTRA_CA_CERTS",
-    ] {
-        cmd.env_remove(name);
-    }
+    let cmd = replayd_command(
+        &netns,
+        snapshot.path(),
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "20",
+            "--write-out",
+            "\nstatus %{http_code}\n",
+            "https://api.anthropic.com/v1/messages",
+            "-H",
+            "x-api-key: sk-ant-must-never-be-sent",
+            "-H",
+            "anthropic-version: 2023-06-01",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            r#"{"model":"claude-3-5-haiku-latest","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#,
+        ],
+    );
     let output = run_command(cmd, "replay of curl to api.anthropic.com", TIMEOUT);
 
     stand_in.signal("TERM");
