@@ -278,10 +278,14 @@ pub struct RedirectConfig {
     pub flags: u32,
     /// replayd's own tgid, never redirected (it may run inside the cgroup).
     pub exempt_tgid: u32,
-    /// Explicit padding.
-    pub pad: u32,
+    /// replayd's IPv6 DNS responder address (`::1`), for IPv6 nameservers.
+    pub dns_ip6: [u32; 4],
+    /// replayd's IPv6 DNS responder port (network order in the low 16 bits);
+    /// 0 when it has none, and IPv6 DNS goes to the IPv4-mapped `dns_ip4`.
+    pub dns6_port: u32,
 }
-const _: () = assert!(size_of::<RedirectConfig>() == 48);
+// Sixteen words: no padding.
+const _: () = assert!(size_of::<RedirectConfig>() == 64);
 
 /// [`RedirectConfig::flags`]: redirect every non-loopback TCP destination,
 /// not only the addresses in `REDIRECT_V4`.

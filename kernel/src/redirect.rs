@@ -1,9 +1,10 @@
 //! The replay redirect: attaches the cgroup socket hooks of the eBPF object to
 //! one cgroup, so that the cgroup's TCP connects to recorded hosts reach
-//! replayd's listener and its DNS reaches replayd's responder, and reports each
-//! redirected connection's original destination. The hooks are `bpf_link`
-//! attachments owned by [`Redirect`]: when it is dropped, or its process dies,
-//! the kernel removes them and the cgroup's traffic flows normally again.
+//! replayd's listener and its DNS (to IPv4 and IPv6 nameservers) reaches
+//! replayd's responder, and reports each redirected connection's original
+//! destination. The hooks are `bpf_link` attachments owned by [`Redirect`]:
+//! when it is dropped, or its process dies, the kernel removes them and the
+//! cgroup's traffic flows normally again.
 
 use std::{
     fs::File,
@@ -58,6 +59,10 @@ pub struct RedirectSettings {
     pub listener_v6: Option<SocketAddrV6>,
     /// replayd's DNS responder (UDP and TCP).
     pub dns: SocketAddrV4,
+    /// replayd's IPv6 DNS responder, for IPv6 nameservers; without it their
+    /// queries go to the IPv4-mapped form of `dns`, which sockets with
+    /// `IPV6_V6ONLY` cannot reach.
+    pub dns_v6: Option<SocketAddrV6>,
     /// Destinations whose TCP connects are redirected: the addresses replayd's
     /// DNS answers for recorded hosts.
     pub hosts: Vec<Ipv4Addr>,
@@ -112,6 +117,9 @@ impl Redirect {
             settings
                 .listener_v6
                 .unwrap_or(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0));
+        let dns_v6 = settings
+            .dns_v6
+            .unwrap_or(SocketAddrV6::new(Ipv6Addr::LOCALHOST, 0, 0, 0));
         let config = RedirectConfig {
             listener_ip4: u32::from_ne_bytes(settings.listener_v4.ip().octets()),
             listener_port: wire_port(settings.listener_v4.port()),
@@ -125,7 +133,8 @@ impl Redirect {
                 0
             },
             exempt_tgid: std::process::id(),
-            pad: 0,
+            dns_ip6: ip6_words(*dns_v6.ip()),
+            dns6_port: wire_port(dns_v6.port()),
         };
         let mut array: Array<&mut MapData, RedirectConfig> = self.object.map_mut("REDIRECT")?;
         array.set(0, &config, 0).map_err(map_error("REDIRECT"))

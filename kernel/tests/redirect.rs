@@ -85,6 +85,7 @@ fn connects_and_dns_of_the_cgroup_only_reach_replayd_until_the_hooks_drop() {
         listener_v4: as_v4(listener.local_addr().unwrap()),
         listener_v6: None,
         dns: as_v4(dns.local_addr().unwrap()),
+        dns_v6: None,
         hosts: vec![RECORDED],
         all_hosts: false,
     };

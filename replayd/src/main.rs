@@ -9,13 +9,14 @@
 
 use std::ffi::OsString;
 use std::io::IsTerminal as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgGroup, Args, Parser, Subcommand};
+use llmsim_kernel::redirect::RedirectSettings;
 use llmsim_replayd::engine::Engine;
 use llmsim_replayd::explain::{RequestFile, explain};
 use llmsim_replayd::options::{OnMiss, Pace, ReplayOptions};
@@ -313,26 +314,28 @@ async fn serve_redirected(
     )?;
     let server = Server::bind(engine, Some(tls), &ListenAddr::loopback_defaults())?;
     let dns = run::start_dns(
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        &ListenAddr::loopback_defaults(),
         dns_responder(&hosts, args.no_network),
     )
     .await?;
-    let (Some(SocketAddr::V4(listener_v4)), SocketAddr::V4(dns_v4)) = (server.local_v4(), dns.addr)
+    let (Some(SocketAddr::V4(listener_v4)), Some(SocketAddr::V4(dns_v4))) =
+        (server.local_v4(), dns.local_v4())
     else {
         bail!("replayd needs an IPv4 loopback listener and DNS responder");
     };
-    let listener_v6 = match server.local_v6() {
+    let v6 = |addr: Option<SocketAddr>| match addr {
         Some(SocketAddr::V6(v6)) => Some(v6),
         _ => None,
     };
-    let kernel = Arc::new(KernelRedirect::attach(
-        target,
+    let settings = RedirectSettings {
         listener_v4,
-        listener_v6,
-        dns_v4,
-        hosts.iter().map(|(_, ip)| *ip).collect(),
-        args.all_hosts,
-    )?);
+        listener_v6: v6(server.local_v6()),
+        dns: dns_v4,
+        dns_v6: v6(dns.local_v6()),
+        hosts: hosts.iter().map(|(_, ip)| *ip).collect(),
+        all_hosts: args.all_hosts,
+    };
+    let kernel = Arc::new(KernelRedirect::attach(target, &settings)?);
     let lookup = kernel.clone();
     let mut running = server.start(Some(Arc::new(move |peer| {
         lookup.original_destination(peer)

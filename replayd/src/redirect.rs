@@ -9,7 +9,7 @@
 
 use std::{
     ffi::OsString,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -114,14 +114,10 @@ pub struct KernelRedirect {
 }
 
 impl KernelRedirect {
-    /// Attaches the hooks for `target`.
+    /// Attaches the hooks for `target`, sending its traffic where `settings` say.
     pub fn attach(
         target: &RedirectTarget,
-        listener_v4: SocketAddrV4,
-        listener_v6: Option<SocketAddrV6>,
-        dns: SocketAddrV4,
-        hosts: Vec<Ipv4Addr>,
-        all_hosts: bool,
+        settings: &RedirectSettings,
     ) -> Result<Self, RedirectSetupError> {
         let (own_cgroup, path) = match target {
             RedirectTarget::Command => {
@@ -134,15 +130,8 @@ impl KernelRedirect {
             RedirectTarget::Cgroup(path) => (None, Cgroup::existing(path)?.path().to_path_buf()),
             RedirectTarget::All => (None, cgroup2_mount()?),
         };
-        let settings = RedirectSettings {
-            listener_v4,
-            listener_v6,
-            dns,
-            hosts,
-            all_hosts,
-        };
         let redirect =
-            Redirect::attach(&path, &settings).map_err(|source| RedirectSetupError::Attach {
+            Redirect::attach(&path, settings).map_err(|source| RedirectSetupError::Attach {
                 path: path.clone(),
                 source: Box::new(source),
             })?;

@@ -23,7 +23,7 @@ use crate::options::ReplayOptions;
 use crate::report::Report;
 use crate::upstream::{Upstream, UpstreamSettings, UpstreamSetupError};
 
-/// How many times [`start_dns`] tries for a port free for both UDP and TCP.
+/// How many times [`start_dns`] tries for a port free for UDP and TCP on every address.
 const DNS_BIND_ATTEMPTS: usize = 16;
 
 /// Why a run could not start or stopped early.
@@ -306,54 +306,85 @@ pub fn shutdown_signal() -> Result<impl Future<Output = Signal>, RunError> {
     })
 }
 
-/// A DNS responder bound on one address for both UDP and TCP.
+/// A DNS responder bound for both UDP and TCP on each of its addresses, one port for all.
 #[derive(Debug)]
 pub struct DnsServer {
-    /// The address, the same port for UDP and TCP.
-    pub addr: SocketAddr,
     /// The responder, for its statistics.
     pub responder: Arc<DnsResponder>,
-    udp: UdpSocket,
-    tcp: TcpListener,
+    sockets: Vec<(SocketAddr, UdpSocket, TcpListener)>,
 }
 
 impl DnsServer {
-    /// The future serving both transports; give it to [`Running::watch`].
-    pub fn serve(self) -> impl Future<Output = Result<(), RunError>> + Send + 'static {
-        let (udp, tcp) = (self.responder.clone(), self.responder);
-        async move {
-            tokio::select! {
-                r = udp.serve_udp(self.udp) => r.map_err(RunError::from),
-                r = tcp.serve_tcp(self.tcp) => r.map_err(RunError::from),
+    /// The first bound IPv4 address: where the hooks send DNS to IPv4 nameservers.
+    pub fn local_v4(&self) -> Option<SocketAddr> {
+        self.sockets.iter().map(|s| s.0).find(SocketAddr::is_ipv4)
+    }
+
+    /// The first bound IPv6 address: where the hooks send DNS to IPv6 nameservers.
+    pub fn local_v6(&self) -> Option<SocketAddr> {
+        self.sockets.iter().map(|s| s.0).find(SocketAddr::is_ipv6)
+    }
+
+    /// The future serving every address and transport; give it to [`Running::watch`].
+    pub async fn serve(self) -> Result<(), RunError> {
+        let mut tasks = JoinSet::new();
+        for (_, udp, tcp) in self.sockets {
+            tasks.spawn(self.responder.clone().serve_udp(udp));
+            tasks.spawn(self.responder.clone().serve_tcp(tcp));
+        }
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Ok(Ok(())) | Err(_) => {}
             }
         }
+        Ok(())
     }
 }
 
-/// Binds `responder` on `ip`, on a port free for both UDP and TCP (the redirect sends
-/// both transports of port 53 to one address).
-pub async fn start_dns(ip: IpAddr, responder: DnsResponder) -> Result<DnsServer, RunError> {
-    let mut last = io::Error::from(io::ErrorKind::AddrInUse);
-    for _ in 0..DNS_BIND_ATTEMPTS {
-        let udp = UdpSocket::bind(SocketAddr::new(ip, 0))
-            .await
-            .map_err(|source| RunError::DnsPort { ip, source })?;
-        let addr = udp
-            .local_addr()
-            .map_err(|source| RunError::DnsPort { ip, source })?;
-        match TcpListener::bind(addr).await {
-            Ok(tcp) => {
-                return Ok(DnsServer {
-                    addr,
-                    responder: Arc::new(responder),
-                    udp,
-                    tcp,
-                });
+/// Binds `responder` for UDP and TCP on each of `addrs`, all on one port free for both
+/// transports on every address (the redirect sends both transports of port 53 to one
+/// address per family); the ports in `addrs` are not used. An address that is not
+/// `required` and cannot be bound (`[::1]` on a host without IPv6) is skipped with a warning.
+pub async fn start_dns(
+    addrs: &[ListenAddr],
+    responder: DnsResponder,
+) -> Result<DnsServer, RunError> {
+    let mut attempts = 1;
+    'attempt: loop {
+        let mut port = 0;
+        let mut sockets = Vec::with_capacity(addrs.len());
+        for wanted in addrs {
+            let ip = wanted.addr.ip();
+            match bind_dns(SocketAddr::new(ip, port)).await {
+                Ok((addr, udp, tcp)) => {
+                    port = addr.port();
+                    sockets.push((addr, udp, tcp));
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts < DNS_BIND_ATTEMPTS => {
+                    attempts += 1;
+                    continue 'attempt;
+                }
+                Err(source) if wanted.required => return Err(RunError::DnsPort { ip, source }),
+                Err(e) => {
+                    tracing::warn!(%ip, error = %e, "no DNS responder on this address");
+                }
             }
-            Err(e) => last = e,
         }
+        return Ok(DnsServer {
+            responder: Arc::new(responder),
+            sockets,
+        });
     }
-    Err(RunError::DnsPort { ip, source: last })
+}
+
+/// A UDP socket on `addr` and a TCP listener on the same address and port.
+async fn bind_dns(addr: SocketAddr) -> io::Result<(SocketAddr, UdpSocket, TcpListener)> {
+    let udp = UdpSocket::bind(addr).await?;
+    let addr = udp.local_addr()?;
+    let tcp = TcpListener::bind(addr).await?;
+    Ok((addr, udp, tcp))
 }
 
 #[cfg(test)]
@@ -404,12 +435,16 @@ mod tests {
         assert!(server.local_v4().unwrap().port() != 0);
         let mut running = server.start(None);
         let dns = start_dns(
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            &ListenAddr::loopback_defaults(),
             DnsResponder::new(HostAnswers::new(), Fallback::NxDomain),
         )
         .await
         .unwrap();
-        assert_ne!(dns.addr.port(), 0);
+        let port = dns.local_v4().unwrap().port();
+        assert_ne!(port, 0);
+        if let Some(v6) = dns.local_v6() {
+            assert_eq!(v6.port(), port, "one port for every DNS address");
+        }
         running.watch(dns.serve());
         let out = running.run_until(async { 7 }).await.unwrap();
         assert_eq!(out, 7);

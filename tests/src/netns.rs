@@ -9,7 +9,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -65,21 +65,22 @@ impl TestNetns {
     }
 
     /// An [`offline`](Self::offline) namespace with one stand-in for the outside world at
-    /// `addr`, added to loopback so that it is the namespace's only other destination, and
+    /// `addr` (IPv4 or IPv6), added to loopback so that it is the namespace's only other destination, and
     /// named as the nameserver in the namespace's `/etc/resolv.conf`: a resolver and a
     /// provider the test runs there stand in for the real ones, so a call that escapes
     /// replay is seen instead of paid for.
-    pub fn offline_with_stand_in(addr: Ipv4Addr) -> Self {
+    pub fn offline_with_stand_in(addr: impl Into<IpAddr>) -> Self {
+        let addr = addr.into();
         let netns = Self::create();
-        ip(&[
-            "-n",
-            &netns.name,
-            "addr",
-            "add",
-            &format!("{addr}/32"),
-            "dev",
-            "lo",
-        ]);
+        let (prefix, nodad) = match addr {
+            IpAddr::V4(_) => (32, None),
+            // No duplicate address detection: the address is usable at once.
+            IpAddr::V6(_) => (128, Some("nodad")),
+        };
+        let local = format!("{addr}/{prefix}");
+        let mut args = vec!["-n", &netns.name, "addr", "add", &local, "dev", "lo"];
+        args.extend(nodad);
+        ip(&args);
         std::fs::create_dir_all(&netns.etc_dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", netns.etc_dir.display()));
         let resolv_conf = netns.etc_dir.join("resolv.conf");

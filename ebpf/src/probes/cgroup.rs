@@ -1,7 +1,8 @@
 //! cgroup socket hooks that send a cgroup's connections to replayd (kernel >=
 //! 5.7 for `bpf_link` attachment; 5.8 for `recvmsg`/`getpeername` rewrites).
 //! `connect4/6` and `sendmsg4/6` rewrite destinations: TCP connects to recorded
-//! hosts go to replayd's listener, DNS (port 53, UDP and TCP) to its responder.
+//! hosts go to replayd's listener, DNS (port 53, UDP and TCP) to its responder
+//! (for an IPv6 nameserver, its `::1` responder when it has one).
 //! `recvmsg4/6` and `getpeername4/6` put the original address back where the
 //! app looks; `sock_ops` hands replayd each connection's original destination.
 //! Everything else passes untouched. Addresses and ports in `bpf_sock_addr`
@@ -110,24 +111,26 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
         // SAFETY: as above.
         let sa = unsafe { &mut *ctx.sock_addr };
         if sa.type_ == SOCK_DGRAM && sa.user_port == DNS_PORT {
-            remember(&ctx, AF_INET6, sa.user_port, ip6(sa));
-            set_v4_mapped(sa, config.dns_ip4, config.dns_port);
+            let to = ip6(sa);
+            remember(&ctx, AF_INET6, sa.user_port, to);
+            redirect_dns_v6(sa, &config, to[..3] == V4_MAPPED_PREFIX);
         }
     }
     ALLOW
 }
 
 /// `recvmsg`/`recvfrom` on an IPv6 socket (also the reply to a `sendto` of a
-/// mapped address, which ran `sendmsg4`).
+/// mapped address, which ran `sendmsg4`): a DNS answer from either of replayd's
+/// responders appears to come from the nameserver the app asked.
 #[cgroup_sock_addr(recvmsg6)]
 pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
     if let Some(config) = config() {
         // SAFETY: as above.
         let sa = unsafe { &mut *ctx.sock_addr };
-        let from = ip6(sa);
-        let from_dns = from[..3] == V4_MAPPED_PREFIX
-            && from[3] == config.dns_ip4
-            && sa.user_port == config.dns_port;
+        let (from, port) = (ip6(sa), sa.user_port);
+        let from_dns =
+            (from[..3] == V4_MAPPED_PREFIX && from[3] == config.dns_ip4 && port == config.dns_port)
+                || (config.dns6_port != 0 && from == config.dns_ip6 && port == config.dns6_port);
         if from_dns && let Some(original) = original(&ctx) {
             set_original_v6(sa, &original);
         }
@@ -225,18 +228,17 @@ fn wanted_v4(ip: u32, config: &RedirectConfig) -> bool {
 #[inline(always)]
 fn redirect_v6(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, config: &RedirectConfig) {
     let (ip6, port) = (ip6(sa), sa.user_port);
-    if ip6[..3] == V4_MAPPED_PREFIX {
+    let mapped = ip6[..3] == V4_MAPPED_PREFIX;
+    if port == DNS_PORT && (sa.type_ == SOCK_DGRAM || sa.type_ == SOCK_STREAM) {
+        remember(ctx, AF_INET6, port, ip6);
+        redirect_dns_v6(sa, config, mapped);
+        return;
+    }
+    if mapped {
         let ip = ip6[3];
-        let target = if port == DNS_PORT {
-            Some((config.dns_ip4, config.dns_port))
-        } else if sa.type_ == SOCK_STREAM && wanted_v4(ip, config) {
-            Some((config.listener_ip4, config.listener_port))
-        } else {
-            None
-        };
-        if let Some((new_ip, new_port)) = target {
+        if sa.type_ == SOCK_STREAM && wanted_v4(ip, config) {
             remember(ctx, AF_INET, port, [ip, 0, 0, 0]);
-            set_v4_mapped(sa, new_ip, new_port);
+            set_v4_mapped(sa, config.listener_ip4, config.listener_port);
         }
         return;
     }
@@ -249,6 +251,21 @@ fn redirect_v6(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, config: &RedirectC
         remember(ctx, AF_INET6, port, ip6);
         set_ip6(sa, config.listener_ip6);
         sa.user_port = config.listener6_port;
+    }
+}
+
+/// Sends an IPv6 socket's DNS to replayd. A native IPv6 nameserver is replaced
+/// by replayd's `::1` responder, which every IPv6 socket reaches (one with
+/// `IPV6_V6ONLY` reaches no IPv4 address); an IPv4-mapped nameserver, or any
+/// when replayd has no IPv6 responder, by the mapped form of the IPv4 one,
+/// which a dual-stack socket reaches.
+#[inline(always)]
+fn redirect_dns_v6(sa: &mut bpf_sock_addr, config: &RedirectConfig, mapped: bool) {
+    if mapped || config.dns6_port == 0 {
+        set_v4_mapped(sa, config.dns_ip4, config.dns_port);
+    } else {
+        set_ip6(sa, config.dns_ip6);
+        sa.user_port = config.dns6_port;
     }
 }
 
