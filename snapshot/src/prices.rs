@@ -1,6 +1,7 @@
 //! The cost ledger's prices: a dated table of list prices per provider and
-//! model family, shipped as `data/prices.toml` and overridable with a file
-//! in the same format, plus what a call cost under it. Recorded model names
+//! model family, shipped as `data/prices.toml` (generated from `LiteLLM`'s
+//! price file by `cargo xtask prices`) and overridable with a file in the
+//! same format, plus what a call cost under it. Recorded model names
 //! (aliases, dated snapshots, `models/` and `vendor/` prefixes) resolve to
 //! the family whose name is their longest prefix.
 
@@ -263,6 +264,13 @@ impl PriceTable {
 }
 
 impl ModelPrice {
+    /// Whether a recorded `model` name resolves to this entry's family when
+    /// nothing longer matches: `gpt-4o` covers `gpt-4o-2024-08-06`, not
+    /// `gpt-4oo`.
+    pub fn covers(&self, model: &str) -> bool {
+        family_matches(&normalize(&self.model), &normalize(model))
+    }
+
     /// What `usage` costs at these prices.
     pub fn cost(&self, usage: &TokenUsage) -> Cost {
         let cached = usage.cached_input_tokens.min(usage.input_tokens);
