@@ -1,5 +1,6 @@
 //! Developer tasks cargo cannot express alone: the full check run that CI uses
-//! (formatting, lints, unit and privileged tests) and the demo. Toolchain
+//! (formatting, lints, unit and privileged tests), the demo, benchmarks and the
+//! generated price table. Toolchain
 //! set-up lives in scripts/setup.sh because it must run before any Rust can be
 //! built.
 
@@ -8,6 +9,7 @@ mod bench_pacing;
 mod bench_replay;
 mod bench_support;
 mod demo;
+mod prices;
 mod totals;
 
 use std::{
@@ -56,6 +58,14 @@ enum Task {
         #[arg(long, default_value = "target/demo/report.html")]
         html: PathBuf,
     },
+    /// Writes snapshot/data/prices.toml from the model price file of the
+    /// installed `litellm` Python package (the release pinned in xtask/src/prices.rs).
+    Prices {
+        /// The price file (`litellm/model_prices_and_context_window_backup.json`)
+        /// in an installed or unpacked `litellm` package, instead of the one python3 finds.
+        #[arg(long, value_name = "PATH")]
+        from: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +74,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Bench { name, args } => bench(&name, &args),
         Task::Demo { html } => cargo(&["build", "--bins"]).and_then(|()| demo::run(&html)),
+        Task::Prices { from } => prices::run(from.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -146,7 +146,7 @@ pub(crate) mod tests {
             {"offset_ms": 900.0, "event": "message_delta", "data": "{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":25}}"}
         ]});
         let gemini = json!({"kind": "json", "json": {"candidates": [{"content": {"parts": [{"text": "ok"}]}, "finishReason": "STOP"}],
-            "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 3}, "modelVersion": "gemini-2.0-flash"}});
+            "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 3}, "modelVersion": "gemini-2.5-flash"}});
         vec![
             exchange(
                 "api.openai.com",
@@ -177,7 +177,7 @@ pub(crate) mod tests {
             ),
             exchange(
                 "generativelanguage.googleapis.com",
-                "/v1beta/models/gemini-2.0-flash:generateContent",
+                "/v1beta/models/gemini-2.5-flash:generateContent",
                 &json!({}),
                 200,
                 &gemini,

@@ -107,7 +107,7 @@ mod tests {
         assert!(text.contains("claude-sonnet-4-5"), "{text}");
         let total = lines.iter().find(|l| l.starts_with("total")).unwrap();
         assert!(total.contains(" 6 ") && total.contains(" 1 "), "{total}");
-        assert!(text.contains("prices: built-in as of 2025-12-01"), "{text}");
+        assert!(text.contains("prices: built-in as of 2026-11-20"), "{text}");
         assert!(
             text.contains("1 call with token counts but no price"),
             "{text}"
