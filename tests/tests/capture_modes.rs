@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use capture_support::{
     Agent, StepClient, TIMEOUT, assert_summary_matches_disk, exchange_with_nonce, exchanges,
@@ -21,6 +22,17 @@ use llmsim_tests::{
     configure_client_env, privileged, run_client, run_command,
 };
 use serde_json::Value;
+
+/// Held shared by the tests whose captures plant breakpoints in every process that maps libssl
+/// (`--cgroup`, `--all`), and exclusively by the test that checks `--pid` keeps them out of a
+/// bystander process: any of those captures, running beside it, would plant one there.
+static BREAKPOINTS_EVERYWHERE: RwLock<()> = RwLock::new(());
+
+fn breakpoints_everywhere() -> RwLockReadGuard<'static, ()> {
+    BREAKPOINTS_EVERYWHERE
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The client's two steps were recorded, by its process, with the nonces it saw.
 fn assert_steps_recorded(recorded: &[Value], pid: u32, plain: &Value, streamed: &Value) {
@@ -90,6 +102,7 @@ fn cgroup_mode_records_its_processes_only() {
     if !privileged("capture --cgroup") {
         return;
     }
+    let _everywhere = breakpoints_everywhere();
     let ca = TestCa::new();
     let netns = TestNetns::new();
     let provider = FakeProvider::start(&netns, &ca);
@@ -155,6 +168,7 @@ fn all_mode_records_every_process_until_sigterm() {
     if !privileged("capture --all") {
         return;
     }
+    let _everywhere = breakpoints_everywhere();
     let ca = TestCa::new();
     let netns = TestNetns::new();
     let _provider = FakeProvider::start(&netns, &ca);
@@ -200,6 +214,7 @@ fn a_removed_cgroup_ends_the_capture() {
     if !privileged("capture --cgroup of a removed cgroup") {
         return;
     }
+    let _everywhere = breakpoints_everywhere();
     let ca = TestCa::new();
     let out = tempfile::tempdir().expect("tempdir");
     let cgroup = TestCgroup::new();
@@ -243,6 +258,9 @@ fn pid_mode_plants_breakpoints_in_its_targets_only() {
     if !privileged("capture --pid") {
         return;
     }
+    let _alone = BREAKPOINTS_EVERYWHERE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
     let ca = TestCa::new();
     let out = tempfile::tempdir().expect("tempdir");
     let start = || {
