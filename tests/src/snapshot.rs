@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub use llmsim_snapshot::fixtures::exchange;
 use llmsim_snapshot::{model::Exchange, store::SnapshotWriter};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Writes `exchanges`, in order, into the snapshot in `dir` and returns their paths. Each
 /// is made by [`exchange`]: it needs `request` and `response` and may set any other field
@@ -35,4 +35,24 @@ pub fn write(dir: &Path, exchanges: impl IntoIterator<Item = Exchange>) -> Vec<P
                 .unwrap_or_else(|e| panic!("write an exchange into {}: {e}", dir.display()))
         })
         .collect()
+}
+
+/// A snapshot holding one recorded `GET /v1/models` on api.openai.com, and its answer: the
+/// smallest recording a client can be served from.
+///
+/// # Panics
+/// When the temporary directory or the snapshot cannot be written.
+pub fn openai_models() -> (tempfile::TempDir, Value) {
+    let snapshot = tempfile::tempdir().expect("tempdir");
+    let answer = json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]});
+    write_exchanges(
+        snapshot.path(),
+        [json!({
+            "provider": "openai", "host": "api.openai.com", "scheme": "https",
+            "request": {"method": "GET", "path": "/v1/models", "headers": [], "body": {"kind": "empty"}},
+            "response": {"status": 200, "headers": [["content-type", "application/json"]],
+                         "body": {"kind": "json", "json": answer}}
+        })],
+    );
+    (snapshot, answer)
 }

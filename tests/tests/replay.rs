@@ -9,9 +9,8 @@ use llmsim_tests::{
     ClientRun, CommandOutput, TestNetns,
     flows::{record, replay_command},
     privileged, replayd, run_command,
-    snapshot::write_exchanges,
+    snapshot::openai_models,
 };
-use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -84,18 +83,7 @@ fn a_client_that_resolves_only_ipv6_reaches_the_recording() {
     if !privileged("replay to an IPv6-only client") {
         return;
     }
-    // One recorded `GET /v1/models`.
-    let snapshot = tempfile::tempdir().expect("tempdir");
-    let answer = json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]});
-    write_exchanges(
-        snapshot.path(),
-        [json!({
-            "provider": "openai", "host": "api.openai.com", "scheme": "https",
-            "request": {"method": "GET", "path": "/v1/models", "headers": [], "body": {"kind": "empty"}},
-            "response": {"status": 200, "headers": [["content-type", "application/json"]],
-                         "body": {"kind": "json", "json": answer}}
-        })],
-    );
+    let (snapshot, answer) = openai_models();
 
     // `curl -6` asks only for AAAA and connects only over an IPv6 socket.
     let offline = TestNetns::offline();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use llmsim_tests::{
     ChildGuard, CommandOutput, Lines, TestNetns, privileged, replayd, run_command,
-    snapshot::write_exchanges,
+    snapshot::openai_models,
 };
 use serde_json::json;
 
@@ -125,22 +125,6 @@ require("dns").promises.resolve4("api.openai.com").then(
 );
 "#;
 
-/// One recorded `GET /v1/models` on api.openai.com, and its answer.
-fn snapshot() -> (tempfile::TempDir, serde_json::Value) {
-    let snapshot = tempfile::tempdir().expect("tempdir");
-    let answer = json!({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]});
-    write_exchanges(
-        snapshot.path(),
-        [json!({
-            "provider": "openai", "host": "api.openai.com", "scheme": "https",
-            "request": {"method": "GET", "path": "/v1/models", "headers": [], "body": {"kind": "empty"}},
-            "response": {"status": 200, "headers": [["content-type", "application/json"]],
-                         "body": {"kind": "json", "json": answer}}
-        })],
-    );
-    (snapshot, answer)
-}
-
 /// Runs `argv` under `replayd --in snapshot --` in `netns`.
 fn replay(netns: &TestNetns, snapshot: &std::path::Path, argv: &[&str]) -> CommandOutput {
     let mut cmd = netns.command(replayd());
@@ -195,7 +179,7 @@ fn an_ipv6_nameserver_is_answered_by_replay() {
     if !privileged("replay with an IPv6 nameserver") {
         return;
     }
-    let (snapshot, answer) = snapshot();
+    let (snapshot, answer) = openai_models();
     let netns = TestNetns::offline_with_stand_in(IpAddr::V6(NAMESERVER));
     let stand_in = StandIn::start(&netns);
 
@@ -250,7 +234,7 @@ fn an_ipv6_nameserver_is_answered_by_replay() {
 /// Runs [`RESOLVE4_SCRIPT`] under replay in `netns` and checks that it got replay's address
 /// for the recorded host in well under c-ares' timeout.
 fn assert_resolve4_answered_by_replay(netns: &TestNetns) {
-    let (snapshot, _) = snapshot();
+    let (snapshot, _) = openai_models();
     let output = replay(netns, snapshot.path(), &["node", "-e", RESOLVE4_SCRIPT]);
     assert!(output.status.success(), "{output}");
     let result: serde_json::Value = serde_json::from_str(output.stdout.trim())

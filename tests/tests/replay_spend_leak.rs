@@ -12,9 +12,8 @@ use std::time::Duration;
 
 use llmsim_tests::{
     ChildGuard, Lines, TestNetns, flows::replayd_command, privileged, run_command,
-    snapshot::write_exchanges,
+    snapshot::openai_models,
 };
-use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -76,16 +75,7 @@ fn an_unrecorded_provider_host_is_a_miss_and_never_reached() {
         return;
     }
     // The snapshot holds one OpenAI exchange and nothing for Anthropic.
-    let snapshot = tempfile::tempdir().expect("tempdir");
-    write_exchanges(
-        snapshot.path(),
-        [json!({
-            "provider": "openai", "host": "api.openai.com", "scheme": "https",
-            "request": {"method": "GET", "path": "/v1/models", "headers": [], "body": {"kind": "empty"}},
-            "response": {"status": 200, "headers": [["content-type", "application/json"]],
-                         "body": {"kind": "json", "json": {"object": "list", "data": []}}}
-        })],
-    );
+    let (snapshot, _) = openai_models();
 
     let netns = TestNetns::offline_with_stand_in(STAND_IN);
     let mut stand_in_cmd = netns.command("python3");
