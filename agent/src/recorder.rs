@@ -14,7 +14,7 @@ use std::{
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use llmsim_snapshot::{
     ledger::Totals,
-    model::{Body, Exchange, ProcessInfo, Scheme},
+    model::{Body, Exchange, Headers, HttpVersion, ProcessInfo, Scheme},
     prices::PriceTable,
     provider::Provider,
     record::{self, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder},
@@ -212,6 +212,7 @@ impl Recorder {
                 .into_iter()
                 .map(|(ts, bytes)| (ms(ts), bytes))
                 .collect(),
+            trailers: Headers::default(),
         });
         RawExchange {
             request: RawRequest {
@@ -229,6 +230,7 @@ impl Recorder {
             peer,
             process,
             scheme: Scheme::Https,
+            http_version: HttpVersion::Http11,
             incomplete: lost.or(incomplete),
         }
     }

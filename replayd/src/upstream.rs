@@ -27,7 +27,7 @@ use hyper_util::rt::TokioIo;
 use llmsim_snapshot::authority::Authority;
 use llmsim_snapshot::config::ConfigError;
 use llmsim_snapshot::ledger::CallLine;
-use llmsim_snapshot::model::{Exchange, ProcessInfo, Scheme};
+use llmsim_snapshot::model::{Exchange, Headers, HttpVersion, ProcessInfo, Scheme};
 use llmsim_snapshot::prices::{PriceError, PriceTable};
 use llmsim_snapshot::record::{
     self, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder,
@@ -383,6 +383,12 @@ impl Upstream {
             headers: record::headers(&parts.headers),
             first_byte_ms,
             body: Vec::new(),
+            trailers: Headers::default(),
+        };
+        let http_version = if parts.version == http::Version::HTTP_2 {
+            HttpVersion::Http2
+        } else {
+            HttpVersion::Http11
         };
         let (frames, receiver) = mpsc::channel(STREAM_BUFFER);
         let this = self.clone();
@@ -393,8 +399,14 @@ impl Upstream {
             while let Some(frame) = incoming.frame().await {
                 match frame {
                     Ok(frame) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue;
+                        let data = match frame.into_data() {
+                            Ok(data) => data,
+                            Err(frame) => {
+                                if let Ok(trailers) = frame.into_trailers() {
+                                    answer.trailers = record::headers(&trailers);
+                                }
+                                continue;
+                            }
                         };
                         answer.body.push((ms_since(started), data.clone()));
                         if !app_gone && frames.send(Ok(data)).await.is_err() {
@@ -430,6 +442,7 @@ impl Upstream {
                     exe: None,
                 },
                 scheme: if to.tls { Scheme::Https } else { Scheme::Http },
+                http_version,
                 incomplete: broke_off,
             };
             done(this.finish(raw, &described));

@@ -16,7 +16,7 @@ use crate::atomic::Owner;
 use crate::authority::Authority;
 use crate::config::{ConfigError, SnapshotConfig};
 use crate::model::{
-    Body, Exchange, FORMAT_VERSION, Headers, ProcessInfo, Request, Response, Scheme,
+    Body, Exchange, FORMAT_VERSION, Headers, HttpVersion, ProcessInfo, Request, Response, Scheme,
 };
 use crate::paths;
 use crate::provider::{self, Endpoint, Provider};
@@ -101,6 +101,8 @@ pub struct RawResponse<B> {
     /// The body with any transfer coding removed, one segment per read, each with the
     /// milliseconds from the request's start at which it arrived.
     pub body: Vec<(f64, B)>,
+    /// Trailer fields, in wire order.
+    pub trailers: Headers,
 }
 
 /// One HTTP exchange as a recording path saw it, before anything is decided about it.
@@ -122,6 +124,8 @@ pub struct RawExchange<B> {
     pub process: ProcessInfo,
     /// Whether the connection was TLS.
     pub scheme: Scheme,
+    /// The HTTP version the exchange was made with.
+    pub http_version: HttpVersion,
     /// Why the recording path knows the exchange is not whole (bytes lost, the connection
     /// ended early), if it does.
     pub incomplete: Option<String>,
@@ -148,6 +152,7 @@ impl<B: AsRef<[u8]>> RawExchange<B> {
             peer,
             process,
             scheme,
+            http_version,
             mut incomplete,
         } = self;
         let request_body = decode(&request.headers, &[(0.0, request.body)], &mut incomplete);
@@ -157,6 +162,7 @@ impl<B: AsRef<[u8]>> RawExchange<B> {
                 status: r.status,
                 headers: r.headers,
                 body,
+                trailers: r.trailers,
             };
             (response, r.first_byte_ms)
         } else {
@@ -167,6 +173,7 @@ impl<B: AsRef<[u8]>> RawExchange<B> {
                 body: Body::Empty {
                     content_encoding: None,
                 },
+                trailers: Headers::default(),
             };
             (response, 0.0)
         };
@@ -182,6 +189,7 @@ impl<B: AsRef<[u8]>> RawExchange<B> {
             provider,
             host,
             scheme,
+            http_version,
             process,
             peer,
             started_at,
@@ -327,6 +335,7 @@ mod tests {
                     .zip([130.0, 180.25, 181.0])
                     .map(|(event, ms)| (ms, format!("{event}\n\n").into_bytes()))
                     .collect(),
+                trailers: Headers::default(),
             }),
             started_at: OffsetDateTime::from_unix_timestamp(1_780_000_000).unwrap(),
             duration_ms: 181.5,
@@ -334,6 +343,7 @@ mod tests {
             peer: Some("[2606:4700::6810:7b60]:443".parse().unwrap()),
             process,
             scheme: Scheme::Https,
+            http_version: HttpVersion::Http11,
             incomplete: None,
         }
     }

@@ -37,6 +37,10 @@ pub struct Exchange {
     pub host: String,
     /// Whether the connection was TLS.
     pub scheme: Scheme,
+    /// The HTTP version the exchange was made with; left out for HTTP/1.1, which is what
+    /// files written before it existed hold.
+    #[serde(default, skip_serializing_if = "HttpVersion::is_http11")]
+    pub http_version: HttpVersion,
     /// The process that made the request.
     pub process: ProcessInfo,
     /// The server address the client connected to, when known.
@@ -82,6 +86,25 @@ pub enum Scheme {
     Https,
 }
 
+/// The HTTP version of an exchange, as the snapshot spells it (`"1.1"`, `"2"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum HttpVersion {
+    /// HTTP/1.1.
+    #[default]
+    #[serde(rename = "1.1")]
+    Http11,
+    /// HTTP/2: one exchange per stream.
+    #[serde(rename = "2")]
+    Http2,
+}
+
+impl HttpVersion {
+    /// Whether this is HTTP/1.1, the version a file that does not say holds.
+    pub fn is_http11(&self) -> bool {
+        *self == Self::Http11
+    }
+}
+
 /// The process that made a request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {
@@ -116,6 +139,10 @@ pub struct Response {
     pub headers: Headers,
     /// The body, stored decoded.
     pub body: Body,
+    /// Trailer fields in wire order (gRPC's `grpc-status`, chunked trailers); left out when
+    /// there are none.
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub trailers: Headers,
 }
 
 /// Header fields as `[name, value]` pairs in wire order. A list rather than a
@@ -125,6 +152,11 @@ pub struct Response {
 pub struct Headers(pub Vec<(String, String)>);
 
 impl Headers {
+    /// Whether there are no fields.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The first value of `name`, compared case-insensitively.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0

@@ -172,6 +172,7 @@ impl Redactor {
         exchange.request.path = self.redact_path(&exchange.request.path);
         self.redact_headers(&mut exchange.request.headers);
         self.redact_headers(&mut exchange.response.headers);
+        self.redact_headers(&mut exchange.response.trailers);
         self.redact_body(&mut exchange.request.body);
         self.redact_body(&mut exchange.response.body);
     }
