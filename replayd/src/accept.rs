@@ -1,10 +1,16 @@
-//! The connection acceptor: one TCP listener serves TLS and plain HTTP alike. It peeks at
-//! each connection's first byte: `0x16` (a TLS handshake record) starts a TLS handshake with
-//! a leaf minted for the client's SNI (or, without SNI, for the original destination's
-//! address), anything else is plain HTTP/1.1. The kernel redirect, when there is one, tells
-//! each connection's original destination through [`OriginalDestination`]. A handshake for a
-//! host with no recording still completes; its requests then get the miss policy's answer.
-//! A connection's failure (a bad handshake, malformed HTTP) ends that connection only.
+//! The connection acceptor: one TCP listener serves TLS and plain HTTP alike, over HTTP/1.1
+//! and HTTP/2. It peeks at each connection's first byte: `0x16` (a TLS handshake record)
+//! starts a TLS handshake with a leaf minted for the client's SNI (or, without SNI, for the
+//! original destination's address), offering `h2` and `http/1.1` by ALPN; the protocol the
+//! client picks is served (HTTP/1.1 when it picks none). Anything else is plain HTTP: HTTP/2
+//! with prior knowledge (h2c) when the connection opens with the HTTP/2 preface, else
+//! HTTP/1.1. The kernel redirect, when there is one, tells each connection's original
+//! destination through [`OriginalDestination`]. A handshake for a host with no recording
+//! still completes; its requests then get the miss policy's answer. A connection's failure
+//! (a bad handshake, malformed HTTP) ends that connection only. When the run shuts down
+//! ([`Shutdown`]), listeners stop accepting and every connection closes gracefully: HTTP/2
+//! ones send GOAWAY and finish the streams under way, HTTP/1.1 ones finish the response
+//! under way and close.
 
 use std::collections::HashMap;
 use std::io;
@@ -12,12 +18,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::ca::{HTTP11_ALPN, LeafResolver};
+use crate::ca::{ALPN, H2_ALPN, LeafResolver};
 use crate::engine::Engine;
 use crate::io_error::{RESOURCE_BACK_OFF, is_resource_exhaustion, is_transient};
 use crate::service::{ConnInfo, app};
@@ -93,10 +101,67 @@ pub enum ConnectionError {
     /// HTTP on the connection failed (malformed request, client gone).
     #[error("HTTP connection error")]
     Http {
-        /// hyper's error.
+        /// hyper's error (boxed by the HTTP/1.1-or-HTTP/2 connection).
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// Tells a run's listeners and connections to stop: listeners stop accepting, connections
+/// close gracefully (GOAWAY on HTTP/2). [`Shutdown::closed`] waits for every connection
+/// (and listener) to be gone.
+#[derive(Debug)]
+pub struct Shutdown {
+    sender: watch::Sender<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            sender: watch::Sender::new(false),
+        }
+    }
+}
+
+impl Shutdown {
+    /// Starts shutting down.
+    pub fn begin(&self) {
+        self.sender.send_replace(true);
+    }
+
+    /// Resolves once every listener and connection watching this shutdown has ended.
+    pub async fn closed(&self) {
+        self.sender.closed().await;
+    }
+
+    fn watch(&self) -> ShutdownWatch {
+        ShutdownWatch(self.sender.subscribe())
+    }
+}
+
+/// One listener's or connection's view of a [`Shutdown`]; dropping it tells
+/// [`Shutdown::closed`] this one is gone.
+#[derive(Clone, Debug)]
+struct ShutdownWatch(watch::Receiver<bool>);
+
+impl ShutdownWatch {
+    /// Resolves when shutdown begins; never without a [`Shutdown`] that can begin.
+    async fn begun(&mut self) {
+        if self.0.wait_for(|down| *down).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// TLS without ALPN `h2`.
+    Http1,
+    /// TLS with ALPN `h2`.
+    Http2,
+    /// Plain: HTTP/2 when the connection opens with its preface, else HTTP/1.1.
+    Sniff,
 }
 
 /// Most per-destination TLS configurations kept (`--all-hosts` may see many
@@ -109,6 +174,7 @@ pub struct Acceptor {
     engine: Arc<Engine>,
     tls: Option<Arc<Tls>>,
     original_destination: Option<Arc<dyn OriginalDestination>>,
+    shutdown: ShutdownWatch,
 }
 
 /// The TLS side: one configuration for clients that send SNI, and one per
@@ -135,7 +201,7 @@ impl Tls {
         }
         configs
             .entry(ip)
-            .or_insert_with(|| Arc::new(self.resolver.server_config_for_ip(HTTP11_ALPN, ip)))
+            .or_insert_with(|| Arc::new(self.resolver.server_config_for_ip(ALPN, ip)))
             .clone()
     }
 }
@@ -156,13 +222,14 @@ impl Acceptor {
             engine,
             tls: None,
             original_destination: None,
+            shutdown: ShutdownWatch(watch::Sender::new(false).subscribe()),
         }
     }
 
     /// Serves TLS too, with leaves from `resolver`.
     #[must_use]
     pub fn with_tls(mut self, resolver: Arc<LeafResolver>) -> Self {
-        let config = Arc::new(resolver.server_config(HTTP11_ALPN));
+        let config = Arc::new(resolver.server_config(ALPN));
         self.tls = Some(Arc::new(Tls {
             resolver,
             config,
@@ -178,8 +245,15 @@ impl Acceptor {
         self
     }
 
-    /// Accepts connections on `listener` until accepting fails for good, serving each in
-    /// its own task.
+    /// Stops accepting, and closes connections gracefully, once `shutdown` begins.
+    #[must_use]
+    pub fn with_shutdown(mut self, shutdown: &Shutdown) -> Self {
+        self.shutdown = shutdown.watch();
+        self
+    }
+
+    /// Accepts connections on `listener` until accepting fails for good or shutdown begins,
+    /// serving each in its own task.
     pub async fn serve(self, listener: TcpListener) -> Result<(), AcceptError> {
         let addr = listener
             .local_addr()
@@ -187,9 +261,14 @@ impl Acceptor {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?;
+        let mut shutdown = self.shutdown.clone();
         let this = Arc::new(self);
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = shutdown.begun() => return Ok(()),
+            };
+            let (stream, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) if is_transient(&e) => continue,
                 Err(e) if is_resource_exhaustion(&e) => {
@@ -249,23 +328,53 @@ impl Acceptor {
                 })?
                 .map_err(|source| ConnectionError::Handshake { source })?;
                 info.tls = true;
-                info.sni = tls.get_ref().1.server_name().map(str::to_owned);
-                self.serve_http(TokioIo::new(tls), info).await
+                let session = tls.get_ref().1;
+                info.sni = session.server_name().map(str::to_owned);
+                let protocol = if session.alpn_protocol() == Some(H2_ALPN) {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                };
+                self.serve_http(TokioIo::new(tls), info, protocol).await
             }
-            _ => self.serve_http(TokioIo::new(stream), info).await,
+            _ => {
+                self.serve_http(TokioIo::new(stream), info, Protocol::Sniff)
+                    .await
+            }
         }
     }
 
-    async fn serve_http<I>(&self, io: I, info: ConnInfo) -> Result<(), ConnectionError>
+    async fn serve_http<I>(
+        &self,
+        io: I,
+        info: ConnInfo,
+        protocol: Protocol,
+    ) -> Result<(), ConnectionError>
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin,
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        hyper::server::conn::http1::Builder::new()
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true)
-            .serve_connection(io, app(self.engine.clone(), info))
-            .await
-            .map_err(|source| ConnectionError::Http { source })
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+        let builder = match protocol {
+            Protocol::Http1 => builder.http1_only(),
+            Protocol::Http2 => builder.http2_only(),
+            Protocol::Sniff => builder,
+        };
+        let mut shutdown = self.shutdown.clone();
+        let connection = builder.serve_connection(io, app(self.engine.clone(), info));
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = shutdown.begun() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        result.map_err(|source| ConnectionError::Http { source })
     }
 }

@@ -6,7 +6,9 @@
 //! (sent, or the client went away) the time it took is added to the run's statistics. A
 //! forwarded answer (`--on-miss passthrough|record`) is a third kind: frames handed over by
 //! the forwarding task as they arrive from the real host, ending in an error (so the
-//! connection is cut rather than the body looking whole) when the real host broke off.
+//! connection is cut rather than the body looking whole) when the real host broke off. A
+//! recorded answer with trailers sends them as a last frame, after the body; its length is
+//! then left open, so HTTP/1.1 sends it chunked, the only way trailers go there.
 
 use std::io;
 use std::pin::Pin;
@@ -15,6 +17,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
@@ -27,6 +30,7 @@ use crate::response::TimedChunk;
 #[derive(Debug)]
 pub struct ReplayBody {
     kind: Kind,
+    trailers: Option<HeaderMap>,
     timer: Option<ServeTimer>,
 }
 
@@ -64,6 +68,7 @@ impl ReplayBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self {
             kind: Kind::Full(Some(bytes.into())).normalise(),
+            trailers: None,
             timer: None,
         }
     }
@@ -83,6 +88,7 @@ impl ReplayBody {
                 pace,
                 deadline,
             }),
+            trailers: None,
             timer: None,
         }
     }
@@ -92,8 +98,16 @@ impl ReplayBody {
     pub fn stream(frames: mpsc::Receiver<io::Result<Bytes>>) -> Self {
         Self {
             kind: Kind::Stream(frames),
+            trailers: None,
             timer: None,
         }
+    }
+
+    /// Sends `trailers` after the body, when there are some.
+    #[must_use]
+    pub fn with_trailers(mut self, trailers: Option<HeaderMap>) -> Self {
+        self.trailers = trailers;
+        self
     }
 
     /// Counts the time until this body is done (from `started`) as serve time in `stats`.
@@ -132,39 +146,45 @@ impl http_body::Body for ReplayBody {
                 None => None,
             },
             Kind::Full(bytes) => bytes.take(),
-            Kind::Paced(paced) => {
-                let Some(chunk) = paced.chunks.get(paced.next) else {
-                    this.timer = None;
-                    return Poll::Ready(None);
-                };
-                if let Some(delay) = paced.pace.delay(chunk.offset_ms)
-                    && let Err(e) = ready!(paced.deadline.poll_until(cx, paced.base + delay))
-                {
-                    this.timer = None;
-                    return Poll::Ready(Some(Err(e)));
+            Kind::Paced(paced) => match paced.chunks.get(paced.next) {
+                None => None,
+                Some(chunk) => {
+                    if let Some(delay) = paced.pace.delay(chunk.offset_ms)
+                        && let Err(e) = ready!(paced.deadline.poll_until(cx, paced.base + delay))
+                    {
+                        this.timer = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                    paced.next += 1;
+                    Some(chunk.bytes.clone())
                 }
-                paced.next += 1;
-                Some(chunk.bytes.clone())
-            }
+            },
         };
-        if frame.is_none() {
-            this.timer = None;
+        if let Some(bytes) = frame {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
-        Poll::Ready(frame.map(|b| Ok(Frame::data(b))))
+        if let Some(trailers) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        this.timer = None;
+        Poll::Ready(None)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Full(bytes) => bytes.is_none(),
-            Kind::Paced(paced) => paced.next >= paced.chunks.len(),
-            Kind::Stream(_) => false,
-        }
+        self.trailers.is_none()
+            && match &self.kind {
+                Kind::Full(bytes) => bytes.is_none(),
+                Kind::Paced(paced) => paced.next >= paced.chunks.len(),
+                Kind::Stream(_) => false,
+            }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
-            Kind::Paced(_) | Kind::Stream(_) => SizeHint::default(),
+            Kind::Full(bytes) if self.trailers.is_none() => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Kind::Full(_) | Kind::Paced(_) | Kind::Stream(_) => SizeHint::default(),
         }
     }
 }
@@ -184,6 +204,14 @@ mod tests {
                 bytes: Bytes::from(format!("data: {i}\n\n")),
             })
             .collect()
+    }
+
+    async fn all_frames(mut body: ReplayBody) -> Vec<Frame<Bytes>> {
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            frames.push(frame.unwrap());
+        }
+        frames
     }
 
     async fn arrivals(body: ReplayBody, base: Instant) -> Vec<(Duration, Bytes)> {
@@ -239,6 +267,39 @@ mod tests {
         let got = arrivals(instant, base).await;
         assert_eq!(got.len(), 3);
         assert!(ms(got[2].0) < 100.0, "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn trailers_follow_the_body_and_leave_its_length_open() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let mut body = ReplayBody::full("abc").with_trailers(Some(trailers.clone()));
+        assert_eq!(http_body::Body::size_hint(&body).exact(), None);
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(data, "abc");
+        assert!(!http_body::Body::is_end_stream(&body));
+        let last = body
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(last, trailers);
+        assert!(http_body::Body::is_end_stream(&body));
+        assert!(body.frame().await.is_none());
+
+        let base = Instant::now();
+        let paced = ReplayBody::paced(
+            chunks(&[0.0, 5.0]),
+            base,
+            Pace::Recorded,
+            Deadline::default(),
+        )
+        .with_trailers(Some(trailers.clone()));
+        let frames = all_frames(paced).await;
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[2].trailers_ref(), Some(&trailers));
     }
 
     #[tokio::test]

@@ -50,8 +50,10 @@ pub const BUNDLE_FILE: &str = "llmsim-ca-bundle.pem";
 /// File name of the copy of the CA certificate written by
 /// [`CertificateAuthority::trust_bundle`], for `NODE_EXTRA_CA_CERTS`.
 pub const BUNDLE_CA_FILE: &str = "llmsim-replay-ca.pem";
-/// ALPN protocols offered until HTTP/2 support lands.
-pub const HTTP11_ALPN: &[&[u8]] = &[b"http/1.1"];
+/// The ALPN protocol name of HTTP/2 over TLS.
+pub const H2_ALPN: &[u8] = b"h2";
+/// ALPN protocols replay offers, in order of preference: HTTP/2, then HTTP/1.1.
+pub const ALPN: &[&[u8]] = &[H2_ALPN, b"http/1.1"];
 
 /// How long the CA is valid for.
 const CA_VALIDITY: Duration = Duration::from_hours(10 * 365 * 24);
@@ -603,7 +605,7 @@ impl LeafResolver {
     }
 
     /// A server configuration that resolves leaves through this resolver and offers `alpn`
-    /// (for now [`HTTP11_ALPN`]).
+    /// (replay offers [`ALPN`]).
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> ServerConfig {
         self.config_with(self.clone(), alpn)
     }
@@ -1115,7 +1117,7 @@ mod tests {
         let resolver = Arc::new(LeafResolver::new(ca.clone()).unwrap());
 
         // A client trusting the CA connects with SNI api.openai.com.
-        let (addr, server) = serve_once(resolver.server_config(HTTP11_ALPN)).await;
+        let (addr, server) = serve_once(resolver.server_config(ALPN)).await;
         let mut roots = RootCertStore::empty();
         roots.add(ca.cert_der().clone()).unwrap();
         let connector = TlsConnector::from(client_config(roots));
@@ -1139,7 +1141,7 @@ mod tests {
         // A client trusting only some other CA fails the handshake.
         let other_dir = tempfile::tempdir().unwrap();
         let other = CertificateAuthority::load_or_create(other_dir.path()).unwrap();
-        let (addr, server) = serve_once(resolver.server_config(HTTP11_ALPN)).await;
+        let (addr, server) = serve_once(resolver.server_config(ALPN)).await;
         let mut roots = RootCertStore::empty();
         roots.add(other.cert_der().clone()).unwrap();
         let connector = TlsConnector::from(client_config(roots));
@@ -1161,7 +1163,7 @@ mod tests {
         let ca = Arc::new(CertificateAuthority::load_or_create(dir.path()).unwrap());
         let resolver = Arc::new(LeafResolver::new(ca.clone()).unwrap());
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        let (addr, server) = serve_once(resolver.server_config_for_ip(HTTP11_ALPN, ip)).await;
+        let (addr, server) = serve_once(resolver.server_config_for_ip(ALPN, ip)).await;
         let mut roots = RootCertStore::empty();
         roots.add(ca.cert_der().clone()).unwrap();
         // rustls sends no SNI for an IP address server name.

@@ -261,7 +261,7 @@ async fn listen(engine: Arc<Engine>, addr: SocketAddr, args: &ServeArgs) -> Resu
         eprintln!("replayd: listening on {addr}");
     }
     running.run_until(signal).await?;
-    Ok(finish(&running.finish()))
+    Ok(finish(&running.finish().await))
 }
 
 /// Prints the report and picks the exit code.
@@ -369,7 +369,7 @@ async fn serve_redirected(
         );
         running.run_until(signal).await?;
     }
-    let report = running.finish();
+    let report = running.finish().await;
     let replay_code = finish(&report);
     Ok(match child_code {
         Some(0) | None => replay_code,

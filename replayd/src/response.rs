@@ -1,8 +1,11 @@
 //! Recorded responses made ready to send, once, at start-up: the status and header map
-//! checked and built, hop-by-hop headers dropped, `Content-Length` left for the server to
-//! recompute from the bytes actually sent, and `Content-Encoding` made to describe those
-//! bytes (bodies are stored decoded, so it is dropped unless the body is still in a coding
-//! replay cannot undo). Server-sent events become one timed chunk per event, so replay can
+//! checked and built, hop-by-hop headers (and HTTP/2 pseudo-headers) dropped,
+//! `Content-Length` left for the server to recompute from the bytes actually sent, and
+//! `Content-Encoding` made to describe those bytes (bodies are stored decoded, so it is
+//! dropped unless the body is still in a coding replay cannot undo). What is left describes
+//! the message alone, so an exchange recorded over HTTP/1.1 is served over HTTP/2 and the
+//! other way round. Recorded trailers (gRPC's `grpc-status`) are checked the same way and
+//! sent after the body. Server-sent events become one timed chunk per event, so replay can
 //! pace them as recorded. Serving a hit then clones a header map and an `Arc`.
 
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use llmsim_snapshot::model::{Body, Exchange};
+use llmsim_snapshot::model::{Body, Exchange, Headers};
 
 /// Headers that describe one connection rather than the message, never replayed
 /// (RFC 9110 section 7.6.1, plus the `proxy-*` family and `keep-alive`).
@@ -86,6 +89,8 @@ pub struct PreparedResponse {
     pub headers: HeaderMap,
     /// The body.
     pub body: PreparedBody,
+    /// The trailers to send after the body, in recorded order, if any were recorded.
+    pub trailers: Option<HeaderMap>,
 }
 
 impl PreparedResponse {
@@ -102,31 +107,13 @@ impl PreparedResponse {
             .map(|t| t.trim().to_ascii_lowercase())
             .filter(|t| !t.is_empty())
             .collect();
-        let mut headers = HeaderMap::with_capacity(response.headers.0.len());
-        for (name, value) in response.headers.iter() {
-            let lower = name.to_ascii_lowercase();
-            if is_hop_by_hop(&lower)
-                || named_by_connection.contains(&lower)
+        let mut headers = header_map(&response.headers, |lower| {
+            is_hop_by_hop(lower)
+                || named_by_connection.iter().any(|n| n == lower)
                 || lower == "content-length"
                 || lower == "content-encoding"
-            {
-                continue;
-            }
-            let header_name = HeaderName::from_bytes(lower.as_bytes()).map_err(|source| {
-                PrepareError::HeaderName {
-                    name: name.to_owned(),
-                    source,
-                }
-            })?;
-            let header_value =
-                HeaderValue::from_bytes(value.trim().as_bytes()).map_err(|source| {
-                    PrepareError::HeaderValue {
-                        name: name.to_owned(),
-                        source,
-                    }
-                })?;
-            headers.append(header_name, header_value);
-        }
+        })?;
+        let trailers = header_map(&response.trailers, is_hop_by_hop)?;
         if let Some(coding) = response.body.wire_content_encoding() {
             let value =
                 HeaderValue::from_str(coding).map_err(|source| PrepareError::HeaderValue {
@@ -167,8 +154,43 @@ impl PreparedResponse {
             status,
             headers,
             body,
+            trailers: (!trailers.is_empty()).then_some(trailers),
         })
     }
+
+    /// The `Trailer` header announcing the trailers to an HTTP/1.1 client, which gets them
+    /// only when announced.
+    pub fn trailer_announcement(&self) -> Option<HeaderValue> {
+        let trailers = self.trailers.as_ref()?;
+        let names: Vec<&str> = trailers.keys().map(HeaderName::as_str).collect();
+        HeaderValue::from_str(&names.join(", ")).ok()
+    }
+}
+
+/// `fields` as a header map, in order, leaving out HTTP/2 pseudo-headers and the names
+/// (lowercase) `skip` says; a name or value HTTP does not allow is an error.
+fn header_map(fields: &Headers, skip: impl Fn(&str) -> bool) -> Result<HeaderMap, PrepareError> {
+    let mut map = HeaderMap::with_capacity(fields.0.len());
+    for (name, value) in fields.iter() {
+        let lower = name.to_ascii_lowercase();
+        if lower.starts_with(':') || skip(&lower) {
+            continue;
+        }
+        let header_name = HeaderName::from_bytes(lower.as_bytes()).map_err(|source| {
+            PrepareError::HeaderName {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        let header_value = HeaderValue::from_bytes(value.trim().as_bytes()).map_err(|source| {
+            PrepareError::HeaderValue {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        map.append(header_name, header_value);
+    }
+    Ok(map)
 }
 
 /// Whether a header (lowercase name) describes one connection rather than the message.
@@ -179,7 +201,7 @@ pub(crate) fn is_hop_by_hop(lower: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmsim_snapshot::model::{Headers, SseEvent};
+    use llmsim_snapshot::model::SseEvent;
     use serde_json::json;
 
     use crate::testutil::exchange;
@@ -272,6 +294,32 @@ mod tests {
                 (90.0, b"data: cut")
             ]
         );
+    }
+
+    #[test]
+    fn trailers_are_kept_and_pseudo_headers_dropped() {
+        let mut ex = exchange("hi", json!({}));
+        ex.response.headers = headers(&[(":status", "200"), ("content-type", "application/grpc")]);
+        ex.response.trailers = headers(&[("grpc-status", "0"), ("Grpc-Message", "ok")]);
+        let prepared = PreparedResponse::new(&ex).unwrap();
+        let names: Vec<&str> = prepared.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type"]);
+        let trailers = prepared.trailers.as_ref().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "ok");
+        assert_eq!(
+            prepared.trailer_announcement().unwrap(),
+            "grpc-status, grpc-message"
+        );
+        ex.response.trailers = headers(&[]);
+        let prepared = PreparedResponse::new(&ex).unwrap();
+        assert!(prepared.trailers.is_none());
+        assert!(prepared.trailer_announcement().is_none());
+        ex.response.trailers = headers(&[("grpc-status", "bad\nvalue")]);
+        assert!(matches!(
+            PreparedResponse::new(&ex),
+            Err(PrepareError::HeaderValue { .. })
+        ));
     }
 
     #[test]

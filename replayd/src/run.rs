@@ -3,25 +3,30 @@
 //! for the redirect modes, the DNS responder ([`start_dns`]); then [`Server::start`] with
 //! the redirect's original-destination lookup (none in `--listen` mode), wait for a signal
 //! or the child ([`Running::run_until`]), and take the end-of-run [`Report`]
-//! ([`Running::finish`]). The kernel redirect is attached between binding and starting,
-//! because it needs the bound addresses.
+//! ([`Running::finish`], which first lets open connections close gracefully: GOAWAY on
+//! HTTP/2). The kernel redirect is attached between binding and starting, because it needs
+//! the bound addresses.
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::task::JoinSet;
 
-use crate::accept::{AcceptError, Acceptor, OriginalDestination};
+use crate::accept::{AcceptError, Acceptor, OriginalDestination, Shutdown};
 use crate::ca::{self, CaError, CertificateAuthority, LeafResolver};
 use crate::dns::{DnsError, DnsResponder};
 use crate::engine::{Engine, EngineError};
 use crate::options::ReplayOptions;
 use crate::report::Report;
 use crate::upstream::{Upstream, UpstreamSettings, UpstreamSetupError};
+
+/// How long [`Running::finish`] lets open connections finish the answers under way.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// How many times [`start_dns`] tries for a port free for UDP and TCP on every address.
 const DNS_BIND_ATTEMPTS: usize = 16;
@@ -205,7 +210,8 @@ impl Server {
 
     /// Starts serving; `original_destination` comes from the kernel redirect, if any.
     pub fn start(self, original_destination: Option<Arc<dyn OriginalDestination>>) -> Running {
-        let mut acceptor = Acceptor::new(self.engine.clone());
+        let shutdown = Shutdown::default();
+        let mut acceptor = Acceptor::new(self.engine.clone()).with_shutdown(&shutdown);
         if let Some(resolver) = self.tls {
             acceptor = acceptor.with_tls(resolver);
         }
@@ -220,6 +226,7 @@ impl Server {
         Running {
             engine: self.engine,
             tasks,
+            shutdown,
         }
     }
 }
@@ -240,6 +247,7 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 pub struct Running {
     engine: Arc<Engine>,
     tasks: JoinSet<Result<(), RunError>>,
+    shutdown: Shutdown,
 }
 
 impl Running {
@@ -274,8 +282,11 @@ impl Running {
         self.engine.stats().report()
     }
 
-    /// Stops accepting and returns the end-of-run report.
-    pub fn finish(mut self) -> Report {
+    /// Stops accepting, closes open connections gracefully (HTTP/2 ones get GOAWAY), waits
+    /// up to [`SHUTDOWN_GRACE`] for the answers under way, and returns the end-of-run report.
+    pub async fn finish(mut self) -> Report {
+        self.shutdown.begin();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.shutdown.closed()).await;
         self.tasks.abort_all();
         self.report()
     }
@@ -448,6 +459,6 @@ mod tests {
         running.watch(dns.serve());
         let out = running.run_until(async { 7 }).await.unwrap();
         assert_eq!(out, 7);
-        assert_eq!(running.finish().total_served, 0);
+        assert_eq!(running.finish().await.total_served, 0);
     }
 }

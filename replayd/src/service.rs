@@ -6,7 +6,10 @@
 //! each request is counted by the engine; the service reports the failures only it sees. It
 //! is a plain `hyper` service over any request body, so tests drive it over a loopback
 //! listener or call it directly; the acceptor adds TLS and the kernel's original destination
-//! through [`ConnInfo`].
+//! through [`ConnInfo`]. HTTP/1.1 and HTTP/2 requests are served alike, whichever version
+//! the exchange was recorded over: an HTTP/2 request names its host in `:authority`, and
+//! recorded trailers are announced in a `Trailer` header to HTTP/1.1 clients, which get
+//! them only when announced.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,7 +20,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Request, Response, header};
+use http::{Request, Response, Version, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use llmsim_snapshot::provider::{Endpoint, Provider};
 
@@ -84,6 +87,7 @@ impl ReplayService {
     {
         let arrived = Instant::now();
         let (parts, body) = request.into_parts();
+        let version = parts.version;
         let host = self.host_of(&parts);
         let method = parts.method.as_str().to_owned();
         let path = parts
@@ -118,7 +122,7 @@ impl ReplayService {
                     Endpoint::classify(&request.method, &request.path),
                 );
                 let result = match &entry.response {
-                    Ok(prepared) => self.send(prepared, arrived).await,
+                    Ok(prepared) => self.send(prepared, version, arrived).await,
                     Err(source) => Err(ServeError::Snapshot {
                         file: entry.file.clone(),
                         source: source.clone(),
@@ -194,10 +198,12 @@ impl ReplayService {
             .unwrap_or_default()
     }
 
-    /// The recorded response, its events paced from the request's arrival.
+    /// The recorded response to a request over HTTP `version`, its events paced from the
+    /// request's arrival.
     async fn send(
         &self,
         prepared: &PreparedResponse,
+        version: Version,
         arrived: Instant,
     ) -> Result<Response<ReplayBody>, ServeError> {
         let pace = self.engine.options().pace;
@@ -216,11 +222,19 @@ impl ReplayService {
                 ReplayBody::paced(chunks.clone(), arrived, pace, deadline)
             }
         };
+        let body = body
+            .with_trailers(prepared.trailers.clone())
+            .timed(self.engine.stats().clone(), arrived);
         let mut response = Response::builder()
             .status(prepared.status)
-            .body(body.timed(self.engine.stats().clone(), arrived))
+            .body(body)
             .map_err(|e| internal(e.into()))?;
         *response.headers_mut() = prepared.headers.clone();
+        if version < Version::HTTP_2
+            && let Some(names) = prepared.trailer_announcement()
+        {
+            response.headers_mut().insert(header::TRAILER, names);
+        }
         Ok(response)
     }
 }

@@ -11,7 +11,9 @@
 //! replayd's own process is exempt from the cgroup redirect, so its connects and DNS go out
 //! normally; certificates are verified against the system roots (`SSL_CERT_FILE` honoured).
 //! One connection per forward: misses are rare, and a connection per forward keeps a
-//! broken upstream from poisoning the next one.
+//! broken upstream from poisoning the next one. Over TLS, replayd offers `h2` and
+//! `http/1.1` by ALPN and speaks HTTP/2 when the real host picks it (the exchange then says
+//! so); plain HTTP is forwarded over HTTP/1.1.
 
 use std::fmt;
 use std::io;
@@ -23,7 +25,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use llmsim_snapshot::authority::Authority;
 use llmsim_snapshot::config::ConfigError;
 use llmsim_snapshot::ledger::CallLine;
@@ -294,7 +296,7 @@ impl Upstream {
             })?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = crate::ca::ALPN.iter().map(|p| p.to_vec()).collect();
         let recorder = if settings.on_miss == OnMiss::Record {
             Some(Mutex::new(SnapshotRecorder::open(
                 dir,
@@ -359,17 +361,16 @@ impl Upstream {
         }
         let described = to.to_string();
         let (mut sender, peer) = self.open(&to, &described).await?;
-        let outgoing = outgoing_request(&request, &to)?;
+        let outgoing = outgoing_request(&request, &to, sender.version())?;
         let started_at = OffsetDateTime::now_utc();
         let started = Instant::now();
-        let response =
-            sender
-                .send_request(outgoing)
-                .await
-                .map_err(|source| ForwardError::Http {
-                    target: described.clone(),
-                    source,
-                })?;
+        let response = sender
+            .send(outgoing)
+            .await
+            .map_err(|source| ForwardError::Http {
+                target: described.clone(),
+                source,
+            })?;
         let first_byte_ms = ms_since(started);
         let (parts, mut incoming) = response.into_parts();
         let mut headers = HeaderMap::with_capacity(parts.headers.len());
@@ -454,8 +455,8 @@ impl Upstream {
         Ok(response)
     }
 
-    /// A connection to `to` (TLS verified against the roots), ready for one request, and
-    /// the address it reached.
+    /// A connection to `to` (TLS verified against the roots; HTTP/2 when the host picks it
+    /// by ALPN), ready for one request, and the address it reached.
     async fn open(
         &self,
         to: &UpstreamAddr,
@@ -486,9 +487,10 @@ impl Upstream {
                     target: described.to_owned(),
                     source,
                 })?;
-            handshake(TokioIo::new(tls), described).await?
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(crate::ca::H2_ALPN);
+            handshake(TokioIo::new(tls), h2, described).await?
         } else {
-            handshake(TokioIo::new(stream), described).await?
+            handshake(TokioIo::new(stream), false, described).await?
         };
         Ok((sender, peer))
     }
@@ -558,52 +560,115 @@ fn system_roots() -> Result<RootCertStore, UpstreamSetupError> {
     Ok(roots)
 }
 
-/// The sending half of a forwarding connection.
-type SendRequest = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// The sending half of a forwarding connection, in the HTTP version the host picked.
+enum SendRequest {
+    Http1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    Http2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
 
-async fn handshake<T>(io: T, target: &str) -> Result<SendRequest, ForwardError>
+impl SendRequest {
+    fn version(&self) -> http::Version {
+        match self {
+            Self::Http1(_) => http::Version::HTTP_11,
+            Self::Http2(_) => http::Version::HTTP_2,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            Self::Http1(sender) => sender.send_request(request).await,
+            Self::Http2(sender) => sender.send_request(request).await,
+        }
+    }
+}
+
+/// Starts HTTP on `io`: HTTP/2 when `h2`, else HTTP/1.1.
+async fn handshake<T>(io: T, h2: bool, target: &str) -> Result<SendRequest, ForwardError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(io)
+    let failed = |source| ForwardError::Http {
+        target: target.to_owned(),
+        source,
+    };
+    let sender = if h2 {
+        let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
             .await
-            .map_err(|source| ForwardError::Http {
-                target: target.to_owned(),
-                source,
-            })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!("forwarding connection ended: {e}");
-        }
-    });
+            .map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("forwarding connection ended: {e}");
+            }
+        });
+        SendRequest::Http2(sender)
+    } else {
+        let (sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(failed)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("forwarding connection ended: {e}");
+            }
+        });
+        SendRequest::Http1(sender)
+    };
     Ok(sender)
 }
 
-/// The app's request as the real host gets it: hop-by-hop headers dropped, `Host` kept
-/// (or set from `to`), the body as received.
+/// The app's request as the real host gets it over HTTP `version`: hop-by-hop headers
+/// dropped (but `te: trailers`, which HTTP/2 keeps), the body as received. Over HTTP/1.1
+/// the `Host` is kept (or set from `to`); over HTTP/2 the request target carries the scheme
+/// and authority (from `Host`, else `to`) instead.
 fn outgoing_request(
     request: &ReplayRequest,
     to: &UpstreamAddr,
+    version: http::Version,
 ) -> Result<Request<Full<Bytes>>, ForwardError> {
+    let h2 = version == http::Version::HTTP_2;
+    let default_port = if to.tls { 443 } else { 80 };
+    let host = request
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(
+            || {
+                if to.port == default_port {
+                    to.host.clone()
+                } else {
+                    to.to_string()
+                }
+            },
+            str::to_owned,
+        );
+    let target = if h2 {
+        let scheme = if to.tls { "https" } else { "http" };
+        format!("{scheme}://{host}{}", request.path)
+    } else {
+        request.path.clone()
+    };
     let mut outgoing = Request::builder()
         .method(request.method.as_str())
-        .uri(request.path.as_str())
+        .uri(target.as_str())
+        .version(version)
         .body(Full::new(request.body.clone()))
         .map_err(|source| ForwardError::Build { source })?;
     let headers = outgoing.headers_mut();
     for (name, value) in &request.headers {
-        if !is_hop_by_hop(name.as_str()) && name != header::CONTENT_LENGTH {
+        let kept = if name == header::TE {
+            h2 && value == "trailers"
+        } else {
+            !is_hop_by_hop(name.as_str())
+                && name != header::CONTENT_LENGTH
+                && !(h2 && name == header::HOST)
+        };
+        if kept {
             headers.append(name.clone(), value.clone());
         }
     }
-    if !headers.contains_key(header::HOST) {
-        let default_port = if to.tls { 443 } else { 80 };
-        let host = if to.port == default_port {
-            to.host.clone()
-        } else {
-            to.to_string()
-        };
+    if !h2 && !headers.contains_key(header::HOST) {
         let value =
             HeaderValue::try_from(host).map_err(|e| ForwardError::Build { source: e.into() })?;
         headers.insert(header::HOST, value);
