@@ -15,6 +15,12 @@
 //!   ceiling too, and oha's (about 50,000 requests a second beside either server on two cores)
 //!   is about half of wrk's.
 //!
+//! The HTTP/2 variant serves the same answer over h2 on TLS (nginx with `http2` on its
+//! listener) to `h2load`, several streams in flight on each connection: a saturation run
+//! (closed loop) and a run at the same fixed offered rate, each request's latency taken from
+//! h2load's per-request log, from when it was sent (h2load cannot measure from a scheduled
+//! start). `--only h1|h2` runs one variant alone.
+//!
 //! The servers take turns (which one goes first alternates every round) so that drift in the
 //! machine's speed hits both alike.
 //!
@@ -76,9 +82,27 @@ struct Args {
     /// oha itself sustains beside the server.
     #[arg(long, default_value_t = 20_000)]
     rate: u32,
+    /// HTTP/2 connections h2load opens.
+    #[arg(long, default_value_t = 8)]
+    h2_clients: u32,
+    /// Streams each h2load connection keeps in flight.
+    #[arg(long, default_value_t = 8)]
+    h2_streams: u32,
+    /// Run only one variant: `h1` (wrk and oha over HTTP/1.1) or `h2` (h2load over h2).
+    #[arg(long, value_enum)]
+    only: Option<Variant>,
     /// Use the replayd already in target/release instead of building it first.
     #[arg(long)]
     no_build: bool,
+}
+
+/// A part of the bench.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Variant {
+    /// Keep-alive HTTP/1.1, plain and TLS.
+    H1,
+    /// HTTP/2 over TLS.
+    H2,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -143,6 +167,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         args.rate > 0,
         "--rate must be at least 1 request per second"
     );
+    ensure!(
+        args.h2_clients >= args.threads && args.h2_streams > 0,
+        "h2load needs at least as many --h2-clients as --threads, and --h2-streams of at least 1"
+    );
+    ensure!(
+        args.rate >= args.h2_clients,
+        "--rate must give each of the --h2-clients at least 1 request per second"
+    );
 
     let tools = ensure_tools()?;
     let replayd_bin = release_binary("llmsim-replayd", "replayd", !args.no_build)?;
@@ -162,6 +194,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     )?;
     let mut nginx = Nginx::start(&tools.nginx, &scratch, &body, &ca)?;
 
+    if args.only != Some(Variant::H1) {
+        ensure_h2_answers(&[replayd.addr, nginx.h2])?;
+    }
     let targets = [
         (Server::Replayd, Scheme::Http, replayd.addr),
         (Server::Replayd, Scheme::Https, replayd.addr),
@@ -193,28 +228,37 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // Other work on the machine competes for the same two cores and shows in every figure,
     // the tail most: the report says how busy the machine was as the runs began.
     let load = load_average();
+    let mut summary = String::new();
 
-    // A short warm-up per target: TLS session set-up, page faults, CPU frequency.
-    eprintln!("xtask: warming up");
-    for (server, scheme, addr) in targets {
-        wrk(&args, 1, &url(scheme, addr))
-            .with_context(|| format!("warm-up of {} over {}", server.name(), scheme.name()))?;
+    if args.only != Some(Variant::H2) {
+        // A short warm-up per target: TLS session set-up, page faults, CPU frequency.
+        eprintln!("xtask: warming up");
+        for (server, scheme, addr) in targets {
+            wrk(&args, 1, &url(scheme, addr))
+                .with_context(|| format!("warm-up of {} over {}", server.name(), scheme.name()))?;
+        }
+
+        let addrs = Addrs {
+            replayd: replayd.addr,
+            nginx_http: nginx.http,
+            nginx_https: nginx.https,
+        };
+        let samples = saturation_runs(&args, addrs)?;
+        let latencies = latency_runs(&args, &tools.oha, addrs)?;
+        summary += &report(&args, &tools.oha_version, &load, &samples, &latencies);
     }
-
-    let addrs = Addrs {
-        replayd: replayd.addr,
-        nginx_http: nginx.http,
-        nginx_https: nginx.https,
-    };
-    let samples = saturation_runs(&args, addrs)?;
-    let latencies = latency_runs(&args, &tools.oha, addrs)?;
+    if args.only != Some(Variant::H1) {
+        let h2 = H2Addrs {
+            replayd: replayd.addr,
+            nginx: nginx.h2,
+        };
+        let runs = h2_runs(&args, &scratch, h2)?;
+        summary += &h2_report(&args, &tools.h2load_version, &load, &runs);
+    }
     replayd.child.check_alive()?;
     nginx.child.check_alive()?;
 
-    print!(
-        "{}",
-        report(&args, &tools.oha_version, &load, &samples, &latencies)
-    );
+    print!("{summary}");
     Ok(())
 }
 
@@ -482,23 +526,29 @@ struct Tools {
     oha: PathBuf,
     /// What `oha --version` says, for the report.
     oha_version: String,
+    /// What `h2load --version` says, for the report.
+    h2load_version: String,
 }
 
-/// Finds wrk, nginx and oha, installing them through `scripts/setup.sh --bench` when missing.
+/// Finds wrk, nginx, oha and h2load, installing them through `scripts/setup.sh --bench` when
+/// missing.
 fn ensure_tools() -> anyhow::Result<Tools> {
-    let [_wrk, nginx, oha] = bench_tools(["wrk", "nginx", "oha"])?;
-    let version = Command::new(&oha)
-        .arg("--version")
-        .output()
-        .with_context(|| format!("running {} --version", oha.display()))?;
-    let oha_version = String::from_utf8_lossy(&version.stdout)
-        .trim()
-        .trim_start_matches("oha ")
-        .to_owned();
+    let [_wrk, nginx, oha, h2load] = bench_tools(["wrk", "nginx", "oha", "h2load"])?;
+    let version_of = |bin: &Path, prefix: &str| -> anyhow::Result<String> {
+        let version = Command::new(bin)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("running {} --version", bin.display()))?;
+        Ok(String::from_utf8_lossy(&version.stdout)
+            .trim()
+            .trim_start_matches(prefix)
+            .to_owned())
+    };
     Ok(Tools {
+        oha_version: version_of(&oha, "oha ")?,
+        h2load_version: version_of(&h2load, "h2load ")?,
         nginx,
         oha,
-        oha_version,
     })
 }
 
@@ -740,11 +790,337 @@ fn parse_oha(text: &str, seconds: u32) -> anyhow::Result<Latency> {
     })
 }
 
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 (h2load)
+
+/// Where each server serves h2 over TLS.
+#[derive(Clone, Copy)]
+struct H2Addrs {
+    replayd: SocketAddr,
+    nginx: SocketAddr,
+}
+
+impl H2Addrs {
+    fn url(self, server: Server) -> String {
+        let addr = match server {
+            Server::Replayd => self.replayd,
+            Server::Nginx => self.nginx,
+        };
+        format!("https://{addr}{PATH}")
+    }
+}
+
+/// One h2load run's figures; latencies from each request's sending.
+#[derive(Clone, Copy, Debug)]
+struct H2Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+/// Whether an h2load run is a closed loop or offers a fixed rate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum H2Load {
+    Saturation,
+    Rate,
+}
+
+/// The HTTP/2 runs: per round, saturation then the fixed rate, the servers taking turns.
+fn h2_runs(
+    args: &Args,
+    scratch: &Path,
+    addrs: H2Addrs,
+) -> anyhow::Result<Vec<(Server, H2Load, H2Sample)>> {
+    eprintln!("xtask: warming up over h2");
+    for server in [Server::Replayd, Server::Nginx] {
+        h2load(args, scratch, &addrs.url(server), H2Load::Saturation, 1)
+            .with_context(|| format!("warm-up of {} over h2", server.name()))?;
+    }
+    let mut runs = Vec::new();
+    for round in 0..args.rounds {
+        for load in [H2Load::Saturation, H2Load::Rate] {
+            let order = if round % 2 == 0 {
+                [Server::Replayd, Server::Nginx]
+            } else {
+                [Server::Nginx, Server::Replayd]
+            };
+            for server in order {
+                let sample = h2load(args, scratch, &addrs.url(server), load, args.duration)
+                    .with_context(|| format!("measuring {} over h2", server.name()))?;
+                println!(
+                    "h2 {} {}/{}  {:<8} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  \
+                     p99.9 {:>6.3} ms",
+                    if load == H2Load::Saturation {
+                        "saturation"
+                    } else {
+                        "latency"
+                    },
+                    round + 1,
+                    args.rounds,
+                    server.name(),
+                    sample.rps,
+                    sample.p50_ms,
+                    sample.p99_ms,
+                    sample.p999_ms
+                );
+                runs.push((server, load, sample));
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// The HTTP/2 summary: medians over the rounds and the verdict on the targets.
+fn h2_report(
+    args: &Args,
+    h2load_version: &str,
+    load: &str,
+    runs: &[(Server, H2Load, H2Sample)],
+) -> String {
+    let median_of = |server: Server, kind: H2Load, f: fn(&H2Sample) -> f64| {
+        median(
+            runs.iter()
+                .filter(|(s, k, _)| *s == server && *k == kind)
+                .map(|(_, _, x)| f(x))
+                .collect(),
+        )
+    };
+    let at = |server: Server, kind: H2Load| H2Sample {
+        rps: median_of(server, kind, |x| x.rps),
+        p50_ms: median_of(server, kind, |x| x.p50_ms),
+        p99_ms: median_of(server, kind, |x| x.p99_ms),
+        p999_ms: median_of(server, kind, |x| x.p999_ms),
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "
+replay over h2: {BODY_LEN}-byte JSON answer, TLS, h2load {h2load_version} with {} \
+         connections x {} streams, median of {} x {} s runs per row (after a {WARM_UP_S} s \
+         warm-up); load average as the runs began: {load}",
+        args.h2_clients, args.h2_streams, args.rounds, args.duration
+    );
+    let _ = writeln!(
+        out,
+        "{:<22} {:<8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "run", "server", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "vs nginx"
+    );
+    let saturation_ratio =
+        at(Server::Replayd, H2Load::Saturation).rps / at(Server::Nginx, H2Load::Saturation).rps;
+    let mut latency_met = true;
+    let mut sustained = true;
+    for kind in [H2Load::Saturation, H2Load::Rate] {
+        let run = match kind {
+            H2Load::Saturation => "saturation".to_owned(),
+            H2Load::Rate => format!("at {} req/s", args.rate),
+        };
+        for server in [Server::Replayd, Server::Nginx] {
+            let s = at(server, kind);
+            let mut note = String::new();
+            if kind == H2Load::Rate {
+                let kept_up = s.rps >= SUSTAINED_SHARE * f64::from(args.rate);
+                sustained &= kept_up;
+                if server == Server::Replayd {
+                    latency_met &= kept_up && s.p99_ms < TARGET_P99_MS;
+                }
+                if !kept_up {
+                    note.push_str("  (rate not sustained)");
+                }
+            }
+            let vs = match (kind, server) {
+                (H2Load::Saturation, Server::Replayd) => format!("{saturation_ratio:.2}x"),
+                (H2Load::Saturation, Server::Nginx) => "1.00x".to_owned(),
+                (H2Load::Rate, _) => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<22} {:<8} {:>10.0} {:>10.3} {:>10.3} {:>10.3} {:>10}{note}",
+                run,
+                server.name(),
+                s.rps,
+                s.p50_ms,
+                s.p99_ms,
+                s.p999_ms,
+                vs
+            );
+        }
+    }
+    if !sustained {
+        let _ = writeln!(
+            out,
+            "a run achieved less than {:.0}% of the offered rate: its latencies are not at {} \
+             req/s (try a lower --rate)",
+            SUSTAINED_SHARE * 100.0,
+            args.rate
+        );
+    }
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    let _ = writeln!(
+        out,
+        "\ntarget, h2: saturation rate >= {TARGET_RATIO:.1}x nginx: {}; p99 < {TARGET_P99_MS} ms \
+         at {} req/s: {}",
+        verdict(saturation_ratio >= TARGET_RATIO),
+        args.rate,
+        verdict(latency_met)
+    );
+    out
+}
+
+/// Both servers must answer over h2 with the recorded body before anything is measured: one
+/// request each, its size checked by the DATA bytes h2load counts.
+fn ensure_h2_answers(addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    for addr in addrs {
+        let url = format!("https://{addr}{PATH}");
+        let text = report_of(
+            Command::new("h2load").args(["-n1", "-c1", "-m1"]).arg(&url),
+            &format!("h2load {url}"),
+        )?;
+        let summary = parse_h2load_summary(&text)
+            .with_context(|| format!("h2load's report for {url}:\n{text}"))?;
+        // h2load counts DATA bytes over the whole run, warm-up included, so they are checked
+        // on this one request only.
+        ensure!(
+            summary.done == 1 && summary.data_bytes == BODY_LEN as u64,
+            "{url} answered {} requests with {} body bytes over h2, not 1 with {BODY_LEN}",
+            summary.done,
+            summary.data_bytes
+        );
+        println!("h2       {url}: h2 by ALPN, 200 with {BODY_LEN} body bytes");
+    }
+    Ok(())
+}
+
+/// What h2load's summary says about a run.
+#[derive(Debug, PartialEq)]
+struct H2Summary {
+    /// Requests answered 2xx in the measured duration.
+    done: u64,
+    /// Requests per second over the measured duration.
+    rps: f64,
+    /// DATA frame bytes received over the whole run, warm-up included.
+    data_bytes: u64,
+}
+
+/// Checks h2load's summary: h2 negotiated by ALPN, at least one request, every one answered
+/// 2xx.
+fn parse_h2load_summary(text: &str) -> anyhow::Result<H2Summary> {
+    let line = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+            .with_context(|| format!("no `{prefix}` line"))
+    };
+    ensure!(
+        line("Application protocol:")? == "h2",
+        "the server did not pick h2 by ALPN"
+    );
+    // The figure just before `suffix` in `text`.
+    let figure = |text: &str, suffix: &str| -> anyhow::Result<String> {
+        let end = text
+            .find(suffix)
+            .with_context(|| format!("no `{suffix}` in `{text}`"))?;
+        let start = text[..end].rfind([' ', '(']).map_or(0, |i| i + 1);
+        Ok(text[start..end].to_owned())
+    };
+    let count = |text: &str, suffix: &str| -> anyhow::Result<u64> {
+        let figure = figure(text, suffix)?;
+        figure
+            .parse()
+            .with_context(|| format!("`{figure}` before `{suffix}` is not a count"))
+    };
+    let finished = line("finished in")?;
+    let rps = figure(finished, " req/s")?;
+    let rps: f64 = rps
+        .parse()
+        .with_context(|| format!("`{rps}` req/s is not a number"))?;
+    let requests = line("requests:")?;
+    for bad in [" failed", " errored", " timeout"] {
+        ensure!(count(requests, bad)? == 0, "requests{bad}: `{requests}`");
+    }
+    // The status counts may include a few requests of the warm-up; only their absence counts.
+    let statuses = line("status codes:")?;
+    for status in [" 3xx", " 4xx", " 5xx"] {
+        ensure!(
+            count(statuses, status)? == 0,
+            "not every answer was 2xx: `{statuses}`"
+        );
+    }
+    let done = count(requests, " succeeded")?;
+    ensure!(done > 0, "no request was answered");
+    let data_bytes = count(line("traffic:")?, ") data")?;
+    Ok(H2Summary {
+        done,
+        rps,
+        data_bytes,
+    })
+}
+
+/// Runs h2load against `url` for a warm-up plus `seconds`: a closed loop, or the fixed
+/// `--rate` spread over the connections. Latencies come from its per-request log, which
+/// holds the measured duration only.
+fn h2load(
+    args: &Args,
+    scratch: &Path,
+    url: &str,
+    load: H2Load,
+    seconds: u32,
+) -> anyhow::Result<H2Sample> {
+    let log = scratch.join("h2load.log");
+    let mut command = Command::new("h2load");
+    command
+        .arg(format!("--clients={}", args.h2_clients))
+        .arg(format!("--threads={}", args.threads))
+        .arg(format!("--max-concurrent-streams={}", args.h2_streams))
+        .arg(format!("--duration={seconds}"))
+        .arg(format!("--warm-up-time={WARM_UP_S}"))
+        .arg(format!("--log-file={}", log.display()));
+    if load == H2Load::Rate {
+        command.arg(format!("--rps={}", args.rate / args.h2_clients));
+    }
+    let text = report_of(command.arg(url), &format!("h2load {url}"))?;
+    let summary = parse_h2load_summary(&text)
+        .with_context(|| format!("h2load's report for {url}:\n{text}"))?;
+    let log_text =
+        std::fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+    let mut durations = parse_h2load_log(&log_text)?;
+    ensure!(!durations.is_empty(), "h2load logged no requests for {url}");
+    durations.sort_unstable_by(f64::total_cmp);
+    Ok(H2Sample {
+        rps: summary.rps,
+        p50_ms: quantile(&durations, 0.50),
+        p99_ms: quantile(&durations, 0.99),
+        p999_ms: quantile(&durations, 0.999),
+    })
+}
+
+/// h2load's per-request log, one request per line: start (µs since the epoch), status,
+/// duration (µs). Returns the durations in ms of the requests answered 200.
+fn parse_h2load_log(text: &str) -> anyhow::Result<Vec<f64>> {
+    let mut durations = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [_start, status, duration] = fields[..] else {
+            bail!("`{line}` does not have 3 tab-separated fields");
+        };
+        ensure!(status == "200", "an answer had status {status}");
+        let micros: f64 = duration
+            .parse()
+            .with_context(|| format!("`{duration}` in `{line}` is not a number"))?;
+        durations.push(micros / 1e3);
+    }
+    Ok(durations)
+}
+
 #[cfg(test)]
 mod tests {
     use std::fmt::Write as _;
 
-    use super::{BODY_LEN, answer_body, latency_ms, parse_oha, parse_wrk};
+    use super::{
+        BODY_LEN, H2Summary, answer_body, latency_ms, parse_h2load_log, parse_h2load_summary,
+        parse_oha, parse_wrk,
+    };
 
     #[test]
     fn the_answer_is_one_kib_of_json() {
@@ -813,5 +1189,44 @@ Transfer/sec:    140.00MB
         assert!(parse_oha("p99 1 ms", 1).is_err());
         let header_only = csv.lines().next().unwrap().to_owned();
         assert!(parse_oha(&header_only, 1).is_err());
+    }
+
+    #[test]
+    fn h2load_reports_and_logs_parse() {
+        let report = "TLS Protocol: TLSv1.3
+Application protocol: h2
+Warm-up phase is over for thread #0.
+
+finished in 2.01s, 48054.00 req/s, 48.17MB/s
+requests: 48054 total, 48054 started, 48054 done, 48054 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 48054 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 48.17MB (50504938) total, 794.28KB (813339) headers (space savings 89.88%), 88.18MB (92466176) data
+                     min         max         mean         sd        +/- sd
+time for request:       25us     20.84ms      1.26ms      1.77ms    91.40%
+";
+        assert_eq!(
+            parse_h2load_summary(report).unwrap(),
+            H2Summary {
+                done: 48054,
+                rps: 48054.0,
+                data_bytes: 92_466_176
+            }
+        );
+        let h1 = report.replace("protocol: h2", "protocol: http/1.1");
+        assert!(
+            parse_h2load_summary(&h1)
+                .unwrap_err()
+                .to_string()
+                .contains("h2")
+        );
+        let failed = report.replace("0 failed", "3 failed");
+        assert!(parse_h2load_summary(&failed).is_err());
+        let not_2xx = report.replace("48054 2xx, 0 3xx, 0 4xx", "48054 2xx, 0 3xx, 4 4xx");
+        assert!(parse_h2load_summary(&not_2xx).is_err());
+
+        let log = "1796530328345236\t200\t3414\n1796530328345234\t200\t462\n";
+        assert_eq!(parse_h2load_log(log).unwrap(), [3.414, 0.462]);
+        assert!(parse_h2load_log("1\t401\t5\n").is_err());
+        assert!(parse_h2load_log("1 200 5\n").is_err());
     }
 }

@@ -246,8 +246,8 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// nginx answering every request with one body from memory, plain and over TLS, on two free
-/// loopback ports; stopped on drop.
+/// nginx answering every request with one body from memory, plain, over TLS, and over HTTP/2
+/// on TLS, on three free loopback ports; stopped on drop.
 pub struct Nginx {
     /// The process.
     pub child: Guard,
@@ -255,6 +255,8 @@ pub struct Nginx {
     pub http: SocketAddr,
     /// The TLS listener (the test CA's leaf certificate).
     pub https: SocketAddr,
+    /// The TLS listener that offers HTTP/2 by ALPN.
+    pub h2: SocketAddr,
 }
 
 impl Nginx {
@@ -264,6 +266,7 @@ impl Nginx {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let http = free_port()?;
         let https = free_port()?;
+        let h2 = free_port()?;
         let body = std::str::from_utf8(body).context("the answer is UTF-8")?;
         ensure!(
             !body.contains(['\'', '\\', '$']),
@@ -293,6 +296,7 @@ http {{
     server {{
         listen 127.0.0.1:{http};
         listen 127.0.0.1:{https} ssl;
+        listen 127.0.0.1:{h2} ssl http2;
         location / {{
             default_type application/json;
             return 200 '{body}';
@@ -320,11 +324,12 @@ http {{
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut guard = Guard::new(child, "nginx");
-        let (http, https) = (
+        let (http, https, h2) = (
             SocketAddr::from((Ipv4Addr::LOCALHOST, http)),
             SocketAddr::from((Ipv4Addr::LOCALHOST, https)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, h2)),
         );
-        for addr in [http, https] {
+        for addr in [http, https, h2] {
             let deadline = Instant::now() + READY_TIMEOUT;
             while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 if let Err(e) = guard.check_alive() {
@@ -342,6 +347,7 @@ http {{
             child: guard,
             http,
             https,
+            h2,
         })
     }
 }
