@@ -36,6 +36,8 @@ pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request head may take to arrive.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many streams an HTTP/2 client may have open at once on one connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 200;
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
@@ -359,7 +361,10 @@ impl Acceptor {
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
         let builder = match protocol {
             Protocol::Http1 => builder.http1_only(),
             Protocol::Http2 => builder.http2_only(),
