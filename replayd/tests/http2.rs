@@ -420,6 +420,32 @@ async fn paced_events_go_out_one_data_frame_each_at_their_offsets() {
 }
 
 #[tokio::test]
+async fn a_large_answer_is_sent_within_the_client_s_flow_control_windows() {
+    let answer = json!({"answer": "large", "pad": "y".repeat(1 << 20)});
+    let recorded = chat_exchange("large", &answer);
+    let expected = recorded.response.body.to_bytes();
+    let replay = serve(&[recorded], ReplayOptions::default());
+    let (tls, _) = connect_tls(&replay, OPENAI, &[b"h2"]).await;
+    // A client that opens its windows only as it reads: 16 KiB per stream and connection.
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024)
+        .handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(ask_chat(Version::HTTP_2, "large"))
+        .await
+        .unwrap();
+    let (status, headers, body, _) = read(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-length"], expected.len().to_string());
+    assert_eq!(body.len(), expected.len());
+    assert!(body == expected, "the large body arrived intact");
+}
+
+#[tokio::test]
 async fn a_hundred_concurrent_streams_on_one_connection_each_get_their_answer() {
     let recorded: Vec<Exchange> = (0..100)
         .map(|i| {
