@@ -6,9 +6,10 @@
 //! (sent, or the client went away) the time it took is added to the run's statistics. A
 //! forwarded answer (`--on-miss passthrough|record`) is a third kind: frames handed over by
 //! the forwarding task as they arrive from the real host, ending in an error (so the
-//! connection is cut rather than the body looking whole) when the real host broke off. A
-//! recorded answer with trailers sends them as a last frame, after the body; its length is
-//! then left open, so HTTP/1.1 sends it chunked, the only way trailers go there.
+//! connection is cut rather than the body looking whole) when the real host broke off, and
+//! then the real host's trailers, if it sent some. A recorded answer with trailers sends them
+//! as a last frame, after the body; its length is then left open, so HTTP/1.1 sends it
+//! chunked, the only way trailers go there.
 
 use std::io;
 use std::pin::Pin;
@@ -19,7 +20,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::deadline::Deadline;
 use crate::options::Pace;
@@ -38,7 +39,11 @@ pub struct ReplayBody {
 enum Kind {
     Full(Option<Bytes>),
     Paced(Paced),
-    Stream(mpsc::Receiver<io::Result<Bytes>>),
+    Stream {
+        frames: mpsc::Receiver<io::Result<Bytes>>,
+        /// The trailers, handed over before `frames` closes, if any come.
+        trailers: Option<oneshot::Receiver<HeaderMap>>,
+    },
 }
 
 #[derive(Debug)]
@@ -96,8 +101,17 @@ impl ReplayBody {
     /// Frames sent on the other end of `frames` as they come; an `Err` ends the body
     /// with that error, which makes the server cut the connection.
     pub fn stream(frames: mpsc::Receiver<io::Result<Bytes>>) -> Self {
+        Self::stream_with_trailers(frames, None)
+    }
+
+    /// [`Self::stream`], then the trailers sent on `trailers` (before `frames` closes), if
+    /// any.
+    pub fn stream_with_trailers(
+        frames: mpsc::Receiver<io::Result<Bytes>>,
+        trailers: Option<oneshot::Receiver<HeaderMap>>,
+    ) -> Self {
         Self {
-            kind: Kind::Stream(frames),
+            kind: Kind::Stream { frames, trailers },
             trailers: None,
             timer: None,
         }
@@ -137,13 +151,20 @@ impl http_body::Body for ReplayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
         let frame = match &mut this.kind {
-            Kind::Stream(frames) => match ready!(frames.poll_recv(cx)) {
+            Kind::Stream { frames, trailers } => match ready!(frames.poll_recv(cx)) {
                 Some(Ok(bytes)) => Some(bytes),
                 Some(Err(e)) => {
                     this.timer = None;
                     return Poll::Ready(Some(Err(e)));
                 }
-                None => None,
+                None => {
+                    if let Some(mut receiver) = trailers.take()
+                        && let Ok(late) = receiver.try_recv()
+                    {
+                        this.trailers = Some(late);
+                    }
+                    None
+                }
             },
             Kind::Full(bytes) => bytes.take(),
             Kind::Paced(paced) => match paced.chunks.get(paced.next) {
@@ -175,7 +196,7 @@ impl http_body::Body for ReplayBody {
             && match &self.kind {
                 Kind::Full(bytes) => bytes.is_none(),
                 Kind::Paced(paced) => paced.next >= paced.chunks.len(),
-                Kind::Stream(_) => false,
+                Kind::Stream { .. } => false,
             }
     }
 
@@ -184,7 +205,7 @@ impl http_body::Body for ReplayBody {
             Kind::Full(bytes) if self.trailers.is_none() => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Kind::Full(_) | Kind::Paced(_) | Kind::Stream(_) => SizeHint::default(),
+            Kind::Full(_) | Kind::Paced(_) | Kind::Stream { .. } => SizeHint::default(),
         }
     }
 }

@@ -40,7 +40,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use time::OffsetDateTime;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
@@ -343,10 +343,10 @@ impl Upstream {
     }
 
     /// Forwards `request` to `to` and answers with the real host's status and headers
-    /// (hop-by-hop ones dropped) and a body streamed as it arrives. When the body ends, the
-    /// exchange is priced and (under record) written, and handed to `done`; only then does
-    /// the app's body end, so whatever `done` does (counting it, serving it to the next
-    /// identical request) is in place once the app has its answer.
+    /// (hop-by-hop ones dropped), a body streamed as it arrives, and its trailers. When the
+    /// body ends, the exchange is priced and (under record) written, and handed to `done`;
+    /// only then does the app's body end, so whatever `done` does (counting it, serving it to
+    /// the next identical request) is in place once the app has its answer.
     pub async fn forward(
         self: &Arc<Self>,
         to: UpstreamAddr,
@@ -392,36 +392,18 @@ impl Upstream {
             HttpVersion::Http11
         };
         let (frames, receiver) = mpsc::channel(STREAM_BUFFER);
+        let (trailers_to_app, app_trailers) = oneshot::channel();
         let this = self.clone();
         tokio::spawn(async move {
             let _sender = sender;
-            let mut broke_off = None;
-            let mut app_gone = false;
-            while let Some(frame) = incoming.frame().await {
-                match frame {
-                    Ok(frame) => {
-                        let data = match frame.into_data() {
-                            Ok(data) => data,
-                            Err(frame) => {
-                                if let Ok(trailers) = frame.into_trailers() {
-                                    answer.trailers = record::headers(&trailers);
-                                }
-                                continue;
-                            }
-                        };
-                        answer.body.push((ms_since(started), data.clone()));
-                        if !app_gone && frames.send(Ok(data)).await.is_err() {
-                            // The app went away; read on so the exchange is whole.
-                            app_gone = true;
-                        }
-                    }
-                    Err(e) => {
-                        broke_off = Some(format!("the real host broke off the response: {e}"));
-                        let _ = frames.send(Err(io::Error::other(e))).await;
-                        break;
-                    }
-                }
-            }
+            let broke_off = relay(
+                &mut incoming,
+                &mut answer,
+                started,
+                &frames,
+                trailers_to_app,
+            )
+            .await;
             let described = request.describe();
             let raw = RawExchange {
                 request: RawRequest {
@@ -449,7 +431,10 @@ impl Upstream {
             done(this.finish(raw, &described));
             drop(frames);
         });
-        let mut response = Response::new(ReplayBody::stream(receiver));
+        let mut response = Response::new(ReplayBody::stream_with_trailers(
+            receiver,
+            Some(app_trailers),
+        ));
         *response.status_mut() = parts.status;
         *response.headers_mut() = headers;
         Ok(response)
@@ -558,6 +543,48 @@ fn system_roots() -> Result<RootCertStore, UpstreamSetupError> {
         tracing::warn!("skipped part of the system trust store: {error}");
     }
     Ok(roots)
+}
+
+/// Hands the real host's answer to the app as it arrives (`frames`, then `trailers`) and
+/// keeps it in `answer`, each chunk stamped with its arrival since `started`; the app going
+/// away does not stop the reading, so the exchange is whole. Returns why the answer is
+/// incomplete, if the real host broke off.
+async fn relay(
+    incoming: &mut hyper::body::Incoming,
+    answer: &mut RawResponse<Bytes>,
+    started: Instant,
+    frames: &mpsc::Sender<io::Result<Bytes>>,
+    trailers: oneshot::Sender<HeaderMap>,
+) -> Option<String> {
+    let mut trailers = Some(trailers);
+    let mut app_gone = false;
+    while let Some(frame) = incoming.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                let broke_off = format!("the real host broke off the response: {e}");
+                let _ = frames.send(Err(io::Error::other(e))).await;
+                return Some(broke_off);
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                answer.body.push((ms_since(started), data.clone()));
+                if !app_gone && frames.send(Ok(data)).await.is_err() {
+                    app_gone = true;
+                }
+            }
+            Err(frame) => {
+                if let Ok(fields) = frame.into_trailers() {
+                    answer.trailers = record::headers(&fields);
+                    if let Some(to_app) = trailers.take() {
+                        let _ = to_app.send(fields);
+                    }
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The sending half of a forwarding connection, in the HTTP version the host picked.

@@ -534,7 +534,8 @@ async fn shutdown_sends_goaway_and_lets_the_stream_under_way_finish() {
 }
 
 /// An HTTPS upstream offering only `h2`, answering every request with the JSON
-/// `{"version": ..., "path": ...}` it saw.
+/// `{"version": ..., "authority": ..., "path": ...}` it saw, then the trailer
+/// `upstream-status: done`.
 async fn h2_upstream(ca: &Arc<CertificateAuthority>, seen: Arc<Mutex<Vec<Version>>>) -> SocketAddr {
     let resolver = Arc::new(LeafResolver::new(ca.clone()).unwrap());
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(resolver.server_config(&[b"h2"])));
@@ -558,10 +559,15 @@ async fn h2_upstream(ca: &Arc<CertificateAuthority>, seen: Arc<Mutex<Vec<Version
                             "authority": request.uri().authority().map(ToString::to_string),
                             "path": request.uri().path(),
                         });
+                        let mut trailers = HeaderMap::new();
+                        trailers.insert("upstream-status", "done".parse().unwrap());
                         Ok::<_, std::convert::Infallible>(
                             Response::builder()
                                 .header("content-type", "application/json")
-                                .body(ReplayBody::full(answer.to_string()))
+                                .body(
+                                    ReplayBody::full(answer.to_string())
+                                        .with_trailers(Some(trailers)),
+                                )
                                 .unwrap(),
                         )
                     }
@@ -576,7 +582,7 @@ async fn h2_upstream(ca: &Arc<CertificateAuthority>, seen: Arc<Mutex<Vec<Version
 }
 
 #[tokio::test]
-async fn a_miss_is_forwarded_over_h2_when_the_upstream_offers_it_and_recorded_as_h2() {
+async fn a_miss_is_forwarded_over_h2_when_the_upstream_offers_it_with_its_trailers() {
     let upstream_dir = tempfile::tempdir().unwrap();
     let upstream_ca =
         Arc::new(CertificateAuthority::load_or_create(&upstream_dir.path().join("ca")).unwrap());
@@ -610,11 +616,31 @@ async fn a_miss_is_forwarded_over_h2_when_the_upstream_offers_it_and_recorded_as
     );
     assert_eq!(*seen.lock().unwrap(), [Version::HTTP_2]);
 
-    let files: Vec<_> = std::fs::read_dir(replay.dir.path().join("exchanges"))
+    // An app speaking HTTP/2 gets the upstream's trailers too.
+    let mut h2 = connect_h2(&replay, OPENAI).await;
+    let response = h2.send(ask_chat(Version::HTTP_2, "also missing")).await;
+    let (status, _, body, trailers) = read(response).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["version"],
+        "HTTP/2.0"
+    );
+    let trailers = trailers.expect("the upstream's trailers");
+    assert_eq!(trailers["upstream-status"], "done");
+
+    let mut files: Vec<_> = std::fs::read_dir(replay.dir.path().join("exchanges"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(files.len(), 1, "{files:?}");
-    let written: Value = serde_json::from_slice(&std::fs::read(&files[0]).unwrap()).unwrap();
-    assert_eq!(written["http_version"], "2", "{written:#}");
+    files.sort();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for file in files {
+        let written: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(written["http_version"], "2", "{written:#}");
+        assert_eq!(
+            written["response"]["trailers"],
+            json!([["upstream-status", "done"]]),
+            "{written:#}"
+        );
+    }
 }
