@@ -40,6 +40,12 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONCURRENT_STREAMS: u32 = 200;
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
+/// The bytes a prior-knowledge HTTP/2 (h2c) client opens a plain connection with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How often a plain connection whose first bytes are a prefix of [`H2_PREFACE`] is
+/// looked at again: a peek returns at once while any byte is unread, so waiting for
+/// the rest is a poll.
+const SNIFF_POLL: Duration = Duration::from_millis(1);
 
 /// Tells the address a redirected client originally connected to, from the client's
 /// address as the listener sees it. The redirect module implements it; closures do too.
@@ -97,6 +103,13 @@ pub enum ConnectionError {
     /// The TLS handshake did not finish in time.
     #[error("TLS handshake did not finish within {timeout:?}")]
     HandshakeTimeout {
+        /// The limit.
+        timeout: Duration,
+    },
+    /// A plain connection's first bytes were a prefix of the HTTP/2 preface and the rest
+    /// did not come in time.
+    #[error("the client's first bytes did not tell HTTP/1.1 from HTTP/2 within {timeout:?}")]
+    Undecided {
         /// The limit.
         timeout: Duration,
     },
@@ -158,12 +171,37 @@ impl ShutdownWatch {
 /// Which HTTP a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Protocol {
-    /// TLS without ALPN `h2`.
+    /// TLS without ALPN `h2`, or a plain connection that did not open with [`H2_PREFACE`].
     Http1,
-    /// TLS with ALPN `h2`.
+    /// TLS with ALPN `h2`, or a plain connection that opened with [`H2_PREFACE`].
     Http2,
-    /// Plain: HTTP/2 when the connection opens with its preface, else HTTP/1.1.
-    Sniff,
+}
+
+/// Which HTTP a plain connection speaks: HTTP/2 when it opens with [`H2_PREFACE`], else
+/// HTTP/1.1. A client that stalls partway through a preface-like start is cut off after
+/// [`HEADER_READ_TIMEOUT`], as a slow request head would be.
+async fn sniff_plain(stream: &TcpStream) -> Result<Protocol, ConnectionError> {
+    let decide = async {
+        let mut start = [0u8; H2_PREFACE.len()];
+        loop {
+            let n = stream
+                .peek(&mut start)
+                .await
+                .map_err(|source| ConnectionError::Peek { source })?;
+            if n == 0 || !H2_PREFACE.starts_with(&start[..n]) {
+                return Ok(Protocol::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(Protocol::Http2);
+            }
+            tokio::time::sleep(SNIFF_POLL).await;
+        }
+    };
+    tokio::time::timeout(HEADER_READ_TIMEOUT, decide)
+        .await
+        .map_err(|_| ConnectionError::Undecided {
+            timeout: HEADER_READ_TIMEOUT,
+        })?
 }
 
 /// Most per-destination TLS configurations kept (`--all-hosts` may see many
@@ -340,8 +378,8 @@ impl Acceptor {
                 self.serve_http(TokioIo::new(tls), info, protocol).await
             }
             _ => {
-                self.serve_http(TokioIo::new(stream), info, Protocol::Sniff)
-                    .await
+                let protocol = sniff_plain(&stream).await?;
+                self.serve_http(TokioIo::new(stream), info, protocol).await
             }
         }
     }
@@ -368,7 +406,6 @@ impl Acceptor {
         let builder = match protocol {
             Protocol::Http1 => builder.http1_only(),
             Protocol::Http2 => builder.http2_only(),
-            Protocol::Sniff => builder,
         };
         let mut shutdown = self.shutdown.clone();
         let connection = builder.serve_connection(io, app(self.engine.clone(), info));
@@ -381,5 +418,49 @@ impl Acceptor {
             }
         };
         result.map_err(|source| ConnectionError::Http { source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    /// The protocol [`sniff_plain`] tells for a connection whose client wrote `start` and
+    /// then waits.
+    async fn sniffed(start: &[u8]) -> Result<Protocol, ConnectionError> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.write_all(start).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let protocol = sniff_plain(&server).await;
+        drop(client);
+        protocol
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plain_connection_is_told_by_its_first_bytes() {
+        assert_eq!(sniffed(H2_PREFACE).await.unwrap(), Protocol::Http2);
+        assert_eq!(
+            sniffed(b"GET / HTTP/1.1\r\n").await.unwrap(),
+            Protocol::Http1
+        );
+        // "PUT" shares its first byte with the preface.
+        assert_eq!(
+            sniffed(b"PUT /x HTTP/1.1\r\n").await.unwrap(),
+            Protocol::Http1
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_stalling_inside_the_preface_is_cut_off() {
+        let stalled = sniffed(&H2_PREFACE[..10]).await;
+        assert!(
+            matches!(stalled, Err(ConnectionError::Undecided { timeout }) if timeout == HEADER_READ_TIMEOUT),
+            "{stalled:?}"
+        );
     }
 }
