@@ -21,7 +21,12 @@ BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib1g-dev
               iproute2 curl openssl ca-certificates chromium)
+# HTTP/2 capture tests: nghttpx fronts the fake provider with TLS (ALPN h2), h2load
+# opens many concurrent streams on one connection.
+APT_PACKAGES+=(nghttp2-proxy nghttp2-client)
 PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
+# HTTP/2 capture tests: httpx with http2=True needs h2.
+PYTHON_PACKAGES+=(httpx==0.28.1 h2==4.4.1)
 BENCH_APT_PACKAGES=(wrk nginx)
 # oha sends requests at a fixed rate and measures latency from each request's scheduled
 # start (--latency-correction), which wrk cannot; its JSON report's layout is per version.
