@@ -1,0 +1,228 @@
+//! HTTP/2 capture end to end: real clients (curl as the system ships it, httpx with
+//! `http2=True`, the openai SDK over such an httpx client, h2load) talk to the fake provider
+//! through an `nghttpx` front end that offers h2 by ALPN, under the provider's real host name,
+//! while `llmsim-agent capture` records them. Each stream is one exchange file that says
+//! `http_version: "2"`, with bodies byte-equal to what the provider received and sent, SSE
+//! events complete and in order, and no key on disk. Also: a capture joined to a running h2
+//! connection, and an h2 connection that turns malformed beside a healthy one.
+
+mod capture_support;
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use capture_support::{Agent, Finished, exchanges, figure};
+use llmsim_snapshot::model::Exchange;
+use llmsim_tests::{
+    FakeProvider, H2Front, TEST_API_KEYS, TestCa, TestNetns, client_script, privileged,
+};
+use serde_json::Value;
+
+/// A provider behind an h2 front end, in a namespace of its own.
+struct Setup {
+    ca: TestCa,
+    netns: TestNetns,
+    provider: FakeProvider,
+    _front: H2Front,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let ca = TestCa::new();
+        let netns = TestNetns::new();
+        let provider = FakeProvider::start(&netns, &ca);
+        let front = H2Front::start(&netns, &ca);
+        Setup {
+            ca,
+            netns,
+            provider,
+            _front: front,
+        }
+    }
+
+    /// `-- ip netns exec NAME ARGV...` for the agent.
+    fn command(&self, argv: &[&str]) -> Vec<OsString> {
+        let mut args = vec![OsString::from("--")];
+        args.extend(self.netns.exec_prefix());
+        args.extend(argv.iter().map(OsString::from));
+        args
+    }
+
+    /// Captures `h2_client.py MODE ORIGIN`; the capture and the client's report.
+    fn capture_client(&self, out: &Path, mode: &str) -> (Finished, Value) {
+        let script = client_script("h2_client.py");
+        let args = self.command(&[
+            "python3",
+            script.to_str().expect("UTF-8 path"),
+            mode,
+            &H2Front::origin(),
+        ]);
+        let finished = Agent::start(out, &self.ca, &args).finish();
+        assert!(finished.status.success(), "{}", finished.dump());
+        assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
+        let report = finished
+            .command_stdout()
+            .iter()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            .unwrap_or_else(|| panic!("no client report\n{}", finished.dump()));
+        (finished, report)
+    }
+}
+
+/// The recorded exchanges as the snapshot model reads them.
+fn models(recorded: &[Value]) -> Vec<Exchange> {
+    recorded
+        .iter()
+        .map(|e| serde_json::from_value(e.clone()).expect("an exchange"))
+        .collect()
+}
+
+/// No key reached the snapshot; the authorization header is there, redacted.
+fn assert_keys_absent(dir: &Path) {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir.join("exchanges")).expect("exchanges dir") {
+        text.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
+    }
+    for (_, key) in TEST_API_KEYS {
+        assert!(!text.contains(key), "API key {key} reached the snapshot");
+    }
+    assert!(
+        text.contains("Bearer <redacted:"),
+        "authorization placeholder missing"
+    );
+}
+
+/// Every exchange is an HTTP/2 chat completion of the provider, whole, flagged nothing.
+fn assert_h2_chat(recorded: &[Value], finished: &Finished) {
+    for exchange in recorded {
+        assert_eq!(exchange["http_version"], "2", "{exchange:#}");
+        assert_eq!(exchange["provider"], "openai");
+        assert_eq!(exchange["host"], "api.openai.com");
+        assert_eq!(exchange["request"]["method"], "POST");
+        assert_eq!(exchange["request"]["path"], "/v1/chat/completions");
+        assert_eq!(exchange["response"]["status"], 200);
+        assert!(
+            exchange["incomplete"].is_null(),
+            "{exchange:#}\n{}",
+            finished.dump()
+        );
+    }
+    assert_eq!(figure(&finished.summary, "exchanges_incomplete"), 0);
+    assert_eq!(
+        figure(&finished.summary, "http2_exchanges_written"),
+        u64::try_from(recorded.len()).unwrap()
+    );
+    let dropped: u64 = finished.summary["events_dropped"]
+        .as_object()
+        .expect("drops")
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped, 0, "kernel events were dropped:\n{}", finished.dump());
+}
+
+/// The plain and the streamed exchange of a client report: bodies byte-equal to what the
+/// client sent and received and to what the provider received and sent, the stream stored
+/// as its events, in order, with receive offsets.
+fn assert_plain_and_streamed(setup: &Setup, out: &Path, finished: &Finished, report: &Value) {
+    let recorded = exchanges(out);
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    assert_h2_chat(&recorded, finished);
+    let served = setup.provider.requests();
+    assert_eq!(served.len(), 2);
+    let results = report["results"].as_array().expect("results");
+    for (i, exchange) in models(&recorded).iter().enumerate() {
+        let result = &results[i];
+        assert_eq!(result["http_version"], "HTTP/2", "the client did not speak h2: {result}");
+        let sent = result["sent"].as_str().expect("sent");
+        let received = result["received"].as_str().expect("received");
+        assert_eq!(exchange.request.body.to_bytes(), sent.as_bytes(), "request {i}");
+        assert_eq!(
+            serde_json::from_str::<Value>(sent).unwrap(),
+            served[i].body,
+            "request {i} as the provider received it"
+        );
+        assert_eq!(exchange.response.body.to_bytes(), received.as_bytes(), "response {i}");
+        assert_eq!(received, served[i].response_body, "response {i} as sent");
+        assert_eq!(exchange.streamed, i == 1);
+    }
+    let events = recorded[1]["response"]["body"]["events"]
+        .as_array()
+        .expect("SSE events");
+    assert!(events.len() >= 3, "too few events: {events:?}");
+    assert_eq!(events.last().unwrap()["data"], "[DONE]");
+    let offsets: Vec<f64> = events
+        .iter()
+        .map(|e| e["offset_ms"].as_f64().unwrap())
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]),
+        "offsets not ordered: {offsets:?}"
+    );
+    assert!(
+        offsets.last().unwrap() - offsets[0] >= 15.0,
+        "events were paced 20 ms apart: {offsets:?}"
+    );
+    assert_keys_absent(out);
+}
+
+#[test]
+fn curl_over_h2_is_captured_plain_and_streamed() {
+    if !privileged("HTTP/2 capture of curl") {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, report) = setup.capture_client(out.path(), "curl");
+    assert_plain_and_streamed(&setup, out.path(), &finished, &report);
+    assert!(
+        finished
+            .stderr
+            .iter()
+            .any(|l| l.starts_with("llmsim-agent: HTTP/2: 2 connections, 2 exchanges written")),
+        "{}",
+        finished.dump()
+    );
+}
+
+#[test]
+fn httpx_with_http2_is_captured_plain_and_streamed() {
+    if !privileged("HTTP/2 capture of httpx") {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, report) = setup.capture_client(out.path(), "httpx");
+    assert_plain_and_streamed(&setup, out.path(), &finished, &report);
+    // Both requests went over one connection.
+    assert_eq!(figure(&finished.summary["connections"], "http2_connections"), 1);
+}
+
+#[test]
+fn the_openai_sdk_over_an_h2_httpx_client_is_captured() {
+    if !privileged("HTTP/2 capture of the openai SDK") {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, report) = setup.capture_client(out.path(), "openai");
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    assert_h2_chat(&recorded, &finished);
+    let served = setup.provider.requests();
+    for (i, result) in report["results"].as_array().expect("results").iter().enumerate() {
+        assert_eq!(result["http_version"], "HTTP/2", "{result}");
+        let answer = result["received"].as_str().expect("answer");
+        assert!(
+            served[i].answer.as_deref().is_some_and(|a| answer.contains(a) || a.contains(answer)),
+            "answer {i} {answer:?} is not the provider's"
+        );
+        let exchange = &models(&recorded)[i];
+        assert_eq!(
+            exchange.response.body.to_bytes(),
+            served[i].response_body.as_bytes(),
+            "response {i}"
+        );
+    }
+    assert_keys_absent(out.path());
+}
