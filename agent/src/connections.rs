@@ -85,10 +85,16 @@ impl Default for Protocol {
 
 impl Protocol {
     /// The reassembler for a connection whose first bytes are `data`'s: HTTP/2 if the
-    /// client wrote the preface, or if they are a frame (the probes were attached while
-    /// the connection was in use), and HTTP/1.1 otherwise.
+    /// client wrote the preface or the server's preface (a SETTINGS frame, which may be
+    /// read before a client's first write completes) came first, HTTP/2 joined mid-way if
+    /// they are another frame (the probes were attached while the connection was in use),
+    /// and HTTP/1.1 otherwise.
     fn recognise(data: &Data<'_>, stats: &mut TrackerStats) -> Self {
-        if data.direction == Direction::Write && http2::starts_with_preface(data.bytes) {
+        let preface = match data.direction {
+            Direction::Write => http2::starts_with_preface(data.bytes),
+            Direction::Read => http2::starts_with_server_preface(data.bytes),
+        };
+        if preface {
             stats.http2_connections += 1;
             Self::Http2(Http2Connection::new())
         } else if !http1::looks_like_http1_request(data.bytes)
@@ -544,6 +550,22 @@ mod tests {
         assert_eq!(done[0].exchange.request.method, "POST");
         assert_eq!(done[0].exchange.request.body, b"{}");
         assert_eq!(done[0].exchange.response.as_ref().unwrap().status, 200);
+
+        // The server's preface read before the client's first write returned.
+        let mut tracker = Tracker::default();
+        let settings = h2_frame(4, 0, 0, &[]);
+        assert!(call(&mut tracker, Direction::Read, &settings, 1 << 14, 1).is_empty());
+        assert!(call(&mut tracker, Direction::Write, &request, 1 << 14, 2).is_empty());
+        let done = call(
+            &mut tracker,
+            Direction::Read,
+            &response[settings.len()..],
+            1 << 14,
+            3,
+        );
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(done[0].exchange.incomplete.is_none(), "{done:?}");
+        assert_eq!(tracker.stats().joined_connections, 0);
 
         // The same connection joined after its preface: recognised by its frames.
         let mut tracker = Tracker::default();

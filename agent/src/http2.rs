@@ -107,6 +107,15 @@ pub fn starts_with_preface(bytes: &[u8]) -> bool {
     n > 0 && bytes.get(..n) == PREFACE.get(..n)
 }
 
+/// Whether `bytes`, the first a client read on a connection, are the server's connection
+/// preface: a SETTINGS frame that is not an acknowledgement. A server sends it as soon as
+/// the TLS handshake is done, so a client can read it before its own first write
+/// (carrying the client preface) completes.
+#[must_use]
+pub fn starts_with_server_preface(bytes: &[u8]) -> bool {
+    frame::starts_with_server_preface(bytes)
+}
+
 /// Whether `bytes`, the first seen on a connection the capture joined in its middle,
 /// start with what an HTTP/2 peer could have sent: a frame header of a known type and
 /// a length within the default maximum frame size. HTTP/1.x text never does.

@@ -38,6 +38,9 @@ impl H2Front {
             .arg("--backend=127.0.0.1,443;;tls;sni=api.openai.com")
             .arg("--insecure")
             .args(["--no-ocsp", "--no-via", "--workers=1"])
+            // Within the provider's listen backlog (Python's default of 5): more connections
+            // opened at once overflow it and wait for SYN retransmits, a second each.
+            .arg("--backend-connections-per-host=4")
             .arg("--errorlog-file=/dev/stderr")
             .arg(ca.leaf_key_path())
             .arg(ca.leaf_cert_path())

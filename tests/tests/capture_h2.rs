@@ -118,7 +118,12 @@ fn assert_h2_chat(recorded: &[Value], finished: &Finished) {
         .values()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    assert_eq!(dropped, 0, "kernel events were dropped:\n{}", finished.dump());
+    assert_eq!(
+        dropped,
+        0,
+        "kernel events were dropped:\n{}",
+        finished.dump()
+    );
 }
 
 /// The plain and the streamed exchange of a client report: bodies byte-equal to what the
@@ -133,16 +138,27 @@ fn assert_plain_and_streamed(setup: &Setup, out: &Path, finished: &Finished, rep
     let results = report["results"].as_array().expect("results");
     for (i, exchange) in models(&recorded).iter().enumerate() {
         let result = &results[i];
-        assert_eq!(result["http_version"], "HTTP/2", "the client did not speak h2: {result}");
+        assert_eq!(
+            result["http_version"], "HTTP/2",
+            "the client did not speak h2: {result}"
+        );
         let sent = result["sent"].as_str().expect("sent");
         let received = result["received"].as_str().expect("received");
-        assert_eq!(exchange.request.body.to_bytes(), sent.as_bytes(), "request {i}");
+        assert_eq!(
+            exchange.request.body.to_bytes(),
+            sent.as_bytes(),
+            "request {i}"
+        );
         assert_eq!(
             serde_json::from_str::<Value>(sent).unwrap(),
             served[i].body,
             "request {i} as the provider received it"
         );
-        assert_eq!(exchange.response.body.to_bytes(), received.as_bytes(), "response {i}");
+        assert_eq!(
+            exchange.response.body.to_bytes(),
+            received.as_bytes(),
+            "response {i}"
+        );
         assert_eq!(received, served[i].response_body, "response {i} as sent");
         assert_eq!(exchange.streamed, i == 1);
     }
@@ -195,7 +211,10 @@ fn httpx_with_http2_is_captured_plain_and_streamed() {
     let (finished, report) = setup.capture_client(out.path(), "httpx");
     assert_plain_and_streamed(&setup, out.path(), &finished, &report);
     // Both requests went over one connection.
-    assert_eq!(figure(&finished.summary["connections"], "http2_connections"), 1);
+    assert_eq!(
+        figure(&finished.summary["connections"], "http2_connections"),
+        1
+    );
 }
 
 #[test]
@@ -210,11 +229,19 @@ fn the_openai_sdk_over_an_h2_httpx_client_is_captured() {
     assert_eq!(recorded.len(), 2, "{}", finished.dump());
     assert_h2_chat(&recorded, &finished);
     let served = setup.provider.requests();
-    for (i, result) in report["results"].as_array().expect("results").iter().enumerate() {
+    for (i, result) in report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .enumerate()
+    {
         assert_eq!(result["http_version"], "HTTP/2", "{result}");
         let answer = result["received"].as_str().expect("answer");
         assert!(
-            served[i].answer.as_deref().is_some_and(|a| answer.contains(a) || a.contains(answer)),
+            served[i]
+                .answer
+                .as_deref()
+                .is_some_and(|a| answer.contains(a) || a.contains(answer)),
             "answer {i} {answer:?} is not the provider's"
         );
         let exchange = &models(&recorded)[i];
@@ -224,5 +251,75 @@ fn the_openai_sdk_over_an_h2_httpx_client_is_captured() {
             "response {i}"
         );
     }
+    assert_keys_absent(out.path());
+}
+
+#[test]
+fn a_hundred_concurrent_streams_on_one_connection_are_a_hundred_exchanges() {
+    if !privileged("HTTP/2 capture of 100 concurrent streams") {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    let body =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"One of a hundred."}]}"#;
+    let body_path = data.path().join("body.json");
+    std::fs::write(&body_path, body).expect("write the request body");
+    let authorization = format!("authorization: Bearer {}", TEST_API_KEYS[0].1);
+    let url = format!("{}/v1/chat/completions", H2Front::origin());
+    let args = setup.command(&[
+        "h2load",
+        "--requests=100",
+        "--clients=1",
+        "--max-concurrent-streams=100",
+        "--data",
+        body_path.to_str().expect("UTF-8 path"),
+        "--header",
+        &authorization,
+        "--header",
+        "content-type: application/json",
+        &url,
+    ]);
+    let finished = Agent::start(out.path(), &setup.ca, &args).finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert!(
+        finished
+            .command_stdout()
+            .iter()
+            .any(|l| l.contains("100 succeeded")),
+        "{}",
+        finished.dump()
+    );
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 100, "{}", finished.dump());
+    assert_h2_chat(&recorded, &finished);
+    assert_eq!(
+        figure(&finished.summary["connections"], "http2_connections"),
+        1
+    );
+    // Each body intact: every request is the one sent, every response one the provider sent.
+    let mut sent: Vec<String> = setup
+        .provider
+        .requests()
+        .into_iter()
+        .map(|r| r.response_body)
+        .collect();
+    let mut got: Vec<String> = models(&recorded)
+        .iter()
+        .map(|e| {
+            assert_eq!(e.request.body.to_bytes(), body.as_bytes());
+            String::from_utf8(e.response.body.to_bytes()).expect("UTF-8 body")
+        })
+        .collect();
+    sent.sort();
+    got.sort();
+    assert_eq!(got, sent, "recorded responses differ from those sent");
+    // Files in the order the streams started.
+    let starts: Vec<&str> = recorded
+        .iter()
+        .map(|e| e["started_at"].as_str().expect("started_at"))
+        .collect();
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
     assert_keys_absent(out.path());
 }

@@ -170,6 +170,16 @@ pub(super) fn could_start_frame(bytes: &[u8]) -> bool {
         && header.check(Direction::Write, 0, DEFAULT_MAX_FRAME).is_ok()
 }
 
+/// See [`super::starts_with_server_preface`].
+pub(super) fn starts_with_server_preface(bytes: &[u8]) -> bool {
+    bytes.first_chunk::<HEADER_LEN>().is_some_and(|head| {
+        let header = Header::parse(head);
+        header.kind == Kind::Settings
+            && !header.has(ACK)
+            && header.check(Direction::Read, 0, DEFAULT_MAX_FRAME).is_ok()
+    })
+}
+
 /// Largest frame length a frame header can state.
 pub(super) const LARGEST_FRAME: usize = (1 << 24) - 1;
 
