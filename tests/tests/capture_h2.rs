@@ -11,7 +11,7 @@ mod capture_support;
 use std::ffi::OsString;
 use std::path::Path;
 
-use capture_support::{Agent, Finished, exchanges, figure};
+use capture_support::{Agent, Finished, StepClient, exchanges, figure};
 use llmsim_snapshot::model::Exchange;
 use llmsim_tests::{
     FakeProvider, H2Front, TEST_API_KEYS, TestCa, TestNetns, client_script, privileged,
@@ -321,5 +321,95 @@ fn a_hundred_concurrent_streams_on_one_connection_are_a_hundred_exchanges() {
         .map(|e| e["started_at"].as_str().expect("started_at"))
         .collect();
     assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    assert_keys_absent(out.path());
+}
+
+#[test]
+fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
+    if !privileged("HTTP/2 capture --pid on a running connection") {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    // The client makes its first request, which fills both HPACK tables, before the
+    // capture starts; then two more on the same connection.
+    let mut cmd = setup.netns.command("python3");
+    cmd.arg(client_script("h2_client.py"))
+        .args(["join", &H2Front::origin()]);
+    let mut client = StepClient::start(cmd, &setup.ca);
+    // The host is one of the fields left out (`:authority` refers to the table), so
+    // every host is recorded.
+    let agent = Agent::start(
+        out.path(),
+        &setup.ca,
+        &[
+            "--pid".into(),
+            client.pid.to_string().into(),
+            "--any-host".into(),
+        ],
+    );
+    let report = client.step("go");
+    client.quit();
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    let connections = &finished.summary["connections"];
+    assert_eq!(figure(connections, "http2_connections"), 1, "{}", finished.dump());
+    assert_eq!(figure(connections, "joined_connections"), 1);
+    assert_eq!(figure(connections, "http2_withheld_exchanges"), 2);
+    assert_eq!(figure(&finished.summary, "exchanges_incomplete"), 2);
+    assert!(
+        finished
+            .stderr
+            .iter()
+            .any(|l| l.contains("2 with header fields left out (capture joined mid-connection)")),
+        "{}",
+        finished.dump()
+    );
+
+    let served = setup.provider.requests();
+    assert_eq!(served.len(), 3);
+    let results = report["results"].as_array().expect("results");
+    for (i, (exchange, model)) in recorded.iter().zip(models(&recorded)).enumerate() {
+        let (result, served) = (&results[i + 1], &served[i + 1]);
+        assert_eq!(exchange["http_version"], "2");
+        let why = exchange["incomplete"].as_str().expect("flagged incomplete");
+        assert!(
+            why.contains("refer to HPACK table entries from before the capture began"),
+            "{why}"
+        );
+        // What does not depend on the table is all there: bodies, byte for byte.
+        assert_eq!(model.request.method, "POST");
+        assert_eq!(
+            model.request.body.to_bytes(),
+            result["sent"].as_str().unwrap().as_bytes()
+        );
+        assert_eq!(
+            model.response.body.to_bytes(),
+            result["received"].as_str().unwrap().as_bytes()
+        );
+        assert_eq!(model.response.status, 200);
+        // No header is written that may be wrong: every field recorded is one the
+        // provider received (or sent), or a redacted secret.
+        assert!(!model.request.path.is_empty() || why.contains("request header field"));
+        for (name, value) in model.request.headers.iter() {
+            if value.starts_with("Bearer <redacted:") {
+                continue;
+            }
+            let expected = match name {
+                ":scheme" => Some("https"),
+                ":authority" => served.host.as_deref(),
+                _ => served.header(name),
+            };
+            assert_eq!(Some(value), expected, "request field {name} of exchange {i}");
+        }
+        for (name, value) in model.response.headers.iter() {
+            if let Some(sent) = served.response_header(name) {
+                assert_eq!(value, sent, "response field {name} of exchange {i}");
+            }
+        }
+    }
     assert_keys_absent(out.path());
 }
