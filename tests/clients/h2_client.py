@@ -8,7 +8,9 @@ Usage: h2_client.py MODE ORIGIN, MODE one of
   httpx   httpx with http2=True, the same two requests, the second read as a stream;
   openai  the official openai SDK given an httpx client with http2=True, the same two;
   join    httpx with http2=True on one connection: a chat completion, then `ready <pid>`;
-          after a line on stdin, a chat completion and a streamed one on the same connection.
+          after a line on stdin, a chat completion and a streamed one on the same connection;
+  malformed  one connection that sends the preface and then a PING frame of 7 bytes (a
+          frame size error), read until the server closes it; then what `curl` does.
 Prints one JSON line {"mode", "results": [{"stream", "http_version", "sent", "received"}]}:
 the HTTP version the response came with and the request and response bodies as sent and
 received (the SDK's answer text instead of the response body for `openai`). Reads
@@ -17,6 +19,8 @@ OPENAI_API_KEY; trusts SSL_CERT_FILE.
 
 import json
 import os
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -99,11 +103,29 @@ def joined(origin):
         return results
 
 
+def malformed(origin):
+    host, port = origin.removeprefix("https://").split(":")
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+            ping = b"\x00\x00\x07\x06\x00\x00\x00\x00\x00" + b"\x00" * 7
+            tls.sendall(preface + ping)
+            try:
+                while tls.recv(65536):
+                    pass
+            except (TimeoutError, ssl.SSLError, ConnectionError):
+                pass
+    return with_curl(origin)
+
+
 def main():
     mode, origin = sys.argv[1], sys.argv[2]
-    run = {"curl": with_curl, "httpx": with_httpx, "openai": with_openai, "join": joined}.get(mode)
+    modes = {"curl": with_curl, "httpx": with_httpx, "openai": with_openai, "join": joined, "malformed": malformed}
+    run = modes.get(mode)
     if run is None:
-        raise SystemExit(f"unknown mode {mode!r}: expected curl, httpx, openai or join")
+        raise SystemExit(f"unknown mode {mode!r}: expected one of {', '.join(modes)}")
     print(json.dumps({"mode": mode, "results": run(origin)}), flush=True)
 
 

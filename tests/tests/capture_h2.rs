@@ -413,3 +413,30 @@ fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
     }
     assert_keys_absent(out.path());
 }
+
+#[test]
+fn a_malformed_h2_connection_is_counted_and_skipped_and_others_are_recorded() {
+    if !privileged("HTTP/2 capture of a malformed connection") {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, report) = setup.capture_client(out.path(), "malformed");
+    let connections = &finished.summary["connections"];
+    assert_eq!(figure(connections, "http2_connections"), 3, "{}", finished.dump());
+    assert_eq!(figure(connections, "http2_malformed_connections"), 1);
+    assert_eq!(figure(connections, "non_http_connections"), 1);
+    let warnings: Vec<&String> = finished
+        .stderr
+        .iter()
+        .filter(|l| l.contains("skipping a TLS connection"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning\n{}", finished.dump());
+    assert!(
+        warnings[0].contains("malformed HTTP/2 PING frame"),
+        "{}",
+        warnings[0]
+    );
+    // curl's two connections after it are recorded whole.
+    assert_plain_and_streamed(&setup, out.path(), &finished, &report);
+}
