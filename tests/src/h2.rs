@@ -4,18 +4,25 @@
 //! stream to the fake provider on `127.0.0.1:443` (TLS, HTTP/1.1). A client in the namespace
 //! reaches it under the provider's real host name, at [`H2Front::origin`]; curl and httpx
 //! then speak HTTP/2 to it because ALPN chose it. Killed on drop.
+//!
+//! Also a gRPC server (`tests/clients/h2_grpc.py serve`) in a namespace, on
+//! [`GRPC_PORT`] of `localhost`, for captures of gRPC clients and their trailers.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use crate::ca::TestCa;
 use crate::netns::TestNetns;
+use crate::paths::client_script;
 use crate::process::{ChildGuard, Lines};
 
 /// The port the front end listens on inside the namespace (the fake provider has 443).
 pub const H2_PORT: u16 = 8443;
 
-/// How long nghttpx may take to start its worker.
+/// The gRPC server's port inside the namespace.
+pub const GRPC_PORT: u16 = 50051;
+
+/// How long nghttpx or the gRPC server may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running nghttpx; killed on drop.
@@ -64,5 +71,40 @@ impl H2Front {
     /// `https://api.openai.com:8443`: the OpenAI API through the front end.
     pub fn origin() -> String {
         format!("https://api.openai.com:{H2_PORT}")
+    }
+}
+
+/// A running `h2_grpc.py serve`; killed on drop.
+pub struct GrpcServer {
+    _child: ChildGuard,
+    _stdout: Lines,
+}
+
+impl GrpcServer {
+    /// Starts the gRPC server in `netns` with the `ca` leaf and waits until it listens.
+    pub fn start(netns: &TestNetns, ca: &TestCa) -> Self {
+        let what = format!("gRPC server in network namespace {}", netns.name());
+        let mut cmd = netns.command("python3");
+        cmd.arg("-u")
+            .arg(client_script("h2_grpc.py"))
+            .arg("serve")
+            .arg(GRPC_PORT.to_string())
+            .arg(ca.leaf_cert_path())
+            .arg(ca.leaf_key_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut child = ChildGuard::spawn(&mut cmd, &what);
+        let stdout = child.child_mut().stdout.take().expect("stdout is piped");
+        let mut lines = Lines::new(stdout, &what);
+        lines.wait_for(|l| l.starts_with("listening "), START_TIMEOUT, String::new);
+        GrpcServer {
+            _child: child,
+            _stdout: lines,
+        }
+    }
+
+    /// `https://localhost:50051`.
+    pub fn origin() -> String {
+        format!("https://localhost:{GRPC_PORT}")
     }
 }

@@ -14,7 +14,7 @@ use std::path::Path;
 use capture_support::{Agent, Finished, StepClient, exchanges, figure};
 use llmsim_snapshot::model::Exchange;
 use llmsim_tests::{
-    FakeProvider, H2Front, TEST_API_KEYS, TestCa, TestNetns, client_script, privileged,
+    FakeProvider, GrpcServer, H2Front, TEST_API_KEYS, TestCa, TestNetns, client_script, privileged,
 };
 use serde_json::Value;
 
@@ -356,7 +356,12 @@ fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
     let recorded = exchanges(out.path());
     assert_eq!(recorded.len(), 2, "{}", finished.dump());
     let connections = &finished.summary["connections"];
-    assert_eq!(figure(connections, "http2_connections"), 1, "{}", finished.dump());
+    assert_eq!(
+        figure(connections, "http2_connections"),
+        1,
+        "{}",
+        finished.dump()
+    );
     assert_eq!(figure(connections, "joined_connections"), 1);
     assert_eq!(figure(connections, "http2_withheld_exchanges"), 2);
     assert_eq!(figure(&finished.summary, "exchanges_incomplete"), 2);
@@ -403,7 +408,11 @@ fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
                 ":authority" => served.host.as_deref(),
                 _ => served.header(name),
             };
-            assert_eq!(Some(value), expected, "request field {name} of exchange {i}");
+            assert_eq!(
+                Some(value),
+                expected,
+                "request field {name} of exchange {i}"
+            );
         }
         for (name, value) in model.response.headers.iter() {
             if let Some(sent) = served.response_header(name) {
@@ -423,7 +432,12 @@ fn a_malformed_h2_connection_is_counted_and_skipped_and_others_are_recorded() {
     let out = tempfile::tempdir().expect("tempdir");
     let (finished, report) = setup.capture_client(out.path(), "malformed");
     let connections = &finished.summary["connections"];
-    assert_eq!(figure(connections, "http2_connections"), 3, "{}", finished.dump());
+    assert_eq!(
+        figure(connections, "http2_connections"),
+        3,
+        "{}",
+        finished.dump()
+    );
     assert_eq!(figure(connections, "http2_malformed_connections"), 1);
     assert_eq!(figure(connections, "non_http_connections"), 1);
     let warnings: Vec<&String> = finished
@@ -439,4 +453,79 @@ fn a_malformed_h2_connection_is_counted_and_skipped_and_others_are_recorded() {
     );
     // curl's two connections after it are recorded whole.
     assert_plain_and_streamed(&setup, out.path(), &finished, &report);
+}
+
+/// Bytes from the hex a client report holds.
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[test]
+fn grpc_unary_and_server_streaming_calls_keep_their_trailers() {
+    if !privileged("HTTP/2 capture of gRPC calls") {
+        return;
+    }
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let _server = GrpcServer::start(&netns, &ca);
+    let out = tempfile::tempdir().expect("tempdir");
+    let script = client_script("h2_grpc.py");
+    let mut args: Vec<OsString> = vec!["--any-host".into(), "--".into()];
+    args.extend(netns.exec_prefix());
+    args.extend(
+        [
+            "python3",
+            script.to_str().expect("UTF-8 path"),
+            "call",
+            &GrpcServer::origin(),
+        ]
+        .map(OsString::from),
+    );
+    let finished = Agent::start(out.path(), &ca, &args).finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    let report = finished
+        .command_stdout()
+        .iter()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("no client report\n{}", finished.dump()));
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    let results = report["results"].as_array().expect("results");
+    for ((exchange, model), result) in recorded.iter().zip(models(&recorded)).zip(results) {
+        assert_eq!(result["http_version"], "HTTP/2");
+        assert_eq!(exchange["http_version"], "2");
+        assert!(exchange["incomplete"].is_null(), "{exchange:#}");
+        assert_eq!(
+            model.request.path,
+            format!("/helloworld.Greeter/{}", result["call"].as_str().unwrap())
+        );
+        assert_eq!(model.request.headers.get("te"), Some("trailers"));
+        assert_eq!(model.response.status, 200);
+        assert_eq!(
+            model.response.headers.get("content-type"),
+            Some("application/grpc")
+        );
+        assert_eq!(
+            model.request.body.to_bytes(),
+            unhex(result["sent"].as_str().unwrap())
+        );
+        assert_eq!(
+            model.response.body.to_bytes(),
+            unhex(result["received"].as_str().unwrap())
+        );
+        // The trailers after the last message are stored.
+        let trailers: Vec<(&str, &str)> = model.response.trailers.iter().collect();
+        assert_eq!(trailers, [("grpc-status", "0"), ("grpc-message", "")]);
+    }
+    assert_eq!(
+        unhex(results[1]["received"].as_str().unwrap())
+            .windows(5)
+            .filter(|w| w.starts_with(b"hello"))
+            .count(),
+        3,
+        "three streamed messages"
+    );
 }
