@@ -68,7 +68,7 @@ impl H2Front {
         }
     }
 
-    /// `https://api.openai.com:8443`: the OpenAI API through the front end.
+    /// `https://api.openai.com:8443`: the `OpenAI` API through the front end.
     pub fn origin() -> String {
         format!("https://api.openai.com:{H2_PORT}")
     }

@@ -41,10 +41,10 @@ impl Setup {
     }
 
     /// `-- ip netns exec NAME ARGV...` for the agent.
-    fn command(&self, argv: &[&str]) -> Vec<OsString> {
+    fn command(&self, program: &[&str]) -> Vec<OsString> {
         let mut args = vec![OsString::from("--")];
         args.extend(self.netns.exec_prefix());
-        args.extend(argv.iter().map(OsString::from));
+        args.extend(program.iter().map(OsString::from));
         args
     }
 
