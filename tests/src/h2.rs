@@ -5,8 +5,9 @@
 //! reaches it under the provider's real host name, at [`H2Front::origin`]; curl and httpx
 //! then speak HTTP/2 to it because ALPN chose it. Killed on drop.
 //!
-//! Also a gRPC server (`tests/clients/h2_grpc.py serve`) in a namespace, on
-//! [`GRPC_PORT`] of `localhost`, for captures of gRPC clients and their trailers.
+//! Also an HTTP/2 server of its own (`tests/clients/h2_server.py serve`) in a namespace, on
+//! [`H2_SERVER_PORT`] of `localhost`: gRPC methods with trailers, and an echo of any other
+//! request, for captures of gRPC clients and of many streams on one connection.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,13 +17,20 @@ use crate::netns::TestNetns;
 use crate::paths::client_script;
 use crate::process::{ChildGuard, Lines};
 
+/// Whether `program` is on `PATH`: the HTTP/2 tests need `nghttpx` and `h2load`, which
+/// `scripts/setup.sh` installs (Debian's `nghttp2-proxy` and `nghttp2-client`).
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
 /// The port the front end listens on inside the namespace (the fake provider has 443).
 pub const H2_PORT: u16 = 8443;
 
-/// The gRPC server's port inside the namespace.
-pub const GRPC_PORT: u16 = 50051;
+/// The HTTP/2 server's port inside the namespace.
+pub const H2_SERVER_PORT: u16 = 50051;
 
-/// How long nghttpx or the gRPC server may take to start.
+/// How long nghttpx or the HTTP/2 server may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running nghttpx; killed on drop.
@@ -45,9 +53,6 @@ impl H2Front {
             .arg("--backend=127.0.0.1,443;;tls;sni=api.openai.com")
             .arg("--insecure")
             .args(["--no-ocsp", "--no-via", "--workers=1"])
-            // Within the provider's listen backlog (Python's default of 5): more connections
-            // opened at once overflow it and wait for SYN retransmits, a second each.
-            .arg("--backend-connections-per-host=4")
             .arg("--errorlog-file=/dev/stderr")
             .arg(ca.leaf_key_path())
             .arg(ca.leaf_cert_path())
@@ -74,21 +79,21 @@ impl H2Front {
     }
 }
 
-/// A running `h2_grpc.py serve`; killed on drop.
-pub struct GrpcServer {
+/// A running `h2_server.py serve`; killed on drop.
+pub struct H2Server {
     _child: ChildGuard,
     _stdout: Lines,
 }
 
-impl GrpcServer {
-    /// Starts the gRPC server in `netns` with the `ca` leaf and waits until it listens.
+impl H2Server {
+    /// Starts the server in `netns` with the `ca` leaf and waits until it listens.
     pub fn start(netns: &TestNetns, ca: &TestCa) -> Self {
-        let what = format!("gRPC server in network namespace {}", netns.name());
+        let what = format!("HTTP/2 server in network namespace {}", netns.name());
         let mut cmd = netns.command("python3");
         cmd.arg("-u")
-            .arg(client_script("h2_grpc.py"))
+            .arg(client_script("h2_server.py"))
             .arg("serve")
-            .arg(GRPC_PORT.to_string())
+            .arg(H2_SERVER_PORT.to_string())
             .arg(ca.leaf_cert_path())
             .arg(ca.leaf_key_path())
             .stdin(Stdio::null())
@@ -97,7 +102,7 @@ impl GrpcServer {
         let stdout = child.child_mut().stdout.take().expect("stdout is piped");
         let mut lines = Lines::new(stdout, &what);
         lines.wait_for(|l| l.starts_with("listening "), START_TIMEOUT, String::new);
-        GrpcServer {
+        H2Server {
             _child: child,
             _stdout: lines,
         }
@@ -105,6 +110,6 @@ impl GrpcServer {
 
     /// `https://localhost:50051`.
     pub fn origin() -> String {
-        format!("https://localhost:{GRPC_PORT}")
+        format!("https://localhost:{H2_SERVER_PORT}")
     }
 }

@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""gRPC over HTTP/2 for the capture tests, both ends: a minimal gRPC server (the `h2` library
-over the stdlib `ssl` module, ALPN h2) and a client (httpx with http2=True) speaking gRPC
-framing, so a capture sees the client through the system libssl.
+"""An HTTP/2 server for the capture tests (the `h2` library over the stdlib `ssl` module, ALPN
+h2, each connection's streams answered as they end), and a gRPC client of it (httpx with
+http2=True speaking gRPC framing, so a capture sees the client through the system libssl).
 
 Usage:
-  h2_grpc.py serve PORT CERT KEY   answers /helloworld.Greeter/SayHello with one message and
+  h2_server.py serve PORT CERT KEY answers /helloworld.Greeter/SayHello with one message and
                                    /helloworld.Greeter/SayHelloStream with three, each time
-                                   followed by the trailers grpc-status 0 and grpc-message;
+                                   followed by the trailers grpc-status 0 and grpc-message; any
+                                   other path with 200 and the compact JSON
+                                   {"stream":ID,"request_bytes":N,"request":TEXT};
                                    prints `listening PORT` once it accepts connections.
-  h2_grpc.py call ORIGIN           makes a unary and a server-streaming call and prints one JSON
-                                   line {"results": [{"call", "http_version", "sent", "received"}]}
-                                   with the request and response bodies in hex.
+  h2_server.py call ORIGIN         makes a unary and a server-streaming gRPC call and prints one
+                                   JSON line {"results": [{"call", "http_version", "sent",
+                                   "received"}]} with the request and response bodies in hex.
 Messages are opaque bytes here (a real client would put protobuf in them); the framing is
 gRPC's: a compressed flag byte and a 4-byte big-endian length before each message.
 """
@@ -66,6 +68,12 @@ def handle(tls):
 
 
 def respond(conn, stream, path, body):
+    if not path.startswith(GREETER):
+        answer = json.dumps({"stream": stream, "request_bytes": len(body), "request": body.decode()},
+                            separators=(",", ":"))
+        conn.send_headers(stream, [(":status", "200"), ("content-type", "application/json")])
+        conn.send_data(stream, answer.encode(), end_stream=True)
+        return
     names = messages(body)
     name = names[0] if names else b"nobody"
     conn.send_headers(stream, [(":status", "200"), ("content-type", "application/grpc")])
@@ -112,7 +120,7 @@ def main():
     elif sys.argv[1] == "call":
         call(sys.argv[2])
     else:
-        raise SystemExit("usage: h2_grpc.py serve PORT CERT KEY | call ORIGIN")
+        raise SystemExit("usage: h2_server.py serve PORT CERT KEY | call ORIGIN")
 
 
 if __name__ == "__main__":
