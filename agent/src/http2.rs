@@ -20,20 +20,11 @@ mod tests;
 pub use connection::Http2Connection;
 pub use frame::PREFACE;
 
-use crate::http1::{Direction, Headers};
+use crate::http1::{Direction, Headers, message, to_u64};
 
 /// Largest header block (a HEADERS or `PUSH_PROMISE` frame with its CONTINUATIONs)
 /// accepted: the limit HTTP/1.1 heads have.
 pub const MAX_HEADER_BLOCK: usize = crate::http1::MAX_HEAD_BYTES;
-
-/// The kind of message flowing `direction`: the client writes requests and
-/// reads responses.
-fn message(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Write => "request",
-        Direction::Read => "response",
-    }
-}
 
 /// Why a connection's bytes cannot be read as HTTP/2. After one, the connection is
 /// poisoned: see [`Http2Connection::push`]. Offsets count the bytes of one direction
@@ -131,9 +122,4 @@ fn withheld_reason(direction: Direction, withheld: usize) -> String {
         "{withheld} {} header field(s) refer to HPACK table entries from before the capture began and are left out",
         message(direction)
     )
-}
-
-/// Lossless on every target we build for; saturates otherwise.
-fn to_u64(n: usize) -> u64 {
-    u64::try_from(n).unwrap_or(u64::MAX)
 }

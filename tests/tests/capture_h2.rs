@@ -1,10 +1,12 @@
 //! HTTP/2 capture end to end: real clients (curl as the system ships it, httpx with
-//! `http2=True`, the openai SDK over such an httpx client, h2load) talk to the fake provider
-//! through an `nghttpx` front end that offers h2 by ALPN, under the provider's real host name,
-//! while `llmsim-agent capture` records them. Each stream is one exchange file that says
+//! `http2=True`, the openai SDK over such an httpx client) talk to the fake provider through
+//! an `nghttpx` front end that offers h2 by ALPN, under the provider's real host name, while
+//! `llmsim-agent capture` records them. Each stream is one exchange file that says
 //! `http_version: "2"`, with bodies byte-equal to what the provider received and sent, SSE
-//! events complete and in order, and no key on disk. Also: a capture joined to a running h2
-//! connection, and an h2 connection that turns malformed beside a healthy one.
+//! events complete and in order, and no key on disk. Also, against an h2 server of the
+//! suite's own: 100 concurrent streams on one connection (h2load) and gRPC calls with
+//! trailers; and a capture joined to a running h2 connection, a gzip answer, and an h2
+//! connection that turns malformed beside healthy ones.
 
 mod capture_support;
 
