@@ -21,13 +21,14 @@ BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib1g-dev
               iproute2 curl openssl ca-certificates chromium)
+# HTTP/2 tests and the h2 replay benchmark: nghttpx fronts the fake provider with TLS
+# (ALPN h2), h2load opens many concurrent streams on one connection.
+APT_PACKAGES+=(nghttp2-proxy nghttp2-client)
 PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
-# HTTP/2 replay tests: httpx and the SDKs' httpx2 speak h2 once h2 is installed; grpcio is
+# HTTP/2 tests: httpx (and the SDKs through it) speaks h2 once h2 is installed; grpcio is
 # a real gRPC client for replayed trailers.
 PYTHON_PACKAGES+=(httpx==0.28.1 h2==4.4.1 grpcio==1.85.1)
 BENCH_APT_PACKAGES=(wrk nginx)
-# h2load drives the HTTP/2 variant of the replay benchmark.
-BENCH_APT_PACKAGES+=(nghttp2-client)
 # oha sends requests at a fixed rate and measures latency from each request's scheduled
 # start (--latency-correction), which wrk cannot; its JSON report's layout is per version.
 OHA_VERSION=1.16.0

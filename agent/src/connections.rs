@@ -1,15 +1,18 @@
 //! Turns the stream of decoded kernel events into HTTP exchanges, one TLS
 //! connection (process + `SSL *`) at a time: puts call chunks back together,
-//! notices bytes the kernel lost, remembers each connection's SNI and peer, and
-//! feeds the plaintext to the HTTP/1.1 reassembler.
+//! notices bytes the kernel lost, remembers each connection's SNI and peer, tells
+//! HTTP/2 from HTTP/1.1 (the client preface, or a frame header on a connection joined
+//! mid-way) and feeds the plaintext to that version's reassembler.
 
 use std::{collections::HashMap, net::SocketAddr};
 
 use llmsim_ebpf_common::Direction;
+use llmsim_snapshot::model::HttpVersion;
 
 use crate::{
     events::Data,
     http1::{self, Http1Connection},
+    http2::{self, Http2Connection},
 };
 
 /// A finished exchange and what is known about its connection.
@@ -23,6 +26,8 @@ pub struct ConnectionExchange {
     pub sni: Option<String>,
     /// The socket's peer, if the fd was seen and its connect was traced.
     pub peer: Option<SocketAddr>,
+    /// The HTTP version of the connection.
+    pub http_version: HttpVersion,
     /// The exchange; `incomplete` says why it is not whole, as far as the
     /// bytes that arrived show.
     pub exchange: http1::Exchange,
@@ -31,10 +36,20 @@ pub struct ConnectionExchange {
 /// Counters for the capture summary.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct TrackerStats {
-    /// Connections whose plaintext was not HTTP/1.1 (or turned malformed); skipped.
+    /// Connections whose plaintext was neither HTTP/1.1 nor HTTP/2, or turned
+    /// malformed; skipped from there on.
     pub non_http_connections: u64,
-    /// Of those, connections that spoke HTTP/2 (not reassembled yet).
+    /// Connections whose client spoke HTTP/2 (sent its preface, or, joined mid-way,
+    /// frames).
     pub http2_connections: u64,
+    /// Of those, connections skipped from a malformed frame, a HPACK error, an
+    /// oversized header block or a frame for an unknown stream on (also counted in
+    /// `non_http_connections`).
+    pub http2_malformed_connections: u64,
+    /// HTTP/2 exchanges that came out with header fields left out, because those
+    /// fields refer to HPACK table entries from before the capture joined the
+    /// connection; each is flagged incomplete.
+    pub http2_withheld_exchanges: u64,
     /// Connections where this process answered requests (a server); skipped.
     pub server_connections: u64,
     /// Connections first seen in the middle of an exchange (the probes were
@@ -56,9 +71,61 @@ pub const LOST: &str = "the kernel could not deliver part of a TLS read or write
 /// Why an exchange is flagged when the capture began in its middle.
 const JOINED: &str = "the capture began in the middle of this exchange";
 
+/// The reassembler of a connection's HTTP version.
+enum Protocol {
+    Http1(Http1Connection),
+    Http2(Http2Connection),
+}
+
+impl Default for Protocol {
+    fn default() -> Self {
+        Self::Http1(Http1Connection::new())
+    }
+}
+
+impl Protocol {
+    /// The reassembler for a connection whose first bytes are `data`'s: HTTP/2 if the
+    /// client wrote the preface or the server's preface (a SETTINGS frame, which may be
+    /// read before a client's first write completes) came first, HTTP/2 joined mid-way if
+    /// they are another frame (the probes were attached while the connection was in use),
+    /// and HTTP/1.1 otherwise.
+    fn recognise(data: &Data<'_>, stats: &mut TrackerStats) -> Self {
+        let preface = match data.direction {
+            Direction::Write => http2::starts_with_preface(data.bytes),
+            Direction::Read => http2::starts_with_server_preface(data.bytes),
+        };
+        if preface {
+            stats.http2_connections += 1;
+            Self::Http2(Http2Connection::new())
+        } else if !http1::looks_like_http1_request(data.bytes)
+            && http2::could_start_frame(data.bytes)
+        {
+            stats.http2_connections += 1;
+            stats.joined_connections += 1;
+            Self::Http2(Http2Connection::joined())
+        } else {
+            Self::default()
+        }
+    }
+
+    fn version(&self) -> HttpVersion {
+        match self {
+            Self::Http1(_) => HttpVersion::Http11,
+            Self::Http2(_) => HttpVersion::Http2,
+        }
+    }
+
+    fn mark_lost(&mut self, direction: Direction, why: &str) -> Vec<http1::Exchange> {
+        match self {
+            Self::Http1(http) => http.mark_lost(direction, why),
+            Self::Http2(http) => http.mark_lost(direction, why),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Connection {
-    http: Http1Connection,
+    http: Protocol,
     sni: Option<String>,
     fd: Option<i32>,
     /// The call whose chunks are arriving: (direction, `call_len`, bytes received).
@@ -129,15 +196,24 @@ impl Tracker {
         }
         let first = !conn.started;
         conn.started = true;
-        if first && data.direction == Direction::Read && http1::looks_like_http1_request(data.bytes)
+        if first
+            && data.direction == Direction::Read
+            && (http1::looks_like_http1_request(data.bytes)
+                || http2::starts_with_preface(data.bytes))
         {
             // This process reads requests: it is the server of this connection.
             conn.skipped = true;
             self.stats.server_connections += 1;
             return Vec::new();
         }
+        if first && data.offset == 0 {
+            conn.http = Protocol::recognise(data, &mut self.stats);
+        }
         let mut done = Vec::new();
-        if data.direction == Direction::Read && !conn.read_seen {
+        if let Protocol::Http1(http) = &mut conn.http
+            && data.direction == Direction::Read
+            && !conn.read_seen
+        {
             conn.read_seen = true;
             // A client's first read starts a response head. Anything else means
             // the probes were attached while this connection was in use (a
@@ -146,9 +222,9 @@ impl Tracker {
             if data.offset != 0 || !could_start_response(data.bytes) {
                 if first {
                     // Its request went unseen too.
-                    done.extend(conn.http.mark_lost(Direction::Write, JOINED));
+                    done.extend(http.mark_lost(Direction::Write, JOINED));
                 }
-                done.extend(conn.http.mark_lost(Direction::Read, JOINED));
+                done.extend(http.mark_lost(Direction::Read, JOINED));
                 if data.offset != 0 {
                     // The rest of this call follows; its start is not a gap to flag again.
                     conn.call = Some((data.direction, data.call_len, data.offset));
@@ -172,20 +248,35 @@ impl Tracker {
         if let Some((_, _, got)) = conn.call.as_mut() {
             *got = data.offset + data.bytes.len() as u64;
         }
-        match conn.http.push(data.direction, data.end_ns, data.bytes) {
+        let pushed =
+            match &mut conn.http {
+                Protocol::Http1(http) => http
+                    .push(data.direction, data.end_ns, data.bytes)
+                    .map_err(|error| {
+                        if matches!(error, http1::Http1Error::Http2Preface) {
+                            self.stats.http2_connections += 1;
+                        }
+                        error.to_string()
+                    }),
+                Protocol::Http2(http) => http
+                    .push(data.direction, data.end_ns, data.bytes)
+                    .map_err(|error| {
+                        self.stats.http2_malformed_connections += 1;
+                        error.to_string()
+                    }),
+            };
+        match pushed {
             Ok(exchanges) => done.extend(exchanges),
             Err(error) => {
                 tracing::warn!(
                     pid = data.tgid,
-                    "skipping a TLS connection that is not HTTP/1.1: {error}"
+                    "skipping a TLS connection that is not HTTP/1.1 or HTTP/2: {error}"
                 );
-                if matches!(error, http1::Http1Error::Http2Preface) {
-                    self.stats.http2_connections += 1;
-                }
                 self.stats.non_http_connections += 1;
                 conn.skipped = true;
             }
         }
+        let http_version = conn.http.version();
         let (sni, peer) = (conn.sni.clone(), self.peer_of(data.tgid, data.ssl));
         done.into_iter()
             .map(|exchange| ConnectionExchange {
@@ -193,6 +284,7 @@ impl Tracker {
                 ssl: data.ssl,
                 sni: sni.clone(),
                 peer,
+                http_version,
                 exchange,
             })
             .collect()
@@ -215,13 +307,21 @@ impl Tracker {
             done.extend(conn.http.mark_lost(dir, LOST));
         }
         // A poisoned connection still returns what completed before the error.
-        done.extend(conn.http.finish(now_ns));
+        match &mut conn.http {
+            Protocol::Http1(http) => done.extend(http.finish(now_ns)),
+            Protocol::Http2(http) => {
+                done.extend(http.finish());
+                self.stats.http2_withheld_exchanges += http.withheld_exchanges();
+            }
+        }
+        let http_version = conn.http.version();
         done.into_iter()
             .map(|exchange| ConnectionExchange {
                 tgid,
                 ssl,
                 sni: conn.sni.clone(),
                 peer,
+                http_version,
                 exchange,
             })
             .collect()
@@ -411,10 +511,79 @@ mod tests {
         assert!(tracker.finish_all(3).is_empty());
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
         assert!(call(&mut tracker, Direction::Write, preface, 1 << 14, 4).is_empty());
+        // A server that does not speak HTTP/2 answers the preface in HTTP/1.x.
+        assert!(call(&mut tracker, Direction::Read, RESPONSE, 1 << 14, 5).is_empty());
         let stats = tracker.stats();
         assert_eq!(stats.non_http_connections, 2);
         assert_eq!(stats.http2_connections, 1);
         assert_eq!(stats.joined_connections, 0);
+    }
+
+    /// An HTTP/2 frame.
+    fn h2_frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+        let len = u8::try_from(payload.len()).unwrap();
+        let mut out = vec![0, 0, len, kind, flags, 0, 0, 0, stream];
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[test]
+    fn http2_is_recognised_by_its_preface_or_by_its_frames() {
+        // POST https://api.openai.com/ from the static table and one literal.
+        let mut block = vec![0x83, 0x87, 0x84, 0x41, 14];
+        block.extend_from_slice(b"api.openai.com");
+        let request = [
+            http2::PREFACE,
+            &h2_frame(4, 0, 0, &[]),
+            &h2_frame(1, 0x4, 1, &block),
+            &h2_frame(0, 0x1, 1, b"{}"),
+        ]
+        .concat();
+        // SETTINGS, then :status 200 (static) ending the stream.
+        let response = [h2_frame(4, 0, 0, &[]), h2_frame(1, 0x5, 1, &[0x88])].concat();
+        let mut tracker = Tracker::default();
+        assert!(call(&mut tracker, Direction::Write, &request, 7, 1).is_empty());
+        let done = call(&mut tracker, Direction::Read, &response, 1 << 14, 2);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].http_version, HttpVersion::Http2);
+        assert!(done[0].exchange.incomplete.is_none(), "{done:?}");
+        assert_eq!(done[0].exchange.request.method, "POST");
+        assert_eq!(done[0].exchange.request.body, b"{}");
+        assert_eq!(done[0].exchange.response.as_ref().unwrap().status, 200);
+
+        // The server's preface read before the client's first write returned.
+        let mut tracker = Tracker::default();
+        let settings = h2_frame(4, 0, 0, &[]);
+        assert!(call(&mut tracker, Direction::Read, &settings, 1 << 14, 1).is_empty());
+        assert!(call(&mut tracker, Direction::Write, &request, 1 << 14, 2).is_empty());
+        let done = call(
+            &mut tracker,
+            Direction::Read,
+            &response[settings.len()..],
+            1 << 14,
+            3,
+        );
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(done[0].exchange.incomplete.is_none(), "{done:?}");
+        assert_eq!(tracker.stats().joined_connections, 0);
+
+        // The same connection joined after its preface: recognised by its frames.
+        let mut tracker = Tracker::default();
+        let joined = request.get(http2::PREFACE.len()..).unwrap();
+        assert!(call(&mut tracker, Direction::Write, joined, 1 << 14, 1).is_empty());
+        let done = call(&mut tracker, Direction::Read, &response, 1 << 14, 2);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(done[0].http_version, HttpVersion::Http2);
+        assert!(done[0].exchange.incomplete.is_none(), "{done:?}");
+        let stats = tracker.stats();
+        assert_eq!(
+            (
+                stats.http2_connections,
+                stats.joined_connections,
+                stats.non_http_connections
+            ),
+            (1, 1, 0)
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub type Headers = Vec<(String, Vec<u8>)>;
 
 /// The kind of message flowing `direction`: the client writes requests and
 /// reads responses.
-fn message(direction: Direction) -> &'static str {
+pub(crate) fn message(direction: Direction) -> &'static str {
     match direction {
         Direction::Write => "request",
         Direction::Read => "response",
@@ -39,7 +39,8 @@ pub struct Request {
     pub method: String,
     /// The request target as sent (usually origin-form: path and query).
     pub target: String,
-    /// Minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    /// Minor version: 1 for HTTP/1.1, 0 for HTTP/1.0. HTTP/2 exchanges leave it 0: their
+    /// version is their connection's (`ConnectionExchange::http_version`).
     pub version: u8,
     pub headers: Headers,
     /// The body with any chunked coding removed (content codings such as gzip are kept).
@@ -55,7 +56,8 @@ pub struct Request {
 /// The final response to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
-    /// Minor version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    /// Minor version: 1 for HTTP/1.1, 0 for HTTP/1.0. HTTP/2 exchanges leave it 0: their
+    /// version is their connection's (`ConnectionExchange::http_version`).
     pub version: u8,
     pub status: u16,
     pub reason: String,
@@ -246,6 +248,6 @@ pub fn looks_like_http1_request(first_bytes: &[u8]) -> bool {
 }
 
 /// Lossless on every target we build for; saturates otherwise.
-fn to_u64(n: usize) -> u64 {
+pub(crate) fn to_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }

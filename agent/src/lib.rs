@@ -9,6 +9,7 @@ pub mod capture;
 pub mod connections;
 pub mod events;
 pub mod http1;
+pub mod http2;
 pub mod preflight;
 pub mod probes;
 pub mod procfs;

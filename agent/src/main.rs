@@ -251,6 +251,16 @@ fn print_summary(summary: &Summary, json: bool) {
             String::new()
         },
     );
+    let connections = &summary.connections;
+    if connections.http2_connections > 0 {
+        eprintln!(
+            "llmsim-agent: HTTP/2: {} connections, {} exchanges written, {} with header fields left out (capture joined mid-connection), {} connections skipped as malformed",
+            connections.http2_connections,
+            recorded.http2_exchanges_written,
+            connections.http2_withheld_exchanges,
+            connections.http2_malformed_connections,
+        );
+    }
     if recorded.exchanges_written > 0 {
         eprintln!("llmsim-agent: recorded {}", recorded.usage);
     }

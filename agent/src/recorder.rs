@@ -14,7 +14,7 @@ use std::{
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use llmsim_snapshot::{
     ledger::Totals,
-    model::{Body, Exchange, Headers, HttpVersion, ProcessInfo, Scheme},
+    model::{Body, Exchange, HttpVersion, ProcessInfo, Scheme},
     prices::PriceTable,
     provider::Provider,
     record::{self, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder},
@@ -91,6 +91,8 @@ pub struct RecordStats {
     pub exchanges_written: u64,
     /// Of those, flagged incomplete.
     pub exchanges_incomplete: u64,
+    /// Of those, made over HTTP/2.
+    pub http2_exchanges_written: u64,
     /// Exchanges with hosts that are not recorded.
     pub exchanges_ignored: u64,
     /// Bytes of exchange files written.
@@ -178,7 +180,9 @@ impl Recorder {
     }
 
     /// The exchange as the kernel's probes saw it: always TLS, timed from the request's
-    /// first write, dated by the wall clock.
+    /// first write, dated by the wall clock, with its connection's HTTP version and the
+    /// response's trailers (HTTP/2 trailers, gRPC's `grpc-status` among them, or a
+    /// chunked HTTP/1.1 body's).
     fn raw_exchange(
         &self,
         done: ConnectionExchange,
@@ -188,6 +192,7 @@ impl Recorder {
         let ConnectionExchange {
             sni,
             peer,
+            http_version,
             exchange,
             ..
         } = done;
@@ -212,7 +217,7 @@ impl Recorder {
                 .into_iter()
                 .map(|(ts, bytes)| (ms(ts), bytes))
                 .collect(),
-            trailers: Headers::default(),
+            trailers: wire_headers(&r.trailers),
         });
         RawExchange {
             request: RawRequest {
@@ -230,7 +235,7 @@ impl Recorder {
             peer,
             process,
             scheme: Scheme::Https,
-            http_version: HttpVersion::Http11,
+            http_version,
             incomplete: lost.or(incomplete),
         }
     }
@@ -254,6 +259,9 @@ fn write_files(
         stats.exchanges_written += 1;
         if exchange.incomplete.is_some() {
             stats.exchanges_incomplete += 1;
+        }
+        if exchange.http_version == HttpVersion::Http2 {
+            stats.http2_exchanges_written += 1;
         }
         if !quiet {
             eprintln!("{}", live_line(&exchange));

@@ -1,0 +1,115 @@
+//! An HTTP/2 front end for the fake provider, as a RAII guard: `nghttpx` (Debian's
+//! `nghttp2-proxy`) inside a [`TestNetns`], serving TLS with the [`TestCa`] leaf on port
+//! [`H2_PORT`] of `127.0.0.1` and `::1` with ALPN `h2` and `http/1.1`, and forwarding every
+//! stream to the fake provider on `127.0.0.1:443` (TLS, HTTP/1.1). A client in the namespace
+//! reaches it under the provider's real host name, at [`H2Front::origin`]; curl and httpx
+//! then speak HTTP/2 to it because ALPN chose it. Killed on drop.
+//!
+//! Also an HTTP/2 server of its own (`tests/clients/h2_server.py serve`) in a namespace, on
+//! [`H2_SERVER_PORT`] of `localhost`: gRPC methods with trailers, and an echo of any other
+//! request, for captures of gRPC clients and of many streams on one connection.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::ca::TestCa;
+use crate::netns::TestNetns;
+use crate::paths::client_script;
+use crate::process::{ChildGuard, Lines};
+
+/// Whether `program` is on `PATH`: the HTTP/2 tests need `nghttpx` and `h2load`, which
+/// `scripts/setup.sh` installs (Debian's `nghttp2-proxy` and `nghttp2-client`).
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// The port the front end listens on inside the namespace (the fake provider has 443).
+pub const H2_PORT: u16 = 8443;
+
+/// The HTTP/2 server's port inside the namespace.
+pub const H2_SERVER_PORT: u16 = 50051;
+
+/// How long nghttpx or the HTTP/2 server may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running nghttpx; killed on drop.
+pub struct H2Front {
+    // Declared first so it is killed before its log reader is dropped.
+    _child: ChildGuard,
+    _log: Lines,
+}
+
+impl H2Front {
+    /// Starts nghttpx in `netns` in front of a [`crate::FakeProvider`] started there, and
+    /// waits until its worker accepts connections.
+    pub fn start(netns: &TestNetns, ca: &TestCa) -> Self {
+        let what = format!("nghttpx in network namespace {}", netns.name());
+        let mut cmd = netns.command("nghttpx");
+        cmd.arg("--conf=/dev/null")
+            .arg(format!("--frontend=127.0.0.1,{H2_PORT}"))
+            .arg(format!("--frontend=::1,{H2_PORT}"))
+            // The provider's certificate is the test leaf; the front end need not check it.
+            .arg("--backend=127.0.0.1,443;;tls;sni=api.openai.com")
+            .arg("--insecure")
+            .args(["--no-ocsp", "--no-via", "--workers=1"])
+            .arg("--errorlog-file=/dev/stderr")
+            .arg(ca.leaf_key_path())
+            .arg(ca.leaf_cert_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = ChildGuard::spawn(&mut cmd, &what);
+        let stderr = child.child_mut().stderr.take().expect("stderr is piped");
+        let mut log = Lines::new(stderr, &what);
+        log.wait_for(
+            |l| l.contains("Created worker thread"),
+            START_TIMEOUT,
+            String::new,
+        );
+        H2Front {
+            _child: child,
+            _log: log,
+        }
+    }
+
+    /// `https://api.openai.com:8443`: the `OpenAI` API through the front end.
+    pub fn origin() -> String {
+        format!("https://api.openai.com:{H2_PORT}")
+    }
+}
+
+/// A running `h2_server.py serve`; killed on drop.
+pub struct H2Server {
+    _child: ChildGuard,
+    _stdout: Lines,
+}
+
+impl H2Server {
+    /// Starts the server in `netns` with the `ca` leaf and waits until it listens.
+    pub fn start(netns: &TestNetns, ca: &TestCa) -> Self {
+        let what = format!("HTTP/2 server in network namespace {}", netns.name());
+        let mut cmd = netns.command("python3");
+        cmd.arg("-u")
+            .arg(client_script("h2_server.py"))
+            .arg("serve")
+            .arg(H2_SERVER_PORT.to_string())
+            .arg(ca.leaf_cert_path())
+            .arg(ca.leaf_key_path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut child = ChildGuard::spawn(&mut cmd, &what);
+        let stdout = child.child_mut().stdout.take().expect("stdout is piped");
+        let mut lines = Lines::new(stdout, &what);
+        lines.wait_for(|l| l.starts_with("listening "), START_TIMEOUT, String::new);
+        H2Server {
+            _child: child,
+            _stdout: lines,
+        }
+    }
+
+    /// `https://localhost:50051`.
+    pub fn origin() -> String {
+        format!("https://localhost:{H2_SERVER_PORT}")
+    }
+}

@@ -1,0 +1,607 @@
+//! HTTP/2 capture end to end: real clients (curl as the system ships it, httpx with
+//! `http2=True`, the openai SDK over such an httpx client) talk to the fake provider through
+//! an `nghttpx` front end that offers h2 by ALPN, under the provider's real host name, while
+//! `llmsim-agent capture` records them. Each stream is one exchange file that says
+//! `http_version: "2"`, with bodies byte-equal to what the provider received and sent, SSE
+//! events complete and in order, and no key on disk. Also, against an h2 server of the
+//! suite's own: 100 concurrent streams on one connection (h2load) and gRPC calls with
+//! trailers; and a capture joined to a running h2 connection, a gzip answer, and an h2
+//! connection that turns malformed beside healthy ones.
+
+mod capture_support;
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use capture_support::{Agent, Finished, StepClient, exchanges, figure};
+use llmsim_snapshot::model::Exchange;
+use llmsim_tests::{
+    FakeProvider, FakeProviderConfig, H2Front, H2Server, TEST_API_KEYS, TestCa, TestNetns,
+    client_script, on_path, privileged, requires,
+};
+use serde_json::Value;
+
+/// Whether the test `feature` can run: root, and `programs` installed.
+fn runnable(feature: &str, programs: &[&str]) -> bool {
+    privileged(feature)
+        && programs.iter().all(|p| {
+            requires(
+                on_path(p),
+                feature,
+                &format!("needs {p} (scripts/setup.sh installs it)"),
+            )
+        })
+}
+
+/// A provider behind an h2 front end, in a namespace of its own.
+struct Setup {
+    ca: TestCa,
+    netns: TestNetns,
+    provider: FakeProvider,
+    _front: H2Front,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self::with(&FakeProviderConfig::default())
+    }
+
+    fn with(config: &FakeProviderConfig) -> Self {
+        let ca = TestCa::new();
+        let netns = TestNetns::new();
+        let provider = FakeProvider::start_with(&netns, &ca, config);
+        let front = H2Front::start(&netns, &ca);
+        Setup {
+            ca,
+            netns,
+            provider,
+            _front: front,
+        }
+    }
+
+    /// `-- ip netns exec NAME ARGV...` for the agent.
+    fn command(&self, program: &[&str]) -> Vec<OsString> {
+        let mut args = vec![OsString::from("--")];
+        args.extend(self.netns.exec_prefix());
+        args.extend(program.iter().map(OsString::from));
+        args
+    }
+
+    /// Captures `h2_client.py MODE ORIGIN`; the capture and the client's report.
+    fn capture_client(&self, out: &Path, mode: &str) -> (Finished, Value) {
+        let script = client_script("h2_client.py");
+        let args = self.command(&[
+            "python3",
+            script.to_str().expect("UTF-8 path"),
+            mode,
+            &H2Front::origin(),
+        ]);
+        let finished = Agent::start(out, &self.ca, &args).finish();
+        assert!(finished.status.success(), "{}", finished.dump());
+        assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
+        let report = finished
+            .command_stdout()
+            .iter()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            .unwrap_or_else(|| panic!("no client report\n{}", finished.dump()));
+        (finished, report)
+    }
+}
+
+/// The recorded exchanges as the snapshot model reads them.
+fn models(recorded: &[Value]) -> Vec<Exchange> {
+    recorded
+        .iter()
+        .map(|e| serde_json::from_value(e.clone()).expect("an exchange"))
+        .collect()
+}
+
+/// No key reached the snapshot; the authorization header is there, redacted.
+fn assert_keys_absent(dir: &Path) {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir.join("exchanges")).expect("exchanges dir") {
+        text.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
+    }
+    for (_, key) in TEST_API_KEYS {
+        assert!(!text.contains(key), "API key {key} reached the snapshot");
+    }
+    assert!(
+        text.contains("Bearer <redacted:"),
+        "authorization placeholder missing"
+    );
+}
+
+/// Every exchange is an HTTP/2 chat completion of the provider, whole, flagged nothing.
+fn assert_h2_chat(recorded: &[Value], finished: &Finished) {
+    for exchange in recorded {
+        assert_eq!(exchange["http_version"], "2", "{exchange:#}");
+        assert_eq!(exchange["provider"], "openai");
+        assert_eq!(exchange["host"], "api.openai.com");
+        assert_eq!(exchange["request"]["method"], "POST");
+        assert_eq!(exchange["request"]["path"], "/v1/chat/completions");
+        assert_eq!(exchange["response"]["status"], 200);
+        assert!(
+            exchange["incomplete"].is_null(),
+            "{exchange:#}\n{}",
+            finished.dump()
+        );
+    }
+    assert_eq!(figure(&finished.summary, "exchanges_incomplete"), 0);
+    assert_eq!(
+        figure(&finished.summary, "http2_exchanges_written"),
+        u64::try_from(recorded.len()).unwrap()
+    );
+    let dropped: u64 = finished.summary["events_dropped"]
+        .as_object()
+        .expect("drops")
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        dropped,
+        0,
+        "kernel events were dropped:\n{}",
+        finished.dump()
+    );
+}
+
+/// The plain and the streamed exchange of a client report: bodies byte-equal to what the
+/// client sent and received and to what the provider received and sent, the stream stored
+/// as its events, in order, with receive offsets.
+fn assert_plain_and_streamed(setup: &Setup, out: &Path, finished: &Finished, report: &Value) {
+    let recorded = exchanges(out);
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    assert_h2_chat(&recorded, finished);
+    let served = setup.provider.requests();
+    assert_eq!(served.len(), 2);
+    let results = report["results"].as_array().expect("results");
+    for (i, exchange) in models(&recorded).iter().enumerate() {
+        let result = &results[i];
+        assert_eq!(
+            result["http_version"], "HTTP/2",
+            "the client did not speak h2: {result}"
+        );
+        let sent = result["sent"].as_str().expect("sent");
+        let received = result["received"].as_str().expect("received");
+        assert_eq!(
+            exchange.request.body.to_bytes(),
+            sent.as_bytes(),
+            "request {i}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(sent).unwrap(),
+            served[i].body,
+            "request {i} as the provider received it"
+        );
+        assert_eq!(
+            exchange.response.body.to_bytes(),
+            received.as_bytes(),
+            "response {i}"
+        );
+        assert_eq!(received, served[i].response_body, "response {i} as sent");
+        assert_eq!(exchange.streamed, i == 1);
+    }
+    let events = recorded[1]["response"]["body"]["events"]
+        .as_array()
+        .expect("SSE events");
+    assert!(events.len() >= 3, "too few events: {events:?}");
+    assert_eq!(events.last().unwrap()["data"], "[DONE]");
+    let offsets: Vec<f64> = events
+        .iter()
+        .map(|e| e["offset_ms"].as_f64().unwrap())
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]),
+        "offsets not ordered: {offsets:?}"
+    );
+    assert!(
+        offsets.last().unwrap() - offsets[0] >= 15.0,
+        "events were paced 20 ms apart: {offsets:?}"
+    );
+    assert_keys_absent(out);
+}
+
+#[test]
+fn curl_over_h2_is_captured_plain_and_streamed() {
+    if !runnable("HTTP/2 capture of curl", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, report) = setup.capture_client(out.path(), "curl");
+    assert_plain_and_streamed(&setup, out.path(), &finished, &report);
+    assert!(
+        finished
+            .stderr
+            .iter()
+            .any(|l| l.starts_with("llmsim-agent: HTTP/2: 2 connections, 2 exchanges written")),
+        "{}",
+        finished.dump()
+    );
+}
+
+#[test]
+fn httpx_with_http2_is_captured_plain_and_streamed() {
+    if !runnable("HTTP/2 capture of httpx", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, report) = setup.capture_client(out.path(), "httpx");
+    assert_plain_and_streamed(&setup, out.path(), &finished, &report);
+    // Both requests went over one connection.
+    assert_eq!(
+        figure(&finished.summary["connections"], "http2_connections"),
+        1
+    );
+}
+
+#[test]
+fn a_gzip_answer_over_h2_is_stored_decoded_with_its_encoding_noted() {
+    if !runnable("HTTP/2 capture of a gzip answer", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::with(&FakeProviderConfig {
+        gzip: true,
+        ..FakeProviderConfig::default()
+    });
+    let out = tempfile::tempdir().expect("tempdir");
+    // httpx asks for gzip; `received` is the body it decoded.
+    let (finished, report) = setup.capture_client(out.path(), "httpx");
+    let served = setup.provider.requests();
+    assert_eq!(
+        served[0].raw["response_gzip"], true,
+        "the provider gzipped the plain answer"
+    );
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    assert_h2_chat(&recorded, &finished);
+    let body = &recorded[0]["response"]["body"];
+    assert_eq!(body["content_encoding"], "gzip", "{body:#}");
+    assert_eq!(
+        models(&recorded)[0].response.body.to_bytes(),
+        report["results"][0]["received"]
+            .as_str()
+            .unwrap()
+            .as_bytes()
+    );
+    assert_eq!(
+        models(&recorded)[0]
+            .response
+            .headers
+            .get("content-encoding"),
+        Some("gzip")
+    );
+}
+
+#[test]
+fn the_openai_sdk_over_an_h2_httpx_client_is_captured() {
+    if !runnable("HTTP/2 capture of the openai SDK", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, report) = setup.capture_client(out.path(), "openai");
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    assert_h2_chat(&recorded, &finished);
+    let served = setup.provider.requests();
+    for (i, result) in report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(result["http_version"], "HTTP/2", "{result}");
+        let answer = result["received"].as_str().expect("answer");
+        assert!(
+            served[i]
+                .answer
+                .as_deref()
+                .is_some_and(|a| answer.contains(a) || a.contains(answer)),
+            "answer {i} {answer:?} is not the provider's"
+        );
+        let exchange = &models(&recorded)[i];
+        assert_eq!(
+            exchange.response.body.to_bytes(),
+            served[i].response_body.as_bytes(),
+            "response {i}"
+        );
+    }
+    assert_keys_absent(out.path());
+}
+
+#[test]
+fn a_hundred_concurrent_streams_on_one_connection_are_a_hundred_exchanges() {
+    if !runnable("HTTP/2 capture of 100 concurrent streams", &["h2load"]) {
+        return;
+    }
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    // The h2 server answers every stream itself, at once: 100 streams in flight on one
+    // connection, each answer naming its stream.
+    let _server = H2Server::start(&netns, &ca);
+    let out = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+    let body =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"One of a hundred."}]}"#;
+    let body_path = data.path().join("body.json");
+    std::fs::write(&body_path, body).expect("write the request body");
+    let authorization = format!("authorization: Bearer {}", TEST_API_KEYS[0].1);
+    let url = format!("{}/v1/chat/completions", H2Server::origin());
+    let mut args: Vec<OsString> = vec!["--any-host".into(), "--".into()];
+    args.extend(netns.exec_prefix());
+    args.extend(
+        [
+            "h2load",
+            "--requests=100",
+            "--clients=1",
+            "--max-concurrent-streams=100",
+            "--data",
+            body_path.to_str().expect("UTF-8 path"),
+            "--header",
+            &authorization,
+            "--header",
+            "content-type: application/json",
+            &url,
+        ]
+        .map(OsString::from),
+    );
+    let finished = Agent::start(out.path(), &ca, &args).finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert!(
+        finished
+            .command_stdout()
+            .iter()
+            .any(|l| l.contains("100 succeeded")),
+        "{}",
+        finished.dump()
+    );
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 100, "{}", finished.dump());
+    assert_eq!(figure(&finished.summary, "exchanges_incomplete"), 0);
+    assert_eq!(figure(&finished.summary, "http2_exchanges_written"), 100);
+    assert_eq!(
+        figure(&finished.summary["connections"], "http2_connections"),
+        1
+    );
+    assert_eq!(
+        figure(&finished.summary, "events_dropped_total"),
+        0,
+        "{}",
+        finished.dump()
+    );
+    // Each body intact, and the files in the order the streams started.
+    let mut streams = Vec::new();
+    for (exchange, model) in recorded.iter().zip(models(&recorded)) {
+        assert_eq!(exchange["http_version"], "2");
+        assert!(exchange["incomplete"].is_null(), "{exchange:#}");
+        assert_eq!(model.request.path, "/v1/chat/completions");
+        assert_eq!(model.request.body.to_bytes(), body.as_bytes());
+        assert_eq!(model.response.status, 200);
+        let answer = model.response.body.to_bytes();
+        let stream = serde_json::from_slice::<Value>(&answer).expect("JSON answer")["stream"]
+            .as_u64()
+            .expect("stream id");
+        // The server's answer, byte for byte.
+        let expected = format!(
+            r#"{{"stream":{stream},"request_bytes":{},"request":{}}}"#,
+            body.len(),
+            serde_json::to_string(body).expect("JSON string")
+        );
+        assert_eq!(String::from_utf8(answer).expect("UTF-8"), expected);
+        streams.push(stream);
+    }
+    let in_order: Vec<u64> = (0..100).map(|i| 2 * i + 1).collect();
+    assert_eq!(
+        streams, in_order,
+        "one exchange per stream, in stream order"
+    );
+    assert_keys_absent(out.path());
+}
+
+#[test]
+fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
+    if !runnable("HTTP/2 capture --pid on a running connection", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    // The client makes its first request, which fills both HPACK tables, before the
+    // capture starts; then two more on the same connection.
+    let mut cmd = setup.netns.command("python3");
+    cmd.arg(client_script("h2_client.py"))
+        .args(["join", &H2Front::origin()]);
+    let mut client = StepClient::start(cmd, &setup.ca);
+    // The host is one of the fields left out (`:authority` refers to the table), so
+    // every host is recorded.
+    let agent = Agent::start(
+        out.path(),
+        &setup.ca,
+        &[
+            "--pid".into(),
+            client.pid.to_string().into(),
+            "--any-host".into(),
+        ],
+    );
+    let report = client.step("go");
+    client.quit();
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    let connections = &finished.summary["connections"];
+    assert_eq!(
+        figure(connections, "http2_connections"),
+        1,
+        "{}",
+        finished.dump()
+    );
+    assert_eq!(figure(connections, "joined_connections"), 1);
+    assert_eq!(figure(connections, "http2_withheld_exchanges"), 2);
+    assert_eq!(figure(&finished.summary, "exchanges_incomplete"), 2);
+    assert!(
+        finished
+            .stderr
+            .iter()
+            .any(|l| l.contains("2 with header fields left out (capture joined mid-connection)")),
+        "{}",
+        finished.dump()
+    );
+
+    let served = setup.provider.requests();
+    assert_eq!(served.len(), 3);
+    let results = report["results"].as_array().expect("results");
+    for (i, (exchange, model)) in recorded.iter().zip(models(&recorded)).enumerate() {
+        let (result, served) = (&results[i + 1], &served[i + 1]);
+        assert_eq!(exchange["http_version"], "2");
+        let why = exchange["incomplete"].as_str().expect("flagged incomplete");
+        assert!(
+            why.contains("refer to HPACK table entries from before the capture began"),
+            "{why}"
+        );
+        // What does not depend on the table is all there: bodies, byte for byte.
+        assert_eq!(model.request.method, "POST");
+        assert_eq!(
+            model.request.body.to_bytes(),
+            result["sent"].as_str().unwrap().as_bytes()
+        );
+        assert_eq!(
+            model.response.body.to_bytes(),
+            result["received"].as_str().unwrap().as_bytes()
+        );
+        assert_eq!(model.response.status, 200);
+        // No header is written that may be wrong: every field recorded is one the
+        // provider received (or sent), or a redacted secret.
+        assert!(!model.request.path.is_empty() || why.contains("request header field"));
+        for (name, value) in model.request.headers.iter() {
+            if value.starts_with("Bearer <redacted:") {
+                continue;
+            }
+            let expected = match name {
+                ":scheme" => Some("https"),
+                ":authority" => served.host.as_deref(),
+                _ => served.header(name),
+            };
+            assert_eq!(
+                Some(value),
+                expected,
+                "request field {name} of exchange {i}"
+            );
+        }
+        for (name, value) in model.response.headers.iter() {
+            if let Some(sent) = served.response_header(name) {
+                assert_eq!(value, sent, "response field {name} of exchange {i}");
+            }
+        }
+    }
+    assert_keys_absent(out.path());
+}
+
+#[test]
+fn a_malformed_h2_connection_is_counted_and_skipped_and_others_are_recorded() {
+    if !runnable("HTTP/2 capture of a malformed connection", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, report) = setup.capture_client(out.path(), "malformed");
+    let connections = &finished.summary["connections"];
+    assert_eq!(
+        figure(connections, "http2_connections"),
+        3,
+        "{}",
+        finished.dump()
+    );
+    assert_eq!(figure(connections, "http2_malformed_connections"), 1);
+    assert_eq!(figure(connections, "non_http_connections"), 1);
+    let warnings: Vec<&String> = finished
+        .stderr
+        .iter()
+        .filter(|l| l.contains("skipping a TLS connection"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning\n{}", finished.dump());
+    assert!(
+        warnings[0].contains("malformed HTTP/2 PING frame"),
+        "{}",
+        warnings[0]
+    );
+    // curl's two connections after it are recorded whole.
+    assert_plain_and_streamed(&setup, out.path(), &finished, &report);
+}
+
+/// Bytes from the hex a client report holds.
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[test]
+fn grpc_unary_and_server_streaming_calls_keep_their_trailers() {
+    if !runnable("HTTP/2 capture of gRPC calls", &[]) {
+        return;
+    }
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let _server = H2Server::start(&netns, &ca);
+    let out = tempfile::tempdir().expect("tempdir");
+    let script = client_script("h2_server.py");
+    let mut args: Vec<OsString> = vec!["--any-host".into(), "--".into()];
+    args.extend(netns.exec_prefix());
+    args.extend(
+        [
+            "python3",
+            script.to_str().expect("UTF-8 path"),
+            "call",
+            &H2Server::origin(),
+        ]
+        .map(OsString::from),
+    );
+    let finished = Agent::start(out.path(), &ca, &args).finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    let report = finished
+        .command_stdout()
+        .iter()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("no client report\n{}", finished.dump()));
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    let results = report["results"].as_array().expect("results");
+    for ((exchange, model), result) in recorded.iter().zip(models(&recorded)).zip(results) {
+        assert_eq!(result["http_version"], "HTTP/2");
+        assert_eq!(exchange["http_version"], "2");
+        assert!(exchange["incomplete"].is_null(), "{exchange:#}");
+        assert_eq!(
+            model.request.path,
+            format!("/helloworld.Greeter/{}", result["call"].as_str().unwrap())
+        );
+        assert_eq!(model.request.headers.get("te"), Some("trailers"));
+        assert_eq!(model.response.status, 200);
+        assert_eq!(
+            model.response.headers.get("content-type"),
+            Some("application/grpc")
+        );
+        assert_eq!(
+            model.request.body.to_bytes(),
+            unhex(result["sent"].as_str().unwrap())
+        );
+        assert_eq!(
+            model.response.body.to_bytes(),
+            unhex(result["received"].as_str().unwrap())
+        );
+        // The trailers after the last message are stored.
+        let trailers: Vec<(&str, &str)> = model.response.trailers.iter().collect();
+        assert_eq!(trailers, [("grpc-status", "0"), ("grpc-message", "")]);
+    }
+    assert_eq!(
+        unhex(results[1]["received"].as_str().unwrap())
+            .windows(5)
+            .filter(|w| w.starts_with(b"hello"))
+            .count(),
+        3,
+        "three streamed messages"
+    );
+}
