@@ -21,6 +21,10 @@ BPF_LINKER_VERSION=0.13.0
 LLVM_MAJOR=22
 APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib1g-dev
               iproute2 curl openssl ca-certificates chromium)
+# Release artifacts (`cargo xtask dist`): the static binaries are built for musl, whose C
+# compiler wrapper (musl-gcc) builds ring's and zstd's C parts; dpkg-deb packs the .deb.
+DIST_APT_PACKAGES=(musl-tools dpkg)
+DIST_TARGET=x86_64-unknown-linux-musl
 PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
 BENCH_APT_PACKAGES=(wrk nginx)
 # oha sends requests at a fixed rate and measures latency from each request's scheduled
@@ -68,6 +72,13 @@ install_toolchain() {
     for c in "${components[@]}"; do
         grep -q "^$c" <<<"$present" || rustup component add --toolchain "$toolchain" "$c"
     done
+}
+
+install_target() {
+    local toolchain=$1 target=$2
+    rustup target list --toolchain "$toolchain" --installed | grep -qx "$target" && return
+    log "installing the Rust standard library for $target ($toolchain)"
+    rustup target add --toolchain "$toolchain" "$target"
 }
 
 install_bpf_linker() {
@@ -119,11 +130,13 @@ if [ -z "$EBPF_TOOLCHAIN" ]; then
     log "no toolchain channel in $EBPF_TOOLCHAIN_FILE"
     exit 1
 fi
+APT_PACKAGES+=("${DIST_APT_PACKAGES[@]}")
 if $BENCH; then
     APT_PACKAGES+=("${BENCH_APT_PACKAGES[@]}")
 fi
 install_apt_packages
 install_toolchain "$STABLE_TOOLCHAIN" --component clippy --component rustfmt
+install_target "$STABLE_TOOLCHAIN" "$DIST_TARGET"
 install_toolchain "$EBPF_TOOLCHAIN" --component rust-src
 install_bpf_linker
 install_python_packages
