@@ -42,6 +42,30 @@ impl Artifacts {
     }
 }
 
+/// The Rust target of the release binaries.
+const TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Gate for a test that needs the release artifacts: `true` when this machine can build
+/// them (the Rust standard library for the musl target and `musl-gcc`, which
+/// scripts/setup.sh installs, and `dpkg-deb`), otherwise as [`crate::requires`] says.
+pub fn can_build_artifacts(feature: &str) -> bool {
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+    };
+    let musl_std = Command::new("rustc")
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .is_some_and(|output| Path::new(String::from_utf8_lossy(&output.stdout).trim()).is_dir());
+    crate::requires(
+        musl_std && on_path("musl-gcc") && on_path("dpkg-deb"),
+        feature,
+        "needs the x86_64-unknown-linux-musl target, musl-gcc and dpkg-deb (scripts/setup.sh)",
+    )
+}
+
 /// The release artifacts, built by the `xtask` binary (`xtask dist --out target/dist`) on first
 /// use in this process; later calls wait for that build and share it. Panics with xtask's
 /// output if the build fails.
