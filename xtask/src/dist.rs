@@ -27,6 +27,8 @@ const PACKAGES: [&str; 2] = ["llmsim-agent", "llmsim-replayd"];
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The Debian package's name.
 const DEB_PACKAGE: &str = "llmsim";
+/// The repository, as the workspace's manifest names it.
+const REPOSITORY: &str = "https://github.com/llmsim/llmsim";
 
 /// Where completions go, per file `clap_complete` writes (`NAME.bash`, `_NAME`,
 /// `NAME.fish`): the path under an installation prefix's `share/` used by the
@@ -89,7 +91,7 @@ pub fn run(root: &Path, out: &Path) -> anyhow::Result<()> {
     }
     crate::cargo(&args)?;
     let built = target_dir(root).join(TARGET).join("release");
-    let artifacts = package(&built, out)?;
+    let artifacts = package(root, &built, out)?;
     let size = |path: &Path| fs::metadata(path).map(|m| m.len()).unwrap_or_default();
     println!(
         "dist: {} ({} bytes), {} ({} bytes), {}; in {:.0} s",
@@ -109,7 +111,7 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 /// Packs the binaries in `built` into the tarball, its checksum and the .deb in `out`.
-fn package(built: &Path, out: &Path) -> anyhow::Result<Artifacts> {
+fn package(root: &Path, built: &Path, out: &Path) -> anyhow::Result<Artifacts> {
     for name in BINARIES {
         let binary = built.join(name);
         if has_interpreter(&binary)? {
@@ -132,7 +134,7 @@ fn package(built: &Path, out: &Path) -> anyhow::Result<Artifacts> {
 
     let stem = format!("llmsim-{VERSION}-x86_64-linux-musl");
     let tree = work.path().join(&stem);
-    stage_prefix(built, &manual, &tree)?;
+    stage_prefix(root, built, &manual, &tree)?;
     let tarball = out.join(format!("{stem}.tar.gz"));
     run_checked(
         Command::new("tar")
@@ -171,7 +173,7 @@ fn package(built: &Path, out: &Path) -> anyhow::Result<Artifacts> {
 
 /// The tarball's tree, an installation prefix: `bin/`, `share/man/man1/`,
 /// completions under `share/`, and the README.
-fn stage_prefix(built: &Path, manual: &Path, tree: &Path) -> anyhow::Result<()> {
+fn stage_prefix(root: &Path, built: &Path, manual: &Path, tree: &Path) -> anyhow::Result<()> {
     for name in BINARIES {
         copy(&built.join(name), &tree.join("bin").join(name), 0o755)?;
     }
@@ -189,8 +191,7 @@ fn stage_prefix(built: &Path, manual: &Path, tree: &Path) -> anyhow::Result<()> 
             )?;
         }
     }
-    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    copy(&readme, &tree.join("README.md"), 0o644)
+    copy(&root.join("README.md"), &tree.join("README.md"), 0o644)
 }
 
 /// The Debian package's tree: the binaries in `/usr/bin`, gzipped manual pages,
@@ -255,9 +256,6 @@ fn stage_deb(built: &Path, manual: &Path, root: &Path) -> anyhow::Result<()> {
     .context("writing DEBIAN/control")?;
     Ok(())
 }
-
-/// The repository, as the workspace's manifest names it.
-const REPOSITORY: &str = "https://github.com/llmsim/llmsim";
 
 /// The `*.1` files `generate-manual` wrote, sorted.
 fn manual_pages(manual: &Path) -> anyhow::Result<Vec<PathBuf>> {
