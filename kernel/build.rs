@@ -1,12 +1,18 @@
 //! Builds the eBPF object from `llmsim-ebpf` with the nightly pinned in
 //! ebpf/rust-toolchain.toml and bpf-linker (both installed by scripts/setup.sh)
 //! and leaves it in `OUT_DIR` for `include_bytes_aligned!`. Without the `ebpf`
-//! feature there is nothing to build.
+//! feature there is no object to build. Either way it tells `build_info` the
+//! commit and the target being built.
+
+use std::path::Path;
+use std::process::Command;
 
 #[cfg(feature = "ebpf")]
 fn main() -> anyhow::Result<()> {
     use anyhow::{Context as _, anyhow};
     use aya_build::{Package, Toolchain};
+
+    emit_build_info();
 
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
@@ -52,4 +58,53 @@ fn pinned_toolchain(path: &std::path::Path) -> anyhow::Result<String> {
 }
 
 #[cfg(not(feature = "ebpf"))]
-fn main() {}
+fn main() {
+    emit_build_info();
+}
+
+/// `LLMSIM_COMMIT` and `LLMSIM_TARGET` for `build_info`: the commit from env
+/// `LLMSIM_COMMIT` when set (a build outside git that knows its commit), else
+/// from git, else `unknown`.
+fn emit_build_info() {
+    println!("cargo::rerun-if-env-changed=LLMSIM_COMMIT");
+    let commit = std::env::var("LLMSIM_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .or_else(git_commit)
+        .unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo::rustc-env=LLMSIM_COMMIT={commit}");
+    let target = std::env::var("TARGET").unwrap_or_else(|_| "unknown".to_owned());
+    println!("cargo::rustc-env=LLMSIM_TARGET={target}");
+}
+
+/// HEAD's commit, abbreviated to 12 digits, watching the files that change
+/// when HEAD moves (HEAD itself, the branch it names, packed refs), so that
+/// a new commit is noticed.
+fn git_commit() -> Option<String> {
+    let commit = git(&["rev-parse", "--short=12", "HEAD"])?;
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for name in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+        // A path that does not exist would make cargo rerun this script on every build.
+        if let Some(path) = git(&["rev-parse", "--path-format=absolute", "--git-path", name])
+            && Path::new(&path).exists()
+        {
+            println!("cargo::rerun-if-changed={path}");
+        }
+    }
+    Some(commit)
+}
+
+/// git's trimmed stdout, run in this crate's directory; `None` when git is
+/// missing, fails, or this is not a git checkout.
+fn git(args: &[&str]) -> Option<String> {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let text = String::from_utf8(output.stdout).ok()?;
+    Some(text.trim().to_owned())
+}

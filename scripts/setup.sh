@@ -24,6 +24,10 @@ APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib
 # HTTP/2 tests and the h2 replay benchmark: nghttpx fronts the fake provider with TLS
 # (ALPN h2), h2load opens many concurrent streams on one connection.
 APT_PACKAGES+=(nghttp2-proxy nghttp2-client)
+# Release artifacts (`cargo xtask dist`): the static binaries are built for musl, whose C
+# compiler wrapper (musl-gcc) builds ring's and zstd's C parts; dpkg-deb packs the .deb.
+DIST_APT_PACKAGES=(musl-tools dpkg)
+DIST_TARGET=x86_64-unknown-linux-musl
 PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
 # HTTP/2 tests: httpx (and the SDKs through it) speaks h2 once h2 is installed; grpcio is
 # a real gRPC client for replayed trailers.
@@ -76,6 +80,13 @@ install_toolchain() {
     done
 }
 
+install_target() {
+    local toolchain=$1 target=$2
+    rustup target list --toolchain "$toolchain" --installed | grep -qx "$target" && return
+    log "installing the Rust standard library for $target ($toolchain)"
+    rustup target add --toolchain "$toolchain" "$target"
+}
+
 install_bpf_linker() {
     if command -v bpf-linker >/dev/null && [ "$(bpf-linker --version 2>/dev/null | awk '{print $2}')" = "$BPF_LINKER_VERSION" ]; then
         return
@@ -125,11 +136,13 @@ if [ -z "$EBPF_TOOLCHAIN" ]; then
     log "no toolchain channel in $EBPF_TOOLCHAIN_FILE"
     exit 1
 fi
+APT_PACKAGES+=("${DIST_APT_PACKAGES[@]}")
 if $BENCH; then
     APT_PACKAGES+=("${BENCH_APT_PACKAGES[@]}")
 fi
 install_apt_packages
 install_toolchain "$STABLE_TOOLCHAIN" --component clippy --component rustfmt
+install_target "$STABLE_TOOLCHAIN" "$DIST_TARGET"
 install_toolchain "$EBPF_TOOLCHAIN" --component rust-src
 install_bpf_linker
 install_python_packages

@@ -3,13 +3,14 @@
 
 use std::{ffi::OsString, path::PathBuf, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use llmsim_agent::capture::{Capture, CaptureOptions, Summary, Target, UsageError};
 
 #[derive(Parser)]
 #[command(
     name = "llmsim-agent",
     version,
+    long_version = llmsim_kernel::build_info::AGENT_LONG_VERSION,
     about = "Record LLM API traffic of unmodified programs with eBPF"
 )]
 struct Cli {
@@ -27,6 +28,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Write a snapshot in another format (HAR 1.2, for browser devtools).
     Export(ExportArgs),
+    /// Write the manual pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateManual { dir: PathBuf },
 }
 
 #[derive(Args)]
@@ -131,6 +135,11 @@ fn main() -> ExitCode {
         Command::Report(args) => report(&args),
         Command::Verify(args) => verify(&args),
         Command::Export(args) => export(&args),
+        Command::GenerateManual { dir } => match llmsim_kernel::manual::write(Cli::command(), &dir)
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
     }
 }
 

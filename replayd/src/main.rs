@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, CommandFactory as _, Parser, Subcommand};
 use llmsim_kernel::redirect::RedirectSettings;
 use llmsim_replayd::engine::Engine;
 use llmsim_replayd::explain::{RequestFile, explain};
@@ -38,6 +38,7 @@ const EXIT_INTERRUPTED: u8 = 130;
 #[command(
     name = "replayd",
     version,
+    long_version = llmsim_kernel::build_info::REPLAYD_LONG_VERSION,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -119,6 +120,9 @@ enum Command {
         #[arg(num_args = 1..=2, required = true, value_name = "[DIR] REQUEST.json")]
         paths: Vec<PathBuf>,
     },
+    /// Write the manual pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateManual { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +161,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Some(Command::Trust { action, ca_dir }) => trust(&action, ca_dir),
         Some(Command::Explain { paths }) => explain_request(&paths),
+        Some(Command::GenerateManual { dir }) => {
+            llmsim_kernel::manual::write(Cli::command(), &dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         None => serve(&cli.serve),
     }
 }

@@ -43,6 +43,7 @@ pub mod bins;
 pub mod ca;
 pub mod cgroup;
 pub mod clients;
+pub mod dist;
 pub mod flows;
 pub mod h2;
 pub mod netns;

@@ -1,6 +1,6 @@
 //! Developer tasks cargo cannot express alone: the full check run that CI uses
-//! (formatting, lints, unit and privileged tests), the demo, benchmarks and the
-//! generated price table. Toolchain
+//! (formatting, lints, unit and privileged tests), the demo, benchmarks, the
+//! generated price table and the release artifacts. Toolchain
 //! set-up lives in scripts/setup.sh because it must run before any Rust can be
 //! built.
 
@@ -9,6 +9,7 @@ mod bench_pacing;
 mod bench_replay;
 mod bench_support;
 mod demo;
+mod dist;
 mod prices;
 mod totals;
 
@@ -58,6 +59,14 @@ enum Task {
         #[arg(long, default_value = "target/demo/report.html")]
         html: PathBuf,
     },
+    /// Release artifacts for x86-64 Linux: static (musl) `llmsim-agent` and
+    /// `replayd` in a versioned tarball with its SHA-256 checksum file, and a
+    /// Debian package with the manual pages and shell completions.
+    Dist {
+        /// Where the artifacts go.
+        #[arg(long, value_name = "DIR", default_value = "target/dist")]
+        out: PathBuf,
+    },
     /// Writes snapshot/data/prices.toml from the model price file of the
     /// installed `litellm` Python package (the release pinned in xtask/src/prices.rs).
     Prices {
@@ -75,6 +84,7 @@ fn main() -> ExitCode {
         Task::Bench { name, args } => bench(&name, &args),
         Task::Demo { html } => cargo(&["build", "--bins"]).and_then(|()| demo::run(&html)),
         Task::Prices { from } => prices::run(from.as_deref()),
+        Task::Dist { out } => dist::run(&llmsim_tests::repo_root(), &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,9 +95,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// A command running the cargo that built xtask, without the variables cargo
+/// sets for the package it runs (`CARGO_PKG_*`, `CARGO_MANIFEST_*`, ...): build
+/// scripts such as ring's rerun when those change, so passing on xtask's own
+/// would rebuild them and everything above them whenever a build alternates
+/// between `cargo xtask` and plain `cargo`.
+fn cargo_command() -> Command {
+    const PER_PACKAGE: [&str; 7] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "OUT_DIR",
+    ];
+    let mut command = Command::new(env!("CARGO"));
+    for (name, _) in std::env::vars_os() {
+        if PER_PACKAGE
+            .iter()
+            .any(|prefix| name.to_string_lossy().starts_with(prefix))
+        {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
-    let status = Command::new(env!("CARGO"))
+    let status = cargo_command()
         .args(args)
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
@@ -133,7 +170,7 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
 /// ([`Totals`]).
 fn cargo_test(args: &[&str]) -> anyhow::Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
-    let mut command = Command::new(env!("CARGO"));
+    let mut command = cargo_command();
     command
         .args(args)
         .stdout(Stdio::piped())
