@@ -9,6 +9,9 @@ Usage: h2_client.py MODE ORIGIN, MODE one of
   openai  the official openai SDK given an httpx client with http2=True, the same two;
   join    httpx with http2=True on one connection: a chat completion, then `ready <pid>`;
           after a line on stdin, a chat completion and a streamed one on the same connection;
+  join-streaming  httpx with http2=True on one connection: a chat completion, then a
+          streamed one of which it reads the first chunk, then `ready <pid>`; after a line on
+          stdin, the rest of that stream, then a chat completion on the same connection;
   malformed  one connection that sends the preface and then a PING frame of 7 bytes (a
           frame size error), read until the server closes it; then what `curl` does;
   grpc    the `h2` library over the stdlib `ssl` module (so a capture sees it through the
@@ -113,6 +116,23 @@ def joined(origin):
         return results
 
 
+def joined_streaming(origin):
+    with httpx.Client(http2=True, timeout=60.0) as client:
+        results = [call(client, origin, False, 0)]
+        sent = body(True, 1)
+        with client.stream("POST", f"{origin}/v1/chat/completions", content=sent, headers=headers()) as response:
+            response.raise_for_status()
+            chunks = response.iter_raw()
+            received = next(chunks)
+            print(f"ready {os.getpid()}", flush=True)
+            sys.stdin.readline()
+            received += b"".join(chunks)
+        results.append({"stream": True, "http_version": response.http_version, "sent": sent,
+                        "received": received.decode()})
+        results.append(call(client, origin, False, 2))
+        return results
+
+
 def malformed(origin):
     host, port = origin.removeprefix("https://").split(":")
     ctx = ssl.create_default_context()
@@ -205,7 +225,8 @@ def with_grpc(origin):
 
 def main():
     mode, origin = sys.argv[1], sys.argv[2]
-    modes = {"curl": with_curl, "httpx": with_httpx, "openai": with_openai, "join": joined, "malformed": malformed,
+    modes = {"curl": with_curl, "httpx": with_httpx, "openai": with_openai, "join": joined,
+             "join-streaming": joined_streaming, "malformed": malformed,
              "grpc": with_grpc, "secrets": with_secrets}
     run = modes.get(mode)
     if run is None:

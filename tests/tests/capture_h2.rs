@@ -542,6 +542,76 @@ fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
 }
 
 #[test]
+fn a_stream_under_way_when_the_capture_joins_is_counted_not_lost_silently() {
+    if !runnable("HTTP/2 capture --pid joined during a stream", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    // A chat completion, then a streamed one the client has read the start of, before the
+    // capture starts; the rest of that stream and one more completion after.
+    let mut cmd = setup.netns.command("python3");
+    cmd.arg(client_script("h2_client.py"))
+        .args(["join-streaming", &H2Front::origin()]);
+    let mut client = StepClient::start(cmd, &setup.ca);
+    let agent = Agent::start(
+        out.path(),
+        &setup.ca,
+        &[
+            "--pid".into(),
+            client.pid.to_string().into(),
+            "--any-host".into(),
+        ],
+    );
+    let report = client.step("go");
+    client.quit();
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3);
+    assert!(
+        results[1]["received"]
+            .as_str()
+            .unwrap()
+            .ends_with("data: [DONE]\n\n"),
+        "the client read the whole stream: {}",
+        results[1]
+    );
+    // Only the completion made after the join is written...
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 1, "{}", finished.dump());
+    assert_eq!(
+        models(&recorded)[0].response.body.to_bytes(),
+        results[2]["received"].as_str().unwrap().as_bytes()
+    );
+    // ...and the stream the capture joined in its middle is counted, in --json and on the
+    // summary line.
+    let connections = &finished.summary["connections"];
+    assert_eq!(
+        figure(connections, "joined_connections"),
+        1,
+        "{}",
+        finished.dump()
+    );
+    assert_eq!(
+        figure(connections, "http2_streams_before_join"),
+        1,
+        "{}",
+        finished.dump()
+    );
+    assert!(
+        finished
+            .stderr
+            .iter()
+            .any(|l| l.starts_with("llmsim-agent: HTTP/2: ")
+                && l.ends_with(", 1 streams passed over (begun before the capture joined)")),
+        "{}",
+        finished.dump()
+    );
+}
+
+#[test]
 fn a_malformed_h2_connection_is_counted_and_skipped_and_others_are_recorded() {
     if !runnable("HTTP/2 capture of a malformed connection", &["nghttpx"]) {
         return;
