@@ -50,6 +50,9 @@ pub struct TrackerStats {
     /// fields refer to HPACK table entries from before the capture joined the
     /// connection; each is flagged incomplete.
     pub http2_withheld_exchanges: u64,
+    /// HTTP/2 client streams already under way when the capture joined their
+    /// connection: their frames were passed over and no exchange was written for them.
+    pub http2_streams_before_join: u64,
     /// Connections where this process answered requests (a server); skipped.
     pub server_connections: u64,
     /// Connections first seen in the middle of an exchange (the probes were
@@ -312,6 +315,7 @@ impl Tracker {
             Protocol::Http2(http) => {
                 done.extend(http.finish());
                 self.stats.http2_withheld_exchanges += http.withheld_exchanges();
+                self.stats.http2_streams_before_join += http.streams_before_join();
             }
         }
         let http_version = conn.http.version();

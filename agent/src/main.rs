@@ -263,11 +263,12 @@ fn print_summary(summary: &Summary, json: bool) {
     let connections = &summary.connections;
     if connections.http2_connections > 0 {
         eprintln!(
-            "llmsim-agent: HTTP/2: {} connections, {} exchanges written, {} with header fields left out (capture joined mid-connection), {} connections skipped as malformed",
+            "llmsim-agent: HTTP/2: {} connections, {} exchanges written, {} with header fields left out (capture joined mid-connection), {} connections skipped as malformed, {} streams passed over (begun before the capture joined)",
             connections.http2_connections,
             recorded.http2_exchanges_written,
             connections.http2_withheld_exchanges,
             connections.http2_malformed_connections,
+            connections.http2_streams_before_join,
         );
     }
     if recorded.exchanges_written > 0 {

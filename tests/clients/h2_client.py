@@ -9,11 +9,23 @@ Usage: h2_client.py MODE ORIGIN, MODE one of
   openai  the official openai SDK given an httpx client with http2=True, the same two;
   join    httpx with http2=True on one connection: a chat completion, then `ready <pid>`;
           after a line on stdin, a chat completion and a streamed one on the same connection;
+  join-streaming  httpx with http2=True on one connection: a chat completion, then a
+          streamed one of which it reads the first chunk, then `ready <pid>`; after a line on
+          stdin, the rest of that stream, then a chat completion on the same connection;
   malformed  one connection that sends the preface and then a PING frame of 7 bytes (a
-          frame size error), read until the server closes it; then what `curl` does.
+          frame size error), read until the server closes it; then what `curl` does;
+  grpc    the `h2` library over the stdlib `ssl` module (so a capture sees it through the
+          system libssl) speaking gRPC on one connection: a unary call
+          /helloworld.Greeter/SayHello and a server-streaming call SayHelloStream, each
+          with one message;
+  secrets httpx with http2=True, one chat completion whose `:path` carries `?key=KEY` and
+          whose headers carry `authorization: Bearer KEY` and `x-api-key: KEY` (KEY being
+          OPENAI_API_KEY).
 Prints one JSON line {"mode", "results": [{"stream", "http_version", "sent", "received"}]}:
 the HTTP version the response came with and the request and response bodies as sent and
-received (the SDK's answer text instead of the response body for `openai`). Reads
+received (the SDK's answer text instead of the response body for `openai`). For `grpc` each
+result is {"call", "http_version", "status", "sent", "received", "messages", "trailers"}
+with the bodies and messages in hex and the trailers as [name, value] pairs. Reads
 OPENAI_API_KEY; trusts SSL_CERT_FILE.
 """
 
@@ -21,6 +33,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -103,6 +116,23 @@ def joined(origin):
         return results
 
 
+def joined_streaming(origin):
+    with httpx.Client(http2=True, timeout=60.0) as client:
+        results = [call(client, origin, False, 0)]
+        sent = body(True, 1)
+        with client.stream("POST", f"{origin}/v1/chat/completions", content=sent, headers=headers()) as response:
+            response.raise_for_status()
+            chunks = response.iter_raw()
+            received = next(chunks)
+            print(f"ready {os.getpid()}", flush=True)
+            sys.stdin.readline()
+            received += b"".join(chunks)
+        results.append({"stream": True, "http_version": response.http_version, "sent": sent,
+                        "received": received.decode()})
+        results.append(call(client, origin, False, 2))
+        return results
+
+
 def malformed(origin):
     host, port = origin.removeprefix("https://").split(":")
     ctx = ssl.create_default_context()
@@ -120,9 +150,84 @@ def malformed(origin):
     return with_curl(origin)
 
 
+def with_secrets(origin):
+    key = os.environ["OPENAI_API_KEY"]
+    sent = body(False, 0)
+    with httpx.Client(http2=True, timeout=60.0) as client:
+        response = client.post(f"{origin}/v1/chat/completions?key={key}", content=sent,
+                               headers={**headers(), "x-api-key": key})
+        response.raise_for_status()
+    return [{"stream": False, "http_version": response.http_version, "sent": sent,
+             "received": response.content.decode()}]
+
+
+def grpc_messages(body):
+    """The messages of a gRPC body: each a flag byte and a 4-byte big-endian length first."""
+    out = []
+    while len(body) >= 5:
+        (length,) = struct.unpack(">I", body[1:5])
+        out.append(body[5 : 5 + length])
+        body = body[5 + length :]
+    return out
+
+
+def grpc_call(tls, conn, stream, authority, method, message):
+    import h2.events
+
+    sent = b"\x00" + struct.pack(">I", len(message)) + message
+    conn.send_headers(stream, [(":method", "POST"), (":scheme", "https"), (":authority", authority),
+                               (":path", f"/helloworld.Greeter/{method}"),
+                               ("content-type", "application/grpc"), ("te", "trailers")])
+    conn.send_data(stream, sent, end_stream=True)
+    tls.sendall(conn.data_to_send())
+    status, received, trailers, ended = None, b"", [], False
+    while not ended:
+        data = tls.recv(65536)
+        if not data:
+            raise SystemExit(f"h2_client.py: the connection closed during {method}")
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived):
+                status = dict(event.headers)[":status"]
+            elif isinstance(event, h2.events.DataReceived):
+                received += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.TrailersReceived):
+                trailers = [[name, value] for name, value in event.headers]
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
+                ended = True
+            elif isinstance(event, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                raise SystemExit(f"h2_client.py: {method} failed: {event}")
+        tls.sendall(conn.data_to_send())
+    return {"call": method, "http_version": "HTTP/2", "status": status, "sent": sent.hex(),
+            "received": received.hex(), "messages": [m.hex() for m in grpc_messages(received)],
+            "trailers": trailers}
+
+
+def with_grpc(origin):
+    import h2.config
+    import h2.connection
+
+    authority = origin.removeprefix("https://")
+    host, port = authority.split(":")
+    ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=30) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            if tls.selected_alpn_protocol() != "h2":
+                raise SystemExit(f"h2_client.py: ALPN chose {tls.selected_alpn_protocol()!r}, not h2")
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding="utf-8"))
+            conn.initiate_connection()
+            tls.sendall(conn.data_to_send())
+            calls = [("SayHello", b"unary"), ("SayHelloStream", b"stream")]
+            return [grpc_call(tls, conn, 2 * i + 1, authority, method, message)
+                    for i, (method, message) in enumerate(calls)]
+
+
 def main():
     mode, origin = sys.argv[1], sys.argv[2]
-    modes = {"curl": with_curl, "httpx": with_httpx, "openai": with_openai, "join": joined, "malformed": malformed}
+    modes = {"curl": with_curl, "httpx": with_httpx, "openai": with_openai, "join": joined,
+             "join-streaming": joined_streaming, "malformed": malformed,
+             "grpc": with_grpc, "secrets": with_secrets}
     run = modes.get(mode)
     if run is None:
         raise SystemExit(f"unknown mode {mode!r}: expected one of {', '.join(modes)}")

@@ -1165,6 +1165,7 @@ class Handler(BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body": body,
             "body_text": body_text if body is None and raw else None,
+            "body_hex": raw.hex() if raw else None,
             "provider": provider,
             "endpoint": reply.endpoint,
             "stream": reply.stream,

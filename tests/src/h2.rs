@@ -5,9 +5,13 @@
 //! reaches it under the provider's real host name, at [`H2Front::origin`]; curl and httpx
 //! then speak HTTP/2 to it because ALPN chose it. Killed on drop.
 //!
-//! Also an HTTP/2 server of its own (`tests/clients/h2_server.py serve`) in a namespace, on
-//! [`H2_SERVER_PORT`] of `localhost`: gRPC methods with trailers, and an echo of any other
-//! request, for captures of gRPC clients and of many streams on one connection.
+//! The same front end can stand before a real gRPC server instead ([`GrpcServer`]: the
+//! Python `grpcio` package, `tests/clients/grpc_server.py`, plain HTTP/2 on [`GRPC_SERVER_PORT`]), so that a
+//! gRPC client that goes through the system libssl reaches it under the same host name.
+//!
+//! Also an HTTP/2 server of its own (`tests/clients/h2_server.py`) in a namespace, on
+//! [`H2_SERVER_PORT`] of `localhost`: an echo of every request, for captures of many streams
+//! on one connection.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -30,6 +34,9 @@ pub const H2_PORT: u16 = 8443;
 /// The HTTP/2 server's port inside the namespace.
 pub const H2_SERVER_PORT: u16 = 50051;
 
+/// The gRPC server's port inside the namespace.
+pub const GRPC_SERVER_PORT: u16 = 50052;
+
 /// How long nghttpx or the HTTP/2 server may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -44,13 +51,28 @@ impl H2Front {
     /// Starts nghttpx in `netns` in front of a [`crate::FakeProvider`] started there, and
     /// waits until its worker accepts connections.
     pub fn start(netns: &TestNetns, ca: &TestCa) -> Self {
+        // The provider's certificate is the test leaf; the front end need not check it.
+        Self::with_backend(netns, ca, "127.0.0.1,443;;tls;sni=api.openai.com")
+    }
+
+    /// Starts nghttpx in `netns` in front of a [`GrpcServer`] started there (plain HTTP/2,
+    /// so the trailers pass through), and waits until its worker accepts connections.
+    pub fn start_grpc(netns: &TestNetns, ca: &TestCa) -> Self {
+        Self::with_backend(
+            netns,
+            ca,
+            &format!("127.0.0.1,{GRPC_SERVER_PORT};;proto=h2"),
+        )
+    }
+
+    /// nghttpx with one `--backend` (its `host,port;pattern;parameters` form).
+    fn with_backend(netns: &TestNetns, ca: &TestCa, backend: &str) -> Self {
         let what = format!("nghttpx in network namespace {}", netns.name());
         let mut cmd = netns.command("nghttpx");
         cmd.arg("--conf=/dev/null")
             .arg(format!("--frontend=127.0.0.1,{H2_PORT}"))
             .arg(format!("--frontend=::1,{H2_PORT}"))
-            // The provider's certificate is the test leaf; the front end need not check it.
-            .arg("--backend=127.0.0.1,443;;tls;sni=api.openai.com")
+            .arg(format!("--backend={backend}"))
             .arg("--insecure")
             .args(["--no-ocsp", "--no-via", "--workers=1"])
             .arg("--errorlog-file=/dev/stderr")
@@ -79,7 +101,34 @@ impl H2Front {
     }
 }
 
-/// A running `h2_server.py serve`; killed on drop.
+/// A running `grpc_server.py`; killed on drop.
+pub struct GrpcServer {
+    _child: ChildGuard,
+    _stdout: Lines,
+}
+
+impl GrpcServer {
+    /// Starts the gRPC server in `netns` on [`GRPC_SERVER_PORT`] and waits until it listens.
+    pub fn start(netns: &TestNetns) -> Self {
+        let what = format!("gRPC server in network namespace {}", netns.name());
+        let mut cmd = netns.command("python3");
+        cmd.arg("-u")
+            .arg(client_script("grpc_server.py"))
+            .arg(GRPC_SERVER_PORT.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut child = ChildGuard::spawn(&mut cmd, &what);
+        let stdout = child.child_mut().stdout.take().expect("stdout is piped");
+        let mut lines = Lines::new(stdout, &what);
+        lines.wait_for(|l| l.starts_with("listening "), START_TIMEOUT, String::new);
+        GrpcServer {
+            _child: child,
+            _stdout: lines,
+        }
+    }
+}
+
+/// A running `h2_server.py`; killed on drop.
 pub struct H2Server {
     _child: ChildGuard,
     _stdout: Lines,
@@ -92,7 +141,6 @@ impl H2Server {
         let mut cmd = netns.command("python3");
         cmd.arg("-u")
             .arg(client_script("h2_server.py"))
-            .arg("serve")
             .arg(H2_SERVER_PORT.to_string())
             .arg(ca.leaf_cert_path())
             .arg(ca.leaf_key_path())

@@ -60,7 +60,7 @@ pub use clients::{
     ClientReport, ClientResult, ClientRun, TEST_API_KEYS, client_argv, client_command,
     configure_client_env, find_nonce, netns_client_argv, run_client, run_client_on_loopback,
 };
-pub use h2::{H2_PORT, H2_SERVER_PORT, H2Front, H2Server, on_path};
+pub use h2::{GRPC_SERVER_PORT, GrpcServer, H2_PORT, H2_SERVER_PORT, H2Front, H2Server, on_path};
 pub use netns::{PROVIDER_HOSTS, TestNetns};
 pub use paths::{
     client_script, clients_dir, ensure_node_client, fake_provider_script, repo_root, tests_dir,

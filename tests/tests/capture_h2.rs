@@ -3,10 +3,13 @@
 //! an `nghttpx` front end that offers h2 by ALPN, under the provider's real host name, while
 //! `llmsim-agent capture` records them. Each stream is one exchange file that says
 //! `http_version: "2"`, with bodies byte-equal to what the provider received and sent, SSE
-//! events complete and in order, and no key on disk. Also, against an h2 server of the
-//! suite's own: 100 concurrent streams on one connection (h2load) and gRPC calls with
-//! trailers; and a capture joined to a running h2 connection, a gzip answer, and an h2
-//! connection that turns malformed beside healthy ones.
+//! events complete and in order, and no key on disk (nor one sent in `x-api-key` or in the
+//! `:path` query). Each snapshot curl and httpx made replays to the same client, offline,
+//! with the same bytes over h2. gRPC calls to a real grpcio server behind the same front
+//! end keep their trailers and replay to the same messages and status. Also, against an h2
+//! server of the suite's own: 100 concurrent streams on one connection (h2load); and a
+//! capture joined to a running h2 connection, a gzip answer, and an h2 connection that
+//! turns malformed beside healthy ones.
 
 mod capture_support;
 
@@ -15,9 +18,13 @@ use std::path::Path;
 
 use capture_support::{Agent, Finished, StepClient, exchanges, figure};
 use llmsim_snapshot::model::Exchange;
+use std::time::Duration;
+
 use llmsim_tests::{
-    FakeProvider, FakeProviderConfig, H2Front, H2Server, TEST_API_KEYS, TestCa, TestNetns,
-    client_script, on_path, privileged, requires,
+    FakeProvider, FakeProviderConfig, GrpcServer, H2Front, H2Server, ProviderRequest,
+    TEST_API_KEYS, TestCa, TestNetns, client_argv, client_script,
+    flows::{REPLAY_API_KEY, replayd_command},
+    on_path, privileged, requires, run_command,
 };
 use serde_json::Value;
 
@@ -59,34 +66,55 @@ impl Setup {
         }
     }
 
-    /// `-- ip netns exec NAME ARGV...` for the agent.
-    fn command(&self, program: &[&str]) -> Vec<OsString> {
-        let mut args = vec![OsString::from("--")];
-        args.extend(self.netns.exec_prefix());
-        args.extend(program.iter().map(OsString::from));
-        args
-    }
-
     /// Captures `h2_client.py MODE ORIGIN`; the capture and the client's report.
     fn capture_client(&self, out: &Path, mode: &str) -> (Finished, Value) {
-        let script = client_script("h2_client.py");
-        let args = self.command(&[
-            "python3",
-            script.to_str().expect("UTF-8 path"),
-            mode,
-            &H2Front::origin(),
-        ]);
-        let finished = Agent::start(out, &self.ca, &args).finish();
-        assert!(finished.status.success(), "{}", finished.dump());
-        assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
-        let report = finished
-            .command_stdout()
-            .iter()
-            .find_map(|l| serde_json::from_str::<Value>(l).ok())
-            .unwrap_or_else(|| panic!("no client report\n{}", finished.dump()));
-        (finished, report)
+        capture_h2_client(&self.netns, &self.ca, out, mode)
     }
 }
+
+/// Captures `h2_client.py MODE ORIGIN` run in `netns` against the front end there; the
+/// capture and the client's report.
+fn capture_h2_client(netns: &TestNetns, ca: &TestCa, out: &Path, mode: &str) -> (Finished, Value) {
+    let mut args = vec![OsString::from("--")];
+    args.extend(netns.exec_prefix());
+    args.extend(client_argv("h2_client.py"));
+    args.extend([mode, &H2Front::origin()].map(OsString::from));
+    let finished = Agent::start(out, ca, &args).finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
+    let report = finished
+        .command_stdout()
+        .iter()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("no client report\n{}", finished.dump()));
+    (finished, report)
+}
+
+/// Replays the snapshot in `dir` to `h2_client.py MODE ORIGIN` with `replayd --in DIR` in a
+/// fresh offline namespace (no provider, no front end: only replayd answers); the client's
+/// report.
+fn replay_h2_client(dir: &Path, mode: &str) -> Value {
+    let offline = TestNetns::offline();
+    let mut argv = client_argv("h2_client.py");
+    argv.extend([mode, &H2Front::origin()].map(OsString::from));
+    let mut cmd = replayd_command(&offline, dir, argv);
+    cmd.env(REPLAY_API_KEY.0, REPLAY_API_KEY.1)
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let output = run_command(
+        cmd,
+        &format!("replay of h2_client.py {mode}"),
+        REPLAY_TIMEOUT,
+    );
+    assert!(output.status.success(), "{output}");
+    output
+        .stdout
+        .lines()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("no client report from the replay\n{output}"))
+}
+
+/// How long a replay of one client may take.
+const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The recorded exchanges as the snapshot model reads them.
 fn models(recorded: &[Value]) -> Vec<Exchange> {
@@ -145,6 +173,15 @@ fn assert_h2_chat(recorded: &[Value], finished: &Finished) {
     );
 }
 
+/// The request body the provider received, byte for byte.
+fn received_bytes(served: &ProviderRequest) -> Vec<u8> {
+    unhex(
+        served.raw["body_hex"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the provider logged no body: {:#}", served.raw)),
+    )
+}
+
 /// The plain and the streamed exchange of a client report: bodies byte-equal to what the
 /// client sent and received and to what the provider received and sent, the stream stored
 /// as its events, in order, with receive offsets.
@@ -172,6 +209,11 @@ fn assert_plain_and_streamed(setup: &Setup, out: &Path, finished: &Finished, rep
             serde_json::from_str::<Value>(sent).unwrap(),
             served[i].body,
             "request {i} as the provider received it"
+        );
+        assert_eq!(
+            exchange.request.body.to_bytes(),
+            received_bytes(&served[i]),
+            "request {i}, byte for byte as the provider received it"
         );
         assert_eq!(
             exchange.response.body.to_bytes(),
@@ -500,6 +542,76 @@ fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
 }
 
 #[test]
+fn a_stream_under_way_when_the_capture_joins_is_counted_not_lost_silently() {
+    if !runnable("HTTP/2 capture --pid joined during a stream", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    // A chat completion, then a streamed one the client has read the start of, before the
+    // capture starts; the rest of that stream and one more completion after.
+    let mut cmd = setup.netns.command("python3");
+    cmd.arg(client_script("h2_client.py"))
+        .args(["join-streaming", &H2Front::origin()]);
+    let mut client = StepClient::start(cmd, &setup.ca);
+    let agent = Agent::start(
+        out.path(),
+        &setup.ca,
+        &[
+            "--pid".into(),
+            client.pid.to_string().into(),
+            "--any-host".into(),
+        ],
+    );
+    let report = client.step("go");
+    client.quit();
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3);
+    assert!(
+        results[1]["received"]
+            .as_str()
+            .unwrap()
+            .ends_with("data: [DONE]\n\n"),
+        "the client read the whole stream: {}",
+        results[1]
+    );
+    // Only the completion made after the join is written...
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 1, "{}", finished.dump());
+    assert_eq!(
+        models(&recorded)[0].response.body.to_bytes(),
+        results[2]["received"].as_str().unwrap().as_bytes()
+    );
+    // ...and the stream the capture joined in its middle is counted, in --json and on the
+    // summary line.
+    let connections = &finished.summary["connections"];
+    assert_eq!(
+        figure(connections, "joined_connections"),
+        1,
+        "{}",
+        finished.dump()
+    );
+    assert_eq!(
+        figure(connections, "http2_streams_before_join"),
+        1,
+        "{}",
+        finished.dump()
+    );
+    assert!(
+        finished
+            .stderr
+            .iter()
+            .any(|l| l.starts_with("llmsim-agent: HTTP/2: ")
+                && l.ends_with(", 1 streams passed over (begun before the capture joined)")),
+        "{}",
+        finished.dump()
+    );
+}
+
+#[test]
 fn a_malformed_h2_connection_is_counted_and_skipped_and_others_are_recorded() {
     if !runnable("HTTP/2 capture of a malformed connection", &["nghttpx"]) {
         return;
@@ -539,39 +651,157 @@ fn unhex(text: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The client got over replay what it got over the capture: the same bytes, over HTTP/2.
+fn assert_replayed_the_same(captured: &Value, replayed: &Value) {
+    let captured = captured["results"].as_array().expect("results");
+    let replayed = replayed["results"].as_array().expect("replayed results");
+    assert_eq!(replayed.len(), captured.len(), "{replayed:#?}");
+    for (i, (then, now)) in captured.iter().zip(replayed).enumerate() {
+        assert_eq!(
+            now["http_version"], "HTTP/2",
+            "replay {i} not over h2: {now}"
+        );
+        assert_eq!(now["sent"], then["sent"], "request {i}");
+        let (then, now) = (
+            then["received"].as_str().expect("received"),
+            now["received"].as_str().expect("received"),
+        );
+        assert_eq!(now.as_bytes(), then.as_bytes(), "response {i}");
+    }
+}
+
 #[test]
-fn grpc_unary_and_server_streaming_calls_keep_their_trailers() {
-    if !runnable("HTTP/2 capture of gRPC calls", &[]) {
+fn curl_over_h2_replays_what_it_captured_byte_for_byte() {
+    if !runnable("HTTP/2 capture and replay of curl", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, captured) = setup.capture_client(out.path(), "curl");
+    assert_plain_and_streamed(&setup, out.path(), &finished, &captured);
+    let replayed = replay_h2_client(out.path(), "curl");
+    assert_replayed_the_same(&captured, &replayed);
+}
+
+#[test]
+fn httpx_with_http2_replays_what_it_captured_byte_for_byte() {
+    if !runnable("HTTP/2 capture and replay of httpx", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, captured) = setup.capture_client(out.path(), "httpx");
+    assert_plain_and_streamed(&setup, out.path(), &finished, &captured);
+    let replayed = replay_h2_client(out.path(), "httpx");
+    assert_replayed_the_same(&captured, &replayed);
+}
+
+#[test]
+fn keys_sent_over_h2_in_headers_and_the_path_query_reach_no_file() {
+    if !runnable("HTTP/2 capture redaction", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, report) = setup.capture_client(out.path(), "secrets");
+    assert_eq!(report["results"][0]["http_version"], "HTTP/2");
+    // The key did go over the wire, all three ways.
+    let served = setup.provider.requests();
+    assert_eq!(served.len(), 1);
+    let key = TEST_API_KEYS[0].1;
+    assert_eq!(served[0].path, format!("/v1/chat/completions?key={key}"));
+    assert_eq!(served[0].header("x-api-key"), Some(key));
+    assert_eq!(
+        served[0].header("authorization"),
+        Some(format!("Bearer {key}").as_str())
+    );
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 1, "{}", finished.dump());
+    assert_eq!(recorded[0]["http_version"], "2");
+    // Not a byte of any key in any file the capture wrote.
+    let mut files = 0;
+    let mut dirs = vec![out.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read the snapshot dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).expect("read a snapshot file");
+            files += 1;
+            for (_, key) in TEST_API_KEYS {
+                assert!(
+                    !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                    "API key {key} reached {}",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files >= 1, "the capture wrote no file");
+    // The fields are there, redacted.
+    let model = &models(&recorded)[0];
+    assert!(
+        model
+            .request
+            .headers
+            .get("authorization")
+            .is_some_and(|v| v.starts_with("Bearer <redacted:")),
+        "{:#}",
+        recorded[0]
+    );
+    assert!(
+        model
+            .request
+            .headers
+            .get("x-api-key")
+            .is_some_and(|v| v.starts_with("<redacted:")),
+        "{:#}",
+        recorded[0]
+    );
+    assert!(
+        model
+            .request
+            .path
+            .starts_with("/v1/chat/completions?key=<redacted"),
+        "{}",
+        model.request.path
+    );
+}
+
+#[test]
+fn grpc_calls_to_a_grpcio_server_keep_their_trailers_and_replay_the_same() {
+    if !runnable("HTTP/2 capture of gRPC calls", &["nghttpx"]) {
         return;
     }
     let ca = TestCa::new();
     let netns = TestNetns::new();
-    let _server = H2Server::start(&netns, &ca);
+    let _server = GrpcServer::start(&netns);
+    let _front = H2Front::start_grpc(&netns, &ca);
     let out = tempfile::tempdir().expect("tempdir");
-    let script = client_script("h2_server.py");
-    let mut args: Vec<OsString> = vec!["--any-host".into(), "--".into()];
-    args.extend(netns.exec_prefix());
-    args.extend(
-        [
-            "python3",
-            script.to_str().expect("UTF-8 path"),
-            "call",
-            &H2Server::origin(),
-        ]
-        .map(OsString::from),
-    );
-    let finished = Agent::start(out.path(), &ca, &args).finish();
-    assert!(finished.status.success(), "{}", finished.dump());
-    let report = finished
-        .command_stdout()
-        .iter()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .unwrap_or_else(|| panic!("no client report\n{}", finished.dump()));
+    let (finished, report) = capture_h2_client(&netns, &ca, out.path(), "grpc");
     let recorded = exchanges(out.path());
     assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    assert_eq!(figure(&finished.summary, "http2_exchanges_written"), 2);
     let results = report["results"].as_array().expect("results");
+    // What grpcio answered: one message, then three, each call ending with status 0.
+    let messages = |result: &Value| -> Vec<String> {
+        result["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| String::from_utf8(unhex(m.as_str().expect("hex"))).expect("text"))
+            .collect()
+    };
+    assert_eq!(messages(&results[0]), ["hello unary 0"]);
+    assert_eq!(
+        messages(&results[1]),
+        ["hello stream 0", "hello stream 1", "hello stream 2"]
+    );
     for ((exchange, model), result) in recorded.iter().zip(models(&recorded)).zip(results) {
         assert_eq!(result["http_version"], "HTTP/2");
+        assert_eq!(result["status"], "200");
         assert_eq!(exchange["http_version"], "2");
         assert!(exchange["incomplete"].is_null(), "{exchange:#}");
         assert_eq!(
@@ -592,16 +822,32 @@ fn grpc_unary_and_server_streaming_calls_keep_their_trailers() {
             model.response.body.to_bytes(),
             unhex(result["received"].as_str().unwrap())
         );
-        // The trailers after the last message are stored.
-        let trailers: Vec<(&str, &str)> = model.response.trailers.iter().collect();
-        assert_eq!(trailers, [("grpc-status", "0"), ("grpc-message", "")]);
+        // The trailers the client got after the last message are stored, in order.
+        let trailers: Vec<Value> = model
+            .response
+            .trailers
+            .iter()
+            .map(|(name, value)| serde_json::json!([name, value]))
+            .collect();
+        assert_eq!(Value::from(trailers), result["trailers"], "{exchange:#}");
+        assert!(
+            model
+                .response
+                .trailers
+                .iter()
+                .any(|t| t == ("grpc-status", "0")),
+            "{exchange:#}"
+        );
+        assert!(
+            model
+                .response
+                .trailers
+                .iter()
+                .any(|t| t == ("x-greeting", "done")),
+            "{exchange:#}"
+        );
     }
-    assert_eq!(
-        unhex(results[1]["received"].as_str().unwrap())
-            .windows(5)
-            .filter(|w| w.starts_with(b"hello"))
-            .count(),
-        3,
-        "three streamed messages"
-    );
+    // Replayed offline, the same client gets the same messages, bytes and trailers.
+    let replayed = replay_h2_client(out.path(), "grpc");
+    assert_eq!(replayed["results"], report["results"], "{replayed:#}");
 }

@@ -3,7 +3,7 @@
 //! CONTINUATION, and the streams in flight, each turned into an [`Exchange`] when both
 //! its request and its response ended, in the order the streams started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::frame::{self, END_HEADERS, END_STREAM, FrameReader, Header, Kind, PREFACE};
 use super::hpack::{Block, HeaderDecoder};
@@ -94,6 +94,11 @@ pub struct Http2Connection {
     streams: BTreeMap<u32, Stream>,
     /// Highest stream id the client opened.
     last_opened: u32,
+    /// The first stream id the client opened after the capture began (0: none yet).
+    first_opened: u32,
+    /// Client streams under way when the capture joined the connection: their frames
+    /// are passed over, no exchange is written for them.
+    before_join: BTreeSet<u32>,
     /// The capture began after the connection did.
     joined: bool,
     /// An error, or a gap that lost the framing, stopped decoding.
@@ -123,6 +128,8 @@ impl Http2Connection {
             preface_left: if joined { 0 } else { PREFACE.len() },
             streams: BTreeMap::new(),
             last_opened: 0,
+            first_opened: 0,
+            before_join: BTreeSet::new(),
             joined,
             stopped: false,
             withheld_exchanges: 0,
@@ -134,6 +141,13 @@ impl Http2Connection {
     #[must_use]
     pub fn withheld_exchanges(&self) -> u64 {
         self.withheld_exchanges
+    }
+
+    /// Client streams that had started before the capture joined the connection, and of
+    /// which frames went by after it: passed over, with no exchange written.
+    #[must_use]
+    pub fn streams_before_join(&self) -> u64 {
+        u64::try_from(self.before_join.len()).unwrap_or(u64::MAX)
     }
 
     /// Feeds the next chunk of one direction; returns the exchanges it completed, in the
@@ -260,6 +274,7 @@ impl Http2Connection {
                 self.data(direction, ts_ns, header, data, offset)
             }
             Kind::RstStream => {
+                self.passes_over(header.stream);
                 self.reset(direction, header.stream, frame::u32_at_start(payload));
                 Ok(())
             }
@@ -297,9 +312,13 @@ impl Http2Connection {
 
     /// Whether a frame naming `stream`, which is not in flight, is to be passed over
     /// rather than be an error: a pushed stream, one that already ended, or one from
-    /// before the capture began.
-    fn passes_over(&self, stream: u32) -> bool {
-        stream.is_multiple_of(2) || stream <= self.last_opened || self.joined
+    /// before the capture began (which is counted).
+    fn passes_over(&mut self, stream: u32) -> bool {
+        let client = !stream.is_multiple_of(2);
+        if self.joined && client && (self.first_opened == 0 || stream < self.first_opened) {
+            self.before_join.insert(stream);
+        }
+        !client || stream <= self.last_opened || self.joined
     }
 
     /// A complete header block.
@@ -323,7 +342,12 @@ impl Http2Connection {
         if block.promise {
             return Ok(());
         }
-        let passes_over = self.passes_over(stream);
+        let in_flight = self.streams.contains_key(&stream);
+        let opens = direction == Direction::Write
+            && !in_flight
+            && !stream.is_multiple_of(2)
+            && stream > self.last_opened;
+        let passes_over = !in_flight && !opens && self.passes_over(stream);
         let unknown = || Http2Error::UnknownStream {
             direction,
             offset,
@@ -339,8 +363,11 @@ impl Http2Connection {
                     s.request.end_ns = ts_ns;
                     s.request_done |= block.end_stream;
                 }
-                None if !stream.is_multiple_of(2) && stream > self.last_opened => {
+                None if opens => {
                     self.last_opened = stream;
+                    if self.first_opened == 0 {
+                        self.first_opened = stream;
+                    }
                     let mut s = new_stream(fields, ts_ns, block.end_stream);
                     s.withhold(direction, withheld);
                     self.streams.insert(stream, s);

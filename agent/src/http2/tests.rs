@@ -702,6 +702,64 @@ fn recognition_of_the_preface_and_of_frames() {
 }
 
 #[test]
+fn streams_begun_before_a_join_are_passed_over_and_counted() {
+    let mut peers = Peers::new();
+    let mut conn = Http2Connection::joined();
+    // Stream 1 began before the capture: the rest of its request body, a window update.
+    push(
+        &mut conn,
+        Write,
+        1,
+        &[
+            frame(DATA, END_STREAM, 1, b"{}"),
+            frame(WINDOW_UPDATE, 0, 1, &[0, 0, 1, 0]),
+        ]
+        .concat(),
+    );
+    assert_eq!(conn.streams_before_join(), 1);
+    // Stream 5 is the first to start after it; 3 had begun before, and is reset.
+    push(
+        &mut conn,
+        Write,
+        2,
+        &peers.request(5, "/v1/chat/completions", true),
+    );
+    let reads = [
+        peers.response(1, "200", false),
+        frame(DATA, END_STREAM, 1, b"old"),
+        frame(RST_STREAM, 0, 3, &[0, 0, 0, 8]),
+        peers.response(5, "200", false),
+        frame(DATA, END_STREAM, 5, b"new"),
+        frame(DATA, 0, 3, b"late"),
+    ]
+    .concat();
+    let out = push(&mut conn, Read, 3, &reads);
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].response.as_ref().unwrap().body(), b"new");
+    assert_eq!(conn.streams_before_join(), 2, "streams 1 and 3, each once");
+    assert_empty(&conn.finish());
+    assert_eq!(conn.streams_before_join(), 2);
+
+    // A connection seen from its start has none, whatever it passes over.
+    let mut peers = Peers::new();
+    let mut conn = Http2Connection::new();
+    push(
+        &mut conn,
+        Write,
+        1,
+        &[client_start(), peers.request(1, "/v1/models", true)].concat(),
+    );
+    let out = push(
+        &mut conn,
+        Read,
+        2,
+        &[peers.response(1, "200", true), frame(DATA, 0, 2, b"pushed")].concat(),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(conn.streams_before_join(), 0);
+}
+
+#[test]
 fn mutated_and_random_input_never_panics() {
     let steps = transcript();
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
