@@ -253,7 +253,7 @@ fn print_summary(summary: &Summary, json: bool) {
         summary.dropped(),
         if summary.connections.non_http_connections > 0 {
             format!(
-                ", {} non-HTTP/1.1 connections skipped",
+                ", {} non-HTTP connections skipped",
                 summary.connections.non_http_connections
             )
         } else {

@@ -247,7 +247,7 @@ fn junk_and_http2_over_tls_are_counted_and_skipped() {
         finished
             .stderr
             .iter()
-            .any(|l| l.contains("2 non-HTTP/1.1 connections skipped")),
+            .any(|l| l.contains("2 non-HTTP connections skipped")),
         "{}",
         finished.dump()
     );
