@@ -9,6 +9,7 @@ pub mod capture;
 pub mod connections;
 pub mod events;
 pub mod http1;
+pub mod placement;
 pub mod preflight;
 pub mod probes;
 pub mod procfs;
