@@ -282,16 +282,21 @@ fn per_call_cost(
             figures[i].push(per_call_run(placement, pin)?);
         }
     }
-    let base = median(figures[0].clone());
-    for (variant, runs) in variants.iter().zip(figures) {
-        let (low, high) = range(&runs);
-        let us = median(runs);
+    for (variant, runs) in variants.iter().zip(&figures) {
+        let (low, high) = range(runs);
+        let us = median(runs.clone());
         let label = variant.map_or_else(
             || "without the agent".to_owned(),
             |p| format!("--pid, {p} probes"),
         );
+        // Added per call within each round, against that round's run without the agent.
         let added = if variant.is_some() {
-            format!("  +{:.2} us per probed call", us - base)
+            let added: Vec<f64> = runs.iter().zip(&figures[0]).map(|(w, wo)| w - wo).collect();
+            let (added_low, added_high) = range(&added);
+            format!(
+                "  +{:.2} us per probed call (per round {added_low:+.2} to {added_high:+.2})",
+                median(added)
+            )
         } else {
             String::new()
         };
