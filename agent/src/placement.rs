@@ -238,8 +238,9 @@ pub struct Definitions {
 pub trait Code {
     /// Whether the object is x86-64 code.
     fn is_x86_64(&self) -> bool;
-    /// `len` bytes of code at virtual address `address`, if mapped from the file.
-    fn bytes(&self, address: u64, len: u64) -> Option<&[u8]>;
+    /// Up to `len` bytes of code at virtual address `address`, as the file
+    /// holds them; None when the address is not in the file.
+    fn bytes(&self, address: u64, len: u64) -> Option<Vec<u8>>;
     /// The file offset of a virtual address.
     fn file_offset(&self, address: u64) -> Option<u64>;
 }
@@ -578,7 +579,7 @@ fn decode(
     let bytes = code
         .bytes(start, size.clamp(1, MAX_FUNCTION_BYTES))
         .ok_or(PlacementError::Undecodable { function })?;
-    let mut decoder = Decoder::with_ip(64, bytes, start, DecoderOptions::NONE);
+    let mut decoder = Decoder::with_ip(64, &bytes, start, DecoderOptions::NONE);
     let mut out = Vec::new();
     while decoder.can_decode() {
         let instruction = decoder.decode();
@@ -710,10 +711,10 @@ mod tests {
             true
         }
 
-        fn bytes(&self, address: u64, len: u64) -> Option<&[u8]> {
+        fn bytes(&self, address: u64, len: u64) -> Option<Vec<u8>> {
             let from = usize::try_from(address.checked_sub(self.base)?).ok()?;
             let to = (from + usize::try_from(len).ok()?).min(self.bytes.len());
-            (from < to).then(|| &self.bytes[from..to])
+            (from < to).then(|| self.bytes[from..to].to_vec())
         }
 
         fn file_offset(&self, address: u64) -> Option<u64> {

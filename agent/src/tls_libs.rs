@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     fs::File,
     io,
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{FileExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -89,27 +89,37 @@ fn note(definitions: &mut Definitions, name: &[u8], at: (u64, u64)) {
     slot.get_or_insert(at);
 }
 
-/// An ELF object's code, for [`placement::choose`].
-struct ElfCode<'a, 'data>(&'a object::File<'data>);
+/// An ELF object's code, for [`placement::choose`]. Code is read from the
+/// file, not from the mapping the symbols come from: a uprobe attached to
+/// the object for every process (by another capture, or any other tracer)
+/// also puts its breakpoint into that read-only mapping, which the kernel
+/// counts as one that may execute, and the decoder would see `int3`.
+struct ElfCode<'a, 'data> {
+    object: &'a object::File<'data>,
+    file: &'a File,
+}
 
 impl placement::Code for ElfCode<'_, '_> {
     fn is_x86_64(&self) -> bool {
-        self.0.architecture() == object::Architecture::X86_64
+        self.object.architecture() == object::Architecture::X86_64
     }
 
-    fn bytes(&self, address: u64, len: u64) -> Option<&[u8]> {
-        self.0.segments().find_map(|segment| {
-            let data = segment.data().ok()?;
-            let from = usize::try_from(address.checked_sub(segment.address())?).ok()?;
-            let to = from
-                .saturating_add(usize::try_from(len).ok()?)
-                .min(data.len());
-            (from < to).then(|| &data[from..to])
-        })
+    fn bytes(&self, address: u64, len: u64) -> Option<Vec<u8>> {
+        let segment = self.object.segments().find(|segment| {
+            (segment.address()..segment.address() + segment.size()).contains(&address)
+        })?;
+        let (file_start, file_size) = segment.file_range();
+        let into = address - segment.address();
+        let len = len.min(file_size.checked_sub(into)?);
+        let mut bytes = vec![0; usize::try_from(len).ok()?];
+        self.file
+            .read_exact_at(&mut bytes, file_start + into)
+            .ok()?;
+        (!bytes.is_empty()).then_some(bytes)
     }
 
     fn file_offset(&self, address: u64) -> Option<u64> {
-        file_offset(self.0, address)
+        file_offset(self.object, address)
     }
 }
 
@@ -188,9 +198,13 @@ pub fn inspect(
         note_all(&mut definitions, object.symbols());
     }
     let symbols = offsets(&definitions);
-    let placement = symbols
-        .any_data_function()
-        .then(|| placement::choose(&ElfCode(&object), &definitions, forced));
+    let placement = symbols.any_data_function().then(|| {
+        let code = ElfCode {
+            object: &object,
+            file: &file,
+        };
+        placement::choose(&code, &definitions, forced)
+    });
     Ok((symbols, placement))
 }
 

@@ -157,3 +157,43 @@ fn every_forced_placement_records_the_same_snapshot() {
         }
     }
 }
+
+/// A capture whose breakpoints are in every process (`-- CMD`) also puts them into the read-only
+/// mapping another agent inspects libssl through; that agent still decodes the code the file
+/// holds and chooses the worker probes, not the entry probes a breakpoint byte would lead it to.
+#[test]
+fn a_second_capture_decodes_the_code_not_the_first_captures_breakpoints() {
+    if !privileged("two captures at once") {
+        return;
+    }
+    let ca = TestCa::new();
+    let first_out = tempfile::tempdir().expect("tempdir");
+    let first = Agent::start(
+        first_out.path(),
+        &ca,
+        &["--".into(), "sleep".into(), "600".into()],
+    );
+    let second_out = tempfile::tempdir().expect("tempdir");
+    let second = Agent::start(second_out.path(), &ca, &["--".into(), "true".into()]).finish();
+    let first = first.stop("INT");
+    assert!(second.status.success(), "{}", second.dump());
+    for finished in [&first, &second] {
+        let libssl = finished.summary["probes"]
+            .as_array()
+            .expect("probes in the summary")
+            .iter()
+            .find(|p| {
+                p["object"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("libssl.so"))
+            })
+            .unwrap_or_else(|| panic!("no libssl placement\n{}", finished.dump()))
+            .clone();
+        assert_eq!(
+            libssl["description"],
+            "worker probes (emulated push)",
+            "{}",
+            finished.dump()
+        );
+    }
+}
