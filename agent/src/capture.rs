@@ -32,8 +32,10 @@ use tokio::{
 use crate::{
     connections::{ConnectionExchange, LOST, Tracker, TrackerStats},
     events::{Event, decode},
-    http1, preflight,
-    probes::{Probes, Reach, Selection},
+    http1,
+    placement::PlacementKind,
+    preflight,
+    probes::{PlacedObject, Probes, Reach, Selection},
     procfs::{all_pids, is_alive, process_info, tgid_of},
     recorder::{HostFilter, RecordStats, Recorder},
     sys,
@@ -104,6 +106,8 @@ pub struct Summary {
     pub undecodable_records: u64,
     /// The command's exit code, in command mode.
     pub exit_code: Option<i32>,
+    /// Where the probes went in each TLS object, in attach order.
+    pub probes: Vec<PlacedObject>,
 }
 
 impl Summary {
@@ -150,6 +154,7 @@ impl Capture {
             HostFilter::new(&options.hosts, options.any_host).map_err(|e| usage(e.into()))?;
         // The targets first: a typo in a pid must not create a directory.
         let target = checked_target(&options.target).map_err(usage)?;
+        let forced = PlacementKind::forced().map_err(|e| usage(e.into()))?;
         let recorder = Recorder::open(&options.out, hosts, sys::monotonic_ns(), options.quiet)
             .map_err(|e| {
                 usage(
@@ -178,7 +183,7 @@ impl Capture {
                 (Selection::Cgroups(vec![id]), Vec::new())
             }
         };
-        let mut scanner = Scanner::default();
+        let mut scanner = Scanner::new(forced);
         let mut probes = Probes::load().context("loading the eBPF probes")?;
         if let Target::Pids(pids) = &target {
             probes.set_reach(Reach::Processes(pids.clone()));
@@ -296,6 +301,7 @@ impl Capture {
             events_dropped,
             undecodable_records: self.undecodable,
             exit_code: exit_status.map(|status| i32::from(exit_code(status))),
+            probes: self.probes.placed().to_vec(),
         })
     }
 

@@ -10,6 +10,7 @@ pub mod connections;
 pub mod events;
 pub mod http1;
 pub mod http2;
+pub mod placement;
 pub mod preflight;
 pub mod probes;
 pub mod procfs;

@@ -274,6 +274,9 @@ fn print_summary(summary: &Summary, json: bool) {
     if recorded.exchanges_written > 0 {
         eprintln!("llmsim-agent: recorded {}", recorded.usage);
     }
+    for placed in &summary.probes {
+        eprintln!("llmsim-agent: {}: {}", placed.object, placed.description);
+    }
     if json {
         match serde_json::to_string_pretty(summary) {
             Ok(text) => println!("{text}"),

@@ -1,6 +1,7 @@
 //! The capture probes, built on `llmsim_kernel`'s loader: sets the process
 //! filter, attaches the raw tracepoints and, per TLS library, the `SSL_*`
-//! uprobes, and reads the ring buffer and the loss counters.
+//! uprobes where its [`Placement`] says, remembers each library's placement
+//! for the summary, and reads the ring buffer and the loss counters.
 
 use std::{
     collections::HashSet,
@@ -19,9 +20,13 @@ use aya::{
 };
 use llmsim_ebpf_common::{ConnKey, DROP_REASONS, DropReason, Filter, FilterMode};
 use llmsim_kernel::object::{Object, ObjectError, Purpose, map_error, program_error};
+use serde::Serialize;
 use thiserror::Error;
 
-use crate::tls_libs::{SslSymbols, TlsLibrary};
+use crate::{
+    placement::{Cost, Placement, PlacementKind, ProbeRole},
+    tls_libs::TlsLibrary,
+};
 
 /// Raw tracepoints attached at start: program name = tracepoint name.
 const RAW_TRACEPOINTS: [&str; 3] = ["sys_enter", "sys_exit", "sched_process_exec"];
@@ -69,12 +74,25 @@ pub enum Reach {
     Processes(Vec<u32>),
 }
 
+/// Where one object's probes went, for the summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlacedObject {
+    /// The object's file name (`libssl.so.3`, `node`).
+    pub object: String,
+    /// Which placement.
+    pub placement: PlacementKind,
+    /// The placement and its cost, e.g. `worker probes (emulated push)`.
+    pub description: String,
+}
+
 /// The loaded probes. Dropping it detaches everything.
 pub struct Probes {
     object: Object,
     reach: Reach,
     /// (device, inode) of every object the uprobes are attached to.
     attached: HashSet<(u64, u64)>,
+    /// Where each attached object's probes went, in attach order.
+    placed: Vec<PlacedObject>,
 }
 
 impl Probes {
@@ -95,6 +113,7 @@ impl Probes {
             object,
             reach: Reach::Everywhere,
             attached: HashSet::new(),
+            placed: Vec::new(),
         })
     }
 
@@ -136,8 +155,10 @@ impl Probes {
         self.reach = reach;
     }
 
-    /// Attaches the `SSL_*` probes to `library` in the processes of the
-    /// current [`Reach`] (the filter decides what is reported). Returns false
+    /// Attaches the `SSL_*` probes to `library` where its placement says, in
+    /// the processes of the current [`Reach`] (the filter decides what is
+    /// reported). A placement that single-steps, or that was asked for and
+    /// does not fit, is one warning naming the object and why. Returns false
     /// when it was attached already.
     pub fn attach_tls_library(&mut self, library: &TlsLibrary) -> Result<bool, ProbeError> {
         let meta = std::fs::metadata(&library.path).map_err(|e| ProbeError::Uprobe {
@@ -157,22 +178,37 @@ impl Probes {
                 .map(UProbeScope::OneProcess)
                 .collect(),
         };
-        // Return probes first: a call entered while the entry probes are
-        // being attached is then either fully seen or not at all.
-        let points = SSL_ENTRY_POINTS
-            .iter()
-            .filter_map(|&(symbol, _, offset)| Some((symbol, return_program(symbol)?, offset)))
-            .chain(SSL_ENTRY_POINTS);
-        for (symbol, program, offset) in points {
-            let Some(offset) = offset(&library.symbols) else {
-                continue;
-            };
+        let placement = &library.placement;
+        for point in &placement.points {
             for &scope in &scopes {
-                self.attach_uprobe(program, symbol, offset, &library.path, scope)?;
+                self.attach_uprobe(
+                    point.role.program(),
+                    point.function,
+                    point.offset,
+                    &library.path,
+                    scope,
+                )?;
             }
         }
         self.attached.insert(identity);
+        // The file's own name, not a symlink's (`libssl.so` -> `libssl.so.3`).
+        let real = std::fs::canonicalize(&library.path).unwrap_or_else(|_| library.path.clone());
+        let object = real.file_name().map_or_else(
+            || real.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        warn_about(&object, placement);
+        self.placed.push(PlacedObject {
+            object,
+            placement: placement.kind,
+            description: placement.to_string(),
+        });
         Ok(true)
+    }
+
+    /// Where each attached object's probes went, in attach order.
+    pub fn placed(&self) -> &[PlacedObject] {
+        &self.placed
     }
 
     /// A process of the scope that exited meanwhile is skipped: it makes no more calls.
@@ -236,33 +272,33 @@ fn is_no_such_process(error: &ProgramError) -> bool {
         .any(|e| e.raw_os_error() == Some(libc::ESRCH))
 }
 
-type SymbolOffset = fn(&SslSymbols) -> Option<u64>;
-
-/// Entry points: (function, entry program, where the object defines it).
-/// Reads come before writes so a connection caught mid-attach loses whole
-/// calls rather than seeing its answer without its question.
-const SSL_ENTRY_POINTS: [(&str, &str, SymbolOffset); 6] = [
-    ("SSL_read", "ssl_read", |s| s.read),
-    ("SSL_read_ex", "ssl_read_ex", |s| s.read_ex),
-    ("SSL_write", "ssl_write", |s| s.write),
-    ("SSL_write_ex", "ssl_write_ex", |s| s.write_ex),
-    ("SSL_ctrl", "ssl_ctrl", |s| s.ctrl),
-    ("SSL_free", "ssl_free", |s| s.free),
+/// Every uprobe program in the object, one per [`ProbeRole`].
+const UPROBE_PROGRAMS: [&str; 8] = [
+    ProbeRole::WriteEntry.program(),
+    ProbeRole::WriteCountedEntry.program(),
+    ProbeRole::ReadEntry.program(),
+    ProbeRole::ReadCountedEntry.program(),
+    ProbeRole::Ctrl.program(),
+    ProbeRole::Free.program(),
+    ProbeRole::Return.program(),
+    ProbeRole::CallReturn.program(),
 ];
 
-/// Every uprobe program in the object.
-const UPROBE_PROGRAMS: [&str; 7] = [
-    "ssl_write",
-    "ssl_write_ex",
-    "ssl_read",
-    "ssl_read_ex",
-    "ssl_ctrl",
-    "ssl_free",
-    "ssl_return",
-];
-
-/// The return probe for a function, if it needs one: the data functions do;
-/// `SSL_ctrl` and `SSL_free` read their arguments on entry.
-fn return_program(symbol: &str) -> Option<&'static str> {
-    (symbol.starts_with("SSL_read") || symbol.starts_with("SSL_write")).then_some("ssl_return")
+/// One warning line when `placement` is not what it should be: a placement
+/// asked for that does not fit, or probes that single-step, with the reasons
+/// the better placements were refused.
+fn warn_about(object: &str, placement: &Placement) {
+    if let Some((kind, why)) = &placement.unforced {
+        tracing::warn!(
+            "{object}: {} probes cannot be placed ({why}); using {placement}",
+            kind.name()
+        );
+    } else if placement.cost == Cost::SingleStep && !placement.refusals.is_empty() {
+        let reasons: Vec<String> = placement
+            .refusals
+            .iter()
+            .map(|(kind, why)| format!("{}: {why}", kind.name()))
+            .collect();
+        tracing::warn!("{object}: {placement}; {}", reasons.join("; "));
+    }
 }

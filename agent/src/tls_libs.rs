@@ -7,12 +7,14 @@ use std::{
     collections::HashMap,
     fs::File,
     io,
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{FileExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use thiserror::Error;
+
+use crate::placement::{self, Definitions, Placement, PlacementKind};
 
 /// Directories searched for the system's shared libssl.
 const SYSTEM_LIBRARY_DIRS: [&str; 6] = [
@@ -71,18 +73,53 @@ impl SslSymbols {
             .or(self.read_ex)
             .is_some()
     }
+}
 
-    fn note(&mut self, name: &[u8], offset: u64) {
-        let slot = match name {
-            b"SSL_write" => &mut self.write,
-            b"SSL_write_ex" => &mut self.write_ex,
-            b"SSL_read" => &mut self.read,
-            b"SSL_read_ex" => &mut self.read_ex,
-            b"SSL_ctrl" => &mut self.ctrl,
-            b"SSL_free" => &mut self.free,
-            _ => return,
-        };
-        slot.get_or_insert(offset);
+/// Notes a definition of one of the six functions, the first one seen.
+fn note(definitions: &mut Definitions, name: &[u8], at: (u64, u64)) {
+    let slot = match name {
+        b"SSL_write" => &mut definitions.write,
+        b"SSL_write_ex" => &mut definitions.write_ex,
+        b"SSL_read" => &mut definitions.read,
+        b"SSL_read_ex" => &mut definitions.read_ex,
+        b"SSL_ctrl" => &mut definitions.ctrl,
+        b"SSL_free" => &mut definitions.free,
+        _ => return,
+    };
+    slot.get_or_insert(at);
+}
+
+/// An ELF object's code, for [`placement::choose`]. Code is read from the
+/// file, not from the mapping the symbols come from: a uprobe attached to
+/// the object for every process (by another capture, or any other tracer)
+/// also puts its breakpoint into that read-only mapping, which the kernel
+/// counts as one that may execute, and the decoder would see `int3`.
+struct ElfCode<'a, 'data> {
+    object: &'a object::File<'data>,
+    file: &'a File,
+}
+
+impl placement::Code for ElfCode<'_, '_> {
+    fn is_x86_64(&self) -> bool {
+        self.object.architecture() == object::Architecture::X86_64
+    }
+
+    fn bytes(&self, address: u64, len: u64) -> Option<Vec<u8>> {
+        let segment = self.object.segments().find(|segment| {
+            (segment.address()..segment.address() + segment.size()).contains(&address)
+        })?;
+        let (file_start, file_size) = segment.file_range();
+        let into = address - segment.address();
+        let len = len.min(file_size.checked_sub(into)?);
+        let mut bytes = vec![0; usize::try_from(len).ok()?];
+        self.file
+            .read_exact_at(&mut bytes, file_start + into)
+            .ok()?;
+        (!bytes.is_empty()).then_some(bytes)
+    }
+
+    fn file_offset(&self, address: u64) -> Option<u64> {
+        file_offset(self.object, address)
     }
 }
 
@@ -104,16 +141,22 @@ pub struct TlsLibrary {
     pub path: PathBuf,
     /// What it defines.
     pub symbols: SslSymbols,
+    /// Where its probes go.
+    pub placement: Placement,
 }
 
 /// Reads ELF symbol tables (.dynsym, and .symtab when .dynsym defines no data
-/// function) for `SSL_*` definitions. Objects that are not ELF or cannot be
-/// parsed define nothing.
+/// function) for `SSL_*` definitions, and chooses where the probes go (the
+/// `forced` placement where it fits). Objects that are not ELF or cannot be
+/// parsed define nothing and get no placement.
 ///
 /// The file is mapped, not read: only the pages of the headers and symbol
 /// tables are touched, which matters for a 100 MB node binary that must be
 /// probed between its exec and its first TLS call.
-pub fn inspect(path: &Path) -> Result<SslSymbols, TlsLibError> {
+pub fn inspect(
+    path: &Path,
+    forced: Option<PlacementKind>,
+) -> Result<(SslSymbols, Option<Placement>), TlsLibError> {
     let file = File::open(path).map_err(|source| TlsLibError::Read {
         path: path.into(),
         source,
@@ -123,36 +166,66 @@ pub fn inspect(path: &Path) -> Result<SslSymbols, TlsLibError> {
         source,
     })?;
     let Ok(object) = object::File::parse(map.bytes()) else {
-        return Ok(SslSymbols::default());
+        return Ok((SslSymbols::default(), None));
     };
-    let note_all = |symbols: &mut SslSymbols, table: object::SymbolIterator<'_, '_>| {
+    let note_all = |definitions: &mut Definitions, table: object::SymbolIterator<'_, '_>| {
         for symbol in table {
             if symbol.is_definition()
                 && let Ok(name) = symbol.name_bytes()
-                && let Some(offset) = file_offset(&object, symbol.address())
             {
-                symbols.note(name, offset);
+                note(definitions, name, (symbol.address(), symbol.size()));
             }
+        }
+    };
+    let offsets = |definitions: &Definitions| {
+        let offset =
+            |at: Option<(u64, u64)>| at.and_then(|(address, _)| file_offset(&object, address));
+        SslSymbols {
+            write: offset(definitions.write),
+            write_ex: offset(definitions.write_ex),
+            read: offset(definitions.read),
+            read_ex: offset(definitions.read_ex),
+            ctrl: offset(definitions.ctrl),
+            free: offset(definitions.free),
         }
     };
     // Exported definitions are in .dynsym; a static binary that does not
     // export them may still list them in .symtab, which is much larger.
-    let mut symbols = SslSymbols::default();
-    note_all(&mut symbols, object.dynamic_symbols());
-    if !symbols.any_data_function() {
-        note_all(&mut symbols, object.symbols());
+    let mut definitions = Definitions::default();
+    note_all(&mut definitions, object.dynamic_symbols());
+    if !offsets(&definitions).any_data_function() {
+        definitions = Definitions::default();
+        note_all(&mut definitions, object.symbols());
     }
-    Ok(symbols)
+    let symbols = offsets(&definitions);
+    let placement = symbols.any_data_function().then(|| {
+        let code = ElfCode {
+            object: &object,
+            file: &file,
+        };
+        placement::choose(&code, &definitions, forced)
+    });
+    Ok((symbols, placement))
 }
 
 /// Remembers what each object (by device and inode) defines, so rescans of
 /// many processes parse each object once.
 #[derive(Default)]
 pub struct Scanner {
-    seen: HashMap<(u64, u64), SslSymbols>,
+    seen: HashMap<(u64, u64), (SslSymbols, Option<Placement>)>,
+    /// The placement asked for, where an object allows it.
+    forced: Option<PlacementKind>,
 }
 
 impl Scanner {
+    /// A scanner that places probes as `forced` says where an object allows it.
+    pub fn new(forced: Option<PlacementKind>) -> Self {
+        Self {
+            seen: HashMap::new(),
+            forced,
+        }
+    }
+
     /// The TLS library at `path`, if it is one; cached by identity.
     pub fn library_at(&mut self, path: &Path) -> Result<Option<TlsLibrary>, TlsLibError> {
         let meta = std::fs::metadata(path).map_err(|source| TlsLibError::Read {
@@ -160,18 +233,19 @@ impl Scanner {
             source,
         })?;
         let key = (meta.dev(), meta.ino());
-        let symbols = if let Some(&known) = self.seen.get(&key) {
-            known
+        let (symbols, placement) = if let Some(known) = self.seen.get(&key) {
+            known.clone()
         } else {
-            let symbols = inspect(path)?;
-            self.seen.insert(key, symbols);
-            symbols
+            let found = inspect(path, self.forced)?;
+            self.seen.insert(key, found.clone());
+            found
         };
         // The path asked for, not the one first seen: that one may name a
         // process (`/proc/PID/root/...`) that has exited since.
-        Ok(symbols.any_data_function().then(|| TlsLibrary {
+        Ok(placement.map(|placement| TlsLibrary {
             path: path.to_path_buf(),
             symbols,
+            placement,
         }))
     }
 
@@ -273,7 +347,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("not-elf");
         std::fs::write(&path, b"#!/bin/sh\n").unwrap();
-        assert_eq!(inspect(&path).unwrap(), SslSymbols::default());
+        assert_eq!(inspect(&path, None).unwrap(), (SslSymbols::default(), None));
     }
 
     #[test]
@@ -304,5 +378,31 @@ mod tests {
                 && libssl.symbols.ctrl.is_some(),
             "{libssl:?}"
         );
+    }
+
+    #[test]
+    fn the_system_libssl_gets_worker_probes_on_a_push() {
+        let libssl = Scanner::default().system_libraries().remove(0);
+        let placement = &libssl.placement;
+        assert_eq!(placement.kind, PlacementKind::Worker, "{placement:?}");
+        assert_eq!(placement.to_string(), "worker probes (emulated push)");
+        // Two workers (entry and return each), SSL_ctrl, SSL_free.
+        assert_eq!(placement.points.len(), 6, "{placement:?}");
+        for forced in PlacementKind::ALL {
+            let (_, placement) = inspect(&libssl.path, Some(forced)).unwrap();
+            let placement = placement.expect("a placement");
+            assert_eq!(placement.kind, forced, "{placement:?}");
+            assert!(placement.unforced.is_none(), "{placement:?}");
+        }
+    }
+
+    #[test]
+    fn nodes_static_openssl_gets_entry_probes_on_a_push() {
+        let Ok(node) = std::fs::canonicalize("/usr/bin/node") else {
+            return;
+        };
+        let (_, placement) = inspect(&node, None).unwrap();
+        let placement = placement.expect("node links OpenSSL in");
+        assert_eq!(placement.to_string(), "entry probes (emulated push)");
     }
 }

@@ -1,58 +1,90 @@
-//! `cargo xtask bench capture [REQUESTS] [PAIRS]`: what attaching the agent
-//! costs a TLS client. A keep-alive HTTPS loop (curl, URL globbing: REQUESTS
-//! requests over one connection through the system `libssl.so.3`) fetches a
-//! 1 KiB JSON body from a local nginx, alternately without the agent and under
-//! it three ways: `--pid` with the host filter dropping every exchange
-//! (127.0.0.1 is not a provider: uprobes, ring buffer and reassembly, no
-//! files; the breakpoints are in curl only), `--cgroup` with the same filter
-//! (breakpoints in every process that maps libssl, nginx included, as for a
-//! command or a cgroup whose processes start later), and `--pid --any-host`
-//! (every exchange also written to disk). The client waits on stdin until the
-//! agent is attached, so every run times the same loop. Reports the median
-//! requests per second of each, the ratio to the baseline, and the added time
-//! per request and per `SSL_*` call.
+//! `cargo xtask bench capture [REQUESTS] [ROUNDS]`: what attaching the agent
+//! costs a TLS client, in three parts.
+//!
+//! 1. A keep-alive HTTPS loop (curl, URL globbing: REQUESTS requests over one
+//!    connection through the system `libssl.so.3`) fetches a 1 KiB JSON body
+//!    from a local nginx, without the agent and under it four ways: `--pid`
+//!    with the host filter dropping every exchange (127.0.0.1 is not a
+//!    provider: uprobes, ring buffer and reassembly, no files; breakpoints in
+//!    curl only), `--pid --any-host` (every exchange also written to disk),
+//!    `-- CMD` and `--cgroup` with the same filter (breakpoints in every
+//!    process that maps libssl, nginx included, since their processes may
+//!    start later).
+//! 2. The cost of one probed call for each probe placement (worker, wrapper,
+//!    entry; see docs/capture.md): a tight loop of `SSL_read_ex` calls on a
+//!    memory BIO, with no network and no other process involved.
+//! 3. The same loop against a server that answers after 20 ms, as a provider
+//!    does at best: capture should be within noise there.
+//!
+//! Method: the client (a shell that becomes curl) waits on stdin until the
+//! agent is attached; the time of a run is the sum of curl's own per-request
+//! times (`%{time_total}`), so process start-up and the agent's start and stop
+//! stay outside it. Each round runs every variant once in a fresh random
+//! order, after a warm-up run, so no variant always follows the same one or
+//! meets the CPU at the same frequency; with two or more CPUs the client runs
+//! on CPU 0 and nginx (one worker) on CPU 1, so the scheduler cannot move
+//! them onto one core in some runs and not in others. Each variant reports its
+//! median, its fastest and slowest run, and the spread between those.
 
 use std::{
+    ffi::OsString,
     fmt::Write as _,
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     thread,
-    time::Instant,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail, ensure};
 use llmsim_tests::{TestCa, TestCgroup};
 
-use crate::bench_support::{Nginx, READY_TIMEOUT, bench_tools, is_root, median, release_binary};
+use crate::bench_support::{
+    Guard, Nginx, READY_TIMEOUT, bench_tools, free_port, is_root, median, release_binary,
+};
 
 const DEFAULT_REQUESTS: u32 = 5000;
-const DEFAULT_PAIRS: u32 = 3;
+const DEFAULT_ROUNDS: u32 = 5;
 /// Each request is one `SSL_write` (the request) and, for a 1 KiB response
 /// arriving in one TLS record, one `SSL_read`; the agent does not count calls,
 /// so this is an estimate.
 const SSL_CALLS_PER_REQUEST: f64 = 2.0;
 const BODY_BYTES: usize = 1024;
+/// Requests per run against the slow server.
+const SLOW_REQUESTS: u32 = 100;
+/// How long the slow server takes to answer.
+const SLOW_ANSWER: Duration = Duration::from_millis(20);
+/// The CPU the client runs on, and the one its server runs on.
+const CLIENT_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Baseline,
     Pid,
-    Cgroup,
     PidAnyHost,
+    Command,
+    Cgroup,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Baseline, Mode::Pid, Mode::Cgroup, Mode::PidAnyHost];
+    const ALL: [Mode; 5] = [
+        Mode::Baseline,
+        Mode::Pid,
+        Mode::PidAnyHost,
+        Mode::Command,
+        Mode::Cgroup,
+    ];
 
     fn label(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline (no agent)",
             Mode::Pid => "--pid, host filtered (no files)",
-            Mode::Cgroup => "--cgroup, host filtered (no files)",
             Mode::PidAnyHost => "--pid --any-host (files written)",
+            Mode::Command => "-- CMD, host filtered (no files)",
+            Mode::Cgroup => "--cgroup, host filtered (no files)",
         }
     }
 }
@@ -74,41 +106,84 @@ struct AgentSummary {
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let requests = parse_arg(args.first(), DEFAULT_REQUESTS, "REQUESTS")?;
-    let pairs = parse_arg(args.get(1), DEFAULT_PAIRS, "PAIRS")?;
+    let rounds = parse_arg(args.get(1), DEFAULT_ROUNDS, "ROUNDS")?;
     ensure!(
         args.len() <= 2,
-        "usage: cargo xtask bench capture [REQUESTS] [PAIRS]"
+        "usage: cargo xtask bench capture [REQUESTS] [ROUNDS]"
     );
     ensure!(
         is_root()?,
         "the capture benchmark attaches eBPF probes: run it as root (sudo -E cargo xtask bench capture)"
     );
-    let [curl, nginx] = bench_tools(["curl", "nginx"])?;
+    let [curl, nginx, taskset] = bench_tools(["curl", "nginx", "taskset"])?;
     let agent = release_binary("llmsim-agent", "llmsim-agent", true)?;
+    let pinned = thread::available_parallelism().map_or(1, usize::from) >= 2;
+    let pin = |cpu: usize| pinned.then(|| (taskset.clone(), cpu));
+    let mut order = Shuffle::seeded();
 
     let ca = TestCa::new();
     let work = ca.dir().to_path_buf();
-    let server = Nginx::start(&nginx, &work, body().as_bytes(), &ca)?;
-    let url = format!("https://{}/x?i=[1-{requests}]", server.https);
+    let server = Nginx::start_on(
+        &nginx,
+        &work,
+        body().as_bytes(),
+        &ca,
+        pinned.then_some(SERVER_CPU),
+    )?;
     let client = Client {
-        curl,
-        url,
+        curl: curl.clone(),
+        pin: pin(CLIENT_CPU),
+        url: format!("https://{}/x", server.https),
         work: work.clone(),
-        requests,
     };
-
     println!(
         "capture overhead: {requests} keep-alive HTTPS requests per run (curl -> libssl.so.3 -> nginx, \
-         {BODY_BYTES}-byte body, loopback), {pairs} rounds of {} alternating runs\n",
-        Mode::ALL.len()
+         {BODY_BYTES}-byte body, loopback), {rounds} rounds of {} runs in random order{}\n",
+        Mode::ALL.len(),
+        if pinned {
+            format!(", client on CPU {CLIENT_CPU}, nginx on CPU {SERVER_CPU}")
+        } else {
+            String::from(", unpinned (one CPU)")
+        }
     );
-    // Warm-up: page cache, nginx worker, CPU frequency.
-    client.run(&agent, Mode::Baseline, requests / 5 + 1)?;
+    let samples = rounds_of(&client, &agent, &Mode::ALL, requests, rounds, &mut order)?;
+    drop(server);
+    report(&Mode::ALL, &samples);
 
-    let mut samples: Vec<Vec<Sample>> = Mode::ALL.iter().map(|_| Vec::new()).collect();
-    for round in 1..=pairs {
-        for (i, mode) in Mode::ALL.into_iter().enumerate() {
-            let sample = client.run(&agent, mode, requests)?;
+    per_call_cost(&agent, rounds, pin(CLIENT_CPU).as_ref(), &mut order)?;
+
+    let slow = SlowServer::start(&ca, pin(SERVER_CPU).as_ref())?;
+    let client = Client {
+        url: format!("https://127.0.0.1:{}/x", slow.port),
+        ..client
+    };
+    let modes = [Mode::Baseline, Mode::Pid, Mode::Command];
+    println!(
+        "\nwith a provider's latency: {SLOW_REQUESTS} keep-alive HTTPS requests per run to a server \
+         answering after {} ms (python3 ssl), {rounds} rounds in random order\n",
+        SLOW_ANSWER.as_millis()
+    );
+    let samples = rounds_of(&client, &agent, &modes, SLOW_REQUESTS, rounds, &mut order)?;
+    report(&modes, &samples);
+    Ok(())
+}
+
+/// `rounds` rounds of one run of each mode, in a fresh random order each
+/// round, after a warm-up run (page cache, the server's worker, CPU frequency).
+fn rounds_of(
+    client: &Client,
+    agent: &Path,
+    modes: &[Mode],
+    requests: u32,
+    rounds: u32,
+    order: &mut Shuffle,
+) -> anyhow::Result<Vec<Vec<Sample>>> {
+    client.run(agent, Mode::Baseline, requests / 5 + 1)?;
+    let mut samples: Vec<Vec<Sample>> = modes.iter().map(|_| Vec::new()).collect();
+    for round in 1..=rounds {
+        for i in order.permutation(modes.len()) {
+            let mode = modes[i];
+            let sample = client.run(agent, mode, requests)?;
             let mut line = format!(
                 "round {round}  {:<34} {:>9.0} req/s",
                 mode.label(),
@@ -125,9 +200,37 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             samples[i].push(sample);
         }
     }
-    drop(server);
-    report(&samples);
-    per_call_cost(&agent, pairs)
+    Ok(samples)
+}
+
+/// A small xorshift generator for run orders: the order only has to differ
+/// from round to round, not be unpredictable.
+struct Shuffle(u64);
+
+impl Shuffle {
+    fn seeded() -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self(u64::from(nanos) ^ u64::from(std::process::id()) << 32 | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// `0..n` in a random order (Fisher-Yates).
+    fn permutation(&mut self, n: usize) -> Vec<usize> {
+        let mut items: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            let j = usize::try_from(self.next() % (i as u64 + 1)).unwrap_or(0);
+            items.swap(i, j);
+        }
+        items
+    }
 }
 
 /// `SSL_read_ex` calls per per-call run.
@@ -154,40 +257,71 @@ for _ in range(calls):
 print((time.perf_counter() - start) / calls * 1e6)
 ";
 
-/// The price of one probed `SSL_*` call on its own: the same tight loop of
-/// `SSL_read_ex` calls without the agent and under `--pid`, alternating.
-fn per_call_cost(agent: &Path, rounds: u32) -> anyhow::Result<()> {
+/// The probe placements measured per call, as `LLMSIM_PROBE_PLACEMENT` names them.
+const PLACEMENTS: [&str; 3] = ["worker", "wrapper", "entry"];
+
+/// The price of one probed `SSL_*` call on its own, for each placement: the
+/// same tight loop of `SSL_read_ex` calls without the agent and under `--pid`
+/// with each placement forced, in random order each round.
+fn per_call_cost(
+    agent: &Path,
+    rounds: u32,
+    pin: Option<&(PathBuf, usize)>,
+    order: &mut Shuffle,
+) -> anyhow::Result<()> {
     println!(
         "\nper-call cost: {PER_CALL_CALLS} SSL_read_ex calls on a memory BIO (python3 ssl), \
-         {rounds} rounds of 2 alternating runs"
+         {rounds} rounds of {} runs in random order",
+        PLACEMENTS.len() + 1
     );
-    let mut without = Vec::new();
-    let mut with = Vec::new();
+    let variants: Vec<Option<&str>> = std::iter::once(None).chain(PLACEMENTS.map(Some)).collect();
+    let mut figures: Vec<Vec<f64>> = variants.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
-        without.push(per_call_run(None)?);
-        with.push(per_call_run(Some(agent))?);
+        for i in order.permutation(variants.len()) {
+            let placement = variants[i].map(|p| (agent, p));
+            figures[i].push(per_call_run(placement, pin)?);
+        }
     }
-    let (without, with) = (median(without), median(with));
-    println!(
-        "  without the agent {without:>8.2} us/call\n  under --pid       {with:>8.2} us/call  \
-         (+{:.2} us per probed call: breakpoint trap, stepping the displaced \
-         instruction, return probe, eBPF)",
-        with - without
-    );
+    for (variant, runs) in variants.iter().zip(&figures) {
+        let (low, high) = range(runs);
+        let us = median(runs.clone());
+        let label = variant.map_or_else(
+            || "without the agent".to_owned(),
+            |p| format!("--pid, {p} probes"),
+        );
+        // Added per call within each round, against that round's run without the agent.
+        let added = if variant.is_some() {
+            let added: Vec<f64> = runs.iter().zip(&figures[0]).map(|(w, wo)| w - wo).collect();
+            let (added_low, added_high) = range(&added);
+            format!(
+                "  +{:.2} us per probed call (per round {added_low:+.2} to {added_high:+.2})",
+                median(added)
+            )
+        } else {
+            String::new()
+        };
+        println!("  {label:<24} {us:>8.2} us/call (runs {low:.2}-{high:.2}){added}");
+    }
     Ok(())
 }
 
-fn per_call_run(agent: Option<&Path>) -> anyhow::Result<f64> {
-    let mut client = Command::new("python3")
-        .args(["-c", PER_CALL_SCRIPT, &PER_CALL_CALLS.to_string()])
+fn per_call_run(
+    agent: Option<(&Path, &str)>,
+    pin: Option<&(PathBuf, usize)>,
+) -> anyhow::Result<f64> {
+    let calls = PER_CALL_CALLS.to_string();
+    let argv: Vec<OsString> = ["python3", "-c", PER_CALL_SCRIPT, calls.as_str()]
+        .map(OsString::from)
+        .to_vec();
+    let mut client = pinned_command(pin, &argv)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .context("starting python3")?;
     let out = std::env::temp_dir().join(format!("llmsim-bench-per-call-{}", std::process::id()));
     let agent = agent
-        .map(|agent| {
-            let args: Vec<std::ffi::OsString> = vec![
+        .map(|(agent, placement)| {
+            let agent_args: Vec<OsString> = vec![
                 "capture".into(),
                 "--json".into(),
                 "--out".into(),
@@ -195,7 +329,7 @@ fn per_call_run(agent: Option<&Path>) -> anyhow::Result<f64> {
                 "--pid".into(),
                 client.id().to_string().into(),
             ];
-            RunningAgent::start(agent, &args)
+            RunningAgent::start(agent, &agent_args, Some(placement), Stdio::null())
         })
         .transpose()?;
     client
@@ -206,7 +340,7 @@ fn per_call_run(agent: Option<&Path>) -> anyhow::Result<f64> {
         .context("starting the loop")?;
     let output = client.wait_with_output().context("waiting for python3")?;
     if let Some(agent) = agent {
-        agent.finish()?;
+        agent.finish(true)?;
     }
     let _ = fs::remove_dir_all(&out);
     ensure!(
@@ -220,29 +354,54 @@ fn per_call_run(agent: Option<&Path>) -> anyhow::Result<f64> {
         .context("reading the per-call figure")
 }
 
-/// The medians, ratios and added costs, with a warning for runs that lost events.
-fn report(samples: &[Vec<Sample>]) {
-    let medians: Vec<f64> = samples
+/// The lowest and highest of `values`.
+fn range(values: &[f64]) -> (f64, f64) {
+    values
         .iter()
-        .map(|runs| median(runs.iter().map(|s| s.requests_per_second).collect()))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), &v| {
+            (low.min(v), high.max(v))
+        })
+}
+
+/// The medians, ratios, spreads and added costs, with a warning for runs that lost events.
+/// The ratio is taken per round (each mode against the baseline run of the same round), so a
+/// load that changes between rounds cancels out; its median and range are reported.
+fn report(modes: &[Mode], samples: &[Vec<Sample>]) {
+    let rates: Vec<Vec<f64>> = samples
+        .iter()
+        .map(|runs| runs.iter().map(|s| s.requests_per_second).collect())
         .collect();
-    let base = medians[0];
+    let base = median(rates[0].clone());
     println!(
-        "\n{:<34} {:>10} {:>14} {:>14} {:>15}",
-        "median of each", "req/s", "x slower", "+us/request", "+us/SSL call*"
+        "\n{:<34} {:>8} {:>13} {:>7} {:>9} {:>13} {:>11} {:>13}",
+        "median of each",
+        "req/s",
+        "runs (req/s)",
+        "spread",
+        "x slower",
+        "per round",
+        "+us/request",
+        "+us/SSL call*"
     );
-    for (mode, rps) in Mode::ALL.into_iter().zip(&medians) {
+    for (mode, runs) in modes.iter().zip(&rates) {
+        let rps = median(runs.clone());
+        let (low, high) = range(runs);
+        let ratios: Vec<f64> = rates[0].iter().zip(runs).map(|(b, r)| b / r).collect();
+        let (ratio_low, ratio_high) = range(&ratios);
         let added_us = (1.0 / rps - 1.0 / base) * 1e6;
         println!(
-            "{:<34} {:>10.0} {:>13.3}x {:>14.2} {:>15.2}",
+            "{:<34} {:>8.0} {:>13} {:>6.0}% {:>8.3}x {:>13} {:>11.2} {:>13.2}",
             mode.label(),
             rps,
-            base / rps,
+            format!("{low:.0}-{high:.0}"),
+            (high - low) / rps * 100.0,
+            median(ratios),
+            format!("{ratio_low:.2}-{ratio_high:.2}x"),
             added_us,
             added_us / SSL_CALLS_PER_REQUEST
         );
     }
-    for (mode, runs) in Mode::ALL.into_iter().zip(samples) {
+    for (mode, runs) in modes.iter().zip(samples) {
         let dropped: u64 = runs
             .iter()
             .filter_map(|s| s.summary.as_ref())
@@ -257,8 +416,10 @@ fn report(samples: &[Vec<Sample>]) {
         }
     }
     println!(
-        "* estimated {SSL_CALLS_PER_REQUEST} SSL calls per request (one SSL_write, one SSL_read); \
-         the agent does not count calls\ntarget: at most 1.10x slower"
+        "x slower: median over rounds of (baseline / mode) within a round; per round: its range. \
+         spread: (fastest - slowest) / median.\n\
+         * estimated {SSL_CALLS_PER_REQUEST} SSL calls per request (one SSL_write, one SSL_read); \
+         the agent does not count calls.\ntarget: at most 1.10x slower"
     );
 }
 
@@ -283,28 +444,50 @@ fn body() -> String {
     format!("{head}{}{tail}", "x".repeat(fill))
 }
 
+/// `argv` as a command, under `taskset -c CPU` when pinned.
+fn pinned_command(pin: Option<&(PathBuf, usize)>, argv: &[OsString]) -> Command {
+    if let Some((taskset, cpu)) = pin {
+        let mut command = Command::new(taskset);
+        command.arg("-c").arg(cpu.to_string()).args(argv);
+        command
+    } else {
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
+        command
+    }
+}
+
 struct Client {
     curl: PathBuf,
+    /// `taskset` and the CPU the client runs on, when pinned.
+    pin: Option<(PathBuf, usize)>,
+    /// The URL without the request counter.
     url: String,
     work: PathBuf,
-    requests: u32,
 }
 
 impl Client {
     /// One loop of `requests` requests in `mode`. The client (a shell that
-    /// becomes curl) waits for a line on stdin, sent once the agent says it is
-    /// capturing; the clock runs from that line to curl's exit, so the agent's
-    /// start-up and shutdown are outside the figure.
+    /// becomes curl, its output in a file) waits for a line on stdin, sent
+    /// once the agent says it is capturing; the run's time is the sum of
+    /// curl's per-request times.
     fn run(&self, agent: &Path, mode: Mode, requests: u32) -> anyhow::Result<Sample> {
-        let url = self.url.replace(
-            &format!("[1-{}]", self.requests),
-            &format!("[1-{requests}]"),
-        );
-        let client_argv: Vec<std::ffi::OsString> = vec![
+        let codes_file = self.work.join("codes");
+        let mut client_argv: Vec<OsString> = vec![
             "sh".into(),
             "-c".into(),
-            r#"read go && exec "$@""#.into(),
+            r#"read go && out=$1 && shift && exec "$@" >"$out""#.into(),
             "bench".into(),
+            codes_file.clone().into_os_string(),
+        ];
+        if let Some((taskset, cpu)) = &self.pin {
+            client_argv.extend([
+                taskset.clone().into_os_string(),
+                "-c".into(),
+                cpu.to_string().into(),
+            ]);
+        }
+        client_argv.extend([
             self.curl.clone().into_os_string(),
             "--http1.1".into(),
             "--insecure".into(),
@@ -312,26 +495,13 @@ impl Client {
             "--output".into(),
             "/dev/null".into(),
             "--write-out".into(),
-            "%{http_code} %{num_connects}\n".into(),
-            url.into(),
-        ];
-        let cgroup = (mode == Mode::Cgroup).then(TestCgroup::new);
-        let mut command = if let Some(cgroup) = &cgroup {
-            cgroup.command(&client_argv)
-        } else {
-            let mut command = Command::new(&client_argv[0]);
-            command.args(&client_argv[1..]);
-            command
-        };
-        let codes_file = self.work.join("codes");
-        let mut client = command
-            .stdin(Stdio::piped())
-            .stdout(fs::File::create(&codes_file).context("creating the codes file")?)
-            .spawn()
-            .context("starting the curl loop")?;
+            "%{http_code} %{num_connects} %{time_total}\n".into(),
+            format!("{}?i=[1-{requests}]", self.url).into(),
+        ]);
+        let _ = fs::remove_file(&codes_file);
         let out_dir = self.work.join("capture");
         let _ = fs::remove_dir_all(&out_dir);
-        let mut agent_args: Vec<std::ffi::OsString> = vec![
+        let mut agent_args: Vec<OsString> = vec![
             "capture".into(),
             "--json".into(),
             "--out".into(),
@@ -340,32 +510,51 @@ impl Client {
         if mode == Mode::PidAnyHost {
             agent_args.push("--any-host".into());
         }
-        match &cgroup {
-            Some(cgroup) => agent_args.extend(["--cgroup".into(), cgroup.relative().into()]),
-            None => agent_args.extend(["--pid".into(), client.id().to_string().into()]),
-        }
-        let agent = (mode != Mode::Baseline)
-            .then(|| RunningAgent::start(agent, &agent_args))
-            .transpose()?;
-
-        let start = Instant::now();
-        client
-            .stdin
-            .take()
-            .context("client stdin")?
-            .write_all(b"go\n")
-            .context("starting the loop")?;
-        let status = client.wait().context("waiting for the curl loop")?;
-        let elapsed = start.elapsed();
-        let summary = agent.map(RunningAgent::finish).transpose()?;
+        let cgroup = (mode == Mode::Cgroup).then(TestCgroup::new);
+        let summary = if mode == Mode::Command {
+            // The command reads its go line from the agent's stdin, and the
+            // agent exits with it.
+            agent_args.push("--".into());
+            agent_args.extend(client_argv);
+            let mut agent = RunningAgent::start(agent, &agent_args, None, Stdio::piped())?;
+            write_go(agent.child.stdin.take())?;
+            Some(agent.finish(false)?)
+        } else {
+            let mut command = match &cgroup {
+                Some(cgroup) => cgroup.command(&client_argv),
+                None => pinned_command(None, &client_argv),
+            };
+            let mut client = command
+                .stdin(Stdio::piped())
+                .spawn()
+                .context("starting the curl loop")?;
+            match &cgroup {
+                Some(cgroup) => agent_args.extend(["--cgroup".into(), cgroup.relative().into()]),
+                None => agent_args.extend(["--pid".into(), client.id().to_string().into()]),
+            }
+            let agent = (mode != Mode::Baseline)
+                .then(|| RunningAgent::start(agent, &agent_args, None, Stdio::null()))
+                .transpose()?;
+            write_go(client.stdin.take())?;
+            let status = client.wait().context("waiting for the curl loop")?;
+            ensure!(status.success(), "the curl loop failed ({status})");
+            agent.map(|agent| agent.finish(true)).transpose()?
+        };
         let _ = fs::remove_dir_all(&out_dir);
-        ensure!(status.success(), "the curl loop failed ({status})");
 
         let codes = fs::read_to_string(&codes_file).context("reading curl's status codes")?;
-        let ok = codes.lines().filter(|l| l.starts_with("200 ")).count();
-        let connects: u64 = codes
+        let lines: Vec<Vec<&str>> = codes
             .lines()
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let ok = lines.iter().filter(|l| l.first() == Some(&"200")).count();
+        let connects: u64 = lines
+            .iter()
+            .filter_map(|l| l.get(1)?.parse::<u64>().ok())
+            .sum();
+        let seconds: f64 = lines
+            .iter()
+            .filter_map(|l| l.get(2)?.parse::<f64>().ok())
             .sum();
         ensure!(
             ok == requests as usize,
@@ -376,8 +565,75 @@ impl Client {
             "the loop opened {connects} connections, not one keep-alive connection"
         );
         Ok(Sample {
-            requests_per_second: f64::from(requests) / elapsed.as_secs_f64(),
+            requests_per_second: f64::from(requests) / seconds,
             summary,
+        })
+    }
+}
+
+fn write_go(stdin: Option<ChildStdin>) -> anyhow::Result<()> {
+    stdin
+        .context("client stdin")?
+        .write_all(b"go\n")
+        .context("starting the loop")
+}
+
+/// A keep-alive HTTPS server (python3's `http.server` and `ssl`, HTTP/1.1)
+/// that answers every GET with a small JSON body after [`SLOW_ANSWER`].
+struct SlowServer {
+    _child: Guard,
+    port: u16,
+}
+
+const SLOW_SERVER_SCRIPT: &str = r#"
+import http.server, ssl, sys, time
+port, cert, key, delay = int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without this, Nagle's
+    # algorithm holds the body until the client's delayed ACK (40 ms).
+    disable_nagle_algorithm = True
+    def do_GET(self):
+        time.sleep(delay)
+        body = b'{"id":"bench","text":"slow"}\n'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", port), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("ready", file=sys.stderr, flush=True)
+server.serve_forever()
+"#;
+
+impl SlowServer {
+    fn start(ca: &TestCa, pin: Option<&(PathBuf, usize)>) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let argv: Vec<OsString> = vec![
+            "python3".into(),
+            "-c".into(),
+            SLOW_SERVER_SCRIPT.into(),
+            port.to_string().into(),
+            ca.leaf_cert_path().into(),
+            ca.leaf_key_path().into(),
+            SLOW_ANSWER.as_secs_f64().to_string().into(),
+        ];
+        let child = pinned_command(pin, &argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the slow server")?;
+        let mut child = Guard::new(child, "slow server");
+        child.wait_for_line(|line| (line == "ready").then_some(()))?;
+        Ok(Self {
+            _child: child,
+            port,
         })
     }
 }
@@ -389,13 +645,24 @@ struct RunningAgent {
 }
 
 impl RunningAgent {
-    /// Starts the agent and waits until it says it is capturing.
-    fn start(agent: &Path, args: &[std::ffi::OsString]) -> anyhow::Result<Self> {
-        let mut child = Command::new(agent)
+    /// Starts the agent (with a probe placement forced, and its stdin as
+    /// given: a `-- CMD` inherits it) and waits until it says it is capturing.
+    fn start(
+        agent: &Path,
+        args: &[OsString],
+        placement: Option<&str>,
+        stdin: Stdio,
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(agent);
+        command
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(placement) = placement {
+            command.env("LLMSIM_PROBE_PLACEMENT", placement);
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("starting {}", agent.display()))?;
         let stderr = child.stderr.take().context("agent stderr")?;
@@ -420,13 +687,16 @@ impl RunningAgent {
         Ok(Self { child, stderr })
     }
 
-    /// Stops the agent (a `--pid` capture ends with its process; SIGINT ends
-    /// any other) and reads its summary.
-    fn finish(mut self) -> anyhow::Result<AgentSummary> {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
+    /// Reads the agent's summary once it exits: by itself (a `-- CMD`
+    /// capture ends with its command), or on SIGINT when `interrupt` (what
+    /// ends a `--cgroup` capture; a `--pid` one ends with its process anyway).
+    fn finish(mut self, interrupt: bool) -> anyhow::Result<AgentSummary> {
+        if interrupt {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
         let mut stdout = String::new();
         self.child
             .stdout

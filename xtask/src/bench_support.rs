@@ -260,8 +260,21 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// Starts nginx in the foreground under `scratch/nginx` and waits until both ports accept.
+    /// Starts nginx in the foreground under `scratch/nginx`, one worker per core, and waits
+    /// until both ports accept.
     pub fn start(bin: &Path, scratch: &Path, body: &[u8], ca: &TestCa) -> anyhow::Result<Self> {
+        Self::start_on(bin, scratch, body, ca, None)
+    }
+
+    /// Like [`Nginx::start`]; with `cpu`, one worker pinned to that CPU
+    /// (`worker_cpu_affinity`), so a client pinned elsewhere never shares its core.
+    pub fn start_on(
+        bin: &Path,
+        scratch: &Path,
+        body: &[u8],
+        ca: &TestCa,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let dir = scratch.join("nginx");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let http = free_port()?;
@@ -275,8 +288,15 @@ impl Nginx {
         let d = dir.display();
         // The answer is returned from memory (`return`), nginx's cheapest path, so the
         // comparison is with the best nginx can do; worker_processes auto is one per core.
+        let workers = match cpu {
+            Some(cpu) => format!(
+                "worker_processes 1;\nworker_cpu_affinity {mask:b};",
+                mask = 1u64 << cpu
+            ),
+            None => "worker_processes auto;".to_owned(),
+        };
         let conf = format!(
-            r"worker_processes auto;
+            r"{workers}
 pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 4096; }}

@@ -3,6 +3,13 @@
 //! one return probe copies what the call actually moved into the ring buffer,
 //! in [`CHUNK_SIZE`] pieces, so calls of many MiB arrive whole.
 //!
+//! Userspace chooses where each program is attached (see the agent's
+//! `placement` module): the public functions' entries, the internal worker
+//! they call (`ssl_read_internal(s, buf, num, &readbytes)`, which takes the
+//! `_ex` arguments, so `ssl_read_ex` and `ssl_write_ex` serve it), or the
+//! `call` to that worker and the instruction it returns to
+//! ([`ssl_call_return`]).
+//!
 //! A call whose plaintext or SNI cannot be read, or that made no socket
 //! syscall (so its connection is unknown), also logs a debug line through
 //! aya-log. The level is a load-time constant (`AYA_LOG_LEVEL` in .rodata,
@@ -64,10 +71,21 @@ pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
 }
 
 /// Return of all four functions above: `int`, the byte count for the plain
-/// variants, 1 on success for the `_ex` variants (count in `*written`/`*readbytes`).
+/// variants; for the `_ex` variants and the worker they call, positive on
+/// success (1 for the `_ex` variants), with the count in `*written`/`*readbytes`.
 #[uretprobe]
 pub fn ssl_return(ctx: RetProbeContext) -> u32 {
     let _ = try_ssl_return(&ctx);
+    0
+}
+
+/// The instruction a `call` to the worker returns to, inside `SSL_read*` or
+/// `SSL_write*`, while `rax` still holds the worker's `int` result (the
+/// entry was the `call` itself, probed with [`ssl_read_ex`] or [`ssl_write_ex`]).
+/// A plain uprobe: the registers are those of the return, as for a uretprobe.
+#[uprobe]
+pub fn ssl_call_return(ctx: ProbeContext) -> u32 {
+    let _ = try_ssl_return(&RetProbeContext::new(ctx.regs.cast()));
     0
 }
 
@@ -138,7 +156,7 @@ fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
     let _ = SSL_CALLS.remove(&pid_tgid);
     let ret: i64 = ctx.ret::<i32>().into();
     let moved = if call.out_len != 0 {
-        if ret != 1 {
+        if ret <= 0 {
             return Ok(());
         }
         // SAFETY: reading a user pointer with the fault-tolerant helper.
