@@ -24,6 +24,8 @@ APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib
 # HTTP/2 tests and the h2 replay benchmark: nghttpx fronts the fake provider with TLS
 # (ALPN h2), h2load opens many concurrent streams on one connection.
 APT_PACKAGES+=(nghttp2-proxy nghttp2-client)
+# replayd's allocator: tikv-jemalloc-sys builds jemalloc from source with make and cc.
+APT_PACKAGES+=(make gcc)
 PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
 # HTTP/2 tests: httpx (and the SDKs through it) speaks h2 once h2 is installed; grpcio is
 # a real gRPC client for replayed trailers.
