@@ -24,6 +24,8 @@ APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib
 # HTTP/2 tests and the h2 replay benchmark: nghttpx fronts the fake provider with TLS
 # (ALPN h2), h2load opens many concurrent streams on one connection.
 APT_PACKAGES+=(nghttp2-proxy nghttp2-client)
+# replayd's allocator: tikv-jemalloc-sys builds jemalloc from source with make and cc.
+APT_PACKAGES+=(make gcc)
 # Release artifacts (`cargo xtask dist`): the static binaries are built for musl, whose C
 # compiler wrapper (musl-gcc) builds ring's and zstd's C parts; dpkg-deb packs the .deb.
 DIST_APT_PACKAGES=(musl-tools dpkg)

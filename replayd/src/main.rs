@@ -26,6 +26,10 @@ use llmsim_replayd::upstream::UpstreamSettings;
 use llmsim_replayd::{ca, dns, report::Report};
 use llmsim_snapshot::signature::Repeat;
 
+/// The allocator for the whole process (see replayd/Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code of a run that had misses.
 const EXIT_MISSES: u8 = 1;
 /// Exit code of a start-up error.

@@ -136,7 +136,11 @@ impl ReplayService {
                     error_response(&error, shape)
                 })
             }
-            Outcome::Miss(miss) if self.engine.forwards() => self.forward(request, &miss).await,
+            // Boxed: forwarding's state is many times that of the rest, and it would otherwise
+            // be allocated and moved with every request's future.
+            Outcome::Miss(miss) if self.engine.forwards() => {
+                Box::pin(self.forward(request, &miss)).await
+            }
             Outcome::Miss(miss) => {
                 let shape = ErrorShape::of(miss.provider, miss.endpoint);
                 let error = ServeError::NoRecording(miss);

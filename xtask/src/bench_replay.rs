@@ -16,10 +16,13 @@
 //!   is about half of wrk's.
 //!
 //! The HTTP/2 variant serves the same answer over h2 on TLS (nginx with `http2` on its
-//! listener) to `h2load`, several streams in flight on each connection: a saturation run
-//! (closed loop) and a run at the same fixed offered rate, each request's latency taken from
-//! h2load's per-request log, from when it was sent (h2load cannot measure from a scheduled
-//! start). `--only h1|h2` runs one variant alone.
+//! listener), several streams in flight on each connection: a saturation run with `h2load`
+//! (closed loop) and a run at the fixed offered rate with `oha --http2`, an open loop whose
+//! latencies are measured from each request's scheduled start as in the HTTP/1.1 variant.
+//! h2load cannot offer a fixed request rate to the whole run (its `--rate` is connections
+//! per second, its `--rps` a rate per connection) nor measure from a scheduled start (it
+//! times each request from its sending, so a stall hides the requests that queued behind
+//! it). `--only h1|h2` runs one variant alone.
 //!
 //! The servers take turns (which one goes first alternates every round) so that drift in the
 //! machine's speed hits both alike.
@@ -82,13 +85,15 @@ struct Args {
     /// oha itself sustains beside the server.
     #[arg(long, default_value_t = 20_000)]
     rate: u32,
-    /// HTTP/2 connections h2load opens.
+    /// HTTP/2 connections h2load and oha open.
     #[arg(long, default_value_t = 8)]
     h2_clients: u32,
-    /// Streams each h2load connection keeps in flight.
+    /// Streams each HTTP/2 connection keeps in flight (h2load), or at most (oha at the fixed
+    /// rate).
     #[arg(long, default_value_t = 8)]
     h2_streams: u32,
-    /// Run only one variant: `h1` (wrk and oha over HTTP/1.1) or `h2` (h2load over h2).
+    /// Run only one variant: `h1` (wrk and oha over HTTP/1.1) or `h2` (h2load and oha over
+    /// h2).
     #[arg(long, value_enum)]
     only: Option<Variant>,
     /// Use the replayd already in target/release instead of building it first.
@@ -171,10 +176,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         args.h2_clients >= args.threads && args.h2_streams > 0,
         "h2load needs at least as many --h2-clients as --threads, and --h2-streams of at least 1"
     );
-    ensure!(
-        args.rate >= args.h2_clients,
-        "--rate must give each of the --h2-clients at least 1 request per second"
-    );
 
     let tools = ensure_tools()?;
     let replayd_bin = release_binary("llmsim-replayd", "replayd", !args.no_build)?;
@@ -252,8 +253,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             replayd: replayd.addr,
             nginx: nginx.h2,
         };
-        let runs = h2_runs(&args, &scratch, h2)?;
-        summary += &h2_report(&args, &tools.h2load_version, &load, &runs);
+        let runs = h2_runs(&args, &scratch, &tools.oha, h2)?;
+        summary += &h2_report(&args, &tools, &load, &runs);
     }
     replayd.child.check_alive()?;
     nginx.child.check_alive()?;
@@ -339,7 +340,8 @@ fn latency_runs(
 ) -> anyhow::Result<Vec<(Server, Scheme, Latency)>> {
     let mut latencies = Vec::new();
     for (round, scheme, server) in turns(args.rounds) {
-        let latency = oha(args, oha_bin, &addrs.url(server, scheme)).with_context(|| {
+        let url = addrs.url(server, scheme);
+        let latency = oha(args, oha_bin, &url, OhaProtocol::Http1).with_context(|| {
             format!(
                 "measuring {} over {} at {} req/s",
                 server.name(),
@@ -708,17 +710,34 @@ fn latency_ms(value: &str) -> anyhow::Result<f64> {
 /// out a calibration period for the same reason.
 const WARM_UP_S: u32 = 1;
 
+/// How oha talks to the server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OhaProtocol {
+    /// `--connections` keep-alive HTTP/1.1 connections, one request in flight on each.
+    Http1,
+    /// `--h2-clients` HTTP/2 connections, up to `--h2-streams` requests in flight on each.
+    Http2,
+}
+
 /// Runs oha against `url` for the warm-up plus `--duration` seconds at `--rate` requests per
-/// second over `--connections` keep-alive connections, latency measured from each request's
-/// scheduled start; requests still open at the end are waited for rather than cut off. A
-/// non-200 answer or an answer of the wrong size fails the run; requests that failed are
-/// missing from oha's list, which shows as a rate below the offered one.
-fn oha(args: &Args, oha: &Path, url: &str) -> anyhow::Result<Latency> {
-    let text = report_of(
-        Command::new(oha)
-            .args(["--no-tui", "--output-format", "csv"])
+/// second over `protocol`'s connections, latency measured from each request's scheduled
+/// start; requests still open at the end are waited for rather than cut off. A non-200
+/// answer or an answer of the wrong size fails the run; requests that failed are missing
+/// from oha's list, which shows as a rate below the offered one.
+fn oha(args: &Args, oha: &Path, url: &str, protocol: OhaProtocol) -> anyhow::Result<Latency> {
+    let mut command = Command::new(oha);
+    command.args(["--no-tui", "--output-format", "csv"]);
+    match protocol {
+        OhaProtocol::Http1 => command.arg("-c").arg(args.connections.to_string()),
+        OhaProtocol::Http2 => command
+            .arg("--http2")
             .arg("-c")
-            .arg(args.connections.to_string())
+            .arg(args.h2_clients.to_string())
+            .arg("-p")
+            .arg(args.h2_streams.to_string()),
+    };
+    let text = report_of(
+        command
             .arg("-z")
             .arg(format!("{}s", WARM_UP_S + args.duration))
             .arg("-q")
@@ -810,31 +829,25 @@ impl H2Addrs {
     }
 }
 
-/// One h2load run's figures; latencies from each request's sending.
-#[derive(Clone, Copy, Debug)]
-struct H2Sample {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-}
-
-/// Whether an h2load run is a closed loop or offers a fixed rate.
+/// Whether an HTTP/2 run is h2load's closed loop or oha's fixed rate.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum H2Load {
     Saturation,
     Rate,
 }
 
-/// The HTTP/2 runs: per round, saturation then the fixed rate, the servers taking turns.
+/// The HTTP/2 runs: per round, saturation (h2load) then the fixed rate (oha), the servers
+/// taking turns. Saturation latencies are from each request's sending, fixed-rate ones from
+/// its scheduled start.
 fn h2_runs(
     args: &Args,
     scratch: &Path,
+    oha_bin: &Path,
     addrs: H2Addrs,
-) -> anyhow::Result<Vec<(Server, H2Load, H2Sample)>> {
+) -> anyhow::Result<Vec<(Server, H2Load, Latency)>> {
     eprintln!("xtask: warming up over h2");
     for server in [Server::Replayd, Server::Nginx] {
-        h2load(args, scratch, &addrs.url(server), H2Load::Saturation, 1)
+        h2load(args, scratch, &addrs.url(server), 1)
             .with_context(|| format!("warm-up of {} over h2", server.name()))?;
     }
     let mut runs = Vec::new();
@@ -846,8 +859,12 @@ fn h2_runs(
                 [Server::Nginx, Server::Replayd]
             };
             for server in order {
-                let sample = h2load(args, scratch, &addrs.url(server), load, args.duration)
-                    .with_context(|| format!("measuring {} over h2", server.name()))?;
+                let url = addrs.url(server);
+                let sample = match load {
+                    H2Load::Saturation => h2load(args, scratch, &url, args.duration),
+                    H2Load::Rate => oha(args, oha_bin, &url, OhaProtocol::Http2),
+                }
+                .with_context(|| format!("measuring {} over h2", server.name()))?;
                 println!(
                     "h2 {} {}/{}  {:<8} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  \
                      p99.9 {:>6.3} ms",
@@ -871,43 +888,43 @@ fn h2_runs(
     Ok(runs)
 }
 
-/// The HTTP/2 summary: medians over the rounds and the verdict on the targets.
-fn h2_report(
-    args: &Args,
-    h2load_version: &str,
-    load: &str,
-    runs: &[(Server, H2Load, H2Sample)],
-) -> String {
-    let median_of = |server: Server, kind: H2Load, f: fn(&H2Sample) -> f64| {
-        median(
-            runs.iter()
-                .filter(|(s, k, _)| *s == server && *k == kind)
-                .map(|(_, _, x)| f(x))
-                .collect(),
-        )
-    };
-    let at = |server: Server, kind: H2Load| H2Sample {
-        rps: median_of(server, kind, |x| x.rps),
-        p50_ms: median_of(server, kind, |x| x.p50_ms),
-        p99_ms: median_of(server, kind, |x| x.p99_ms),
-        p999_ms: median_of(server, kind, |x| x.p999_ms),
+/// The HTTP/2 summary: medians over the rounds with their spread (min-max), and the verdict
+/// on the targets, which every round must meet: a target missed in one round is missed.
+fn h2_report(args: &Args, tools: &Tools, load: &str, runs: &[(Server, H2Load, Latency)]) -> String {
+    let of = |server: Server, kind: H2Load| -> Vec<Latency> {
+        runs.iter()
+            .filter(|(s, k, _)| *s == server && *k == kind)
+            .map(|(_, _, x)| *x)
+            .collect()
     };
     let mut out = String::new();
     let _ = writeln!(
         out,
         "
-replay over h2: {BODY_LEN}-byte JSON answer, TLS, h2load {h2load_version} with {} \
-         connections x {} streams, median of {} x {} s runs per row (after a {WARM_UP_S} s \
-         warm-up); load average as the runs began: {load}",
-        args.h2_clients, args.h2_streams, args.rounds, args.duration
+replay over h2: {BODY_LEN}-byte JSON answer, TLS, {} connections x {} streams; saturation: \
+         h2load {} (closed loop, latency from each request's sending); fixed rate: oha {} \
+         --http2 (open loop, latency from each request's scheduled start); median [min-max] of \
+         {} x {} s runs per row (after a {WARM_UP_S} s warm-up); load average as the runs \
+         began: {load}",
+        args.h2_clients,
+        args.h2_streams,
+        tools.h2load_version,
+        tools.oha_version,
+        args.rounds,
+        args.duration
     );
     let _ = writeln!(
         out,
-        "{:<22} {:<8} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "{:<16} {:<8} {:>23} {:>20} {:>20} {:>9} {:>18}",
         "run", "server", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "vs nginx"
     );
-    let saturation_ratio =
-        at(Server::Replayd, H2Load::Saturation).rps / at(Server::Nginx, H2Load::Saturation).rps;
+    // Each round's ratio pairs the two servers' runs of that round.
+    let ratios: Vec<f64> = of(Server::Replayd, H2Load::Saturation)
+        .iter()
+        .zip(of(Server::Nginx, H2Load::Saturation))
+        .map(|(ours, theirs)| ours.rps / theirs.rps)
+        .collect();
+    let saturation_met = ratios.iter().all(|r| *r >= TARGET_RATIO);
     let mut latency_met = true;
     let mut sustained = true;
     for kind in [H2Load::Saturation, H2Load::Rate] {
@@ -916,32 +933,37 @@ replay over h2: {BODY_LEN}-byte JSON answer, TLS, h2load {h2load_version} with {
             H2Load::Rate => format!("at {} req/s", args.rate),
         };
         for server in [Server::Replayd, Server::Nginx] {
-            let s = at(server, kind);
+            let samples = of(server, kind);
+            let spread = |f: fn(&Latency) -> f64, decimals: usize| {
+                spread(&samples.iter().map(f).collect::<Vec<_>>(), decimals)
+            };
             let mut note = String::new();
             if kind == H2Load::Rate {
-                let kept_up = s.rps >= SUSTAINED_SHARE * f64::from(args.rate);
+                let kept_up = samples
+                    .iter()
+                    .all(|s| s.rps >= SUSTAINED_SHARE * f64::from(args.rate));
                 sustained &= kept_up;
                 if server == Server::Replayd {
-                    latency_met &= kept_up && s.p99_ms < TARGET_P99_MS;
+                    latency_met &= kept_up && samples.iter().all(|s| s.p99_ms < TARGET_P99_MS);
                 }
                 if !kept_up {
                     note.push_str("  (rate not sustained)");
                 }
             }
             let vs = match (kind, server) {
-                (H2Load::Saturation, Server::Replayd) => format!("{saturation_ratio:.2}x"),
+                (H2Load::Saturation, Server::Replayd) => spread_of_ratios(&ratios),
                 (H2Load::Saturation, Server::Nginx) => "1.00x".to_owned(),
                 (H2Load::Rate, _) => String::new(),
             };
             let _ = writeln!(
                 out,
-                "{:<22} {:<8} {:>10.0} {:>10.3} {:>10.3} {:>10.3} {:>10}{note}",
+                "{:<16} {:<8} {:>23} {:>20} {:>20} {:>9.3} {:>18}{note}",
                 run,
                 server.name(),
-                s.rps,
-                s.p50_ms,
-                s.p99_ms,
-                s.p999_ms,
+                spread(|x| x.rps, 0),
+                spread(|x| x.p50_ms, 3),
+                spread(|x| x.p99_ms, 3),
+                median(samples.iter().map(|x| x.p999_ms).collect()),
                 vs
             );
         }
@@ -958,13 +980,26 @@ replay over h2: {BODY_LEN}-byte JSON answer, TLS, h2load {h2load_version} with {
     let verdict = |met: bool| if met { "met" } else { "MISSED" };
     let _ = writeln!(
         out,
-        "\ntarget, h2: saturation rate >= {TARGET_RATIO:.1}x nginx: {}; p99 < {TARGET_P99_MS} ms \
-         at {} req/s: {}",
-        verdict(saturation_ratio >= TARGET_RATIO),
+        "\ntarget, h2, in every round: saturation rate >= {TARGET_RATIO:.1}x nginx: {}; p99 < \
+         {TARGET_P99_MS} ms at {} req/s: {}",
+        verdict(saturation_met),
         args.rate,
         verdict(latency_met)
     );
     out
+}
+
+/// `median [min-max]` of `values`, with `decimals` decimals.
+fn spread(values: &[f64], decimals: usize) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let median = median(values.to_vec());
+    format!("{median:.decimals$} [{min:.decimals$}-{max:.decimals$}]")
+}
+
+/// The rounds' saturation ratios as `median [min-max]` followed by `x`.
+fn spread_of_ratios(ratios: &[f64]) -> String {
+    format!("{}x", spread(ratios, 2))
 }
 
 /// Both servers must answer over h2 with the recorded body before anything is measured: one
@@ -1057,29 +1092,21 @@ fn parse_h2load_summary(text: &str) -> anyhow::Result<H2Summary> {
     })
 }
 
-/// Runs h2load against `url` for a warm-up plus `seconds`: a closed loop, or the fixed
-/// `--rate` spread over the connections. Latencies come from its per-request log, which
-/// holds the measured duration only.
-fn h2load(
-    args: &Args,
-    scratch: &Path,
-    url: &str,
-    load: H2Load,
-    seconds: u32,
-) -> anyhow::Result<H2Sample> {
+/// Runs h2load against `url` for a warm-up plus `seconds`, a closed loop. Latencies come
+/// from its per-request log, which holds the measured duration only.
+fn h2load(args: &Args, scratch: &Path, url: &str, seconds: u32) -> anyhow::Result<Latency> {
     let log = scratch.join("h2load.log");
-    let mut command = Command::new("h2load");
-    command
-        .arg(format!("--clients={}", args.h2_clients))
-        .arg(format!("--threads={}", args.threads))
-        .arg(format!("--max-concurrent-streams={}", args.h2_streams))
-        .arg(format!("--duration={seconds}"))
-        .arg(format!("--warm-up-time={WARM_UP_S}"))
-        .arg(format!("--log-file={}", log.display()));
-    if load == H2Load::Rate {
-        command.arg(format!("--rps={}", args.rate / args.h2_clients));
-    }
-    let text = report_of(command.arg(url), &format!("h2load {url}"))?;
+    let text = report_of(
+        Command::new("h2load")
+            .arg(format!("--clients={}", args.h2_clients))
+            .arg(format!("--threads={}", args.threads))
+            .arg(format!("--max-concurrent-streams={}", args.h2_streams))
+            .arg(format!("--duration={seconds}"))
+            .arg(format!("--warm-up-time={WARM_UP_S}"))
+            .arg(format!("--log-file={}", log.display()))
+            .arg(url),
+        &format!("h2load {url}"),
+    )?;
     let summary = parse_h2load_summary(&text)
         .with_context(|| format!("h2load's report for {url}:\n{text}"))?;
     let log_text =
@@ -1087,7 +1114,7 @@ fn h2load(
     let mut durations = parse_h2load_log(&log_text)?;
     ensure!(!durations.is_empty(), "h2load logged no requests for {url}");
     durations.sort_unstable_by(f64::total_cmp);
-    Ok(H2Sample {
+    Ok(Latency {
         rps: summary.rps,
         p50_ms: quantile(&durations, 0.50),
         p99_ms: quantile(&durations, 0.99),
