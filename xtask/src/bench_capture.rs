@@ -592,7 +592,7 @@ fn report(l: &Loop, samples: &[Vec<Sample>]) {
 fn compare(h1: &Loop, h1_samples: &[Vec<Sample>], h2: &Loop, h2_samples: &[Vec<Sample>]) {
     let (h1_rates, h2_rates) = (rates(h1_samples), rates(h2_samples));
     println!(
-        "\n{:<34} {:>28} {:>28} {:>28}",
+        "\n{:<34} {:>30} {:>30} {:>30}",
         "added per request",
         format!("{}: median (per round)", h1.client.proto.name()),
         format!("{}: median (per round)", h2.client.proto.name()),
@@ -613,15 +613,19 @@ fn compare(h1: &Loop, h1_samples: &[Vec<Sample>], h2: &Loop, h2_samples: &[Vec<S
         let h2_added = added_per_round(&h2_rates[0], &h2_rates[h2_index]);
         let difference: Vec<f64> = h2_added.iter().zip(&h1_added).map(|(a, b)| a - b).collect();
         let (low, high) = range(&difference);
+        let more = difference.iter().filter(|d| **d > 0.0).count();
         let verdict = if low <= 0.0 && high >= 0.0 {
-            "equal within noise"
+            format!(
+                "equal within noise (h2 more in {more} of {} rounds)",
+                difference.len()
+            )
         } else if low > 0.0 {
-            "h2 costs more in every round"
+            "h2 costs more in every round".to_owned()
         } else {
-            "h2 costs less in every round"
+            "h2 costs less in every round".to_owned()
         };
         println!(
-            "{:<34} {:>28} {:>28} {:>28}  {verdict}",
+            "{:<34} {:>30} {:>30} {:>30}  {verdict}",
             mode.label(),
             figure(&h1_added),
             figure(&h2_added),
