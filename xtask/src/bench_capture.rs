@@ -1,20 +1,26 @@
-//! `cargo xtask bench capture [REQUESTS] [ROUNDS]`: what attaching the agent
-//! costs a TLS client, in three parts.
+//! `cargo xtask bench capture [REQUESTS] [ROUNDS] [--only PARTS]`: what
+//! attaching the agent costs a TLS client, in four parts (`--only` picks some).
 //!
-//! 1. A keep-alive HTTPS loop (curl, URL globbing: REQUESTS requests over one
-//!    connection through the system `libssl.so.3`) fetches a 1 KiB JSON body
-//!    from a local nginx, without the agent and under it four ways: `--pid`
-//!    with the host filter dropping every exchange (127.0.0.1 is not a
-//!    provider: uprobes, ring buffer and reassembly, no files; breakpoints in
-//!    curl only), `--pid --any-host` (every exchange also written to disk),
-//!    `-- CMD` and `--cgroup` with the same filter (breakpoints in every
-//!    process that maps libssl, nginx included, since their processes may
-//!    start later).
-//! 2. The cost of one probed call for each probe placement (worker, wrapper,
-//!    entry; see docs/capture.md): a tight loop of `SSL_read_ex` calls on a
-//!    memory BIO, with no network and no other process involved.
-//! 3. The same loop against a server that answers after 20 ms, as a provider
-//!    does at best: capture should be within noise there.
+//! 1. `h1`: a keep-alive HTTPS loop (curl, URL globbing: REQUESTS requests over
+//!    one connection through the system `libssl.so.3`) fetches a 1 KiB JSON
+//!    body from a local nginx over HTTP/1.1, without the agent and under it
+//!    four ways: `--pid` with the host filter dropping every exchange
+//!    (127.0.0.1 is not a provider: uprobes, ring buffer and reassembly, no
+//!    files; breakpoints in curl only), `--pid --any-host` (every exchange also
+//!    written to disk), `-- CMD` and `--cgroup` with the same filter
+//!    (breakpoints in every process that maps libssl, nginx included, since
+//!    their processes may start later).
+//! 2. `h2`: the same loop over HTTP/2 (curl negotiates h2 by ALPN with nginx's
+//!    `http2` listener; every request must report HTTP version 2), without the
+//!    agent, under `--pid` and under `--pid --any-host`. When both loops run,
+//!    their runs alternate in the same rounds and the added cost per request
+//!    of each mode is compared between the two protocols.
+//! 3. `per-call`: the cost of one probed call for each probe placement
+//!    (worker, wrapper, entry; see docs/capture.md): a tight loop of
+//!    `SSL_read_ex` calls on a memory BIO, with no network and no other
+//!    process involved.
+//! 4. `slow`: the HTTP/1.1 loop against a server that answers after 20 ms, as
+//!    a provider does at best: capture should be within noise there.
 //!
 //! Method: the client (a shell that becomes curl) waits on stdin until the
 //! agent is attached; the time of a run is the sum of curl's own per-request
@@ -24,7 +30,8 @@
 //! meets the CPU at the same frequency; with two or more CPUs the client runs
 //! on CPU 0 and nginx (one worker) on CPU 1, so the scheduler cannot move
 //! them onto one core in some runs and not in others. Each variant reports its
-//! median, its fastest and slowest run, and the spread between those.
+//! median, its fastest and slowest run, and the spread between those. A
+//! `--pid --any-host` run must write one exchange per request.
 
 use std::{
     ffi::OsString,
@@ -39,18 +46,88 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
+use clap::Parser;
 use llmsim_tests::{TestCa, TestCgroup};
 
 use crate::bench_support::{
     Guard, Nginx, READY_TIMEOUT, bench_tools, free_port, is_root, median, release_binary,
 };
 
-const DEFAULT_REQUESTS: u32 = 5000;
-const DEFAULT_ROUNDS: u32 = 5;
-/// Each request is one `SSL_write` (the request) and, for a 1 KiB response
-/// arriving in one TLS record, one `SSL_read`; the agent does not count calls,
-/// so this is an estimate.
-const SSL_CALLS_PER_REQUEST: f64 = 2.0;
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask bench capture",
+    about = "what attaching the agent costs a TLS client: curl's keep-alive loops over HTTP/1.1 \
+             and h2, one probed call per probe placement, a loop against a slow server"
+)]
+struct Args {
+    /// Requests per run of the loops against nginx.
+    #[arg(default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    requests: u32,
+    /// Rounds; every round runs each variant of a part once, in random order.
+    #[arg(default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Run only these parts (comma-separated); all of them by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+/// A part of the bench.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// The HTTP/1.1 loop against nginx, without the agent and in each of its five modes.
+    H1,
+    /// The h2 loop against nginx, without the agent, `--pid` and `--pid --any-host`.
+    H2,
+    /// One probed `SSL_read_ex` per probe placement.
+    PerCall,
+    /// The HTTP/1.1 loop against a server answering after 20 ms.
+    Slow,
+}
+
+/// The HTTP version a loop speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    H2,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Http1 => "HTTP/1.1",
+            Proto::H2 => "h2",
+        }
+    }
+
+    /// curl's flag asking for this version (h2 by ALPN on TLS).
+    fn curl_flag(self) -> &'static str {
+        match self {
+            Proto::Http1 => "--http1.1",
+            Proto::H2 => "--http2",
+        }
+    }
+
+    /// This version as curl's `%{http_version}` prints it.
+    fn curl_version(self) -> &'static str {
+        match self {
+            Proto::Http1 => "1.1",
+            Proto::H2 => "2",
+        }
+    }
+
+    /// SSL calls per request, as an estimate (the agent does not count calls):
+    /// over HTTP/1.1, one `SSL_write` (the request) and, for a 1 KiB response
+    /// arriving in one TLS record, one `SSL_read`. An h2 connection also
+    /// carries SETTINGS, `WINDOW_UPDATE` and PING frames at times of the peers'
+    /// choosing, so there is no fixed count.
+    fn ssl_calls_per_request(self) -> Option<f64> {
+        match self {
+            Proto::Http1 => Some(2.0),
+            Proto::H2 => None,
+        }
+    }
+}
+
 const BODY_BYTES: usize = 1024;
 /// Requests per run against the slow server.
 const SLOW_REQUESTS: u32 = 100;
@@ -77,6 +154,8 @@ impl Mode {
         Mode::Command,
         Mode::Cgroup,
     ];
+    /// The modes of the h2 loop.
+    const H2: [Mode; 3] = [Mode::Baseline, Mode::Pid, Mode::PidAnyHost];
 
     fn label(self) -> &'static str {
         match self {
@@ -105,12 +184,11 @@ struct AgentSummary {
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
-    let requests = parse_arg(args.first(), DEFAULT_REQUESTS, "REQUESTS")?;
-    let rounds = parse_arg(args.get(1), DEFAULT_ROUNDS, "ROUNDS")?;
-    ensure!(
-        args.len() <= 2,
-        "usage: cargo xtask bench capture [REQUESTS] [ROUNDS]"
-    );
+    let args = Args::try_parse_from(
+        std::iter::once("cargo xtask bench capture".to_owned()).chain(args.iter().cloned()),
+    )?;
+    let (requests, rounds) = (args.requests, args.rounds);
+    let runs = |part: Part| args.only.is_empty() || args.only.contains(&part);
     ensure!(
         is_root()?,
         "the capture benchmark attaches eBPF probes: run it as root (sudo -E cargo xtask bench capture)"
@@ -123,69 +201,118 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 
     let ca = TestCa::new();
     let work = ca.dir().to_path_buf();
-    let server = Nginx::start_on(
-        &nginx,
-        &work,
-        body().as_bytes(),
-        &ca,
-        pinned.then_some(SERVER_CPU),
-    )?;
-    let client = Client {
+    let client = |url: String, proto: Proto| Client {
         curl: curl.clone(),
         pin: pin(CLIENT_CPU),
-        url: format!("https://{}/x", server.https),
+        url,
+        proto,
         work: work.clone(),
     };
-    println!(
-        "capture overhead: {requests} keep-alive HTTPS requests per run (curl -> libssl.so.3 -> nginx, \
-         {BODY_BYTES}-byte body, loopback), {rounds} rounds of {} runs in random order{}\n",
-        Mode::ALL.len(),
-        if pinned {
-            format!(", client on CPU {CLIENT_CPU}, nginx on CPU {SERVER_CPU}")
-        } else {
-            String::from(", unpinned (one CPU)")
+    if runs(Part::H1) || runs(Part::H2) {
+        let server = Nginx::start_on(
+            &nginx,
+            &work,
+            body().as_bytes(),
+            &ca,
+            pinned.then_some(SERVER_CPU),
+        )?;
+        let h1 = client(format!("https://{}/x", server.https), Proto::Http1);
+        let h2 = client(format!("https://{}/x", server.h2), Proto::H2);
+        let loops: Vec<Loop> = [
+            (runs(Part::H1), &h1, &Mode::ALL[..]),
+            (runs(Part::H2), &h2, &Mode::H2[..]),
+        ]
+        .into_iter()
+        .filter(|(selected, _, _)| *selected)
+        .map(|(_, client, modes)| Loop { client, modes })
+        .collect();
+        let protos: Vec<&str> = loops.iter().map(|l| l.client.proto.name()).collect();
+        println!(
+            "capture overhead: {requests} keep-alive HTTPS requests per run ({} curl -> libssl.so.3 \
+             -> nginx, {BODY_BYTES}-byte body, loopback), {rounds} rounds of {} runs in random order{}\n",
+            protos.join(" and "),
+            loops.iter().map(|l| l.modes.len()).sum::<usize>(),
+            if pinned {
+                format!(", client on CPU {CLIENT_CPU}, nginx on CPU {SERVER_CPU}")
+            } else {
+                String::from(", unpinned (one CPU)")
+            }
+        );
+        let samples = rounds_of(&loops, &agent, requests, rounds, &mut order)?;
+        drop(server);
+        for (l, samples) in loops.iter().zip(&samples) {
+            report(l, samples);
         }
-    );
-    let samples = rounds_of(&client, &agent, &Mode::ALL, requests, rounds, &mut order)?;
-    drop(server);
-    report(&Mode::ALL, &samples);
+        if let [h1, h2] = &loops[..] {
+            compare(h1, &samples[0], h2, &samples[1]);
+        }
+    }
 
-    per_call_cost(&agent, rounds, pin(CLIENT_CPU).as_ref(), &mut order)?;
+    if runs(Part::PerCall) {
+        per_call_cost(&agent, rounds, pin(CLIENT_CPU).as_ref(), &mut order)?;
+    }
 
-    let slow = SlowServer::start(&ca, pin(SERVER_CPU).as_ref())?;
-    let client = Client {
-        url: format!("https://127.0.0.1:{}/x", slow.port),
-        ..client
-    };
-    let modes = [Mode::Baseline, Mode::Pid, Mode::Command];
-    println!(
-        "\nwith a provider's latency: {SLOW_REQUESTS} keep-alive HTTPS requests per run to a server \
-         answering after {} ms (python3 ssl), {rounds} rounds in random order\n",
-        SLOW_ANSWER.as_millis()
-    );
-    let samples = rounds_of(&client, &agent, &modes, SLOW_REQUESTS, rounds, &mut order)?;
-    report(&modes, &samples);
+    if runs(Part::Slow) {
+        let slow = SlowServer::start(&ca, pin(SERVER_CPU).as_ref())?;
+        let client = client(format!("https://127.0.0.1:{}/x", slow.port), Proto::Http1);
+        let slow_loop = Loop {
+            client: &client,
+            modes: &[Mode::Baseline, Mode::Pid, Mode::Command],
+        };
+        println!(
+            "\nwith a provider's latency: {SLOW_REQUESTS} keep-alive HTTPS requests per run to a server \
+             answering after {} ms (python3 ssl), {rounds} rounds in random order\n",
+            SLOW_ANSWER.as_millis()
+        );
+        let samples = rounds_of(
+            std::slice::from_ref(&slow_loop),
+            &agent,
+            SLOW_REQUESTS,
+            rounds,
+            &mut order,
+        )?;
+        report(&slow_loop, &samples[0]);
+    }
     Ok(())
 }
 
-/// `rounds` rounds of one run of each mode, in a fresh random order each
-/// round, after a warm-up run (page cache, the server's worker, CPU frequency).
+/// One client loop and the modes it runs in; the first mode is [`Mode::Baseline`].
+struct Loop<'a> {
+    client: &'a Client,
+    modes: &'a [Mode],
+}
+
+/// `rounds` rounds of one run of each mode of each loop, in a fresh random
+/// order each round, after a warm-up run of each loop (page cache, the
+/// server's worker, CPU frequency). The samples of each loop and mode, in
+/// round order.
 fn rounds_of(
-    client: &Client,
+    loops: &[Loop],
     agent: &Path,
-    modes: &[Mode],
     requests: u32,
     rounds: u32,
     order: &mut Shuffle,
-) -> anyhow::Result<Vec<Vec<Sample>>> {
-    client.run(agent, Mode::Baseline, requests / 5 + 1)?;
-    let mut samples: Vec<Vec<Sample>> = modes.iter().map(|_| Vec::new()).collect();
+) -> anyhow::Result<Vec<Vec<Vec<Sample>>>> {
+    for l in loops {
+        l.client.run(agent, Mode::Baseline, requests / 5 + 1)?;
+    }
+    let variants: Vec<(usize, usize)> = loops
+        .iter()
+        .enumerate()
+        .flat_map(|(li, l)| (0..l.modes.len()).map(move |mi| (li, mi)))
+        .collect();
+    let mut samples: Vec<Vec<Vec<Sample>>> = loops
+        .iter()
+        .map(|l| l.modes.iter().map(|_| Vec::new()).collect())
+        .collect();
     for round in 1..=rounds {
-        for i in order.permutation(modes.len()) {
-            let mode = modes[i];
+        for i in order.permutation(variants.len()) {
+            let (li, mi) = variants[i];
+            let (client, mode) = (loops[li].client, loops[li].modes[mi]);
             let sample = client.run(agent, mode, requests)?;
             let mut line = format!(
-                "round {round}  {:<34} {:>9.0} req/s",
+                "round {round}  {:<8} {:<34} {:>9.0} req/s",
+                client.proto.name(),
                 mode.label(),
                 sample.requests_per_second
             );
@@ -197,7 +324,7 @@ fn rounds_of(
                 );
             }
             println!("{line}");
-            samples[i].push(sample);
+            samples[li][mi].push(sample);
         }
     }
     Ok(samples)
@@ -363,34 +490,53 @@ fn range(values: &[f64]) -> (f64, f64) {
         })
 }
 
-/// The medians, ratios, spreads and added costs, with a warning for runs that lost events.
-/// The ratio is taken per round (each mode against the baseline run of the same round), so a
-/// load that changes between rounds cancels out; its median and range are reported.
-fn report(modes: &[Mode], samples: &[Vec<Sample>]) {
-    let rates: Vec<Vec<f64>> = samples
+/// Microseconds each run of `runs` added per request against the baseline run
+/// of the same round.
+fn added_per_round(baseline: &[f64], runs: &[f64]) -> Vec<f64> {
+    baseline
+        .iter()
+        .zip(runs)
+        .map(|(b, r)| (1.0 / r - 1.0 / b) * 1e6)
+        .collect()
+}
+
+/// The rates of each mode's runs, in round order.
+fn rates(samples: &[Vec<Sample>]) -> Vec<Vec<f64>> {
+    samples
         .iter()
         .map(|runs| runs.iter().map(|s| s.requests_per_second).collect())
-        .collect();
-    let base = median(rates[0].clone());
+        .collect()
+}
+
+/// The medians, ratios, spreads and added costs of one loop, with a warning
+/// for runs that lost events. The ratio and the added cost are taken per round
+/// (each mode against the baseline run of the same round), so a load that
+/// changes between rounds cancels out; their medians and ranges are reported.
+fn report(l: &Loop, samples: &[Vec<Sample>]) {
+    let proto = l.client.proto;
+    let rates = rates(samples);
     println!(
-        "\n{:<34} {:>8} {:>13} {:>7} {:>9} {:>13} {:>11} {:>13}",
-        "median of each",
+        "\n{:<34} {:>8} {:>13} {:>7} {:>9} {:>13} {:>11} {:>17} {:>13}",
+        format!("{}, median of each", proto.name()),
         "req/s",
         "runs (req/s)",
         "spread",
         "x slower",
         "per round",
         "+us/request",
+        "per round",
         "+us/SSL call*"
     );
-    for (mode, runs) in modes.iter().zip(&rates) {
+    for (mode, runs) in l.modes.iter().zip(&rates) {
         let rps = median(runs.clone());
         let (low, high) = range(runs);
         let ratios: Vec<f64> = rates[0].iter().zip(runs).map(|(b, r)| b / r).collect();
         let (ratio_low, ratio_high) = range(&ratios);
-        let added_us = (1.0 / rps - 1.0 / base) * 1e6;
+        let added = added_per_round(&rates[0], runs);
+        let (added_low, added_high) = range(&added);
+        let added_us = median(added);
         println!(
-            "{:<34} {:>8.0} {:>13} {:>6.0}% {:>8.3}x {:>13} {:>11.2} {:>13.2}",
+            "{:<34} {:>8.0} {:>13} {:>6.0}% {:>8.3}x {:>13} {:>11.2} {:>17} {:>13}",
             mode.label(),
             rps,
             format!("{low:.0}-{high:.0}"),
@@ -398,10 +544,14 @@ fn report(modes: &[Mode], samples: &[Vec<Sample>]) {
             median(ratios),
             format!("{ratio_low:.2}-{ratio_high:.2}x"),
             added_us,
-            added_us / SSL_CALLS_PER_REQUEST
+            format!("{added_low:+.1} to {added_high:+.1}"),
+            proto.ssl_calls_per_request().map_or_else(
+                || "-".to_owned(),
+                |calls| format!("{:.2}", added_us / calls)
+            )
         );
     }
-    for (mode, runs) in modes.iter().zip(samples) {
+    for (mode, runs) in l.modes.iter().zip(samples) {
         let dropped: u64 = runs
             .iter()
             .filter_map(|s| s.summary.as_ref())
@@ -409,31 +559,83 @@ fn report(modes: &[Mode], samples: &[Vec<Sample>]) {
             .sum();
         if dropped > 0 {
             println!(
-                "warning: {}: {dropped} kernel events dropped across its runs; those bytes were \
-                 never processed, so its figure understates the cost",
+                "warning: {} {}: {dropped} kernel events dropped across its runs; those bytes \
+                 were never processed, so its figure understates the cost",
+                proto.name(),
                 mode.label()
             );
         }
     }
+    let calls = proto.ssl_calls_per_request().map_or_else(
+        || {
+            "* not estimated: an h2 connection has no fixed number of SSL calls per request."
+                .to_owned()
+        },
+        |calls| {
+            format!(
+                "* estimated {calls} SSL calls per request (one SSL_write, one SSL_read); \
+                 the agent does not count calls."
+            )
+        },
+    );
     println!(
         "x slower: median over rounds of (baseline / mode) within a round; per round: its range. \
-         spread: (fastest - slowest) / median.\n\
-         * estimated {SSL_CALLS_PER_REQUEST} SSL calls per request (one SSL_write, one SSL_read); \
-         the agent does not count calls.\ntarget: at most 1.10x slower"
+         +us/request: median over rounds of (1/mode - 1/baseline) within a round; per round: \
+         its range. spread: (fastest - slowest) / median.\n{calls}\ntarget: at most 1.10x slower"
     );
 }
 
-fn parse_arg(arg: Option<&String>, default: u32, name: &str) -> anyhow::Result<u32> {
-    match arg {
-        None => Ok(default),
-        Some(text) => {
-            let n: u32 = text
-                .parse()
-                .with_context(|| format!("{name} must be a positive integer, not `{text}`"))?;
-            ensure!(n > 0, "{name} must be positive");
-            Ok(n)
-        }
+/// The added cost per request of each mode both loops run, HTTP/1.1 (`h1`)
+/// next to h2, each against its own baseline in the same round, and the
+/// difference within each round. The two are equal within noise when that
+/// difference has both signs across the rounds (or is zero in one).
+fn compare(h1: &Loop, h1_samples: &[Vec<Sample>], h2: &Loop, h2_samples: &[Vec<Sample>]) {
+    let (h1_rates, h2_rates) = (rates(h1_samples), rates(h2_samples));
+    println!(
+        "\n{:<34} {:>30} {:>30} {:>30}",
+        "added per request",
+        format!("{}: median (per round)", h1.client.proto.name()),
+        format!("{}: median (per round)", h2.client.proto.name()),
+        "h2 - HTTP/1.1 (per round)"
+    );
+    let figure = |added: &[f64]| {
+        let (low, high) = range(added);
+        format!(
+            "{:+.2} us ({low:+.1} to {high:+.1})",
+            median(added.to_vec())
+        )
+    };
+    for (h2_index, mode) in h2.modes.iter().enumerate().skip(1) {
+        let Some(h1_index) = h1.modes.iter().position(|m| m == mode) else {
+            continue;
+        };
+        let h1_added = added_per_round(&h1_rates[0], &h1_rates[h1_index]);
+        let h2_added = added_per_round(&h2_rates[0], &h2_rates[h2_index]);
+        let difference: Vec<f64> = h2_added.iter().zip(&h1_added).map(|(a, b)| a - b).collect();
+        let (low, high) = range(&difference);
+        let more = difference.iter().filter(|d| **d > 0.0).count();
+        let verdict = if low <= 0.0 && high >= 0.0 {
+            format!(
+                "equal within noise (h2 more in {more} of {} rounds)",
+                difference.len()
+            )
+        } else if low > 0.0 {
+            "h2 costs more in every round".to_owned()
+        } else {
+            "h2 costs less in every round".to_owned()
+        };
+        println!(
+            "{:<34} {:>30} {:>30} {:>30}  {verdict}",
+            mode.label(),
+            figure(&h1_added),
+            figure(&h2_added),
+            figure(&difference)
+        );
     }
+    println!(
+        "equal within noise: the per-round difference has both signs (each protocol's mode \
+         against its own baseline of the same round)"
+    );
 }
 
 /// A 1 KiB JSON object.
@@ -463,6 +665,8 @@ struct Client {
     pin: Option<(PathBuf, usize)>,
     /// The URL without the request counter.
     url: String,
+    /// The HTTP version curl must speak on every request.
+    proto: Proto,
     work: PathBuf,
 }
 
@@ -470,7 +674,9 @@ impl Client {
     /// One loop of `requests` requests in `mode`. The client (a shell that
     /// becomes curl, its output in a file) waits for a line on stdin, sent
     /// once the agent says it is capturing; the run's time is the sum of
-    /// curl's per-request times.
+    /// curl's per-request times. Every request must be answered 200 over
+    /// [`Client::proto`] on one connection, and a `--pid --any-host` run must
+    /// write one exchange per request.
     fn run(&self, agent: &Path, mode: Mode, requests: u32) -> anyhow::Result<Sample> {
         let codes_file = self.work.join("codes");
         let mut client_argv: Vec<OsString> = vec![
@@ -489,13 +695,13 @@ impl Client {
         }
         client_argv.extend([
             self.curl.clone().into_os_string(),
-            "--http1.1".into(),
+            self.proto.curl_flag().into(),
             "--insecure".into(),
             "--silent".into(),
             "--output".into(),
             "/dev/null".into(),
             "--write-out".into(),
-            "%{http_code} %{num_connects} %{time_total}\n".into(),
+            "%{http_code} %{num_connects} %{time_total} %{http_version}\n".into(),
             format!("{}?i=[1-{requests}]", self.url).into(),
         ]);
         let _ = fs::remove_file(&codes_file);
@@ -543,6 +749,26 @@ impl Client {
         let _ = fs::remove_dir_all(&out_dir);
 
         let codes = fs::read_to_string(&codes_file).context("reading curl's status codes")?;
+        let seconds = self.seconds(&codes, requests)?;
+        if let (Mode::PidAnyHost, Some(summary)) = (mode, &summary) {
+            ensure!(
+                summary.written == u64::from(requests),
+                "the agent wrote {} exchanges for {requests} {} requests ({} events dropped)",
+                summary.written,
+                self.proto.name(),
+                summary.dropped
+            );
+        }
+        Ok(Sample {
+            requests_per_second: f64::from(requests) / seconds,
+            summary,
+        })
+    }
+
+    /// The sum of curl's per-request times in `codes` (its `--write-out`
+    /// lines), once every request is found answered 200 over [`Client::proto`]
+    /// on one connection.
+    fn seconds(&self, codes: &str, requests: u32) -> anyhow::Result<f64> {
         let lines: Vec<Vec<&str>> = codes
             .lines()
             .map(|l| l.split_whitespace().collect())
@@ -564,10 +790,14 @@ impl Client {
             connects == 1,
             "the loop opened {connects} connections, not one keep-alive connection"
         );
-        Ok(Sample {
-            requests_per_second: f64::from(requests) / seconds,
-            summary,
-        })
+        let version = self.proto.curl_version();
+        let spoken = lines.iter().filter(|l| l.get(3) == Some(&version)).count();
+        ensure!(
+            spoken == requests as usize,
+            "{spoken} of {requests} requests went over {} (curl's %{{http_version}} {version})",
+            self.proto.name()
+        );
+        Ok(seconds)
     }
 }
 
