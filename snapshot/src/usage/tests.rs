@@ -47,6 +47,8 @@ pub(crate) fn exchange(
 pub(crate) fn json_body(json: Value) -> Body {
     Body::Json {
         content_encoding: None,
+        style: crate::model::JsonStyle::default(),
+        verbatim: None,
         json,
     }
 }

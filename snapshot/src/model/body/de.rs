@@ -11,7 +11,7 @@ use serde::de::{self, MapAccess, Visitor, value::MapAccessDeserializer};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::{Body, SseEvent, base64_bytes};
+use super::{Body, JsonStyle, SseEvent, base64_bytes};
 
 const TAG: &str = "kind";
 
@@ -46,6 +46,10 @@ struct JsonFields {
     #[serde(default)]
     content_encoding: Option<String>,
     json: Value,
+    #[serde(default)]
+    style: JsonStyle,
+    #[serde(default)]
+    verbatim: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -125,10 +129,15 @@ fn fields<'de, D: Deserializer<'de>>(kind: Kind, rest: D) -> Result<Body, D::Err
         }
         Kind::Json => {
             let f = JsonFields::deserialize(rest)?;
-            Body::Json {
+            let mut body = Body::Json {
                 content_encoding: f.content_encoding,
                 json: f.json,
-            }
+                style: f.style,
+                verbatim: f.verbatim,
+            };
+            // A document edited by hand is sent as edited.
+            body.forget_stale_verbatim();
+            body
         }
         Kind::Text => {
             let f = TextFields::deserialize(rest)?;

@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""A client that keeps the exact bytes of each answer: with the standard library only (no SDK
+that would parse and re-serialise), it asks each provider for a JSON answer over HTTPS and prints
+one JSON line {"results": [{"name", "status", "body_b64"}]}, each body as the base64 of the bytes
+it received (after chunked framing, with no Content-Encoding asked for).
+
+Calls, in order: OpenAI chat completion, OpenAI embeddings, OpenAI chat completion without a key
+(a 401 error body), Anthropic message, Gemini generateContent.
+"""
+
+import base64
+import http.client
+import json
+import os
+import ssl
+
+CALLS = [
+    ("openai.chat", "api.openai.com", "/v1/chat/completions",
+     {"Authorization": "Bearer " + os.environ.get("OPENAI_API_KEY", "")},
+     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello, café ☕"}]}),
+    ("openai.embeddings", "api.openai.com", "/v1/embeddings",
+     {"Authorization": "Bearer " + os.environ.get("OPENAI_API_KEY", "")},
+     {"model": "text-embedding-3-small", "input": "fidelity"}),
+    ("openai.error", "api.openai.com", "/v1/chat/completions", {},
+     {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "no key"}]}),
+    ("anthropic.messages", "api.anthropic.com", "/v1/messages",
+     {"x-api-key": os.environ.get("ANTHROPIC_API_KEY", ""), "anthropic-version": "2023-06-01"},
+     {"model": "claude-haiku-4-5", "max_tokens": 64,
+      "messages": [{"role": "user", "content": "Say hello"}]}),
+    ("gemini.generateContent", "generativelanguage.googleapis.com",
+     "/v1beta/models/gemini-2.5-flash:generateContent",
+     {"x-goog-api-key": os.environ.get("GEMINI_API_KEY", "")},
+     {"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]}),
+]
+
+
+def main():
+    ctx = ssl.create_default_context()
+    results = []
+    for name, host, path, headers, body in CALLS:
+        conn = http.client.HTTPSConnection(host, 443, context=ctx, timeout=30)
+        conn.request("POST", path, body=json.dumps(body).encode(),
+                     headers=dict(headers, **{"Content-Type": "application/json"}))
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        results.append({"name": name, "status": response.status,
+                        "body_b64": base64.b64encode(data).decode()})
+    print(json.dumps({"results": results}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+//! Byte-exact replay: a client that keeps the raw bytes of each answer is recorded by
+//! `llmsim-agent capture` against the fake provider, which lays out JSON the way each real
+//! provider does (`OpenAI` and Gemini indented with a final newline, Anthropic compact), then
+//! replayed offline by `replayd -- CMD`. Every replayed body must be the recorded bytes, byte for
+//! byte, while the snapshot keeps each body as readable JSON.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use base64::Engine as _;
+use llmsim_tests::{
+    CommandOutput, FakeProvider, TestCa, TestNetns, configure_client_env, flows::replay_client,
+    llmsim_agent, netns_client_argv, privileged, run_command,
+};
+use serde_json::Value;
+
+const CLIENT: &str = "raw_bodies.py";
+const CAPTURE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The calls of `raw_bodies.py`, in order.
+const CALLS: [&str; 5] = [
+    "openai.chat",
+    "openai.embeddings",
+    "openai.error",
+    "anthropic.messages",
+    "gemini.generateContent",
+];
+
+/// `(name, status, body bytes)` of each call the client reported.
+fn bodies(output: &CommandOutput) -> Vec<(String, u64, Vec<u8>)> {
+    let report = output.json();
+    report["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results in the client report\n{output}"))
+        .iter()
+        .map(|r| {
+            let body = base64::engine::general_purpose::STANDARD
+                .decode(r["body_b64"].as_str().expect("body_b64"))
+                .expect("base64 body");
+            (
+                r["name"].as_str().expect("name").to_owned(),
+                r["status"].as_u64().expect("status"),
+                body,
+            )
+        })
+        .collect()
+}
+
+/// The exchange files of a snapshot, parsed, in file-name order.
+fn exchanges(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(dir.join("exchanges"))
+        .unwrap_or_else(|e| panic!("reading {}/exchanges: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).expect("exchange file");
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()))
+        })
+        .collect()
+}
+
+#[test]
+fn replayed_json_bodies_are_the_recorded_bytes() {
+    if !privileged("byte-exact replay of JSON bodies") {
+        return;
+    }
+    let snapshot = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let provider = FakeProvider::start(&netns, &ca);
+    let mut cmd = Command::new(llmsim_agent());
+    cmd.arg("capture")
+        .arg("--out")
+        .arg(snapshot.path())
+        .arg("--")
+        .args(netns_client_argv(&netns, CLIENT));
+    configure_client_env(&mut cmd, &ca);
+    let output = run_command(cmd, "capture of raw_bodies.py", CAPTURE_TIMEOUT);
+    output.assert_success();
+    let recorded = bodies(&output);
+    let served = provider.requests();
+    assert_eq!(
+        recorded
+            .iter()
+            .map(|(name, ..)| name.as_str())
+            .collect::<Vec<_>>(),
+        CALLS,
+        "{output}"
+    );
+    assert_eq!(served.len(), CALLS.len(), "{output}");
+
+    // The client received what the provider sent, laid out as that provider lays it out.
+    for ((name, status, body), request) in recorded.iter().zip(&served) {
+        assert_eq!(
+            body.as_slice(),
+            request.response_body.as_bytes(),
+            "{name}: client and provider disagree on the bytes"
+        );
+        assert_eq!(*status, u64::from(request.status), "{name}");
+        let text = std::str::from_utf8(body).expect("UTF-8 body");
+        let (opening, newline) = match name.as_str() {
+            "openai.error" => ("{\n    \"", true),
+            "anthropic.messages" => ("{\"", false),
+            _ => ("{\n  \"", true),
+        };
+        assert!(
+            text.starts_with(opening),
+            "{name}: not laid out as the provider does: {text}"
+        );
+        assert_eq!(
+            text.ends_with("}\n"),
+            newline,
+            "{name}: final newline: {text}"
+        );
+    }
+    assert_eq!(recorded[2].1, 401, "the call without a key is refused");
+
+    // The snapshot keeps every body as JSON a person can read and edit.
+    let files = exchanges(snapshot.path());
+    assert_eq!(files.len(), CALLS.len());
+    for (file, name) in files.iter().zip(CALLS) {
+        assert_eq!(
+            file["response"]["body"]["kind"], "json",
+            "{name}: {}",
+            file["response"]["body"]
+        );
+    }
+
+    let replay = replay_client(snapshot.path(), &["--repeat", "fail"], CLIENT, &[]);
+    assert!(replay.status.success(), "replay failed:\n{replay}");
+    assert!(
+        replay.stderr.contains(&format!(
+            "served {} requests (0 repeats), 0 misses",
+            CALLS.len()
+        )),
+        "replay report:\n{replay}"
+    );
+    let replayed = bodies(&replay);
+    assert_eq!(replayed.len(), recorded.len(), "{replay}");
+    for ((name, status, body), (_, replayed_status, replayed_body)) in
+        recorded.iter().zip(&replayed)
+    {
+        assert_eq!(replayed_status, status, "{name}: status");
+        assert!(
+            replayed_body == body,
+            "{name}: replayed body differs from the recorded bytes\nrecorded: {}\nreplayed: {}",
+            String::from_utf8_lossy(body),
+            String::from_utf8_lossy(replayed_body)
+        );
+    }
+}
