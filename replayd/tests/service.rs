@@ -15,7 +15,7 @@ use llmsim_replayd::accept::OriginalDestination;
 use llmsim_replayd::ca::{CertificateAuthority, LeafResolver};
 use llmsim_replayd::options::{Pace, ReplayOptions};
 use llmsim_replayd::run::{self, ListenAddr, Running, Server};
-use llmsim_snapshot::model::{Body, Exchange, SseEvent};
+use llmsim_snapshot::model::{Body, Exchange, JsonStyle, SseEvent};
 use llmsim_snapshot::provider::Provider;
 use llmsim_snapshot::signature::Repeat;
 use llmsim_tests::snapshot;
@@ -56,10 +56,7 @@ fn exchange(host: &str, path: &str, request: &Value, response: &Body) -> Exchang
 }
 
 fn answer(json: Value) -> Body {
-    Body::Json {
-        content_encoding: None,
-        json,
-    }
+    Body::compact_json(json)
 }
 
 fn chat_exchange(prompt: &str, reply: Value) -> Exchange {
@@ -196,6 +193,9 @@ async fn a_hit_returns_the_recorded_status_headers_and_body() {
     recorded.response.body = Body::Json {
         content_encoding: Some("gzip".into()),
         json: json!({"id": "chatcmpl-1", "answer": "nonce-1"}),
+        style: JsonStyle::default(),
+        verbatim: None,
+        offsets_ms: None,
     };
     let expected_body = recorded.response.body.to_bytes();
     let replay = serve(&[recorded], ReplayOptions::default(), false);

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """A client that keeps the exact bytes of each answer: with the standard library only (no SDK
 that would parse and re-serialise), it asks each provider for a JSON answer over HTTPS and prints
-one JSON line {"results": [{"name", "status", "body_b64"}]}, each body as the base64 of the bytes
-it received (after chunked framing, with no Content-Encoding asked for).
+one JSON line {"results": [{"name", "status", "body_b64", "reads_ms"}]}, each body as the base64
+of the bytes it received (after chunked framing, with no Content-Encoding asked for), and
+"reads_ms" the times (ms after the request was sent) at which pieces of the body arrived.
 
 Calls, in order: OpenAI chat completion, OpenAI embeddings, OpenAI chat completion without a key
-(a 401 error body), Anthropic message, Gemini generateContent.
+(a 401 error body), Anthropic message, Gemini generateContent, Gemini streamGenerateContent
+without alt=sse (a JSON array streamed element by element).
 """
 
 import base64
@@ -13,6 +15,7 @@ import http.client
 import json
 import os
 import ssl
+import time
 
 CALLS = [
     ("openai.chat", "api.openai.com", "/v1/chat/completions",
@@ -31,6 +34,10 @@ CALLS = [
      "/v1beta/models/gemini-2.5-flash:generateContent",
      {"x-goog-api-key": os.environ.get("GEMINI_API_KEY", "")},
      {"contents": [{"role": "user", "parts": [{"text": "Say hello"}]}]}),
+    ("gemini.streamGenerateContent", "generativelanguage.googleapis.com",
+     "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+     {"x-goog-api-key": os.environ.get("GEMINI_API_KEY", "")},
+     {"contents": [{"role": "user", "parts": [{"text": "Say hello to a stream that runs to several chunks"}]}]}),
 ]
 
 
@@ -41,11 +48,18 @@ def main():
         conn = http.client.HTTPSConnection(host, 443, context=ctx, timeout=30)
         conn.request("POST", path, body=json.dumps(body).encode(),
                      headers=dict(headers, **{"Content-Type": "application/json"}))
+        sent = time.monotonic()
         response = conn.getresponse()
-        data = response.read()
+        data, reads_ms = b"", []
+        while True:
+            piece = response.read1(65536)
+            if not piece:
+                break
+            reads_ms.append((time.monotonic() - sent) * 1000.0)
+            data += piece
         conn.close()
         results.append({"name": name, "status": response.status,
-                        "body_b64": base64.b64encode(data).decode()})
+                        "body_b64": base64.b64encode(data).decode(), "reads_ms": reads_ms})
     print(json.dumps({"results": results}), flush=True)
 
 

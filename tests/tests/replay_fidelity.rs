@@ -2,7 +2,9 @@
 //! `llmsim-agent capture` against the fake provider, which lays out JSON the way each real
 //! provider does (`OpenAI` and Gemini indented with a final newline, Anthropic compact), then
 //! replayed offline by `replayd -- CMD`. Every replayed body must be the recorded bytes, byte for
-//! byte, while the snapshot keeps each body as readable JSON.
+//! byte, while the snapshot keeps each body as readable JSON. Gemini's JSON-array stream
+//! (`streamGenerateContent` without `alt=sse`) is stored with the offset of each element and
+//! replayed element by element at those offsets.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -17,13 +19,17 @@ const CLIENT: &str = "raw_bodies.py";
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The calls of `raw_bodies.py`, in order.
-const CALLS: [&str; 5] = [
+const CALLS: [&str; 6] = [
     "openai.chat",
     "openai.embeddings",
     "openai.error",
     "anthropic.messages",
     "gemini.generateContent",
+    "gemini.streamGenerateContent",
 ];
+
+/// The index of the streamed JSON array in [`CALLS`].
+const ARRAY_STREAM: usize = 5;
 
 /// `(name, status, body bytes)` of each call the client reported.
 fn bodies(output: &CommandOutput) -> Vec<(String, u64, Vec<u8>)> {
@@ -45,6 +51,16 @@ fn bodies(output: &CommandOutput) -> Vec<(String, u64, Vec<u8>)> {
         .collect()
 }
 
+/// When (ms after sending the request) each piece of call `index`'s body arrived.
+fn reads_ms(output: &CommandOutput, index: usize) -> Vec<f64> {
+    output.json()["results"][index]["reads_ms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no reads_ms for call {index}\n{output}"))
+        .iter()
+        .map(|t| t.as_f64().expect("a time"))
+        .collect()
+}
+
 /// The exchange files of a snapshot, parsed, in file-name order.
 fn exchanges(dir: &Path) -> Vec<Value> {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("exchanges"))
@@ -59,6 +75,26 @@ fn exchanges(dir: &Path) -> Vec<Value> {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()))
         })
         .collect()
+}
+
+/// Checks that a streamed JSON array body is stored with the offset of each element (the
+/// fake provider sends them 20 ms apart); returns the time from the first to the last.
+fn element_spread(stream: &Value) -> f64 {
+    let elements = stream["json"].as_array().expect("an array").len();
+    let offsets: Vec<f64> = stream["offsets_ms"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no element offsets: {stream:#}"))
+        .iter()
+        .map(|t| t.as_f64().expect("an offset"))
+        .collect();
+    assert!(elements >= 2, "a stream of one element: {stream:#}");
+    assert_eq!(offsets.len(), elements, "{stream:#}");
+    let spread = offsets[elements - 1] - offsets[0];
+    assert!(
+        spread >= 15.0,
+        "elements were sent 20 ms apart: {offsets:?}"
+    );
+    spread
 }
 
 #[test]
@@ -100,19 +136,15 @@ fn replayed_json_bodies_are_the_recorded_bytes() {
         );
         assert_eq!(*status, u64::from(request.status), "{name}");
         let text = std::str::from_utf8(body).expect("UTF-8 body");
-        let (opening, newline) = match name.as_str() {
-            "openai.error" => ("{\n    \"", true),
-            "anthropic.messages" => ("{\"", false),
-            _ => ("{\n  \"", true),
+        let (opening, ending) = match name.as_str() {
+            "openai.error" => ("{\n    \"", "}\n"),
+            "anthropic.messages" => ("{\"", "}"),
+            "gemini.streamGenerateContent" => ("[{\n  \"", "}\n]"),
+            _ => ("{\n  \"", "}\n"),
         };
         assert!(
-            text.starts_with(opening),
+            text.starts_with(opening) && text.ends_with(ending),
             "{name}: not laid out as the provider does: {text}"
-        );
-        assert_eq!(
-            text.ends_with("}\n"),
-            newline,
-            "{name}: final newline: {text}"
         );
     }
     assert_eq!(recorded[2].1, 401, "the call without a key is refused");
@@ -127,6 +159,7 @@ fn replayed_json_bodies_are_the_recorded_bytes() {
             file["response"]["body"]
         );
     }
+    let recorded_spread = element_spread(&files[ARRAY_STREAM]["response"]["body"]);
 
     let replay = replay_client(snapshot.path(), &["--repeat", "fail"], CLIENT, &[]);
     assert!(replay.status.success(), "replay failed:\n{replay}");
@@ -150,4 +183,17 @@ fn replayed_json_bodies_are_the_recorded_bytes() {
             String::from_utf8_lossy(replayed_body)
         );
     }
+    // The array went out element by element at the recorded pace. Pieces never go out
+    // early, so the last comes no sooner after the request than it did in the recording; a
+    // late first piece can only shorten the gap between them, hence half of it is required.
+    let reads = reads_ms(&replay, ARRAY_STREAM);
+    assert!(
+        reads.len() >= 2,
+        "the streamed array arrived in one piece: {reads:?}\n{replay}"
+    );
+    let replayed_spread = reads[reads.len() - 1] - reads[0];
+    assert!(
+        replayed_spread >= recorded_spread / 2.0,
+        "replayed over {replayed_spread:.1} ms, recorded over {recorded_spread:.1} ms: {reads:?}"
+    );
 }

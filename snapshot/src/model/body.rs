@@ -3,6 +3,7 @@
 //! a last resort), plus the way back to wire bytes.
 
 mod de;
+mod json_stream;
 mod style;
 
 pub use style::JsonStyle;
@@ -43,6 +44,12 @@ pub enum Body {
         /// redaction) it is dropped and `json` is written in `style`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         verbatim: Option<String>,
+        /// For a JSON array that arrived element by element (Gemini's
+        /// `streamGenerateContent` without `alt=sse`): when each element
+        /// arrived, in ms since request start, in element order. Replay sends
+        /// each element at its offset, like SSE events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offsets_ms: Option<Vec<f64>>,
     },
     /// Any other body that is valid UTF-8.
     Text {
@@ -131,11 +138,17 @@ impl Body {
                 Some(style) => (style, None),
                 None => (JsonStyle::default(), text.map(str::to_owned)),
             };
+            let offsets_ms = if json.is_array() {
+                json_stream::element_offsets(&bytes, &decoded)
+            } else {
+                None
+            };
             return Ok(Self::Json {
                 content_encoding: coding,
                 json,
                 style,
                 verbatim,
+                offsets_ms,
             });
         }
         Ok(match text {
@@ -253,6 +266,19 @@ impl Body {
         }
     }
 
+    /// A JSON array recorded as it streamed in: its wire bytes cut into the
+    /// pieces that carried each element, each with the offset (ms since
+    /// request start) at which replay sends it.
+    pub fn json_stream(&self) -> Option<Vec<(f64, Vec<u8>)>> {
+        match self {
+            Self::Json {
+                offsets_ms: Some(offsets),
+                ..
+            } => Some(json_stream::pieces(&self.to_bytes(), offsets)),
+            _ => None,
+        }
+    }
+
     /// The document of a JSON body.
     pub fn json(&self) -> Option<&Value> {
         match self {
@@ -268,6 +294,7 @@ impl Body {
             json,
             style: JsonStyle::default(),
             verbatim: None,
+            offsets_ms: None,
         }
     }
 

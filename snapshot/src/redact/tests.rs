@@ -183,6 +183,7 @@ fn planted_keys_are_gone_from_the_serialized_exchange() {
         content_encoding: None,
         style: crate::model::JsonStyle::default(),
         verbatim: None,
+        offsets_ms: None,
         json: json!({
             "model": "gpt-4o-mini",
             "messages": [{"role": "user", "content": format!("my key is {ANTHROPIC_KEY}, ok?")}],
@@ -252,6 +253,7 @@ fn redacting_twice_changes_nothing() {
         content_encoding: None,
         style: crate::model::JsonStyle::default(),
         verbatim: None,
+        offsets_ms: None,
         json: json!({"user": "alice", "text": ANTHROPIC_KEY}),
     };
     r.redact_exchange(&mut ex);
@@ -325,6 +327,7 @@ fn rules_add_headers_query_params_pointers_and_patterns() {
         content_encoding: None,
         style: crate::model::JsonStyle::default(),
         verbatim: None,
+        offsets_ms: None,
         json: json!({"user": "alice", "metadata": {"ids": [1, {"n": 2}]}, "nothing": null, "note": "acct_42 tok_abc"}),
     };
     r.redact_body(&mut body);

@@ -49,6 +49,7 @@ pub(crate) fn json_body(json: Value) -> Body {
         content_encoding: None,
         style: crate::model::JsonStyle::default(),
         verbatim: None,
+        offsets_ms: None,
         json,
     }
 }

@@ -50,6 +50,8 @@ struct JsonFields {
     style: JsonStyle,
     #[serde(default)]
     verbatim: Option<String>,
+    #[serde(default)]
+    offsets_ms: Option<Vec<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +136,7 @@ fn fields<'de, D: Deserializer<'de>>(kind: Kind, rest: D) -> Result<Body, D::Err
                 json: f.json,
                 style: f.style,
                 verbatim: f.verbatim,
+                offsets_ms: f.offsets_ms,
             };
             // A document edited by hand is sent as edited.
             body.forget_stale_verbatim();
