@@ -127,13 +127,14 @@ impl PreparedResponse {
             Body::Sse {
                 events,
                 unterminated,
+                crlf,
                 ..
             } => {
                 let mut chunks: Vec<TimedChunk> = events
                     .iter()
                     .map(|e| TimedChunk {
                         offset_ms: e.offset_ms,
-                        bytes: Bytes::from(e.to_bytes()),
+                        bytes: Bytes::from(e.wire_bytes(*crlf)),
                     })
                     .collect();
                 if let Some(tail) = unterminated {
@@ -298,6 +299,7 @@ mod tests {
         };
         ex.response.body = Body::Sse {
             content_encoding: None,
+            crlf: false,
             events: vec![event(40.0, "a"), event(80.0, "[DONE]")],
             unterminated: Some("data: cut".into()),
         };

@@ -386,6 +386,7 @@ fn sse_exchange(offsets: &[f64]) -> Exchange {
         &chat("stream please", true),
         &Body::Sse {
             content_encoding: None,
+            crlf: false,
             events,
             unterminated: None,
         },

@@ -7,7 +7,8 @@ of the bytes it received (after chunked framing, with no Content-Encoding asked 
 
 Calls, in order: OpenAI chat completion, OpenAI embeddings, OpenAI chat completion without a key
 (a 401 error body), Anthropic message, Gemini generateContent, Gemini streamGenerateContent
-without alt=sse (a JSON array streamed element by element).
+without alt=sse (a JSON array streamed element by element), and with alt=sse (events with CRLF
+line ends).
 """
 
 import base64
@@ -38,6 +39,10 @@ CALLS = [
      "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
      {"x-goog-api-key": os.environ.get("GEMINI_API_KEY", "")},
      {"contents": [{"role": "user", "parts": [{"text": "Say hello to a stream that runs to several chunks"}]}]}),
+    ("gemini.streamGenerateContent.sse", "generativelanguage.googleapis.com",
+     "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+     {"x-goog-api-key": os.environ.get("GEMINI_API_KEY", "")},
+     {"contents": [{"role": "user", "parts": [{"text": "Say hello as server-sent events"}]}]}),
 ]
 
 

@@ -2,7 +2,8 @@
 //! `llmsim-agent capture` against the fake provider, which lays out JSON the way each real
 //! provider does (`OpenAI` and Gemini indented with a final newline, Anthropic compact), then
 //! replayed offline by `replayd -- CMD`. Every replayed body must be the recorded bytes, byte for
-//! byte, while the snapshot keeps each body as readable JSON. Gemini's JSON-array stream
+//! byte, while the snapshot keeps each body as readable JSON (Gemini's server-sent events, whose
+//! lines end in CRLF, as events). Gemini's JSON-array stream
 //! (`streamGenerateContent` without `alt=sse`) is stored with the offset of each element and
 //! replayed element by element at those offsets.
 
@@ -19,13 +20,14 @@ const CLIENT: &str = "raw_bodies.py";
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The calls of `raw_bodies.py`, in order.
-const CALLS: [&str; 6] = [
+const CALLS: [&str; 7] = [
     "openai.chat",
     "openai.embeddings",
     "openai.error",
     "anthropic.messages",
     "gemini.generateContent",
     "gemini.streamGenerateContent",
+    "gemini.streamGenerateContent.sse",
 ];
 
 /// The index of the streamed JSON array in [`CALLS`].
@@ -140,6 +142,7 @@ fn replayed_json_bodies_are_the_recorded_bytes() {
             "openai.error" => ("{\n    \"", "}\n"),
             "anthropic.messages" => ("{\"", "}"),
             "gemini.streamGenerateContent" => ("[{\n  \"", "}\n]"),
+            "gemini.streamGenerateContent.sse" => ("data: {\"", "}\r\n\r\n"),
             _ => ("{\n  \"", "}\n"),
         };
         assert!(
@@ -149,12 +152,17 @@ fn replayed_json_bodies_are_the_recorded_bytes() {
     }
     assert_eq!(recorded[2].1, 401, "the call without a key is refused");
 
-    // The snapshot keeps every body as JSON a person can read and edit.
+    // The snapshot keeps every body as JSON (or events) a person can read and edit.
     let files = exchanges(snapshot.path());
     assert_eq!(files.len(), CALLS.len());
     for (file, name) in files.iter().zip(CALLS) {
+        let kind = if name == "gemini.streamGenerateContent.sse" {
+            "sse"
+        } else {
+            "json"
+        };
         assert_eq!(
-            file["response"]["body"]["kind"], "json",
+            file["response"]["body"]["kind"], kind,
             "{name}: {}",
             file["response"]["body"]
         );

@@ -88,6 +88,10 @@ pub enum Body {
         /// short), replayed verbatim after the events.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unterminated: Option<String>,
+        /// The stream's lines ended in CRLF (Gemini's do), and replay ends
+        /// them so; absent for LF.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        crlf: bool,
     },
 }
 
@@ -125,10 +129,16 @@ impl Body {
         let text = std::str::from_utf8(&bytes).ok();
         if media == "text/event-stream" && text.is_some() {
             let parsed = sse::parse(&decoded);
+            let unterminated = parsed.unterminated.as_deref();
+            // Lines ended in CRLF when that, and not LF, writes the same bytes back.
+            let crlf = bytes.contains(&b'\r')
+                && sse::write(&parsed.events, unterminated, false) != bytes
+                && sse::write(&parsed.events, unterminated, true) == bytes;
             return Ok(Self::Sse {
                 content_encoding: coding,
                 events: parsed.events,
                 unterminated: parsed.unterminated,
+                crlf,
             });
         }
         if (media == "application/json" || media.ends_with("+json"))
@@ -219,8 +229,9 @@ impl Body {
             Self::Sse {
                 events,
                 unterminated,
+                crlf,
                 ..
-            } => sse::write(events, unterminated.as_deref()),
+            } => sse::write(events, unterminated.as_deref(), *crlf),
         }
     }
 
@@ -547,6 +558,20 @@ mod tests {
     }
 
     #[test]
+    fn crlf_event_streams_replay_with_crlf() {
+        let wire = b"data: {\"n\":1}\r\n\r\ndata: {\"n\":2}\r\n\r\n";
+        let body = whole(Some("text/event-stream"), None, wire);
+        assert!(matches!(body, Body::Sse { crlf: true, .. }), "{body:?}");
+        assert_eq!(body.to_bytes(), wire);
+        let stored = serde_json::to_value(&body).unwrap();
+        assert_eq!(stored["crlf"], true);
+        assert_eq!(serde_json::from_value::<Body>(stored).unwrap(), body);
+        let lf = whole(Some("text/event-stream"), None, b"data: x\n\n");
+        assert!(matches!(lf, Body::Sse { crlf: false, .. }));
+        assert!(serde_json::to_value(&lf).unwrap().get("crlf").is_none());
+    }
+
+    #[test]
     fn non_utf8_event_stream_is_base64() {
         let b = whole(Some("text/event-stream"), None, b"data: \xff\n\n");
         assert!(matches!(b, Body::Base64 { .. }));
@@ -604,8 +629,15 @@ mod tests {
             Body::raw(Some("compress"), vec![3, 4]),
             Body::Sse {
                 content_encoding: None,
-                events: vec![event],
+                events: vec![event.clone()],
                 unterminated: Some("data: cut".into()),
+                crlf: false,
+            },
+            Body::Sse {
+                content_encoding: None,
+                events: vec![event],
+                unterminated: None,
+                crlf: true,
             },
         ];
         for body in bodies {

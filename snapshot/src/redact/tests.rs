@@ -196,6 +196,7 @@ fn planted_keys_are_gone_from_the_serialized_exchange() {
         .push(("set-cookie".into(), "session=abc123; Path=/".into()));
     ex.response.body = Body::Sse {
         content_encoding: None,
+        crlf: false,
         events: vec![
             SseEvent {
                 offset_ms: 1.0,

@@ -83,6 +83,8 @@ struct SseFields {
     events: Vec<SseEvent>,
     #[serde(default)]
     unterminated: Option<String>,
+    #[serde(default)]
+    crlf: bool,
 }
 
 struct BodyVisitor;
@@ -169,6 +171,7 @@ fn fields<'de, D: Deserializer<'de>>(kind: Kind, rest: D) -> Result<Body, D::Err
                 content_encoding: f.content_encoding,
                 events: f.events,
                 unterminated: f.unterminated,
+                crlf: f.crlf,
             }
         }
     })
