@@ -43,6 +43,10 @@ Rules that tests rely on:
 * A missing credential (Authorization: Bearer for OpenAI-style paths, x-api-key for Anthropic,
   x-goog-api-key or ?key= for Gemini) gets 401 with the provider's error shape.
 * Streams are paced: `--event-delay-ms` (default 20) between events.
+* JSON bodies are laid out as each provider lays them out on the wire: OpenAI indents by 2
+  spaces (error bodies by 4) and ends with a newline, Gemini indents by 2 spaces and ends with
+  a newline, Anthropic is compact; SSE data is compact everywhere, Gemini's SSE lines end in
+  CRLF.
 * Every request is appended to `--log` as one JSON line (request line, host, headers, body,
   status, nonce, answer, usage, response headers and the full response body text) *before*
   the response is sent, so once a client has its answer the log already holds it.
