@@ -69,8 +69,9 @@ pub struct TimedChunk {
 pub enum PreparedBody {
     /// The whole body at once; its length becomes `Content-Length`.
     Full(Bytes),
-    /// Server-sent events, one chunk per event (then any unterminated tail), sent with
-    /// chunked transfer coding at their offsets under the pace.
+    /// Server-sent events, one chunk per event (then any unterminated tail), or a
+    /// streamed JSON array, one chunk per element, sent with chunked transfer coding
+    /// at their offsets under the pace.
     Events {
         /// When the response head arrived (ms from request start), never after the
         /// first event.
@@ -126,13 +127,14 @@ impl PreparedResponse {
             Body::Sse {
                 events,
                 unterminated,
+                crlf,
                 ..
             } => {
                 let mut chunks: Vec<TimedChunk> = events
                     .iter()
                     .map(|e| TimedChunk {
                         offset_ms: e.offset_ms,
-                        bytes: Bytes::from(e.to_bytes()),
+                        bytes: Bytes::from(e.wire_bytes(*crlf)),
                     })
                     .collect();
                 if let Some(tail) = unterminated {
@@ -148,7 +150,24 @@ impl PreparedResponse {
                     chunks: chunks.into(),
                 }
             }
-            other => PreparedBody::Full(Bytes::from(other.to_bytes())),
+            // A JSON array recorded element by element goes out the same way.
+            other => match other.json_stream() {
+                Some(pieces) => {
+                    let chunks: Vec<TimedChunk> = pieces
+                        .into_iter()
+                        .map(|(offset_ms, bytes)| TimedChunk {
+                            offset_ms,
+                            bytes: Bytes::from(bytes),
+                        })
+                        .collect();
+                    let first = chunks.first().map_or(f64::INFINITY, |c| c.offset_ms);
+                    PreparedBody::Events {
+                        head_ms: exchange.ttfb_ms.min(first),
+                        chunks: chunks.into(),
+                    }
+                }
+                None => PreparedBody::Full(Bytes::from(other.to_bytes())),
+            },
         };
         Ok(Self {
             status,
@@ -201,7 +220,7 @@ pub(crate) fn is_hop_by_hop(lower: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmsim_snapshot::model::SseEvent;
+    use llmsim_snapshot::model::{JsonStyle, SseEvent};
     use serde_json::json;
 
     use crate::testutil::exchange;
@@ -229,6 +248,9 @@ mod tests {
         ex.response.body = Body::Json {
             content_encoding: Some("gzip".into()),
             json: json!({"ok": true}),
+            style: JsonStyle::default(),
+            verbatim: None,
+            offsets_ms: None,
         };
         let prepared = PreparedResponse::new(&ex).unwrap();
         let names: Vec<&str> = prepared.headers.keys().map(HeaderName::as_str).collect();
@@ -277,6 +299,7 @@ mod tests {
         };
         ex.response.body = Body::Sse {
             content_encoding: None,
+            crlf: false,
             events: vec![event(40.0, "a"), event(80.0, "[DONE]")],
             unterminated: Some("data: cut".into()),
         };
@@ -294,6 +317,30 @@ mod tests {
                 (90.0, b"data: cut")
             ]
         );
+    }
+
+    #[test]
+    fn a_streamed_json_array_becomes_one_timed_chunk_per_element() {
+        let mut ex = exchange("hi", json!({}));
+        ex.ttfb_ms = 30.0;
+        let wire: &[&[u8]] = &[
+            b"[{\"n\": 1}\n",
+            b",\r\n{\"n\": 2}\n",
+            b",\r\n{\"n\": 3}\n]",
+        ];
+        let segments: Vec<(f64, &[u8])> = [35.0, 60.0, 95.0]
+            .into_iter()
+            .zip(wire.iter().copied())
+            .collect();
+        ex.response.body = Body::from_http(Some("application/json"), None, &segments).unwrap();
+        let prepared = PreparedResponse::new(&ex).unwrap();
+        let PreparedBody::Events { head_ms, chunks } = prepared.body else {
+            panic!("not paced: {:?}", prepared.body);
+        };
+        assert!((head_ms - 30.0).abs() < f64::EPSILON);
+        let got: Vec<(f64, &[u8])> = chunks.iter().map(|c| (c.offset_ms, &c.bytes[..])).collect();
+        let want: Vec<(f64, &[u8])> = segments.clone();
+        assert_eq!(got, want);
     }
 
     #[test]

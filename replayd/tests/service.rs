@@ -3,6 +3,9 @@
 //! directories with the snapshot crate's writer, served by `run::Server`, and asked over
 //! plain HTTP and TLS. No root, no kernel hooks.
 
+mod stalls;
+
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,11 +18,12 @@ use llmsim_replayd::accept::OriginalDestination;
 use llmsim_replayd::ca::{CertificateAuthority, LeafResolver};
 use llmsim_replayd::options::{Pace, ReplayOptions};
 use llmsim_replayd::run::{self, ListenAddr, Running, Server};
-use llmsim_snapshot::model::{Body, Exchange, SseEvent};
+use llmsim_snapshot::model::{Body, Exchange, JsonStyle, SseEvent};
 use llmsim_snapshot::provider::Provider;
 use llmsim_snapshot::signature::Repeat;
 use llmsim_tests::snapshot;
 use serde_json::{Value, json};
+use stalls::StallWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -56,10 +60,7 @@ fn exchange(host: &str, path: &str, request: &Value, response: &Body) -> Exchang
 }
 
 fn answer(json: Value) -> Body {
-    Body::Json {
-        content_encoding: None,
-        json,
-    }
+    Body::compact_json(json)
 }
 
 fn chat_exchange(prompt: &str, reply: Value) -> Exchange {
@@ -196,6 +197,9 @@ async fn a_hit_returns_the_recorded_status_headers_and_body() {
     recorded.response.body = Body::Json {
         content_encoding: Some("gzip".into()),
         json: json!({"id": "chatcmpl-1", "answer": "nonce-1"}),
+        style: JsonStyle::default(),
+        verbatim: None,
+        offsets_ms: None,
     };
     let expected_body = recorded.response.body.to_bytes();
     let replay = serve(&[recorded], ReplayOptions::default(), false);
@@ -382,6 +386,7 @@ fn sse_exchange(offsets: &[f64]) -> Exchange {
         &chat("stream please", true),
         &Body::Sse {
             content_encoding: None,
+            crlf: false,
             events,
             unterminated: None,
         },
@@ -396,11 +401,20 @@ fn sse_exchange(offsets: &[f64]) -> Exchange {
     ex
 }
 
-/// Sends the streamed request and returns, per event, when its last byte arrived (from
-/// just before sending) and its text.
-async fn stream_events(replay: &Replay) -> (Vec<(Duration, String)>, http::HeaderMap) {
+/// A streamed answer as the client saw it.
+struct Streamed {
+    /// Just before the request was sent.
+    sent: Instant,
+    /// Per event, when its last byte arrived and its text.
+    events: Vec<(Instant, String)>,
+    /// The response's headers.
+    headers: http::HeaderMap,
+}
+
+/// Sends the streamed request and reads its events as they arrive.
+async fn stream_events(replay: &Replay) -> Streamed {
     let mut client = connect(replay.addr).await;
-    let started = Instant::now();
+    let sent = Instant::now();
     let response = client
         .send_request(post(
             OPENAI,
@@ -421,52 +435,180 @@ async fn stream_events(replay: &Replay) -> (Vec<(Duration, String)>, http::Heade
         pending.push_str(std::str::from_utf8(&data).unwrap());
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();
-            events.push((started.elapsed(), event));
+            events.push((Instant::now(), event));
         }
     }
     assert!(pending.is_empty(), "trailing bytes: {pending:?}");
-    (events, headers)
+    Streamed {
+        sent,
+        events,
+        headers,
+    }
 }
 
+/// How late an event may arrive after its recorded offset, counted from before the request
+/// was sent.
+const PACING_TOLERANCE: Duration = Duration::from_millis(2);
+/// How many events of a run may arrive later than `PACING_TOLERANCE`, each only if a
+/// recorded machine stall overlaps the time from when it was due to when it arrived.
+const STALL_EXCUSES: usize = 1;
+/// How many times the stream is run when machine stalls hold up more events than
+/// `STALL_EXCUSES`.
+const STALLED_RUNS: usize = 5;
+
+/// How one paced run went.
+enum PacedRun {
+    /// Every event in time, or at most `STALL_EXCUSES` late during a recorded stall.
+    InTime {
+        /// The excused events, with their stalls.
+        excused: Vec<String>,
+    },
+    /// More events than `STALL_EXCUSES` late during recorded stalls (others may be late
+    /// too): the machine did not run the stream, and it is run again.
+    Stalled(String),
+    /// An event early, or late with no stall recorded.
+    Failed(String),
+}
+
+/// Streams the paced answer once under a stall watch and holds each event to the tolerance.
+async fn paced_run(replay: &Replay, offsets: &[f64], expected: &[String]) -> PacedRun {
+    // The client and server run on this thread; replayd's timer wakes them from its own.
+    let watch = StallWatch::start(&["replayd-pacer"]);
+    let streamed = stream_events(replay).await;
+    let stalls = watch.stop();
+    assert_eq!(streamed.headers["content-type"], "text/event-stream");
+    assert_eq!(streamed.headers["transfer-encoding"], "chunked");
+    assert!(streamed.headers.get("content-length").is_none());
+    let texts: Vec<&str> = streamed.events.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(texts, expected);
+
+    let sent = streamed.sent;
+    let tolerance_ms = PACING_TOLERANCE.as_secs_f64() * 1e3;
+    let mut arrivals = Vec::new();
+    let mut early = 0;
+    let mut unexcused = 0;
+    let mut excused = Vec::new();
+    for (i, ((at, _), offset)) in streamed.events.iter().zip(offsets).enumerate() {
+        let due = sent + Duration::from_secs_f64(offset / 1e3);
+        let late_ms = stalls::ms_between(due, *at);
+        let mut line =
+            format!("event {i}, recorded at {offset} ms, arrived {late_ms:+.3} ms after it");
+        if late_ms < 0.0 {
+            early += 1;
+            line.push_str(": early");
+        } else if late_ms > tolerance_ms {
+            let during: Vec<String> = stalls
+                .iter()
+                .filter(|stall| stall.overlaps(due, *at))
+                .map(|stall| stall.since(sent).to_string())
+                .collect();
+            if during.is_empty() {
+                unexcused += 1;
+                line.push_str(": late, with no stall recorded");
+            } else {
+                line.push_str(": late, during ");
+                line.push_str(&during.join(" and "));
+                excused.push(line.clone());
+            }
+        }
+        arrivals.push(line);
+    }
+    let stalls: Vec<String> = stalls
+        .iter()
+        .map(|stall| stall.since(sent).to_string())
+        .collect();
+    let report = format!(
+        "{early} arrived early, {unexcused} late with no stall recorded, {} late during a \
+         stall:\n{}\nstalls recorded (times from before the request was sent):\n{}",
+        excused.len(),
+        arrivals.join("\n"),
+        stalls.join("\n"),
+    );
+    // A run in which stalls held up several events says nothing about replayd, whatever its
+    // other late events; an early event is never the machine's doing.
+    if early > 0 {
+        PacedRun::Failed(report)
+    } else if excused.len() > STALL_EXCUSES {
+        PacedRun::Stalled(report)
+    } else if unexcused > 0 {
+        PacedRun::Failed(report)
+    } else {
+        PacedRun::InTime { excused }
+    }
+}
+
+/// Under `--pace recorded` every event arrives no earlier than its recorded offset and no
+/// more than `PACING_TOLERANCE` (2 ms) after it. The allowance is for the machine rather
+/// than for replayd: a stall watch (see `stalls`) runs alongside the stream and records
+/// when the process was not run (a paused virtual machine, or this test's thread or
+/// replayd's timer thread kept waiting for a CPU). An event later than the tolerance is
+/// excused when a recorded stall overlaps the time from the event's due instant to its
+/// arrival, at most `STALL_EXCUSES` (1) of the 10 events of a run (they are at least 15 ms
+/// apart, so that a short stall holds up only one). A run with more events held up by
+/// stalls says nothing about replayd (other events of it may be late too, held up by waits
+/// too short for the watch to see): it is reported and run again, up to `STALLED_RUNS` (5)
+/// runs. Every excuse and every
+/// stalled run is written to stderr past the test harness's capture, so a passing test
+/// still shows them. An early event, or a late one with no stall recorded, fails the test at
+/// once, with every event and every stall in the message. A first, unmeasured request warms
+/// the connection path and starts replayd's timer thread, whose waits the watch then counts
+/// from the start. Under `--pace instant` the same events arrive, in order.
 #[tokio::test]
 async fn sse_is_paced_as_recorded_or_at_once() {
-    let offsets = [20.0, 120.0, 180.0, 300.0];
+    let offsets = [
+        20.0, 45.0, 70.0, 95.0, 120.0, 150.0, 180.0, 220.0, 260.0, 300.0,
+    ];
     let recorded = [sse_exchange(&offsets)];
     let expected: Vec<String> = (0..offsets.len())
         .map(|i| format!("data: {{\"n\":{i}}}\n\n"))
         .collect();
 
     let replay = serve(&recorded, ReplayOptions::default(), false);
-    let (events, headers) = stream_events(&replay).await;
-    assert_eq!(headers["content-type"], "text/event-stream");
-    assert_eq!(headers["transfer-encoding"], "chunked");
-    assert!(headers.get("content-length").is_none());
-    let texts: Vec<&str> = events.iter().map(|(_, t)| t.as_str()).collect();
-    assert_eq!(texts, expected);
-    let mut late_ms = Vec::new();
-    for ((at, text), offset) in events.iter().zip(offsets) {
-        assert!(
-            *at >= Duration::from_secs_f64(offset / 1e3),
-            "{text:?} arrived at {at:?}, before its recorded offset {offset} ms"
-        );
-        late_ms.push(at.as_secs_f64() * 1e3 - offset);
+    let warm_up = stream_events(&replay).await;
+    assert_eq!(warm_up.events.len(), offsets.len());
+    let mut stalled = Vec::new();
+    let excused = loop {
+        match paced_run(&replay, &offsets, &expected).await {
+            PacedRun::InTime { excused } => break excused,
+            PacedRun::Failed(report) => panic!(
+                "events must arrive within {PACING_TOLERANCE:?} after their recorded offsets, \
+                 none early, a late one only during a machine stall; {report}\n\
+                 earlier runs held up by stalls:\n{}",
+                stalled.join("\n")
+            ),
+            PacedRun::Stalled(report) => {
+                stalled.push(report);
+                assert!(
+                    stalled.len() < STALLED_RUNS,
+                    "machine stalls held up more than {STALL_EXCUSES} event in each of \
+                     {STALLED_RUNS} runs:\n{}",
+                    stalled.join("\n")
+                );
+            }
+        }
+    };
+    for report in &stalled {
+        writeln!(
+            std::io::stderr(),
+            "sse_is_paced_as_recorded_or_at_once: run again after machine stalls: {report}"
+        )
+        .unwrap();
     }
-    // The tolerance is 2 ms, counted here from before the request was sent. The median
-    // leaves out one event that a busy machine held up.
-    late_ms.sort_by(f64::total_cmp);
-    let median = f64::midpoint(late_ms[1], late_ms[2]);
-    assert!(
-        median <= 2.0,
-        "events went out {late_ms:?} ms after their recorded offsets"
-    );
+    for excuse in &excused {
+        writeln!(
+            std::io::stderr(),
+            "sse_is_paced_as_recorded_or_at_once: excused as a machine stall: {excuse}"
+        )
+        .unwrap();
+    }
 
     let instant = ReplayOptions {
         pace: Pace::Instant,
         ..ReplayOptions::default()
     };
     let replay = serve(&recorded, instant, false);
-    let (events, _) = stream_events(&replay).await;
-    let texts: Vec<&str> = events.iter().map(|(_, t)| t.as_str()).collect();
+    let streamed = stream_events(&replay).await;
+    let texts: Vec<&str> = streamed.events.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(texts, expected);
 }
 

@@ -43,6 +43,10 @@ Rules that tests rely on:
 * A missing credential (Authorization: Bearer for OpenAI-style paths, x-api-key for Anthropic,
   x-goog-api-key or ?key= for Gemini) gets 401 with the provider's error shape.
 * Streams are paced: `--event-delay-ms` (default 20) between events.
+* JSON bodies are laid out as each provider lays them out on the wire: OpenAI indents by 2
+  spaces (error bodies by 4) and ends with a newline, Gemini indents by 2 spaces and ends with
+  a newline, Anthropic is compact; SSE data is compact everywhere, Gemini's SSE lines end in
+  CRLF.
 * Every request is appended to `--log` as one JSON line (request line, host, headers, body,
   status, nonce, answer, usage, response headers and the full response body text) *before*
   the response is sent, so once a client has its answer the log already holds it.
@@ -508,8 +512,25 @@ class Reply:
         return (self.body or b"").decode("utf-8", "replace")
 
 
-def json_reply(status, headers, obj, content_type="application/json"):
-    return Reply(status, headers, body=dumps(obj).encode(), content_type=content_type)
+# How each provider lays out a JSON response body (not SSE data, which is compact everywhere):
+# OpenAI indents by 2 spaces (its error bodies by 4) and ends with a newline; Gemini indents
+# by 2 spaces and ends with a newline; Anthropic sends compact JSON with no newline.
+JSON_LAYOUT = {
+    "openai": (2, True),
+    "openai-error": (4, True),
+    "gemini": (2, True),
+    "anthropic": (None, False),
+}
+
+
+def layout(provider, obj):
+    indent, newline = JSON_LAYOUT[provider]
+    text = dumps(obj) if indent is None else json.dumps(obj, indent=indent, ensure_ascii=False)
+    return (text + ("\n" if newline else "")).encode()
+
+
+def json_reply(status, headers, obj, provider, content_type="application/json"):
+    return Reply(status, headers, body=layout(provider, obj), content_type=content_type)
 
 
 # ---- provider header sets ---------------------------------------------------------------------
@@ -618,17 +639,17 @@ def error_reply(provider, status, started, message=None):
         body = {"type": "error", "error": {"type": kind, "message": message or default},
                 "request_id": request_id}
         headers.append(("x-should-retry", "true" if status in (408, 409, 429) or status >= 500 else "false"))
-        return json_reply(status, headers, body)
+        return json_reply(status, headers, body, "anthropic")
     if provider == "gemini":
         kind, default = GEMINI_ERRORS.get(status, ("UNKNOWN", "Unknown error."))
         body = {"error": {"code": status, "message": message or default, "status": kind}}
-        return json_reply(status, gemini_headers(started), body, "application/json; charset=UTF-8")
+        return json_reply(status, gemini_headers(started), body, "gemini", "application/json; charset=UTF-8")
     kind, code, default = OPENAI_ERRORS.get(status, ("server_error", None, "Unknown error."))
     body = {"error": {"message": message or default, "type": kind, "param": None, "code": code}}
     headers = openai_headers(started)
     if status == 401:
         headers = [h for h in headers if not h[0].startswith(("openai-", "x-ratelimit"))]
-    return json_reply(status, headers, body, "application/json; charset=utf-8")
+    return json_reply(status, headers, body, "openai-error", "application/json; charset=utf-8")
 
 
 # ---- OpenAI -------------------------------------------------------------------------------------
@@ -716,7 +737,7 @@ def openai_chat(body, started):
         obj = {"id": cid, "object": "chat.completion", "created": created, "model": model,
                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
                "usage": usage, "service_tier": "default", "system_fingerprint": FINGERPRINT}
-        reply = json_reply(200, openai_headers(started), obj)
+        reply = json_reply(200, openai_headers(started), obj, "openai")
     reply.endpoint = "openai.chat.completions"
     reply.nonce, reply.answer, reply.tool_call = nonce, text, tool_call
     reply.usage = {"input_tokens": conv.input_tokens, "output_tokens": out_tokens}
@@ -802,7 +823,7 @@ def openai_responses(body, started):
         reply = Reply(200, openai_headers(started), events=events,
                       content_type="text/event-stream; charset=utf-8")
     else:
-        reply = json_reply(200, openai_headers(started), response("completed", [item], usage))
+        reply = json_reply(200, openai_headers(started), response("completed", [item], usage), "openai")
     reply.endpoint = "openai.responses"
     reply.nonce, reply.answer, reply.tool_call = nonce, text, tool_call
     reply.usage = {"input_tokens": conv.input_tokens, "output_tokens": out_tokens}
@@ -831,7 +852,7 @@ def openai_embeddings(body, started):
         data.append({"object": "embedding", "index": index, "embedding": embedding})
     obj = {"object": "list", "data": data, "model": body.get("model") or "text-embedding-3-small",
            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-    reply = json_reply(200, openai_headers(started), obj)
+    reply = json_reply(200, openai_headers(started), obj, "openai")
     reply.endpoint = "openai.embeddings"
     reply.nonce = nonce
     reply.usage = {"input_tokens": tokens, "output_tokens": 0}
@@ -842,7 +863,7 @@ def openai_models(started):
     models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
     obj = {"object": "list", "data": [{"id": m, "object": "model", "created": 1700000000, "owned_by": "system"}
                                       for m in models]}
-    reply = json_reply(200, openai_headers(started), obj)
+    reply = json_reply(200, openai_headers(started), obj, "openai")
     reply.endpoint = "openai.models"
     return reply
 
@@ -902,7 +923,7 @@ def anthropic_messages(body, started):
     else:
         obj = {"id": mid, "type": "message", "role": "assistant", "model": model, "content": content,
                "stop_reason": stop, "stop_sequence": None, "usage": usage}
-        reply = json_reply(200, anthropic_headers(), obj)
+        reply = json_reply(200, anthropic_headers(), obj, "anthropic")
     reply.endpoint = "anthropic.messages"
     reply.nonce, reply.answer, reply.tool_call = nonce, text, tool_call
     reply.usage = {"input_tokens": conv.input_tokens, "output_tokens": out_tokens}
@@ -943,7 +964,7 @@ def gemini_generate(model, method, query, body, started):
 
     if method == "generateContent":
         parts = pieces if pieces is not None else [{"text": text}]
-        reply = json_reply(200, gemini_headers(started), chunk(parts, True, usage), GEMINI_JSON)
+        reply = json_reply(200, gemini_headers(started), chunk(parts, True, usage), "gemini", GEMINI_JSON)
         reply.endpoint = "gemini.generateContent"
     else:
         partial_usage = {"promptTokenCount": conv.input_tokens, "totalTokenCount": conv.input_tokens,
@@ -986,7 +1007,7 @@ def gemini_embed(model, method, body, started):
         dims = max(1, min(first["outputDimensionality"], 4096))
     embeddings = [{"values": embedding_values(nonce, i, dims)} for i in range(len(contents))]
     obj = {"embeddings": embeddings} if method == "batchEmbedContents" else {"embedding": embeddings[0]}
-    reply = json_reply(200, gemini_headers(started), obj, GEMINI_JSON)
+    reply = json_reply(200, gemini_headers(started), obj, "gemini", GEMINI_JSON)
     reply.endpoint = "gemini." + method
     reply.nonce = nonce
     reply.usage = {"input_tokens": tokens, "output_tokens": 0}
@@ -997,7 +1018,7 @@ def gemini_count(body, started):
     conv = gemini_conversation(body.get("generateContentRequest") or body)
     obj = {"totalTokens": conv.input_tokens,
            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": conv.input_tokens}]}
-    reply = json_reply(200, gemini_headers(started), obj, GEMINI_JSON)
+    reply = json_reply(200, gemini_headers(started), obj, "gemini", GEMINI_JSON)
     reply.endpoint = "gemini.countTokens"
     reply.usage = {"input_tokens": conv.input_tokens, "output_tokens": 0}
     return reply

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use llmsim_snapshot::model::Exchange;
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -258,6 +259,8 @@ pub struct ProviderRequest {
     pub headers: BTreeMap<String, String>,
     /// The request body parsed as JSON (Null when empty or not JSON).
     pub body: Value,
+    /// The request body exactly as received (empty when there was none).
+    pub body_bytes: Vec<u8>,
     /// `openai`, `anthropic` or `gemini`: the wire format answered in.
     pub provider: String,
     /// What was answered, e.g. `openai.chat.completions`, `anthropic.messages`,
@@ -303,6 +306,11 @@ impl ProviderRequest {
             sni: text("sni"),
             headers: map("headers"),
             body: raw.get("body").cloned().unwrap_or(Value::Null),
+            body_bytes: raw
+                .get("body_hex")
+                .and_then(Value::as_str)
+                .map(unhex)
+                .unwrap_or_default(),
             provider: text("provider").unwrap_or_default(),
             endpoint: text("endpoint"),
             stream: raw.get("stream").and_then(Value::as_bool).unwrap_or(false),
@@ -328,6 +336,31 @@ impl ProviderRequest {
             .map(String::as_str)
     }
 
+    /// Checks that `exchange` (an exchange file, parsed) holds this request's body and the
+    /// response body the provider sent, byte for byte as replay would send them (the
+    /// response before any Content-Encoding).
+    pub fn assert_recorded_as_sent(&self, exchange: &Value) {
+        let what = format!("{} {}", self.method, self.path);
+        let recorded: Exchange = serde_json::from_value(exchange.clone())
+            .unwrap_or_else(|e| panic!("{what}: not an exchange ({e}): {exchange:#}"));
+        let request = recorded.request.body.to_bytes();
+        assert!(
+            request == self.body_bytes,
+            "{what}: recorded request body differs from the bytes the provider received\n\
+             recorded: {}\nreceived: {}",
+            String::from_utf8_lossy(&request),
+            String::from_utf8_lossy(&self.body_bytes)
+        );
+        let response = recorded.response.body.to_bytes();
+        assert!(
+            response == self.response_body.as_bytes(),
+            "{what}: recorded response body differs from the bytes the provider sent\n\
+             recorded: {}\nsent: {}",
+            String::from_utf8_lossy(&response),
+            self.response_body
+        );
+    }
+
     /// A response header by (case-insensitive) name.
     pub fn response_header(&self, name: &str) -> Option<&str> {
         self.response_headers
@@ -348,6 +381,18 @@ fn summary(requests: &[ProviderRequest]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Bytes from the hex the provider logs.
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .unwrap_or_else(|| panic!("the provider logged bad hex: {text}"))
+        })
+        .collect()
 }
 
 fn read_or_empty(path: &Path) -> String {

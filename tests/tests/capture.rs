@@ -98,6 +98,8 @@ fn assert_chat_capture(client: &str) {
             exchange["request"]["body"]["json"], served[i].body,
             "request body {i}"
         );
+        // Both bodies are stored so that replay writes the bytes that went over the wire.
+        served[i].assert_recorded_as_sent(exchange);
         // The answer the client printed came from the recorded response.
         let nonce = result.nonce().expect("client answer carries a nonce");
         let response = serde_json::to_string(&exchange["response"]["body"]).unwrap();

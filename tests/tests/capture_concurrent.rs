@@ -58,6 +58,9 @@ fn two_hundred_concurrent_requests_are_all_recorded_with_no_drops() {
             .as_str()
             .unwrap_or_default();
         assert_eq!(asked, format!("Say hello to concurrent request {index}."));
+        provider
+            .request_with_nonce(&nonce)
+            .assert_recorded_as_sent(exchange);
         assert_eq!(exchange["streamed"], result.stream);
         assert!(exchange["incomplete"].is_null(), "{exchange:#}");
     }

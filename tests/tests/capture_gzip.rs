@@ -48,6 +48,9 @@ fn a_gzip_response_is_stored_decoded_with_its_encoding_noted() {
         body["json"], sent,
         "the decoded body is what the provider sent"
     );
+    for (exchange, request) in recorded.iter().zip(&served) {
+        request.assert_recorded_as_sent(exchange);
+    }
     // Headers are stored as [name, value] pairs, as sent.
     let encoding = plain["response"]["headers"]
         .as_array()

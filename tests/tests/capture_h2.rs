@@ -21,8 +21,8 @@ use llmsim_snapshot::model::Exchange;
 use std::time::Duration;
 
 use llmsim_tests::{
-    FakeProvider, FakeProviderConfig, GrpcServer, H2Front, H2Server, ProviderRequest,
-    TEST_API_KEYS, TestCa, TestNetns, client_argv, client_script,
+    FakeProvider, FakeProviderConfig, GrpcServer, H2Front, H2Server, TEST_API_KEYS, TestCa,
+    TestNetns, client_argv, client_script,
     flows::{REPLAY_API_KEY, replayd_command},
     on_path, privileged, requires, run_command,
 };
@@ -173,15 +173,6 @@ fn assert_h2_chat(recorded: &[Value], finished: &Finished) {
     );
 }
 
-/// The request body the provider received, byte for byte.
-fn received_bytes(served: &ProviderRequest) -> Vec<u8> {
-    unhex(
-        served.raw["body_hex"]
-            .as_str()
-            .unwrap_or_else(|| panic!("the provider logged no body: {:#}", served.raw)),
-    )
-}
-
 /// The plain and the streamed exchange of a client report: bodies byte-equal to what the
 /// client sent and received and to what the provider received and sent, the stream stored
 /// as its events, in order, with receive offsets.
@@ -212,7 +203,7 @@ fn assert_plain_and_streamed(setup: &Setup, out: &Path, finished: &Finished, rep
         );
         assert_eq!(
             exchange.request.body.to_bytes(),
-            received_bytes(&served[i]),
+            served[i].body_bytes,
             "request {i}, byte for byte as the provider received it"
         );
         assert_eq!(

@@ -90,6 +90,7 @@ fn a_prompt_of_more_than_4_mib_is_captured_whole() {
         exchange["request"]["body"]["json"], served[0].body,
         "the whole request body"
     );
+    served[0].assert_recorded_as_sent(exchange);
     let nonce = served[0].nonce.as_deref().expect("answer nonce");
     assert!(exchange["response"]["body"].to_string().contains(nonce));
 

@@ -145,6 +145,7 @@ fn a_command_run_as_the_invoking_user_is_captured() {
         );
     }
     assert_eq!(exchange["request"]["body"]["json"], served[0].body);
+    served[0].assert_recorded_as_sent(exchange);
     assert!(exchange["incomplete"].is_null(), "{exchange:#}");
     let nonce = served[0].nonce.as_deref().expect("nonce");
     assert!(exchange["response"]["body"].to_string().contains(nonce));

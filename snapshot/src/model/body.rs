@@ -3,6 +3,10 @@
 //! a last resort), plus the way back to wire bytes.
 
 mod de;
+mod json_stream;
+mod style;
+
+pub use style::JsonStyle;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -23,13 +27,29 @@ pub enum Body {
         content_encoding: Option<String>,
     },
     /// A JSON content type whose bytes parsed as JSON; stored as the value
-    /// itself so a diff shows the change.
+    /// itself so a diff shows the change, with what it takes to write the
+    /// same bytes back.
     Json {
         /// The Content-Encoding the body was decoded from.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         content_encoding: Option<String>,
         /// The parsed document, object key order kept.
         json: Value,
+        /// The layout the document had on the wire; absent for compact.
+        #[serde(default, skip_serializing_if = "JsonStyle::is_compact")]
+        style: JsonStyle,
+        /// The body text exactly as recorded, kept only when no [`JsonStyle`]
+        /// writes `json` back to the same bytes. Replay sends it while it
+        /// still parses to `json`; once `json` is changed (by hand, or by
+        /// redaction) it is dropped and `json` is written in `style`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        verbatim: Option<String>,
+        /// For a JSON array that arrived element by element (Gemini's
+        /// `streamGenerateContent` without `alt=sse`): when each element
+        /// arrived, in ms since request start, in element order. Replay sends
+        /// each element at its offset, like SSE events.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offsets_ms: Option<Vec<f64>>,
     },
     /// Any other body that is valid UTF-8.
     Text {
@@ -68,6 +88,10 @@ pub enum Body {
         /// short), replayed verbatim after the events.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         unterminated: Option<String>,
+        /// The stream's lines ended in CRLF (Gemini's do), and replay ends
+        /// them so; absent for LF.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        crlf: bool,
     },
 }
 
@@ -105,18 +129,36 @@ impl Body {
         let text = std::str::from_utf8(&bytes).ok();
         if media == "text/event-stream" && text.is_some() {
             let parsed = sse::parse(&decoded);
+            let unterminated = parsed.unterminated.as_deref();
+            // Lines ended in CRLF when that, and not LF, writes the same bytes back.
+            let crlf = bytes.contains(&b'\r')
+                && sse::write(&parsed.events, unterminated, false) != bytes
+                && sse::write(&parsed.events, unterminated, true) == bytes;
             return Ok(Self::Sse {
                 content_encoding: coding,
                 events: parsed.events,
                 unterminated: parsed.unterminated,
+                crlf,
             });
         }
         if (media == "application/json" || media.ends_with("+json"))
-            && let Ok(json) = serde_json::from_slice(&bytes)
+            && let Ok(json) = serde_json::from_slice::<Value>(&bytes)
         {
+            let (style, verbatim) = match JsonStyle::infer(&json, &bytes) {
+                Some(style) => (style, None),
+                None => (JsonStyle::default(), text.map(str::to_owned)),
+            };
+            let offsets_ms = if json.is_array() {
+                json_stream::element_offsets(&bytes, &decoded)
+            } else {
+                None
+            };
             return Ok(Self::Json {
                 content_encoding: coding,
                 json,
+                style,
+                verbatim,
+                offsets_ms,
             });
         }
         Ok(match text {
@@ -172,22 +214,24 @@ impl Body {
     }
 
     /// The body bytes as replay sends them: decoded (except for
-    /// [`Body::Encoded`]), JSON compact, SSE as `event:`/`data:` lines.
+    /// [`Body::Encoded`]), JSON as recorded (its verbatim text, or the
+    /// document in its style), SSE as `event:`/`data:` lines.
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             Self::Empty { .. } => Vec::new(),
-            // `to_vec` writes the same compact text as `Display`, without going through
-            // `fmt`.
-            Self::Json { json, .. } => {
-                serde_json::to_vec(json).expect("a JSON value always serializes")
+            Self::Json {
+                verbatim: Some(text),
+                ..
             }
-            Self::Text { text, .. } => text.as_bytes().to_vec(),
+            | Self::Text { text, .. } => text.as_bytes().to_vec(),
+            Self::Json { json, style, .. } => style.write(json),
             Self::Base64 { base64, .. } | Self::Encoded { base64, .. } => base64.clone(),
             Self::Sse {
                 events,
                 unterminated,
+                crlf,
                 ..
-            } => sse::write(events, unterminated.as_deref()),
+            } => sse::write(events, unterminated.as_deref(), *crlf),
         }
     }
 
@@ -233,11 +277,48 @@ impl Body {
         }
     }
 
+    /// A JSON array recorded as it streamed in: its wire bytes cut into the
+    /// pieces that carried each element, each with the offset (ms since
+    /// request start) at which replay sends it.
+    pub fn json_stream(&self) -> Option<Vec<(f64, Vec<u8>)>> {
+        match self {
+            Self::Json {
+                offsets_ms: Some(offsets),
+                ..
+            } => Some(json_stream::pieces(&self.to_bytes(), offsets)),
+            _ => None,
+        }
+    }
+
     /// The document of a JSON body.
     pub fn json(&self) -> Option<&Value> {
         match self {
             Self::Json { json, .. } => Some(json),
             _ => None,
+        }
+    }
+
+    /// A JSON body holding `json` with no recorded layout: written compact.
+    pub fn compact_json(json: Value) -> Self {
+        Self::Json {
+            content_encoding: None,
+            json,
+            style: JsonStyle::default(),
+            verbatim: None,
+            offsets_ms: None,
+        }
+    }
+
+    /// Drops the verbatim text of a JSON body once it no longer parses to
+    /// the stored document (the document was edited), so that replay sends
+    /// the document as it now is.
+    pub fn forget_stale_verbatim(&mut self) {
+        if let Self::Json { json, verbatim, .. } = self
+            && verbatim
+                .as_deref()
+                .is_some_and(|text| serde_json::from_str::<Value>(text).ok().as_ref() != Some(json))
+        {
+            *verbatim = None;
         }
     }
 
@@ -314,6 +395,60 @@ mod tests {
             );
             assert_eq!(parsed.to_bytes(), body, "{ct}: compact and key order kept");
         }
+    }
+
+    #[test]
+    fn indented_json_keeps_its_layout_and_replays_byte_for_byte() {
+        let wire = "{\n  \"id\": \"chatcmpl-1\",\n  \"choices\": [],\n  \"n\": 1.5\n}\n";
+        let body = whole(Some("application/json"), None, wire.as_bytes());
+        assert_eq!(
+            body.json(),
+            Some(&json!({"id": "chatcmpl-1", "choices": [], "n": 1.5}))
+        );
+        let stored = serde_json::to_value(&body).unwrap();
+        assert_eq!(stored["style"], json!({"indent": 2, "newline": true}));
+        assert!(stored.get("verbatim").is_none(), "{stored}");
+        let loaded: Body = serde_json::from_value(stored).unwrap();
+        assert_eq!(loaded.to_bytes(), wire.as_bytes());
+    }
+
+    #[test]
+    fn json_no_style_reproduces_is_kept_verbatim_beside_the_document() {
+        let wire = b"{\"a\": 1e-05,\n\"b\":[ ]}";
+        let body = whole(Some("application/json"), None, wire);
+        assert_eq!(body.json(), Some(&json!({"a": 1e-05, "b": []})));
+        let text = serde_json::to_string(&body).unwrap();
+        let loaded: Body = serde_json::from_str(&text).unwrap();
+        assert_eq!(loaded, body);
+        assert_eq!(loaded.to_bytes(), wire);
+    }
+
+    #[test]
+    fn an_edited_document_is_served_as_edited_in_its_style() {
+        // Verbatim text that no longer parses to the document is dropped on load.
+        let edited = r#"{"kind":"json","json":{"a":2},"verbatim":"{\"a\": 1e-05}"}"#;
+        let body: Body = serde_json::from_str(edited).unwrap();
+        assert_eq!(body.to_bytes(), br#"{"a":2}"#);
+        let wire = "{\n  \"a\": 1\n}\n";
+        let mut stored =
+            serde_json::to_value(whole(Some("application/json"), None, wire.as_bytes())).unwrap();
+        stored["json"]["a"] = json!("changed");
+        let body: Body = serde_json::from_value(stored).unwrap();
+        assert_eq!(body.to_bytes(), b"{\n  \"a\": \"changed\"\n}\n");
+        // A document changed in memory (redaction) drops its verbatim text too.
+        let mut body = whole(Some("application/json"), None, br#"{"k": "sk-secret" }"#);
+        if let Body::Json { json, .. } = &mut body {
+            json["k"] = json!("<redacted>");
+        }
+        body.forget_stale_verbatim();
+        assert_eq!(body.to_bytes(), br#"{"k":"<redacted>"}"#);
+    }
+
+    #[test]
+    fn a_body_stored_without_a_style_replays_compact() {
+        let old = r#"{"kind":"json","json":{"a":[1, 2]}}"#;
+        let body: Body = serde_json::from_str(old).unwrap();
+        assert_eq!(body.to_bytes(), br#"{"a":[1,2]}"#);
     }
 
     #[test]
@@ -423,6 +558,20 @@ mod tests {
     }
 
     #[test]
+    fn crlf_event_streams_replay_with_crlf() {
+        let wire = b"data: {\"n\":1}\r\n\r\ndata: {\"n\":2}\r\n\r\n";
+        let body = whole(Some("text/event-stream"), None, wire);
+        assert!(matches!(body, Body::Sse { crlf: true, .. }), "{body:?}");
+        assert_eq!(body.to_bytes(), wire);
+        let stored = serde_json::to_value(&body).unwrap();
+        assert_eq!(stored["crlf"], true);
+        assert_eq!(serde_json::from_value::<Body>(stored).unwrap(), body);
+        let lf = whole(Some("text/event-stream"), None, b"data: x\n\n");
+        assert!(matches!(lf, Body::Sse { crlf: false, .. }));
+        assert!(serde_json::to_value(&lf).unwrap().get("crlf").is_none());
+    }
+
+    #[test]
     fn non_utf8_event_stream_is_base64() {
         let b = whole(Some("text/event-stream"), None, b"data: \xff\n\n");
         assert!(matches!(b, Body::Base64 { .. }));
@@ -480,8 +629,15 @@ mod tests {
             Body::raw(Some("compress"), vec![3, 4]),
             Body::Sse {
                 content_encoding: None,
-                events: vec![event],
+                events: vec![event.clone()],
                 unterminated: Some("data: cut".into()),
+                crlf: false,
+            },
+            Body::Sse {
+                content_encoding: None,
+                events: vec![event],
+                unterminated: None,
+                crlf: true,
             },
         ];
         for body in bodies {

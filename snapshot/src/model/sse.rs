@@ -27,19 +27,26 @@ pub struct SseEvent {
 
 impl SseEvent {
     /// The event's wire form: `event:`, `id:`, `retry:` and `data:` lines and
-    /// the blank line that dispatches it.
+    /// the blank line that dispatches it, lines ended with LF.
     pub fn to_bytes(&self) -> Vec<u8> {
+        self.wire_bytes(false)
+    }
+
+    /// The event's wire form with lines ended with CRLF when `crlf` is set (as
+    /// the body it came from had them), else LF.
+    pub fn wire_bytes(&self, crlf: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        self.write_to(&mut out);
+        self.write_to(&mut out, crlf);
         out
     }
 
-    fn write_to(&self, out: &mut Vec<u8>) {
+    fn write_to(&self, out: &mut Vec<u8>, crlf: bool) {
+        let line_end: &[u8] = if crlf { b"\r\n" } else { b"\n" };
         let mut field = |name: &str, value: &str| {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
-            out.push(b'\n');
+            out.extend_from_slice(line_end);
         };
         if let Some(event) = &self.event {
             field("event", event);
@@ -53,7 +60,7 @@ impl SseEvent {
         for line in self.data.split('\n') {
             field("data", line);
         }
-        out.push(b'\n');
+        out.extend_from_slice(line_end);
     }
 }
 
@@ -90,11 +97,12 @@ pub(crate) fn parse(segments: &[(f64, Vec<u8>)]) -> Parsed {
     parser.finish()
 }
 
-/// Writes events, then any unterminated tail, as wire bytes.
-pub(crate) fn write(events: &[SseEvent], unterminated: Option<&str>) -> Vec<u8> {
+/// Writes events, then any unterminated tail, as wire bytes, lines ended with
+/// CRLF when `crlf` is set, else LF.
+pub(crate) fn write(events: &[SseEvent], unterminated: Option<&str>, crlf: bool) -> Vec<u8> {
     let mut out = Vec::new();
     for event in events {
-        event.write_to(&mut out);
+        event.write_to(&mut out, crlf);
     }
     if let Some(tail) = unterminated {
         out.extend_from_slice(tail.as_bytes());
@@ -281,7 +289,7 @@ mod tests {
         assert_eq!(p.events, [ev(0.0, None, "a")]);
         assert_eq!(p.unterminated.as_deref(), Some("data: cut sh"));
         assert_eq!(
-            write(&p.events, p.unterminated.as_deref()),
+            write(&p.events, p.unterminated.as_deref(), false),
             b"data: a\n\ndata: cut sh"
         );
     }
@@ -299,7 +307,7 @@ mod tests {
             ev(0.0, None, "[DONE]"),
             ev(0.0, None, ""),
         ];
-        let wire = write(&events, None);
+        let wire = write(&events, None, false);
         assert_eq!(one(std::str::from_utf8(&wire).unwrap()).events, events);
         assert_eq!(events[1].to_bytes(), b"data: [DONE]\n\n");
     }

@@ -263,6 +263,8 @@ impl Redactor {
             Body::Json { json, .. } => {
                 self.redact_pointers(json);
                 self.scrub_json(json);
+                // Verbatim text with a secret in it no longer matches the document.
+                body.forget_stale_verbatim();
             }
             Body::Text { text, .. } => self.scrub_in_place(text),
             Body::Base64 { base64, .. } | Body::Encoded { base64, .. } => {

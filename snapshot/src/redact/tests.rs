@@ -181,6 +181,9 @@ fn planted_keys_are_gone_from_the_serialized_exchange() {
         .push(("authorization".into(), format!("Bearer {OPENAI_KEY}")));
     ex.request.body = Body::Json {
         content_encoding: None,
+        style: crate::model::JsonStyle::default(),
+        verbatim: None,
+        offsets_ms: None,
         json: json!({
             "model": "gpt-4o-mini",
             "messages": [{"role": "user", "content": format!("my key is {ANTHROPIC_KEY}, ok?")}],
@@ -193,6 +196,7 @@ fn planted_keys_are_gone_from_the_serialized_exchange() {
         .push(("set-cookie".into(), "session=abc123; Path=/".into()));
     ex.response.body = Body::Sse {
         content_encoding: None,
+        crlf: false,
         events: vec![
             SseEvent {
                 offset_ms: 1.0,
@@ -248,6 +252,9 @@ fn redacting_twice_changes_nothing() {
     ex.request.headers.0.push(("cookie".into(), "a=b".into()));
     ex.request.body = Body::Json {
         content_encoding: None,
+        style: crate::model::JsonStyle::default(),
+        verbatim: None,
+        offsets_ms: None,
         json: json!({"user": "alice", "text": ANTHROPIC_KEY}),
     };
     r.redact_exchange(&mut ex);
@@ -319,6 +326,9 @@ fn rules_add_headers_query_params_pointers_and_patterns() {
 
     let mut body = Body::Json {
         content_encoding: None,
+        style: crate::model::JsonStyle::default(),
+        verbatim: None,
+        offsets_ms: None,
         json: json!({"user": "alice", "metadata": {"ids": [1, {"n": 2}]}, "nothing": null, "note": "acct_42 tok_abc"}),
     };
     r.redact_body(&mut body);

@@ -47,6 +47,9 @@ pub(crate) fn exchange(
 pub(crate) fn json_body(json: Value) -> Body {
     Body::Json {
         content_encoding: None,
+        style: crate::model::JsonStyle::default(),
+        verbatim: None,
+        offsets_ms: None,
         json,
     }
 }
@@ -55,6 +58,7 @@ pub(crate) fn json_body(json: Value) -> Body {
 pub(crate) fn sse_body(events: &[(f64, Option<String>, String)]) -> Body {
     Body::Sse {
         content_encoding: None,
+        crlf: false,
         events: events
             .iter()
             .map(|(offset_ms, event, data)| SseEvent {

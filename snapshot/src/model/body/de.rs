@@ -11,7 +11,7 @@ use serde::de::{self, MapAccess, Visitor, value::MapAccessDeserializer};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::{Body, SseEvent, base64_bytes};
+use super::{Body, JsonStyle, SseEvent, base64_bytes};
 
 const TAG: &str = "kind";
 
@@ -46,6 +46,12 @@ struct JsonFields {
     #[serde(default)]
     content_encoding: Option<String>,
     json: Value,
+    #[serde(default)]
+    style: JsonStyle,
+    #[serde(default)]
+    verbatim: Option<String>,
+    #[serde(default)]
+    offsets_ms: Option<Vec<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +83,8 @@ struct SseFields {
     events: Vec<SseEvent>,
     #[serde(default)]
     unterminated: Option<String>,
+    #[serde(default)]
+    crlf: bool,
 }
 
 struct BodyVisitor;
@@ -125,10 +133,16 @@ fn fields<'de, D: Deserializer<'de>>(kind: Kind, rest: D) -> Result<Body, D::Err
         }
         Kind::Json => {
             let f = JsonFields::deserialize(rest)?;
-            Body::Json {
+            let mut body = Body::Json {
                 content_encoding: f.content_encoding,
                 json: f.json,
-            }
+                style: f.style,
+                verbatim: f.verbatim,
+                offsets_ms: f.offsets_ms,
+            };
+            // A document edited by hand is sent as edited.
+            body.forget_stale_verbatim();
+            body
         }
         Kind::Text => {
             let f = TextFields::deserialize(rest)?;
@@ -157,6 +171,7 @@ fn fields<'de, D: Deserializer<'de>>(kind: Kind, rest: D) -> Result<Body, D::Err
                 content_encoding: f.content_encoding,
                 events: f.events,
                 unterminated: f.unterminated,
+                crlf: f.crlf,
             }
         }
     })
