@@ -433,23 +433,18 @@ fn a_hundred_concurrent_streams_on_one_connection_are_a_hundred_exchanges() {
     assert_keys_absent(out.path());
 }
 
-#[test]
-fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
-    if !runnable("HTTP/2 capture --pid on a running connection", &["nghttpx"]) {
-        return;
-    }
-    let setup = Setup::new();
-    let out = tempfile::tempdir().expect("tempdir");
-    // The client makes its first request, which fills both HPACK tables, before the
-    // capture starts; then two more on the same connection.
+/// Starts `h2_client.py MODE`, which opens its connection and waits, then captures it with
+/// `--pid` while it takes its step: the capture joins a connection already under way. The
+/// host is among the fields such a capture may not know (`:authority` can refer to the
+/// HPACK table), so every host is recorded. Returns the agent's result, checked to have
+/// succeeded, and the client's report.
+fn capture_joined(setup: &Setup, out: &Path, mode: &str) -> (Finished, Value) {
     let mut cmd = setup.netns.command("python3");
     cmd.arg(client_script("h2_client.py"))
-        .args(["join", &H2Front::origin()]);
+        .args([mode, &H2Front::origin()]);
     let mut client = StepClient::start(cmd, &setup.ca);
-    // The host is one of the fields left out (`:authority` refers to the table), so
-    // every host is recorded.
     let agent = Agent::start(
-        out.path(),
+        out,
         &setup.ca,
         &[
             "--pid".into(),
@@ -461,6 +456,19 @@ fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
     client.quit();
     let finished = agent.finish();
     assert!(finished.status.success(), "{}", finished.dump());
+    (finished, report)
+}
+
+#[test]
+fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
+    if !runnable("HTTP/2 capture --pid on a running connection", &["nghttpx"]) {
+        return;
+    }
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    // The client makes its first request, which fills both HPACK tables, before the
+    // capture starts; then two more on the same connection.
+    let (finished, report) = capture_joined(&setup, out.path(), "join");
 
     let recorded = exchanges(out.path());
     assert_eq!(recorded.len(), 2, "{}", finished.dump());
@@ -541,23 +549,7 @@ fn a_stream_under_way_when_the_capture_joins_is_counted_not_lost_silently() {
     let out = tempfile::tempdir().expect("tempdir");
     // A chat completion, then a streamed one the client has read the start of, before the
     // capture starts; the rest of that stream and one more completion after.
-    let mut cmd = setup.netns.command("python3");
-    cmd.arg(client_script("h2_client.py"))
-        .args(["join-streaming", &H2Front::origin()]);
-    let mut client = StepClient::start(cmd, &setup.ca);
-    let agent = Agent::start(
-        out.path(),
-        &setup.ca,
-        &[
-            "--pid".into(),
-            client.pid.to_string().into(),
-            "--any-host".into(),
-        ],
-    );
-    let report = client.step("go");
-    client.quit();
-    let finished = agent.finish();
-    assert!(finished.status.success(), "{}", finished.dump());
+    let (finished, report) = capture_joined(&setup, out.path(), "join-streaming");
 
     let results = report["results"].as_array().expect("results");
     assert_eq!(results.len(), 3);
