@@ -16,7 +16,7 @@ use std::{
 use llmsim_tests::{
     ChildGuard, TestNetns, cgroup2_mount, flows::replayd_command, privileged, snapshot,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
 /// How long the app and replayd's cgroup may outlive replayd: "at once", with room for a
@@ -39,27 +39,24 @@ fn line_channel(reader: impl Read + Send + 'static) -> mpsc::Receiver<Option<Str
     rx
 }
 
-#[test]
-fn replayd_killed_mid_stream_ends_the_app_at_once_and_leaves_no_redirect() {
-    if !privileged("SIGKILL of replayd mid-stream") {
-        return;
-    }
-    // Two events at once, then two a minute later: the kill falls between them.
-    let chunk = |i: usize| {
-        json!({"id": "chatcmpl-k", "object": "chat.completion.chunk", "created": 1,
-               "model": "gpt-4o-mini",
-               "choices": [{"index": 0, "delta": {"content": format!("w{i} ")},
-                            "finish_reason": null}]})
-        .to_string()
-    };
+/// The `i`th chunk of the recorded stream.
+fn chunk(i: usize) -> String {
+    json!({"id": "chatcmpl-k", "object": "chat.completion.chunk", "created": 1,
+           "model": "gpt-4o-mini",
+           "choices": [{"index": 0, "delta": {"content": format!("w{i} ")},
+                        "finish_reason": null}]})
+    .to_string()
+}
+
+/// A snapshot answering `request` with a stream of two events at once, then two a minute
+/// later: a kill falls between them.
+fn slow_stream_snapshot(request: &Value) -> tempfile::TempDir {
     let events = json!([
         {"offset_ms": 0.0, "data": chunk(0)},
         {"offset_ms": 0.0, "data": chunk(1)},
         {"offset_ms": 60000.0, "data": chunk(2)},
         {"offset_ms": 60000.0, "data": "[DONE]"},
     ]);
-    let request = json!({"model": "gpt-4o-mini", "stream": true,
-                         "messages": [{"role": "user", "content": "killed mid-stream"}]});
     let dir = tempfile::tempdir().expect("tempdir");
     snapshot::write_exchanges(
         dir.path(),
@@ -73,6 +70,17 @@ fn replayd_killed_mid_stream_ends_the_app_at_once_and_leaves_no_redirect() {
                          "body": {"kind": "sse", "events": events}}
         })],
     );
+    dir
+}
+
+#[test]
+fn replayd_killed_mid_stream_ends_the_app_at_once_and_leaves_no_redirect() {
+    if !privileged("SIGKILL of replayd mid-stream") {
+        return;
+    }
+    let request = json!({"model": "gpt-4o-mini", "stream": true,
+                         "messages": [{"role": "user", "content": "killed mid-stream"}]});
+    let dir = slow_stream_snapshot(&request);
 
     let offline = TestNetns::offline();
     let argv: Vec<OsString> = [
