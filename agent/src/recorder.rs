@@ -14,7 +14,7 @@ use std::{
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use llmsim_snapshot::{
     ledger::Totals,
-    model::{Body, Exchange, HttpVersion, ProcessInfo, Scheme},
+    model::{Body, Exchange, HttpVersion, ProcessInfo, Scheme, SseEvent},
     prices::PriceTable,
     provider::Provider,
     record::{self, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder},
@@ -271,17 +271,46 @@ fn write_files(
     Ok(stats)
 }
 
-/// A client that stops reading after a stream's last whole event (openai-python closes at
+/// A client that stops reading after a stream's last event (openai-python closes at
 /// `[DONE]` without reading the chunked terminator) saw the whole stream: nothing of it is
-/// missing, though the reassembler saw the connection end inside the response body. This
-/// belongs to capture, which sees only what the client read; replayd reads every answer it
-/// forwards to its end, so a body that ends early there was cut off.
+/// missing, though the reassembler saw the connection end inside the response body. A
+/// stream whose last event does not end it was cut off (the client was killed, or gave up)
+/// and stays flagged. This belongs to capture, which sees only what the client read;
+/// replayd reads every answer it forwards to its end, so a body that ends early there was
+/// cut off.
 fn accept_a_stream_read_to_its_last_event(exchange: &mut Exchange) {
     if exchange.incomplete.as_deref() == Some(http1::ENDED_IN_RESPONSE_BODY)
-        && matches!(&exchange.response.body, Body::Sse { events, unterminated: None, .. } if !events.is_empty())
+        && matches!(
+            &exchange.response.body,
+            Body::Sse { events, unterminated: None, .. }
+                if events.last().is_some_and(ends_the_stream)
+        )
     {
         exchange.incomplete = None;
     }
+}
+
+/// Whether `event` is the last one its provider sends: `data: [DONE]` (chat completions,
+/// and every server compatible with them), `response.completed`, `response.failed` or
+/// `response.incomplete` (the Responses API), `message_stop` or `error` (Anthropic), or a
+/// Gemini chunk with a `finishReason` (Gemini sends no end marker).
+fn ends_the_stream(event: &SseEvent) -> bool {
+    event.data == "[DONE]"
+        || matches!(
+            event.event.as_deref(),
+            Some(
+                "message_stop"
+                    | "error"
+                    | "response.completed"
+                    | "response.failed"
+                    | "response.incomplete"
+            )
+        )
+        || serde_json::from_str::<serde_json::Value>(&event.data).is_ok_and(|chunk| {
+            chunk["candidates"]
+                .as_array()
+                .is_some_and(|candidates| candidates.iter().any(|c| c["finishReason"].is_string()))
+        })
 }
 
 fn wire_headers(fields: &http1::Headers) -> llmsim_snapshot::model::Headers {
@@ -325,5 +354,39 @@ mod tests {
         assert!(filter.records("myres.openai.azure.com"));
         assert!(!filter.records("example.com"));
         assert!(HostFilter::new(&[], true).unwrap().records("example.com"));
+    }
+
+    fn event(event: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            offset_ms: 0.0,
+            event: event.map(str::to_owned),
+            data: data.to_owned(),
+            id: None,
+            retry: None,
+        }
+    }
+
+    #[test]
+    fn only_a_providers_last_event_ends_a_stream() {
+        for last in [
+            event(None, "[DONE]"),
+            event(Some("message_stop"), r#"{"type":"message_stop"}"#),
+            event(Some("error"), r#"{"type":"error"}"#),
+            event(Some("response.completed"), "{}"),
+            event(Some("response.failed"), "{}"),
+            event(Some("response.incomplete"), "{}"),
+            event(None, r#"{"candidates":[{"finishReason":"STOP"}]}"#),
+        ] {
+            assert!(ends_the_stream(&last), "{last:?}");
+        }
+        for middle in [
+            event(None, r#"{"choices":[{"delta":{"content":"w0 "}}]}"#),
+            event(Some("content_block_delta"), "{}"),
+            event(Some("response.output_text.delta"), "{}"),
+            event(None, r#"{"candidates":[{"content":{}}]}"#),
+            event(None, "not json"),
+        ] {
+            assert!(!ends_the_stream(&middle), "{middle:?}");
+        }
     }
 }

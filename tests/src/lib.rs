@@ -52,6 +52,7 @@ pub mod privilege;
 pub mod process;
 pub mod provider;
 pub mod snapshot;
+pub mod tmpfs;
 
 pub use bins::{bin_dir, binary, llmsim_agent, replayd};
 pub use ca::TestCa;
@@ -68,3 +69,4 @@ pub use paths::{
 pub use privilege::{is_root, privileged, requires};
 pub use process::{ChildGuard, CommandOutput, Lines, run_command};
 pub use provider::{FakeProvider, FakeProviderConfig, ProviderRequest, Usage};
+pub use tmpfs::TestTmpfs;
