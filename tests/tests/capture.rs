@@ -3,8 +3,11 @@
 //! name to the local fake provider, and the snapshot holds exactly what went
 //! over the wire, redacted. Plus the bad-input paths a user hits first.
 
+mod capture_support;
+
 use std::{path::Path, process::Command, time::Duration};
 
+use capture_support::assert_paced_sse;
 use llmsim_tests::{
     ClientRun, FakeProvider, TEST_API_KEYS, TestCa, TestNetns, configure_client_env, llmsim_agent,
     netns_client_argv, privileged, run_command,
@@ -110,23 +113,7 @@ fn assert_chat_capture(client: &str) {
         assert_eq!(exchange["streamed"], result.stream);
     }
     // The streamed response is stored as its SSE events, in order, with offsets.
-    let events = recorded[1]["response"]["body"]["events"]
-        .as_array()
-        .expect("SSE events");
-    assert!(events.len() >= 3, "too few events: {events:?}");
-    assert_eq!(events.last().unwrap()["data"], "[DONE]");
-    let offsets: Vec<f64> = events
-        .iter()
-        .map(|e| e["offset_ms"].as_f64().unwrap())
-        .collect();
-    assert!(
-        offsets.windows(2).all(|w| w[0] <= w[1]),
-        "offsets not ordered: {offsets:?}"
-    );
-    assert!(
-        offsets.last().unwrap() - offsets[0] >= 15.0,
-        "events were paced 20 ms apart: {offsets:?}"
-    );
+    assert_paced_sse(&recorded[1]);
     // Keys never reach disk.
     let text = snapshot_text(out.path());
     for (_, key) in TEST_API_KEYS {

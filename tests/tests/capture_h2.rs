@@ -16,7 +16,7 @@ mod capture_support;
 use std::ffi::OsString;
 use std::path::Path;
 
-use capture_support::{Agent, Finished, StepClient, exchanges, figure};
+use capture_support::{Agent, Finished, StepClient, assert_paced_sse, exchanges, figure};
 use llmsim_snapshot::model::Exchange;
 use std::time::Duration;
 
@@ -214,23 +214,7 @@ fn assert_plain_and_streamed(setup: &Setup, out: &Path, finished: &Finished, rep
         assert_eq!(received, served[i].response_body, "response {i} as sent");
         assert_eq!(exchange.streamed, i == 1);
     }
-    let events = recorded[1]["response"]["body"]["events"]
-        .as_array()
-        .expect("SSE events");
-    assert!(events.len() >= 3, "too few events: {events:?}");
-    assert_eq!(events.last().unwrap()["data"], "[DONE]");
-    let offsets: Vec<f64> = events
-        .iter()
-        .map(|e| e["offset_ms"].as_f64().unwrap())
-        .collect();
-    assert!(
-        offsets.windows(2).all(|w| w[0] <= w[1]),
-        "offsets not ordered: {offsets:?}"
-    );
-    assert!(
-        offsets.last().unwrap() - offsets[0] >= 15.0,
-        "events were paced 20 ms apart: {offsets:?}"
-    );
+    assert_paced_sse(&recorded[1]);
     assert_keys_absent(out);
 }
 

@@ -25,18 +25,7 @@ fn a_full_disk_fails_the_capture_in_one_line_and_leaves_no_partial_file() {
     assert_eq!(provider.requests().len(), 1, "{}", finished.dump());
 
     assert!(!finished.status.success(), "{}", finished.dump());
-    let errors: Vec<&String> = finished
-        .stderr
-        .iter()
-        .filter(|l| l.starts_with("llmsim-agent: ") && !l.starts_with("llmsim-agent: capturing "))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line:\n{}", finished.dump());
-    assert!(
-        errors[0].contains(&out.join("exchanges").display().to_string())
-            && errors[0].contains("No space left on device"),
-        "the line names the directory and the cause:\n{}",
-        finished.dump()
-    );
+    finished.assert_one_write_error(&out, "No space left on device");
     assert!(finished.live_lines().is_empty(), "{}", finished.dump());
 
     let left: Vec<PathBuf> = std::fs::read_dir(out.join("exchanges"))

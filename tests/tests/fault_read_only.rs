@@ -45,18 +45,7 @@ fn a_snapshot_made_read_only_mid_run_fails_the_capture_in_one_line_and_keeps_wha
     assert_eq!(provider.requests().len(), 2, "{}", finished.dump());
 
     assert!(!finished.status.success(), "{}", finished.dump());
-    let errors: Vec<&String> = finished
-        .stderr
-        .iter()
-        .filter(|l| l.starts_with("llmsim-agent: ") && !l.starts_with("llmsim-agent: capturing "))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line:\n{}", finished.dump());
-    assert!(
-        errors[0].contains(&out.join("exchanges").display().to_string())
-            && errors[0].contains("Read-only file system"),
-        "the line names the directory and the cause:\n{}",
-        finished.dump()
-    );
+    finished.assert_one_write_error(&out, "Read-only file system");
     assert_eq!(finished.live_lines().len(), 1, "{}", finished.dump());
 
     let left: Vec<PathBuf> = std::fs::read_dir(out.join("exchanges"))

@@ -190,6 +190,25 @@ impl Finished {
             .collect()
     }
 
+    /// Asserts that the agent printed exactly one error line, naming the exchanges
+    /// directory of `out` and `cause` (a write error the capture reports and ends on).
+    pub fn assert_one_write_error(&self, out: &Path, cause: &str) {
+        let errors: Vec<&String> = self
+            .stderr
+            .iter()
+            .filter(|l| {
+                l.starts_with("llmsim-agent: ") && !l.starts_with("llmsim-agent: capturing ")
+            })
+            .collect();
+        assert_eq!(errors.len(), 1, "one error line:\n{}", self.dump());
+        assert!(
+            errors[0].contains(&out.join("exchanges").display().to_string())
+                && errors[0].contains(cause),
+            "the line names the directory and the cause:\n{}",
+            self.dump()
+        );
+    }
+
     /// stdout lines that are not part of the summary (a command's own output).
     pub fn command_stdout(&self) -> Vec<&str> {
         match split_summary(&self.stdout) {
@@ -532,6 +551,29 @@ pub fn assert_summary_matches_disk(finished: &Finished, dir: &Path) {
 }
 
 /// Names of leftover temporary files (`.….tmp`) anywhere under `dir`.
+/// Asserts that a recorded streamed response (an exchange file's JSON) is stored as at
+/// least three SSE events ending in `[DONE]`, with ordered offsets spread over at least
+/// 15 ms (the fake provider paces its events 20 ms apart).
+pub fn assert_paced_sse(exchange: &Value) {
+    let events = exchange["response"]["body"]["events"]
+        .as_array()
+        .expect("SSE events");
+    assert!(events.len() >= 3, "too few events: {events:?}");
+    assert_eq!(events.last().unwrap()["data"], "[DONE]");
+    let offsets: Vec<f64> = events
+        .iter()
+        .map(|e| e["offset_ms"].as_f64().unwrap())
+        .collect();
+    assert!(
+        offsets.windows(2).all(|w| w[0] <= w[1]),
+        "offsets not ordered: {offsets:?}"
+    );
+    assert!(
+        offsets.last().unwrap() - offsets[0] >= 15.0,
+        "events were paced 20 ms apart: {offsets:?}"
+    );
+}
+
 pub fn temp_files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
