@@ -7,7 +7,7 @@ mod capture_support;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use capture_support::assert_paced_sse;
+use capture_support::{assert_paced_sse, exchanges};
 use llmsim_tests::{
     ClientRun, FakeProvider, TEST_API_KEYS, TestCa, TestNetns, configure_client_env, llmsim_agent,
     netns_client_argv, privileged, run_command,
@@ -15,22 +15,6 @@ use llmsim_tests::{
 use serde_json::Value;
 
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// The exchange files of a snapshot, parsed, in file-name order.
-fn exchanges(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("exchanges"))
-        .unwrap_or_else(|e| panic!("reading {}/exchanges: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f).expect("exchange file");
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()))
-        })
-        .collect()
-}
 
 /// Every byte of the snapshot directory, for secret checks.
 fn snapshot_text(dir: &Path) -> String {

@@ -7,9 +7,12 @@
 //! (`streamGenerateContent` without `alt=sse`) is stored with the offset of each element and
 //! replayed element by element at those offsets.
 
-use std::{path::Path, process::Command, time::Duration};
+mod capture_support;
+
+use std::{process::Command, time::Duration};
 
 use base64::Engine as _;
+use capture_support::exchanges;
 use llmsim_tests::{
     CommandOutput, FakeProvider, TestCa, TestNetns, configure_client_env, flows::replay_client,
     llmsim_agent, netns_client_argv, privileged, run_command,
@@ -60,22 +63,6 @@ fn reads_ms(output: &CommandOutput, index: usize) -> Vec<f64> {
         .unwrap_or_else(|| panic!("no reads_ms for call {index}\n{output}"))
         .iter()
         .map(|t| t.as_f64().expect("a time"))
-        .collect()
-}
-
-/// The exchange files of a snapshot, parsed, in file-name order.
-fn exchanges(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("exchanges"))
-        .unwrap_or_else(|e| panic!("reading {}/exchanges: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(f).expect("exchange file");
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()))
-        })
         .collect()
 }
 
