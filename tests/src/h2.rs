@@ -13,6 +13,7 @@
 //! [`H2_SERVER_PORT`] of `localhost`: an echo of every request, for captures of many streams
 //! on one connection.
 
+use std::ffi::OsStr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -101,59 +102,66 @@ impl H2Front {
     }
 }
 
-/// A running `grpc_server.py`; killed on drop.
-pub struct GrpcServer {
+/// A test server script run with `python3 -u SCRIPT ARGS...` in a namespace, once it has
+/// printed its `listening ...` line; killed on drop.
+struct ListeningScript {
     _child: ChildGuard,
     _stdout: Lines,
 }
 
-impl GrpcServer {
-    /// Starts the gRPC server in `netns` on [`GRPC_SERVER_PORT`] and waits until it listens.
-    pub fn start(netns: &TestNetns) -> Self {
-        let what = format!("gRPC server in network namespace {}", netns.name());
+impl ListeningScript {
+    fn start(netns: &TestNetns, what: &str, script: &str, args: &[&OsStr]) -> Self {
+        let what = format!("{what} in network namespace {}", netns.name());
         let mut cmd = netns.command("python3");
         cmd.arg("-u")
-            .arg(client_script("grpc_server.py"))
-            .arg(GRPC_SERVER_PORT.to_string())
+            .arg(client_script(script))
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         let mut child = ChildGuard::spawn(&mut cmd, &what);
         let stdout = child.child_mut().stdout.take().expect("stdout is piped");
         let mut lines = Lines::new(stdout, &what);
         lines.wait_for(|l| l.starts_with("listening "), START_TIMEOUT, String::new);
-        GrpcServer {
+        ListeningScript {
             _child: child,
             _stdout: lines,
         }
     }
 }
 
-/// A running `h2_server.py`; killed on drop.
-pub struct H2Server {
-    _child: ChildGuard,
-    _stdout: Lines,
+/// A running `grpc_server.py`; killed on drop.
+pub struct GrpcServer(#[expect(dead_code, reason = "held for its drop")] ListeningScript);
+
+impl GrpcServer {
+    /// Starts the gRPC server in `netns` on [`GRPC_SERVER_PORT`] and waits until it listens.
+    pub fn start(netns: &TestNetns) -> Self {
+        let port = GRPC_SERVER_PORT.to_string();
+        GrpcServer(ListeningScript::start(
+            netns,
+            "gRPC server",
+            "grpc_server.py",
+            &[port.as_ref()],
+        ))
+    }
 }
+
+/// A running `h2_server.py`; killed on drop.
+pub struct H2Server(#[expect(dead_code, reason = "held for its drop")] ListeningScript);
 
 impl H2Server {
     /// Starts the server in `netns` with the `ca` leaf and waits until it listens.
     pub fn start(netns: &TestNetns, ca: &TestCa) -> Self {
-        let what = format!("HTTP/2 server in network namespace {}", netns.name());
-        let mut cmd = netns.command("python3");
-        cmd.arg("-u")
-            .arg(client_script("h2_server.py"))
-            .arg(H2_SERVER_PORT.to_string())
-            .arg(ca.leaf_cert_path())
-            .arg(ca.leaf_key_path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        let mut child = ChildGuard::spawn(&mut cmd, &what);
-        let stdout = child.child_mut().stdout.take().expect("stdout is piped");
-        let mut lines = Lines::new(stdout, &what);
-        lines.wait_for(|l| l.starts_with("listening "), START_TIMEOUT, String::new);
-        H2Server {
-            _child: child,
-            _stdout: lines,
-        }
+        let port = H2_SERVER_PORT.to_string();
+        H2Server(ListeningScript::start(
+            netns,
+            "HTTP/2 server",
+            "h2_server.py",
+            &[
+                port.as_ref(),
+                ca.leaf_cert_path().as_os_str(),
+                ca.leaf_key_path().as_os_str(),
+            ],
+        ))
     }
 
     /// `https://localhost:50051`.
