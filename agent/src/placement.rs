@@ -289,6 +289,20 @@ struct Candidate {
     undecoded: bool,
 }
 
+impl Candidate {
+    /// Adds an entry probe at `point` and its return probe; `instruction` is the one the
+    /// entry probe replaces, when it was decoded.
+    fn add_entry(&mut self, point: ProbePoint, instruction: Option<Instruction>) {
+        self.undecoded |= instruction.is_none();
+        self.replaced.extend(instruction);
+        self.returns.push(ProbePoint {
+            role: ProbeRole::Return,
+            ..point.clone()
+        });
+        self.entries.push(point);
+    }
+}
+
 /// Chooses the placement for an object: the one [`FORCE_ENV`] names if it
 /// fits, else the best one whose probes are all emulated, else the entry
 /// probes (which need nothing but the symbols).
@@ -393,13 +407,7 @@ fn entry_candidate(code: &dyn Code, definitions: &Definitions) -> Candidate {
             let Some((point, instruction)) = point else {
                 continue;
             };
-            found.undecoded |= instruction.is_none();
-            found.replaced.extend(instruction);
-            found.returns.push(ProbePoint {
-                role: ProbeRole::Return,
-                ..point.clone()
-            });
-            found.entries.push(point);
+            found.add_entry(point, instruction);
         }
     }
     found
@@ -422,13 +430,7 @@ fn worker_candidate(
         .ok_or(PlacementError::Undecodable {
             function: pair.counted,
         })?;
-        found.undecoded |= instruction.is_none();
-        found.replaced.extend(instruction);
-        found.returns.push(ProbePoint {
-            role: ProbeRole::Return,
-            ..point.clone()
-        });
-        found.entries.push(point);
+        found.add_entry(point, instruction);
     }
     Ok(found)
 }
