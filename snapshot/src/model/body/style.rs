@@ -143,17 +143,24 @@ fn escape_non_ascii(json: &[u8]) -> Vec<u8> {
 /// One line with a space after each `,` and `:`.
 struct Spaced;
 
+impl Spaced {
+    /// `, ` before every array element and object member but the first.
+    fn separate<W: ?Sized + io::Write>(writer: &mut W, first: bool) -> io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+}
+
 impl Formatter for Spaced {
     fn begin_array_value<W: ?Sized + io::Write>(
         &mut self,
         writer: &mut W,
         first: bool,
     ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        Self::separate(writer, first)
     }
 
     fn begin_object_key<W: ?Sized + io::Write>(
@@ -161,11 +168,7 @@ impl Formatter for Spaced {
         writer: &mut W,
         first: bool,
     ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        Self::separate(writer, first)
     }
 
     fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
