@@ -8,7 +8,7 @@ mod capture_support;
 
 use std::path::Path;
 
-use capture_support::{Agent, StepClient};
+use capture_support::{Agent, Finished, StepClient};
 use llmsim_tests::{FakeProvider, TestCa, TestNetns, privileged};
 use serde_json::Value;
 
@@ -120,17 +120,7 @@ fn every_forced_placement_records_the_same_snapshot() {
             finished.dump()
         );
         // The placement asked for is the one used for the client's libssl, and said so.
-        let libssl = finished.summary["probes"]
-            .as_array()
-            .expect("probes in the summary")
-            .iter()
-            .find(|p| {
-                p["object"]
-                    .as_str()
-                    .is_some_and(|o| o.starts_with("libssl.so"))
-            })
-            .unwrap_or_else(|| panic!("no libssl placement\n{}", finished.dump()))
-            .clone();
+        let libssl = libssl_probes(&finished);
         assert_eq!(libssl["placement"], placement, "{}", finished.dump());
         let line = format!(
             "llmsim-agent: {}: {}",
@@ -178,17 +168,7 @@ fn a_second_capture_decodes_the_code_not_the_first_captures_breakpoints() {
     let first = first.stop("INT");
     assert!(second.status.success(), "{}", second.dump());
     for finished in [&first, &second] {
-        let libssl = finished.summary["probes"]
-            .as_array()
-            .expect("probes in the summary")
-            .iter()
-            .find(|p| {
-                p["object"]
-                    .as_str()
-                    .is_some_and(|o| o.starts_with("libssl.so"))
-            })
-            .unwrap_or_else(|| panic!("no libssl placement\n{}", finished.dump()))
-            .clone();
+        let libssl = libssl_probes(finished);
         assert_eq!(
             libssl["description"],
             "worker probes (emulated push)",
@@ -196,4 +176,19 @@ fn a_second_capture_decodes_the_code_not_the_first_captures_breakpoints() {
             finished.dump()
         );
     }
+}
+
+/// The summary's `probes` entry of the libssl the client loaded.
+fn libssl_probes(finished: &Finished) -> Value {
+    finished.summary["probes"]
+        .as_array()
+        .expect("probes in the summary")
+        .iter()
+        .find(|p| {
+            p["object"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("libssl.so"))
+        })
+        .unwrap_or_else(|| panic!("no libssl placement\n{}", finished.dump()))
+        .clone()
 }
