@@ -131,6 +131,11 @@ pub enum Endpoint {
     StreamGenerateContent,
     /// `POST …/models/{model}:embedContent` (Gemini).
     EmbedContent,
+    /// `POST /api/chat` (Ollama's native chat; streams NDJSON unless `"stream": false`).
+    OllamaChat,
+    /// `POST /api/generate` (Ollama's native completion; streams NDJSON unless
+    /// `"stream": false`).
+    OllamaGenerate,
     /// Anything else.
     Other,
 }
@@ -159,6 +164,10 @@ impl Endpoint {
             Self::Embeddings
         } else if path.ends_with("/v1/messages") {
             Self::Messages
+        } else if path == "/api/chat" {
+            Self::OllamaChat
+        } else if path == "/api/generate" {
+            Self::OllamaGenerate
         } else {
             Self::Other
         }
@@ -183,15 +192,15 @@ pub fn model_of(endpoint: Endpoint, path: &str, body: Option<&Value>) -> Option<
 }
 
 /// Whether the request asks for a streamed response: Gemini by endpoint,
-/// every other format by `"stream": true` in the body.
+/// every other format by `"stream"` in the body, which defaults to `false`
+/// except on Ollama's native endpoints, which stream unless told not to.
 pub fn is_streaming(endpoint: Endpoint, body: Option<&Value>) -> bool {
+    let stream = body.and_then(|b| b.get("stream")).and_then(Value::as_bool);
     match endpoint {
         Endpoint::StreamGenerateContent => true,
         Endpoint::GenerateContent | Endpoint::EmbedContent => false,
-        _ => body
-            .and_then(|b| b.get("stream"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        Endpoint::OllamaChat | Endpoint::OllamaGenerate => stream.unwrap_or(true),
+        _ => stream.unwrap_or(false),
     }
 }
 
@@ -288,6 +297,10 @@ mod tests {
             ("GET", "/v1/chat/completions", Endpoint::Other),
             ("GET", "/v1/models", Endpoint::Other),
             ("POST", "", Endpoint::Other),
+            ("POST", "/api/chat", Endpoint::OllamaChat),
+            ("POST", "/api/generate", Endpoint::OllamaGenerate),
+            ("GET", "/api/chat", Endpoint::Other),
+            ("POST", "/api/tags", Endpoint::Other),
         ] {
             assert_eq!(
                 Endpoint::classify(method, path),
@@ -336,5 +349,8 @@ mod tests {
         assert!(!is_streaming(Endpoint::Messages, Some(&json!("stream"))));
         assert!(is_streaming(Endpoint::StreamGenerateContent, None));
         assert!(!is_streaming(Endpoint::GenerateContent, Some(&on)));
+        assert!(is_streaming(Endpoint::OllamaChat, None));
+        assert!(is_streaming(Endpoint::OllamaGenerate, Some(&json!({}))));
+        assert!(!is_streaming(Endpoint::OllamaChat, Some(&off)));
     }
 }
