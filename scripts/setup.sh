@@ -34,6 +34,8 @@ PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
 # HTTP/2 tests: httpx (and the SDKs through it) speaks h2 once h2 is installed; grpcio is
 # a real gRPC client for replayed trailers.
 PYTHON_PACKAGES+=(httpx==0.28.1 h2==4.4.1 grpcio==1.85.1)
+# Plain-HTTP tests: the official Ollama client (NDJSON streaming from /api/chat).
+PYTHON_PACKAGES+=(ollama==0.6.3)
 BENCH_APT_PACKAGES=(wrk nginx)
 # oha sends requests at a fixed rate and measures latency from each request's scheduled
 # start (--latency-correction), which wrk cannot; its JSON report's layout is per version.

@@ -11,6 +11,7 @@ pub mod events;
 pub mod http1;
 pub mod http2;
 pub mod placement;
+pub mod plain;
 pub mod preflight;
 pub mod probes;
 pub mod procfs;

@@ -18,7 +18,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use llmsim_ebpf_common::{ConnKey, DROP_REASONS, DropReason, Filter, FilterMode};
+use llmsim_ebpf_common::{ConnKey, DROP_REASONS, DropReason, Filter, FilterMode, PlainDestination};
 use llmsim_kernel::object::{Object, ObjectError, Purpose, map_error, program_error};
 use serde::Serialize;
 use thiserror::Error;
@@ -147,6 +147,17 @@ impl Probes {
                 0,
             )
             .map_err(map_error("FILTER"))?;
+        Ok(())
+    }
+
+    /// Sets which plain TCP destinations the syscall probes copy (see [`crate::plain`]).
+    pub fn select_plain(&mut self, destinations: &[PlainDestination]) -> Result<(), ProbeError> {
+        let mut map: HashMap<_, PlainDestination, u8> =
+            self.object.map_mut("PLAIN_DESTINATIONS")?;
+        for destination in destinations {
+            map.insert(destination, &1, 0)
+                .map_err(map_error("PLAIN_DESTINATIONS"))?;
+        }
         Ok(())
     }
 

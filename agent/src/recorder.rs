@@ -12,6 +12,7 @@ use std::{
 };
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use llmsim_ebpf_common::is_plain_connection;
 use llmsim_snapshot::{
     ledger::Totals,
     model::{Body, Exchange, HttpVersion, ProcessInfo, Scheme, SseEvent},
@@ -179,7 +180,8 @@ impl Recorder {
         }
     }
 
-    /// The exchange as the kernel's probes saw it: always TLS, timed from the request's
+    /// The exchange as the kernel's probes saw it: TLS, or plain HTTP from the socket
+    /// syscalls when its connection id says so, timed from the request's
     /// first write, dated by the wall clock, with its connection's HTTP version and the
     /// response's trailers (HTTP/2 trailers, gRPC's `grpc-status` among them, or a
     /// chunked HTTP/1.1 body's).
@@ -189,6 +191,11 @@ impl Recorder {
         process: ProcessInfo,
         lost: Option<String>,
     ) -> RawExchange<Vec<u8>> {
+        let scheme = if is_plain_connection(done.ssl) {
+            Scheme::Http
+        } else {
+            Scheme::Https
+        };
         let ConnectionExchange {
             sni,
             peer,
@@ -234,7 +241,7 @@ impl Recorder {
             sni,
             peer,
             process,
-            scheme: Scheme::Https,
+            scheme,
             http_version,
             incomplete: lost.or(incomplete),
         }

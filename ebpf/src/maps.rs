@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use llmsim_ebpf_common::{
-    ConnKey, DROP_REASONS, DropReason, Filter, OriginalDestination, RING_BUFFER_BYTES,
-    RedirectConfig,
+    ConnKey, DROP_REASONS, DropReason, Filter, OriginalDestination, PlainDestination,
+    RING_BUFFER_BYTES, RedirectConfig,
 };
 
 /// Every record for userspace: data chunks, SNI, connects, execs.
@@ -63,6 +63,40 @@ pub struct PendingConnect {
 #[map]
 pub static CONNECTS: HashMap<u64, PendingConnect> = HashMap::with_max_entries(16_384, 0);
 
+/// Destinations whose plaintext is copied from the socket syscalls (value unused).
+/// Written by userspace.
+#[map]
+pub static PLAIN_DESTINATIONS: HashMap<PlainDestination, u8> = HashMap::with_max_entries(256, 0);
+
+/// A traced socket connected to a selected destination.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PlainSocket {
+    /// The connection id: [`llmsim_ebpf_common::PLAIN_CONNECTION`] | connect time.
+    pub conn: u64,
+    /// Nonzero once the client wrote: its first bytes were not a TLS `ClientHello`.
+    pub wrote: u64,
+}
+
+/// Selected sockets, keyed by `tgid << 32 | fd`.
+#[map]
+pub static PLAIN_SOCKETS: LruHashMap<u64, PlainSocket> = LruHashMap::with_max_entries(16_384, 0);
+
+/// A read or write syscall in progress on a selected socket: the call as the TLS
+/// probes describe one, plus the syscall number, which says where the buffer is.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PlainCall {
+    pub call: SslCall,
+    pub syscall: u64,
+    /// The iovec count of `readv`/`writev` (for `sendmsg`/`recvmsg`, read from the `msghdr`).
+    pub iovcnt: u64,
+}
+
+/// Syscalls in progress on selected sockets, keyed by `bpf_get_current_pid_tgid()`.
+#[map]
+pub static PLAIN_CALLS: HashMap<u64, PlainCall> = HashMap::with_max_entries(16_384, 0);
+
 /// Counts one undeliverable event.
 pub fn count_drop(reason: DropReason) {
     if let Some(counter) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
@@ -90,6 +124,11 @@ pub static REDIRECT: Array<RedirectConfig> = Array::with_max_entries(1, 0);
 /// addresses replayd's DNS answers for recorded hosts.
 #[map]
 pub static REDIRECT_V4: HashMap<u32, u8> = HashMap::with_max_entries(4_096, 0);
+
+/// Recorded plain-HTTP destinations (value unused), loopback ones included, whose TCP
+/// connects go to replayd's listener. Written by replayd.
+#[map]
+pub static REDIRECT_PLAIN: HashMap<PlainDestination, u8> = HashMap::with_max_entries(1_024, 0);
 
 /// Original destination of each redirected socket, by socket cookie.
 #[map]

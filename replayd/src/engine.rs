@@ -15,13 +15,14 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use http::Response;
 use llmsim_snapshot::authority::Authority;
 use llmsim_snapshot::ledger::CallLine;
-use llmsim_snapshot::model::{self, Exchange};
+use llmsim_snapshot::model::{self, Exchange, Scheme};
 use llmsim_snapshot::prices::PriceTable;
 use llmsim_snapshot::provider::{Endpoint, Provider};
 use llmsim_snapshot::signature::{
@@ -184,6 +185,8 @@ pub struct Engine {
     rules: CompiledRules,
     /// Recorded hosts in order of first appearance, lowercase.
     hosts: Vec<String>,
+    /// Where recorded plain-HTTP exchanges went (their connections' peers), sorted.
+    plain_peers: Vec<SocketAddr>,
     options: ReplayOptions,
     stats: Arc<Stats>,
     skipped: usize,
@@ -194,6 +197,10 @@ pub struct Engine {
     /// requests (`--on-miss record`).
     live: Mutex<HashMap<[u8; 32], LiveRecordings>>,
 }
+
+/// One servable exchange as loaded: its entry, its signature, and its connection's
+/// peer when it was made over plain HTTP.
+type Loaded = (Arc<RecordedEntry>, Signature, Option<SocketAddr>);
 
 /// The exchanges recorded during the run for one signature, and how many were served.
 #[derive(Debug, Default)]
@@ -222,7 +229,7 @@ impl Engine {
         // threads, and its parsed bodies are dropped there: holding every parsed exchange
         // first took four times the memory, and faulting that in was a large part of
         // start-up.
-        let prepared: Vec<Option<(Arc<RecordedEntry>, Signature)>> =
+        let prepared: Vec<Option<Loaded>> =
             snapshot.load_each(|recorded| {
                 let file = relative(&snapshot.dir, &recorded.path);
                 let exchange = recorded.exchange;
@@ -231,13 +238,16 @@ impl Engine {
                     return None;
                 }
                 let signature = recorded_signature(&exchange, &rules);
-                Some((Arc::new(RecordedEntry::new(file, &exchange, &prices)), signature))
+                let plain_peer = exchange.peer.filter(|_| exchange.scheme == Scheme::Http);
+                Some((Arc::new(RecordedEntry::new(file, &exchange, &prices)), signature, plain_peer))
             })?;
         let skipped = prepared.iter().filter(|p| p.is_none()).count();
         let mut entries = Vec::with_capacity(prepared.len());
         let mut signatures = Vec::with_capacity(prepared.len());
         let mut hosts: Vec<String> = Vec::new();
-        for (entry, signature) in prepared.into_iter().flatten() {
+        let mut plain_peers: Vec<SocketAddr> = Vec::new();
+        for (entry, signature, plain_peer) in prepared.into_iter().flatten() {
+            plain_peers.extend(plain_peer);
             let host = &signature.canonical().host;
             if !hosts.contains(host) {
                 hosts.push(host.clone());
@@ -251,6 +261,11 @@ impl Engine {
             entries,
             rules,
             hosts,
+            plain_peers: {
+                plain_peers.sort_unstable();
+                plain_peers.dedup();
+                plain_peers
+            },
             options,
             stats: Arc::new(Stats::new()),
             skipped,
@@ -400,6 +415,13 @@ impl Engine {
     /// ([`crate::redirect::answered_hosts`]).
     pub fn hosts(&self) -> &[String] {
         &self.hosts
+    }
+
+    /// The peers of recorded plain-HTTP exchanges (a local model server's
+    /// `127.0.0.1:11434`), which the redirect sends to replayd
+    /// ([`crate::redirect::plain_destinations`]).
+    pub fn plain_peers(&self) -> &[SocketAddr] {
+        &self.plain_peers
     }
 
     /// How many exchanges can be served.

@@ -324,6 +324,7 @@ async fn serve_redirected(
             .iter()
             .map(String::as_str),
     )?;
+    let plain = redirect::plain_destinations(engine.plain_peers());
     let server = Server::bind(engine, Some(tls), &ListenAddr::loopback_defaults())?;
     let dns = run::start_dns(
         &ListenAddr::loopback_defaults(),
@@ -347,7 +348,7 @@ async fn serve_redirected(
         hosts: hosts.iter().map(|(_, ip)| *ip).collect(),
         all_hosts: args.all_hosts,
     };
-    let kernel = Arc::new(KernelRedirect::attach(target, &settings)?);
+    let kernel = Arc::new(KernelRedirect::attach(target, &settings, &plain)?);
     let lookup = kernel.clone();
     let mut running = server.start(Some(Arc::new(move |peer| {
         lookup.original_destination(peer)

@@ -17,6 +17,7 @@
 //! each log branch dead and removes it, so it costs no instruction at all.
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
     helpers::{
@@ -194,7 +195,8 @@ struct ChunkLoop {
     pad: u32,
 }
 
-/// Emits the `moved` bytes at `call.buf` as consecutive chunk records, through
+/// Emits the `moved` bytes at `call.buf` as consecutive chunk records (of a TLS
+/// call, or of a plain socket's syscall: see `plain.rs`), through
 /// `bpf_loop` (kernel >= 5.17) so the verifier checks one iteration, not each.
 /// Stops at the first record that cannot be delivered: userspace sees fewer
 /// bytes than `call_len` and flags the exchange; the kernel counts the reason
@@ -204,7 +206,7 @@ struct ChunkLoop {
     clippy::cast_possible_truncation,
     reason = "the chunk count is cast only when at most MAX_CHUNKS_PER_CALL"
 )]
-fn emit_chunks(ctx: &RetProbeContext, call: &SslCall, pid_tgid: u64, moved: u64) {
+pub(super) fn emit_chunks<C: EbpfContext>(ctx: &C, call: &SslCall, pid_tgid: u64, moved: u64) {
     let chunks = moved.div_ceil(CHUNK_SIZE as u64);
     let iterations = if chunks > u64::from(MAX_CHUNKS_PER_CALL) {
         MAX_CHUNKS_PER_CALL
