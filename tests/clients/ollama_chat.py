@@ -4,11 +4,13 @@ and one whole `/api/generate`.
 
 Reads OLLAMA_HOST (like any ollama app) from the environment. Prints one JSON object on stdout:
 {"client", "sdk", "results": [...]}, where each result has "call", "stream", "text", "lines",
-"done_reason" and "usage" {"input_tokens", "output_tokens"}.
+"done_reason", "usage" {"input_tokens", "output_tokens"} and, for the stream, "arrivals_ms":
+when each line arrived, in ms after the request was sent.
 """
 
 import json
 import os
+import time
 
 import ollama
 
@@ -19,13 +21,15 @@ def main():
     client = ollama.Client(timeout=60.0)
     results = []
 
-    text, lines, last = [], 0, None
+    text, lines, last, arrivals = [], 0, None, []
+    started = time.monotonic()
     for part in client.chat(
         model=MODEL,
         messages=[{"role": "user", "content": "Say hello to the streamed chat, word by word."}],
         stream=True,
     ):
         lines += 1
+        arrivals.append(round((time.monotonic() - started) * 1000, 3))
         text.append(part.message.content or "")
         last = part
     results.append({
@@ -35,6 +39,7 @@ def main():
         "lines": lines,
         "done_reason": last.done_reason,
         "usage": {"input_tokens": last.prompt_eval_count, "output_tokens": last.eval_count},
+        "arrivals_ms": arrivals,
     })
 
     whole = client.generate(model=MODEL, prompt="Say hello to the whole generate request.", stream=False)
