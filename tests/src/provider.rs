@@ -75,7 +75,7 @@ impl FakeProvider {
     }
 
     /// Starts the provider inside `netns` serving plain HTTP on `listen` (such as
-    /// `127.0.0.1:11434`, where a local model server like Ollama listens): the OpenAI paths
+    /// `127.0.0.1:11434`, where a local model server like Ollama listens): the `OpenAI` paths
     /// and Ollama's native `/api/chat` and `/api/generate`.
     pub fn start_plain(netns: &TestNetns, listen: &str, config: &FakeProviderConfig) -> Self {
         Self::spawn(

@@ -14,14 +14,14 @@ use std::{ffi::OsString, path::Path};
 
 use capture_support::{Agent, Finished, assert_paced_sse, exchanges, figure};
 use llmsim_tests::{
-    FakeProvider, FakeProviderConfig, TEST_API_KEYS, TestCa, TestNetns, client_argv, privileged,
+    FakeProvider, FakeProviderConfig, TEST_API_KEYS, TestCa, TestNetns, clients_argv, privileged,
 };
 use serde_json::Value;
 
 /// Where the fake provider serves plain HTTP, as Ollama does.
 const LOCAL_SERVER: &str = "127.0.0.1:11434";
 
-/// `llmsim-agent capture ARGS -- sh -c 'python3 A && python3 B ...'` inside `netns`, with the
+/// `llmsim-agent capture FLAGS -- <the scripts one after the other>` inside `netns`, with the
 /// SDKs pointed at `base` (an `http://` origin).
 fn capture(
     netns: &TestNetns,
@@ -34,15 +34,7 @@ fn capture(
     let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
     args.push("--".into());
     args.extend(netns.exec_prefix());
-    let mut line = String::from("true");
-    for script in scripts {
-        let argv: Vec<String> = client_argv(script)
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        line.push_str(&format!(" && '{}'", argv.join("' '")));
-    }
-    args.extend(["sh".into(), "-c".into(), line.into()]);
+    args.extend(clients_argv(scripts));
     let base = base.to_owned();
     let agent = Agent::spawn_with(out, ca, &args, move |cmd| {
         cmd.env("OPENAI_BASE_URL", format!("{base}/v1"))

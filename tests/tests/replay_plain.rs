@@ -11,7 +11,7 @@ use std::{ffi::OsString, path::Path, time::Duration};
 
 use capture_support::{Agent, Finished};
 use llmsim_tests::{
-    CommandOutput, FakeProvider, FakeProviderConfig, TestCa, TestNetns, client_argv,
+    CommandOutput, FakeProvider, FakeProviderConfig, TestCa, TestNetns, clients_argv,
     flows::{REPLAY_API_KEY, replayd_command},
     privileged, run_command,
 };
@@ -22,19 +22,6 @@ const BASE: &str = "http://localhost:11434";
 const CLIENTS: [&str; 2] = ["openai_chat.py", "ollama_chat.py"];
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// `sh -c 'A && B'` for the clients.
-fn clients_argv() -> Vec<OsString> {
-    let mut line = String::from("true");
-    for script in CLIENTS {
-        let argv: Vec<String> = client_argv(script)
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
-        line.push_str(&format!(" && '{}'", argv.join("' '")));
-    }
-    vec!["sh".into(), "-c".into(), line.into()]
-}
-
 /// Records the clients against the fake provider on plain `127.0.0.1:11434` into `out`.
 fn record(out: &Path) -> Finished {
     let ca = TestCa::new();
@@ -42,7 +29,7 @@ fn record(out: &Path) -> Finished {
     let provider = FakeProvider::start_plain(&netns, LOCAL_SERVER, &FakeProviderConfig::default());
     let mut args: Vec<OsString> = vec!["--host".into(), "localhost:11434".into(), "--".into()];
     args.extend(netns.exec_prefix());
-    args.extend(clients_argv());
+    args.extend(clients_argv(&CLIENTS));
     let agent = Agent::spawn_with(out, &ca, &args, |cmd| {
         cmd.env("OPENAI_BASE_URL", format!("{BASE}/v1"))
             .env("OLLAMA_HOST", BASE);
@@ -62,7 +49,7 @@ fn record(out: &Path) -> Finished {
 
 /// `replayd --in snapshot -- <clients>` in `netns`, with `env` added.
 fn replay(netns: &TestNetns, snapshot: &Path, env: &[(&str, &str)]) -> CommandOutput {
-    let mut cmd = replayd_command(netns, snapshot, clients_argv());
+    let mut cmd = replayd_command(netns, snapshot, clients_argv(&CLIENTS));
     cmd.env(REPLAY_API_KEY.0, REPLAY_API_KEY.1)
         .env("OPENAI_BASE_URL", format!("{BASE}/v1"))
         .env("OLLAMA_HOST", BASE)
