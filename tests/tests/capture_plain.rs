@@ -5,8 +5,9 @@
 //! fake provider serving plain HTTP on `127.0.0.1:11434` inside a test network namespace. Every
 //! body is stored so that it writes back to the bytes that went over the wire, streams keep
 //! every event and line in order with its offset, usage is read from both formats, and no key
-//! reaches the snapshot. A plain connection to an unselected port, and a TLS connection to a
-//! selected port, write nothing of their own.
+//! reaches the snapshot; bytes moved by `sendmsg`/`recvmsg` and `writev`/`readv` arrive whole.
+//! A plain connection to an unselected port, and a TLS connection to a selected port, write
+//! nothing of their own.
 
 mod capture_support;
 
@@ -225,4 +226,60 @@ fn unselected_ports_and_tls_on_a_selected_port_record_nothing_of_their_own() {
         "{}",
         finished.dump()
     );
+}
+
+#[test]
+fn vectored_socket_calls_are_recorded_whole() {
+    if !privileged("plain-HTTP capture of sendmsg, recvmsg, writev and readv") {
+        return;
+    }
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let provider = FakeProvider::start_plain(&netns, LOCAL_SERVER, &FakeProviderConfig::default());
+    let out = tempfile::tempdir().expect("tempdir");
+    let finished = capture(
+        &netns,
+        &ca,
+        out.path(),
+        &["--host", "localhost:11434"],
+        &["plain_iovecs.py"],
+        "http://localhost:11434",
+    );
+    let served = provider.requests();
+    let recorded = exchanges(out.path());
+    assert_eq!(served.len(), 2, "{}", finished.dump());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    for (exchange, request) in recorded.iter().zip(&served) {
+        assert!(exchange["incomplete"].is_null(), "{exchange:#}");
+        request.assert_recorded_as_sent(exchange);
+    }
+}
+
+#[test]
+fn any_host_records_every_plain_destination() {
+    if !privileged("plain-HTTP capture with --any-host") {
+        return;
+    }
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let provider =
+        FakeProvider::start_plain(&netns, "127.0.0.1:8080", &FakeProviderConfig::default());
+    let out = tempfile::tempdir().expect("tempdir");
+    let finished = capture(
+        &netns,
+        &ca,
+        out.path(),
+        &["--any-host"],
+        &["openai_chat.py"],
+        "http://localhost:8080",
+    );
+    let served = provider.requests();
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), served.len(), "{}", finished.dump());
+    assert_eq!(recorded.len(), 2, "{}", finished.dump());
+    for (exchange, request) in recorded.iter().zip(&served) {
+        assert_eq!(exchange["scheme"], "http", "{exchange:#}");
+        assert_eq!(exchange["peer"], "127.0.0.1:8080", "{exchange:#}");
+        request.assert_recorded_as_sent(exchange);
+    }
 }

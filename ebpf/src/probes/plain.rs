@@ -93,32 +93,38 @@ pub fn on_connect(pid_tgid: u64, fd: u64, family: u16, port: u16, addr: &[u8; 16
 }
 
 /// Entry of a socket I/O syscall `id` outside any TLS call: remembers the call when
-/// `fd` is a selected socket. `arg1` is the buffer, iovec array or `msghdr`; `arg2`
-/// the length or iovec count.
+/// `fd` is a selected socket. `read_args` reads its second and third arguments
+/// (the buffer, iovec array or `msghdr`; the length or iovec count), only then.
 #[inline(always)]
 #[expect(
     clippy::cast_possible_truncation,
     reason = "a syscall's fd argument is an int in a 64-bit register"
 )]
-pub fn enter(id: u64, pid_tgid: u64, fd: u64, arg1: u64, arg2: u64) -> Result<(), i64> {
+pub fn enter(
+    id: u64,
+    pid_tgid: u64,
+    fd: u64,
+    read_args: impl FnOnce() -> Result<(u64, u64), i64>,
+) -> Result<(), i64> {
     // SAFETY: the value is copied out.
     let Some(socket) = (unsafe { PLAIN_SOCKETS.get(&socket_key(pid_tgid, fd)) }).copied() else {
         return Ok(());
     };
-    // The rest are read (0) and recvfrom (45), whose buffer is `arg1` too.
+    let (pointer, count) = read_args()?;
+    // The rest are read (0) and recvfrom (45), whose buffer is `pointer` too.
     let direction = match id {
         SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG => Direction::Write,
         _ => Direction::Read,
     };
     let (buf, iovcnt) = match id {
-        SYS_READV | SYS_WRITEV => (arg1, arg2),
+        SYS_READV | SYS_WRITEV => (pointer, count),
         SYS_SENDMSG | SYS_RECVMSG => {
             // SAFETY: user pointers read fault-tolerantly.
-            let iov = unsafe { bpf_probe_read_user((arg1 + MSG_IOV) as *const u64) }?;
-            let iovlen = unsafe { bpf_probe_read_user((arg1 + MSG_IOVLEN) as *const u64) }?;
+            let iov = unsafe { bpf_probe_read_user((pointer + MSG_IOV) as *const u64) }?;
+            let iovlen = unsafe { bpf_probe_read_user((pointer + MSG_IOVLEN) as *const u64) }?;
             (iov, iovlen)
         }
-        _ => (arg1, 0),
+        _ => (pointer, 0),
     };
     let call = PlainCall {
         call: SslCall {

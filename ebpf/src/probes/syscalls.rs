@@ -69,11 +69,16 @@ fn syscall_args(regs: *const pt_regs) -> Result<(u64, u64), i64> {
     }
 }
 
-/// The third syscall argument from a kernel `pt_regs`.
+/// The second and third syscall arguments from a kernel `pt_regs`: a socket
+/// call's buffer (or iovecs, or `msghdr`) and its length (or iovec count).
 #[inline(always)]
-fn syscall_arg2(regs: *const pt_regs) -> Result<u64, i64> {
+fn buffer_args(regs: *const pt_regs) -> Result<(u64, u64), i64> {
     // SAFETY: as in `syscall_args`.
-    unsafe { Ok(bpf_probe_read_kernel(&raw const (*regs).rdx)?) }
+    unsafe {
+        let a1 = bpf_probe_read_kernel(&raw const (*regs).rsi)?;
+        let a2 = bpf_probe_read_kernel(&raw const (*regs).rdx)?;
+        Ok((a1, a2))
+    }
 }
 
 #[expect(
@@ -99,9 +104,10 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !SOCKET_IO_SYSCALLS.contains(&id) {
         return Ok(());
     }
-    let (fd, buf) = syscall_args(ctx.arg(0))?;
+    let regs: *const pt_regs = ctx.arg(0);
+    let (fd, _) = syscall_args(regs)?;
     let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) else {
-        return plain::enter(id, pid_tgid, fd, buf, syscall_arg2(ctx.arg(0))?);
+        return plain::enter(id, pid_tgid, fd, || buffer_args(regs));
     };
     // SAFETY: a live value of this thread's own entry.
     unsafe { (*call).fd = fd as i32 };
