@@ -157,8 +157,10 @@ impl Recorder {
         })
     }
 
-    /// Records one exchange if its host is wanted. `lost` flags it incomplete.
-    /// `process` is the process that made it, as it was then.
+    /// Records one exchange if its host is wanted, or it was made over plain HTTP (only
+    /// the destinations the user selected are read that way, whatever `Host` their
+    /// requests name). `lost` flags it incomplete. `process` is the process that made
+    /// it, as it was then.
     pub fn record(
         &mut self,
         done: ConnectionExchange,
@@ -166,7 +168,7 @@ impl Recorder {
         lost: Option<String>,
     ) -> Result<(), RecorderError> {
         let raw = self.raw_exchange(done, process, lost);
-        if !self.hosts.records(&raw.host()) {
+        if raw.scheme != Scheme::Http && !self.hosts.records(&raw.host()) {
             self.exchanges_ignored += 1;
             return Ok(());
         }

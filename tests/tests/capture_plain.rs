@@ -241,7 +241,8 @@ fn vectored_socket_calls_are_recorded_whole() {
         &netns,
         &ca,
         out.path(),
-        &["--host", "localhost:11434"],
+        // By address: the requests name `localhost`, and are recorded all the same.
+        &["--host", "127.0.0.1:11434"],
         &["plain_iovecs.py"],
         "http://localhost:11434",
     );
@@ -250,6 +251,7 @@ fn vectored_socket_calls_are_recorded_whole() {
     assert_eq!(served.len(), 2, "{}", finished.dump());
     assert_eq!(recorded.len(), 2, "{}", finished.dump());
     for (exchange, request) in recorded.iter().zip(&served) {
+        assert_eq!(exchange["host"], "localhost", "{exchange:#}");
         assert!(exchange["incomplete"].is_null(), "{exchange:#}");
         request.assert_recorded_as_sent(exchange);
     }
