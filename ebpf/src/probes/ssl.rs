@@ -204,7 +204,7 @@ struct ChunkLoop {
     clippy::cast_possible_truncation,
     reason = "the chunk count is cast only when at most MAX_CHUNKS_PER_CALL"
 )]
-fn emit_chunks(ctx: &RetProbeContext, call: &SslCall, pid_tgid: u64, moved: u64) {
+pub(super) fn emit_chunks(ctx: &RetProbeContext, call: &SslCall, pid_tgid: u64, moved: u64) {
     let chunks = moved.div_ceil(CHUNK_SIZE as u64);
     let iterations = if chunks > u64::from(MAX_CHUNKS_PER_CALL) {
         MAX_CHUNKS_PER_CALL
@@ -328,7 +328,7 @@ fn emit_chunk(
 /// Submit flags for a record that can wait: wake userspace only when the ring
 /// holds more than [`RING_WAKEUP_BYTES`] (it drains on a timer otherwise).
 #[inline(always)]
-fn batched_wakeup() -> u64 {
+pub(super) fn batched_wakeup() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > RING_WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP.into()
     } else {
