@@ -6,9 +6,10 @@
 //! (`-ldflags="-s -w"`, found through `.gopclntab`), started under `-- CMD` and already
 //! running under `--pid`. Every capture: a plain and a streamed chat completion, bodies
 //! byte-equal to what the provider received and sent and to what the client sent and read,
-//! the SSE events complete and in order, no key on disk, the Go probes named in the summary;
-//! and the Go program itself ran correctly under the probes (its own report is checked: a
-//! return probe would crash it).
+//! the SSE events complete and in order, no key on disk, the peer the front end, the Go probes
+//! named in the summary; and the Go program itself ran correctly under the probes (its own
+//! report is checked: a return probe would crash it). A captured Go client also replays
+//! offline (`replayd -- CMD`, which Go trusts through `SSL_CERT_FILE`) to the same bytes.
 
 mod capture_support;
 
@@ -16,13 +17,16 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use capture_support::{
     Agent, Finished, StepClient, assert_keys_absent, assert_paced_sse, exchanges, figure,
 };
 use llmsim_snapshot::model::Exchange;
 use llmsim_tests::{
-    FakeProvider, H2_PORT, H2Front, TestCa, TestNetns, on_path, privileged, requires,
+    FakeProvider, H2_PORT, H2Front, TestCa, TestNetns,
+    flows::{REPLAY_API_KEY, replayd_command},
+    on_path, privileged, requires, run_command,
 };
 use serde_json::Value;
 
@@ -327,4 +331,41 @@ fn a_running_stripped_go_process_over_http1_is_captured_with_pid() {
         stripped,
         Version::Http11,
     );
+}
+
+#[test]
+fn a_captured_go_client_replays_offline_to_the_same_bytes() {
+    if !runnable("Go capture and replay over h2") {
+        return;
+    }
+    let client = &go_clients().stripped;
+    let setup = Setup::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let (finished, captured) = setup.capture_command(out.path(), client, Version::Http2);
+    setup.assert_captured(out.path(), &finished, &captured, Version::Http2);
+    // A fresh namespace with no provider and no front end: only replayd answers.
+    let offline = TestNetns::offline();
+    let argv = [
+        client.into(),
+        OsString::from("once"),
+        OsString::from(H2Front::origin()),
+    ];
+    let mut cmd = replayd_command(&offline, out.path(), argv);
+    cmd.env(REPLAY_API_KEY.0, REPLAY_API_KEY.1);
+    let output = run_command(cmd, "replay of the Go client", Duration::from_secs(120));
+    assert!(output.status.success(), "{output}");
+    let replayed = output
+        .stdout
+        .lines()
+        .find_map(|l| serde_json::from_str::<Value>(l).ok())
+        .unwrap_or_else(|| panic!("no client report from the replay\n{output}"));
+    let replayed = replayed["results"].as_array().expect("results");
+    let captured = captured.as_array().expect("results");
+    assert_eq!(replayed.len(), captured.len());
+    for (got, recorded) in replayed.iter().zip(captured) {
+        assert!(got.get("error").is_none(), "{got}");
+        assert_eq!(got["http_version"], Version::Http2.proto(), "{got}");
+        assert_eq!(got["sent"], recorded["sent"]);
+        assert_eq!(got["received"], recorded["received"], "the same bytes");
+    }
 }
