@@ -456,11 +456,9 @@ pub fn choose_go(
     let write = functions.write.ok_or(PlacementError::Missing {
         function: gotls::WRITE,
     })?;
-    let mut replaced = Vec::new();
     let mut points = Vec::new();
     for ret in go_returns(code, gotls::READ, read)? {
         points.push(go_point(code, gotls::READ, ProbeRole::GoReadReturn, &ret)?);
-        replaced.push(ret);
     }
     for (function, role, at) in [
         (gotls::READ, ProbeRole::GoRead, read),
@@ -468,7 +466,6 @@ pub fn choose_go(
     ] {
         let check = go_stack_check(code, function, at)?;
         points.push(go_point(code, function, role, &check)?);
-        replaced.push(check);
     }
     // Without it, a connection ends with its process.
     if let Some(at) = functions.close
@@ -476,14 +473,10 @@ pub fn choose_go(
     {
         points.push(go_point(code, gotls::CLOSE, ProbeRole::GoClose, &check)?);
     }
-    let cost = if replaced.iter().all(emulated) {
-        Cost::Emulated(vec!["jcc"])
-    } else {
-        Cost::SingleStep
-    };
     Ok(Placement {
         kind: PlacementKind::Go,
-        cost,
+        // The entries' `jbe` is emulated; a `ret` never is.
+        cost: Cost::SingleStep,
         points,
         refusals: Vec::new(),
         unforced: None,
