@@ -1,7 +1,8 @@
 //! The capture probes, built on `llmsim_kernel`'s loader: sets the process
 //! filter, attaches the raw tracepoints and, per TLS library, the `SSL_*`
-//! uprobes (Go's `crypto/tls` ones in a Go binary) where its [`Placement`] says, remembers each library's placement
-//! for the summary, and reads the ring buffer and the loss counters.
+//! uprobes (Go's `crypto/tls` ones in a Go binary) where its [`Placement`]
+//! says, remembers each library's placement for the summary, and reads the
+//! ring buffer and the loss counters.
 
 use std::{
     collections::HashSet,

@@ -225,21 +225,19 @@ fn go_placement(
     object: &object::File<'_>,
     code: &ElfCode<'_, '_>,
 ) -> Option<Placement> {
-    let placed = gotls::find(object)
-        .map_err(anyhow::Error::new)
-        .and_then(|found| {
-            found
-                .map(|functions| placement::choose_go(code, &functions))
-                .transpose()
-                .map_err(anyhow::Error::new)
-        });
-    placed.unwrap_or_else(|error| {
-        tracing::warn!(
-            "{}: Go crypto/tls found but not probed: {error:#}",
-            path.display()
-        );
-        None
-    })
+    let placed = match gotls::find(object) {
+        Ok(None) => return None,
+        Ok(Some(functions)) => placement::choose_go(code, &functions).map_err(anyhow::Error::new),
+        Err(error) => Err(anyhow::Error::new(error)),
+    };
+    placed
+        .map_err(|error| {
+            tracing::warn!(
+                "{}: Go crypto/tls found but not probed: {error:#}",
+                path.display()
+            );
+        })
+        .ok()
 }
 
 /// Remembers what each object (by device and inode) defines, so rescans of

@@ -156,6 +156,22 @@ mod tests {
         };
         // The two builds differ only in their symbols: the code is the same.
         assert_eq!(roles(with_symbols), roles(without));
+        // A stripped binary whose table is not one this version reads gets no probes.
+        let table = object.section_by_name(".gopclntab").unwrap();
+        let (at, _) = table.file_range().unwrap();
+        let mut corrupt = bytes.clone();
+        let at = usize::try_from(at).unwrap();
+        corrupt[at..at + 4].copy_from_slice(&0xffff_fffb_u32.to_le_bytes());
+        let object = object::File::parse(&*corrupt).unwrap();
+        assert!(matches!(
+            find(&object),
+            Err(GoTlsError::Pclntab(pclntab::PclntabError::UnknownMagic {
+                magic: 0xffff_fffb
+            }))
+        ));
+        let path = dir.path().join("corrupt");
+        std::fs::write(&path, &corrupt).unwrap();
+        assert_eq!(tls_libs::inspect(&path, None).unwrap().1, None);
         let returns = offsets(ProbeRole::GoReadReturn).len();
         assert_eq!(
             with_symbols.to_string(),
