@@ -26,6 +26,9 @@ APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib
 APT_PACKAGES+=(nghttp2-proxy nghttp2-client)
 # replayd's allocator: tikv-jemalloc-sys builds jemalloc from source with make and cc.
 APT_PACKAGES+=(make gcc)
+# Go crypto/tls capture tests: the test builds a standard-library Go client (Go 1.19 on
+# bookworm).
+APT_PACKAGES+=(golang-go)
 # Release artifacts (`cargo xtask dist`): the static binaries are built for musl, whose C
 # compiler wrapper (musl-gcc) builds ring's and zstd's C parts; dpkg-deb packs the .deb.
 DIST_APT_PACKAGES=(musl-tools dpkg)

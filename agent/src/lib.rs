@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod connections;
 pub mod events;
+pub mod gotls;
 pub mod http1;
 pub mod http2;
 pub mod placement;

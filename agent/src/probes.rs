@@ -1,7 +1,8 @@
 //! The capture probes, built on `llmsim_kernel`'s loader: sets the process
 //! filter, attaches the raw tracepoints and, per TLS library, the `SSL_*`
-//! uprobes where its [`Placement`] says, remembers each library's placement
-//! for the summary, and reads the ring buffer and the loss counters.
+//! uprobes (Go's `crypto/tls` ones in a Go binary) where its [`Placement`]
+//! says, remembers each library's placement for the summary, and reads the
+//! ring buffer and the loss counters.
 
 use std::{
     collections::HashSet,
@@ -284,7 +285,7 @@ fn is_no_such_process(error: &ProgramError) -> bool {
 }
 
 /// Every uprobe program in the object, one per [`ProbeRole`].
-const UPROBE_PROGRAMS: [&str; 8] = [
+const UPROBE_PROGRAMS: [&str; 12] = [
     ProbeRole::WriteEntry.program(),
     ProbeRole::WriteCountedEntry.program(),
     ProbeRole::ReadEntry.program(),
@@ -293,6 +294,10 @@ const UPROBE_PROGRAMS: [&str; 8] = [
     ProbeRole::Free.program(),
     ProbeRole::Return.program(),
     ProbeRole::CallReturn.program(),
+    ProbeRole::GoWrite.program(),
+    ProbeRole::GoRead.program(),
+    ProbeRole::GoReadReturn.program(),
+    ProbeRole::GoClose.program(),
 ];
 
 /// One warning line when `placement` is not what it should be: a placement

@@ -16,7 +16,9 @@ mod capture_support;
 use std::ffi::OsString;
 use std::path::Path;
 
-use capture_support::{Agent, Finished, StepClient, assert_paced_sse, exchanges, figure};
+use capture_support::{
+    Agent, Finished, StepClient, assert_keys_absent, assert_paced_sse, exchanges, figure,
+};
 use llmsim_snapshot::model::Exchange;
 use std::time::Duration;
 
@@ -122,21 +124,6 @@ fn models(recorded: &[Value]) -> Vec<Exchange> {
         .iter()
         .map(|e| serde_json::from_value(e.clone()).expect("an exchange"))
         .collect()
-}
-
-/// No key reached the snapshot; the authorization header is there, redacted.
-fn assert_keys_absent(dir: &Path) {
-    let mut text = String::new();
-    for entry in std::fs::read_dir(dir.join("exchanges")).expect("exchanges dir") {
-        text.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
-    }
-    for (_, key) in TEST_API_KEYS {
-        assert!(!text.contains(key), "API key {key} reached the snapshot");
-    }
-    assert!(
-        text.contains("Bearer <redacted:"),
-        "authorization placeholder missing"
-    );
 }
 
 /// Every exchange is an HTTP/2 chat completion of the provider, whole, flagged nothing.

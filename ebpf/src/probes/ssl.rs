@@ -330,7 +330,7 @@ fn emit_chunk(
 /// Submit flags for a record that can wait: wake userspace only when the ring
 /// holds more than [`RING_WAKEUP_BYTES`] (it drains on a timer otherwise).
 #[inline(always)]
-fn batched_wakeup() -> u64 {
+pub(super) fn batched_wakeup() -> u64 {
     if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > RING_WAKEUP_BYTES {
         BPF_RB_FORCE_WAKEUP.into()
     } else {

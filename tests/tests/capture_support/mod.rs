@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use llmsim_tests::{
-    ChildGuard, TestCa, TestNetns, client_argv, configure_client_env, llmsim_agent,
+    ChildGuard, TEST_API_KEYS, TestCa, TestNetns, client_argv, configure_client_env, llmsim_agent,
 };
 use serde_json::Value;
 
@@ -548,6 +548,21 @@ pub fn assert_summary_matches_disk(finished: &Finished, dir: &Path) {
     );
     let listed = summary["files"].as_array().expect("files").len();
     assert_eq!(listed, files.len(), "files listed in the summary");
+}
+
+/// No key reached the snapshot in `dir`; the authorization header is there, redacted.
+pub fn assert_keys_absent(dir: &Path) {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir.join("exchanges")).expect("exchanges dir") {
+        text.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
+    }
+    for (_, key) in TEST_API_KEYS {
+        assert!(!text.contains(key), "API key {key} reached the snapshot");
+    }
+    assert!(
+        text.contains("Bearer <redacted:"),
+        "authorization placeholder missing"
+    );
 }
 
 /// Names of leftover temporary files (`.….tmp`) anywhere under `dir`.
