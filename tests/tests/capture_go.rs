@@ -20,9 +20,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use capture_support::{
-    Agent, Finished, StepClient, assert_keys_absent, assert_paced_sse, exchanges, figure,
+    Agent, Finished, StepClient, assert_bodies_as_exchanged, assert_keys_absent,
+    assert_no_events_dropped, assert_paced_sse, exchanges, figure,
 };
-use llmsim_snapshot::model::Exchange;
 use llmsim_tests::{
     FakeProvider, H2_PORT, H2Front, TestCa, TestNetns,
     flows::{REPLAY_API_KEY, replayd_command},
@@ -197,7 +197,7 @@ impl Setup {
         assert_eq!(recorded.len(), 2, "{}", finished.dump());
         let served = self.provider.requests();
         assert_eq!(served.len(), 2);
-        for (i, (exchange, model)) in recorded.iter().zip(models(&recorded)).enumerate() {
+        for (i, exchange) in recorded.iter().enumerate() {
             assert_eq!(exchange["http_version"], version.stored(), "{exchange:#}");
             assert_eq!(exchange["provider"], "openai");
             assert_eq!(exchange["host"], "api.openai.com");
@@ -211,36 +211,13 @@ impl Setup {
                 peer.ends_with(&format!(":{H2_PORT}")),
                 "peer {peer:?} is not the front end"
             );
-            let sent = results[i]["sent"].as_str().expect("sent");
-            let received = results[i]["received"].as_str().expect("received");
-            assert_eq!(
-                model.request.body.to_bytes(),
-                sent.as_bytes(),
-                "request {i}"
-            );
-            assert_eq!(
-                model.request.body.to_bytes(),
-                served[i].body_bytes,
-                "request {i}, byte for byte as the provider received it"
-            );
-            assert_eq!(
-                model.response.body.to_bytes(),
-                received.as_bytes(),
-                "response {i}"
-            );
-            assert_eq!(received, served[i].response_body, "response {i} as sent");
-            assert_eq!(model.streamed, i == 1);
+            assert_bodies_as_exchanged(i, exchange, &results[i], &served[i]);
+            assert_eq!(exchange["streamed"], i == 1);
         }
         assert_paced_sse(&recorded[1]);
         assert_keys_absent(out);
         assert_eq!(figure(&finished.summary, "exchanges_incomplete"), 0);
-        let dropped: u64 = finished.summary["events_dropped"]
-            .as_object()
-            .expect("drops")
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
-        assert_eq!(dropped, 0, "{}", finished.dump());
+        assert_no_events_dropped(finished);
         let probes = finished.summary["probes"].as_array().expect("probes");
         let go = probes
             .iter()
@@ -253,14 +230,6 @@ impl Setup {
             "{description}"
         );
     }
-}
-
-/// The recorded exchanges as the snapshot model reads them.
-fn models(recorded: &[Value]) -> Vec<Exchange> {
-    recorded
-        .iter()
-        .map(|e| serde_json::from_value(e.clone()).expect("an exchange"))
-        .collect()
 }
 
 /// Captures the Go client built `which` way under `-- CMD`, speaking `version`.
