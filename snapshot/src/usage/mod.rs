@@ -272,6 +272,19 @@ impl Acc {
             name: name.unwrap_or_default().to_owned(),
         });
     }
+
+    /// The whole tool calls of an OpenAI-shaped `message` (`tool_calls[].id` and
+    /// `.function.name`, the shape Ollama's native answers share); `true` when there were any.
+    fn push_message_tool_calls(&mut self, message: &Value) -> bool {
+        let calls = message.get("tool_calls").and_then(Value::as_array);
+        for call in calls.into_iter().flatten() {
+            self.push_tool(
+                str_at(call, "id"),
+                call.pointer("/function/name").and_then(Value::as_str),
+            );
+        }
+        calls.is_some_and(|c| !c.is_empty())
+    }
 }
 
 /// A token count: a non-negative integer (or a float some servers send).

@@ -25,17 +25,8 @@ pub(super) fn native(acc: &mut Acc, doc: &Value) -> bool {
         || ["content", "thinking"]
             .iter()
             .any(|k| non_empty_str(message.and_then(|m| m.get(*k))));
-    for call in message
-        .and_then(|m| m.get("tool_calls"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        content = true;
-        acc.push_tool(
-            str_at(call, "id"),
-            call.pointer("/function/name").and_then(Value::as_str),
-        );
+    if let Some(message) = message {
+        content |= acc.push_message_tool_calls(message);
     }
     content
 }
