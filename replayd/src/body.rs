@@ -9,7 +9,9 @@
 //! connection is cut rather than the body looking whole) when the real host broke off, and
 //! then the real host's trailers, if it sent some. A recorded answer with trailers sends them
 //! as a last frame, after the body; its length is then left open, so HTTP/1.1 sends it
-//! chunked, the only way trailers go there.
+//! chunked, the only way trailers go there. An injected fault can end a paced body early
+//! ([`Ending`]): cut (an error, so the connection is cut) or stalled (nothing more, ever).
+//! With `--metrics` the body carries the answer's [`Observation`].
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +25,7 @@ use http_body::{Frame, SizeHint};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::deadline::Deadline;
+use crate::metrics::Observation;
 use crate::options::Pace;
 use crate::report::Stats;
 use crate::response::TimedChunk;
@@ -33,6 +36,19 @@ pub struct ReplayBody {
     kind: Kind,
     trailers: Option<HeaderMap>,
     timer: Option<ServeTimer>,
+    observation: Option<Observation>,
+}
+
+/// How a paced body ends once its chunks are sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ending {
+    /// Normally, trailers and all.
+    #[default]
+    Whole,
+    /// With an error: the server cuts the connection mid-body.
+    Cut,
+    /// Never: the body waits until the app goes away.
+    Stall,
 }
 
 #[derive(Debug)]
@@ -53,6 +69,7 @@ struct Paced {
     base: Instant,
     pace: Pace,
     deadline: Deadline,
+    ending: Ending,
 }
 
 /// Adds the time from the request's arrival to the body's end to the statistics.
@@ -75,6 +92,7 @@ impl ReplayBody {
             kind: Kind::Full(Some(bytes.into())).normalise(),
             trailers: None,
             timer: None,
+            observation: None,
         }
     }
 
@@ -92,9 +110,11 @@ impl ReplayBody {
                 base,
                 pace,
                 deadline,
+                ending: Ending::Whole,
             }),
             trailers: None,
             timer: None,
+            observation: None,
         }
     }
 
@@ -114,6 +134,7 @@ impl ReplayBody {
             kind: Kind::Stream { frames, trailers },
             trailers: None,
             timer: None,
+            observation: None,
         }
     }
 
@@ -121,6 +142,22 @@ impl ReplayBody {
     #[must_use]
     pub fn with_trailers(mut self, trailers: Option<HeaderMap>) -> Self {
         self.trailers = trailers;
+        self
+    }
+
+    /// Ends a paced body as `ending` says once its chunks are sent.
+    #[must_use]
+    pub fn ending(mut self, ending: Ending) -> Self {
+        if let Kind::Paced(paced) = &mut self.kind {
+            paced.ending = ending;
+        }
+        self
+    }
+
+    /// Keeps `observation` for the metrics: told of the first frame, dropped at the end.
+    #[must_use]
+    pub fn observed(mut self, observation: Option<Observation>) -> Self {
+        self.observation = observation;
         self
     }
 
@@ -168,6 +205,15 @@ impl http_body::Body for ReplayBody {
             },
             Kind::Full(bytes) => bytes.take(),
             Kind::Paced(paced) => match paced.chunks.get(paced.next) {
+                None if paced.ending == Ending::Stall => return Poll::Pending,
+                None if paced.ending == Ending::Cut => {
+                    this.timer = None;
+                    this.observation = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "stream cut by an injected fault",
+                    ))));
+                }
                 None => None,
                 Some(chunk) => {
                     if let Some(delay) = paced.pace.delay(chunk.offset_ms)
@@ -182,12 +228,16 @@ impl http_body::Body for ReplayBody {
             },
         };
         if let Some(bytes) = frame {
+            if let Some(observation) = &mut this.observation {
+                observation.frame_sent();
+            }
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
         if let Some(trailers) = this.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         this.timer = None;
+        this.observation = None;
         Poll::Ready(None)
     }
 
@@ -195,7 +245,9 @@ impl http_body::Body for ReplayBody {
         self.trailers.is_none()
             && match &self.kind {
                 Kind::Full(bytes) => bytes.is_none(),
-                Kind::Paced(paced) => paced.next >= paced.chunks.len(),
+                Kind::Paced(paced) => {
+                    paced.next >= paced.chunks.len() && paced.ending == Ending::Whole
+                }
                 Kind::Stream { .. } => false,
             }
     }
