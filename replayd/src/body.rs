@@ -70,6 +70,9 @@ struct Paced {
     pace: Pace,
     deadline: Deadline,
     ending: Ending,
+    /// Whether a cut body has let the server flush its last chunk (by returning
+    /// `Pending` once) before the error that cuts the connection.
+    flushed: bool,
 }
 
 /// Adds the time from the request's arrival to the body's end to the statistics.
@@ -111,6 +114,7 @@ impl ReplayBody {
                 pace,
                 deadline,
                 ending: Ending::Whole,
+                flushed: false,
             }),
             trailers: None,
             timer: None,
@@ -206,6 +210,11 @@ impl http_body::Body for ReplayBody {
             Kind::Full(bytes) => bytes.take(),
             Kind::Paced(paced) => match paced.chunks.get(paced.next) {
                 None if paced.ending == Ending::Stall => return Poll::Pending,
+                None if paced.ending == Ending::Cut && !paced.flushed => {
+                    paced.flushed = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 None if paced.ending == Ending::Cut => {
                     this.timer = None;
                     this.observation = None;
