@@ -641,7 +641,8 @@ impl Engine {
         if let Outcome::Hit(hit) = &outcome
             && let Some(usage) = &hit.entry.call.usage
         {
-            self.limiter.charge_tokens(hit.entry.provider, usage.total());
+            self.limiter
+                .charge_tokens(hit.entry.provider, usage.total());
         }
         let event = match &outcome {
             Outcome::Hit(hit) if hit.entry.response.is_err() => Event::SnapshotError,
@@ -790,7 +791,9 @@ fn latency_model(entries: &[Arc<RecordedEntry>], seed: u64) -> LatencyModel {
 }
 
 /// Per provider, the rate-limit headers of the last recorded answer that had some.
-fn recorded_limits(entries: &[Arc<RecordedEntry>]) -> HashMap<Provider, Vec<(HeaderName, HeaderValue)>> {
+fn recorded_limits(
+    entries: &[Arc<RecordedEntry>],
+) -> HashMap<Provider, Vec<(HeaderName, HeaderValue)>> {
     let mut limits = HashMap::new();
     for entry in entries {
         let Ok(prepared) = &entry.response else {

@@ -201,7 +201,9 @@ fn injected(rule: &FaultRule) -> Injected {
 pub fn mix(words: &[u64]) -> u64 {
     let mut state = 0x9E37_79B9_7F4A_7C15_u64;
     for word in words {
-        state = state.wrapping_add(*word).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state = state
+            .wrapping_add(*word)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -314,10 +316,22 @@ mod tests {
             pattern(&every, &facts("m"), 7),
             [false, false, true, false, false, true, false]
         );
-        let a = pattern(&Faults::new(9, [rule("kind=429,rate=0.3")]), &facts("m"), 1000);
-        let b = pattern(&Faults::new(9, [rule("kind=429,rate=0.3")]), &facts("m"), 1000);
+        let a = pattern(
+            &Faults::new(9, [rule("kind=429,rate=0.3")]),
+            &facts("m"),
+            1000,
+        );
+        let b = pattern(
+            &Faults::new(9, [rule("kind=429,rate=0.3")]),
+            &facts("m"),
+            1000,
+        );
         assert_eq!(a, b, "the same seed gives the same faults");
-        let c = pattern(&Faults::new(10, [rule("kind=429,rate=0.3")]), &facts("m"), 1000);
+        let c = pattern(
+            &Faults::new(10, [rule("kind=429,rate=0.3")]),
+            &facts("m"),
+            1000,
+        );
         assert_ne!(a, c, "another seed gives others");
         let fired = a.iter().filter(|f| **f).count();
         assert!((250..350).contains(&fired), "{fired} of 1000 at 30%");

@@ -84,7 +84,10 @@ impl LatencyModel {
             && span_ms.is_finite()
             && span_ms > 0.0
         {
-            #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "token counts are far below 2^52"
+            )]
             measured
                 .tokens_per_second
                 .push(tokens as f64 * 1000.0 / span_ms);
@@ -116,7 +119,10 @@ impl LatencyModel {
             output_tokens.filter(|t| *t > 0),
         ) {
             (Some(rate), Some(tokens)) if span_ms > 0.0 => {
-                #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "token counts are far below 2^52"
+                )]
                 let duration_ms = tokens as f64 * 1000.0 / rate;
                 duration_ms / span_ms
             }
@@ -193,7 +199,10 @@ mod tests {
             rate.push(50.0 * 1000.0 / (at(1300.0) - at(300.0)));
         }
         let (ttft, rate) = (median(ttft), median(rate));
-        assert!((ttft - 300.0).abs() < 30.0, "median time to first token {ttft}");
+        assert!(
+            (ttft - 300.0).abs() < 30.0,
+            "median time to first token {ttft}"
+        );
         let recorded_rate = 50.0 * 1000.0 / 1000.0;
         assert!(
             (rate - recorded_rate).abs() < recorded_rate * 0.1,

@@ -22,11 +22,11 @@ use llmsim_replayd::explain::{RequestFile, explain};
 use llmsim_replayd::metrics::Metrics;
 use llmsim_replayd::options::{LoadOptions, OnMiss, Pace, ReplayOptions};
 use llmsim_replayd::rate_limit::RateLimit;
-use llmsim_snapshot::config::FaultRule;
 use llmsim_replayd::redirect::{self, KernelRedirect, RedirectTarget};
 use llmsim_replayd::run::{self, ListenAddr, Server};
 use llmsim_replayd::upstream::UpstreamSettings;
 use llmsim_replayd::{ca, dns, report::Report};
+use llmsim_snapshot::config::FaultRule;
 use llmsim_snapshot::signature::Repeat;
 
 /// The allocator for the whole process (see replayd/Cargo.toml).
@@ -73,7 +73,12 @@ struct ServeArgs {
     /// Pacing of streamed answers: recorded, model (time to first token and tokens per
     /// second drawn from the recording's own distributions), instant or xN (x2 is twice
     /// as fast).
-    #[arg(long, visible_alias = "latency", value_name = "PACE", default_value = "recorded")]
+    #[arg(
+        long,
+        visible_alias = "latency",
+        value_name = "PACE",
+        default_value = "recorded"
+    )]
     pace: Pace,
     #[arg(
         long,

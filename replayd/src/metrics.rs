@@ -200,7 +200,10 @@ impl Metrics {
     pub fn request(&self, provider: Option<Provider>, model: Option<&str>, outcome: &'static str) {
         self.requests
             .get_or_create(&RequestLabels {
-                provider: provider.map(Provider::as_str).unwrap_or_default().to_owned(),
+                provider: provider
+                    .map(Provider::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
                 model: model.unwrap_or_default().to_owned(),
                 outcome,
             })
@@ -224,7 +227,10 @@ impl Metrics {
     /// Records the tokens of a served call.
     pub fn tokens(&self, labels: &ModelLabels, input: u64, output: u64) {
         for (kind, count) in [("input", input), ("output", output)] {
-            #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "token counts are far below 2^52"
+            )]
             let count = count as f64;
             self.tokens
                 .get_or_create(&TokenLabels {
@@ -326,10 +332,11 @@ pub async fn serve(
         };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, std::convert::Infallible>(scrape(&request, &metrics)) }
-            });
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let metrics = metrics.clone();
+                    async move { Ok::<_, std::convert::Infallible>(scrape(&request, &metrics)) }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;

@@ -30,7 +30,9 @@ pub enum RateLimitError {
     #[error(transparent)]
     Provider(#[from] ProviderError),
     /// `recorded`, but the recording has no rate-limit headers for the provider.
-    #[error("--rate-limit {provider}=recorded: the recording has no rate-limit headers for {provider}")]
+    #[error(
+        "--rate-limit {provider}=recorded: the recording has no rate-limit headers for {provider}"
+    )]
     NotRecorded {
         /// The provider.
         provider: Provider,
@@ -110,10 +112,7 @@ struct Bucket {
 
 impl Bucket {
     fn new(kind: LimitKind, per_minute: u64, now: Instant) -> Self {
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "limits are far below 2^52"
-        )]
+        #[expect(clippy::cast_precision_loss, reason = "limits are far below 2^52")]
         let per_minute = per_minute as f64;
         Self {
             kind,
@@ -236,7 +235,10 @@ impl RateLimiter {
         for bucket in buckets.iter_mut() {
             if bucket.kind == LimitKind::Tokens {
                 bucket.refill(now);
-                #[expect(clippy::cast_precision_loss, reason = "token counts are far below 2^52")]
+                #[expect(
+                    clippy::cast_precision_loss,
+                    reason = "token counts are far below 2^52"
+                )]
                 let tokens = tokens as f64;
                 bucket.level -= tokens;
             }
@@ -277,7 +279,10 @@ mod tests {
         }
         let refused = limiter.admit(Provider::OpenAi).unwrap_err();
         assert_eq!(refused.states[0].kind, LimitKind::Requests);
-        assert_eq!((refused.states[0].limit, refused.states[0].remaining), (3, 0));
+        assert_eq!(
+            (refused.states[0].limit, refused.states[0].remaining),
+            (3, 0)
+        );
         // One request per 20 s comes back.
         assert!(refused.retry_after > Duration::from_secs(19), "{refused:?}");
         assert!(limiter.admit(Provider::Anthropic).is_ok(), "not limited");

@@ -432,7 +432,11 @@ fn observe(metrics: &Metrics, event: &Event, facts: Option<&RequestFacts>) {
         // Counted besides the request's own outcome.
         Event::InternalError => {}
         Event::Forwarded { provider, call, .. } => {
-            metrics.request(Some(*provider), call.model.as_deref().or(model), "forwarded");
+            metrics.request(
+                Some(*provider),
+                call.model.as_deref().or(model),
+                "forwarded",
+            );
         }
         Event::ForwardFailed => metrics.request(provider, model, "forward_failed"),
         Event::BudgetRefused { .. } => metrics.request(provider, model, "budget_refused"),
@@ -597,7 +601,11 @@ mod tests {
             path: "/v1/chat/completions".into(),
             model: Some("gpt-4o-mini".into()),
         };
-        for kind in [FaultKind::RateLimited, FaultKind::RateLimited, FaultKind::Reset] {
+        for kind in [
+            FaultKind::RateLimited,
+            FaultKind::RateLimited,
+            FaultKind::Reset,
+        ] {
             stats.record_for(
                 Event::Fault {
                     kind,
@@ -615,14 +623,20 @@ mod tests {
         );
         stats.record_for(Event::RateLimited, Some(&facts));
         let report = stats.report();
-        assert!(!report.failed(), "injected faults are what the run asked for");
+        assert!(
+            !report.failed(),
+            "injected faults are what the run asked for"
+        );
         assert_eq!(report.faults[&FaultKind::RateLimited], 2);
         let text = report.to_string();
         assert!(
             text.contains("replayd: injected 4 faults: 429 2, reset 1, cut 1\n"),
             "{text}"
         );
-        assert!(text.contains("replayd: rate-limited 1 requests (429)\n"), "{text}");
+        assert!(
+            text.contains("replayd: rate-limited 1 requests (429)\n"),
+            "{text}"
+        );
         let scraped = metrics.encode();
         for line in [
             "llmsim_replay_faults_total{kind=\"429\"} 2",
@@ -630,7 +644,10 @@ mod tests {
             "llmsim_replay_requests_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"fault\"} 3",
             "llmsim_replay_requests_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"rate_limited\"} 1",
         ] {
-            assert!(scraped.lines().any(|l| l == line), "no {line} in\n{scraped}");
+            assert!(
+                scraped.lines().any(|l| l == line),
+                "no {line} in\n{scraped}"
+            );
         }
     }
 

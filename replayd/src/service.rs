@@ -264,8 +264,14 @@ impl ReplayService {
         let mut deadline = Deadline::default();
         let (body, stream) = match &prepared.body {
             PreparedBody::Full(bytes) => match fault {
-                Some(StreamFault::Stall) => (ReplayBody::paced(Arc::new([]), base, pace, deadline).ending(Ending::Stall), false),
-                Some(StreamFault::Cut { .. }) => (ReplayBody::paced(Arc::new([]), base, pace, deadline).ending(Ending::Cut), false),
+                Some(StreamFault::Stall) => (
+                    ReplayBody::paced(Arc::new([]), base, pace, deadline).ending(Ending::Stall),
+                    false,
+                ),
+                Some(StreamFault::Cut { .. }) => (
+                    ReplayBody::paced(Arc::new([]), base, pace, deadline).ending(Ending::Cut),
+                    false,
+                ),
                 Some(StreamFault::SlowFirstToken(_)) => {
                     deadline.until(base).await.map_err(|e| internal(e.into()))?;
                     (ReplayBody::full(bytes.clone()), false)
@@ -281,7 +287,10 @@ impl ReplayService {
                 }
                 let family = ApiFamily::of(entry.provider, entry.call.endpoint);
                 let (chunks, ending) = faulty_chunks(chunks, fault, family);
-                (ReplayBody::paced(chunks, base, pace, deadline).ending(ending), true)
+                (
+                    ReplayBody::paced(chunks, base, pace, deadline).ending(ending),
+                    true,
+                )
             }
         };
         let observation = self.engine.stats().metrics().map(|metrics| {

@@ -185,12 +185,13 @@ impl FromStr for FaultRule {
             };
             table.insert(key.trim().to_owned(), value);
         }
-        let parsed: Self = toml::Value::Table(table)
-            .try_into()
-            .map_err(|source| FaultRuleError::Parse {
-                rule: rule.to_owned(),
-                source,
-            })?;
+        let parsed: Self =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|source| FaultRuleError::Parse {
+                    rule: rule.to_owned(),
+                    source,
+                })?;
         parsed.validate(rule)?;
         Ok(parsed)
     }

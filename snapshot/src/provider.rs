@@ -325,7 +325,9 @@ impl ApiFamily {
                     self.error_body(529, None, "Overloaded")
                 );
             }
-            Self::OpenAi | Self::Gemini => self.error_body(500, None, &self.error_message(500, None)),
+            Self::OpenAi | Self::Gemini => {
+                self.error_body(500, None, &self.error_message(500, None))
+            }
         };
         format!("data: {data}\n\n")
     }
@@ -488,7 +490,10 @@ mod tests {
         };
         assert_eq!(
             openai.limit_headers(
-                &[state(LimitKind::Requests, 0.25), state(LimitKind::Tokens, 61.5)],
+                &[
+                    state(LimitKind::Requests, 0.25),
+                    state(LimitKind::Tokens, 61.5)
+                ],
                 0.25,
                 now
             ),

@@ -26,7 +26,12 @@ fn snapshot() -> tempfile::TempDir {
         dir.path(),
         [
             chat_answer("Say hi", "Hi!"),
-            chat_stream("Stream hi", &["Hel", "lo", " there"], &[10.0, 20.0, 30.0], 3),
+            chat_stream(
+                "Stream hi",
+                &["Hel", "lo", " there"],
+                &[10.0, 20.0, 30.0],
+                3,
+            ),
             message_answer("Say hi", "Hello"),
         ],
     );
@@ -165,7 +170,10 @@ fn every_fault_reaches_the_app_as_the_provider_sends_it() {
 
     // 429: the recorded limits with nothing remaining, retry-after, OpenAI's body.
     let (head, body) = answer_under(&["--fault", "kind=429,every=1"], &plain, chat);
-    assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{head}"
+    );
     let headers = header_lines(&head);
     for line in [
         "x-ratelimit-limit-requests: 500",
@@ -183,7 +191,10 @@ fn every_fault_reaches_the_app_as_the_provider_sends_it() {
 
     // 503: OpenAI's server error.
     let (head, body) = answer_under(&["--fault", "kind=503,every=1"], &plain, chat);
-    assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{head}"
+    );
     assert_eq!(
         String::from_utf8(body).unwrap(),
         r#"{"error":{"message":"The server had an error while processing your request. Sorry about that!","type":"server_error","param":null,"code":null}}"#
@@ -254,7 +265,10 @@ fn a_stall_sends_the_head_then_nothing() {
     let mut buf = [0u8; 4096];
     loop {
         match stream.read(&mut buf) {
-            Ok(0) => panic!("the connection closed: {:?}", String::from_utf8_lossy(&answer)),
+            Ok(0) => panic!(
+                "the connection closed: {:?}",
+                String::from_utf8_lossy(&answer)
+            ),
             Ok(n) => answer.extend_from_slice(&buf[..n]),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => panic!("read: {e}"),
@@ -318,7 +332,10 @@ fn a_simulated_rate_limit_answers_429_as_openai_does() {
         assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     }
     let (head, body) = split_head(&exchange_bytes(replay.addr, &request));
-    assert!(head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+        "{head}"
+    );
     let headers = header_lines(&head);
     for line in [
         "x-ratelimit-limit-requests: 2",

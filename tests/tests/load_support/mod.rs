@@ -28,7 +28,8 @@ pub const ANTHROPIC_MODEL: &str = "claude-3-5-haiku-latest";
 
 /// The chat request the `OpenAI` SDK sends for `prompt`.
 pub fn chat_request(prompt: &str, stream: bool) -> Value {
-    let mut body = json!({"model": OPENAI_MODEL, "messages": [{"role": "user", "content": prompt}]});
+    let mut body =
+        json!({"model": OPENAI_MODEL, "messages": [{"role": "user", "content": prompt}]});
     if stream {
         body["stream"] = json!(true);
     }
@@ -36,7 +37,7 @@ pub fn chat_request(prompt: &str, stream: bool) -> Value {
 }
 
 /// One exchange file's JSON, recorded from `host`.
-pub fn exchange(host: &str, path: &str, request: &Value, model: &str, response: Value) -> Value {
+pub fn exchange(host: &str, path: &str, request: &Value, model: &str, response: &Value) -> Value {
     let streamed = response["body"]["kind"] == "sse";
     json!({
         "provider": llmsim_snapshot::provider::Provider::from_host(host),
@@ -65,7 +66,7 @@ pub fn chat_answer(prompt: &str, text: &str) -> Value {
         "/v1/chat/completions",
         &chat_request(prompt, false),
         OPENAI_MODEL,
-        json!({
+        &json!({
             "status": 200,
             "headers": [
                 ["content-type", "application/json"],
@@ -109,7 +110,7 @@ pub fn chat_stream(prompt: &str, words: &[&str], offsets_ms: &[f64], output_toke
         "/v1/chat/completions",
         &chat_request(prompt, true),
         OPENAI_MODEL,
-        json!({
+        &json!({
             "status": 200,
             "headers": [["content-type", "text/event-stream"]],
             "body": {"kind": "sse", "events": events},
@@ -133,7 +134,7 @@ pub fn message_answer(prompt: &str, text: &str) -> Value {
         "/v1/messages",
         &message_request(prompt),
         ANTHROPIC_MODEL,
-        json!({
+        &json!({
             "status": 200,
             "headers": [["content-type", "application/json"]],
             "body": {"kind": "json", "json": {
@@ -186,7 +187,11 @@ impl Replayd {
             .seen()
             .iter()
             .find_map(|l| l.strip_prefix("replayd: metrics on http://"))
-            .map(|rest| rest.trim_end_matches("/metrics").parse().expect("the metrics address"));
+            .map(|rest| {
+                rest.trim_end_matches("/metrics")
+                    .parse()
+                    .expect("the metrics address")
+            });
         Replayd {
             child,
             stderr,
@@ -234,10 +239,10 @@ pub fn sample(scrape: &str, name: &str) -> f64 {
 
 /// A command running the client `script` in tests/clients with `args`, pointed at `replay`
 /// through the SDKs' base-URL variables.
-pub fn client_command(script: &str, args: &[&str], replay: &Replayd) -> Command {
+pub fn client_command(script: &str, extra: &[&str], replay: &Replayd) -> Command {
     let argv: Vec<OsString> = llmsim_tests::client_argv(script);
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]).args(args);
+    cmd.args(&argv[1..]).args(extra);
     configure_client_env(&mut cmd, &replay.ca);
     cmd.env("OPENAI_BASE_URL", format!("{}/v1", replay.origin()))
         .env("ANTHROPIC_BASE_URL", replay.origin());
@@ -324,7 +329,9 @@ pub fn dechunk_whole(mut body: &[u8]) -> (Vec<u8>, bool) {
             return (out, false);
         };
         let size = usize::from_str_radix(
-            std::str::from_utf8(&body[..line_end]).expect("a chunk size").trim(),
+            std::str::from_utf8(&body[..line_end])
+                .expect("a chunk size")
+                .trim(),
             16,
         )
         .expect("a hex chunk size");
