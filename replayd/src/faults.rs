@@ -266,9 +266,9 @@ pub fn status_response(
             headers.append(name.clone(), value);
         }
     }
+    // With no limits given, the generated headers are `retry-after` alone.
     for (name, value) in generated {
-        let from_limits = !limits.is_empty() || name == "retry-after";
-        if !from_limits || (name == "retry-after" && retry_after_recorded) {
+        if name == "retry-after" && retry_after_recorded {
             continue;
         }
         if let (Ok(name), Ok(value)) = (

@@ -11,7 +11,7 @@
 //! - `llmsim_replay_active_streams` (gauge): streams being sent;
 //! - `llmsim_replay_requests_total{provider, model, outcome}` (counter): every request,
 //!   with `outcome` one of `served`, `miss`, `fault`, `rate_limited`, `forwarded`,
-//!   `forward_failed`, `budget_refused`, `snapshot_error`, `bad_request`, `internal_error`;
+//!   `forward_failed`, `budget_refused`, `snapshot_error`, `bad_request`;
 //! - `llmsim_replay_misses_total` (counter);
 //! - `llmsim_replay_faults_total{kind}` (counter): injected faults, `kind` as `--fault`
 //!   spells it (`429`, `cut`, ...).
