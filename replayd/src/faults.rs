@@ -2,7 +2,8 @@
 //! `--fault`, which requests they apply to (provider, endpoint path, model), and whether
 //! each fires. A rule fires for every Nth request it applies to (`every`) or for a
 //! fraction of them (`rate`), drawn from a hash of the seed, the rule's position and the
-//! request's index among the requests that rule applies to: the same seed and the same
+//! request's index among the requests that reached the rule (it applies to them and no
+//! earlier rule fired for them): the same seed and the same
 //! request sequence give the same faults, in any run. Requests that arrive concurrently
 //! take their indexes in the order replayd reads them, so only that order can vary.
 //!

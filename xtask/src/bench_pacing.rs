@@ -110,7 +110,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     println!("  p99      {p99:.3} ms");
     println!("  max      {max:.3} ms");
     let within = late_ms.iter().filter(|l| **l <= TARGET_LATE_MS).count();
-    #[expect(clippy::cast_precision_loss, reason = "event counts are far below 2^52")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "event counts are far below 2^52"
+    )]
     let share = within as f64 * 100.0 / late_ms.len() as f64;
     println!("  within {TARGET_LATE_MS} ms: {share:.2}%");
     println!(
@@ -132,7 +135,10 @@ fn fetch_concurrently(
     count: usize,
 ) -> anyhow::Result<Vec<Vec<Duration>>> {
     let connected = Arc::new(Barrier::new(args.streams + 1));
-    #[expect(clippy::cast_precision_loss, reason = "stream counts are far below 2^52")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "stream counts are far below 2^52"
+    )]
     let stagger = Duration::from_secs_f64(args.spacing_ms / 1e3 / args.streams as f64);
     let mut clients = Vec::with_capacity(args.streams);
     for i in 0..args.streams {
