@@ -24,6 +24,23 @@ fn number_after(report: &[String], prefix: &str) -> f64 {
         .expect("a count")
 }
 
+/// Requests served, faults injected and misses, as the end-of-run report says.
+fn report_counts(report: &[String]) -> (f64, f64, f64) {
+    let misses: f64 = report
+        .iter()
+        .find_map(|l| l.strip_prefix("replayd: served "))
+        .and_then(|l| l.rsplit(", ").next())
+        .and_then(|l| l.strip_suffix(" misses"))
+        .expect("the served line")
+        .parse()
+        .expect("a count");
+    (
+        number_after(report, "replayd: served "),
+        number_after(report, "replayd: injected "),
+        misses,
+    )
+}
+
 /// Request 1: a stream, 900 ms long, watched through the metrics while it is being sent.
 fn stream_while_scraping(replay: &Replayd, labels: &str) {
     let addr = replay.addr;
@@ -98,16 +115,7 @@ fn metrics_scraped_during_a_run_agree_with_the_end_report() {
     let after = replay.scrape();
     let (code, report) = replay.stop();
     assert_eq!(code, Some(1), "a miss fails the run: {report:#?}");
-    let served = number_after(&report, "replayd: served ");
-    let faults = number_after(&report, "replayd: injected ");
-    let misses: f64 = report
-        .iter()
-        .find_map(|l| l.strip_prefix("replayd: served "))
-        .and_then(|l| l.rsplit(", ").next())
-        .and_then(|l| l.strip_suffix(" misses"))
-        .expect("the served line")
-        .parse()
-        .expect("a count");
+    let (served, faults, misses) = report_counts(&report);
     assert_eq!((served, faults, misses), (2.0, 3.0, 1.0), "{report:#?}");
     let requests = |outcome: &str| {
         sample(
