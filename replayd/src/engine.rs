@@ -1077,4 +1077,48 @@ mod tests {
         let engine = engine(&[exchange("hi", json!({}))], ReplayOptions::default());
         assert_eq!(engine.hosts(), ["api.openai.com"]);
     }
+
+    #[test]
+    fn recorded_rate_limits_refuse_with_the_providers_429_and_keep_the_recording() {
+        let mut limited = exchange("hi", json!({"answer": "hello"}));
+        limited.response.headers = [
+            ("content-type", "application/json"),
+            ("x-ratelimit-limit-requests", "2"),
+            ("x-ratelimit-remaining-requests", "1"),
+        ]
+        .into_iter()
+        .collect();
+        let limited = engine(&[limited], ReplayOptions::listen())
+            .with_load(LoadOptions {
+                rate_limits: vec!["openai=recorded".parse().unwrap()],
+                ..LoadOptions::default()
+            })
+            .unwrap();
+        // Through --listen the host is the listener's: the provider is the recorded one's.
+        let mut asked = request("hi");
+        asked.host = "127.0.0.1:8080".into();
+        let facts = limited.facts(&asked).unwrap();
+        assert_eq!(facts.provider, Provider::OpenAi);
+        for _ in 0..2 {
+            assert!(matches!(
+                limited.admit(Some(&facts)),
+                Admission::Serve(None)
+            ));
+        }
+        let Admission::Refuse(refused) = limited.admit(Some(&facts)) else {
+            panic!("the third request in a minute is refused");
+        };
+        assert_eq!(refused.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()["x-ratelimit-limit-requests"], "2");
+        assert_eq!(refused.headers()["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(limited.stats().report().rate_limited, 1);
+        // The refusal did not use the recording up.
+        assert!(matches!(limited.respond(&asked), Outcome::Hit(ref hit) if !hit.repeated));
+        let gemini =
+            engine(&[exchange("hi", json!({}))], ReplayOptions::default()).with_load(LoadOptions {
+                rate_limits: vec!["gemini=recorded".parse().unwrap()],
+                ..LoadOptions::default()
+            });
+        assert!(matches!(gemini, Err(EngineError::RateLimit(_))));
+    }
 }
