@@ -397,25 +397,24 @@ impl Engine {
         match self.faults.decide(facts) {
             None => Admission::Serve(None),
             Some(Injected::Stream(fault)) => Admission::Serve(Some(fault)),
-            Some(injected) => {
-                self.count_fault(injected.kind(), true, Some(facts));
-                match injected {
-                    Injected::Status { kind, retry_after } => {
-                        let recorded = self
-                            .recorded_limits
-                            .get(&facts.provider)
-                            .map_or(&[][..], Vec::as_slice);
-                        Admission::Refuse(Box::new(faults::status_response(
-                            facts,
-                            kind.status().unwrap_or(500),
-                            &[],
-                            recorded,
-                            retry_after,
-                            kind.as_str(),
-                        )))
-                    }
-                    Injected::Reset | Injected::Stream(_) => Admission::Reset,
-                }
+            Some(Injected::Reset) => {
+                self.count_fault(FaultKind::Reset, true, Some(facts));
+                Admission::Reset
+            }
+            Some(Injected::Status { kind, retry_after }) => {
+                self.count_fault(kind, true, Some(facts));
+                let recorded = self
+                    .recorded_limits
+                    .get(&facts.provider)
+                    .map_or(&[][..], Vec::as_slice);
+                Admission::Refuse(Box::new(faults::status_response(
+                    facts,
+                    kind.status().unwrap_or(500),
+                    &[],
+                    recorded,
+                    retry_after,
+                    kind.as_str(),
+                )))
             }
         }
     }

@@ -86,16 +86,25 @@ pub enum Injected {
     Stream(StreamFault),
 }
 
+impl StreamFault {
+    /// The fault's kind, for counting.
+    pub fn kind(self) -> FaultKind {
+        match self {
+            Self::Stall => FaultKind::Stall,
+            Self::Cut { .. } => FaultKind::Cut,
+            Self::Error { .. } => FaultKind::StreamError,
+            Self::SlowFirstToken(_) => FaultKind::SlowFirstToken,
+        }
+    }
+}
+
 impl Injected {
     /// The fault's kind, for counting.
     pub fn kind(self) -> FaultKind {
         match self {
             Self::Status { kind, .. } => kind,
             Self::Reset => FaultKind::Reset,
-            Self::Stream(StreamFault::Stall) => FaultKind::Stall,
-            Self::Stream(StreamFault::Cut { .. }) => FaultKind::Cut,
-            Self::Stream(StreamFault::Error { .. }) => FaultKind::StreamError,
-            Self::Stream(StreamFault::SlowFirstToken(_)) => FaultKind::SlowFirstToken,
+            Self::Stream(fault) => fault.kind(),
         }
     }
 }

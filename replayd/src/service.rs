@@ -151,8 +151,7 @@ impl ReplayService {
                     Ok(prepared) => {
                         let fault = fault.filter(|f| applies(*f, &prepared.body));
                         if let Some(fault) = fault {
-                            self.engine
-                                .count_fault(kind_of(fault), false, facts.as_ref());
+                            self.engine.count_fault(fault.kind(), false, facts.as_ref());
                         }
                         self.send(entry, prepared, version, arrived, fault).await
                     }
@@ -325,10 +324,6 @@ fn applies(fault: StreamFault, body: &PreparedBody) -> bool {
         (fault, body),
         (StreamFault::Error { .. }, PreparedBody::Full(_))
     )
-}
-
-fn kind_of(fault: StreamFault) -> llmsim_snapshot::config::FaultKind {
-    crate::faults::Injected::Stream(fault).kind()
 }
 
 /// The chunks a stream fault leaves to send, and how the body then ends: a cut after N
