@@ -43,9 +43,9 @@ pub enum ConfigError {
     Faults {
         /// The config file.
         path: PathBuf,
-        /// What is wrong with the rule (boxed: a TOML error is large).
+        /// What is wrong with the rule.
         #[source]
-        source: Box<FaultRuleError>,
+        source: FaultRuleError,
     },
 }
 
@@ -80,17 +80,17 @@ pub enum FaultRuleError {
         /// The item given.
         item: String,
     },
-    /// The rule does not parse as a `[[faults.rules]]` entry.
-    #[error("invalid fault rule {rule:?}")]
+    /// The rule does not parse as a `[[faults.rules]]` entry. The reason is in the
+    /// message: the command line's parser prints no source.
+    #[error("invalid fault rule {rule:?}: {reason}")]
     Parse {
         /// The rule as given.
         rule: String,
-        /// What is wrong with it.
-        #[source]
-        source: toml::de::Error,
+        /// What is wrong with it, as the TOML parser says.
+        reason: String,
     },
     /// A rule says neither `rate` nor `every`, or both, or a rate outside 0 to 1.
-    #[error("fault rule {rule:?} needs exactly one of rate (0 to 1) or every (1 or more)")]
+    #[error("fault rule {rule} needs exactly one of rate (0 to 1) or every (1 or more)")]
     Trigger {
         /// The rule as given.
         rule: String,
@@ -188,11 +188,11 @@ impl FromStr for FaultRule {
         let parsed: Self =
             toml::Value::Table(table)
                 .try_into()
-                .map_err(|source| FaultRuleError::Parse {
+                .map_err(|e| FaultRuleError::Parse {
                     rule: rule.to_owned(),
-                    source,
+                    reason: e.message().trim().to_owned(),
                 })?;
-        parsed.validate(rule)?;
+        parsed.validate(&format!("{rule:?}"))?;
         Ok(parsed)
     }
 }
@@ -328,11 +328,11 @@ impl SnapshotConfig {
         };
         let config: Self =
             toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })?;
-        for rule in &config.faults.rules {
-            rule.validate(rule.kind.as_str())
+        for (n, rule) in config.faults.rules.iter().enumerate() {
+            rule.validate(&format!("number {} (kind {})", n + 1, rule.kind))
                 .map_err(|source| ConfigError::Faults {
                     path: dir.join(CONFIG_FILE),
-                    source: Box::new(source),
+                    source,
                 })?;
         }
         Ok(config)
