@@ -261,16 +261,17 @@ impl ReplayService {
         let internal =
             |source: Box<dyn std::error::Error + Send + Sync>| ServeError::Internal { source };
         let mut deadline = Deadline::default();
+        let family = ApiFamily::of(entry.provider, entry.call.endpoint);
         let (body, stream) = match &prepared.body {
             PreparedBody::Full(bytes) => match fault {
-                Some(StreamFault::Stall) => (
-                    ReplayBody::paced(Arc::new([]), base, pace, deadline).ending(Ending::Stall),
-                    false,
-                ),
-                Some(StreamFault::Cut { .. }) => (
-                    ReplayBody::paced(Arc::new([]), base, pace, deadline).ending(Ending::Cut),
-                    false,
-                ),
+                // The head, then the cut or the stall, as for a stream with no events.
+                Some(StreamFault::Stall | StreamFault::Cut { .. }) => {
+                    let (chunks, ending) = faulty_chunks(&Arc::from([]), fault, family);
+                    (
+                        ReplayBody::paced(chunks, base, pace, deadline).ending(ending),
+                        false,
+                    )
+                }
                 Some(StreamFault::SlowFirstToken(_)) => {
                     deadline.until(base).await.map_err(|e| internal(e.into()))?;
                     (ReplayBody::full(bytes.clone()), false)
@@ -284,7 +285,6 @@ impl ReplayService {
                         .await
                         .map_err(|e| internal(e.into()))?;
                 }
-                let family = ApiFamily::of(entry.provider, entry.call.endpoint);
                 let (chunks, ending) = faulty_chunks(chunks, fault, family);
                 (
                     ReplayBody::paced(chunks, base, pace, deadline).ending(ending),
