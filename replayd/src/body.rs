@@ -385,6 +385,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_cut_body_errs_after_its_chunks_and_a_stalled_one_never_ends() {
+        let base = Instant::now();
+        let mut cut = ReplayBody::paced(
+            chunks(&[0.0, 0.0]),
+            base,
+            Pace::Instant,
+            Deadline::default(),
+        )
+        .ending(Ending::Cut);
+        for i in 0..2 {
+            let data = cut.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(data, format!("data: {i}\n\n"));
+        }
+        assert!(!http_body::Body::is_end_stream(&cut));
+        assert!(cut.frame().await.unwrap().is_err(), "the cut is an error");
+        let none: [f64; 0] = [];
+        let mut stall = ReplayBody::paced(chunks(&none), base, Pace::Instant, Deadline::default())
+            .ending(Ending::Stall);
+        assert!(!http_body::Body::is_end_stream(&stall));
+        let waited = tokio::time::timeout(Duration::from_millis(50), stall.frame()).await;
+        assert!(
+            waited.is_err(),
+            "a stalled body sends nothing and does not end"
+        );
+    }
+
+    #[tokio::test]
     async fn serve_time_is_counted_when_the_body_ends() {
         let stats = Arc::new(Stats::new());
         let base = Instant::now();
