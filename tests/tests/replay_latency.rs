@@ -15,17 +15,18 @@ const RECORDED: u32 = 41;
 const TOKENS: u64 = 20;
 /// Served streams, and the clients sending them at once.
 const SERVED: usize = 500;
-const CLIENTS: usize = 25;
+const CLIENTS: usize = 50;
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
 
-/// Recording `i`: first event at 40 + 2i ms, ten events over 100 + 5i ms.
+/// Recording `i`: first event at 100 + 5i ms, ten events over 200 + 10i ms. Long enough
+/// that a client thread kept a few milliseconds from a CPU does not move the medians.
 fn recorded(i: u32) -> (f64, f64) {
     let i = f64::from(i);
-    (40.0 + 2.0 * i, 100.0 + 5.0 * i)
+    (100.0 + 5.0 * i, 200.0 + 10.0 * i)
 }
 
 #[test]
@@ -59,7 +60,7 @@ fn model_pace_serves_the_recorded_median_latencies() {
             std::thread::spawn(move || {
                 (0..SERVED / CLIENTS)
                     .map(|k| {
-                        let prompt = format!("p{}", (client * 20 + k) % RECORDED as usize);
+                        let prompt = format!("p{}", (client * 10 + k) % RECORDED as usize);
                         let request =
                             post_bytes(addr, "/v1/chat/completions", &chat_request(&prompt, true));
                         let arrivals = stream_arrivals(addr, &request);
