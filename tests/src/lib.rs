@@ -46,6 +46,7 @@ pub mod clients;
 pub mod dist;
 pub mod flows;
 pub mod h2;
+pub mod listen;
 pub mod netns;
 pub mod paths;
 pub mod privilege;
@@ -63,6 +64,7 @@ pub use clients::{
     run_client_on_loopback,
 };
 pub use h2::{GRPC_SERVER_PORT, GrpcServer, H2_PORT, H2_SERVER_PORT, H2Front, H2Server, on_path};
+pub use listen::ListeningReplayd;
 pub use netns::{PROVIDER_HOSTS, TestNetns};
 pub use paths::{
     client_script, clients_dir, ensure_node_client, fake_provider_script, repo_root, tests_dir,

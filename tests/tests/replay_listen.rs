@@ -6,12 +6,12 @@
 //! request log rather than captured.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use llmsim_tests::{
-    ChildGuard, ClientRun, FakeProvider, FakeProviderConfig, Lines, ProviderRequest, TestCa,
-    client_argv, configure_client_env, replayd, run_client_on_loopback, run_command,
+    ClientRun, FakeProvider, FakeProviderConfig, ListeningReplayd, ProviderRequest, TestCa,
+    client_argv, configure_client_env, run_client_on_loopback, run_command,
     snapshot::write_exchanges,
 };
 use serde_json::{Value, json};
@@ -97,59 +97,12 @@ fn write_snapshot(dir: &Path, served: &[ProviderRequest]) {
     );
 }
 
-/// A running `replayd --listen` and its stderr.
-struct Replayd {
-    child: ChildGuard,
-    stderr: Lines,
-    origin: String,
-}
-
-impl Replayd {
-    fn start(snapshot: &Path, ca_dir: &Path) -> Self {
-        let mut cmd = Command::new(replayd());
-        cmd.args(["--listen", "127.0.0.1:0", "--in"])
-            .arg(snapshot)
-            .arg("--ca-dir")
-            .arg(ca_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = ChildGuard::spawn(&mut cmd, "replayd --listen");
-        let stderr = child.child_mut().stderr.take().expect("stderr is piped");
-        let mut stderr = Lines::new(stderr, "replayd --listen");
-        let line = stderr.wait_for(
-            |l| l.starts_with("replayd: listening on "),
-            TIMEOUT,
-            String::new,
-        );
-        let addr = line.trim_start_matches("replayd: listening on ").to_owned();
-        Replayd {
-            child,
-            stderr,
-            origin: format!("http://{addr}"),
-        }
-    }
-
-    /// Stops replayd with SIGTERM; returns its exit code and the report lines.
-    fn stop(mut self) -> (Option<i32>, Vec<String>) {
-        self.child.signal("TERM");
-        self.stderr.wait_for(
-            |l| l.starts_with("replayd: wall time saved"),
-            TIMEOUT,
-            String::new,
-        );
-        let status = self.child.wait_timeout(TIMEOUT);
-        let lines = self.stderr.seen().to_vec();
-        (status.code(), lines)
-    }
-}
-
 /// A command running `argv` as an app pointed at replayd through `OPENAI_BASE_URL`.
-fn app_command(argv: &[std::ffi::OsString], ca: &TestCa, replay: &Replayd) -> Command {
+fn app_command(argv: &[std::ffi::OsString], ca: &TestCa, replay: &ListeningReplayd) -> Command {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     configure_client_env(&mut cmd, ca);
-    cmd.env("OPENAI_BASE_URL", format!("{}/v1", replay.origin));
+    cmd.env("OPENAI_BASE_URL", format!("{}/v1", replay.origin()));
     cmd
 }
 
@@ -172,7 +125,6 @@ print("unexpected success")
 fn openai_python_gets_the_recorded_answers_from_replayd_listen() {
     let ca = TestCa::new();
     let snapshot = tempfile::tempdir().expect("tempdir");
-    let ca_dir = tempfile::tempdir().expect("tempdir");
 
     // The "capture": the SDK against the fake provider, recorded from its log.
     let recorded: ClientRun;
@@ -184,7 +136,7 @@ fn openai_python_gets_the_recorded_answers_from_replayd_listen() {
         write_snapshot(snapshot.path(), &served);
     } // The fake provider is gone from here on.
 
-    let replay = Replayd::start(snapshot.path(), ca_dir.path());
+    let replay = ListeningReplayd::start(snapshot.path(), &[]);
     let output = run_command(
         app_command(&client_argv("openai_chat.py"), &ca, &replay),
         "openai_chat.py against replayd",
@@ -213,7 +165,7 @@ fn openai_python_gets_the_recorded_answers_from_replayd_listen() {
     assert_eq!(code, Some(0), "{text}");
 
     // A changed prompt: the SDK raises with the field that differs; replayd exits 1.
-    let replay = Replayd::start(snapshot.path(), ca_dir.path());
+    let replay = ListeningReplayd::start(snapshot.path(), &[]);
     let argv = [
         std::ffi::OsString::from("python3"),
         "-c".into(),

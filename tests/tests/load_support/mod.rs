@@ -13,10 +13,10 @@ use std::ffi::OsString;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use llmsim_tests::{ChildGuard, Lines, TestCa, configure_client_env, replayd};
+use llmsim_tests::{ListeningReplayd, TestCa, configure_client_env};
 use serde_json::{Value, json};
 
 /// How long a step may take.
@@ -145,79 +145,33 @@ pub fn message_answer(prompt: &str, text: &str) -> Value {
     )
 }
 
-/// A running `replayd --listen`, its metrics address (with `--metrics`) and its stderr.
+/// A running `replayd --listen` and the CA its clients are given (they speak plain HTTP,
+/// but the SDKs load a CA file).
 pub struct Replayd {
-    child: ChildGuard,
-    stderr: Lines,
-    _ca_dir: tempfile::TempDir,
-    /// The CA the clients are given (they speak plain HTTP, but the SDKs load a CA file).
+    listen: ListeningReplayd,
     ca: TestCa,
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Where its metrics are served, with `--metrics`.
-    pub metrics: Option<SocketAddr>,
+}
+
+impl std::ops::Deref for Replayd {
+    type Target = ListeningReplayd;
+
+    fn deref(&self) -> &ListeningReplayd {
+        &self.listen
+    }
 }
 
 impl Replayd {
     /// Starts `replayd --listen 127.0.0.1:0 --in SNAPSHOT` with `args`.
     pub fn start(snapshot: &Path, args: &[&str]) -> Self {
-        let ca_dir = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(replayd());
-        cmd.args(["--listen", "127.0.0.1:0", "--in"])
-            .arg(snapshot)
-            .arg("--ca-dir")
-            .arg(ca_dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = ChildGuard::spawn(&mut cmd, "replayd --listen");
-        let stderr = child.child_mut().stderr.take().expect("stderr is piped");
-        let mut stderr = Lines::new(stderr, "replayd --listen");
-        let line = stderr.wait_for(
-            |l| l.starts_with("replayd: listening on "),
-            TIMEOUT,
-            String::new,
-        );
-        let addr = line
-            .trim_start_matches("replayd: listening on ")
-            .parse()
-            .expect("the listening address");
-        let metrics = stderr
-            .seen()
-            .iter()
-            .find_map(|l| l.strip_prefix("replayd: metrics on http://"))
-            .map(|rest| {
-                rest.trim_end_matches("/metrics")
-                    .parse()
-                    .expect("the metrics address")
-            });
         Replayd {
-            child,
-            stderr,
-            _ca_dir: ca_dir,
+            listen: ListeningReplayd::start(snapshot, args),
             ca: TestCa::new(),
-            addr,
-            metrics,
         }
     }
 
-    /// The base URL of the listener.
-    pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
     /// Stops replayd with SIGTERM; returns its exit code and its report lines.
-    pub fn stop(mut self) -> (Option<i32>, Vec<String>) {
-        self.child.signal("TERM");
-        self.stderr.wait_for(
-            |l| l.starts_with("replayd: wall time saved"),
-            TIMEOUT,
-            String::new,
-        );
-        let status = self.child.wait_timeout(TIMEOUT);
-        let lines = self.stderr.seen().to_vec();
-        (status.code(), lines)
+    pub fn stop(self) -> (Option<i32>, Vec<String>) {
+        self.listen.stop()
     }
 
     /// The metrics text, scraped now.
