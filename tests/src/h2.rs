@@ -21,6 +21,7 @@ use crate::ca::TestCa;
 use crate::netns::TestNetns;
 use crate::paths::client_script;
 use crate::process::{ChildGuard, Lines};
+use crate::provider::{FakeProvider, FakeProviderConfig};
 
 /// Whether `program` is on `PATH`: the HTTP/2 tests need `nghttpx` and `h2load`, which
 /// `scripts/setup.sh` installs (Debian's `nghttp2-proxy` and `nghttp2-client`).
@@ -167,5 +168,35 @@ impl H2Server {
     /// `https://localhost:50051`.
     pub fn origin() -> String {
         format!("https://localhost:{H2_SERVER_PORT}")
+    }
+}
+
+/// The fake provider behind an [`H2Front`], in a namespace of its own, and the CA both
+/// present: what the HTTP/2 capture tests run their clients against.
+pub struct ProviderBehindH2 {
+    pub ca: TestCa,
+    pub netns: TestNetns,
+    pub provider: FakeProvider,
+    _front: H2Front,
+}
+
+impl ProviderBehindH2 {
+    /// Starts the provider with its default answers, and the front end.
+    pub fn start() -> Self {
+        Self::start_with(&FakeProviderConfig::default())
+    }
+
+    /// Starts the provider configured by `config`, and the front end.
+    pub fn start_with(config: &FakeProviderConfig) -> Self {
+        let ca = TestCa::new();
+        let netns = TestNetns::new();
+        let provider = FakeProvider::start_with(&netns, &ca, config);
+        let front = H2Front::start(&netns, &ca);
+        ProviderBehindH2 {
+            ca,
+            netns,
+            provider,
+            _front: front,
+        }
     }
 }

@@ -63,7 +63,10 @@ pub use clients::{
     clients_argv, configure_client_env, find_nonce, netns_client_argv, run_client,
     run_client_on_loopback,
 };
-pub use h2::{GRPC_SERVER_PORT, GrpcServer, H2_PORT, H2_SERVER_PORT, H2Front, H2Server, on_path};
+pub use h2::{
+    GRPC_SERVER_PORT, GrpcServer, H2_PORT, H2_SERVER_PORT, H2Front, H2Server, ProviderBehindH2,
+    on_path,
+};
 pub use listen::ListeningReplayd;
 pub use netns::{PROVIDER_HOSTS, TestNetns};
 pub use paths::{

@@ -24,7 +24,7 @@ use capture_support::{
     assert_no_events_dropped, assert_paced_sse, exchanges, figure,
 };
 use llmsim_tests::{
-    FakeProvider, H2_PORT, H2Front, TestCa, TestNetns,
+    H2_PORT, H2Front, ProviderBehindH2, TestNetns,
     flows::{REPLAY_API_KEY, replayd_command},
     on_path, privileged, requires, run_command,
 };
@@ -114,29 +114,19 @@ impl Version {
 
 /// The fake provider behind the h2 front end, in a namespace of its own.
 struct Setup {
-    ca: TestCa,
-    netns: TestNetns,
-    provider: FakeProvider,
-    _front: H2Front,
+    h2: ProviderBehindH2,
 }
 
 impl Setup {
-    fn new() -> Self {
-        let ca = TestCa::new();
-        let netns = TestNetns::new();
-        let provider = FakeProvider::start(&netns, &ca);
-        let front = H2Front::start(&netns, &ca);
+    fn start() -> Self {
         Setup {
-            ca,
-            netns,
-            provider,
-            _front: front,
+            h2: ProviderBehindH2::start(),
         }
     }
 
     /// `ip netns exec NAME CLIENT MODE ORIGIN`.
     fn client_argv(&self, client: &Path, mode: &str) -> Vec<OsString> {
-        let mut argv = self.netns.exec_prefix();
+        let mut argv = self.h2.netns.exec_prefix();
         argv.push(client.into());
         argv.extend([mode, &H2Front::origin()].map(OsString::from));
         argv
@@ -146,7 +136,7 @@ impl Setup {
     fn capture_command(&self, out: &Path, client: &Path, version: Version) -> (Finished, Value) {
         let mut args = vec![OsString::from("--")];
         args.extend(self.client_argv(client, "once"));
-        let agent = Agent::spawn_with(out, &self.ca, &args, |cmd| {
+        let agent = Agent::spawn_with(out, &self.h2.ca, &args, |cmd| {
             cmd.env("GODEBUG", version.godebug());
         });
         agent.wait_started();
@@ -167,9 +157,9 @@ impl Setup {
         let argv = self.client_argv(client, "steps");
         let mut cmd = Command::new(&argv[0]);
         cmd.args(&argv[1..]).env("GODEBUG", version.godebug());
-        let mut steps = StepClient::start(cmd, &self.ca);
+        let mut steps = StepClient::start(cmd, &self.h2.ca);
         let pid = steps.pid;
-        let agent = Agent::start(out, &self.ca, &["--pid".into(), pid.to_string().into()]);
+        let agent = Agent::start(out, &self.h2.ca, &["--pid".into(), pid.to_string().into()]);
         let results = Value::Array(vec![steps.step("plain"), steps.step("stream")]);
         // Both are whole (a body of known length, the stream's end) while the client runs.
         agent.wait_live_lines(2);
@@ -195,7 +185,7 @@ impl Setup {
         }
         let recorded = exchanges(out);
         assert_eq!(recorded.len(), 2, "{}", finished.dump());
-        let served = self.provider.requests();
+        let served = self.h2.provider.requests();
         assert_eq!(served.len(), 2);
         for (i, exchange) in recorded.iter().enumerate() {
             assert_eq!(exchange["http_version"], version.stored(), "{exchange:#}");
@@ -238,7 +228,7 @@ fn command_case(feature: &str, which: fn(&GoClients) -> &Path, version: Version)
         return;
     }
     let client = which(go_clients());
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
     let (finished, results) = setup.capture_command(out.path(), client, version);
     setup.assert_captured(out.path(), &finished, &results, version);
@@ -250,7 +240,7 @@ fn pid_case(feature: &str, which: fn(&GoClients) -> &Path, version: Version) {
         return;
     }
     let client = which(go_clients());
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
     let (finished, results) = setup.capture_pid(out.path(), client, version);
     setup.assert_captured(out.path(), &finished, &results, version);
@@ -308,7 +298,7 @@ fn a_captured_go_client_replays_offline_to_the_same_bytes() {
         return;
     }
     let client = &go_clients().stripped;
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
     let (finished, captured) = setup.capture_command(out.path(), client, Version::Http2);
     setup.assert_captured(out.path(), &finished, &captured, Version::Http2);

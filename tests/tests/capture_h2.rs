@@ -24,7 +24,7 @@ use capture_support::{
 };
 
 use llmsim_tests::{
-    FakeProvider, FakeProviderConfig, GrpcServer, H2Front, H2Server, TEST_API_KEYS, TestCa,
+    FakeProviderConfig, GrpcServer, H2Front, H2Server, ProviderBehindH2, TEST_API_KEYS, TestCa,
     TestNetns, client_argv, client_script,
     flows::{REPLAY_API_KEY, replayd_command},
     on_path, privileged, requires, run_command,
@@ -44,36 +44,7 @@ fn runnable(feature: &str, programs: &[&str]) -> bool {
 }
 
 /// A provider behind an h2 front end, in a namespace of its own.
-struct Setup {
-    ca: TestCa,
-    netns: TestNetns,
-    provider: FakeProvider,
-    _front: H2Front,
-}
-
-impl Setup {
-    fn new() -> Self {
-        Self::with(&FakeProviderConfig::default())
-    }
-
-    fn with(config: &FakeProviderConfig) -> Self {
-        let ca = TestCa::new();
-        let netns = TestNetns::new();
-        let provider = FakeProvider::start_with(&netns, &ca, config);
-        let front = H2Front::start(&netns, &ca);
-        Setup {
-            ca,
-            netns,
-            provider,
-            _front: front,
-        }
-    }
-
-    /// Captures `h2_client.py MODE ORIGIN`; the capture and the client's report.
-    fn capture_client(&self, out: &Path, mode: &str) -> (Finished, Value) {
-        capture_h2_client(&self.netns, &self.ca, out, mode)
-    }
-}
+type Setup = ProviderBehindH2;
 
 /// Captures `h2_client.py MODE ORIGIN` run in `netns` against the front end there; the
 /// capture and the client's report.
@@ -170,9 +141,9 @@ fn curl_over_h2_is_captured_plain_and_streamed() {
     if !runnable("HTTP/2 capture of curl", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (finished, report) = setup.capture_client(out.path(), "curl");
+    let (finished, report) = capture_h2_client(&setup.netns, &setup.ca, out.path(), "curl");
     assert_plain_and_streamed(&setup, out.path(), &finished, &report);
     assert!(
         finished
@@ -189,9 +160,9 @@ fn httpx_with_http2_is_captured_plain_and_streamed() {
     if !runnable("HTTP/2 capture of httpx", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (finished, report) = setup.capture_client(out.path(), "httpx");
+    let (finished, report) = capture_h2_client(&setup.netns, &setup.ca, out.path(), "httpx");
     assert_plain_and_streamed(&setup, out.path(), &finished, &report);
     // Both requests went over one connection.
     assert_eq!(
@@ -205,13 +176,13 @@ fn a_gzip_answer_over_h2_is_stored_decoded_with_its_encoding_noted() {
     if !runnable("HTTP/2 capture of a gzip answer", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::with(&FakeProviderConfig {
+    let setup = Setup::start_with(&FakeProviderConfig {
         gzip: true,
         ..FakeProviderConfig::default()
     });
     let out = tempfile::tempdir().expect("tempdir");
     // httpx asks for gzip; `received` is the body it decoded.
-    let (finished, report) = setup.capture_client(out.path(), "httpx");
+    let (finished, report) = capture_h2_client(&setup.netns, &setup.ca, out.path(), "httpx");
     let served = setup.provider.requests();
     assert_eq!(
         served[0].raw["response_gzip"], true,
@@ -243,9 +214,9 @@ fn the_openai_sdk_over_an_h2_httpx_client_is_captured() {
     if !runnable("HTTP/2 capture of the openai SDK", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (finished, report) = setup.capture_client(out.path(), "openai");
+    let (finished, report) = capture_h2_client(&setup.netns, &setup.ca, out.path(), "openai");
     let recorded = exchanges(out.path());
     assert_eq!(recorded.len(), 2, "{}", finished.dump());
     assert_h2_chat(&recorded, &finished);
@@ -395,7 +366,7 @@ fn a_capture_joined_to_a_running_h2_connection_writes_only_what_it_can_know() {
     if !runnable("HTTP/2 capture --pid on a running connection", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
     // The client makes its first request, which fills both HPACK tables, before the
     // capture starts; then two more on the same connection.
@@ -476,7 +447,7 @@ fn a_stream_under_way_when_the_capture_joins_is_counted_not_lost_silently() {
     if !runnable("HTTP/2 capture --pid joined during a stream", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
     // A chat completion, then a streamed one the client has read the start of, before the
     // capture starts; the rest of that stream and one more completion after.
@@ -530,9 +501,9 @@ fn a_malformed_h2_connection_is_counted_and_skipped_and_others_are_recorded() {
     if !runnable("HTTP/2 capture of a malformed connection", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (finished, report) = setup.capture_client(out.path(), "malformed");
+    let (finished, report) = capture_h2_client(&setup.netns, &setup.ca, out.path(), "malformed");
     let connections = &finished.summary["connections"];
     assert_eq!(
         figure(connections, "http2_connections"),
@@ -589,9 +560,9 @@ fn curl_over_h2_replays_what_it_captured_byte_for_byte() {
     if !runnable("HTTP/2 capture and replay of curl", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (finished, captured) = setup.capture_client(out.path(), "curl");
+    let (finished, captured) = capture_h2_client(&setup.netns, &setup.ca, out.path(), "curl");
     assert_plain_and_streamed(&setup, out.path(), &finished, &captured);
     let replayed = replay_h2_client(out.path(), "curl");
     assert_replayed_the_same(&captured, &replayed);
@@ -602,9 +573,9 @@ fn httpx_with_http2_replays_what_it_captured_byte_for_byte() {
     if !runnable("HTTP/2 capture and replay of httpx", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (finished, captured) = setup.capture_client(out.path(), "httpx");
+    let (finished, captured) = capture_h2_client(&setup.netns, &setup.ca, out.path(), "httpx");
     assert_plain_and_streamed(&setup, out.path(), &finished, &captured);
     let replayed = replay_h2_client(out.path(), "httpx");
     assert_replayed_the_same(&captured, &replayed);
@@ -615,9 +586,9 @@ fn keys_sent_over_h2_in_headers_and_the_path_query_reach_no_file() {
     if !runnable("HTTP/2 capture redaction", &["nghttpx"]) {
         return;
     }
-    let setup = Setup::new();
+    let setup = Setup::start();
     let out = tempfile::tempdir().expect("tempdir");
-    let (finished, report) = setup.capture_client(out.path(), "secrets");
+    let (finished, report) = capture_h2_client(&setup.netns, &setup.ca, out.path(), "secrets");
     assert_eq!(report["results"][0]["http_version"], "HTTP/2");
     // The key did go over the wire, all three ways.
     let served = setup.provider.requests();
