@@ -29,6 +29,13 @@ APT_PACKAGES+=(make gcc)
 # Go crypto/tls capture tests: the test builds a standard-library Go client (Go 1.19 on
 # bookworm).
 APT_PACKAGES+=(golang-go)
+# Kernel matrix (`cargo xtask kernels`): QEMU with KVM boots Debian's kernels through
+# virtme-ng (PyPI), which shares the host's root filesystem with the guest over 9p;
+# busybox gives virtme-ng's initramfs its shell tools, kmod (depmod, modprobe) the
+# Debian kernels' modules (9p, overlayfs, virtio).
+APT_PACKAGES+=(qemu-system-x86 busybox-static kmod)
+# `replayd trust install` tests: p11-kit's `trust` is Arch's and Fedora's trust-store tool.
+APT_PACKAGES+=(p11-kit)
 # Release artifacts (`cargo xtask dist`): the static binaries are built for musl, whose C
 # compiler wrapper (musl-gcc) builds ring's and zstd's C parts; dpkg-deb packs the .deb.
 DIST_APT_PACKAGES=(musl-tools dpkg)
@@ -39,6 +46,8 @@ PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
 PYTHON_PACKAGES+=(httpx==0.28.1 h2==4.4.1 grpcio==1.85.1)
 # Plain-HTTP tests: the official Ollama client (NDJSON streaming from /api/chat).
 PYTHON_PACKAGES+=(ollama==0.6.3)
+# Kernel matrix: virtme-ng boots a kernel over the host's root filesystem.
+PYTHON_PACKAGES+=(virtme-ng==1.42)
 BENCH_APT_PACKAGES=(wrk nginx)
 # oha sends requests at a fixed rate and measures latency from each request's scheduled
 # start (--latency-correction), which wrk cannot; its JSON report's layout is per version.

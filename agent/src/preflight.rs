@@ -1,5 +1,6 @@
 //! Checks, before anything is loaded, that this machine and this user can run
-//! the probes, so a missing piece is one clear line instead of a verifier dump.
+//! the probes, so a missing piece is one clear line instead of a verifier dump:
+//! privileges, a kernel new enough for the probes' helpers, BTF and uprobes.
 
 use std::path::Path;
 
@@ -9,6 +10,11 @@ use thiserror::Error;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
+
+/// The oldest kernel the probes load on: they copy large TLS calls with `bpf_loop` (5.17).
+/// Debian 12's 6.1 and 6.12 kernels and the development machine's 6.18 run the privileged
+/// tests (`cargo xtask kernels`).
+const MIN_KERNEL: (u32, u32) = (5, 17);
 
 /// Something the probes need is missing.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -20,6 +26,14 @@ pub enum PreflightError {
     Privilege {
         /// The capabilities that are missing.
         missing: String,
+    },
+    /// The kernel is older than [`MIN_KERNEL`].
+    #[error(
+        "this kernel ({release}) is too old: llmsim-agent needs Linux 5.17 or newer (the probes use bpf_loop)"
+    )]
+    OldKernel {
+        /// The running kernel's release, as `uname -r` prints it.
+        release: String,
     },
     /// No kernel BTF.
     #[error(
@@ -33,9 +47,14 @@ pub enum PreflightError {
     NoUprobes,
 }
 
-/// Checks privileges, BTF and uprobe support.
+/// Checks privileges, the kernel's version, BTF and uprobe support.
 pub fn check() -> Result<(), PreflightError> {
     check_privileges(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())?;
+    check_release(
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+    )?;
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         return Err(PreflightError::NoBtf);
     }
@@ -43,6 +62,22 @@ pub fn check() -> Result<(), PreflightError> {
         return Err(PreflightError::NoUprobes);
     }
     Ok(())
+}
+
+/// Refuses a kernel release older than [`MIN_KERNEL`]. A release that does not start with
+/// `MAJOR.MINOR` passes: the load then says what is missing.
+fn check_release(release: &str) -> Result<(), PreflightError> {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) if (major, minor) < MIN_KERNEL => {
+            Err(PreflightError::OldKernel {
+                release: release.to_owned(),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 fn check_privileges(status: &str) -> Result<(), PreflightError> {
@@ -88,5 +123,25 @@ mod tests {
             err.to_string(),
             "missing privilege: run as root (sudo) or grant CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN (missing: CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN)"
         );
+    }
+
+    #[test]
+    fn a_kernel_older_than_5_17_is_one_line() {
+        let err = check_release("5.15.0-91-generic").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "this kernel (5.15.0-91-generic) is too old: llmsim-agent needs Linux 5.17 or newer (the probes use bpf_loop)"
+        );
+        assert!(check_release("4.19.0-27-amd64").is_err());
+        for release in [
+            "5.17.0",
+            "6.1.0-57-amd64",
+            "6.12.118+deb12-amd64",
+            "6.18.44-fc-v1252",
+            "",
+            "unknown",
+        ] {
+            assert_eq!(check_release(release), Ok(()), "{release}");
+        }
     }
 }

@@ -5,10 +5,12 @@
 //! per SNI name, so apps that trust the CA accept replayd as api.openai.com and friends.
 //! [`CertificateAuthority::trust_bundle`] writes the files the `-- CMD` child is pointed at
 //! (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`), and
-//! [`trust_install`] / [`trust_uninstall`] manage the Debian-style system store for the
-//! daemon modes. Every TLS object here uses the rustls `ring` provider explicitly.
+//! [`trust_install`] / [`trust_uninstall`] manage the system store for the daemon modes, in
+//! whichever [`TrustLayout`] the machine has (Debian/Ubuntu, Fedora/RHEL or Arch). Every TLS
+//! object here uses the rustls `ring` provider explicitly.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::io;
@@ -44,6 +46,19 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub const SYSTEM_ANCHOR_PATH: &str = "/usr/local/share/ca-certificates/llmsim-replay-ca.crt";
 /// The command that rebuilds the Debian-style system store.
 pub const UPDATE_CA_CERTIFICATES: &str = "update-ca-certificates";
+/// The directory of local anchors on Debian-style systems, whose presence marks that layout.
+pub const DEBIAN_ANCHOR_DIR: &str = "/usr/local/share/ca-certificates";
+/// The directory of local anchors on Fedora/RHEL-style systems, whose presence marks that
+/// layout.
+pub const FEDORA_ANCHOR_DIR: &str = "/etc/pki/ca-trust/source/anchors";
+/// Where [`trust_install`] puts the CA on Fedora/RHEL-style systems.
+pub const FEDORA_ANCHOR_PATH: &str = "/etc/pki/ca-trust/source/anchors/llmsim-replay-ca.pem";
+/// The command that rebuilds the Fedora/RHEL-style system store (run as `update-ca-trust extract`).
+pub const UPDATE_CA_TRUST: &str = "update-ca-trust";
+/// Arch's writable p11-kit trust source, whose presence marks that layout.
+pub const ARCH_TRUST_SOURCE: &str = "/etc/ca-certificates/trust-source";
+/// p11-kit's trust tool, which stores and removes anchors on Arch-style systems.
+pub const P11KIT_TRUST: &str = "trust";
 /// File name of the trust bundle (system CAs plus the replay CA) written by
 /// [`CertificateAuthority::trust_bundle`].
 pub const BUNDLE_FILE: &str = "llmsim-ca-bundle.pem";
@@ -207,6 +222,11 @@ pub enum CaError {
         #[source]
         source: rustls::Error,
     },
+    /// None of the system trust store layouts replayd knows is present.
+    #[error(
+        "no known system trust store: found none of {DEBIAN_ANCHOR_DIR} (Debian, Ubuntu), {FEDORA_ANCHOR_DIR} (Fedora, RHEL), {ARCH_TRUST_SOURCE} (Arch)"
+    )]
+    NoTrustStore,
     /// The system-store update command could not be started.
     #[error("cannot run {command}")]
     Spawn {
@@ -444,8 +464,8 @@ impl TrustBundle {
     }
 }
 
-/// A Debian-style system trust store: an anchor file plus the command that rebuilds the
-/// store from it. [`SystemTrustStore::default`] is the real one.
+/// A system trust store kept as an anchor file plus the command that rebuilds the store from
+/// it: Debian's and Fedora's layouts. [`SystemTrustStore::default`] is Debian's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SystemTrustStore {
     /// Where the CA certificate is copied.
@@ -464,8 +484,21 @@ impl Default for SystemTrustStore {
 }
 
 impl SystemTrustStore {
-    /// Copies the CA certificate to the anchor path and rebuilds the store.
+    /// Copies the CA certificate to the anchor path and rebuilds the store with
+    /// `update-ca-certificates`' arguments (none).
     pub fn install(&self, ca: &CertificateAuthority) -> Result<(), CaError> {
+        self.install_with(ca, &[])
+    }
+
+    /// Removes the anchor and rebuilds the store from scratch with `update-ca-certificates`'
+    /// arguments (`--fresh`). Returns false, without running anything, when the CA was not
+    /// installed.
+    pub fn uninstall(&self) -> Result<bool, CaError> {
+        self.uninstall_with(&["--fresh"])
+    }
+
+    /// [`Self::install`] running the update command with `args`.
+    fn install_with(&self, ca: &CertificateAuthority, args: &[&str]) -> Result<(), CaError> {
         if let Some(parent) = self.anchor.parent() {
             fs::DirBuilder::new()
                 .recursive(true)
@@ -477,12 +510,11 @@ impl SystemTrustStore {
                 })?;
         }
         replace_file(&self.anchor, ca.cert_pem.as_bytes())?;
-        self.run_update(&[])
+        run_store_command(&self.update_command, args).map(drop)
     }
 
-    /// Removes the anchor and rebuilds the store from scratch. Returns false, without
-    /// running anything, when the CA was not installed.
-    pub fn uninstall(&self) -> Result<bool, CaError> {
+    /// [`Self::uninstall`] running the update command with `args`.
+    fn uninstall_with(&self, args: &[&str]) -> Result<bool, CaError> {
         match fs::remove_file(&self.anchor) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
@@ -493,40 +525,144 @@ impl SystemTrustStore {
                 });
             }
         }
-        self.run_update(&["--fresh"])?;
+        run_store_command(&self.update_command, args)?;
         Ok(true)
     }
+}
 
-    fn run_update(&self, args: &[&str]) -> Result<(), CaError> {
-        let output = Command::new(&self.update_command)
-            .args(args)
-            .output()
-            .map_err(|source| CaError::Spawn {
-                command: self.update_command.clone(),
-                source,
-            })?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(CaError::CommandFailed {
-                command: self.update_command.clone(),
-                status: output.status,
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            })
+/// Runs one command of a system trust store and returns what it printed on standard output.
+fn run_store_command(command: &Path, args: &[impl AsRef<OsStr>]) -> Result<String, CaError> {
+    let output = Command::new(command)
+        .args(args)
+        .output()
+        .map_err(|source| CaError::Spawn {
+            command: command.to_path_buf(),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(CaError::CommandFailed {
+            command: command.to_path_buf(),
+            status: output.status,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// The system trust store layouts replayd installs its CA into, told apart by the directory
+/// each distribution's CA tooling creates ([`TrustLayout::detect`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustLayout {
+    /// Debian and Ubuntu: the CA copied to [`SYSTEM_ANCHOR_PATH`], then
+    /// `update-ca-certificates` (`--fresh` on removal) rebuilds
+    /// `/etc/ssl/certs/ca-certificates.crt`.
+    Debian,
+    /// Fedora, RHEL and their rebuilds: the CA copied to [`FEDORA_ANCHOR_PATH`], then
+    /// `update-ca-trust extract` rebuilds `/etc/pki/ca-trust/extracted/` (which
+    /// `/etc/pki/tls/certs/ca-bundle.crt` points into).
+    Fedora,
+    /// Arch: p11-kit's `trust anchor --store` / `--remove` keep the CA in
+    /// [`ARCH_TRUST_SOURCE`] and rebuild `/etc/ca-certificates/extracted/` (which
+    /// `/etc/ssl/certs/ca-certificates.crt` points into) themselves.
+    Arch,
+}
+
+impl fmt::Display for TrustLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Debian => "Debian/Ubuntu, update-ca-certificates",
+            Self::Fedora => "Fedora/RHEL, update-ca-trust",
+            Self::Arch => "Arch, trust anchor",
+        })
+    }
+}
+
+impl TrustLayout {
+    /// The layout of this machine's store. Fedora's and Arch's directories are looked for
+    /// before Debian's, which a Fedora or Arch machine does not have but a Debian one with
+    /// p11-kit installed still does.
+    pub fn detect() -> Result<Self, CaError> {
+        Self::detect_in(Path::new("/")).ok_or(CaError::NoTrustStore)
+    }
+
+    /// [`Self::detect`] for the tree under `root`.
+    fn detect_in(root: &Path) -> Option<Self> {
+        [
+            (Self::Fedora, FEDORA_ANCHOR_DIR),
+            (Self::Arch, ARCH_TRUST_SOURCE),
+            (Self::Debian, DEBIAN_ANCHOR_DIR),
+        ]
+        .into_iter()
+        .find(|(_, dir)| root.join(dir.trim_start_matches('/')).is_dir())
+        .map(|(layout, _)| layout)
+    }
+
+    /// The anchor-file store of the Fedora layout.
+    fn fedora_store() -> SystemTrustStore {
+        SystemTrustStore {
+            anchor: PathBuf::from(FEDORA_ANCHOR_PATH),
+            update_command: PathBuf::from(UPDATE_CA_TRUST),
+        }
+    }
+
+    /// Puts the CA into this layout's store and rebuilds the bundles TLS clients read.
+    pub fn install(self, ca: &CertificateAuthority) -> Result<(), CaError> {
+        match self {
+            Self::Debian => SystemTrustStore::default().install(ca),
+            Self::Fedora => Self::fedora_store().install_with(ca, &["extract"]),
+            Self::Arch => run_store_command(
+                Path::new(P11KIT_TRUST),
+                &[
+                    OsStr::new("anchor"),
+                    OsStr::new("--store"),
+                    ca.cert_path().as_os_str(),
+                ],
+            )
+            .map(drop),
+        }
+    }
+
+    /// Takes the CA whose certificate is `ca_cert` out of this layout's store again. Returns
+    /// false when it was not installed (for Arch: when the CA certificate does not exist, or
+    /// p11-kit's list of anchors is the same without it).
+    pub fn uninstall(self, ca_cert: &Path) -> Result<bool, CaError> {
+        match self {
+            Self::Debian => SystemTrustStore::default().uninstall(),
+            Self::Fedora => Self::fedora_store().uninstall_with(&["extract"]),
+            Self::Arch => {
+                if !ca_cert.exists() {
+                    return Ok(false);
+                }
+                let trust = Path::new(P11KIT_TRUST);
+                let list = ["list", "--filter=ca-anchors"];
+                let before = run_store_command(trust, &list)?;
+                run_store_command(
+                    trust,
+                    &[
+                        OsStr::new("anchor"),
+                        OsStr::new("--remove"),
+                        ca_cert.as_os_str(),
+                    ],
+                )?;
+                Ok(run_store_command(trust, &list)? != before)
+            }
         }
     }
 }
 
-/// Puts the CA into the Debian-style system store ([`SYSTEM_ANCHOR_PATH`] plus
-/// `update-ca-certificates`), for the daemon modes. Needs root.
-pub fn trust_install(ca: &CertificateAuthority) -> Result<(), CaError> {
-    SystemTrustStore::default().install(ca)
+/// Puts the CA into the system store in this machine's [`TrustLayout`], for the daemon
+/// modes, and returns the layout. Needs root.
+pub fn trust_install(ca: &CertificateAuthority) -> Result<TrustLayout, CaError> {
+    let layout = TrustLayout::detect()?;
+    layout.install(ca)?;
+    Ok(layout)
 }
 
-/// Takes the CA out of the Debian-style system store again. Returns false when it was not
-/// installed. Needs root.
-pub fn trust_uninstall() -> Result<bool, CaError> {
-    SystemTrustStore::default().uninstall()
+/// Takes the CA whose certificate is the [`CA_CERT_FILE`] in `ca_dir` out of the system store
+/// again. Returns false when it was not installed. Needs root.
+pub fn trust_uninstall(ca_dir: &Path) -> Result<bool, CaError> {
+    TrustLayout::detect()?.uninstall(&ca_dir.join(CA_CERT_FILE))
 }
 
 /// A rustls certificate resolver that mints a leaf per SNI name, signed by the replay CA,
@@ -1063,6 +1199,27 @@ mod tests {
         };
         let err = missing.install(&ca).unwrap_err();
         assert!(matches!(err, CaError::Spawn { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn the_trust_layout_is_told_apart_by_its_directories() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(TrustLayout::detect_in(root.path()), None);
+        let mkdir =
+            |dir: &str| fs::create_dir_all(root.path().join(dir.trim_start_matches('/'))).unwrap();
+        mkdir(DEBIAN_ANCHOR_DIR);
+        assert_eq!(
+            TrustLayout::detect_in(root.path()),
+            Some(TrustLayout::Debian)
+        );
+        // Debian's p11-kit leaves the Debian directory in place next to Arch's.
+        mkdir(ARCH_TRUST_SOURCE);
+        assert_eq!(TrustLayout::detect_in(root.path()), Some(TrustLayout::Arch));
+        mkdir(FEDORA_ANCHOR_DIR);
+        assert_eq!(
+            TrustLayout::detect_in(root.path()),
+            Some(TrustLayout::Fedora)
+        );
     }
 
     #[test]

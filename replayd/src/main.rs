@@ -458,21 +458,21 @@ fn dns_responder(hosts: &[(String, Ipv4Addr)], no_network: bool) -> dns::DnsResp
 }
 
 fn trust(action: &TrustAction, ca_dir: Option<PathBuf>) -> Result<ExitCode> {
+    let dir = match ca_dir {
+        Some(dir) => dir,
+        None => ca::default_ca_dir()?,
+    };
     match action {
         TrustAction::Install => {
-            let dir = match ca_dir {
-                Some(dir) => dir,
-                None => ca::default_ca_dir()?,
-            };
             let authority = ca::CertificateAuthority::load_or_create(&dir)?;
-            ca::trust_install(&authority)?;
+            let layout = ca::trust_install(&authority)?;
             eprintln!(
-                "replayd: installed {} into the system trust store",
+                "replayd: installed {} into the system trust store ({layout})",
                 authority.cert_path().display()
             );
         }
         TrustAction::Uninstall => {
-            if ca::trust_uninstall()? {
+            if ca::trust_uninstall(&dir)? {
                 eprintln!("replayd: removed the replay CA from the system trust store");
             } else {
                 eprintln!("replayd: the replay CA was not in the system trust store");

@@ -46,6 +46,7 @@ pub mod clients;
 pub mod dist;
 pub mod flows;
 pub mod h2;
+pub mod kernels;
 pub mod listen;
 pub mod netns;
 pub mod paths;

@@ -1,6 +1,6 @@
 //! Developer tasks cargo cannot express alone: the full check run that CI uses
-//! (formatting, lints, unit and privileged tests), the demo, benchmarks, the
-//! generated price table and the release artifacts. Toolchain
+//! (formatting, lints, unit and privileged tests), the kernel matrix, the demo,
+//! benchmarks, the generated price table and the release artifacts. Toolchain
 //! set-up lives in scripts/setup.sh because it must run before any Rust can be
 //! built.
 
@@ -10,6 +10,7 @@ mod bench_replay;
 mod bench_support;
 mod demo;
 mod dist;
+mod kernels;
 mod prices;
 mod totals;
 
@@ -67,6 +68,10 @@ enum Task {
         #[arg(long, value_name = "DIR", default_value = "target/dist")]
         out: PathBuf,
     },
+    /// The privileged core of the suite (capture of openai-python and node, offline
+    /// replay, the redirect kill test) on Debian's kernels under QEMU (virtme-ng) and on
+    /// the host's, as a table. Needs root.
+    Kernels(kernels::Args),
     /// Writes snapshot/data/prices.toml from the model price file of the
     /// installed `litellm` Python package (the release pinned in xtask/src/prices.rs).
     Prices {
@@ -83,6 +88,7 @@ fn main() -> ExitCode {
         Task::Test => test(),
         Task::Bench { name, args } => bench(&name, &args),
         Task::Demo { html } => cargo(&["build", "--bins"]).and_then(|()| demo::run(&html)),
+        Task::Kernels(args) => kernels::run(&args),
         Task::Prices { from } => prices::run(from.as_deref()),
         Task::Dist { out } => dist::run(&llmsim_tests::repo_root(), &out),
     };
