@@ -4,6 +4,7 @@
 //! figures for the summary.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
     sync::mpsc,
@@ -22,7 +23,10 @@ use llmsim_snapshot::{
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::{connections::ConnectionExchange, http1};
+use crate::{
+    connections::{ConnectionExchange, loss_reason_of},
+    http1,
+};
 
 /// Failures setting up or writing the snapshot.
 #[derive(Debug, Error)]
@@ -91,6 +95,9 @@ pub struct RecordStats {
     pub exchanges_written: u64,
     /// Of those, flagged incomplete.
     pub exchanges_incomplete: u64,
+    /// Of those, flagged because the kernel could not deliver some of their
+    /// bytes, per drop reason (`ring_full`, ...); absent reasons are 0.
+    pub incomplete_by_loss: BTreeMap<&'static str, u64>,
     /// Of those, made over HTTP/2.
     pub http2_exchanges_written: u64,
     /// Exchanges with hosts that are not recorded.
@@ -156,15 +163,14 @@ impl Recorder {
         })
     }
 
-    /// Records one exchange if its host is wanted. `lost` flags it incomplete.
-    /// `process` is the process that made it, as it was then.
+    /// Records one exchange if its host is wanted. `process` is the process
+    /// that made it, as it was then.
     pub fn record(
         &mut self,
         done: ConnectionExchange,
         process: ProcessInfo,
-        lost: Option<String>,
     ) -> Result<(), RecorderError> {
-        let raw = self.raw_exchange(done, process, lost);
+        let raw = self.raw_exchange(done, process);
         if !self.hosts.records(&raw.host()) {
             self.exchanges_ignored += 1;
             return Ok(());
@@ -183,12 +189,7 @@ impl Recorder {
     /// first write, dated by the wall clock, with its connection's HTTP version and the
     /// response's trailers (HTTP/2 trailers, gRPC's `grpc-status` among them, or a
     /// chunked HTTP/1.1 body's).
-    fn raw_exchange(
-        &self,
-        done: ConnectionExchange,
-        process: ProcessInfo,
-        lost: Option<String>,
-    ) -> RawExchange<Vec<u8>> {
+    fn raw_exchange(&self, done: ConnectionExchange, process: ProcessInfo) -> RawExchange<Vec<u8>> {
         let ConnectionExchange {
             sni,
             peer,
@@ -236,7 +237,7 @@ impl Recorder {
             process,
             scheme: Scheme::Https,
             http_version,
-            incomplete: lost.or(incomplete),
+            incomplete,
         }
     }
 }
@@ -257,8 +258,11 @@ fn write_files(
         stats.usage.add_exchange(&exchange, &prices);
         stats.bytes_written += std::fs::metadata(&path).map_or(0, |m| m.len());
         stats.exchanges_written += 1;
-        if exchange.incomplete.is_some() {
+        if let Some(why) = &exchange.incomplete {
             stats.exchanges_incomplete += 1;
+            if let Some(reason) = loss_reason_of(why) {
+                *stats.incomplete_by_loss.entry(reason.name()).or_default() += 1;
+            }
         }
         if exchange.http_version == HttpVersion::Http2 {
             stats.http2_exchanges_written += 1;

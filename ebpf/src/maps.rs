@@ -5,21 +5,28 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use llmsim_ebpf_common::{
-    ConnKey, DROP_REASONS, DropReason, Filter, OriginalDestination, RING_BUFFER_BYTES,
-    RedirectConfig,
+    ConnLoss, DROP_REASONS, DropReason, Filter, LossKey, LossTotals, OriginalDestination,
+    RING_BUFFER_BYTES, RedirectConfig,
 };
 
 /// Every record for userspace: data chunks, SNI, connects, execs.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
 
-/// One `u64` per [`DropReason`]: events that could not be delivered.
+/// One `u64` per [`llmsim_ebpf_common::DropReason`]: events that could not be delivered.
 #[map]
 pub static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
 
-/// Plaintext bytes of a connection that could not be delivered.
+/// One [`LossTotals`] per [`llmsim_ebpf_common::DropReason`]: the calls,
+/// chunks and bytes of plaintext it cost.
 #[map]
-pub static LOST_BYTES: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(16_384, 0);
+pub static LOSS_TOTALS: PerCpuArray<LossTotals> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+
+/// Sequence numbers and lost plaintext of each direction of each connection.
+/// An LRU map: the entry of a connection that is never closed is evicted
+/// rather than kept for ever.
+#[map]
+pub static CONN_LOSS: LruHashMap<LossKey, ConnLoss> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Which processes are reported; index 0 only. Written by userspace.
 #[map]
@@ -42,14 +49,21 @@ pub struct SslCall {
     /// `size_t *written` / `size_t *readbytes` of the `_ex` variants, or 0.
     pub out_len: u64,
     pub start_ns: u64,
+    /// The call's sequence number in its direction (see [`crate::emit::begin`]).
+    pub seq: u64,
     pub direction: u32,
     /// Socket fd of a nested read/write syscall, or -1.
     pub fd: i32,
 }
 
-/// Calls in progress, keyed by `bpf_get_current_pid_tgid()`.
+/// Calls in progress, keyed by `bpf_get_current_pid_tgid()`. An LRU map: the
+/// entry of a call whose return probe never fires (its thread died inside
+/// it) is evicted in time instead of filling the table. When live calls fill
+/// it, the least recently entered one is evicted; its return finds no entry
+/// and its sequence number is never used, so userspace sees the gap. The
+/// size is set at load time.
 #[map]
-pub static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(16_384, 0);
+pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);
 
 /// A `connect()` in progress: its fd and user-space `sockaddr *`.
 #[repr(C)]
@@ -59,26 +73,17 @@ pub struct PendingConnect {
     pub addr: u64,
 }
 
-/// Connects in progress, keyed by `bpf_get_current_pid_tgid()`.
+/// Connects in progress, keyed by `bpf_get_current_pid_tgid()`; LRU, like
+/// [`SSL_CALLS`], for a thread that dies inside `connect()`.
 #[map]
-pub static CONNECTS: HashMap<u64, PendingConnect> = HashMap::with_max_entries(16_384, 0);
+pub static CONNECTS: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_entries(16_384, 0);
 
-/// Counts one undeliverable event.
+/// Counts one undeliverable event. Plaintext lost is accounted for by
+/// [`crate::emit`], which calls this too.
 pub fn count_drop(reason: DropReason) {
     if let Some(counter) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
-    }
-}
-
-/// Adds `bytes` to the connection's undelivered count.
-pub fn count_lost(key: &ConnKey, bytes: u64) {
-    match LOST_BYTES.get_ptr_mut(key) {
-        // SAFETY: the pointer is a live map value; a racing update only loses a count, never memory safety.
-        Some(lost) => unsafe { *lost += bytes },
-        None => {
-            let _ = LOST_BYTES.insert(key, &bytes, 0);
-        }
     }
 }
 

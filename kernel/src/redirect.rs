@@ -2,7 +2,8 @@
 //! one cgroup, so that the cgroup's TCP connects to recorded hosts reach
 //! replayd's listener and its DNS (to IPv4 and IPv6 nameservers) reaches
 //! replayd's responder, and reports each redirected connection's original
-//! destination. The hooks are `bpf_link` attachments owned by [`Redirect`]:
+//! destination; the kernel forgets it when the connection closes, whether it
+//! was asked for or not. The hooks are `bpf_link` attachments owned by [`Redirect`]:
 //! when it is dropped, or its process dies, the kernel removes them and the
 //! cgroup's traffic flows normally again.
 
@@ -150,6 +151,16 @@ impl Redirect {
         let original = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         decode(&original)
+    }
+
+    /// How many connections' original destinations the kernel holds for
+    /// replayd: those of connections still open that were not asked for.
+    pub fn original_destinations_held(&mut self) -> Result<usize, ObjectError> {
+        let map: HashMap<&mut MapData, u32, OriginalDestination> =
+            self.object.map_mut("ORIGINAL_BY_PORT")?;
+        map.keys()
+            .try_fold(0, |held, key| key.map(|_| held + 1))
+            .map_err(map_error("ORIGINAL_BY_PORT"))
     }
 }
 
