@@ -54,16 +54,54 @@ pub struct SslCall {
     pub direction: u32,
     /// Socket fd of a nested read/write syscall, or -1.
     pub fd: i32,
+    /// Calls of the same kind on the same connection nested inside this one
+    /// and not yet returned (`SSL_read` calling `SSL_read_ex`, with both probed).
+    pub merged: u32,
+    /// Nonzero once the innermost call returned and emitted what it moved:
+    /// the outer returns only unwind.
+    pub done: u32,
 }
 
-/// Calls in progress, keyed by `bpf_get_current_pid_tgid()`. An LRU map: the
-/// entry of a call whose return probe never fires (its thread died inside
-/// it) is evicted in time instead of filling the table. When live calls fill
-/// it, the least recently entered one is evicted; its return finds no entry
-/// and its sequence number is never used, so userspace sees the gap. The
-/// size is set at load time.
+/// Key of [`SSL_CALLS`]: a thread, and how many of its calls in progress the
+/// call is nested in (a TLS library's callback can write while it reads).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallKey {
+    pub pid_tgid: u64,
+    pub level: u64,
+}
+
+/// Deepest nesting of calls in progress on one thread that is believed; a
+/// deeper one means return probes were missed, and numbering starts again.
+pub const MAX_CALL_LEVELS: u32 = 8;
+
+/// Calls in progress. An LRU map: the entry of a call whose return probe
+/// never fires (its thread died inside it) is evicted in time instead of
+/// filling the table. When live calls fill it, the least recently entered
+/// one is evicted; its return finds no entry and its sequence number is never
+/// used, so userspace sees the gap. The size is set at load time.
 #[map]
-pub static SSL_CALLS: LruHashMap<u64, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+pub static SSL_CALLS: LruHashMap<CallKey, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// How many calls each thread (`bpf_get_current_pid_tgid()`) has in
+/// progress: the level of its next call. LRU, like [`SSL_CALLS`].
+#[map]
+pub static SSL_CALL_LEVELS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The innermost call in progress on a thread, for the syscall probes to add
+/// its socket to.
+#[inline(always)]
+pub fn current_ssl_call(pid_tgid: u64) -> Option<*mut SslCall> {
+    // SAFETY: the value is copied.
+    let levels = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }.copied()?;
+    if levels == 0 || levels > MAX_CALL_LEVELS {
+        return None;
+    }
+    SSL_CALLS.get_ptr_mut(&CallKey {
+        pid_tgid,
+        level: u64::from(levels - 1),
+    })
+}
 
 /// A `connect()` in progress: its fd and user-space `sockaddr *`.
 #[repr(C)]

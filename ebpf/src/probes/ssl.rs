@@ -33,7 +33,10 @@ use super::header;
 use crate::{
     emit::{self, Call, batched_wakeup},
     filter::is_traced,
-    maps::{EVENTS, SSL_CALLS, SslCall, count_drop},
+    maps::{
+        CallKey, EVENTS, MAX_CALL_LEVELS, SSL_CALL_LEVELS, SSL_CALLS, SslCall, count_drop,
+        current_ssl_call,
+    },
 };
 
 /// `SSL_ctrl` command behind the `SSL_set_tlsext_host_name` macro.
@@ -137,6 +140,26 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
         0
     };
     let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(outer) = current_ssl_call(pid_tgid) {
+        // SAFETY: a live value of this thread's own entry.
+        unsafe {
+            if (*outer).ssl == ssl && (*outer).direction == direction as u32 && (*outer).done == 0 {
+                // One call through two probed functions: the innermost
+                // return emits it, under the sequence number it has.
+                (*outer).buf = buf;
+                (*outer).out_len = out_len;
+                (*outer).merged += 1;
+                return;
+            }
+        }
+    }
+    // SAFETY: the value is copied.
+    let mut level = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }
+        .copied()
+        .unwrap_or(0);
+    if level >= MAX_CALL_LEVELS {
+        level = 0;
+    }
     let call = SslCall {
         ssl,
         buf,
@@ -146,21 +169,68 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
         seq: emit::begin((pid_tgid >> 32) as u32, ssl, direction as u32),
         direction: direction as u32,
         fd: -1,
+        merged: 0,
+        done: 0,
     };
-    // An LRU map: inserting never fails for want of room, it evicts instead.
-    let _ = SSL_CALLS.insert(&pid_tgid, &call, 0);
+    let key = CallKey {
+        pid_tgid,
+        level: u64::from(level),
+    };
+    // LRU maps: inserting never fails for want of room, it evicts instead.
+    let _ = SSL_CALLS.insert(&key, &call, 0);
+    let _ = SSL_CALL_LEVELS.insert(&pid_tgid, &(level + 1), 0);
+}
+
+/// Ends the innermost call of a thread whose calls in progress are `levels`.
+#[inline(always)]
+fn pop_level(pid_tgid: u64, levels: u32) {
+    if levels <= 1 {
+        let _ = SSL_CALL_LEVELS.remove(&pid_tgid);
+    } else {
+        let _ = SSL_CALL_LEVELS.insert(&pid_tgid, &(levels - 1), 0);
+    }
 }
 
 fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { SSL_CALLS.get(&pid_tgid) }).copied() else {
+    // SAFETY: the value is copied.
+    let levels = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }
+        .copied()
+        .unwrap_or(0);
+    let key = CallKey {
+        pid_tgid,
+        level: u64::from(levels.wrapping_sub(1)),
+    };
+    let entry = if levels == 0 || levels > MAX_CALL_LEVELS {
+        None
+    } else {
+        SSL_CALLS.get_ptr_mut(&key)
+    };
+    let Some(entry) = entry else {
+        if levels != 0 {
+            pop_level(pid_tgid, levels);
+        }
         if is_traced() {
             emit::missing_entry();
         }
         return Ok(());
     };
-    let _ = SSL_CALLS.remove(&pid_tgid);
+    // SAFETY: a live value of this thread's own entry, copied before it changes.
+    let call = unsafe { *entry };
+    if call.merged > 0 {
+        // SAFETY: as above.
+        unsafe {
+            (*entry).merged -= 1;
+            (*entry).done = 1;
+        }
+    } else {
+        let _ = SSL_CALLS.remove(&key);
+        pop_level(pid_tgid, levels);
+    }
+    if call.done != 0 {
+        return Ok(());
+    }
     let tgid = (pid_tgid >> 32) as u32;
     let plaintext = Call {
         conn: call.ssl,

@@ -14,7 +14,7 @@ use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
 use super::header;
 use crate::{
     filter::is_traced,
-    maps::{CONNECTS, EVENTS, PendingConnect, SSL_CALLS, count_drop},
+    maps::{CONNECTS, EVENTS, PendingConnect, count_drop, current_ssl_call},
 };
 
 /// `x86_64` syscall numbers of the calls a TLS library makes on its socket.
@@ -84,7 +84,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     if !SOCKET_IO_SYSCALLS.contains(&id) {
         return Ok(());
     }
-    let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) else {
+    let Some(call) = current_ssl_call(pid_tgid) else {
         return Ok(());
     };
     let (fd, _) = syscall_args(ctx.arg(0))?;
