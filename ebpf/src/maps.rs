@@ -139,8 +139,16 @@ pub static REDIRECT_V4: HashMap<u32, u8> = HashMap::with_max_entries(4_096, 0);
 pub static ORIGINAL_BY_COOKIE: LruHashMap<u64, OriginalDestination> =
     LruHashMap::with_max_entries(65_536, 0);
 
-/// Original destination of each redirected TCP connection, by the client's
-/// local port (host order), for replayd to look up when it accepts.
+/// Original destination of each open redirected TCP connection, by the
+/// client's local port (host order), for replayd to look up when it accepts.
 #[map]
 pub static ORIGINAL_BY_PORT: LruHashMap<u32, OriginalDestination> =
     LruHashMap::with_max_entries(65_536, 0);
+
+/// Original destinations of the last connections that closed before anyone
+/// asked for them, by local port, for a reader that asks late; a small LRU
+/// map, so those nobody asks for (DNS over TCP, refused connections) take
+/// bounded room. An open connection on the port replaces its entry.
+#[map]
+pub static ORIGINAL_OF_CLOSED: LruHashMap<u32, OriginalDestination> =
+    LruHashMap::with_max_entries(1_024, 0);

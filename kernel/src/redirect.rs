@@ -142,19 +142,24 @@ impl Redirect {
     }
 
     /// The destination the app asked for, for a redirected connection accepted
-    /// from `client` (a loopback address whose port identifies the connection).
-    /// Each entry is handed out once.
+    /// from `client` (a loopback address whose port identifies the connection),
+    /// open or, among the last to close, closed. Each entry is handed out once.
     pub fn original_destination(&mut self, client: SocketAddr) -> Option<SocketAddr> {
-        let mut map: HashMap<&mut MapData, u32, OriginalDestination> =
-            self.object.map_mut("ORIGINAL_BY_PORT").ok()?;
         let key = u32::from(client.port());
-        let original = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        decode(&original)
+        ["ORIGINAL_BY_PORT", "ORIGINAL_OF_CLOSED"]
+            .into_iter()
+            .find_map(|name| {
+                let mut map: HashMap<&mut MapData, u32, OriginalDestination> =
+                    self.object.map_mut(name).ok()?;
+                let original = map.get(&key, 0).ok()?;
+                let _ = map.remove(&key);
+                Some(original)
+            })
+            .and_then(|original| decode(&original))
     }
 
-    /// How many connections' original destinations the kernel holds for
-    /// replayd: those of connections still open that were not asked for.
+    /// How many open connections' original destinations the kernel holds for
+    /// replayd (those not asked for yet); closed ones go to a small LRU map.
     pub fn original_destinations_held(&mut self) -> Result<usize, ObjectError> {
         let map: HashMap<&mut MapData, u32, OriginalDestination> =
             self.object.map_mut("ORIGINAL_BY_PORT")?;

@@ -1,8 +1,9 @@
 //! Privileged test: the original destinations the redirect keeps for replayd do not outlive
-//! their connections. Many short connections from the cgroup reach a listener that never asks
-//! for their original destination, as replayd's DNS responder and a refused connection never
-//! do: closed normally by the client, closed first by the listener, and reset by the client.
-//! Once they are all closed the kernel holds none of them.
+//! their connections in the map of open ones. Many short connections from the cgroup reach a
+//! listener that never asks for their original destination, as replayd's DNS responder and a
+//! refused connection never do: closed normally by the client, closed first by the listener,
+//! and reset by the client. Once they are all closed that map holds none of them, and a late
+//! reader still gets a closed connection's destination, once.
 
 use std::{
     io::{Read as _, Write as _},
@@ -29,7 +30,7 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
 }
 
 #[test]
-fn original_destinations_not_asked_for_are_forgotten_when_connections_close() {
+fn original_destinations_not_asked_for_leave_the_open_map_when_connections_close() {
     if !llmsim_tests::privileged("redirect cleanup") {
         return;
     }
@@ -78,9 +79,11 @@ print("done", flush=True)
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the client");
+    let mut peers = Vec::new();
     for kind in ["answered", "refused", "reset"] {
         for _ in 0..EACH {
-            let (mut stream, _) = listener.accept().expect("accept a redirected connection");
+            let (mut stream, peer) = listener.accept().expect("accept a redirected connection");
+            peers.push(peer);
             if kind == "refused" {
                 drop(stream);
                 continue;
@@ -115,4 +118,11 @@ print("done", flush=True)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    let late = *peers.last().expect("connections were made");
+    assert_eq!(
+        redirect.original_destination(late),
+        Some(SocketAddr::V4(SocketAddrV4::new(RECORDED, 443))),
+        "a late reader gets a closed connection's destination"
+    );
+    assert_eq!(redirect.original_destination(late), None, "once");
 }

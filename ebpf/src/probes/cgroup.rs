@@ -5,7 +5,8 @@
 //! (for an IPv6 nameserver, its `::1` responder when it has one).
 //! `recvmsg4/6` and `getpeername4/6` put the original address back where the
 //! app looks; `sock_ops` hands replayd each connection's original destination,
-//! and forgets it when the connection closes, whether replayd read it or not.
+//! and moves it out of the map of open connections when the connection closes,
+//! whether replayd read it or not.
 //! Everything else passes untouched. Addresses and ports in `bpf_sock_addr`
 //! are in network byte order.
 
@@ -21,7 +22,9 @@ use aya_ebpf::{
 };
 use llmsim_ebpf_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
 
-use crate::maps::{ORIGINAL_BY_COOKIE, ORIGINAL_BY_PORT, REDIRECT, REDIRECT_V4};
+use crate::maps::{
+    ORIGINAL_BY_COOKIE, ORIGINAL_BY_PORT, ORIGINAL_OF_CLOSED, REDIRECT, REDIRECT_V4,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -158,9 +161,9 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 /// local port is known, so its original destination is filed under that port,
 /// where replayd finds it after `accept()`, and the connection's state changes
 /// are asked for. When it reaches `TCP_CLOSE` (after both sides closed, or a
-/// reset; replayd has accepted it by then, if it ever will) both its entries
-/// go: a connection replayd never asks about (DNS over TCP, one it refused)
-/// leaves nothing behind.
+/// reset) its entries leave the maps of live sockets: one nobody asked for
+/// (DNS over TCP, a refused connection) goes to the small LRU map of closed
+/// connections instead of staying for ever.
 #[sock_ops]
 pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
@@ -172,11 +175,18 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         // SAFETY: the value is copied before use.
         if let Some(original) = unsafe { ORIGINAL_BY_COOKIE.get(&cookie) }.copied() {
-            let _ = ORIGINAL_BY_PORT.insert(&ctx.local_port(), &original, 0);
+            let port = ctx.local_port();
+            let _ = ORIGINAL_BY_PORT.insert(&port, &original, 0);
+            let _ = ORIGINAL_OF_CLOSED.remove(&port);
             let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG).cast_signed());
         }
     } else if ctx.arg(1) == BPF_TCP_CLOSE {
-        let _ = ORIGINAL_BY_PORT.remove(&ctx.local_port());
+        let port = ctx.local_port();
+        // SAFETY: the value is copied before the entry is removed.
+        if let Some(original) = unsafe { ORIGINAL_BY_PORT.get(&port) }.copied() {
+            let _ = ORIGINAL_OF_CLOSED.insert(&port, &original, 0);
+            let _ = ORIGINAL_BY_PORT.remove(&port);
+        }
         let _ = ORIGINAL_BY_COOKIE.remove(&cookie);
     }
     0
