@@ -12,8 +12,9 @@ Usage: loss_client.py copy|ring|table
   (the body fits in one TLS record, so nothing is read after the drop).
 * `ring`: three chat completions on one keep-alive connection, the second with a 2 MiB body,
   for a capture with a tiny ring buffer.
-* `table`: eight threads, each streaming a chat completion on its own connection at once, so
-  eight `SSL_read` calls wait together, for a capture with a tiny call table.
+* `table`: eight threads, each streaming a chat completion on its own blocking connection at
+  once, so eight `SSL_read` calls wait inside OpenSSL together, for a capture with a tiny call
+  table.
 
 Prints one JSON line: {"mode", "tls_bytes" (plaintext written plus read through TLS),
 "requests": [{"body_b64", "status", "response_b64", "events"}]}, where `events` are the `data:`
@@ -55,9 +56,12 @@ def head_of(body):
 class Counted:
     """A TLS connection that counts the plaintext it moves."""
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, blocking=False):
         raw = socket.create_connection((HOST, 443), timeout=30)
         self.tls = ctx.wrap_socket(raw, server_hostname=HOST)
+        if blocking:
+            # Without a timeout Python blocks inside SSL_read rather than polling outside it.
+            self.tls.settimeout(None)
         self.moved = 0
         self.buffer = b""
 
@@ -164,7 +168,7 @@ def table_mode(ctx):
     def run(i):
         try:
             body = body_of(400, f"table-{i}", stream=True)
-            conn = Counted(ctx)
+            conn = Counted(ctx, blocking=True)
             barrier.wait(timeout=30)
             conn.send(head_of(body) + body)
             status, response = conn.response()
