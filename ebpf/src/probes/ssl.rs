@@ -176,7 +176,8 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
         pid_tgid,
         level: u64::from(level),
     };
-    // LRU maps: inserting never fails for want of room, it evicts instead.
+    // LRU maps evict instead of refusing; an insert that fails all the same
+    // shows as a missing entry at the return.
     let _ = SSL_CALLS.insert(&key, &call, 0);
     let _ = SSL_CALL_LEVELS.insert(&pid_tgid, &(level + 1), 0);
 }
@@ -193,7 +194,6 @@ fn pop_level(pid_tgid: u64, levels: u32) {
 
 fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
     // SAFETY: the value is copied.
     let levels = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }
         .copied()
