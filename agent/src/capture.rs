@@ -187,6 +187,7 @@ impl Capture {
         // The targets first: a typo in a pid must not create a directory.
         let target = checked_target(&options.target).map_err(usage)?;
         let forced = PlacementKind::forced().map_err(|e| usage(e.into()))?;
+        check_sizes(options.sizes).map_err(usage)?;
         let recorder = Recorder::open(&options.out, hosts, sys::monotonic_ns(), options.quiet)
             .map_err(|e| {
                 usage(
@@ -216,7 +217,6 @@ impl Capture {
             }
         };
         let mut scanner = Scanner::new(forced);
-        check_sizes(options.sizes).map_err(usage)?;
         let mut probes = Probes::load_sized(options.sizes).context("loading the eBPF probes")?;
         if let Target::Pids(pids) = &target {
             probes.set_reach(Reach::Processes(pids.clone()));
