@@ -26,6 +26,9 @@ APT_PACKAGES=(llvm-${LLVM_MAJOR}-dev libpolly-${LLVM_MAJOR}-dev libzstd-dev zlib
 APT_PACKAGES+=(nghttp2-proxy nghttp2-client)
 # replayd's allocator: tikv-jemalloc-sys builds jemalloc from source with make and cc.
 APT_PACKAGES+=(make gcc)
+# Go crypto/tls capture tests: the test builds a standard-library Go client (Go 1.19 on
+# bookworm).
+APT_PACKAGES+=(golang-go)
 # Release artifacts (`cargo xtask dist`): the static binaries are built for musl, whose C
 # compiler wrapper (musl-gcc) builds ring's and zstd's C parts; dpkg-deb packs the .deb.
 DIST_APT_PACKAGES=(musl-tools dpkg)
@@ -34,6 +37,8 @@ PYTHON_PACKAGES=(openai==3.57.0 anthropic==2.14.0 google-genai==3.6.1)
 # HTTP/2 tests: httpx (and the SDKs through it) speaks h2 once h2 is installed; grpcio is
 # a real gRPC client for replayed trailers.
 PYTHON_PACKAGES+=(httpx==0.28.1 h2==4.4.1 grpcio==1.85.1)
+# Plain-HTTP tests: the official Ollama client (NDJSON streaming from /api/chat).
+PYTHON_PACKAGES+=(ollama==0.6.3)
 BENCH_APT_PACKAGES=(wrk nginx)
 # oha sends requests at a fixed rate and measures latency from each request's scheduled
 # start (--latency-correction), which wrk cannot; its JSON report's layout is per version.

@@ -34,7 +34,7 @@ use crate::{
     connections::{ConnectionExchange, Tracker, TrackerStats},
     events::{Event, SequenceEnd, data_sequence, decode},
     placement::PlacementKind,
-    preflight,
+    plain, preflight,
     probes::{PlacedObject, Probes, Reach, Selection},
     procfs::{all_pids, is_alive, process_info, tgid_of},
     recorder::{HostFilter, RecordStats, Recorder},
@@ -82,9 +82,9 @@ pub struct CaptureOptions {
     pub out: PathBuf,
     /// Which processes.
     pub target: Target,
-    /// Extra host globs to record.
+    /// Extra host globs to record; `HOST:PORT` also selects that plain destination.
     pub hosts: Vec<String>,
-    /// Record every host.
+    /// Record every host, plain connections included.
     pub any_host: bool,
     /// Print no live lines.
     pub quiet: bool,
@@ -182,8 +182,15 @@ impl Capture {
     pub fn prepare(options: &CaptureOptions) -> anyhow::Result<Self> {
         let usage = |e: anyhow::Error| anyhow::Error::new(UsageError(e));
         preflight::check().map_err(|e| usage(e.into()))?;
-        let hosts =
-            HostFilter::new(&options.hosts, options.any_host).map_err(|e| usage(e.into()))?;
+        // `--host HOST:PORT` records HOST, and selects HOST:PORT's plain connections.
+        let globs: Vec<String> = options
+            .hosts
+            .iter()
+            .map(|pattern| plain::split_port(pattern).0.to_owned())
+            .collect();
+        let hosts = HostFilter::new(&globs, options.any_host).map_err(|e| usage(e.into()))?;
+        let plain_destinations =
+            plain::destinations(&options.hosts, options.any_host).map_err(|e| usage(e.into()))?;
         // The targets first: a typo in a pid must not create a directory.
         let target = checked_target(&options.target).map_err(usage)?;
         let forced = PlacementKind::forced().map_err(|e| usage(e.into()))?;
@@ -222,6 +229,7 @@ impl Capture {
             probes.set_reach(Reach::Processes(pids.clone()));
         }
         attach_initial(&mut probes, &mut scanner, &target, initial_pids)?;
+        probes.select_plain(&plain_destinations)?;
         probes.select(&selection)?;
         let ring = sys::poll_readable(probes.take_events()?).context("polling the ring buffer")?;
         Ok(Self {

@@ -8,9 +8,11 @@
 pub mod capture;
 pub mod connections;
 pub mod events;
+pub mod gotls;
 pub mod http1;
 pub mod http2;
 pub mod placement;
+pub mod plain;
 pub mod preflight;
 pub mod probes;
 pub mod procfs;

@@ -84,10 +84,11 @@ struct CaptureArgs {
     /// Capture every process on the host.
     #[arg(long, conflicts_with = "argv")]
     all: bool,
-    /// Also record hosts matching this glob (repeatable), besides the known providers.
+    /// Also record hosts matching this glob (repeatable), besides the known providers;
+    /// HOST:PORT also records that destination's plain-HTTP connections.
     #[arg(long = "host", value_name = "PATTERN")]
     hosts: Vec<String>,
-    /// Record every HTTP exchange, whatever the host.
+    /// Record every HTTP exchange, whatever the host, plain-HTTP connections included.
     #[arg(long)]
     any_host: bool,
     /// Under sudo, run CMD as root instead of as the invoking user.

@@ -20,6 +20,12 @@
 //!   worker is inlined (node's static OpenSSL).
 //!
 //! `SSL_ctrl` (the SNI) and `SSL_free` keep their entry probes in every placement.
+//!
+//! Go's `crypto/tls` has a placement of its own, **go** ([`choose_go`]): Go
+//! moves goroutine stacks, so no return probe may be used; `(*Conn).Read` gets
+//! a probe on each of its `ret` instructions (all of them, found by decoding
+//! the whole function), and each function's entry probe goes on the `jbe` of
+//! its stack-bound check (`cmp 0x10(%r14),%rsp`), which the kernel emulates.
 
 use std::fmt;
 
@@ -27,12 +33,16 @@ use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register}
 use serde::Serialize;
 use thiserror::Error;
 
+use crate::gotls;
+
 /// Environment variable that forces a placement (`worker`, `wrapper` or
 /// `entry`) where the object allows it; for tests and measurements.
 pub const FORCE_ENV: &str = "LLMSIM_PROBE_PLACEMENT";
 
 /// Most bytes of a function decoded when looking for its calls.
 const MAX_FUNCTION_BYTES: u64 = 4096;
+/// Most bytes of a Go function decoded whole for its `ret` instructions.
+const MAX_GO_FUNCTION_BYTES: u64 = 64 * 1024;
 
 /// Failures choosing a placement, each one a reason a placement does not fit
 /// an object; the capture falls back to the next placement.
@@ -84,6 +94,33 @@ pub enum PlacementError {
         /// The wrapper.
         function: &'static str,
     },
+    /// The go placement was asked for an OpenSSL object.
+    #[error("the go placement is for Go binaries")]
+    NotGo,
+    /// A Go function does not open with the stack-bound check whose `jbe`
+    /// its entry probe needs (without it, a call that grows the stack would
+    /// be seen twice).
+    #[error("`{function}` does not start with Go's stack check (`cmp 0x10(%r14)`, `jbe`)")]
+    NoStackCheck {
+        /// The function.
+        function: &'static str,
+    },
+    /// A Go function is larger than what is decoded to find its returns.
+    #[error(
+        "`{function}` is {size} bytes, more than the {MAX_GO_FUNCTION_BYTES} decoded for its returns"
+    )]
+    TooLarge {
+        /// The function.
+        function: &'static str,
+        /// Its size.
+        size: u64,
+    },
+    /// A Go function has no `ret` instruction to read its result at.
+    #[error("`{function}` has no `ret` instruction")]
+    NoReturn {
+        /// The function.
+        function: &'static str,
+    },
 }
 
 /// The three ways of probing the data functions.
@@ -96,10 +133,12 @@ pub enum PlacementKind {
     Wrapper,
     /// Entry and return of the public functions.
     Entry,
+    /// Go's `crypto/tls`: entries at the stack check, `ret` instructions.
+    Go,
 }
 
 impl PlacementKind {
-    /// Every placement, best first.
+    /// Every placement of an OpenSSL object, best first.
     pub const ALL: [Self; 3] = [Self::Worker, Self::Wrapper, Self::Entry];
 
     /// The name used in the summary and in [`FORCE_ENV`].
@@ -108,6 +147,7 @@ impl PlacementKind {
             Self::Worker => "worker",
             Self::Wrapper => "wrapper",
             Self::Entry => "entry",
+            Self::Go => "go",
         }
     }
 
@@ -147,6 +187,14 @@ pub enum ProbeRole {
     Ctrl,
     /// `SSL_free` entry.
     Free,
+    /// Go's `(*Conn).Write`, at its stack check's `jbe`.
+    GoWrite,
+    /// Go's `(*Conn).Read`, at its stack check's `jbe`.
+    GoRead,
+    /// A `ret` instruction of Go's `(*Conn).Read`.
+    GoReadReturn,
+    /// Go's `(*Conn).Close`, at its stack check's `jbe`.
+    GoClose,
 }
 
 impl ProbeRole {
@@ -161,6 +209,10 @@ impl ProbeRole {
             Self::CallReturn => "ssl_call_return",
             Self::Ctrl => "ssl_ctrl",
             Self::Free => "ssl_free",
+            Self::GoWrite => "go_tls_write",
+            Self::GoRead => "go_tls_read",
+            Self::GoReadReturn => "go_tls_read_return",
+            Self::GoClose => "go_tls_close",
         }
     }
 }
@@ -206,9 +258,21 @@ pub struct Placement {
 }
 
 impl fmt::Display for Placement {
-    /// `worker probes (emulated push)`, `entry probes (single-step, slower)`.
+    /// `worker probes (emulated push)`, `entry probes (single-step, slower)`,
+    /// `go probes (entries on emulated jcc + 8 ret probes, single-step)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} probes", self.kind.name())?;
+        if self.kind == PlacementKind::Go {
+            let returns = self
+                .points
+                .iter()
+                .filter(|p| p.role == ProbeRole::GoReadReturn)
+                .count();
+            return write!(
+                f,
+                " (entries on emulated jcc + {returns} ret probes, single-step)"
+            );
+        }
         match &self.cost {
             Cost::Emulated(mnemonics) => write!(f, " (emulated {})", mnemonics.join(", ")),
             Cost::SingleStep => write!(f, " (single-step, slower)"),
@@ -373,6 +437,119 @@ pub fn choose(
     }
 }
 
+/// The placement for a Go binary's `crypto/tls`: an entry probe on the
+/// stack check's `jbe` of `(*Conn).Read`, `(*Conn).Write` and, when it has
+/// one, `(*Conn).Close`, and a probe on every `ret` of `(*Conn).Read`. An
+/// error when a data function is missing or laid out otherwise: such a binary
+/// gets no probes rather than probes that could see a call twice or miss its
+/// result.
+pub fn choose_go(
+    code: &dyn Code,
+    functions: &gotls::Functions,
+) -> Result<Placement, PlacementError> {
+    if !code.is_x86_64() {
+        return Err(PlacementError::NotX86_64);
+    }
+    let read = functions.read.ok_or(PlacementError::Missing {
+        function: gotls::READ,
+    })?;
+    let write = functions.write.ok_or(PlacementError::Missing {
+        function: gotls::WRITE,
+    })?;
+    let mut points = Vec::new();
+    for ret in go_returns(code, gotls::READ, read)? {
+        points.push(go_point(code, gotls::READ, ProbeRole::GoReadReturn, &ret)?);
+    }
+    for (function, role, at) in [
+        (gotls::READ, ProbeRole::GoRead, read),
+        (gotls::WRITE, ProbeRole::GoWrite, write),
+    ] {
+        let check = go_stack_check(code, function, at)?;
+        points.push(go_point(code, function, role, &check)?);
+    }
+    // Without it, a connection ends with its process.
+    if let Some(at) = functions.close
+        && let Ok(check) = go_stack_check(code, gotls::CLOSE, at)
+    {
+        points.push(go_point(code, gotls::CLOSE, ProbeRole::GoClose, &check)?);
+    }
+    Ok(Placement {
+        kind: PlacementKind::Go,
+        // The entries' `jbe` is emulated; a `ret` never is.
+        cost: Cost::SingleStep,
+        points,
+        refusals: Vec::new(),
+        unforced: None,
+    })
+}
+
+/// A probe on `instruction` of a Go function.
+fn go_point(
+    code: &dyn Code,
+    function: &'static str,
+    role: ProbeRole,
+    instruction: &Instruction,
+) -> Result<ProbePoint, PlacementError> {
+    Ok(ProbePoint {
+        function,
+        role,
+        offset: code
+            .file_offset(instruction.ip())
+            .ok_or(PlacementError::Undecodable { function })?,
+    })
+}
+
+/// The `jbe` of a Go function's stack-bound check: `cmp 0x10(%r14),%rsp`
+/// (or, for a large frame, `lea -N(%rsp),%r12; cmp 0x10(%r14),%r12`), then
+/// `jbe` to the `morestack` call.
+fn go_stack_check(
+    code: &dyn Code,
+    function: &'static str,
+    (start, size): (u64, u64),
+) -> Result<Instruction, PlacementError> {
+    let instructions = decode(code, function, start, size.min(32))?;
+    instructions
+        .windows(2)
+        .take(2)
+        .find_map(|pair| {
+            let [cmp, jbe] = pair else { return None };
+            let checks_stack_bound = cmp.mnemonic() == Mnemonic::Cmp
+                && cmp.op1_kind() == OpKind::Memory
+                && cmp.memory_base() == Register::R14
+                && cmp.memory_index() == Register::None
+                && cmp.memory_displacement64() == 0x10;
+            (checks_stack_bound && jbe.mnemonic() == Mnemonic::Jbe).then_some(*jbe)
+        })
+        .ok_or(PlacementError::NoStackCheck { function })
+}
+
+/// Every `ret` of a Go function, decoding all of its bytes.
+fn go_returns(
+    code: &dyn Code,
+    function: &'static str,
+    (start, size): (u64, u64),
+) -> Result<Vec<Instruction>, PlacementError> {
+    if size > MAX_GO_FUNCTION_BYTES {
+        return Err(PlacementError::TooLarge { function, size });
+    }
+    let bytes = code
+        .bytes(start, size)
+        .filter(|bytes| bytes.len() as u64 == size)
+        .ok_or(PlacementError::Undecodable { function })?;
+    let (instructions, whole) = decode_bytes(&bytes, start);
+    if !whole {
+        return Err(PlacementError::Undecodable { function });
+    }
+    let returns: Vec<Instruction> = instructions
+        .into_iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Ret)
+        .collect();
+    if returns.is_empty() {
+        return Err(PlacementError::NoReturn { function });
+    }
+    Ok(returns)
+}
+
 fn all_emulated(candidate: &Candidate) -> bool {
     !candidate.undecoded
         && !candidate.replaced.is_empty()
@@ -391,6 +568,7 @@ fn candidate(
         PlacementKind::Worker => worker_candidate(code, definitions),
         PlacementKind::Wrapper => wrapper_candidate(code, definitions),
         PlacementKind::Entry => Ok(entry_candidate(code, definitions)),
+        PlacementKind::Go => Err(PlacementError::NotGo),
     }
 }
 
@@ -581,19 +759,26 @@ fn decode(
     let bytes = code
         .bytes(start, size.clamp(1, MAX_FUNCTION_BYTES))
         .ok_or(PlacementError::Undecodable { function })?;
-    let mut decoder = Decoder::with_ip(64, &bytes, start, DecoderOptions::NONE);
-    let mut out = Vec::new();
-    while decoder.can_decode() {
-        let instruction = decoder.decode();
-        if instruction.is_invalid() {
-            break;
-        }
-        out.push(instruction);
-    }
+    let (out, _) = decode_bytes(&bytes, start);
     if out.is_empty() {
         return Err(PlacementError::Undecodable { function });
     }
     Ok(out)
+}
+
+/// Decodes `bytes` (at address `start`) up to the first invalid instruction;
+/// whether every byte was decoded.
+fn decode_bytes(bytes: &[u8], start: u64) -> (Vec<Instruction>, bool) {
+    let mut decoder = Decoder::with_ip(64, bytes, start, DecoderOptions::NONE);
+    let mut out = Vec::new();
+    while decoder.can_decode() {
+        let instruction = decoder.decode();
+        if instruction.is_invalid() {
+            return (out, false);
+        }
+        out.push(instruction);
+    }
+    (out, true)
 }
 
 fn is_direct_transfer(instruction: &Instruction) -> bool {
@@ -910,6 +1095,92 @@ mod tests {
                 std::env::var_os(FORCE_ENV)
                     .and_then(|v| PlacementKind::ALL.into_iter().find(|k| *k.name() == *v))
             )
+        );
+    }
+
+    /// Go functions as Go 1.17+ lays them out: `(*Conn).Read` at 0x1000 with
+    /// a small frame's stack check and two `ret`s, `(*Conn).Write` at 0x1040
+    /// with a large frame's, and `(*Conn).Close` at 0x1080 with `close`'s bytes.
+    fn go_binary(close: &[u8]) -> (Fake, gotls::Functions) {
+        let mut bytes = Vec::new();
+        // cmp 0x10(%r14),%rsp; jbe +0x10; sub $0x18,%rsp; ret; int3; add $0x18,%rsp; ret
+        let read: &[u8] = &[
+            0x49, 0x3b, 0x66, 0x10, 0x76, 0x10, 0x48, 0x83, 0xec, 0x18, 0xc3, 0xcc, 0x48, 0x83,
+            0xc4, 0x18, 0xc3,
+        ];
+        // lea -0x68(%rsp),%r12; cmp 0x10(%r14),%r12; jbe rel32; ret
+        let write: &[u8] = &[
+            0x4c, 0x8d, 0x64, 0x24, 0x98, 0x4d, 0x3b, 0x66, 0x10, 0x0f, 0x86, 0x10, 0, 0, 0, 0xc3,
+        ];
+        put(&mut bytes, 0x1000, &[read]);
+        put(&mut bytes, 0x1040, &[write]);
+        put(&mut bytes, 0x1080, &[close]);
+        let functions = gotls::Functions {
+            read: Some((0x1000, read.len() as u64)),
+            write: Some((0x1040, write.len() as u64)),
+            close: Some((0x1080, close.len() as u64)),
+        };
+        (Fake { base: BASE, bytes }, functions)
+    }
+
+    #[test]
+    fn go_gets_entries_on_the_stack_checks_jbe_and_a_probe_on_every_ret() {
+        let (code, functions) = go_binary(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x01, 0xc3]);
+        let placement = choose_go(&code, &functions).unwrap();
+        assert_eq!(placement.kind, PlacementKind::Go);
+        assert_eq!(at(&placement, ProbeRole::GoReadReturn), [0x100a, 0x1010]);
+        assert_eq!(at(&placement, ProbeRole::GoRead), [0x1004]);
+        assert_eq!(at(&placement, ProbeRole::GoWrite), [0x1049]);
+        assert_eq!(at(&placement, ProbeRole::GoClose), [0x1084]);
+        // Return probes first, then reads before writes.
+        let roles: Vec<ProbeRole> = placement.points.iter().map(|p| p.role).collect();
+        assert_eq!(
+            roles,
+            [
+                ProbeRole::GoReadReturn,
+                ProbeRole::GoReadReturn,
+                ProbeRole::GoRead,
+                ProbeRole::GoWrite,
+                ProbeRole::GoClose
+            ]
+        );
+        assert_eq!(
+            placement.to_string(),
+            "go probes (entries on emulated jcc + 2 ret probes, single-step)"
+        );
+    }
+
+    #[test]
+    fn a_go_function_without_the_register_abi_stack_check_is_refused() {
+        // Go 1.16's stack ABI: the goroutine from %fs, not %r14.
+        let (code, mut functions) = go_binary(&[0xc3]);
+        let placement = choose_go(&code, &functions).unwrap();
+        assert_eq!(
+            at(&placement, ProbeRole::GoClose),
+            Vec::<u64>::new(),
+            "no Close probe, no error"
+        );
+        let mut bytes = code.bytes.clone();
+        // mov %fs:-8,%rcx; cmp 0x10(%rcx),%rsp; jbe
+        let old: &[u8] = &[
+            0x64, 0x48, 0x8b, 0x0c, 0x25, 0xf8, 0xff, 0xff, 0xff, 0x48, 0x3b, 0x61, 0x10, 0x76,
+            0x01, 0xc3,
+        ];
+        put(&mut bytes, 0x1000, &[old]);
+        functions.read = Some((0x1000, old.len() as u64));
+        let code = Fake { base: BASE, bytes };
+        assert_eq!(
+            choose_go(&code, &functions),
+            Err(PlacementError::NoStackCheck {
+                function: gotls::READ
+            })
+        );
+        functions.read = None;
+        assert_eq!(
+            choose_go(&code, &functions),
+            Err(PlacementError::Missing {
+                function: gotls::READ
+            })
         );
     }
 }

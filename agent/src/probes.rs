@@ -1,7 +1,8 @@
 //! The capture probes, built on `llmsim_kernel`'s loader: sets the process
 //! filter, attaches the raw tracepoints and, per TLS library, the `SSL_*`
-//! uprobes where its [`Placement`] says, remembers each library's placement
-//! for the summary, and reads the ring buffer and the loss counters.
+//! uprobes (Go's `crypto/tls` ones in a Go binary) where its [`Placement`]
+//! says, remembers each library's placement for the summary, and reads the
+//! ring buffer and the loss counters.
 
 use std::{
     collections::HashSet,
@@ -19,7 +20,7 @@ use aya::{
     },
 };
 use llmsim_ebpf_common::{
-    ConnLoss, DROP_REASONS, DropReason, Filter, FilterMode, LossKey, LossTotals,
+    ConnLoss, DROP_REASONS, DropReason, Filter, FilterMode, LossKey, LossTotals, PlainDestination,
 };
 use llmsim_kernel::object::{MapSizes, Object, ObjectError, Purpose, map_error, program_error};
 use serde::Serialize;
@@ -154,6 +155,17 @@ impl Probes {
                 0,
             )
             .map_err(map_error("FILTER"))?;
+        Ok(())
+    }
+
+    /// Sets which plain TCP destinations the syscall probes copy (see [`crate::plain`]).
+    pub fn select_plain(&mut self, destinations: &[PlainDestination]) -> Result<(), ProbeError> {
+        let mut map: HashMap<_, PlainDestination, u8> =
+            self.object.map_mut("PLAIN_DESTINATIONS")?;
+        for destination in destinations {
+            map.insert(destination, &1, 0)
+                .map_err(map_error("PLAIN_DESTINATIONS"))?;
+        }
         Ok(())
     }
 
@@ -315,7 +327,7 @@ fn is_no_such_process(error: &ProgramError) -> bool {
 }
 
 /// Every uprobe program in the object, one per [`ProbeRole`].
-const UPROBE_PROGRAMS: [&str; 8] = [
+const UPROBE_PROGRAMS: [&str; 12] = [
     ProbeRole::WriteEntry.program(),
     ProbeRole::WriteCountedEntry.program(),
     ProbeRole::ReadEntry.program(),
@@ -324,6 +336,10 @@ const UPROBE_PROGRAMS: [&str; 8] = [
     ProbeRole::Free.program(),
     ProbeRole::Return.program(),
     ProbeRole::CallReturn.program(),
+    ProbeRole::GoWrite.program(),
+    ProbeRole::GoRead.program(),
+    ProbeRole::GoReadReturn.program(),
+    ProbeRole::GoClose.program(),
 ];
 
 /// One warning line when `placement` is not what it should be: a placement

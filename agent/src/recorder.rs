@@ -13,6 +13,7 @@ use std::{
 };
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use llmsim_ebpf_common::is_plain_connection;
 use llmsim_snapshot::{
     ledger::Totals,
     model::{Body, Exchange, HttpVersion, ProcessInfo, Scheme, SseEvent},
@@ -163,15 +164,16 @@ impl Recorder {
         })
     }
 
-    /// Records one exchange if its host is wanted. `process` is the process
-    /// that made it, as it was then.
+    /// Records one exchange if its host is wanted, or it was made over plain HTTP (only
+    /// the destinations the user selected are read that way, whatever `Host` their
+    /// requests name). `process` is the process that made it, as it was then.
     pub fn record(
         &mut self,
         done: ConnectionExchange,
         process: ProcessInfo,
     ) -> Result<(), RecorderError> {
         let raw = self.raw_exchange(done, process);
-        if !self.hosts.records(&raw.host()) {
+        if raw.scheme != Scheme::Http && !self.hosts.records(&raw.host()) {
             self.exchanges_ignored += 1;
             return Ok(());
         }
@@ -185,11 +187,17 @@ impl Recorder {
         }
     }
 
-    /// The exchange as the kernel's probes saw it: always TLS, timed from the request's
+    /// The exchange as the kernel's probes saw it: TLS, or plain HTTP from the socket
+    /// syscalls when its connection id says so, timed from the request's
     /// first write, dated by the wall clock, with its connection's HTTP version and the
     /// response's trailers (HTTP/2 trailers, gRPC's `grpc-status` among them, or a
     /// chunked HTTP/1.1 body's).
     fn raw_exchange(&self, done: ConnectionExchange, process: ProcessInfo) -> RawExchange<Vec<u8>> {
+        let scheme = if is_plain_connection(done.ssl) {
+            Scheme::Http
+        } else {
+            Scheme::Https
+        };
         let ConnectionExchange {
             sni,
             peer,
@@ -235,7 +243,7 @@ impl Recorder {
             sni,
             peer,
             process,
-            scheme: Scheme::Https,
+            scheme,
             http_version,
             incomplete,
         }

@@ -1,7 +1,9 @@
-//! Finds the ELF objects that implement OpenSSL's plaintext API: the system's
+//! Finds the ELF objects that implement a TLS plaintext API: the system's
 //! dynamic libssl, a binary with OpenSSL linked in statically (node), or a copy
 //! bundled by a wheel or an app. An object qualifies when it *defines* (not
 //! merely imports) `SSL_write`, `SSL_read`, `SSL_write_ex` or `SSL_read_ex`.
+//! A Go executable that links `crypto/tls` is one more such object (see
+//! [`crate::gotls`]): found as the process's executable mapping, like node.
 
 use std::{
     collections::HashMap,
@@ -14,7 +16,10 @@ use std::{
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use thiserror::Error;
 
-use crate::placement::{self, Definitions, Placement, PlacementKind};
+use crate::{
+    gotls,
+    placement::{self, Definitions, Placement, PlacementKind},
+};
 
 /// Directories searched for the system's shared libssl.
 const SYSTEM_LIBRARY_DIRS: [&str; 6] = [
@@ -147,7 +152,9 @@ pub struct TlsLibrary {
 
 /// Reads ELF symbol tables (.dynsym, and .symtab when .dynsym defines no data
 /// function) for `SSL_*` definitions, and chooses where the probes go (the
-/// `forced` placement where it fits). Objects that are not ELF or cannot be
+/// `forced` placement where it fits). An object without them may be a Go
+/// binary, which gets the go placement, or one warning line saying why its
+/// `crypto/tls` cannot be probed. Objects that are not ELF or cannot be
 /// parsed define nothing and get no placement.
 ///
 /// The file is mapped, not read: only the pages of the headers and symbol
@@ -198,14 +205,39 @@ pub fn inspect(
         note_all(&mut definitions, object.symbols());
     }
     let symbols = offsets(&definitions);
-    let placement = symbols.any_data_function().then(|| {
-        let code = ElfCode {
-            object: &object,
-            file: &file,
-        };
-        placement::choose(&code, &definitions, forced)
-    });
-    Ok((symbols, placement))
+    let code = ElfCode {
+        object: &object,
+        file: &file,
+    };
+    if !symbols.any_data_function() {
+        return Ok((symbols, go_placement(path, &object, &code)));
+    }
+    Ok((
+        symbols,
+        Some(placement::choose(&code, &definitions, forced)),
+    ))
+}
+
+/// The go placement when `object` is a Go binary that links `crypto/tls`; a
+/// Go binary whose functions are laid out otherwise is one warning line.
+fn go_placement(
+    path: &Path,
+    object: &object::File<'_>,
+    code: &ElfCode<'_, '_>,
+) -> Option<Placement> {
+    let placed = match gotls::find(object) {
+        Ok(None) => return None,
+        Ok(Some(functions)) => placement::choose_go(code, &functions).map_err(anyhow::Error::new),
+        Err(error) => Err(anyhow::Error::new(error)),
+    };
+    placed
+        .map_err(|error| {
+            tracing::warn!(
+                "{}: Go crypto/tls found but not probed: {error:#}",
+                path.display()
+            );
+        })
+        .ok()
 }
 
 /// Remembers what each object (by device and inode) defines, so rescans of

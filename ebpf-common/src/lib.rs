@@ -390,6 +390,35 @@ pub struct OriginalDestination {
 }
 const _: () = assert!(size_of::<OriginalDestination>() == 24);
 
+/// Bit set in the connection id of a plain (not TLS) TCP connection, which stands
+/// where the `SSL *` does in [`DataEvent::ssl`], [`FreeEvent::ssl`] and [`LossKey::conn`]:
+/// the kernel numbers a selected socket's connection from its connect time, so it never
+/// collides with a user-space pointer (below 2^47).
+pub const PLAIN_CONNECTION: u64 = 1 << 63;
+
+/// Whether the connection id `ssl` names a plain TCP connection (see [`PLAIN_CONNECTION`]).
+pub const fn is_plain_connection(ssl: u64) -> bool {
+    ssl & PLAIN_CONNECTION != 0
+}
+
+/// A plain TCP destination. Capture: a key of the `PLAIN_DESTINATIONS` map, whose
+/// traffic is copied from the socket syscalls, written by the agent for
+/// `--host HOST:PORT`; there a key with `family` 0 and a zero address matches every
+/// address on `port`, and with `port` 0 too, every destination (`--any-host`). Replay:
+/// a key of the `REDIRECT_PLAIN` map, a recorded plain-HTTP destination whose connects
+/// replayd answers (exact keys only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PlainDestination {
+    /// The IPv4 address in the first 4 bytes, or the IPv6 address.
+    pub addr: [u8; 16],
+    /// Port in host byte order.
+    pub port: u16,
+    /// `AF_INET`, `AF_INET6`, or 0 for any address.
+    pub family: u16,
+}
+const _: () = assert!(size_of::<PlainDestination>() == 20);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integer-only types with explicit padding.
@@ -400,4 +429,5 @@ mod pod {
     unsafe impl aya::Pod for super::LossTotals {}
     unsafe impl aya::Pod for super::RedirectConfig {}
     unsafe impl aya::Pod for super::OriginalDestination {}
+    unsafe impl aya::Pod for super::PlainDestination {}
 }

@@ -1,16 +1,18 @@
 //! The one path by which plaintext reaches userspace, and the accounting of
-//! what does not. Every data source (the TLS probes, and any later one) takes
-//! a sequence number for a call when it enters ([`begin`]), gives it back if
-//! the call moved nothing ([`cancel`]), and hands what it moved to [`emit`],
-//! which copies it into ring-buffer records of [`CHUNK_SIZE`] bytes. A chunk
-//! that cannot be delivered ends the call's emission; its reason, chunks and
-//! bytes are counted per reason (`LOSS_TOTALS`) and per connection and
-//! direction (`CONN_LOSS`, with atomic adds), and userspace is told at once
-//! by a [`LossEvent`], or, when that cannot be delivered either, by the
-//! reason's bit on the direction's next delivered chunk ([`DataEvent::lost`]). A call whose entry
-//! was lost ([`missing_entry`]) leaves its sequence number unused: userspace
-//! sees the gap on the right connection and direction though the kernel
-//! cannot name them.
+//! what does not. Every data source (the `SSL_*` probes, Go's `crypto/tls`
+//! probes, the plain-HTTP socket syscalls) takes a sequence number for a call
+//! when it enters ([`begin`]), gives it back if the call moved nothing
+//! ([`cancel`]), and hands what it moved to [`emit`], which copies it into
+//! ring-buffer records of [`CHUNK_SIZE`] bytes. A chunk that cannot be
+//! delivered ends the call's emission; its reason, chunks and bytes are
+//! counted per reason (`LOSS_TOTALS`) and per connection and direction
+//! (`CONN_LOSS`, with atomic adds), and userspace is told at once by a
+//! [`LossEvent`], or, when that cannot be delivered either, by the reason's
+//! bit on the direction's next delivered chunk ([`DataEvent::lost`]). A call
+//! whose entry was lost ([`missing_entry`]) leaves its sequence number
+//! unused: userspace sees the gap on the right connection and direction
+//! though the kernel cannot name them. When the connection ends, [`end`]
+//! tells userspace, with its final accounting.
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -18,8 +20,8 @@ use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
 };
 use llmsim_ebpf_common::{
-    CHUNK_SIZE, ConnLoss, DataEvent, Direction, DropReason, EventKind, LossEvent, LossKey,
-    MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES,
+    CHUNK_SIZE, ConnLoss, DataEvent, Direction, DropReason, EventKind, FreeEvent, LossEvent,
+    LossKey, MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES,
 };
 
 use crate::{
@@ -109,17 +111,25 @@ pub fn missing_entry() {
     }
 }
 
-/// A call of which nothing can be delivered, for `reason`, before its length
-/// is known: its sequence number stays unused, the gap userspace sees.
+/// A call of which nothing can be delivered, for `reason`: `bytes` of it
+/// (0 when its length is not known) are lost and its sequence number stays
+/// unused, the gap userspace sees.
 #[inline(always)]
-pub fn lose_whole(tgid: u32, call: &Call, reason: DropReason) {
+pub fn lose_whole(tgid: u32, call: &Call, reason: DropReason, bytes: u64) {
     let key = LossKey {
         tgid,
         direction: call.direction,
         conn: call.conn,
     };
-    let told = tell(call, &key, reason, 0, 0);
-    lose(state(&key), reason, true, 0, 0, told);
+    let told = tell(call, &key, reason, 0, bytes);
+    lose(
+        state(&key),
+        reason,
+        true,
+        bytes.div_ceil(CHUNK_SIZE as u64),
+        bytes,
+        told,
+    );
 }
 
 /// State of one [`emit`] loop, shared with the `bpf_loop` callback.
@@ -364,11 +374,35 @@ pub fn batched_wakeup() -> u64 {
     }
 }
 
-/// The accounting of one direction of `conn` when the connection ends,
-/// removed from the map so a later connection reusing the identity starts
-/// afresh.
+/// The connection `conn` of the current process ended (`SSL_free`, a plain
+/// socket's `close()`, Go's `(*tls.Conn).Close`): tells userspace, with each
+/// direction's final accounting, so an exchange waiting for the end is written
+/// and calls lost at the end show as a gap. The accounting is removed from the
+/// map, so a later connection reusing the identity starts afresh; when the
+/// record cannot be delivered it stays, for userspace to read when the process
+/// exits.
 #[inline(always)]
-pub fn end(tgid: u32, conn: u64, direction: Direction) -> ConnLoss {
+pub fn end(conn: u64) {
+    let Some(mut entry) = EVENTS.reserve::<FreeEvent>(0) else {
+        count_drop(DropReason::RingFull);
+        return;
+    };
+    let header = header(EventKind::Free);
+    let write = end_direction(header.tgid, conn, Direction::Write);
+    let read = end_direction(header.tgid, conn, Direction::Read);
+    entry.write(FreeEvent {
+        header,
+        ssl: conn,
+        next_seq: [write.next_seq, read.next_seq],
+        lost: [write.pending, read.pending],
+        lost_bytes: [write.bytes, read.bytes],
+    });
+    entry.submit(batched_wakeup());
+}
+
+/// The accounting of one direction of `conn`, removed from the map.
+#[inline(always)]
+fn end_direction(tgid: u32, conn: u64, direction: Direction) -> ConnLoss {
     let key = LossKey {
         tgid,
         direction: direction as u32,
@@ -380,4 +414,12 @@ pub fn end(tgid: u32, conn: u64, direction: Direction) -> ConnLoss {
     };
     let _ = CONN_LOSS.remove(&key);
     state
+}
+
+/// Forgets the accounting of both directions of `conn`, a connection
+/// userspace was never told of (a socket found not to carry plain HTTP).
+#[inline(always)]
+pub fn forget(tgid: u32, conn: u64) {
+    end_direction(tgid, conn, Direction::Write);
+    end_direction(tgid, conn, Direction::Read);
 }

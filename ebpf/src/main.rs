@@ -1,7 +1,8 @@
-//! llmsim's kernel programs. Uprobes on the TLS library's `SSL_*` functions copy
-//! plaintext into one ring buffer; raw tracepoints on syscalls add each call's
-//! socket fd, connect destinations and execs. Only processes selected by the
-//! `FILTER` map are reported; everything that cannot be delivered is counted.
+//! llmsim's kernel programs. Uprobes on the TLS library's `SSL_*` functions
+//! (and on Go's `crypto/tls` in Go binaries) copy plaintext into one ring
+//! buffer; raw tracepoints on syscalls add each call's socket fd, connect
+//! destinations and execs. Only processes selected by the `FILTER` map are
+//! reported; everything that cannot be delivered is counted.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 // The per-connection loss counters are added to atomically (see `emit`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]

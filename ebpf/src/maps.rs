@@ -6,8 +6,10 @@ use aya_ebpf::{
 };
 use llmsim_ebpf_common::{
     ConnLoss, DROP_REASONS, DropReason, Filter, LossKey, LossTotals, OriginalDestination,
-    RING_BUFFER_BYTES, RedirectConfig,
+    PlainDestination, RING_BUFFER_BYTES, RedirectConfig,
 };
+
+use crate::emit::Call;
 
 /// Every record for userspace: data chunks, SNI, connects, execs.
 #[map]
@@ -116,6 +118,42 @@ pub struct PendingConnect {
 #[map]
 pub static CONNECTS: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_entries(16_384, 0);
 
+/// Destinations whose plaintext is copied from the socket syscalls (value unused).
+/// Written by userspace.
+#[map]
+pub static PLAIN_DESTINATIONS: HashMap<PlainDestination, u8> = HashMap::with_max_entries(256, 0);
+
+/// A traced socket connected to a selected destination.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PlainSocket {
+    /// The connection id: [`llmsim_ebpf_common::PLAIN_CONNECTION`] | connect time.
+    pub conn: u64,
+    /// Nonzero once the client wrote: its first bytes were not a TLS `ClientHello`.
+    pub wrote: u64,
+}
+
+/// Selected sockets, keyed by `tgid << 32 | fd`.
+#[map]
+pub static PLAIN_SOCKETS: LruHashMap<u64, PlainSocket> = LruHashMap::with_max_entries(16_384, 0);
+
+/// A read or write syscall in progress on a selected socket: the call as
+/// [`crate::emit`] takes one, plus the syscall number, which says where the
+/// buffer is.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PlainCall {
+    pub call: Call,
+    pub syscall: u64,
+    /// The iovec count of `readv`/`writev` (for `sendmsg`/`recvmsg`, read from the `msghdr`).
+    pub iovcnt: u64,
+}
+
+/// Syscalls in progress on selected sockets, keyed by `bpf_get_current_pid_tgid()`;
+/// LRU, like [`SSL_CALLS`], for a thread that dies inside a syscall.
+#[map]
+pub static PLAIN_CALLS: LruHashMap<u64, PlainCall> = LruHashMap::with_max_entries(16_384, 0);
+
 /// Counts one undeliverable event. Plaintext lost is accounted for by
 /// [`crate::emit`], which calls this too.
 pub fn count_drop(reason: DropReason) {
@@ -133,6 +171,11 @@ pub static REDIRECT: Array<RedirectConfig> = Array::with_max_entries(1, 0);
 /// addresses replayd's DNS answers for recorded hosts.
 #[map]
 pub static REDIRECT_V4: HashMap<u32, u8> = HashMap::with_max_entries(4_096, 0);
+
+/// Recorded plain-HTTP destinations (value unused), loopback ones included, whose TCP
+/// connects go to replayd's listener. Written by replayd.
+#[map]
+pub static REDIRECT_PLAIN: HashMap<PlainDestination, u8> = HashMap::with_max_entries(1_024, 0);
 
 /// Original destination of each redirected socket, by socket cookie.
 #[map]

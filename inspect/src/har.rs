@@ -189,7 +189,7 @@ fn content(body: &Body, content_type: Option<&str>) -> Value {
                 content["comment"] = json!(format!("still {content_encoding}-encoded"));
             }
         }
-        Body::Json { .. } | Body::Text { .. } | Body::Sse { .. } => {
+        Body::Json { .. } | Body::Text { .. } | Body::Sse { .. } | Body::Ndjson { .. } => {
             content["text"] = json!(String::from_utf8_lossy(&bytes));
         }
     }

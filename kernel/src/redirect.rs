@@ -1,6 +1,6 @@
 //! The replay redirect: attaches the cgroup socket hooks of the eBPF object to
-//! one cgroup, so that the cgroup's TCP connects to recorded hosts reach
-//! replayd's listener and its DNS (to IPv4 and IPv6 nameservers) reaches
+//! one cgroup, so that the cgroup's TCP connects to recorded hosts and to recorded
+//! plain-HTTP destinations (loopback ones included) reach replayd's listener and its DNS (to IPv4 and IPv6 nameservers) reaches
 //! replayd's responder, and reports each redirected connection's original
 //! destination; the kernel forgets it when the connection closes, whether it
 //! was asked for or not. The hooks are `bpf_link` attachments owned by [`Redirect`]:
@@ -17,7 +17,9 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
 };
-use llmsim_ebpf_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
+use llmsim_ebpf_common::{
+    OriginalDestination, PlainDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig,
+};
 use thiserror::Error;
 
 use crate::object::{Object, ObjectError, Purpose, map_error, program_error};
@@ -141,6 +143,35 @@ impl Redirect {
         array.set(0, &config, 0).map_err(map_error("REDIRECT"))
     }
 
+    /// Also redirects the cgroup's TCP connects to each of `destinations` (recorded
+    /// plain-HTTP servers, loopback ones included), whatever the DNS said. An IPv4
+    /// destination also covers its IPv4-mapped IPv6 form.
+    pub fn redirect_plain(&mut self, destinations: &[SocketAddr]) -> Result<(), ObjectError> {
+        let mut map: HashMap<&mut MapData, PlainDestination, u8> =
+            self.object.map_mut("REDIRECT_PLAIN")?;
+        for destination in destinations {
+            let mut addr = [0; 16];
+            let family = match destination.ip() {
+                IpAddr::V4(v4) => {
+                    addr[..4].copy_from_slice(&v4.octets());
+                    AF_INET
+                }
+                IpAddr::V6(v6) => {
+                    addr = v6.octets();
+                    AF_INET6
+                }
+            };
+            let key = PlainDestination {
+                addr,
+                port: destination.port(),
+                family,
+            };
+            map.insert(&key, &1, 0)
+                .map_err(map_error("REDIRECT_PLAIN"))?;
+        }
+        Ok(())
+    }
+
     /// The destination the app asked for, for a redirected connection accepted
     /// from `client` (a loopback address whose port identifies the connection),
     /// open or, among the last to close, closed. Each entry is handed out once.
@@ -169,6 +200,10 @@ impl Redirect {
     }
 }
 
+/// `AF_INET` and `AF_INET6`.
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
 /// A port as `bpf_sock_addr` holds it: network order in the low 16 bits.
 fn wire_port(port: u16) -> u32 {
     u32::from(u16::from_ne_bytes(port.to_be_bytes()))
@@ -184,8 +219,8 @@ fn ip6_words(ip: Ipv6Addr) -> [u32; 4] {
 fn decode(original: &OriginalDestination) -> Option<SocketAddr> {
     let port = u16::from_be_bytes(u16::try_from(original.port).ok()?.to_ne_bytes());
     let ip = match original.family {
-        2 => IpAddr::V4(Ipv4Addr::from(original.addr[0].to_ne_bytes())),
-        10 => {
+        f if f == u32::from(AF_INET) => IpAddr::V4(Ipv4Addr::from(original.addr[0].to_ne_bytes())),
+        f if f == u32::from(AF_INET6) => {
             let mut octets = [0u8; 16];
             for (i, word) in original.addr.iter().enumerate() {
                 octets[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());

@@ -9,7 +9,9 @@
 //! connection is cut rather than the body looking whole) when the real host broke off, and
 //! then the real host's trailers, if it sent some. A recorded answer with trailers sends them
 //! as a last frame, after the body; its length is then left open, so HTTP/1.1 sends it
-//! chunked, the only way trailers go there.
+//! chunked, the only way trailers go there. An injected fault can end a paced body early
+//! ([`Ending`]): cut (an error, so the connection is cut) or stalled (nothing more, ever).
+//! With `--metrics` the body carries the answer's [`Observation`].
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +25,7 @@ use http_body::{Frame, SizeHint};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::deadline::Deadline;
+use crate::metrics::Observation;
 use crate::options::Pace;
 use crate::report::Stats;
 use crate::response::TimedChunk;
@@ -33,6 +36,19 @@ pub struct ReplayBody {
     kind: Kind,
     trailers: Option<HeaderMap>,
     timer: Option<ServeTimer>,
+    observation: Option<Observation>,
+}
+
+/// How a paced body ends once its chunks are sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ending {
+    /// Normally, trailers and all.
+    #[default]
+    Whole,
+    /// With an error: the server cuts the connection mid-body.
+    Cut,
+    /// Never: the body waits until the app goes away.
+    Stall,
 }
 
 #[derive(Debug)]
@@ -53,6 +69,10 @@ struct Paced {
     base: Instant,
     pace: Pace,
     deadline: Deadline,
+    ending: Ending,
+    /// Whether a cut body has let the server flush its last chunk (by returning
+    /// `Pending` once) before the error that cuts the connection.
+    flushed: bool,
 }
 
 /// Adds the time from the request's arrival to the body's end to the statistics.
@@ -75,6 +95,7 @@ impl ReplayBody {
             kind: Kind::Full(Some(bytes.into())).normalise(),
             trailers: None,
             timer: None,
+            observation: None,
         }
     }
 
@@ -92,9 +113,12 @@ impl ReplayBody {
                 base,
                 pace,
                 deadline,
+                ending: Ending::Whole,
+                flushed: false,
             }),
             trailers: None,
             timer: None,
+            observation: None,
         }
     }
 
@@ -114,6 +138,7 @@ impl ReplayBody {
             kind: Kind::Stream { frames, trailers },
             trailers: None,
             timer: None,
+            observation: None,
         }
     }
 
@@ -121,6 +146,22 @@ impl ReplayBody {
     #[must_use]
     pub fn with_trailers(mut self, trailers: Option<HeaderMap>) -> Self {
         self.trailers = trailers;
+        self
+    }
+
+    /// Ends a paced body as `ending` says once its chunks are sent.
+    #[must_use]
+    pub fn ending(mut self, ending: Ending) -> Self {
+        if let Kind::Paced(paced) = &mut self.kind {
+            paced.ending = ending;
+        }
+        self
+    }
+
+    /// Keeps `observation` for the metrics: told of the first frame, dropped at the end.
+    #[must_use]
+    pub fn observed(mut self, observation: Option<Observation>) -> Self {
+        self.observation = observation;
         self
     }
 
@@ -168,6 +209,20 @@ impl http_body::Body for ReplayBody {
             },
             Kind::Full(bytes) => bytes.take(),
             Kind::Paced(paced) => match paced.chunks.get(paced.next) {
+                None if paced.ending == Ending::Stall => return Poll::Pending,
+                None if paced.ending == Ending::Cut && !paced.flushed => {
+                    paced.flushed = true;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                None if paced.ending == Ending::Cut => {
+                    this.timer = None;
+                    this.observation = None;
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "stream cut by an injected fault",
+                    ))));
+                }
                 None => None,
                 Some(chunk) => {
                     if let Some(delay) = paced.pace.delay(chunk.offset_ms)
@@ -182,12 +237,16 @@ impl http_body::Body for ReplayBody {
             },
         };
         if let Some(bytes) = frame {
+            if let Some(observation) = &mut this.observation {
+                observation.frame_sent();
+            }
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
         if let Some(trailers) = this.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         this.timer = None;
+        this.observation = None;
         Poll::Ready(None)
     }
 
@@ -195,7 +254,9 @@ impl http_body::Body for ReplayBody {
         self.trailers.is_none()
             && match &self.kind {
                 Kind::Full(bytes) => bytes.is_none(),
-                Kind::Paced(paced) => paced.next >= paced.chunks.len(),
+                Kind::Paced(paced) => {
+                    paced.next >= paced.chunks.len() && paced.ending == Ending::Whole
+                }
                 Kind::Stream { .. } => false,
             }
     }
@@ -321,6 +382,33 @@ mod tests {
         let frames = all_frames(paced).await;
         assert_eq!(frames.len(), 3);
         assert_eq!(frames[2].trailers_ref(), Some(&trailers));
+    }
+
+    #[tokio::test]
+    async fn a_cut_body_errs_after_its_chunks_and_a_stalled_one_never_ends() {
+        let base = Instant::now();
+        let mut cut = ReplayBody::paced(
+            chunks(&[0.0, 0.0]),
+            base,
+            Pace::Instant,
+            Deadline::default(),
+        )
+        .ending(Ending::Cut);
+        for i in 0..2 {
+            let data = cut.frame().await.unwrap().unwrap().into_data().unwrap();
+            assert_eq!(data, format!("data: {i}\n\n"));
+        }
+        assert!(!http_body::Body::is_end_stream(&cut));
+        assert!(cut.frame().await.unwrap().is_err(), "the cut is an error");
+        let none: [f64; 0] = [];
+        let mut stall = ReplayBody::paced(chunks(&none), base, Pace::Instant, Deadline::default())
+            .ending(Ending::Stall);
+        assert!(!http_body::Body::is_end_stream(&stall));
+        let waited = tokio::time::timeout(Duration::from_millis(50), stall.frame()).await;
+        assert!(
+            waited.is_err(),
+            "a stalled body sends nothing and does not end"
+        );
     }
 
     #[tokio::test]

@@ -8,6 +8,11 @@
 //! [`Upstream`], which hands the finished exchange back; one recorded during the run is then
 //! served to later identical requests.
 //!
+//! Before the lookup, [`Engine::admit`] applies the load-test settings: a simulated rate
+//! limit or an injected fault may answer instead of the recording (which then stays
+//! unserved for the app's retry), or change how it goes out. Under `--pace model` the
+//! engine keeps the recording's latency model and gives each stream its [`Schedule`].
+//!
 //! The run's [`Stats`] are recorded here and nowhere else: every lookup as it is decided,
 //! every forward when it is refused, fails or ends, and the failures only the service sees
 //! (an unreadable request, an answer it could not build) when the service reports them.
@@ -15,15 +20,18 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use http::Response;
+use http::header::{HeaderName, HeaderValue};
 use llmsim_snapshot::authority::Authority;
+use llmsim_snapshot::config::FaultKind;
 use llmsim_snapshot::ledger::CallLine;
-use llmsim_snapshot::model::{self, Exchange};
+use llmsim_snapshot::model::{self, Exchange, Scheme};
 use llmsim_snapshot::prices::PriceTable;
-use llmsim_snapshot::provider::{Endpoint, Provider};
+use llmsim_snapshot::provider::{ApiFamily, Endpoint, LimitKind, Provider};
 use llmsim_snapshot::signature::{
     self, CanonicalRequest, CompiledRules, FieldDiff, Served, Signature, SignatureError,
     SignatureIndex,
@@ -31,10 +39,14 @@ use llmsim_snapshot::signature::{
 use llmsim_snapshot::store::{SnapshotDir, StoreError};
 
 use crate::body::ReplayBody;
-use crate::options::{OnMiss, ReplayOptions};
+use crate::faults::{self, Faults, Injected, RequestFacts, StreamFault};
+use crate::latency::{LatencyModel, Schedule};
+use crate::metrics::Metrics;
+use crate::options::{LoadOptions, OnMiss, Pace, ReplayOptions};
+use crate::rate_limit::{Limits, RateLimitError, RateLimiter};
 use crate::report::{Event, MissRecord, Stats};
 use crate::request::ReplayRequest;
-use crate::response::{PrepareError, PreparedResponse};
+use crate::response::{PrepareError, PreparedBody, PreparedResponse};
 use crate::upstream::{
     BudgetExhausted, ForwardError, Forwarded, Recording, Upstream, UpstreamAddr,
 };
@@ -54,6 +66,21 @@ pub enum EngineError {
         #[source]
         source: SignatureError,
     },
+    /// A `--rate-limit` cannot be set up.
+    #[error(transparent)]
+    RateLimit(#[from] RateLimitError),
+}
+
+/// What [`Engine::admit`] decided for a request, before any lookup.
+#[derive(Debug)]
+pub enum Admission {
+    /// Look the recording up and serve it, changed by a stream fault if one fired.
+    Serve(Option<StreamFault>),
+    /// Answer this instead: an injected error status or a rate limit's 429 (boxed: the
+    /// common case, serving, is small).
+    Refuse(Box<Response<ReplayBody>>),
+    /// Close the connection without an answer.
+    Reset,
 }
 
 /// Why a miss got no answer from the real host.
@@ -184,6 +211,8 @@ pub struct Engine {
     rules: CompiledRules,
     /// Recorded hosts in order of first appearance, lowercase.
     hosts: Vec<String>,
+    /// Where recorded plain-HTTP exchanges went (their connections' peers), sorted.
+    plain_peers: Vec<SocketAddr>,
     options: ReplayOptions,
     stats: Arc<Stats>,
     skipped: usize,
@@ -193,7 +222,19 @@ pub struct Engine {
     /// Exchanges recorded during this run, by signature digest, served to later identical
     /// requests (`--on-miss record`).
     live: Mutex<HashMap<[u8; 32], LiveRecordings>>,
+    /// Injected faults (`[faults]`, `--fault`).
+    faults: Faults,
+    /// Simulated rate limits (`--rate-limit`).
+    limiter: RateLimiter,
+    /// The recording's latency distributions, under `--pace model`.
+    latency: Option<LatencyModel>,
+    /// Per provider, the rate-limit headers of its last recorded answer that had some.
+    recorded_limits: HashMap<Provider, Vec<(HeaderName, HeaderValue)>>,
 }
+
+/// One servable exchange as loaded: its entry, its signature, and its connection's
+/// peer when it was made over plain HTTP.
+type Loaded = (Arc<RecordedEntry>, Signature, Option<SocketAddr>);
 
 /// The exchanges recorded during the run for one signature, and how many were served.
 #[derive(Debug, Default)]
@@ -222,7 +263,7 @@ impl Engine {
         // threads, and its parsed bodies are dropped there: holding every parsed exchange
         // first took four times the memory, and faulting that in was a large part of
         // start-up.
-        let prepared: Vec<Option<(Arc<RecordedEntry>, Signature)>> =
+        let prepared: Vec<Option<Loaded>> =
             snapshot.load_each(|recorded| {
                 let file = relative(&snapshot.dir, &recorded.path);
                 let exchange = recorded.exchange;
@@ -231,13 +272,17 @@ impl Engine {
                     return None;
                 }
                 let signature = recorded_signature(&exchange, &rules);
-                Some((Arc::new(RecordedEntry::new(file, &exchange, &prices)), signature))
+                let plain_peer = exchange.peer.filter(|_| exchange.scheme == Scheme::Http);
+                Some((Arc::new(RecordedEntry::new(file, &exchange, &prices)), signature, plain_peer))
             })?;
         let skipped = prepared.iter().filter(|p| p.is_none()).count();
+        let faults = snapshot.config.faults;
         let mut entries = Vec::with_capacity(prepared.len());
         let mut signatures = Vec::with_capacity(prepared.len());
         let mut hosts: Vec<String> = Vec::new();
-        for (entry, signature) in prepared.into_iter().flatten() {
+        let mut plain_peers: Vec<SocketAddr> = Vec::new();
+        for (entry, signature, plain_peer) in prepared.into_iter().flatten() {
+            plain_peers.extend(plain_peer);
             let host = &signature.canonical().host;
             if !hosts.contains(host) {
                 hosts.push(host.clone());
@@ -245,12 +290,22 @@ impl Engine {
             signatures.push((entries.len(), signature));
             entries.push(entry);
         }
+        let latency = (options.pace == Pace::Model).then(|| latency_model(&entries, faults.seed));
         Ok(Self {
             dir: snapshot.dir,
             index: SignatureIndex::new(signatures, options.repeat),
+            recorded_limits: recorded_limits(&entries),
+            latency,
+            faults: Faults::new(faults.seed, faults.rules),
+            limiter: RateLimiter::default(),
             entries,
             rules,
             hosts,
+            plain_peers: {
+                plain_peers.sort_unstable();
+                plain_peers.dedup();
+                plain_peers
+            },
             options,
             stats: Arc::new(Stats::new()),
             skipped,
@@ -265,6 +320,143 @@ impl Engine {
     pub fn with_upstream(mut self, upstream: Option<Arc<Upstream>>) -> Self {
         self.upstream = upstream;
         self
+    }
+
+    /// Applies the load-test settings: `--fault` rules after the snapshot's `[faults]`,
+    /// `--seed`, and `--rate-limit` (`recorded` reads the recording's limit headers).
+    pub fn with_load(mut self, load: LoadOptions) -> Result<Self, EngineError> {
+        let seed = load.seed.unwrap_or(self.faults.seed());
+        let rules: Vec<_> = self.faults.rules().cloned().chain(load.faults).collect();
+        self.faults = Faults::new(seed, rules);
+        if self.options.pace == Pace::Model {
+            self.latency = Some(latency_model(&self.entries, seed));
+        }
+        self.limiter = RateLimiter::new(&load.rate_limits, |provider| {
+            self.recorded_limits
+                .get(&provider)
+                .map(|headers| limits_of(provider, headers))
+        })?;
+        Ok(self)
+    }
+
+    /// Updates `metrics` along with the run's statistics.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.stats = Arc::new(Stats::with_metrics(metrics));
+        self
+    }
+
+    /// What the fault rules, rate limits and metrics need to know of a request, when any
+    /// of them is in use.
+    pub fn facts(&self, request: &ReplayRequest) -> Option<RequestFacts> {
+        let metrics = self.stats.metrics().is_some();
+        if self.faults.is_empty() && self.limiter.is_empty() && !metrics {
+            return None;
+        }
+        let endpoint = Endpoint::classify(&request.method, &request.path);
+        let model = if metrics || self.faults.need_model() || endpoint.is_gemini() {
+            let body: Option<serde_json::Value> = serde_json::from_slice(&request.body).ok();
+            llmsim_snapshot::provider::model_of(endpoint, &request.path, body.as_ref())
+        } else {
+            None
+        };
+        Some(RequestFacts {
+            provider: self.provider_of(request, endpoint),
+            endpoint,
+            path: request
+                .path
+                .split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            model,
+        })
+    }
+
+    /// The provider a request is for: its host's, or for a host that is not a recorded one
+    /// (`--listen`'s own address), the first recorded host's whose error family the
+    /// endpoint has.
+    fn provider_of(&self, request: &ReplayRequest, endpoint: Endpoint) -> Provider {
+        let provider = Provider::from_host(&request.host);
+        if provider != Provider::Generic
+            || !self.options.any_host
+            || self.hosts.iter().any(|h| h == request.host_name())
+        {
+            return provider;
+        }
+        let family = ApiFamily::of(provider, endpoint);
+        self.hosts
+            .iter()
+            .map(|h| Provider::from_host(h))
+            .find(|p| ApiFamily::of(*p, endpoint) == family)
+            .unwrap_or(provider)
+    }
+
+    /// Decides, before the lookup, whether a rate limit or an injected fault answers
+    /// `request` (described by `facts`, from [`Self::facts`]), and counts what did.
+    pub fn admit(&self, facts: Option<&RequestFacts>) -> Admission {
+        let Some(facts) = facts else {
+            return Admission::Serve(None);
+        };
+        if let Err(limited) = self.limiter.admit(facts.provider) {
+            self.stats.record_for(Event::RateLimited, Some(facts));
+            return Admission::Refuse(Box::new(faults::status_response(
+                facts,
+                429,
+                &limited.states,
+                &[],
+                limited.retry_after,
+                "rate-limit",
+            )));
+        }
+        match self.faults.decide(facts) {
+            None => Admission::Serve(None),
+            Some(Injected::Stream(fault)) => Admission::Serve(Some(fault)),
+            Some(Injected::Reset) => {
+                self.count_fault(FaultKind::Reset, true, Some(facts));
+                Admission::Reset
+            }
+            Some(Injected::Status { kind, retry_after }) => {
+                self.count_fault(kind, true, Some(facts));
+                let recorded = self
+                    .recorded_limits
+                    .get(&facts.provider)
+                    .map_or(&[][..], Vec::as_slice);
+                Admission::Refuse(Box::new(faults::status_response(
+                    facts,
+                    kind.status().unwrap_or(500),
+                    &[],
+                    recorded,
+                    retry_after,
+                    kind.as_str(),
+                )))
+            }
+        }
+    }
+
+    /// Counts an injected fault; `replaced` when it answered instead of the recording.
+    pub fn count_fault(&self, kind: FaultKind, replaced: bool, facts: Option<&RequestFacts>) {
+        self.stats
+            .record_for(Event::Fault { kind, replaced }, facts);
+    }
+
+    /// The synthesised timing of a stream served from `entry` under `--pace model`;
+    /// `None` to pace it as recorded.
+    pub fn schedule(&self, entry: &RecordedEntry) -> Option<Schedule> {
+        let latency = self.latency.as_ref()?;
+        let Ok(PreparedResponse {
+            body: PreparedBody::Events { chunks, .. },
+            ..
+        }) = &entry.response
+        else {
+            return None;
+        };
+        latency.schedule(
+            entry.provider,
+            entry.call.model.as_deref()?,
+            chunks,
+            entry.call.usage.map(|u| u.output_tokens),
+        )
     }
 
     /// The forwarding for misses, if the miss policy forwards.
@@ -402,6 +594,13 @@ impl Engine {
         &self.hosts
     }
 
+    /// The peers of recorded plain-HTTP exchanges (a local model server's
+    /// `127.0.0.1:11434`), which the redirect sends to replayd
+    /// ([`crate::redirect::plain_destinations`]).
+    pub fn plain_peers(&self) -> &[SocketAddr] {
+        &self.plain_peers
+    }
+
     /// How many exchanges can be served.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -453,7 +652,19 @@ impl Engine {
 
     /// Decides what `request` gets and counts it in the statistics.
     pub fn respond(&self, request: &ReplayRequest) -> Outcome {
+        self.respond_for(request, None)
+    }
+
+    /// [`Self::respond`] for a request described by `facts` ([`Self::facts`]): the
+    /// metrics' labels, and a served answer's tokens charged to its rate limit.
+    pub fn respond_for(&self, request: &ReplayRequest, facts: Option<&RequestFacts>) -> Outcome {
         let outcome = self.lookup(request);
+        if let Outcome::Hit(hit) = &outcome
+            && let Some(usage) = &hit.entry.call.usage
+        {
+            self.limiter
+                .charge_tokens(hit.entry.provider, usage.total());
+        }
         let event = match &outcome {
             Outcome::Hit(hit) if hit.entry.response.is_err() => Event::SnapshotError,
             Outcome::Hit(hit) => Event::Served {
@@ -466,7 +677,7 @@ impl Engine {
             Outcome::Miss(_) if self.forwards() => return outcome,
             Outcome::Miss(miss) => Event::Miss(miss.record()),
         };
-        self.stats.record(event);
+        self.stats.record_for(event, facts);
         outcome
     }
 
@@ -573,6 +784,69 @@ fn signature_body<'a>(body: &'a model::Body, bytes: &'a mut Vec<u8>) -> signatur
             *bytes = other.to_bytes();
             signature::Body::Bytes(bytes)
         }
+    }
+}
+
+/// The latency model fitted to the recorded streams of `entries`.
+fn latency_model(entries: &[Arc<RecordedEntry>], seed: u64) -> LatencyModel {
+    let mut model = LatencyModel::new(seed);
+    for entry in entries {
+        if let (
+            Ok(PreparedResponse {
+                body: PreparedBody::Events { chunks, .. },
+                ..
+            }),
+            Some(name),
+        ) = (&entry.response, &entry.call.model)
+            && entry.call.succeeded()
+        {
+            model.add(
+                entry.provider,
+                name,
+                chunks,
+                entry.call.usage.map(|u| u.output_tokens),
+            );
+        }
+    }
+    model
+}
+
+/// Per provider, the rate-limit headers of the last recorded answer that had some.
+fn recorded_limits(
+    entries: &[Arc<RecordedEntry>],
+) -> HashMap<Provider, Vec<(HeaderName, HeaderValue)>> {
+    let mut limits = HashMap::new();
+    for entry in entries {
+        let Ok(prepared) = &entry.response else {
+            continue;
+        };
+        let headers: Vec<(HeaderName, HeaderValue)> = prepared
+            .headers
+            .iter()
+            .filter(|(name, _)| faults::is_rate_limit_header(name.as_str()))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        if !headers.is_empty() {
+            limits.insert(entry.provider, headers);
+        }
+    }
+    limits
+}
+
+/// The requests and tokens per minute stated by a provider's recorded limit headers.
+fn limits_of(provider: Provider, headers: &[(HeaderName, HeaderValue)]) -> Limits {
+    let family = ApiFamily::of(provider, Endpoint::Other);
+    let limit = |kind| {
+        let [name, ..] = family.limit_header_names(kind)?;
+        headers
+            .iter()
+            .find(|(n, _)| n.as_str() == name)
+            .and_then(|(_, v)| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .filter(|n| *n > 0)
+    };
+    Limits {
+        requests: limit(LimitKind::Requests),
+        tokens: limit(LimitKind::Tokens),
     }
 }
 
@@ -823,5 +1097,49 @@ mod tests {
         assert_eq!(endpoint_label("post", "/v1/x?y=1"), "POST /v1/x");
         let engine = engine(&[exchange("hi", json!({}))], ReplayOptions::default());
         assert_eq!(engine.hosts(), ["api.openai.com"]);
+    }
+
+    #[test]
+    fn recorded_rate_limits_refuse_with_the_providers_429_and_keep_the_recording() {
+        let mut limited = exchange("hi", json!({"answer": "hello"}));
+        limited.response.headers = [
+            ("content-type", "application/json"),
+            ("x-ratelimit-limit-requests", "2"),
+            ("x-ratelimit-remaining-requests", "1"),
+        ]
+        .into_iter()
+        .collect();
+        let limited = engine(&[limited], ReplayOptions::listen())
+            .with_load(LoadOptions {
+                rate_limits: vec!["openai=recorded".parse().unwrap()],
+                ..LoadOptions::default()
+            })
+            .unwrap();
+        // Through --listen the host is the listener's: the provider is the recorded one's.
+        let mut asked = request("hi");
+        asked.host = "127.0.0.1:8080".into();
+        let facts = limited.facts(&asked).unwrap();
+        assert_eq!(facts.provider, Provider::OpenAi);
+        for _ in 0..2 {
+            assert!(matches!(
+                limited.admit(Some(&facts)),
+                Admission::Serve(None)
+            ));
+        }
+        let Admission::Refuse(refused) = limited.admit(Some(&facts)) else {
+            panic!("the third request in a minute is refused");
+        };
+        assert_eq!(refused.status(), http::StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers()["x-ratelimit-limit-requests"], "2");
+        assert_eq!(refused.headers()["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(limited.stats().report().rate_limited, 1);
+        // The refusal did not use the recording up.
+        assert!(matches!(limited.respond(&asked), Outcome::Hit(ref hit) if !hit.repeated));
+        let gemini =
+            engine(&[exchange("hi", json!({}))], ReplayOptions::default()).with_load(LoadOptions {
+                rate_limits: vec!["gemini=recorded".parse().unwrap()],
+                ..LoadOptions::default()
+            });
+        assert!(matches!(gemini, Err(EngineError::RateLimit(_))));
     }
 }

@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use http::{HeaderValue, Response, StatusCode, header};
-use llmsim_snapshot::provider::{Endpoint, Provider};
+use llmsim_snapshot::provider::{ApiFamily, Endpoint, Provider};
 use serde_json::{Value, json};
 
 use crate::body::ReplayBody;
@@ -179,14 +179,10 @@ pub enum ErrorShape {
 impl ErrorShape {
     /// The shape the app expects from `provider`; for a generic host, from the endpoint.
     pub fn of(provider: Provider, endpoint: Endpoint) -> Self {
-        match provider {
-            Provider::Anthropic => Self::Anthropic,
-            Provider::Gemini => Self::Gemini,
-            Provider::Generic if endpoint == Endpoint::Messages => Self::Anthropic,
-            Provider::Generic if endpoint.is_gemini() => Self::Gemini,
-            Provider::OpenAi | Provider::Xai | Provider::OpenRouter | Provider::Generic => {
-                Self::OpenAi
-            }
+        match ApiFamily::of(provider, endpoint) {
+            ApiFamily::OpenAi => Self::OpenAi,
+            ApiFamily::Anthropic => Self::Anthropic,
+            ApiFamily::Gemini => Self::Gemini,
         }
     }
 }

@@ -10,8 +10,10 @@
 //! which socket errors the server loops ride out; `redirect` attaches the kernel
 //! redirect and runs a command under it; `upstream` forwards misses to the real host
 //! (`--on-miss passthrough|record`, `--budget`); `request` is a request as the app sent
-//! it. As in pingora, downstream is the app and upstream the real provider. The binary
-//! adds the command line.
+//! it; `faults` injects the failures of `[faults]` and `--fault`, `rate_limit` simulates
+//! the providers' rate limits, `latency` synthesises the provider's latency shape for
+//! `--pace model`, and `metrics` serves Prometheus metrics. As in pingora, downstream is
+//! the app and upstream the real provider. The binary adds the command line.
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -22,8 +24,12 @@ pub mod dns;
 pub mod engine;
 pub mod error;
 pub mod explain;
+pub mod faults;
 pub mod io_error;
+pub mod latency;
+pub mod metrics;
 pub mod options;
+pub mod rate_limit;
 pub mod redirect;
 pub mod report;
 pub mod request;

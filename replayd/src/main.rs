@@ -19,11 +19,14 @@ use clap::{ArgGroup, Args, CommandFactory as _, Parser, Subcommand};
 use llmsim_kernel::redirect::RedirectSettings;
 use llmsim_replayd::engine::Engine;
 use llmsim_replayd::explain::{RequestFile, explain};
-use llmsim_replayd::options::{OnMiss, Pace, ReplayOptions};
+use llmsim_replayd::metrics::Metrics;
+use llmsim_replayd::options::{LoadOptions, OnMiss, Pace, ReplayOptions};
+use llmsim_replayd::rate_limit::RateLimit;
 use llmsim_replayd::redirect::{self, KernelRedirect, RedirectTarget};
 use llmsim_replayd::run::{self, ListenAddr, Server};
 use llmsim_replayd::upstream::UpstreamSettings;
 use llmsim_replayd::{ca, dns, report::Report};
+use llmsim_snapshot::config::FaultRule;
 use llmsim_snapshot::signature::Repeat;
 
 /// The allocator for the whole process (see replayd/Cargo.toml).
@@ -67,9 +70,35 @@ struct ServeArgs {
     /// Serve on this address with no kernel hooks; the host comes from the Host header.
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
-    /// Pacing of streamed answers: recorded, instant or xN (x2 is twice as fast).
-    #[arg(long, value_name = "PACE", default_value = "recorded")]
+    /// Pacing of streamed answers: recorded, model (time to first token and tokens per
+    /// second drawn from the recording's own distributions), instant or xN (x2 is twice
+    /// as fast).
+    #[arg(
+        long,
+        visible_alias = "latency",
+        value_name = "PACE",
+        default_value = "recorded"
+    )]
     pace: Pace,
+    #[arg(
+        long,
+        value_name = "RULE",
+        help = "Inject a fault, as a [[faults.rules]] entry of llmsim.toml written \
+                key=value,...: kind=429|500|502|503|529|reset|stall|cut|stream-error|\
+                slow-first-token, rate=R or every=N, and optionally provider=, endpoint=, \
+                model=, after_events=, delay_ms="
+    )]
+    fault: Vec<FaultRule>,
+    /// Seed for fault injection and --pace model (default: [faults] seed, else 0).
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+    /// Simulate a provider's rate limit: PROVIDER=RPM[/TPM] (requests and tokens per
+    /// minute) or PROVIDER=recorded (the recording's x-ratelimit-* headers).
+    #[arg(long, value_name = "LIMIT")]
+    rate_limit: Vec<RateLimit>,
+    /// Serve Prometheus metrics on ADDR at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// What a request gets once its recordings are used up: last, cycle or fail.
     #[arg(long, value_name = "POLICY", default_value = "last")]
     repeat: Repeat,
@@ -212,11 +241,26 @@ fn load_engine(args: &ServeArgs, any_host: bool) -> Result<Engine> {
         prices: args.prices.clone(),
         ..UpstreamSettings::default()
     };
-    Ok(run::load_engine_with(
-        &args.dir,
-        replay_options(args, any_host),
-        settings,
-    )?)
+    let engine = run::load_engine_with(&args.dir, replay_options(args, any_host), settings)?
+        .with_load(LoadOptions {
+            faults: args.fault.clone(),
+            seed: args.seed,
+            rate_limits: args.rate_limit.clone(),
+        })?;
+    Ok(match args.metrics {
+        Some(_) => engine.with_metrics(Arc::new(Metrics::new())),
+        None => engine,
+    })
+}
+
+/// Serves the metrics with `--metrics`, and says where.
+fn start_metrics(running: &mut run::Running, args: &ServeArgs) -> Result<()> {
+    if let Some(addr) = args.metrics
+        && let Some(bound) = run::start_metrics(running, addr)?
+    {
+        eprintln!("replayd: metrics on http://{bound}/metrics");
+    }
+    Ok(())
 }
 
 fn engine_summary(engine: &Engine) -> Vec<String> {
@@ -269,6 +313,7 @@ async fn listen(engine: Arc<Engine>, addr: SocketAddr, args: &ServeArgs) -> Resu
     let signal = run::shutdown_signal()?;
     let addrs = server.local_addrs();
     let mut running = server.start(None);
+    start_metrics(&mut running, args)?;
     for addr in addrs {
         eprintln!("replayd: listening on {addr}");
     }
@@ -324,6 +369,7 @@ async fn serve_redirected(
             .iter()
             .map(String::as_str),
     )?;
+    let plain = redirect::plain_destinations(engine.plain_peers());
     let server = Server::bind(engine, Some(tls), &ListenAddr::loopback_defaults())?;
     let dns = run::start_dns(
         &ListenAddr::loopback_defaults(),
@@ -347,12 +393,13 @@ async fn serve_redirected(
         hosts: hosts.iter().map(|(_, ip)| *ip).collect(),
         all_hosts: args.all_hosts,
     };
-    let kernel = Arc::new(KernelRedirect::attach(target, &settings)?);
+    let kernel = Arc::new(KernelRedirect::attach(target, &settings, &plain)?);
     let lookup = kernel.clone();
     let mut running = server.start(Some(Arc::new(move |peer| {
         lookup.original_destination(peer)
     })));
     running.watch(dns.serve());
+    start_metrics(&mut running, args)?;
     let signal = run::shutdown_signal()?;
     let mut child_code = None;
     if matches!(target, RedirectTarget::Command) {

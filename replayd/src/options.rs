@@ -1,6 +1,7 @@
 //! Replay behaviour as typed values: how streamed answers are paced ([`Pace`]), what a
-//! request with no recording gets ([`OnMiss`]), and the [`ReplayOptions`] that bundle them
-//! with the repeat policy and host matching. The binary fills them from its command line;
+//! request with no recording gets ([`OnMiss`]), the [`ReplayOptions`] that bundle them
+//! with the repeat policy and host matching, and the load-test settings ([`LoadOptions`]):
+//! injected faults, simulated rate limits and the seed. The binary fills them from its command line;
 //! tests and the library build them directly. Each parses from and prints as the spelling
 //! the command line uses (`recorded`, `x2`, `fail`), so they serialize the same way.
 
@@ -8,14 +9,19 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+use llmsim_snapshot::config::FaultRule;
 use llmsim_snapshot::signature::Repeat;
 use serde::{Deserialize, Serialize};
+
+use crate::rate_limit::RateLimit;
 
 /// Errors from parsing an option value.
 #[derive(Debug, thiserror::Error)]
 pub enum OptionsError {
-    /// A pace is not `recorded`, `instant` or `xN` with N a positive finite number.
-    #[error("unknown pace {value:?}: expected recorded, instant or xN (for example x2 or x0.5)")]
+    /// A pace is not `recorded`, `model`, `instant` or `xN` with N a positive finite number.
+    #[error(
+        "unknown pace {value:?}: expected recorded, model, instant or xN (for example x2 or x0.5)"
+    )]
     Pace {
         /// The value given.
         value: String,
@@ -35,6 +41,10 @@ pub enum Pace {
     /// Each event at its recorded offset from the request's arrival.
     #[default]
     Recorded,
+    /// Each stream's time to first token and tokens per second drawn from the recording's
+    /// own distributions for its provider and model ([`crate::latency`]); recorded offsets
+    /// where the model has no measurement.
+    Model,
     /// Every event at once.
     Instant,
     /// Recorded offsets divided by the factor: `x2` is twice as fast, `x0.5` half as fast.
@@ -46,7 +56,7 @@ impl Pace {
     /// to the request's arrival; `None` means at once.
     pub fn delay(self, offset_ms: f64) -> Option<Duration> {
         let ms = match self {
-            Self::Recorded => offset_ms,
+            Self::Recorded | Self::Model => offset_ms,
             Self::Instant => return None,
             Self::Factor(factor) => offset_ms / factor,
         };
@@ -61,6 +71,7 @@ impl FromStr for Pace {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         match value {
             "recorded" => Ok(Self::Recorded),
+            "model" => Ok(Self::Model),
             "instant" => Ok(Self::Instant),
             _ => value
                 .strip_prefix('x')
@@ -78,6 +89,7 @@ impl fmt::Display for Pace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Recorded => f.write_str("recorded"),
+            Self::Model => f.write_str("model"),
             Self::Instant => f.write_str("instant"),
             Self::Factor(factor) => write!(f, "x{factor}"),
         }
@@ -177,9 +189,27 @@ impl ReplayOptions {
     }
 }
 
+/// Load-test settings: faults to inject beyond `llmsim.toml`'s, the seed, and rate limits.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadOptions {
+    /// `--fault` rules, tried after the snapshot's `[faults]` rules.
+    pub faults: Vec<FaultRule>,
+    /// `--seed`: overrides `[faults] seed`; seeds faults and `--pace model`.
+    pub seed: Option<u64>,
+    /// `--rate-limit` per provider.
+    pub rate_limits: Vec<RateLimit>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_pace_parses_and_prints() {
+        assert_eq!("model".parse::<Pace>().unwrap(), Pace::Model);
+        assert_eq!(Pace::Model.to_string(), "model");
+        assert_eq!(Pace::Model.delay(250.0), Some(Duration::from_millis(250)));
+    }
 
     #[test]
     fn pace_parses_and_prints() {

@@ -5,11 +5,14 @@
 //! addresses, and the cgroup's DNS, to replayd. A provider the snapshot does not
 //! have is thus a miss, never a paid call. A fresh cgroup made for `-- CMD` is
 //! killed with replayd: its command can never outlive the redirect and so never
-//! reaches the real, paid API.
+//! reaches the real, paid API. Recorded plain-HTTP destinations (a local model server
+//! such as Ollama on `localhost:11434`) are redirected by address and port, loopback
+//! ones included, so replay answers them whether or not a server listens there
+//! ([`plain_destinations`]).
 
 use std::{
     ffi::OsString,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -94,6 +97,29 @@ pub fn host_addresses<'a>(
         .collect())
 }
 
+/// The addresses whose connects reach replayd for the plain-HTTP destinations
+/// recorded at `peers`: each peer, and for a loopback one both loopback addresses on
+/// its port (`localhost` resolves to `127.0.0.1` or `::1`, whichever comes first
+/// where the app runs). Sorted, without repeats.
+pub fn plain_destinations(peers: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = peers
+        .iter()
+        .flat_map(|peer| {
+            if peer.ip().is_loopback() {
+                vec![
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), peer.port()),
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), peer.port()),
+                ]
+            } else {
+                vec![*peer]
+            }
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// Which processes are redirected.
 #[derive(Clone, Debug)]
 pub enum RedirectTarget {
@@ -114,10 +140,13 @@ pub struct KernelRedirect {
 }
 
 impl KernelRedirect {
-    /// Attaches the hooks for `target`, sending its traffic where `settings` say.
+    /// Attaches the hooks for `target`, sending its traffic where `settings` say, and
+    /// its connects to the plain-HTTP destinations `plain` ([`plain_destinations`]) to
+    /// replayd's listener.
     pub fn attach(
         target: &RedirectTarget,
         settings: &RedirectSettings,
+        plain: &[SocketAddr],
     ) -> Result<Self, RedirectSetupError> {
         let (own_cgroup, path) = match target {
             RedirectTarget::Command => {
@@ -130,11 +159,14 @@ impl KernelRedirect {
             RedirectTarget::Cgroup(path) => (None, Cgroup::existing(path)?.path().to_path_buf()),
             RedirectTarget::All => (None, cgroup2_mount()?),
         };
-        let redirect =
-            Redirect::attach(&path, settings).map_err(|source| RedirectSetupError::Attach {
-                path: path.clone(),
-                source: Box::new(source),
-            })?;
+        let attach_error = |source| RedirectSetupError::Attach {
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        let mut redirect = Redirect::attach(&path, settings).map_err(attach_error)?;
+        redirect
+            .redirect_plain(plain)
+            .map_err(|e| attach_error(RedirectError::Object(e)))?;
         Ok(Self {
             redirect: Mutex::new(redirect),
             own_cgroup,
@@ -200,6 +232,20 @@ mod tests {
         );
         let known: Vec<&str> = KNOWN_HOSTS.iter().map(|(host, _)| *host).collect();
         assert_eq!(answered_hosts(&[]), known);
+    }
+
+    #[test]
+    fn loopback_plain_destinations_cover_both_loopback_addresses() {
+        let peers: Vec<SocketAddr> = ["127.0.0.1:11434", "[::1]:11434", "10.1.2.3:8000"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let wanted: Vec<SocketAddr> = ["10.1.2.3:8000", "127.0.0.1:11434", "[::1]:11434"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(plain_destinations(&peers), wanted);
+        assert_eq!(plain_destinations(&[]), Vec::<SocketAddr>::new());
     }
 
     #[test]

@@ -3,19 +3,25 @@
 //! saved against the recorded latencies (recorded `duration_ms` of every served exchange,
 //! less the time replay actually took to serve them), and under `--on-miss
 //! passthrough|record` the requests forwarded to the real host, those recorded, what they
-//! cost live, and forwards that failed or that `--budget` refused. [`Stats`] is shared by every
-//! connection and recorded by the engine alone ([`crate::engine`]); [`Report`] is a copy taken
-//! at the end and printed by the binary.
+//! cost live, and forwards that failed or that `--budget` refused; the faults injected, by
+//! kind, and the requests a simulated rate limit refused. [`Stats`] is shared by every
+//! connection and recorded by the engine alone ([`crate::engine`]), which also updates the
+//! Prometheus metrics from the same events when `--metrics` asked for them; [`Report`] is a
+//! copy taken at the end and printed by the binary.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use llmsim_snapshot::config::FaultKind;
 use llmsim_snapshot::ledger::{CallLine, Totals};
 use llmsim_snapshot::provider::Provider;
 use serde::Serialize;
+
+use crate::faults::RequestFacts;
+use crate::metrics::{Metrics, ModelLabels};
 
 /// A request that matched no recording.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -89,6 +95,10 @@ pub struct Report {
     pub budget_usd: Option<f64>,
     /// Tokens and cost of the forwarded exchanges: what the run spent live.
     pub live: Totals,
+    /// Injected faults by kind (`[faults]`, `--fault`).
+    pub faults: BTreeMap<FaultKind, u64>,
+    /// Requests refused with a 429 by a simulated rate limit (`--rate-limit`).
+    pub rate_limited: u64,
 }
 
 impl Report {
@@ -146,6 +156,26 @@ impl fmt::Display for Report {
         if self.internal_errors > 0 {
             writeln!(f, "replayd: {} internal errors", self.internal_errors)?;
         }
+        if !self.faults.is_empty() {
+            let kinds: Vec<String> = self
+                .faults
+                .iter()
+                .map(|(kind, count)| format!("{kind} {count}"))
+                .collect();
+            writeln!(
+                f,
+                "replayd: injected {} faults: {}",
+                self.faults.values().sum::<u64>(),
+                kinds.join(", ")
+            )?;
+        }
+        if self.rate_limited > 0 {
+            writeln!(
+                f,
+                "replayd: rate-limited {} requests (429)",
+                self.rate_limited
+            )?;
+        }
         if self.ledger.calls > 0 {
             writeln!(f, "replayd: not spent: {}", self.ledger)?;
         }
@@ -196,6 +226,8 @@ struct Counts {
     budget_refused: u64,
     budget_usd: Option<f64>,
     live: Totals,
+    faults: BTreeMap<FaultKind, u64>,
+    rate_limited: u64,
 }
 
 /// What happened to one request, for [`Stats::record`].
@@ -238,6 +270,16 @@ pub enum Event {
         /// The budget in dollars.
         budget_usd: f64,
     },
+    /// A fault was injected.
+    Fault {
+        /// Its kind.
+        kind: FaultKind,
+        /// Whether it replaced the answer (an error status, a closed connection) rather
+        /// than changing how the recording went out (counted as served too).
+        replaced: bool,
+    },
+    /// A simulated rate limit refused the request.
+    RateLimited,
 }
 
 /// Statistics shared by every connection of a run.
@@ -247,6 +289,8 @@ pub struct Stats {
     /// Serve time in nanoseconds, apart from the counts: added at the end of every answer,
     /// from whichever connection, without taking the lock.
     serve_nanos: AtomicU64,
+    /// The Prometheus metrics updated from the same events, with `--metrics`.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Stats {
@@ -255,8 +299,30 @@ impl Stats {
         Self::default()
     }
 
+    /// Empty statistics that also update `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..Self::default()
+        }
+    }
+
+    /// The metrics updated with the statistics, if any.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
     /// Counts one request (the engine's to call).
     pub fn record(&self, event: Event) {
+        self.record_for(event, None);
+    }
+
+    /// Counts one request whose provider and model are `facts`, for the metrics' labels
+    /// (the engine's to call).
+    pub fn record_for(&self, event: Event, facts: Option<&RequestFacts>) {
+        if let Some(metrics) = &self.metrics {
+            observe(metrics, &event, facts);
+        }
         let mut counts = self.lock();
         match event {
             Event::Served {
@@ -290,6 +356,8 @@ impl Stats {
                 counts.budget_refused += 1;
                 counts.budget_usd = Some(budget_usd);
             }
+            Event::Fault { kind, .. } => *counts.faults.entry(kind).or_default() += 1,
+            Event::RateLimited => counts.rate_limited += 1,
         }
     }
 
@@ -328,12 +396,57 @@ impl Stats {
             budget_refused: counts.budget_refused,
             budget_usd: counts.budget_usd,
             live: counts.live,
+            faults: counts.faults.clone(),
+            rate_limited: counts.rate_limited,
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         // Counters hold no invariant a panic elsewhere could break.
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Updates the metrics from one event.
+fn observe(metrics: &Metrics, event: &Event, facts: Option<&RequestFacts>) {
+    let provider = facts.map(|f| f.provider);
+    let model = facts.and_then(|f| f.model.as_deref());
+    match event {
+        Event::Served { provider, call, .. } => {
+            let model = call.model.as_deref().or(model);
+            metrics.request(Some(*provider), model, "served");
+            if let Some(usage) = &call.usage {
+                metrics.tokens(
+                    &ModelLabels::new(*provider, model),
+                    usage.input_tokens,
+                    usage.output_tokens,
+                );
+            }
+        }
+        Event::Miss(_) => {
+            metrics.miss();
+            metrics.request(provider, model, "miss");
+        }
+        Event::SnapshotError => metrics.request(provider, model, "snapshot_error"),
+        Event::BadRequest => metrics.request(provider, model, "bad_request"),
+        // Counted besides the request's own outcome.
+        Event::InternalError => {}
+        Event::Forwarded { provider, call, .. } => {
+            metrics.request(
+                Some(*provider),
+                call.model.as_deref().or(model),
+                "forwarded",
+            );
+        }
+        Event::ForwardFailed => metrics.request(provider, model, "forward_failed"),
+        Event::BudgetRefused { .. } => metrics.request(provider, model, "budget_refused"),
+        Event::Fault { kind, replaced } => {
+            metrics.fault(*kind);
+            if *replaced {
+                metrics.request(provider, model, "fault");
+            }
+        }
+        Event::RateLimited => metrics.request(provider, model, "rate_limited"),
     }
 }
 
@@ -476,6 +589,66 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("1 failed"), "{text}");
+    }
+
+    #[test]
+    fn faults_and_rate_limits_are_counted_and_reported() {
+        let metrics = Arc::new(Metrics::new());
+        let stats = Stats::with_metrics(metrics.clone());
+        let facts = RequestFacts {
+            provider: Provider::OpenAi,
+            endpoint: Endpoint::ChatCompletions,
+            path: "/v1/chat/completions".into(),
+            model: Some("gpt-4o-mini".into()),
+        };
+        for kind in [
+            FaultKind::RateLimited,
+            FaultKind::RateLimited,
+            FaultKind::Reset,
+        ] {
+            stats.record_for(
+                Event::Fault {
+                    kind,
+                    replaced: true,
+                },
+                Some(&facts),
+            );
+        }
+        stats.record_for(
+            Event::Fault {
+                kind: FaultKind::Cut,
+                replaced: false,
+            },
+            Some(&facts),
+        );
+        stats.record_for(Event::RateLimited, Some(&facts));
+        let report = stats.report();
+        assert!(
+            !report.failed(),
+            "injected faults are what the run asked for"
+        );
+        assert_eq!(report.faults[&FaultKind::RateLimited], 2);
+        let text = report.to_string();
+        assert!(
+            text.contains("replayd: injected 4 faults: 429 2, reset 1, cut 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("replayd: rate-limited 1 requests (429)\n"),
+            "{text}"
+        );
+        let scraped = metrics.encode();
+        for line in [
+            "llmsim_replay_faults_total{kind=\"429\"} 2",
+            "llmsim_replay_faults_total{kind=\"cut\"} 1",
+            "llmsim_replay_requests_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"fault\"} 3",
+            "llmsim_replay_requests_total{provider=\"openai\",model=\"gpt-4o-mini\",outcome=\"rate_limited\"} 1",
+        ] {
+            assert!(
+                scraped.lines().any(|l| l == line),
+                "no {line} in\n{scraped}"
+            );
+        }
     }
 
     #[test]

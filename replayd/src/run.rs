@@ -1,7 +1,8 @@
 //! A replay run's lifetime, shared by every mode: load the snapshot into an [`Engine`]
 //! ([`load_engine`]), load the CA ([`load_tls`]), bind the listeners ([`Server::bind`]) and,
 //! for the redirect modes, the DNS responder ([`start_dns`]); then [`Server::start`] with
-//! the redirect's original-destination lookup (none in `--listen` mode), wait for a signal
+//! the redirect's original-destination lookup (none in `--listen` mode), serve the
+//! Prometheus metrics if asked ([`start_metrics`]), wait for a signal
 //! or the child ([`Running::run_until`]), and take the end-of-run [`Report`]
 //! ([`Running::finish`], which first lets open connections close gracefully: GOAWAY on
 //! HTTP/2). The kernel redirect is attached between binding and starting, because it needs
@@ -21,6 +22,7 @@ use crate::accept::{AcceptError, Acceptor, OriginalDestination, Shutdown};
 use crate::ca::{self, CaError, CertificateAuthority, LeafResolver};
 use crate::dns::{DnsError, DnsResponder};
 use crate::engine::{Engine, EngineError};
+use crate::metrics::{self, MetricsError};
 use crate::options::ReplayOptions;
 use crate::report::Report;
 use crate::upstream::{Upstream, UpstreamSettings, UpstreamSetupError};
@@ -75,6 +77,26 @@ pub enum RunError {
     /// The DNS responder stopped.
     #[error(transparent)]
     Dns(#[from] DnsError),
+    /// The metrics endpoint could not be bound or stopped.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+}
+
+/// Serves the engine's metrics (`--metrics ADDR`) on `addr` for as long as `running`
+/// runs, and returns the bound address; `None` when the engine keeps no metrics.
+pub fn start_metrics(
+    running: &mut Running,
+    addr: SocketAddr,
+) -> Result<Option<SocketAddr>, RunError> {
+    let Some(metrics) = running.engine().stats().metrics().cloned() else {
+        return Ok(None);
+    };
+    let listener = metrics::bind(addr)?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| MetricsError::Bind { addr, source })?;
+    running.watch(async move { Ok(metrics::serve(listener, metrics).await?) });
+    Ok(Some(bound))
 }
 
 /// Loads the snapshot in `dir` and builds the engine, forwarding misses to the real hosts

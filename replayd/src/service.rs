@@ -10,26 +10,32 @@
 //! the exchange was recorded over: an HTTP/2 request names its host in `:authority`, and
 //! recorded trailers are announced in a `Trailer` header to HTTP/1.1 clients, which get
 //! them only when announced.
+//!
+//! Before the lookup the engine may refuse a request (a simulated rate limit, an injected
+//! error status) or have its connection closed (an injected reset, the service's only
+//! error); a stream fault or `--pace model` changes how a served recording goes out.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response, Version, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use llmsim_snapshot::provider::{Endpoint, Provider};
+use llmsim_snapshot::provider::{ApiFamily, Endpoint, Provider};
 
-use crate::body::ReplayBody;
+use crate::body::{Ending, ReplayBody};
 use crate::deadline::Deadline;
-use crate::engine::{Engine, Miss, NotForwarded, Outcome};
+use crate::engine::{Admission, Engine, Miss, NotForwarded, Outcome, RecordedEntry};
 use crate::error::{DownstreamError, ErrorShape, ServeError, error_response};
+use crate::faults::{FaultError, StreamFault};
+use crate::metrics::ModelLabels;
+use crate::options::Pace;
 use crate::request::ReplayRequest;
-use crate::response::{PreparedBody, PreparedResponse};
+use crate::response::{PreparedBody, PreparedResponse, TimedChunk};
 use crate::upstream::UpstreamAddr;
 
 /// What the acceptor knows about a connection.
@@ -69,18 +75,32 @@ where
     B::Error: Into<BoxedBodyError>,
 {
     type Response = Response<ReplayBody>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ReplayBody>, Infallible>> + Send>>;
+    type Error = FaultError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ReplayBody>, FaultError>> + Send>>;
 
     fn call(&self, request: Request<B>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.handle(request).await) })
+        Box::pin(async move { this.answer(request).await })
     }
 }
 
 impl ReplayService {
-    /// Answers one request.
+    /// Answers one request; an injected reset fault answers with an empty 502 here, since
+    /// only the connection can close without an answer ([`Self::answer`]).
     pub async fn handle<B>(&self, request: Request<B>) -> Response<ReplayBody>
+    where
+        B: http_body::Body + Send,
+        B::Error: Into<BoxedBodyError>,
+    {
+        self.answer(request).await.unwrap_or_else(|_| {
+            let mut response = Response::new(ReplayBody::empty());
+            *response.status_mut() = http::StatusCode::BAD_GATEWAY;
+            response
+        })
+    }
+
+    /// Answers one request, or says that the connection is to be closed without one.
+    pub async fn answer<B>(&self, request: Request<B>) -> Result<Response<ReplayBody>, FaultError>
     where
         B: http_body::Body + Send,
         B::Error: Into<BoxedBodyError>,
@@ -104,7 +124,7 @@ impl ReplayService {
                     Provider::from_host(&host),
                     Endpoint::classify(&method, &path),
                 );
-                return error_response(&error, shape);
+                return Ok(error_response(&error, shape));
             }
         };
         let request = ReplayRequest {
@@ -114,7 +134,13 @@ impl ReplayService {
             headers: parts.headers,
             body,
         };
-        match self.engine.respond(&request) {
+        let facts = self.engine.facts(&request);
+        let fault = match self.engine.admit(facts.as_ref()) {
+            Admission::Serve(fault) => fault,
+            Admission::Refuse(response) => return Ok(*response),
+            Admission::Reset => return Err(FaultError::Reset),
+        };
+        Ok(match self.engine.respond_for(&request, facts.as_ref()) {
             Outcome::Hit(hit) => {
                 let entry = &hit.entry;
                 let shape = ErrorShape::of(
@@ -122,7 +148,13 @@ impl ReplayService {
                     Endpoint::classify(&request.method, &request.path),
                 );
                 let result = match &entry.response {
-                    Ok(prepared) => self.send(prepared, version, arrived).await,
+                    Ok(prepared) => {
+                        let fault = fault.filter(|f| applies(*f, &prepared.body));
+                        if let Some(fault) = fault {
+                            self.engine.count_fault(fault.kind(), false, facts.as_ref());
+                        }
+                        self.send(entry, prepared, version, arrived, fault).await
+                    }
                     Err(source) => Err(ServeError::Snapshot {
                         file: entry.file.clone(),
                         source: source.clone(),
@@ -147,7 +179,7 @@ impl ReplayService {
                 tracing::warn!("{}", error.message());
                 error_response(&error, shape)
             }
-        }
+        })
     }
 
     /// Forwards a miss to the real host (`--on-miss passthrough|record`), unless the budget
@@ -202,32 +234,74 @@ impl ReplayService {
             .unwrap_or_default()
     }
 
-    /// The recorded response to a request over HTTP `version`, its events paced from the
-    /// request's arrival.
+    /// The recorded response of `entry` to a request over HTTP `version`, its events paced
+    /// from the request's arrival (as `--pace model` draws them, if so), changed by `fault`.
     async fn send(
         &self,
+        entry: &RecordedEntry,
         prepared: &PreparedResponse,
         version: Version,
         arrived: Instant,
+        fault: Option<StreamFault>,
     ) -> Result<Response<ReplayBody>, ServeError> {
-        let pace = self.engine.options().pace;
+        let mut pace = self.engine.options().pace;
+        let mut base = arrived;
+        if let Some(schedule) = self.engine.schedule(entry) {
+            pace = Pace::Factor(schedule.factor);
+            let shift = Duration::from_secs_f64((schedule.shift_ms.abs() / 1e3).min(86_400.0));
+            base = if schedule.shift_ms < 0.0 {
+                arrived.checked_sub(shift).unwrap_or(arrived)
+            } else {
+                arrived + shift
+            };
+        }
+        if let Some(StreamFault::SlowFirstToken(delay)) = fault {
+            base += delay;
+        }
         let internal =
             |source: Box<dyn std::error::Error + Send + Sync>| ServeError::Internal { source };
-        let body = match &prepared.body {
-            PreparedBody::Full(bytes) => ReplayBody::full(bytes.clone()),
+        let mut deadline = Deadline::default();
+        let family = ApiFamily::of(entry.provider, entry.call.endpoint);
+        let (body, stream) = match &prepared.body {
+            PreparedBody::Full(bytes) => match fault {
+                // The head, then the cut or the stall, as for a stream with no events.
+                Some(StreamFault::Stall | StreamFault::Cut { .. }) => {
+                    let (chunks, ending) = faulty_chunks(&Arc::from([]), fault, family);
+                    (
+                        ReplayBody::paced(chunks, base, pace, deadline).ending(ending),
+                        false,
+                    )
+                }
+                Some(StreamFault::SlowFirstToken(_)) => {
+                    deadline.until(base).await.map_err(|e| internal(e.into()))?;
+                    (ReplayBody::full(bytes.clone()), false)
+                }
+                Some(StreamFault::Error { .. }) | None => (ReplayBody::full(bytes.clone()), false),
+            },
             PreparedBody::Events { head_ms, chunks } => {
-                let mut deadline = Deadline::default();
                 if let Some(delay) = pace.delay(*head_ms) {
                     deadline
-                        .until(arrived + delay)
+                        .until(base + delay)
                         .await
                         .map_err(|e| internal(e.into()))?;
                 }
-                ReplayBody::paced(chunks.clone(), arrived, pace, deadline)
+                let (chunks, ending) = faulty_chunks(chunks, fault, family);
+                (
+                    ReplayBody::paced(chunks, base, pace, deadline).ending(ending),
+                    true,
+                )
             }
         };
+        let observation = self.engine.stats().metrics().map(|metrics| {
+            metrics.observe(
+                ModelLabels::new(entry.provider, entry.call.model.as_deref()),
+                arrived,
+                stream,
+            )
+        });
         let body = body
             .with_trailers(prepared.trailers.clone())
+            .observed(observation)
             .timed(self.engine.stats().clone(), arrived);
         let mut response = Response::builder()
             .status(prepared.status)
@@ -240,6 +314,47 @@ impl ReplayService {
             response.headers_mut().insert(header::TRAILER, names);
         }
         Ok(response)
+    }
+}
+
+/// Whether a stream fault changes an answer with `body`: an in-stream error needs a
+/// stream to go into.
+fn applies(fault: StreamFault, body: &PreparedBody) -> bool {
+    !matches!(
+        (fault, body),
+        (StreamFault::Error { .. }, PreparedBody::Full(_))
+    )
+}
+
+/// The chunks a stream fault leaves to send, and how the body then ends: a cut after N
+/// events, nothing before a stall, N events and the provider's error event.
+fn faulty_chunks(
+    chunks: &Arc<[TimedChunk]>,
+    fault: Option<StreamFault>,
+    family: ApiFamily,
+) -> (Arc<[TimedChunk]>, Ending) {
+    match fault {
+        None | Some(StreamFault::SlowFirstToken(_)) => (chunks.clone(), Ending::Whole),
+        Some(StreamFault::Stall) => (Arc::new([]), Ending::Stall),
+        Some(StreamFault::Cut { after_events }) => (
+            chunks.iter().take(after_events).cloned().collect(),
+            Ending::Cut,
+        ),
+        Some(StreamFault::Error { after_events }) => {
+            let kept = after_events.min(chunks.len());
+            let offset_ms = chunks
+                .get(kept)
+                .or(chunks.last())
+                .map_or(0.0, |c| c.offset_ms);
+            let error = TimedChunk {
+                offset_ms,
+                bytes: family.stream_error_event().into(),
+            };
+            (
+                chunks[..kept].iter().cloned().chain([error]).collect(),
+                Ending::Whole,
+            )
+        }
     }
 }
 

@@ -1,13 +1,17 @@
 //! A snapshot's own settings, `llmsim.toml` beside `exchanges/`: extra
-//! redaction rules for capture and match rules for replay. Committed with the
-//! recording so every machine redacts and matches alike. Unknown keys are
-//! errors: a misspelt redaction rule must not silently leak a secret.
+//! redaction rules for capture, match rules for replay, and the faults replay
+//! injects for load tests ([`FaultRules`]). Committed with the recording so
+//! every machine redacts, matches and fails alike. Unknown keys are errors: a
+//! misspelt redaction rule must not silently leak a secret.
 
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::provider::Provider;
 use crate::signature::MatchRules;
 
 /// The file name inside a snapshot directory.
@@ -34,6 +38,15 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    /// A `[[faults.rules]]` entry has no valid trigger.
+    #[error("invalid [faults] rule in {path}")]
+    Faults {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong with the rule.
+        #[source]
+        source: FaultRuleError,
+    },
 }
 
 /// The contents of `llmsim.toml`. Every section is optional.
@@ -45,6 +58,248 @@ pub struct SnapshotConfig {
     /// `[match]`: how replay decides that a request matches a recording.
     #[serde(rename = "match")]
     pub matching: MatchRules,
+    /// `[faults]`: failures replay injects, for load tests of the app's retries.
+    pub faults: FaultRules,
+}
+
+/// Why a fault rule given on the command line is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultRuleError {
+    /// A fault kind is not one replay knows.
+    #[error(
+        "unknown fault {value:?}: expected 429, 500, 502, 503, 529, reset, stall, cut, \
+         stream-error or slow-first-token"
+    )]
+    Kind {
+        /// The value given.
+        value: String,
+    },
+    /// A `--fault` item is not `key=value`.
+    #[error("fault rule item {item:?} is not key=value")]
+    Item {
+        /// The item given.
+        item: String,
+    },
+    /// The rule does not parse as a `[[faults.rules]]` entry. The reason is in the
+    /// message: the command line's parser prints no source.
+    #[error("invalid fault rule {rule:?}: {reason}")]
+    Parse {
+        /// The rule as given.
+        rule: String,
+        /// What is wrong with it, as the TOML parser says.
+        reason: String,
+    },
+    /// A rule says neither `rate` nor `every`, or both, or a rate outside 0 to 1.
+    #[error("fault rule {rule} needs exactly one of rate (0 to 1) or every (1 or more)")]
+    Trigger {
+        /// The rule as given.
+        rule: String,
+    },
+}
+
+/// `[faults]`: the seed and the rules of fault injection.
+///
+/// ```toml
+/// [faults]
+/// seed = 7
+/// [[faults.rules]]
+/// kind = "429"
+/// rate = 0.3
+/// provider = "openai"
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultRules {
+    /// Seeds every random decision, so the same request sequence gets the same faults.
+    pub seed: u64,
+    /// The rules, tried in order; the first that fires decides the request's fault.
+    pub rules: Vec<FaultRule>,
+}
+
+/// One fault rule: which requests it applies to, how often it fires, and what it does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRule {
+    /// What the app gets.
+    pub kind: FaultKind,
+    /// Fire for this fraction of the matching requests (0 to 1), drawn from the seed.
+    #[serde(default)]
+    pub rate: Option<f64>,
+    /// Fire for every Nth matching request (the Nth, the 2Nth, ...).
+    #[serde(default)]
+    pub every: Option<u64>,
+    /// Only requests to this provider.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+    /// Only requests to this path (query string left out), e.g. `/v1/chat/completions`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Only requests for this model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `cut` and `stream-error`: how many events go out first.
+    #[serde(default)]
+    pub after_events: usize,
+    /// `slow-first-token`: milliseconds added before the first byte; `429`: the
+    /// `retry-after` given when the recording has none (default 1000).
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+}
+
+impl FaultRule {
+    /// Checks the trigger: exactly one of `rate` (0 to 1) and `every` (1 or more).
+    pub fn validate(&self, rule: &str) -> Result<(), FaultRuleError> {
+        match (self.rate, self.every) {
+            (Some(rate), None) if (0.0..=1.0).contains(&rate) => Ok(()),
+            (None, Some(every)) if every >= 1 => Ok(()),
+            _ => Err(FaultRuleError::Trigger {
+                rule: rule.to_owned(),
+            }),
+        }
+    }
+}
+
+impl FromStr for FaultRule {
+    type Err = FaultRuleError;
+
+    /// The command line's spelling of a `[[faults.rules]]` entry: comma-separated
+    /// `key=value` items with the same keys, e.g. `kind=429,rate=0.3,provider=openai`.
+    fn from_str(rule: &str) -> Result<Self, Self::Err> {
+        let mut table = toml::Table::new();
+        for item in rule.split(',').filter(|i| !i.trim().is_empty()) {
+            let (key, value) = item.split_once('=').ok_or_else(|| FaultRuleError::Item {
+                item: item.to_owned(),
+            })?;
+            let value = value.trim();
+            let value = value
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .or_else(|_| value.parse::<f64>().map(toml::Value::Float))
+                .unwrap_or_else(|_| toml::Value::String(value.to_owned()));
+            // `kind=429` is a number on the command line and a string in the file.
+            let value = match (key.trim(), value) {
+                ("kind" | "endpoint" | "model" | "provider", toml::Value::Integer(n)) => {
+                    toml::Value::String(n.to_string())
+                }
+                (_, value) => value,
+            };
+            table.insert(key.trim().to_owned(), value);
+        }
+        let parsed: Self =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e| FaultRuleError::Parse {
+                    rule: rule.to_owned(),
+                    reason: e.message().trim().to_owned(),
+                })?;
+        parsed.validate(&format!("{rule:?}"))?;
+        Ok(parsed)
+    }
+}
+
+/// What an injected fault does to a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum FaultKind {
+    /// HTTP 429 with the provider's rate-limit headers and body.
+    RateLimited,
+    /// HTTP 500, provider-shaped.
+    InternalError,
+    /// HTTP 502, provider-shaped.
+    BadGateway,
+    /// HTTP 503, provider-shaped.
+    Unavailable,
+    /// HTTP 529, Anthropic's `overloaded_error` (other providers get the same status).
+    Overloaded,
+    /// The connection is closed before any response.
+    Reset,
+    /// The response head, then nothing.
+    Stall,
+    /// The stream is cut (the connection closed mid-body) after `after_events` events.
+    Cut,
+    /// An in-stream error event after `after_events` events, then the stream ends.
+    StreamError,
+    /// The first byte (and everything after it) `delay_ms` later.
+    SlowFirstToken,
+}
+
+impl FaultKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 10] = [
+        Self::RateLimited,
+        Self::InternalError,
+        Self::BadGateway,
+        Self::Unavailable,
+        Self::Overloaded,
+        Self::Reset,
+        Self::Stall,
+        Self::Cut,
+        Self::StreamError,
+        Self::SlowFirstToken,
+    ];
+
+    /// The name used in `llmsim.toml`, on the command line, in the report and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "429",
+            Self::InternalError => "500",
+            Self::BadGateway => "502",
+            Self::Unavailable => "503",
+            Self::Overloaded => "529",
+            Self::Reset => "reset",
+            Self::Stall => "stall",
+            Self::Cut => "cut",
+            Self::StreamError => "stream-error",
+            Self::SlowFirstToken => "slow-first-token",
+        }
+    }
+
+    /// The HTTP status of a fault answered with an error response.
+    pub fn status(self) -> Option<u16> {
+        match self {
+            Self::RateLimited => Some(429),
+            Self::InternalError => Some(500),
+            Self::BadGateway => Some(502),
+            Self::Unavailable => Some(503),
+            Self::Overloaded => Some(529),
+            Self::Reset | Self::Stall | Self::Cut | Self::StreamError | Self::SlowFirstToken => {
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FaultKind {
+    type Err = FaultRuleError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == value)
+            .ok_or_else(|| FaultRuleError::Kind {
+                value: value.to_owned(),
+            })
+    }
+}
+
+impl TryFrom<String> for FaultKind {
+    type Error = FaultRuleError;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        value.parse()
+    }
+}
+
+impl From<FaultKind> for String {
+    fn from(kind: FaultKind) -> Self {
+        kind.as_str().to_owned()
+    }
 }
 
 /// `[redact]`: redaction rules added to the built-in ones (which always apply).
@@ -71,7 +326,16 @@ impl SnapshotConfig {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })
+        let config: Self =
+            toml::from_str(&text).map_err(|source| ConfigError::Parse { path, source })?;
+        for (n, rule) in config.faults.rules.iter().enumerate() {
+            rule.validate(&format!("number {} (kind {})", n + 1, rule.kind))
+                .map_err(|source| ConfigError::Faults {
+                    path: dir.join(CONFIG_FILE),
+                    source,
+                })?;
+        }
+        Ok(config)
     }
 }
 
@@ -120,6 +384,46 @@ mod tests {
             reason.contains("header") && reason.contains("line 2"),
             "{reason}"
         );
+    }
+
+    #[test]
+    fn fault_rules_are_read_from_the_file_and_the_command_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[faults]\nseed = 7\n[[faults.rules]]\nkind = \"429\"\nrate = 0.3\n\
+             provider = \"openai\"\n[[faults.rules]]\nkind = \"cut\"\nevery = 4\n\
+             after_events = 2\n",
+        )
+        .unwrap();
+        let config = SnapshotConfig::load(dir.path()).unwrap();
+        assert_eq!(config.faults.seed, 7);
+        let flag: FaultRule = "kind=429,rate=0.3,provider=openai".parse().unwrap();
+        assert_eq!(config.faults.rules[0], flag);
+        assert_eq!(config.faults.rules[1].kind, FaultKind::Cut);
+        assert_eq!(config.faults.rules[1].every, Some(4));
+        assert_eq!(config.faults.rules[1].after_events, 2);
+        for kind in FaultKind::ALL {
+            assert_eq!(kind.as_str().parse::<FaultKind>().unwrap(), kind);
+        }
+        for bad in [
+            "kind=418,rate=0.1",
+            "kind=429",
+            "kind=429,rate=2",
+            "kind=429,rate=0.1,every=2",
+            "kind=429,every=0",
+            "kind=429,rate",
+            "kind=429,rate=0.1,colour=red",
+        ] {
+            assert!(bad.parse::<FaultRule>().is_err(), "{bad}");
+        }
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[[faults.rules]]\nkind = \"503\"\n",
+        )
+        .unwrap();
+        let err = SnapshotConfig::load(dir.path()).unwrap_err();
+        assert!(matches!(err, ConfigError::Faults { .. }), "{err}");
     }
 
     #[test]

@@ -13,6 +13,9 @@ official SDKs cannot tell it from the real thing:
   content_block_delta / content_block_stop / message_delta / message_stop, tool_use blocks).
 * Gemini: POST /v1beta/models/{model}:generateContent, :streamGenerateContent (SSE with
   `?alt=sse`, a streamed JSON array without), :embedContent, :batchEmbedContents, :countTokens.
+* Ollama (native, no credential): POST /api/chat and /api/generate, streamed as NDJSON
+  (`application/x-ndjson`, one compact JSON line per piece with `done: false`, the last with
+  `done: true`, `done_reason`, `prompt_eval_count` and `eval_count`) unless `stream: false`.
 
 Rules that tests rely on:
 
@@ -88,6 +91,9 @@ def new_nonce():
 
 def words(text):
     return len(text.split()) if isinstance(text, str) else 0
+
+
+OLLAMA_PATHS = ("/api/chat", "/api/generate")
 
 
 def dumps(obj):
@@ -744,6 +750,49 @@ def openai_chat(body, started):
     return reply
 
 
+def ollama_conversation(path, body):
+    if path == "/api/chat":
+        return openai_chat_conversation(body)
+    messages = [{"role": "system", "content": body["system"]}] if isinstance(body.get("system"), str) else []
+    messages.append({"role": "user", "content": body.get("prompt") or ""})
+    return openai_chat_conversation({"messages": messages})
+
+
+def ollama_native(path, body, started):
+    """Ollama's /api/chat or /api/generate: compact JSON lines as Go writes them."""
+    conv = ollama_conversation(path, body)
+    nonce = new_nonce()
+    model = body.get("model") or "llama3.2"
+    text = conv.text_answer("ollama", nonce)
+    out_tokens = words(text)
+    chat = path == "/api/chat"
+    elapsed = max(1, int((time.monotonic() - started) * 1e9))
+
+    def line(piece, done):
+        obj = {"model": model, "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())}
+        if chat:
+            obj["message"] = {"role": "assistant", "content": piece}
+        else:
+            obj["response"] = piece
+        obj["done"] = done
+        if done:
+            obj["done_reason"] = "stop"
+            obj.update({"total_duration": elapsed, "load_duration": 1000, "prompt_eval_count": conv.input_tokens,
+                        "prompt_eval_duration": 1000, "eval_count": out_tokens, "eval_duration": elapsed})
+        return obj
+
+    if body.get("stream", True):
+        events = [(dumps(line(piece, False)) + "\n").encode() for piece in chunks_of(text)]
+        events.append((dumps(line("", True)) + "\n").encode())
+        reply = Reply(200, [], events=events, content_type="application/x-ndjson")
+    else:
+        reply = Reply(200, [], body=dumps(line(text, True)).encode(), content_type="application/json; charset=utf-8")
+    reply.endpoint = "ollama.chat" if chat else "ollama.generate"
+    reply.nonce, reply.answer = nonce, text
+    reply.usage = {"input_tokens": conv.input_tokens, "output_tokens": out_tokens}
+    return reply
+
+
 def openai_responses(body, started):
     conv = openai_responses_conversation(body)
     nonce = new_nonce()
@@ -1086,7 +1135,9 @@ class Handler(BaseHTTPRequestHandler):
                 body_text = raw.decode("utf-8", "replace")
 
         gemini = GEMINI_PATH.match(path)
-        if gemini:
+        if path in OLLAMA_PATHS:
+            provider = "ollama"
+        elif gemini:
             provider = "gemini"
         elif path.endswith("/messages") and "/chat/" not in path:
             provider = "anthropic"
@@ -1097,6 +1148,8 @@ class Handler(BaseHTTPRequestHandler):
         self.respond(reply, provider, raw, body, body_text, query)
 
     def authorized(self, provider, query):
+        if provider == "ollama":
+            return True
         if provider == "anthropic":
             return bool(self.headers.get("x-api-key") or self.bearer())
         if provider == "gemini":
@@ -1121,6 +1174,8 @@ class Handler(BaseHTTPRequestHandler):
             return error_reply(provider, 400, started, message)
 
         conv = None
+        if provider == "ollama":
+            return ollama_native(path, body, started)
         if provider == "anthropic":
             conv = anthropic_conversation(body)
         elif provider == "gemini":

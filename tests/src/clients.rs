@@ -67,6 +67,26 @@ pub fn client_argv(script: &str) -> Vec<OsString> {
     vec![OsString::from(interpreter), path.into_os_string()]
 }
 
+/// One command running the clients `scripts` one after the other, stopping at the first
+/// that fails: `sh -c '"$0" "$1" && "$2" "$3" ...' python3 <path> ...`.
+pub fn clients_argv(scripts: &[&str]) -> Vec<OsString> {
+    let argvs: Vec<Vec<OsString>> = scripts.iter().map(|s| client_argv(s)).collect();
+    let mut next = 0;
+    let line: Vec<String> = argvs
+        .iter()
+        .map(|argv| {
+            let words: Vec<String> = (next..next + argv.len())
+                .map(|i| format!("\"${i}\""))
+                .collect();
+            next += argv.len();
+            words.join(" ")
+        })
+        .collect();
+    let mut out = vec![OsString::from("sh"), "-c".into(), line.join(" && ").into()];
+    out.extend(argvs.into_iter().flatten());
+    out
+}
+
 /// The full argument vector running `script` inside `netns`: `ip netns exec <name> python3
 /// <path>`. Wrap it in the program under test and apply [`configure_client_env`], e.g.
 /// `llmsim-agent capture -- ip netns exec <name> python3 .../openai_chat.py`.

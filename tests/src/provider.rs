@@ -74,6 +74,19 @@ impl FakeProvider {
         )
     }
 
+    /// Starts the provider inside `netns` serving plain HTTP on `listen` (such as
+    /// `127.0.0.1:11434`, where a local model server like Ollama listens): the `OpenAI` paths
+    /// and Ollama's native `/api/chat` and `/api/generate`.
+    pub fn start_plain(netns: &TestNetns, listen: &str, config: &FakeProviderConfig) -> Self {
+        Self::spawn(
+            netns.command("python3"),
+            &format!("plain fake provider in network namespace {}", netns.name()),
+            &[listen],
+            None,
+            config,
+        )
+    }
+
     /// Starts the provider in the current network namespace on a free port of 127.0.0.1 (no
     /// root needed). With `ca`, it serves TLS with the test leaf (valid for `127.0.0.1` and
     /// `localhost`); without, plain HTTP. Clients reach it through base-URL settings, e.g.

@@ -16,9 +16,12 @@ mod capture_support;
 use std::ffi::OsString;
 use std::path::Path;
 
-use capture_support::{Agent, Finished, StepClient, assert_paced_sse, exchanges, figure};
-use llmsim_snapshot::model::Exchange;
 use std::time::Duration;
+
+use capture_support::{
+    Agent, Finished, StepClient, assert_bodies_as_exchanged, assert_keys_absent,
+    assert_no_events_dropped, assert_paced_sse, exchanges, figure, models,
+};
 
 use llmsim_tests::{
     FakeProvider, FakeProviderConfig, GrpcServer, H2Front, H2Server, TEST_API_KEYS, TestCa,
@@ -116,29 +119,6 @@ fn replay_h2_client(dir: &Path, mode: &str) -> Value {
 /// How long a replay of one client may take.
 const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The recorded exchanges as the snapshot model reads them.
-fn models(recorded: &[Value]) -> Vec<Exchange> {
-    recorded
-        .iter()
-        .map(|e| serde_json::from_value(e.clone()).expect("an exchange"))
-        .collect()
-}
-
-/// No key reached the snapshot; the authorization header is there, redacted.
-fn assert_keys_absent(dir: &Path) {
-    let mut text = String::new();
-    for entry in std::fs::read_dir(dir.join("exchanges")).expect("exchanges dir") {
-        text.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
-    }
-    for (_, key) in TEST_API_KEYS {
-        assert!(!text.contains(key), "API key {key} reached the snapshot");
-    }
-    assert!(
-        text.contains("Bearer <redacted:"),
-        "authorization placeholder missing"
-    );
-}
-
 /// Every exchange is an HTTP/2 chat completion of the provider, whole, flagged nothing.
 fn assert_h2_chat(recorded: &[Value], finished: &Finished) {
     for exchange in recorded {
@@ -159,18 +139,7 @@ fn assert_h2_chat(recorded: &[Value], finished: &Finished) {
         figure(&finished.summary, "http2_exchanges_written"),
         u64::try_from(recorded.len()).unwrap()
     );
-    let dropped: u64 = finished.summary["events_dropped"]
-        .as_object()
-        .expect("drops")
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert_eq!(
-        dropped,
-        0,
-        "kernel events were dropped:\n{}",
-        finished.dump()
-    );
+    assert_no_events_dropped(finished);
 }
 
 /// The plain and the streamed exchange of a client report: bodies byte-equal to what the
@@ -183,36 +152,14 @@ fn assert_plain_and_streamed(setup: &Setup, out: &Path, finished: &Finished, rep
     let served = setup.provider.requests();
     assert_eq!(served.len(), 2);
     let results = report["results"].as_array().expect("results");
-    for (i, exchange) in models(&recorded).iter().enumerate() {
+    for (i, exchange) in recorded.iter().enumerate() {
         let result = &results[i];
         assert_eq!(
             result["http_version"], "HTTP/2",
             "the client did not speak h2: {result}"
         );
-        let sent = result["sent"].as_str().expect("sent");
-        let received = result["received"].as_str().expect("received");
-        assert_eq!(
-            exchange.request.body.to_bytes(),
-            sent.as_bytes(),
-            "request {i}"
-        );
-        assert_eq!(
-            serde_json::from_str::<Value>(sent).unwrap(),
-            served[i].body,
-            "request {i} as the provider received it"
-        );
-        assert_eq!(
-            exchange.request.body.to_bytes(),
-            served[i].body_bytes,
-            "request {i}, byte for byte as the provider received it"
-        );
-        assert_eq!(
-            exchange.response.body.to_bytes(),
-            received.as_bytes(),
-            "response {i}"
-        );
-        assert_eq!(received, served[i].response_body, "response {i} as sent");
-        assert_eq!(exchange.streamed, i == 1);
+        assert_bodies_as_exchanged(i, exchange, result, &served[i]);
+        assert_eq!(exchange["streamed"], i == 1);
     }
     assert_paced_sse(&recorded[1]);
     assert_keys_absent(out);

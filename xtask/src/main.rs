@@ -41,13 +41,13 @@ enum Task {
         /// `index`: replay start-up (load, sign, index) and lookups on a large
         /// snapshot. `replay`: replayd against nginx, plain and TLS, at saturation
         /// (wrk) and at a fixed rate (oha).
-        /// `pacing`: how closely `--pace recorded` keeps a recorded stream's
-        /// event offsets.
+        /// `pacing`: how closely `--pace recorded` keeps recorded event offsets
+        /// with 2,000 concurrent streams.
         /// `capture`: an HTTPS request loop with and without the agent.
         name: String,
         /// Arguments for the benchmark (`index`: the number of exchanges;
         /// `replay`: --duration, --rounds, --connections, --threads, --rate,
-        /// --no-build; `pacing`: --events, --spacing-ms, --rounds, --no-build;
+        /// --no-build; `pacing`: --events, --spacing-ms, --streams, --rounds, --no-build;
         /// `capture`: requests per run and rounds).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,

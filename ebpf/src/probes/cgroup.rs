@@ -1,7 +1,8 @@
 //! cgroup socket hooks that send a cgroup's connections to replayd (kernel >=
 //! 5.7 for `bpf_link` attachment; 5.8 for `recvmsg`/`getpeername` rewrites).
 //! `connect4/6` and `sendmsg4/6` rewrite destinations: TCP connects to recorded
-//! hosts go to replayd's listener, DNS (port 53, UDP and TCP) to its responder
+//! hosts, and to recorded plain-HTTP destinations (loopback ones included, such as a
+//! local model server's `127.0.0.1:11434` or `[::1]:11434`), go to replayd's listener, DNS (port 53, UDP and TCP) to its responder
 //! (for an IPv6 nameserver, its `::1` responder when it has one).
 //! `recvmsg4/6` and `getpeername4/6` put the original address back where the
 //! app looks; `sock_ops` hands replayd each connection's original destination,
@@ -20,10 +21,12 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockOpsContext},
 };
-use llmsim_ebpf_common::{OriginalDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig};
+use llmsim_ebpf_common::{
+    OriginalDestination, PlainDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig,
+};
 
 use crate::maps::{
-    ORIGINAL_BY_COOKIE, ORIGINAL_BY_PORT, ORIGINAL_OF_CLOSED, REDIRECT, REDIRECT_V4,
+    ORIGINAL_BY_COOKIE, ORIGINAL_BY_PORT, ORIGINAL_OF_CLOSED, REDIRECT, REDIRECT_PLAIN, REDIRECT_V4,
 };
 
 const AF_INET: u32 = 2;
@@ -230,7 +233,7 @@ fn redirect_v4(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, config: &RedirectC
     let (ip, port) = (sa.user_ip4, sa.user_port);
     let target = if port == DNS_PORT && (sa.type_ == SOCK_DGRAM || sa.type_ == SOCK_STREAM) {
         Some((config.dns_ip4, config.dns_port))
-    } else if sa.type_ == SOCK_STREAM && wanted_v4(ip, config) {
+    } else if sa.type_ == SOCK_STREAM && (wanted_v4(ip, config) || wanted_plain_v4(ip, port)) {
         Some((config.listener_ip4, config.listener_port))
     } else {
         None
@@ -249,6 +252,31 @@ fn wanted_v4(ip: u32, config: &RedirectConfig) -> bool {
         || (config.flags & REDIRECT_FLAG_ALL_HOSTS != 0 && !is_loopback_v4(ip))
 }
 
+/// Whether `ip`:`port` (network order) is a recorded plain-HTTP destination.
+#[inline(always)]
+fn wanted_plain_v4(ip: u32, port: u32) -> bool {
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&ip.to_ne_bytes());
+    wanted_plain(AF_INET, addr, port)
+}
+
+/// Whether the address `addr` of `family` on `port` (network order in the low 16
+/// bits) is a recorded plain-HTTP destination.
+#[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "address families and ports fit in 16 bits"
+)]
+fn wanted_plain(family: u32, addr: [u8; 16], port: u32) -> bool {
+    let key = PlainDestination {
+        addr,
+        port: u16::from_be(port as u16),
+        family: family as u16,
+    };
+    // SAFETY: the value is only tested for presence.
+    unsafe { REDIRECT_PLAIN.get(&key) }.is_some()
+}
+
 #[inline(always)]
 fn redirect_v6(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, config: &RedirectConfig) {
     let (ip6, port) = (ip6(sa), sa.user_port);
@@ -260,8 +288,22 @@ fn redirect_v6(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, config: &RedirectC
     }
     if mapped {
         let ip = ip6[3];
-        if sa.type_ == SOCK_STREAM && wanted_v4(ip, config) {
+        if sa.type_ == SOCK_STREAM && (wanted_v4(ip, config) || wanted_plain_v4(ip, port)) {
             remember(ctx, AF_INET, port, [ip, 0, 0, 0]);
+            set_v4_mapped(sa, config.listener_ip4, config.listener_port);
+        }
+        return;
+    }
+    let mut addr = [0u8; 16];
+    for (i, word) in ip6.iter().enumerate() {
+        addr[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    if sa.type_ == SOCK_STREAM && wanted_plain(AF_INET6, addr, port) {
+        remember(ctx, AF_INET6, port, ip6);
+        if config.listener6_port != 0 {
+            set_ip6(sa, config.listener_ip6);
+            sa.user_port = config.listener6_port;
+        } else {
             set_v4_mapped(sa, config.listener_ip4, config.listener_port);
         }
         return;

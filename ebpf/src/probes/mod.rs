@@ -1,6 +1,8 @@
 //! The kernel programs, one module per hook family.
 
 mod cgroup;
+mod gotls;
+mod plain;
 mod ssl;
 mod syscalls;
 

@@ -27,11 +27,11 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
-use llmsim_ebpf_common::{Direction, DropReason, EventKind, FreeEvent, SNI_LEN, SniEvent};
+use llmsim_ebpf_common::{Direction, DropReason, EventKind, SNI_LEN, SniEvent};
 
 use super::header;
 use crate::{
-    emit::{self, Call, batched_wakeup},
+    emit::{self, Call},
     filter::is_traced,
     maps::{
         CallKey, EVENTS, MAX_CALL_LEVELS, SSL_CALL_LEVELS, SSL_CALLS, SslCall, count_drop,
@@ -105,25 +105,9 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     if !is_traced() {
         return 0;
     }
-    let Some(ssl) = ctx.arg::<u64>(0) else {
-        return 0;
-    };
-    let Some(mut entry) = EVENTS.reserve::<FreeEvent>(0) else {
-        // The accounting stays, for userspace to read when the process exits.
-        count_drop(DropReason::RingFull);
-        return 0;
-    };
-    let event = header(EventKind::Free);
-    let write = emit::end(event.tgid, ssl, Direction::Write);
-    let read = emit::end(event.tgid, ssl, Direction::Read);
-    entry.write(FreeEvent {
-        header: event,
-        ssl,
-        next_seq: [write.next_seq, read.next_seq],
-        lost: [write.pending, read.pending],
-        lost_bytes: [write.bytes, read.bytes],
-    });
-    entry.submit(batched_wakeup());
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        emit::end(ssl);
+    }
     0
 }
 
@@ -249,7 +233,7 @@ fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
         // SAFETY: reading a user pointer with the fault-tolerant helper.
         unsafe { bpf_probe_read_user(call.out_len as *const u64) }.map_err(|_| {
             debug!(ctx, "SSL call on {:x}: its length cannot be read", call.ssl);
-            emit::lose_whole(tgid, &plaintext, DropReason::CopyFailed);
+            emit::lose_whole(tgid, &plaintext, DropReason::CopyFailed, 0);
             1i64
         })?
     } else {

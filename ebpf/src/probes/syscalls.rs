@@ -1,7 +1,9 @@
 //! Raw tracepoints on syscall entry and exit and on exec (kernel >= 4.17; no
 //! tracefs needed). They add what the TLS probes cannot see: the socket fd
 //! behind an `SSL_*` call (a nested read/write syscall on the same thread),
-//! connect destinations, and execs that may map a new TLS library.
+//! connect destinations, and execs that may map a new TLS library; and they
+//! drive the plaintext capture of selected plain TCP destinations (`plain.rs`):
+//! a socket I/O syscall outside any `SSL_*` call is that path's.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -11,7 +13,7 @@ use aya_ebpf::{
 };
 use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
 
-use super::header;
+use super::{header, plain};
 use crate::{
     filter::is_traced,
     maps::{CONNECTS, EVENTS, PendingConnect, count_drop, current_ssl_call},
@@ -20,6 +22,7 @@ use crate::{
 /// `x86_64` syscall numbers of the calls a TLS library makes on its socket.
 const SOCKET_IO_SYSCALLS: [u64; 8] = [0, 1, 19, 20, 44, 45, 46, 47]; // read write readv writev sendto recvfrom sendmsg recvmsg
 const SYS_CONNECT: u64 = 42;
+const SYS_CLOSE: u64 = 3;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = -115;
@@ -66,6 +69,18 @@ fn syscall_args(regs: *const pt_regs) -> Result<(u64, u64), i64> {
     }
 }
 
+/// The second and third syscall arguments from a kernel `pt_regs`: a socket
+/// call's buffer (or iovecs, or `msghdr`) and its length (or iovec count).
+#[inline(always)]
+fn buffer_args(regs: *const pt_regs) -> Result<(u64, u64), i64> {
+    // SAFETY: as in `syscall_args`.
+    unsafe {
+        let a1 = bpf_probe_read_kernel(&raw const (*regs).rsi)?;
+        let a2 = bpf_probe_read_kernel(&raw const (*regs).rdx)?;
+        Ok((a1, a2))
+    }
+}
+
 #[expect(
     clippy::cast_possible_truncation,
     reason = "a syscall's fd argument is an int in a 64-bit register"
@@ -81,13 +96,19 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         let _ = CONNECTS.insert(&pid_tgid, &PendingConnect { fd, addr }, 0);
         return Ok(());
     }
+    if id == SYS_CLOSE {
+        let (fd, _) = syscall_args(ctx.arg(0))?;
+        plain::close(pid_tgid, fd);
+        return Ok(());
+    }
     if !SOCKET_IO_SYSCALLS.contains(&id) {
         return Ok(());
     }
+    let regs: *const pt_regs = ctx.arg(0);
+    let (fd, _) = syscall_args(regs)?;
     let Some(call) = current_ssl_call(pid_tgid) else {
-        return Ok(());
+        return plain::enter(id, pid_tgid, fd, || buffer_args(regs));
     };
-    let (fd, _) = syscall_args(ctx.arg(0))?;
     // SAFETY: a live value of this thread's own entry.
     unsafe { (*call).fd = fd as i32 };
     Ok(())
@@ -99,12 +120,13 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
 )]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    let ret: i64 = ctx.arg(1);
+    plain::exit(pid_tgid, ret);
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { CONNECTS.get(&pid_tgid) }).copied() else {
         return Ok(());
     };
     let _ = CONNECTS.remove(&pid_tgid);
-    let ret: i64 = ctx.arg(1);
     if ret != 0 && ret != EINPROGRESS {
         return Ok(());
     }
@@ -121,6 +143,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     } else {
         addr = unsafe { bpf_probe_read_user((pending.addr + 8) as *const [u8; 16]) }?;
     }
+    plain::on_connect(pid_tgid, pending.fd, family, port, &addr);
     let event = ConnectEvent {
         header: header(EventKind::Connect),
         fd: pending.fd as i32,

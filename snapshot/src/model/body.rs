@@ -4,8 +4,10 @@
 
 mod de;
 mod json_stream;
+mod ndjson;
 mod style;
 
+pub use ndjson::NdjsonLine;
 pub use style::JsonStyle;
 
 use serde::Serialize;
@@ -93,6 +95,18 @@ pub enum Body {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         crlf: bool,
     },
+    /// An `application/x-ndjson` body (Ollama's streams): one JSON document per
+    /// line, each with when it arrived.
+    Ndjson {
+        /// The Content-Encoding the stream was decoded from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        content_encoding: Option<String>,
+        /// The lines in arrival order.
+        lines: Vec<NdjsonLine>,
+        /// The layout of every line, its newline included.
+        #[serde(default, skip_serializing_if = "JsonStyle::is_compact")]
+        style: JsonStyle,
+    },
 }
 
 impl Body {
@@ -101,7 +115,8 @@ impl Body {
     ///
     /// Undoes `content_encoding` (an unknown coding gives [`Body::Encoded`]),
     /// then picks the kind from `content_type` and the bytes: SSE for
-    /// `text/event-stream`, JSON for `application/json` and `*+json` when the
+    /// `text/event-stream`, NDJSON for `application/x-ndjson` whose lines one
+    /// layout writes back, JSON for `application/json` and `*+json` when the
     /// bytes parse, text for UTF-8, base64 otherwise.
     pub fn from_http<B: AsRef<[u8]>>(
         content_type: Option<&str>,
@@ -139,6 +154,15 @@ impl Body {
                 events: parsed.events,
                 unterminated: parsed.unterminated,
                 crlf,
+            });
+        }
+        if media == "application/x-ndjson"
+            && let Some((lines, style)) = ndjson::parse(&bytes, &decoded)
+        {
+            return Ok(Self::Ndjson {
+                content_encoding: coding,
+                lines,
+                style,
             });
         }
         if (media == "application/json" || media.ends_with("+json"))
@@ -232,6 +256,10 @@ impl Body {
                 crlf,
                 ..
             } => sse::write(events, unterminated.as_deref(), *crlf),
+            Self::Ndjson { lines, style, .. } => lines
+                .iter()
+                .flat_map(|line| style.write(&line.json))
+                .collect(),
         }
     }
 
@@ -250,6 +278,9 @@ impl Body {
                 content_encoding, ..
             }
             | Self::Sse {
+                content_encoding, ..
+            }
+            | Self::Ndjson {
                 content_encoding, ..
             } => content_encoding.as_deref(),
             Self::Encoded {
@@ -277,15 +308,21 @@ impl Body {
         }
     }
 
-    /// A JSON array recorded as it streamed in: its wire bytes cut into the
-    /// pieces that carried each element, each with the offset (ms since
-    /// request start) at which replay sends it.
+    /// A JSON array recorded as it streamed in, or an NDJSON body: its wire
+    /// bytes cut into the pieces that carried each element (each line), each
+    /// with the offset (ms since request start) at which replay sends it.
     pub fn json_stream(&self) -> Option<Vec<(f64, Vec<u8>)>> {
         match self {
             Self::Json {
                 offsets_ms: Some(offsets),
                 ..
             } => Some(json_stream::pieces(&self.to_bytes(), offsets)),
+            Self::Ndjson { lines, style, .. } => Some(
+                lines
+                    .iter()
+                    .map(|line| (line.offset_ms, style.write(&line.json)))
+                    .collect(),
+            ),
             _ => None,
         }
     }

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use crate::provider::Provider;
 
-pub use body::{Body, JsonStyle};
+pub use body::{Body, JsonStyle, NdjsonLine};
 pub use encoding::{DecodeError, MAX_DECODED_LEN};
 pub use sse::SseEvent;
 pub use summary::{ExchangeSummary, TokenUsage, ToolCall};

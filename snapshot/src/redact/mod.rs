@@ -287,6 +287,12 @@ impl Redactor {
                     self.scrub_in_place(tail);
                 }
             }
+            Body::Ndjson { lines, .. } => {
+                for line in lines {
+                    self.redact_pointers(&mut line.json);
+                    self.scrub_json(&mut line.json);
+                }
+            }
         }
     }
 

@@ -1,6 +1,6 @@
 //! Usage extraction: what one exchange cost in tokens and how fast it was
 //! answered, read from the response body in each provider's wire format
-//! (plain JSON, SSE streams and Gemini's JSON-array streams). The result, an
+//! (plain JSON, SSE streams, Gemini's JSON-array streams and Ollama's NDJSON streams). The result, an
 //! [`ExchangeSummary`] (part of the model, [`crate::model`]), is stored in the
 //! exchange file so a reader sees the model, tokens, time to first token, stop
 //! reason and tool calls without parsing the bodies. Extraction never fails:
@@ -8,6 +8,7 @@
 
 mod anthropic;
 mod gemini;
+mod ollama;
 mod openai;
 
 use std::borrow::Cow;
@@ -46,6 +47,7 @@ pub fn summarize(exchange: &Exchange) -> Option<ExchangeSummary> {
             Format::Embeddings => openai::embeddings(&mut acc, doc),
             Format::Messages => anthropic::messages(&mut acc, doc),
             Format::Gemini => gemini::generate(&mut acc, doc),
+            Format::Ollama => ollama::native(&mut acc, doc),
         };
         if content && acc.first_content_ms.is_none() {
             acc.first_content_ms = *offset;
@@ -120,6 +122,8 @@ enum Format {
     Messages,
     /// Gemini `generateContent`, `streamGenerateContent` and `embedContent`.
     Gemini,
+    /// Ollama's native `/api/chat` and `/api/generate`.
+    Ollama,
 }
 
 impl Format {
@@ -132,6 +136,7 @@ impl Format {
             Endpoint::GenerateContent
             | Endpoint::StreamGenerateContent
             | Endpoint::EmbedContent => Some(Self::Gemini),
+            Endpoint::OllamaChat | Endpoint::OllamaGenerate => Some(Self::Ollama),
             Endpoint::Other => None,
         }
     }
@@ -143,6 +148,7 @@ impl Format {
             Self::Embeddings => Endpoint::Embeddings,
             Self::Messages => Endpoint::Messages,
             Self::Gemini => Endpoint::GenerateContent,
+            Self::Ollama => Endpoint::OllamaChat,
         }
     }
 
@@ -162,6 +168,8 @@ impl Format {
                 Some(Self::Messages)
             } else if doc.get("usageMetadata").is_some() || doc.get("candidates").is_some() {
                 Some(Self::Gemini)
+            } else if ollama::is_native(doc) {
+                Some(Self::Ollama)
             } else {
                 None
             }
@@ -172,7 +180,8 @@ impl Format {
 /// The JSON documents a response body carries, each with its arrival offset
 /// when the body was a stream: one for a JSON body, one per element of a
 /// JSON array (Gemini's streaming without `alt=sse`), one per SSE event
-/// whose data is JSON (`[DONE]` and other text skipped). A JSON body is
+/// whose data is JSON (`[DONE]` and other text skipped), one per NDJSON
+/// line. A JSON body is
 /// borrowed, not copied: replay summarises every recorded response at
 /// start-up.
 fn documents(body: &Body) -> Vec<(Option<f64>, Cow<'_, Value>)> {
@@ -193,6 +202,10 @@ fn documents(body: &Body) -> Vec<(Option<f64>, Cow<'_, Value>)> {
             .map(|v| whole(Cow::Owned(v)))
             .unwrap_or_default(),
         Body::Sse { events, .. } => events.iter().filter_map(event_document).collect(),
+        Body::Ndjson { lines, .. } => lines
+            .iter()
+            .map(|line| (Some(line.offset_ms), Cow::Borrowed(&line.json)))
+            .collect(),
         Body::Empty { .. } | Body::Base64 { .. } | Body::Encoded { .. } => Vec::new(),
     }
 }
@@ -258,6 +271,19 @@ impl Acc {
             id: id.map(str::to_owned),
             name: name.unwrap_or_default().to_owned(),
         });
+    }
+
+    /// The whole tool calls of an OpenAI-shaped `message` (`tool_calls[].id` and
+    /// `.function.name`, the shape Ollama's native answers share); `true` when there were any.
+    fn push_message_tool_calls(&mut self, message: &Value) -> bool {
+        let calls = message.get("tool_calls").and_then(Value::as_array);
+        for call in calls.into_iter().flatten() {
+            self.push_tool(
+                str_at(call, "id"),
+                call.pointer("/function/name").and_then(Value::as_str),
+            );
+        }
+        calls.is_some_and(|c| !c.is_empty())
     }
 }
 

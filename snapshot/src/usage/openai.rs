@@ -37,18 +37,7 @@ pub(super) fn chat(acc: &mut Acc, doc: &Value) -> bool {
             content |= ["content", "refusal", "reasoning_content", "reasoning"]
                 .iter()
                 .any(|k| non_empty_str(message.get(*k)));
-            for call in message
-                .get("tool_calls")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                content = true;
-                acc.push_tool(
-                    str_at(call, "id"),
-                    call.pointer("/function/name").and_then(Value::as_str),
-                );
-            }
+            content |= acc.push_message_tool_calls(message);
         }
         if let Some(delta) = choice.get("delta") {
             content |= ["content", "refusal", "reasoning_content", "reasoning"]

@@ -15,8 +15,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use llmsim_snapshot::model::Exchange;
 use llmsim_tests::{
-    ChildGuard, TestCa, TestNetns, client_argv, configure_client_env, llmsim_agent,
+    ChildGuard, ProviderRequest, TEST_API_KEYS, TestCa, TestNetns, client_argv,
+    configure_client_env, llmsim_agent,
 };
 use serde_json::Value;
 
@@ -489,6 +491,48 @@ pub fn exchanges(dir: &Path) -> Vec<Value> {
     exchange_files(dir).into_iter().map(|(_, v)| v).collect()
 }
 
+/// The recorded exchanges as the snapshot model reads them.
+pub fn models(recorded: &[Value]) -> Vec<Exchange> {
+    recorded
+        .iter()
+        .map(|e| serde_json::from_value(e.clone()).expect("an exchange"))
+        .collect()
+}
+
+/// Exchange `i`'s bodies equal, byte for byte, what the client reported it sent and
+/// received (`result["sent"]`, `result["received"]`) and what the provider received and sent.
+pub fn assert_bodies_as_exchanged(
+    i: usize,
+    exchange: &Value,
+    result: &Value,
+    served: &ProviderRequest,
+) {
+    let model: Exchange = serde_json::from_value(exchange.clone()).expect("an exchange");
+    let sent = result["sent"].as_str().expect("sent");
+    let received = result["received"].as_str().expect("received");
+    assert_eq!(
+        model.request.body.to_bytes(),
+        sent.as_bytes(),
+        "request {i}"
+    );
+    assert_eq!(
+        model.response.body.to_bytes(),
+        received.as_bytes(),
+        "response {i}"
+    );
+    served.assert_recorded_as_sent(exchange);
+}
+
+/// No kernel event was dropped during the capture.
+pub fn assert_no_events_dropped(finished: &Finished) {
+    assert_eq!(
+        figure(&finished.summary, "events_dropped_total"),
+        0,
+        "kernel events were dropped:\n{}",
+        finished.dump()
+    );
+}
+
 /// A figure of the summary, as u64.
 pub fn figure(summary: &Value, key: &str) -> u64 {
     summary[key]
@@ -548,6 +592,21 @@ pub fn assert_summary_matches_disk(finished: &Finished, dir: &Path) {
     );
     let listed = summary["files"].as_array().expect("files").len();
     assert_eq!(listed, files.len(), "files listed in the summary");
+}
+
+/// No key reached the snapshot in `dir`; the authorization header is there, redacted.
+pub fn assert_keys_absent(dir: &Path) {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir.join("exchanges")).expect("exchanges dir") {
+        text.push_str(&std::fs::read_to_string(entry.expect("entry").path()).expect("read"));
+    }
+    for (_, key) in TEST_API_KEYS {
+        assert!(!text.contains(key), "API key {key} reached the snapshot");
+    }
+    assert!(
+        text.contains("Bearer <redacted:"),
+        "authorization placeholder missing"
+    );
 }
 
 /// Names of leftover temporary files (`.….tmp`) anywhere under `dir`.

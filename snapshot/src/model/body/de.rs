@@ -11,7 +11,7 @@ use serde::de::{self, MapAccess, Visitor, value::MapAccessDeserializer};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::{Body, JsonStyle, SseEvent, base64_bytes};
+use super::{Body, JsonStyle, NdjsonLine, SseEvent, base64_bytes};
 
 const TAG: &str = "kind";
 
@@ -31,6 +31,7 @@ enum Kind {
     Base64,
     Encoded,
     Sse,
+    Ndjson,
 }
 
 // The fields of each kind, with the attributes of the matching variant of `Body`.
@@ -85,6 +86,15 @@ struct SseFields {
     unterminated: Option<String>,
     #[serde(default)]
     crlf: bool,
+}
+
+#[derive(Deserialize)]
+struct NdjsonFields {
+    #[serde(default)]
+    content_encoding: Option<String>,
+    lines: Vec<NdjsonLine>,
+    #[serde(default)]
+    style: JsonStyle,
 }
 
 struct BodyVisitor;
@@ -172,6 +182,14 @@ fn fields<'de, D: Deserializer<'de>>(kind: Kind, rest: D) -> Result<Body, D::Err
                 events: f.events,
                 unterminated: f.unterminated,
                 crlf: f.crlf,
+            }
+        }
+        Kind::Ndjson => {
+            let f = NdjsonFields::deserialize(rest)?;
+            Body::Ndjson {
+                content_encoding: f.content_encoding,
+                lines: f.lines,
+                style: f.style,
             }
         }
     })

@@ -1,0 +1,3 @@
+module llmsim/tests/clients/go
+
+go 1.19
