@@ -2,7 +2,7 @@
 """A standard-library client that makes the capture lose plaintext in a known way, and says
 exactly what it moved, so a test can check the capture's accounting against it.
 
-Usage: loss_client.py copy|ring|table
+Usage: loss_client.py copy|ring|plain-ring|table
 
 * `copy`: three chat completions on three connections to api.openai.com, bodies of 5000, 9000
   and 12000 bytes. The first and the last are sent from an anonymous mapping that the client
@@ -12,11 +12,14 @@ Usage: loss_client.py copy|ring|table
   (the body fits in one TLS record, so nothing is read after the drop).
 * `ring`: three chat completions on one keep-alive connection, the second with a 2 MiB body,
   for a capture with a tiny ring buffer.
+* `plain-ring`: `ring` over plain HTTP to the local server on 127.0.0.1:11434, whose
+  plaintext the capture reads from the socket calls.
 * `table`: eight threads, each streaming a chat completion on its own blocking connection at
   once, so eight `SSL_read` calls wait inside OpenSSL together, for a capture with a tiny call
   table.
 
-Prints one JSON line: {"mode", "tls_bytes" (plaintext written plus read through TLS),
+Prints one JSON line: {"mode", "tls_bytes" (plaintext written plus read through TLS, or
+through the plain socket),
 "requests": [{"body_b64", "status", "response_b64", "events"}]}, where `events` are the `data:`
 lines of a streamed answer.
 """
@@ -31,6 +34,8 @@ import sys
 import threading
 
 HOST = "api.openai.com"
+# The plain-HTTP local server of `plain-ring`.
+LOCAL_SERVER = ("127.0.0.1", 11434)
 
 
 def body_of(size, tag, stream=False):
@@ -54,11 +59,15 @@ def head_of(body):
 
 
 class Counted:
-    """A TLS connection that counts the plaintext it moves."""
+    """A TLS connection (or, without a context, a plain one to the local server) that counts
+    the plaintext it moves."""
 
     def __init__(self, ctx, blocking=False):
-        raw = socket.create_connection((HOST, 443), timeout=30)
-        self.tls = ctx.wrap_socket(raw, server_hostname=HOST)
+        if ctx is None:
+            self.tls = socket.create_connection(LOCAL_SERVER, timeout=30)
+        else:
+            raw = socket.create_connection((HOST, 443), timeout=30)
+            self.tls = ctx.wrap_socket(raw, server_hostname=HOST)
         if blocking:
             # Without a timeout Python blocks inside SSL_read rather than polling outside it.
             self.tls.settimeout(None)
@@ -190,10 +199,10 @@ def table_mode(ctx):
 
 def main():
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
-    modes = {"copy": copy_mode, "ring": ring_mode, "table": table_mode}
+    modes = {"copy": copy_mode, "ring": ring_mode, "plain-ring": ring_mode, "table": table_mode}
     if mode not in modes:
-        raise SystemExit(f"unknown mode {mode!r}: expected copy, ring or table")
-    ctx = ssl.create_default_context()
+        raise SystemExit(f"unknown mode {mode!r}: expected copy, ring, plain-ring or table")
+    ctx = None if mode.startswith("plain-") else ssl.create_default_context()
     results, moved = modes[mode](ctx)
     print(json.dumps({"mode": mode, "tls_bytes": moved, "requests": results}), flush=True)
 

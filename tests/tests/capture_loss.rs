@@ -1,11 +1,12 @@
 //! Loss accounting without holes: each way the kernel can fail to deliver plaintext is forced
 //! for real (a buffer whose pages are gone when the return probe copies it, a ring buffer too
-//! small for a 2 MiB write, a call table too small for eight waiting reads). Every exchange that
-//! lost a byte is written flagged `incomplete` with its reason, every other one is byte-for-byte
-//! what went over the wire, and the summary's counts equal what was forced: the plaintext the
-//! agent received plus the bytes the kernel says it lost is exactly what the client moved, the
-//! calls lost whole that the agent saw as skipped sequence numbers are those the kernel counted,
-//! and the bytes attributed to connections are the bytes lost.
+//! small for a 2 MiB write, over TLS and over plain HTTP, a call table too small for eight
+//! waiting reads). Every exchange that lost a byte is written flagged `incomplete` with its
+//! reason, every other one is byte-for-byte what went over the wire, and the summary's counts
+//! equal what was forced: the plaintext the agent received plus the bytes the kernel says it
+//! lost is exactly what the client moved, the calls lost whole that the agent saw as skipped
+//! sequence numbers are those the kernel counted, and the bytes attributed to connections are
+//! the bytes lost.
 
 mod capture_support;
 
@@ -14,9 +15,11 @@ use std::ffi::OsString;
 use base64::Engine as _;
 use capture_support::{Agent, Finished, command_args, exchanges, figure};
 use llmsim_snapshot::model::Body;
-use llmsim_tests::{FakeProvider, TestCa, TestNetns, privileged};
+use llmsim_tests::{FakeProvider, FakeProviderConfig, TestCa, TestNetns, privileged};
 use serde_json::Value;
 
+/// Where the plain fake provider serves, as a local model server does.
+const LOCAL_SERVER: &str = "127.0.0.1:11434";
 const REASONS: [&str; 4] = ["ring_full", "copy_failed", "chunk_cap", "missing_entry"];
 const COPY_FAILED: &str = "request bytes lost: the kernel could not deliver part of a TLS read or write: the process's buffer could not be read";
 const RING_FULL: &str =
@@ -35,9 +38,18 @@ struct Run {
 }
 
 fn run(mode: &str, flags: &[&str]) -> Run {
+    run_against(mode, flags, FakeProvider::start)
+}
+
+/// [`run`] against the provider `start` starts.
+fn run_against(
+    mode: &str,
+    flags: &[&str],
+    start: impl FnOnce(&TestNetns, &TestCa) -> FakeProvider,
+) -> Run {
     let ca = TestCa::new();
     let netns = TestNetns::new();
-    let provider = FakeProvider::start(&netns, &ca);
+    let provider = start(&netns, &ca);
     let out = tempfile::tempdir().expect("tempdir");
     let mut args: Vec<OsString> = flags.iter().map(OsString::from).collect();
     args.extend(command_args(&netns, "loss_client.py"));
@@ -139,6 +151,44 @@ impl Run {
                 "the response body differs from what was received"
             ),
         }
+    }
+
+    /// Asserts what a ring buffer too small for the 2 MiB request of `ring` leaves: each
+    /// exchange is written whole, byte-for-byte, or flagged for the full ring, at least one
+    /// is not whole, and the accounting holds.
+    fn assert_ring_full(&self) {
+        self.assert_provider_received_everything();
+        let sent = self.sent();
+        assert!(
+            self.loss("ring_full", "bytes") > 0,
+            "{}",
+            self.finished.dump()
+        );
+        let mut whole = 0;
+        for (i, exchange) in self.exchanges.iter().enumerate() {
+            if exchange["incomplete"].is_null() {
+                whole += 1;
+                // Written whole: byte-for-byte one of the requests sent.
+                let request = body_bytes(&exchange["request"]["body"]);
+                let source = sent
+                    .iter()
+                    .find(|s| b64(&s["body_b64"]) == request)
+                    .unwrap_or_else(|| panic!("exchange {i} matches no request sent"));
+                self.assert_whole(exchange, source);
+            } else {
+                assert!(
+                    exchange["incomplete"]
+                        .as_str()
+                        .is_some_and(|why| why.ends_with(RING_FULL)),
+                    "exchange {i}: {}",
+                    exchange["incomplete"]
+                );
+            }
+        }
+        // The 2 MiB request cannot have come through a 64 KiB ring: its exchange is flagged, or,
+        // when its head was lost too, not written at all.
+        assert!(whole < sent.len(), "{}", self.finished.dump());
+        self.assert_accounting("ring_full");
     }
 
     /// Asserts the accounting identities: received + lost = moved; calls lost whole as seen by
@@ -258,38 +308,25 @@ fn a_ring_buffer_too_small_flags_what_it_dropped_and_counts_every_byte() {
         return;
     }
     let run = run("ring", &["--ring-size", "65536"]);
-    run.assert_provider_received_everything();
-    let sent = run.sent();
+    run.assert_ring_full();
+}
+
+#[test]
+fn a_ring_buffer_too_small_flags_what_it_dropped_of_a_plain_http_connection() {
+    if !privileged("capture loss accounting (ring buffer full, plain HTTP)") {
+        return;
+    }
+    let run = run_against(
+        "plain-ring",
+        &["--ring-size", "65536", "--host", LOCAL_SERVER],
+        |netns, _| FakeProvider::start_plain(netns, LOCAL_SERVER, &FakeProviderConfig::default()),
+    );
     assert!(
-        run.loss("ring_full", "bytes") > 0,
-        "{}",
+        run.exchanges.iter().all(|e| e["scheme"] == "http"),
+        "every exchange is a plain one\n{}",
         run.finished.dump()
     );
-    let mut whole = 0;
-    for (i, exchange) in run.exchanges.iter().enumerate() {
-        if exchange["incomplete"].is_null() {
-            whole += 1;
-            // Written whole: byte-for-byte one of the requests sent.
-            let request = body_bytes(&exchange["request"]["body"]);
-            let source = sent
-                .iter()
-                .find(|s| b64(&s["body_b64"]) == request)
-                .unwrap_or_else(|| panic!("exchange {i} matches no request sent"));
-            run.assert_whole(exchange, source);
-        } else {
-            assert!(
-                exchange["incomplete"]
-                    .as_str()
-                    .is_some_and(|why| why.ends_with(RING_FULL)),
-                "exchange {i}: {}",
-                exchange["incomplete"]
-            );
-        }
-    }
-    // The 2 MiB request cannot have come through a 64 KiB ring: its exchange is flagged, or,
-    // when its head was lost too, not written at all.
-    assert!(whole < sent.len(), "{}", run.finished.dump());
-    run.assert_accounting("ring_full");
+    run.assert_ring_full();
 }
 
 #[test]
