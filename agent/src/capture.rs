@@ -6,7 +6,7 @@
 //! except for the check that it is writable).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     ffi::OsString,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -16,9 +16,10 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use llmsim_ebpf_common::DropReason;
+use llmsim_ebpf_common::{Direction, DropReason};
 use llmsim_kernel::{
     cgroup::Cgroup,
+    object::MapSizes,
     sys::{command_in_cgroup, exit_code},
 };
 use llmsim_snapshot::model::ProcessInfo;
@@ -30,9 +31,8 @@ use tokio::{
 };
 
 use crate::{
-    connections::{ConnectionExchange, LOST, Tracker, TrackerStats},
-    events::{Event, decode},
-    http1,
+    connections::{ConnectionExchange, Tracker, TrackerStats},
+    events::{Event, SequenceEnd, data_sequence, decode},
     placement::PlacementKind,
     plain, preflight,
     probes::{PlacedObject, Probes, Reach, Selection},
@@ -88,6 +88,23 @@ pub struct CaptureOptions {
     pub any_host: bool,
     /// Print no live lines.
     pub quiet: bool,
+    /// Map sizes other than the defaults (tests force losses with small ones).
+    pub sizes: MapSizes,
+}
+
+/// What one drop reason cost, for the summary.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct LossSummary {
+    /// Calls of which some plaintext was lost.
+    pub calls: u64,
+    /// Of those, calls of which nothing was delivered.
+    pub whole_calls: u64,
+    /// Chunks lost (unknown, so 0, for calls whose entry was lost).
+    pub chunks: u64,
+    /// Bytes lost (likewise).
+    pub bytes: u64,
+    /// Exchange files written flagged incomplete for this reason.
+    pub exchanges_incomplete: u64,
 }
 
 /// The end-of-capture figures.
@@ -102,6 +119,8 @@ pub struct Summary {
     pub events_dropped: HashMap<&'static str, u64>,
     /// The sum of [`Summary::events_dropped`].
     pub events_dropped_total: u64,
+    /// Plaintext lost, per drop reason, and the exchanges it flagged.
+    pub losses: BTreeMap<&'static str, LossSummary>,
     /// Ring-buffer records that could not be decoded.
     pub undecodable_records: u64,
     /// The command's exit code, in command mode.
@@ -114,6 +133,21 @@ impl Summary {
     /// Total dropped kernel events.
     pub fn dropped(&self) -> u64 {
         self.events_dropped.values().sum()
+    }
+
+    /// One line per drop reason that lost plaintext:
+    /// `ring_full: 2 calls lost plaintext (1 whole), 250 chunks, 4096000 bytes; 1 exchange flagged incomplete`.
+    pub fn loss_lines(&self) -> Vec<String> {
+        self.losses
+            .iter()
+            .filter(|(_, loss)| loss.calls > 0 || loss.exchanges_incomplete > 0)
+            .map(|(reason, loss)| {
+                format!(
+                    "{reason}: {} calls lost plaintext ({} whole), {} chunks, {} bytes; {} exchanges flagged incomplete",
+                    loss.calls, loss.whole_calls, loss.chunks, loss.bytes, loss.exchanges_incomplete
+                )
+            })
+            .collect()
     }
 }
 
@@ -134,8 +168,6 @@ pub struct Capture {
     /// What each traced process is, read when it is first seen and after each
     /// exec, so exchanges finished after it exited still name it.
     processes: HashMap<u32, ProcessInfo>,
-    /// Lost-byte counts already attributed, per connection.
-    lost_seen: HashMap<(u32, u64), u64>,
     undecodable: u64,
 }
 
@@ -162,6 +194,7 @@ impl Capture {
         // The targets first: a typo in a pid must not create a directory.
         let target = checked_target(&options.target).map_err(usage)?;
         let forced = PlacementKind::forced().map_err(|e| usage(e.into()))?;
+        check_sizes(options.sizes).map_err(usage)?;
         let recorder = Recorder::open(&options.out, hosts, sys::monotonic_ns(), options.quiet)
             .map_err(|e| {
                 usage(
@@ -191,7 +224,7 @@ impl Capture {
             }
         };
         let mut scanner = Scanner::new(forced);
-        let mut probes = Probes::load().context("loading the eBPF probes")?;
+        let mut probes = Probes::load_sized(options.sizes).context("loading the eBPF probes")?;
         if let Target::Pids(pids) = &target {
             probes.set_reach(Reach::Processes(pids.clone()));
         }
@@ -210,7 +243,6 @@ impl Capture {
             quiet: options.quiet,
             cgroup,
             processes: HashMap::new(),
-            lost_seen: HashMap::new(),
             undecodable: 0,
         })
     }
@@ -276,6 +308,32 @@ impl Capture {
         // Everything the targets did is in the ring by now: drain it, then
         // close every connection.
         self.drain()?;
+        self.finish_connections()?;
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+        }
+        if let Some(child) = child.as_mut()
+            && exit_status.is_none()
+            && let Ok(Ok(status)) = tokio::time::timeout(STOP_GRACE, child.wait()).await
+        {
+            exit_status = Some(status);
+        }
+        self.summary(exit_status)
+    }
+
+    /// Finishes every connection at the end of the capture; those of processes
+    /// that exited first get the kernel's final sequence accounting.
+    fn finish_connections(&mut self) -> anyhow::Result<()> {
+        let mut finished = Vec::new();
+        for tgid in self.tracker.tgids() {
+            // Nothing of an exited process is in flight: its accounting is final.
+            if !is_alive(tgid) {
+                let done = end_sequences(&mut self.probes, &mut self.tracker, tgid);
+                let process = self.process(tgid);
+                finished.extend(done.into_iter().map(|d| (d, process.clone())));
+            }
+        }
+        self.record_all(finished)?;
         let now = sys::monotonic_ns();
         let finished = self
             .tracker
@@ -286,27 +344,43 @@ impl Capture {
                 (done, process)
             })
             .collect();
-        self.record_all(finished)?;
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.kill_all();
-        }
-        if let Some(child) = child.as_mut()
-            && exit_status.is_none()
-            && let Ok(Ok(status)) = tokio::time::timeout(STOP_GRACE, child.wait()).await
-        {
-            exit_status = Some(status);
-        }
+        self.record_all(finished)
+    }
+
+    /// The end-of-capture figures, once every exchange is written.
+    fn summary(&mut self, exit_status: Option<ExitStatus>) -> anyhow::Result<Summary> {
         let events_dropped: HashMap<_, _> = self
             .probes
             .drop_counts()?
             .into_iter()
             .map(|(reason, n): (DropReason, u64)| (reason.name(), n))
             .collect();
+        let recorded = self.recorder.finish().context("writing the snapshot")?;
+        let losses = self
+            .probes
+            .loss_totals()?
+            .into_iter()
+            .map(|(reason, totals)| {
+                let summary = LossSummary {
+                    calls: totals.calls,
+                    whole_calls: totals.whole_calls,
+                    chunks: totals.chunks,
+                    bytes: totals.bytes,
+                    exchanges_incomplete: recorded
+                        .incomplete_by_loss
+                        .get(reason.name())
+                        .copied()
+                        .unwrap_or(0),
+                };
+                (reason.name(), summary)
+            })
+            .collect();
         Ok(Summary {
-            recorded: self.recorder.finish().context("writing the snapshot")?,
+            recorded,
             connections: self.tracker.stats(),
             events_dropped_total: events_dropped.values().sum(),
             events_dropped,
+            losses,
             undecodable_records: self.undecodable,
             exit_code: exit_status.map(|status| i32::from(exit_code(status))),
             probes: self.probes.placed().to_vec(),
@@ -361,6 +435,7 @@ impl Capture {
             tracker,
             processes,
             undecodable,
+            probes,
             ..
         } = self;
         let ring = ring.get_mut();
@@ -369,21 +444,36 @@ impl Capture {
                 Ok(Event::Data(data)) => {
                     // Read /proc now, while the process surely exists.
                     let process = known(processes, data.tgid);
-                    let done = tracker.on_data(&data);
+                    let mut done = match data_sequence(&item) {
+                        Some(sequence) => tracker.on_sequence(&data, sequence),
+                        None => Vec::new(),
+                    };
+                    done.extend(tracker.on_data(&data));
                     finished.extend(done.into_iter().map(|d| (d, process.clone())));
                     continue;
                 }
                 Ok(Event::Sni { tgid, ssl, name }) => {
                     tracker.on_sni(tgid, ssl, name, sys::monotonic_ns())
                 }
-                Ok(Event::Free { tgid, ssl, at_ns }) => tracker.on_free(tgid, ssl, at_ns),
+                Ok(Event::Free {
+                    tgid,
+                    ssl,
+                    at_ns,
+                    ends,
+                }) => {
+                    let mut done = tracker.on_end(tgid, ssl, ends);
+                    done.extend(tracker.on_free(tgid, ssl, at_ns));
+                    done
+                }
+                Ok(Event::Loss(loss)) => tracker.on_loss(&loss),
                 Ok(Event::Connect { tgid, fd, peer }) => {
                     tracker.on_connect(tgid, fd, peer);
                     continue;
                 }
                 Ok(Event::Exec { tgid }) => {
                     // The old program's TLS connections died with its image.
-                    let done = tracker.finish_process(tgid, sys::monotonic_ns());
+                    let mut done = end_sequences(probes, tracker, tgid);
+                    done.extend(tracker.finish_process(tgid, sys::monotonic_ns()));
                     let before = known(processes, tgid);
                     finished.extend(done.into_iter().map(|d| (d, before.clone())));
                     processes.insert(tgid, process_info(tgid));
@@ -467,9 +557,9 @@ impl Capture {
             self.drain()?;
         }
         for tgid in exited {
-            let finished = self
-                .tracker
-                .finish_process(tgid, sys::monotonic_ns())
+            let mut done = end_sequences(&mut self.probes, &mut self.tracker, tgid);
+            done.extend(self.tracker.finish_process(tgid, sys::monotonic_ns()));
+            let finished = done
                 .into_iter()
                 .map(|done| {
                     let process = self.process(tgid);
@@ -486,24 +576,54 @@ impl Capture {
         })
     }
 
-    /// Records finished exchanges. The kernel's lost-byte count of each one's
-    /// connection flags it when the count rose since that connection's last
-    /// record and the tracker flagged nothing: calls of which no chunk arrived
-    /// leave no gap (see [`LOST`]). An exchange already flagged keeps its one
-    /// reason.
+    /// Records finished exchanges.
     fn record_all(&mut self, finished: Vec<Finished>) -> anyhow::Result<()> {
         for (done, process) in finished {
-            let lost_now = self.probes.lost_bytes(done.tgid, done.ssl).unwrap_or(0);
-            let seen = self.lost_seen.entry((done.tgid, done.ssl)).or_insert(0);
-            let lost = (lost_now > *seen && done.exchange.incomplete.is_none())
-                .then(|| http1::lost_reason(None, LOST));
-            *seen = lost_now;
             self.recorder
-                .record(done, process, lost)
+                .record(done, process)
                 .context("writing the snapshot")?;
         }
         Ok(())
     }
+}
+
+/// Hands the kernel's final sequence accounting of each connection of
+/// `tgid`, which has exited or exec'd, to the tracker (see
+/// [`Tracker::on_end`]); a connection freed with its `SSL_free` was handed
+/// over with that event already.
+fn end_sequences(probes: &mut Probes, tracker: &mut Tracker, tgid: u32) -> Vec<ConnectionExchange> {
+    let mut done = Vec::new();
+    for ssl in tracker.connections_of(tgid) {
+        let mut ends = [SequenceEnd::default(); 2];
+        for (end, direction) in ends.iter_mut().zip([Direction::Write, Direction::Read]) {
+            match probes.take_conn_loss(tgid, ssl, direction) {
+                Ok(Some(loss)) => {
+                    *end = SequenceEnd {
+                        next_seq: loss.next_seq,
+                        lost: loss.pending,
+                        lost_bytes: loss.bytes,
+                    };
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!("{:#}", anyhow::Error::new(error)),
+            }
+        }
+        done.extend(tracker.on_end(tgid, ssl, ends));
+    }
+    done
+}
+
+/// Refuses map sizes the kernel would reject, before anything is loaded.
+fn check_sizes(sizes: MapSizes) -> anyhow::Result<()> {
+    if let Some(bytes) = sizes.ring_bytes
+        && (bytes < 4096 || !bytes.is_power_of_two())
+    {
+        anyhow::bail!("--ring-size {bytes}: a power of two of at least 4096 bytes is needed");
+    }
+    if sizes.call_table == Some(0) {
+        anyhow::bail!("--call-table-size 0: at least one entry is needed");
+    }
+    Ok(())
 }
 
 /// Checks what `--pid`, `--cgroup` or `-- CMD` names, before anything is

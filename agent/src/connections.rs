@@ -6,11 +6,11 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use llmsim_ebpf_common::Direction;
+use llmsim_ebpf_common::{Direction, DropReason};
 use llmsim_snapshot::model::HttpVersion;
 
 use crate::{
-    events::Data,
+    events::{Data, Loss, Sequence, SequenceEnd},
     http1::{self, Http1Connection},
     http2::{self, Http2Connection},
 };
@@ -60,17 +60,59 @@ pub struct TrackerStats {
     pub joined_connections: u64,
     /// Plaintext bytes seen.
     pub plaintext_bytes: u64,
+    /// Calls of which no byte arrived, seen as skipped sequence numbers or
+    /// reported by the kernel; the kernel's `whole_calls` of every drop reason
+    /// add up to this.
+    pub whole_calls_lost: u64,
+    /// Bytes the kernel could not deliver, as it attributed them to the
+    /// connections that ended (freed, or their process exited).
+    pub lost_bytes_attributed: u64,
 }
 
 /// Why an exchange is flagged when the kernel could not deliver some of its
-/// bytes. The kernel stops emitting a call's chunks at the first it cannot
-/// deliver and adds the rest to the connection's count in `LOST_BYTES`. A call
-/// cut short shows here as a gap, which says which exchange and which way, and
-/// resynchronizes the parser: that flag is authoritative. A call of which no
-/// chunk arrived leaves no gap and shows only in the count, which capture reads
-/// as it records each exchange and uses to flag an exchange nothing else
-/// flagged. Both give this reason, through [`http1::lost_reason`].
+/// bytes and did not say why: a call cut short shows as a gap in its chunks'
+/// offsets, which says which exchange and which way, and resynchronizes the
+/// parser. When the kernel says why (a loss record, the bits on a later chunk,
+/// skipped sequence numbers), the reason is one of [`loss_why`]'s, which
+/// start with this text.
 pub const LOST: &str = "the kernel could not deliver part of a TLS read or write";
+
+/// Why an exchange is flagged when the kernel could not deliver some of its
+/// bytes for `reason`.
+pub const fn loss_why(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::RingFull => {
+            "the kernel could not deliver part of a TLS read or write: the ring buffer was full"
+        }
+        DropReason::CopyFailed => {
+            "the kernel could not deliver part of a TLS read or write: the process's buffer could not be read"
+        }
+        DropReason::ChunkCap => {
+            "the kernel could not deliver part of a TLS read or write: one call was larger than 64 MiB"
+        }
+        DropReason::MissingEntry => {
+            "the kernel could not deliver part of a TLS read or write: the table of calls in progress was full"
+        }
+    }
+}
+
+/// Which drop reason an exchange's `incomplete` text names, if any.
+pub fn loss_reason_of(incomplete: &str) -> Option<DropReason> {
+    DropReason::ALL
+        .into_iter()
+        .find(|&reason| incomplete.ends_with(loss_why(reason)))
+}
+
+/// The reason named by `bits` ([`DropReason::bit`]); a call lost whole with
+/// no bit set lost its entry in the call table, the one loss the kernel
+/// cannot attribute itself.
+fn reason_of_bits(bits: u32) -> DropReason {
+    DropReason::ALL
+        .into_iter()
+        .find(|reason| bits & reason.bit() != 0)
+        .unwrap_or(DropReason::MissingEntry)
+}
+
 /// Why an exchange is flagged when the capture began in its middle.
 const JOINED: &str = "the capture began in the middle of this exchange";
 
@@ -146,6 +188,8 @@ struct Connection {
 pub struct Tracker {
     connections: HashMap<(u32, u64), Connection>,
     peers: HashMap<(u32, i32), SocketAddr>,
+    /// The sequence number expected next, per (process, connection, direction).
+    sequences: HashMap<(u32, u64, u32), u64>,
     stats: TrackerStats,
 }
 
@@ -180,6 +224,131 @@ impl Tracker {
     /// may name a new one from now on).
     pub fn on_free(&mut self, tgid: u32, ssl: u64, now_ns: u64) -> Vec<ConnectionExchange> {
         self.finish_connection(tgid, ssl, now_ns)
+    }
+
+    /// The sequence of a call's first chunk, before the chunk goes to
+    /// [`Tracker::on_data`]: numbers skipped since the direction's last call
+    /// are calls lost whole, which flag the exchange they belonged to with the
+    /// reason the chunk carries (or the call table's, when it carries none).
+    pub fn on_sequence(&mut self, data: &Data<'_>, sequence: Sequence) -> Vec<ConnectionExchange> {
+        if data.offset != 0 {
+            return Vec::new();
+        }
+        let key = (data.tgid, data.ssl, data.direction as u32);
+        let expected = self.sequences.insert(key, sequence.seq + 1).unwrap_or(0);
+        if sequence.seq <= expected {
+            // Below: the kernel's accounting entry was evicted and restarted.
+            // Equal with bits set: a call cut short whose report was lost,
+            // which the chunk offsets flag.
+            return Vec::new();
+        }
+        self.stats.whole_calls_lost += sequence.seq - expected;
+        self.mark_lost(
+            data.tgid,
+            data.ssl,
+            data.direction,
+            reason_of_bits(sequence.lost),
+        )
+    }
+
+    /// The kernel could not deliver some of a call: flags its exchange now.
+    pub fn on_loss(&mut self, loss: &Loss) -> Vec<ConnectionExchange> {
+        self.sequences
+            .insert((loss.tgid, loss.ssl, loss.direction as u32), loss.seq + 1);
+        if loss.delivered == 0 {
+            self.stats.whole_calls_lost += 1;
+        }
+        let conn = self.connections.entry((loss.tgid, loss.ssl)).or_default();
+        if let Some((dir, len, got)) = conn.call.as_mut()
+            && *dir == loss.direction
+            && loss.delivered > 0
+        {
+            // Accounted for here: not a gap for the offsets to flag again.
+            *got = *len;
+        }
+        self.mark_lost(loss.tgid, loss.ssl, loss.direction, loss.reason)
+    }
+
+    /// How both directions of a connection ended, from the kernel, before
+    /// the connection is finished: calls lost at the end show as numbers
+    /// skipped, a call cut short at the end as bits whose report was lost.
+    pub fn on_end(
+        &mut self,
+        tgid: u32,
+        ssl: u64,
+        ends: [SequenceEnd; 2],
+    ) -> Vec<ConnectionExchange> {
+        let mut done = Vec::new();
+        for (direction, end) in [(Direction::Write, ends[0]), (Direction::Read, ends[1])] {
+            self.stats.lost_bytes_attributed += end.lost_bytes;
+            let expected = self
+                .sequences
+                .remove(&(tgid, ssl, direction as u32))
+                .unwrap_or(0);
+            let cut_short = self.connections.get(&(tgid, ssl)).is_some_and(
+                |conn| matches!(conn.call, Some((dir, len, got)) if dir == direction && got < len),
+            );
+            if end.next_seq > expected {
+                self.stats.whole_calls_lost += end.next_seq - expected;
+            } else if !(cut_short && end.lost != 0) {
+                continue;
+            }
+            if let Some(conn) = self.connections.get_mut(&(tgid, ssl))
+                && let Some((dir, len, got)) = conn.call.as_mut()
+                && *dir == direction
+            {
+                *got = *len;
+            }
+            done.extend(self.mark_lost(tgid, ssl, direction, reason_of_bits(end.lost)));
+        }
+        done
+    }
+
+    /// Flags what `direction` of a connection was carrying as lost for `reason`.
+    fn mark_lost(
+        &mut self,
+        tgid: u32,
+        ssl: u64,
+        direction: Direction,
+        reason: DropReason,
+    ) -> Vec<ConnectionExchange> {
+        let conn = self.connections.entry((tgid, ssl)).or_default();
+        if conn.skipped {
+            return Vec::new();
+        }
+        let done = conn.http.mark_lost(direction, loss_why(reason));
+        self.finished(tgid, ssl, done)
+    }
+
+    /// Exchanges of a live connection, with what is known about it.
+    fn finished(&self, tgid: u32, ssl: u64, done: Vec<http1::Exchange>) -> Vec<ConnectionExchange> {
+        let Some(conn) = self.connections.get(&(tgid, ssl)) else {
+            return Vec::new();
+        };
+        let (sni, peer, http_version) = (
+            conn.sni.clone(),
+            self.peer_of(tgid, ssl),
+            conn.http.version(),
+        );
+        done.into_iter()
+            .map(|exchange| ConnectionExchange {
+                tgid,
+                ssl,
+                sni: sni.clone(),
+                peer,
+                http_version,
+                exchange,
+            })
+            .collect()
+    }
+
+    /// The connections of a process.
+    pub fn connections_of(&self, tgid: u32) -> Vec<u64> {
+        self.connections
+            .keys()
+            .filter(|(t, _)| *t == tgid)
+            .map(|(_, ssl)| *ssl)
+            .collect()
     }
 
     /// A traced thread connected `fd` to `peer`.
@@ -279,18 +448,7 @@ impl Tracker {
                 conn.skipped = true;
             }
         }
-        let http_version = conn.http.version();
-        let (sni, peer) = (conn.sni.clone(), self.peer_of(data.tgid, data.ssl));
-        done.into_iter()
-            .map(|exchange| ConnectionExchange {
-                tgid: data.tgid,
-                ssl: data.ssl,
-                sni: sni.clone(),
-                peer,
-                http_version,
-                exchange,
-            })
-            .collect()
+        self.finished(data.tgid, data.ssl, done)
     }
 
     fn peer_of(&self, tgid: u32, ssl: u64) -> Option<SocketAddr> {
@@ -300,6 +458,10 @@ impl Tracker {
 
     fn finish_connection(&mut self, tgid: u32, ssl: u64, now_ns: u64) -> Vec<ConnectionExchange> {
         let peer = self.peer_of(tgid, ssl);
+        for direction in [Direction::Write, Direction::Read] {
+            // The kernel starts a reused identity afresh.
+            self.sequences.remove(&(tgid, ssl, direction as u32));
+        }
         let Some(mut conn) = self.connections.remove(&(tgid, ssl)) else {
             return Vec::new();
         };
@@ -340,6 +502,7 @@ impl Tracker {
             .copied()
             .collect();
         self.peers.retain(|(t, _), _| *t != tgid);
+        self.sequences.retain(|(t, _, _), _| *t != tgid);
         keys.into_iter()
             .flat_map(|(t, ssl)| self.finish_connection(t, ssl, now_ns))
             .collect()
@@ -605,5 +768,130 @@ mod tests {
         assert!(could_start_response(b"HTTP/1.1 200 OK\r\n"));
         assert!(!could_start_response(b""));
         assert!(!could_start_response(b"127\r\ndata"));
+    }
+
+    /// One whole call with its sequence, as capture hands it over.
+    fn sequenced(
+        tracker: &mut Tracker,
+        direction: Direction,
+        bytes: &[u8],
+        seq: u64,
+        lost: u32,
+    ) -> Vec<ConnectionExchange> {
+        let data = Data {
+            tgid: 7,
+            tid: 7,
+            ssl: SSL,
+            direction,
+            start_ns: seq,
+            end_ns: seq,
+            call_len: bytes.len() as u64,
+            offset: 0,
+            fd: None,
+            bytes,
+        };
+        let mut done = tracker.on_sequence(&data, Sequence { seq, lost });
+        done.extend(tracker.on_data(&data));
+        done
+    }
+
+    #[test]
+    fn a_skipped_sequence_number_flags_the_exchange_with_its_reason() {
+        // The response's first read was lost whole: its number never arrives.
+        let mut tracker = Tracker::default();
+        assert!(sequenced(&mut tracker, Direction::Write, REQUEST, 0, 0).is_empty());
+        let head_end = RESPONSE.len() - 2;
+        assert!(sequenced(&mut tracker, Direction::Read, &RESPONSE[..head_end], 0, 0).is_empty());
+        let done = sequenced(&mut tracker, Direction::Read, b"}", 2, 0);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(
+            done[0].exchange.incomplete.as_deref(),
+            Some(
+                "response bytes lost: the kernel could not deliver part of a TLS read or write: the table of calls in progress was full"
+            )
+        );
+        assert_eq!(tracker.stats().whole_calls_lost, 1);
+
+        // With the reason's bit on the next chunk, that reason.
+        let mut tracker = Tracker::default();
+        let head = &REQUEST[..REQUEST.len() - 2];
+        assert!(sequenced(&mut tracker, Direction::Write, head, 0, 0).is_empty());
+        let ring = DropReason::RingFull.bit();
+        let mut done = sequenced(&mut tracker, Direction::Write, b"{}", 2, ring);
+        done.extend(call(&mut tracker, Direction::Read, RESPONSE, 1 << 14, 9));
+        done.extend(tracker.finish_all(10));
+        assert!(!done.is_empty());
+        assert_eq!(
+            done[0].exchange.incomplete.as_deref(),
+            Some(
+                "request bytes lost: the kernel could not deliver part of a TLS read or write: the ring buffer was full"
+            )
+        );
+        assert_eq!(tracker.stats().whole_calls_lost, 1);
+        assert_eq!(
+            loss_reason_of(done[0].exchange.incomplete.as_deref().unwrap()),
+            Some(DropReason::RingFull)
+        );
+    }
+
+    #[test]
+    fn a_loss_record_flags_at_once_and_calls_lost_at_the_end_flag_on_free() {
+        // A request body whose copy failed: flagged before the response comes.
+        let mut tracker = Tracker::default();
+        let head = &REQUEST[..REQUEST.len() - 2];
+        assert!(sequenced(&mut tracker, Direction::Write, head, 0, 0).is_empty());
+        tracker.on_loss(&Loss {
+            tgid: 7,
+            ssl: SSL,
+            direction: Direction::Write,
+            seq: 1,
+            delivered: 0,
+            lost_bytes: 2,
+            reason: DropReason::CopyFailed,
+        });
+        let mut done = sequenced(&mut tracker, Direction::Read, RESPONSE, 0, 0);
+        done.extend(tracker.finish_all(5));
+        assert_eq!(
+            done[0].exchange.incomplete.as_deref(),
+            Some(
+                "request bytes lost: the kernel could not deliver part of a TLS read or write: the process's buffer could not be read"
+            )
+        );
+        assert_eq!(tracker.stats().whole_calls_lost, 1);
+
+        // A close-delimited response whose last read was lost whole: the free says so.
+        let mut tracker = Tracker::default();
+        assert!(sequenced(&mut tracker, Direction::Write, REQUEST, 0, 0).is_empty());
+        let open_ended = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nsome";
+        assert!(sequenced(&mut tracker, Direction::Read, open_ended, 0, 0).is_empty());
+        let mut done = tracker.on_end(
+            7,
+            SSL,
+            [
+                SequenceEnd {
+                    next_seq: 1,
+                    lost: 0,
+                    lost_bytes: 0,
+                },
+                SequenceEnd {
+                    next_seq: 2,
+                    lost: 0,
+                    lost_bytes: 0,
+                },
+            ],
+        );
+        done.extend(tracker.on_free(7, SSL, 6));
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(
+            done[0].exchange.incomplete.as_deref(),
+            Some(
+                "response bytes lost: the kernel could not deliver part of a TLS read or write: the table of calls in progress was full"
+            )
+        );
+        // A later connection on the same pointer starts its numbers afresh.
+        assert!(sequenced(&mut tracker, Direction::Write, REQUEST, 0, 0).is_empty());
+        let done = sequenced(&mut tracker, Direction::Read, RESPONSE, 0, 0);
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(done[0].exchange.incomplete.is_none(), "{done:?}");
     }
 }

@@ -5,7 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use llmsim_ebpf_common::{
-    ConnectEvent, DataEvent, Direction, EventHeader, EventKind, FreeEvent, SNI_LEN, SniEvent,
+    ConnectEvent, DataEvent, Direction, DropReason, EventHeader, EventKind, FreeEvent, LossEvent,
+    SNI_LEN, SniEvent,
 };
 use std::mem::{offset_of, size_of};
 use thiserror::Error;
@@ -32,6 +33,12 @@ pub enum DecodeError {
     UnknownDirection {
         /// The direction field.
         direction: u32,
+    },
+    /// A drop reason this build does not know.
+    #[error("unknown drop reason {reason}")]
+    UnknownReason {
+        /// The reason field.
+        reason: u32,
     },
 }
 
@@ -62,7 +69,11 @@ pub enum Event<'a> {
         ssl: u64,
         /// Monotonic ns of the call.
         at_ns: u64,
+        /// How each direction's sequence ended, writes first.
+        ends: [SequenceEnd; 2],
     },
+    /// Some of one call's plaintext could not be delivered.
+    Loss(Loss),
     /// A traced thread connected a socket.
     Connect {
         /// Who.
@@ -99,6 +110,45 @@ pub struct Data<'a> {
     pub bytes: &'a [u8],
 }
 
+/// Where a chunk's call stands in its connection's direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sequence {
+    /// The call's sequence number; a number skipped is a call lost whole.
+    pub seq: u64,
+    /// [`DropReason`] bits of losses on this direction not reported otherwise.
+    pub lost: u32,
+}
+
+/// How one direction of a freed connection ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SequenceEnd {
+    /// The number the next call would have had: calls lost at the end show as a gap.
+    pub next_seq: u64,
+    /// [`DropReason`] bits of losses not reported otherwise.
+    pub lost: u32,
+    /// Bytes the kernel could not deliver in this direction.
+    pub lost_bytes: u64,
+}
+
+/// Some of one call's plaintext could not be delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loss {
+    /// Thread group id.
+    pub tgid: u32,
+    /// The connection.
+    pub ssl: u64,
+    /// Write or read.
+    pub direction: Direction,
+    /// The call's sequence number.
+    pub seq: u64,
+    /// Bytes of the call delivered, from its start.
+    pub delivered: u64,
+    /// Bytes of the call lost.
+    pub lost_bytes: u64,
+    /// Why.
+    pub reason: DropReason,
+}
+
 fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([b[at], b[at + 1]])
 }
@@ -109,6 +159,25 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut v = [0; 8];
     v.copy_from_slice(&b[at..at + 8]);
     u64::from_ne_bytes(v)
+}
+
+/// The [`Sequence`] of a data record (`None` for other records), read apart
+/// from [`decode`] so that [`Data`] stays what one chunk of bytes is.
+pub fn data_sequence(record: &[u8]) -> Option<Sequence> {
+    if record.len() < offset_of!(DataEvent, data)
+        || EventKind::from_u32(u32_at(record, offset_of!(EventHeader, kind)))
+            != Some(EventKind::Data)
+    {
+        return None;
+    }
+    Some(Sequence {
+        seq: u64_at(record, offset_of!(DataEvent, seq)),
+        lost: u32_at(record, offset_of!(DataEvent, lost)),
+    })
+}
+
+fn direction(raw: u32) -> Result<Direction, DecodeError> {
+    Direction::from_u32(raw).ok_or(DecodeError::UnknownDirection { direction: raw })
 }
 
 /// Decodes one record.
@@ -137,11 +206,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             need(data_at)?;
             let len = u32_at(record, offset_of!(DataEvent, len)) as usize;
             need(data_at + len)?;
-            let direction_raw = u32_at(record, offset_of!(DataEvent, direction));
-            let direction =
-                Direction::from_u32(direction_raw).ok_or(DecodeError::UnknownDirection {
-                    direction: direction_raw,
-                })?;
+            let direction = direction(u32_at(record, offset_of!(DataEvent, direction)))?;
             let fd = u32_at(record, offset_of!(DataEvent, fd)).cast_signed();
             Ok(Event::Data(Data {
                 tgid,
@@ -170,11 +235,11 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         Some(EventKind::Exec) => Ok(Event::Exec { tgid }),
         Some(EventKind::Free) => {
             need(size_of::<FreeEvent>())?;
-            Ok(Event::Free {
-                tgid,
-                ssl: u64_at(record, offset_of!(FreeEvent, ssl)),
-                at_ns: u64_at(record, offset_of!(EventHeader, timestamp_ns)),
-            })
+            Ok(decode_free(record, tgid))
+        }
+        Some(EventKind::Loss) => {
+            need(size_of::<LossEvent>())?;
+            decode_loss(record, tgid)
         }
         Some(EventKind::Connect) => {
             need(size_of::<ConnectEvent>())?;
@@ -196,4 +261,37 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         None => Err(DecodeError::UnknownKind { kind }),
     }
+}
+
+/// A [`FreeEvent`] of at least its size.
+fn decode_free(record: &[u8], tgid: u32) -> Event<'_> {
+    let end = |i: usize| SequenceEnd {
+        next_seq: u64_at(record, offset_of!(FreeEvent, next_seq) + 8 * i),
+        lost: u32_at(record, offset_of!(FreeEvent, lost) + 4 * i),
+        lost_bytes: u64_at(record, offset_of!(FreeEvent, lost_bytes) + 8 * i),
+    };
+    Event::Free {
+        tgid,
+        ssl: u64_at(record, offset_of!(FreeEvent, ssl)),
+        at_ns: u64_at(record, offset_of!(EventHeader, timestamp_ns)),
+        ends: [end(0), end(1)],
+    }
+}
+
+/// A [`LossEvent`] of at least its size.
+fn decode_loss(record: &[u8], tgid: u32) -> Result<Event<'_>, DecodeError> {
+    let raw = u32_at(record, offset_of!(LossEvent, reason));
+    let reason = DropReason::ALL
+        .into_iter()
+        .find(|r| *r as u32 == raw)
+        .ok_or(DecodeError::UnknownReason { reason: raw })?;
+    Ok(Event::Loss(Loss {
+        tgid,
+        ssl: u64_at(record, offset_of!(LossEvent, ssl)),
+        direction: direction(u32_at(record, offset_of!(LossEvent, direction)))?,
+        seq: u64_at(record, offset_of!(LossEvent, seq)),
+        delivered: u64_at(record, offset_of!(LossEvent, delivered)),
+        lost_bytes: u64_at(record, offset_of!(LossEvent, lost_bytes)),
+        reason,
+    }))
 }

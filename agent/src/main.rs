@@ -97,6 +97,12 @@ struct CaptureArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Testing only: bytes of the kernel's ring buffer (a power of two).
+    #[arg(long, value_name = "BYTES", hide = true)]
+    ring_size: Option<u32>,
+    /// Testing only: entries of the kernel's table of TLS calls in progress.
+    #[arg(long, value_name = "N", hide = true)]
+    call_table_size: Option<u32>,
     /// Run this command in a fresh cgroup and capture its whole process tree.
     #[arg(last = true, value_name = "CMD")]
     argv: Vec<OsString>,
@@ -213,6 +219,10 @@ fn capture(args: &CaptureArgs) -> ExitCode {
         hosts: args.hosts.clone(),
         any_host: args.any_host,
         quiet: false,
+        sizes: llmsim_kernel::object::MapSizes {
+            ring_bytes: args.ring_size,
+            call_table: args.call_table_size,
+        },
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -261,6 +271,9 @@ fn print_summary(summary: &Summary, json: bool) {
             String::new()
         },
     );
+    for line in summary.loss_lines() {
+        eprintln!("llmsim-agent: {line}");
+    }
     let connections = &summary.connections;
     if connections.http2_connections > 0 {
         eprintln!(

@@ -19,8 +19,10 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use llmsim_ebpf_common::{ConnKey, DROP_REASONS, DropReason, Filter, FilterMode, PlainDestination};
-use llmsim_kernel::object::{Object, ObjectError, Purpose, map_error, program_error};
+use llmsim_ebpf_common::{
+    ConnLoss, DROP_REASONS, DropReason, Filter, FilterMode, LossKey, LossTotals, PlainDestination,
+};
+use llmsim_kernel::object::{MapSizes, Object, ObjectError, Purpose, map_error, program_error};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -100,7 +102,12 @@ impl Probes {
     /// Loads the object and attaches the raw tracepoints. Uprobes come later,
     /// per TLS library, through [`Probes::attach_tls_library`].
     pub fn load() -> Result<Self, ProbeError> {
-        let mut object = Object::load(Purpose::Capture)?;
+        Self::load_sized(MapSizes::default())
+    }
+
+    /// Like [`Probes::load`], with the maps sized by `sizes`.
+    pub fn load_sized(sizes: MapSizes) -> Result<Self, ProbeError> {
+        let mut object = Object::load_sized(Purpose::Capture, sizes)?;
         for name in RAW_TRACEPOINTS {
             let program: &mut RawTracePoint = object.program_mut(name)?;
             program.load().map_err(program_error(name))?;
@@ -266,13 +273,48 @@ impl Probes {
         Ok(out)
     }
 
-    /// Plaintext bytes of one connection the kernel could not deliver.
-    pub fn lost_bytes(&mut self, tgid: u32, ssl: u64) -> Result<u64, ProbeError> {
-        let map: HashMap<_, ConnKey, u64> = self.object.map_mut("LOST_BYTES")?;
-        match map.get(&ConnKey { tgid, pad: 0, ssl }, 0) {
-            Ok(lost) => Ok(lost),
-            Err(MapError::KeyNotFound) => Ok(0),
-            Err(source) => Err(map_error("LOST_BYTES")(source).into()),
+    /// What each [`DropReason`] cost so far, summed over CPUs.
+    pub fn loss_totals(&mut self) -> Result<Vec<(DropReason, LossTotals)>, ProbeError> {
+        let totals: PerCpuArray<_, LossTotals> = self.object.map_mut("LOSS_TOTALS")?;
+        let mut out = Vec::with_capacity(DROP_REASONS as usize);
+        for reason in DropReason::ALL {
+            let per_cpu = totals
+                .get(&(reason as u32), 0)
+                .map_err(map_error("LOSS_TOTALS"))?;
+            let mut sum = LossTotals::default();
+            for cpu in per_cpu.iter() {
+                sum.calls += cpu.calls;
+                sum.whole_calls += cpu.whole_calls;
+                sum.chunks += cpu.chunks;
+                sum.bytes += cpu.bytes;
+            }
+            out.push((reason, sum));
+        }
+        Ok(out)
+    }
+
+    /// The sequence and loss accounting of one direction of one connection,
+    /// removed from the kernel's map: for a connection of a process that
+    /// exited, which nothing will touch again.
+    pub fn take_conn_loss(
+        &mut self,
+        tgid: u32,
+        ssl: u64,
+        direction: llmsim_ebpf_common::Direction,
+    ) -> Result<Option<ConnLoss>, ProbeError> {
+        let mut map: HashMap<_, LossKey, ConnLoss> = self.object.map_mut("CONN_LOSS")?;
+        let key = LossKey {
+            tgid,
+            direction: direction as u32,
+            conn: ssl,
+        };
+        match map.get(&key, 0) {
+            Ok(loss) => {
+                let _ = map.remove(&key);
+                Ok(Some(loss))
+            }
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(map_error("CONN_LOSS")(source).into()),
         }
     }
 }

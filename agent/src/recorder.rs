@@ -4,6 +4,7 @@
 //! figures for the summary.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
     sync::mpsc,
@@ -23,7 +24,10 @@ use llmsim_snapshot::{
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::{connections::ConnectionExchange, http1};
+use crate::{
+    connections::{ConnectionExchange, loss_reason_of},
+    http1,
+};
 
 /// Failures setting up or writing the snapshot.
 #[derive(Debug, Error)]
@@ -92,6 +96,9 @@ pub struct RecordStats {
     pub exchanges_written: u64,
     /// Of those, flagged incomplete.
     pub exchanges_incomplete: u64,
+    /// Of those, flagged because the kernel could not deliver some of their
+    /// bytes, per drop reason (`ring_full`, ...); absent reasons are 0.
+    pub incomplete_by_loss: BTreeMap<&'static str, u64>,
     /// Of those, made over HTTP/2.
     pub http2_exchanges_written: u64,
     /// Exchanges with hosts that are not recorded.
@@ -159,15 +166,13 @@ impl Recorder {
 
     /// Records one exchange if its host is wanted, or it was made over plain HTTP (only
     /// the destinations the user selected are read that way, whatever `Host` their
-    /// requests name). `lost` flags it incomplete. `process` is the process that made
-    /// it, as it was then.
+    /// requests name). `process` is the process that made it, as it was then.
     pub fn record(
         &mut self,
         done: ConnectionExchange,
         process: ProcessInfo,
-        lost: Option<String>,
     ) -> Result<(), RecorderError> {
-        let raw = self.raw_exchange(done, process, lost);
+        let raw = self.raw_exchange(done, process);
         if raw.scheme != Scheme::Http && !self.hosts.records(&raw.host()) {
             self.exchanges_ignored += 1;
             return Ok(());
@@ -187,12 +192,7 @@ impl Recorder {
     /// first write, dated by the wall clock, with its connection's HTTP version and the
     /// response's trailers (HTTP/2 trailers, gRPC's `grpc-status` among them, or a
     /// chunked HTTP/1.1 body's).
-    fn raw_exchange(
-        &self,
-        done: ConnectionExchange,
-        process: ProcessInfo,
-        lost: Option<String>,
-    ) -> RawExchange<Vec<u8>> {
+    fn raw_exchange(&self, done: ConnectionExchange, process: ProcessInfo) -> RawExchange<Vec<u8>> {
         let scheme = if is_plain_connection(done.ssl) {
             Scheme::Http
         } else {
@@ -245,7 +245,7 @@ impl Recorder {
             process,
             scheme,
             http_version,
-            incomplete: lost.or(incomplete),
+            incomplete,
         }
     }
 }
@@ -266,8 +266,11 @@ fn write_files(
         stats.usage.add_exchange(&exchange, &prices);
         stats.bytes_written += std::fs::metadata(&path).map_or(0, |m| m.len());
         stats.exchanges_written += 1;
-        if exchange.incomplete.is_some() {
+        if let Some(why) = &exchange.incomplete {
             stats.exchanges_incomplete += 1;
+            if let Some(reason) = loss_reason_of(why) {
+                *stats.incomplete_by_loss.entry(reason.name()).or_default() += 1;
+            }
         }
         if exchange.http_version == HttpVersion::Http2 {
             stats.http2_exchanges_written += 1;

@@ -40,6 +40,8 @@ pub enum EventKind {
     Connect = 4,
     /// A [`FreeEvent`]: a traced process freed an `SSL` object.
     Free = 5,
+    /// A [`LossEvent`]: some of a call's plaintext could not be delivered.
+    Loss = 6,
 }
 
 impl EventKind {
@@ -51,6 +53,7 @@ impl EventKind {
             3 => Some(Self::Exec),
             4 => Some(Self::Connect),
             5 => Some(Self::Free),
+            6 => Some(Self::Loss),
             _ => None,
         }
     }
@@ -87,7 +90,8 @@ pub enum DropReason {
     CopyFailed = 1,
     /// The call was larger than [`MAX_CHUNKS_PER_CALL`] chunks.
     ChunkCap = 2,
-    /// A return probe found no matching entry (the per-thread map was full).
+    /// A return probe found no matching entry: the call table (an LRU map)
+    /// was full and evicted the call's entry.
     MissingEntry = 3,
 }
 
@@ -99,6 +103,11 @@ impl DropReason {
         Self::ChunkCap,
         Self::MissingEntry,
     ];
+
+    /// This reason's bit in [`DataEvent::lost`] and [`FreeEvent::lost`].
+    pub const fn bit(self) -> u32 {
+        1 << self as u32
+    }
 
     /// A short name for reports.
     pub const fn name(self) -> &'static str {
@@ -155,10 +164,19 @@ pub struct DataEvent {
     pub fd: i32,
     /// Explicit padding.
     pub pad: u32,
+    /// The call's sequence number in its connection's direction: 0, 1, 2...
+    /// for the calls that moved bytes. A number skipped is a call of which no
+    /// chunk arrived.
+    pub seq: u64,
+    /// [`DropReason`] bits ([`DropReason::bit`]) of what this direction lost
+    /// since the chunk before this call's.
+    pub lost: u32,
+    /// Explicit padding.
+    pub pad2: u32,
     /// The plaintext.
     pub data: [u8; CHUNK_SIZE],
 }
-const _: () = assert!(size_of::<DataEvent>() == 24 + 48 + CHUNK_SIZE);
+const _: () = assert!(size_of::<DataEvent>() == 24 + 64 + CHUNK_SIZE);
 
 /// A host name set with `SSL_set_tlsext_host_name`, which OpenSSL implements
 /// as `SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, 0, name)`.
@@ -192,8 +210,39 @@ pub struct FreeEvent {
     pub header: EventHeader,
     /// The freed `SSL *`.
     pub ssl: u64,
+    /// Per direction (index `Direction - 1`): the sequence number the next
+    /// call would have had, so calls lost at the end show as a gap.
+    pub next_seq: [u64; 2],
+    /// Per direction: [`DropReason`] bits lost since the last chunk delivered.
+    pub lost: [u32; 2],
+    /// Per direction: bytes of the connection that could not be delivered.
+    pub lost_bytes: [u64; 2],
 }
-const _: () = assert!(size_of::<FreeEvent>() == 24 + 8);
+const _: () = assert!(size_of::<FreeEvent>() == 24 + 8 + 16 + 8 + 16);
+
+/// Some of one call's plaintext could not be delivered: sent right after the
+/// chunks that were, so userspace flags the exchange with the reason at once.
+/// When this record cannot be delivered either, the reason's bit rides on the
+/// direction's next chunk ([`DataEvent::lost`]) or on [`FreeEvent::lost`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct LossEvent {
+    /// `kind` is [`EventKind::Loss`].
+    pub header: EventHeader,
+    /// The connection (the `SSL *` for TLS).
+    pub ssl: u64,
+    /// The call's sequence number ([`DataEvent::seq`]).
+    pub seq: u64,
+    /// Bytes of the call that were delivered, from its start.
+    pub delivered: u64,
+    /// Bytes of the call that were not.
+    pub lost_bytes: u64,
+    /// A [`Direction`].
+    pub direction: u32,
+    /// A [`DropReason`].
+    pub reason: u32,
+}
+const _: () = assert!(size_of::<LossEvent>() == 24 + 40);
 
 /// A traced thread's `connect()` returned 0 or `-EINPROGRESS`.
 #[repr(C)]
@@ -216,20 +265,57 @@ pub struct ConnectEvent {
 }
 const _: () = assert!(size_of::<ConnectEvent>() == 24 + 32);
 
-/// Identifies one TLS connection: the `SSL *` within its process. Key of the
-/// `LOST_BYTES` map, which counts the plaintext bytes of that connection the
-/// kernel could not deliver, so userspace can flag the affected exchange.
+/// One direction of one connection: the key of the `CONN_LOSS` map. `conn`
+/// is the connection's identity within its process (the `SSL *` for TLS).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnKey {
+pub struct LossKey {
     /// Thread group id.
     pub tgid: u32,
+    /// A [`Direction`].
+    pub direction: u32,
+    /// The connection within the process.
+    pub conn: u64,
+}
+const _: () = assert!(size_of::<LossKey>() == 16);
+
+/// Sequence and loss accounting of one direction of one connection: the
+/// value of the `CONN_LOSS` map. The counters are added to atomically.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnLoss {
+    /// The sequence number the next call that moves bytes gets.
+    pub next_seq: u64,
+    /// Calls of which some bytes could not be delivered.
+    pub calls: u64,
+    /// Chunks that could not be delivered.
+    pub chunks: u64,
+    /// Bytes that could not be delivered.
+    pub bytes: u64,
+    /// [`DropReason`] bits lost since the last chunk delivered; handed to
+    /// userspace in the next [`DataEvent::lost`] or [`FreeEvent::lost`].
+    pub pending: u32,
     /// Explicit padding.
     pub pad: u32,
-    /// The `SSL *`.
-    pub ssl: u64,
 }
-const _: () = assert!(size_of::<ConnKey>() == 16);
+const _: () = assert!(size_of::<ConnLoss>() == 40);
+
+/// What one [`DropReason`] cost, summed over connections: one entry per
+/// reason in the `LOSS_TOTALS` per-CPU array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossTotals {
+    /// Calls of which some bytes were lost.
+    pub calls: u64,
+    /// Of those, calls of which no chunk was delivered (userspace sees them
+    /// as skipped sequence numbers).
+    pub whole_calls: u64,
+    /// Chunks lost (a call with no entry is not counted: its length is unknown).
+    pub chunks: u64,
+    /// Bytes lost (likewise).
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<LossTotals>() == 32);
 
 /// Which processes the probes report: the single entry of the `FILTER` array.
 #[repr(C)]
@@ -305,7 +391,7 @@ pub struct OriginalDestination {
 const _: () = assert!(size_of::<OriginalDestination>() == 24);
 
 /// Bit set in the connection id of a plain (not TLS) TCP connection, which stands
-/// where the `SSL *` does in [`DataEvent::ssl`], [`FreeEvent::ssl`] and [`ConnKey::ssl`]:
+/// where the `SSL *` does in [`DataEvent::ssl`], [`FreeEvent::ssl`] and [`LossKey::conn`]:
 /// the kernel numbers a selected socket's connection from its connect time, so it never
 /// collides with a user-space pointer (below 2^47).
 pub const PLAIN_CONNECTION: u64 = 1 << 63;
@@ -338,7 +424,9 @@ mod pod {
     // SAFETY: plain #[repr(C)] integer-only types with explicit padding.
     #![expect(unsafe_code, reason = "aya::Pod is an unsafe marker trait")]
     unsafe impl aya::Pod for super::Filter {}
-    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::LossKey {}
+    unsafe impl aya::Pod for super::ConnLoss {}
+    unsafe impl aya::Pod for super::LossTotals {}
     unsafe impl aya::Pod for super::RedirectConfig {}
     unsafe impl aya::Pod for super::OriginalDestination {}
     unsafe impl aya::Pod for super::PlainDestination {}

@@ -4,6 +4,15 @@
 //! destinations and execs. Only processes selected by the `FILTER` map are
 //! reported; everything that cannot be delivered is counted.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// The per-connection loss counters are added to atomically (see `emit`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        internal_features,
+        reason = "the BPF target has no AtomicU64; its fetch_add intrinsic is the atomic add"
+    )
+)]
 #![expect(
     clippy::needless_pass_by_value,
     reason = "aya's program macros hand each entry point its context by value"
@@ -13,6 +22,7 @@
     reason = "small helpers are inlined into each program so the verifier sees a bounds check and the access it guards in one function"
 )]
 
+mod emit;
 mod filter;
 mod maps;
 mod probes;

@@ -5,21 +5,30 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use llmsim_ebpf_common::{
-    ConnKey, DROP_REASONS, DropReason, Filter, OriginalDestination, PlainDestination,
-    RING_BUFFER_BYTES, RedirectConfig,
+    ConnLoss, DROP_REASONS, DropReason, Filter, LossKey, LossTotals, OriginalDestination,
+    PlainDestination, RING_BUFFER_BYTES, RedirectConfig,
 };
+
+use crate::emit::Call;
 
 /// Every record for userspace: data chunks, SNI, connects, execs.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUFFER_BYTES, 0);
 
-/// One `u64` per [`DropReason`]: events that could not be delivered.
+/// One `u64` per [`llmsim_ebpf_common::DropReason`]: events that could not be delivered.
 #[map]
 pub static DROP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
 
-/// Plaintext bytes of a connection that could not be delivered.
+/// One [`LossTotals`] per [`llmsim_ebpf_common::DropReason`]: the calls,
+/// chunks and bytes of plaintext it cost.
 #[map]
-pub static LOST_BYTES: LruHashMap<ConnKey, u64> = LruHashMap::with_max_entries(16_384, 0);
+pub static LOSS_TOTALS: PerCpuArray<LossTotals> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+
+/// Sequence numbers and lost plaintext of each direction of each connection.
+/// An LRU map: the entry of a connection that is never closed is evicted
+/// rather than kept for ever.
+#[map]
+pub static CONN_LOSS: LruHashMap<LossKey, ConnLoss> = LruHashMap::with_max_entries(65_536, 0);
 
 /// Which processes are reported; index 0 only. Written by userspace.
 #[map]
@@ -42,14 +51,59 @@ pub struct SslCall {
     /// `size_t *written` / `size_t *readbytes` of the `_ex` variants, or 0.
     pub out_len: u64,
     pub start_ns: u64,
+    /// The call's sequence number in its direction (see [`crate::emit::begin`]).
+    pub seq: u64,
     pub direction: u32,
     /// Socket fd of a nested read/write syscall, or -1.
     pub fd: i32,
+    /// Calls of the same kind on the same connection nested inside this one
+    /// and not yet returned (`SSL_read` calling `SSL_read_ex`, with both probed).
+    pub merged: u32,
+    /// Nonzero once the innermost call returned and emitted what it moved:
+    /// the outer returns only unwind.
+    pub done: u32,
 }
 
-/// Calls in progress, keyed by `bpf_get_current_pid_tgid()`.
+/// Key of [`SSL_CALLS`]: a thread, and how many of its calls in progress the
+/// call is nested in (a TLS library's callback can write while it reads).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CallKey {
+    pub pid_tgid: u64,
+    pub level: u64,
+}
+
+/// Deepest nesting of calls in progress on one thread that is believed; a
+/// deeper one means return probes were missed, and numbering starts again.
+pub const MAX_CALL_LEVELS: u32 = 8;
+
+/// Calls in progress. An LRU map: the entry of a call whose return probe
+/// never fires (its thread died inside it) is evicted in time instead of
+/// filling the table. When live calls fill it, the least recently entered
+/// one is evicted; its return finds no entry and its sequence number is never
+/// used, so userspace sees the gap. The size is set at load time.
 #[map]
-pub static SSL_CALLS: HashMap<u64, SslCall> = HashMap::with_max_entries(16_384, 0);
+pub static SSL_CALLS: LruHashMap<CallKey, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// How many calls each thread (`bpf_get_current_pid_tgid()`) has in
+/// progress: the level of its next call. LRU, like [`SSL_CALLS`].
+#[map]
+pub static SSL_CALL_LEVELS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
+
+/// The innermost call in progress on a thread, for the syscall probes to add
+/// its socket to.
+#[inline(always)]
+pub fn current_ssl_call(pid_tgid: u64) -> Option<*mut SslCall> {
+    // SAFETY: the value is copied.
+    let levels = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }.copied()?;
+    if levels == 0 || levels > MAX_CALL_LEVELS {
+        return None;
+    }
+    SSL_CALLS.get_ptr_mut(&CallKey {
+        pid_tgid,
+        level: u64::from(levels - 1),
+    })
+}
 
 /// A `connect()` in progress: its fd and user-space `sockaddr *`.
 #[repr(C)]
@@ -59,9 +113,10 @@ pub struct PendingConnect {
     pub addr: u64,
 }
 
-/// Connects in progress, keyed by `bpf_get_current_pid_tgid()`.
+/// Connects in progress, keyed by `bpf_get_current_pid_tgid()`; LRU, like
+/// [`SSL_CALLS`], for a thread that dies inside `connect()`.
 #[map]
-pub static CONNECTS: HashMap<u64, PendingConnect> = HashMap::with_max_entries(16_384, 0);
+pub static CONNECTS: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Destinations whose plaintext is copied from the socket syscalls (value unused).
 /// Written by userspace.
@@ -82,37 +137,29 @@ pub struct PlainSocket {
 #[map]
 pub static PLAIN_SOCKETS: LruHashMap<u64, PlainSocket> = LruHashMap::with_max_entries(16_384, 0);
 
-/// A read or write syscall in progress on a selected socket: the call as the TLS
-/// probes describe one, plus the syscall number, which says where the buffer is.
+/// A read or write syscall in progress on a selected socket: the call as
+/// [`crate::emit`] takes one, plus the syscall number, which says where the
+/// buffer is.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PlainCall {
-    pub call: SslCall,
+    pub call: Call,
     pub syscall: u64,
     /// The iovec count of `readv`/`writev` (for `sendmsg`/`recvmsg`, read from the `msghdr`).
     pub iovcnt: u64,
 }
 
-/// Syscalls in progress on selected sockets, keyed by `bpf_get_current_pid_tgid()`.
+/// Syscalls in progress on selected sockets, keyed by `bpf_get_current_pid_tgid()`;
+/// LRU, like [`SSL_CALLS`], for a thread that dies inside a syscall.
 #[map]
-pub static PLAIN_CALLS: HashMap<u64, PlainCall> = HashMap::with_max_entries(16_384, 0);
+pub static PLAIN_CALLS: LruHashMap<u64, PlainCall> = LruHashMap::with_max_entries(16_384, 0);
 
-/// Counts one undeliverable event.
+/// Counts one undeliverable event. Plaintext lost is accounted for by
+/// [`crate::emit`], which calls this too.
 pub fn count_drop(reason: DropReason) {
     if let Some(counter) = DROP_COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *counter += 1 };
-    }
-}
-
-/// Adds `bytes` to the connection's undelivered count.
-pub fn count_lost(key: &ConnKey, bytes: u64) {
-    match LOST_BYTES.get_ptr_mut(key) {
-        // SAFETY: the pointer is a live map value; a racing update only loses a count, never memory safety.
-        Some(lost) => unsafe { *lost += bytes },
-        None => {
-            let _ = LOST_BYTES.insert(key, &bytes, 0);
-        }
     }
 }
 
@@ -135,8 +182,16 @@ pub static REDIRECT_PLAIN: HashMap<PlainDestination, u8> = HashMap::with_max_ent
 pub static ORIGINAL_BY_COOKIE: LruHashMap<u64, OriginalDestination> =
     LruHashMap::with_max_entries(65_536, 0);
 
-/// Original destination of each redirected TCP connection, by the client's
-/// local port (host order), for replayd to look up when it accepts.
+/// Original destination of each open redirected TCP connection, by the
+/// client's local port (host order), for replayd to look up when it accepts.
 #[map]
 pub static ORIGINAL_BY_PORT: LruHashMap<u32, OriginalDestination> =
     LruHashMap::with_max_entries(65_536, 0);
+
+/// Original destinations of the last connections that closed before anyone
+/// asked for them, by local port, for a reader that asks late; a small LRU
+/// map, so those nobody asks for (DNS over TCP, refused connections) take
+/// bounded room. An open connection on the port replaces its entry.
+#[map]
+pub static ORIGINAL_OF_CLOSED: LruHashMap<u32, OriginalDestination> =
+    LruHashMap::with_max_entries(1_024, 0);

@@ -82,14 +82,30 @@ pub enum Purpose {
     Redirect,
 }
 
+/// Sizes of the capture's maps other than their built-in defaults, for tests
+/// that force the losses the capture must account for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Bytes of the `EVENTS` ring buffer: a power of two, at least a page.
+    pub ring_bytes: Option<u32>,
+    /// Entries of `SSL_CALLS`, the calls in progress.
+    pub call_table: Option<u32>,
+}
+
 /// The loaded object. Dropping it detaches every program attached from it.
 pub struct Object {
     ebpf: Ebpf,
 }
 
 impl Object {
-    /// Loads the object into the kernel; no program is loaded or attached yet.
+    /// Loads the object into the kernel with the maps' built-in sizes; no
+    /// program is loaded or attached yet.
     pub fn load(purpose: Purpose) -> Result<Self, ObjectError> {
+        Self::load_sized(purpose, MapSizes::default())
+    }
+
+    /// Loads the object with the capture's maps sized by `sizes`.
+    pub fn load_sized(purpose: Purpose, sizes: MapSizes) -> Result<Self, ObjectError> {
         let log = purpose == Purpose::Capture
             && tracing::enabled!(target: LOG_TARGET, tracing::Level::DEBUG);
         let level = if log { aya_log::Level::Debug as u8 } else { 0 };
@@ -97,6 +113,11 @@ impl Object {
         loader.override_global(aya_log::LEVEL, &level, true);
         if purpose == Purpose::Redirect {
             loader.map_max_entries("EVENTS", SMALLEST_RING_BYTES);
+        } else if let Some(bytes) = sizes.ring_bytes {
+            loader.map_max_entries("EVENTS", bytes);
+        }
+        if let Some(entries) = sizes.call_table {
+            loader.map_max_entries("SSL_CALLS", entries);
         }
         if !log {
             loader.map_max_entries(LOG_RING, SMALLEST_RING_BYTES);

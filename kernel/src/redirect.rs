@@ -2,7 +2,8 @@
 //! one cgroup, so that the cgroup's TCP connects to recorded hosts and to recorded
 //! plain-HTTP destinations (loopback ones included) reach replayd's listener and its DNS (to IPv4 and IPv6 nameservers) reaches
 //! replayd's responder, and reports each redirected connection's original
-//! destination. The hooks are `bpf_link` attachments owned by [`Redirect`]:
+//! destination; the kernel forgets it when the connection closes, whether it
+//! was asked for or not. The hooks are `bpf_link` attachments owned by [`Redirect`]:
 //! when it is dropped, or its process dies, the kernel removes them and the
 //! cgroup's traffic flows normally again.
 
@@ -172,15 +173,30 @@ impl Redirect {
     }
 
     /// The destination the app asked for, for a redirected connection accepted
-    /// from `client` (a loopback address whose port identifies the connection).
-    /// Each entry is handed out once.
+    /// from `client` (a loopback address whose port identifies the connection),
+    /// open or, among the last to close, closed. Each entry is handed out once.
     pub fn original_destination(&mut self, client: SocketAddr) -> Option<SocketAddr> {
-        let mut map: HashMap<&mut MapData, u32, OriginalDestination> =
-            self.object.map_mut("ORIGINAL_BY_PORT").ok()?;
         let key = u32::from(client.port());
-        let original = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        decode(&original)
+        ["ORIGINAL_BY_PORT", "ORIGINAL_OF_CLOSED"]
+            .into_iter()
+            .find_map(|name| {
+                let mut map: HashMap<&mut MapData, u32, OriginalDestination> =
+                    self.object.map_mut(name).ok()?;
+                let original = map.get(&key, 0).ok()?;
+                let _ = map.remove(&key);
+                Some(original)
+            })
+            .and_then(|original| decode(&original))
+    }
+
+    /// How many open connections' original destinations the kernel holds for
+    /// replayd (those not asked for yet); closed ones go to a small LRU map.
+    pub fn original_destinations_held(&mut self) -> Result<usize, ObjectError> {
+        let map: HashMap<&mut MapData, u32, OriginalDestination> =
+            self.object.map_mut("ORIGINAL_BY_PORT")?;
+        map.keys()
+            .try_fold(0, |held, key| key.map(|_| held + 1))
+            .map_err(map_error("ORIGINAL_BY_PORT"))
     }
 }
 

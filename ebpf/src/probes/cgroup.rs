@@ -5,13 +5,18 @@
 //! local model server's `127.0.0.1:11434` or `[::1]:11434`), go to replayd's listener, DNS (port 53, UDP and TCP) to its responder
 //! (for an IPv6 nameserver, its `::1` responder when it has one).
 //! `recvmsg4/6` and `getpeername4/6` put the original address back where the
-//! app looks; `sock_ops` hands replayd each connection's original destination.
+//! app looks; `sock_ops` hands replayd each connection's original destination,
+//! and moves it out of the map of open connections when the connection closes,
+//! whether replayd read it or not.
 //! Everything else passes untouched. Addresses and ports in `bpf_sock_addr`
 //! are in network byte order.
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::bpf_sock_addr,
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE, bpf_sock_addr,
+    },
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockOpsContext},
@@ -20,7 +25,9 @@ use llmsim_ebpf_common::{
     OriginalDestination, PlainDestination, REDIRECT_FLAG_ALL_HOSTS, RedirectConfig,
 };
 
-use crate::maps::{ORIGINAL_BY_COOKIE, ORIGINAL_BY_PORT, REDIRECT, REDIRECT_PLAIN, REDIRECT_V4};
+use crate::maps::{
+    ORIGINAL_BY_COOKIE, ORIGINAL_BY_PORT, ORIGINAL_OF_CLOSED, REDIRECT, REDIRECT_PLAIN, REDIRECT_V4,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -28,8 +35,6 @@ const SOCK_STREAM: u32 = 1;
 const SOCK_DGRAM: u32 = 2;
 /// Port 53 as `bpf_sock_addr` holds it: network order in the low 16 bits.
 const DNS_PORT: u32 = 53u16.to_be() as u32;
-/// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`: a client connection completed.
-const ACTIVE_ESTABLISHED: u32 = 4;
 /// The first three words of an IPv4-mapped IPv6 address, `::ffff:0:0/96`.
 const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, 0xffffu32.to_be()];
 /// cgroup hooks return 1 to let the syscall proceed.
@@ -157,16 +162,35 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 
 /// TCP state callbacks: when a redirected client connection is established its
 /// local port is known, so its original destination is filed under that port,
-/// where replayd finds it after `accept()`.
+/// where replayd finds it after `accept()`, and the connection's state changes
+/// are asked for. When it reaches `TCP_CLOSE` (after both sides closed, or a
+/// reset) its entries leave the maps of live sockets: one nobody asked for
+/// (DNS over TCP, a refused connection) goes to the small LRU map of closed
+/// connections instead of staying for ever.
 #[sock_ops]
 pub fn sock_ops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == ACTIVE_ESTABLISHED {
-        // SAFETY: a sock_ops context is a valid argument for the cookie helper.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let op = ctx.op();
+    if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB {
+        return 0;
+    }
+    // SAFETY: a sock_ops context is a valid argument for the cookie helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         // SAFETY: the value is copied before use.
         if let Some(original) = unsafe { ORIGINAL_BY_COOKIE.get(&cookie) }.copied() {
-            let _ = ORIGINAL_BY_PORT.insert(&ctx.local_port(), &original, 0);
+            let port = ctx.local_port();
+            let _ = ORIGINAL_BY_PORT.insert(&port, &original, 0);
+            let _ = ORIGINAL_OF_CLOSED.remove(&port);
+            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG).cast_signed());
         }
+    } else if ctx.arg(1) == BPF_TCP_CLOSE {
+        let port = ctx.local_port();
+        // SAFETY: the value is copied before the entry is removed.
+        if let Some(original) = unsafe { ORIGINAL_BY_PORT.get(&port) }.copied() {
+            let _ = ORIGINAL_OF_CLOSED.insert(&port, &original, 0);
+            let _ = ORIGINAL_BY_PORT.remove(&port);
+        }
+        let _ = ORIGINAL_BY_COOKIE.remove(&cookie);
     }
     0
 }

@@ -7,7 +7,9 @@
 //! address on the stack) corrupts Go programs. Instead, userspace (the agent's
 //! `placement` module) attaches [`go_tls_read_return`] to every `ret`
 //! instruction of `(*Conn).Read`, found by disassembly, and calls are keyed by
-//! goroutine (a goroutine may resume on another thread), not by thread.
+//! goroutine (a goroutine may resume on another thread), not by thread. As
+//! for every data source, a call takes its sequence number at entry and its
+//! plaintext goes through the one emit path (`crate::emit`).
 //!
 //! The entry probes sit on the `jbe` of the function's stack-bound check
 //! (`cmp 0x10(%r14),%rsp; jbe morestack`), which the kernel emulates. When the
@@ -27,17 +29,13 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe},
     maps::LruHashMap,
-    programs::{ProbeContext, RetProbeContext},
+    programs::ProbeContext,
 };
-use llmsim_ebpf_common::{Direction, DropReason, EventKind, FreeEvent};
+use llmsim_ebpf_common::{Direction, DropReason};
 
-use super::{
-    header,
-    ssl::{batched_wakeup, emit_chunks},
-};
 use crate::{
+    emit::{self, Call},
     filter::is_traced,
-    maps::{EVENTS, SslCall, count_drop},
 };
 
 /// Offset of the `net.Conn` interface's data word in `tls.Conn`.
@@ -62,7 +60,7 @@ struct GoroutineKey {
 /// `(*Conn).Read` calls in progress, from the entry probe to a `ret` probe.
 /// LRU: a goroutine that never returns (a panic) leaves an entry behind.
 #[map]
-static GO_TLS_READS: LruHashMap<GoroutineKey, SslCall> = LruHashMap::with_max_entries(16_384, 0);
+static GO_TLS_READS: LruHashMap<GoroutineKey, Call> = LruHashMap::with_max_entries(16_384, 0);
 
 /// `func (c *Conn) Write(b []byte) (int, error)` (`c` in `rax`, `b` in
 /// `rbx`/`rcx`), at its stack check's `jbe`; Go >= 1.17, kernel >= 5.17
@@ -72,11 +70,13 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     let Some(call) = entry(&ctx, Direction::Write) else {
         return 0;
     };
-    let ret = RetProbeContext::new(ctx.regs.cast());
+    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `regs` is the probe's own register frame.
     let len = unsafe { (*ctx.regs).rcx };
     if len > 0 {
-        emit_chunks(&ret, &call, bpf_get_current_pid_tgid(), len);
+        emit::emit(&call, pid_tgid, len);
+    } else {
+        emit::cancel((pid_tgid >> 32) as u32, &call);
     }
     0
 }
@@ -88,8 +88,11 @@ pub fn go_tls_read(ctx: ProbeContext) -> u32 {
     let Some(call) = entry(&ctx, Direction::Read) else {
         return 0;
     };
+    // An LRU map evicts instead of refusing; a call it refuses all the same
+    // is lost whole, its length unknown.
     if GO_TLS_READS.insert(&goroutine(&ctx), &call, 0).is_err() {
-        count_drop(DropReason::MissingEntry);
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        emit::lose_whole(tgid, &call, DropReason::MissingEntry, 0);
     }
     0
 }
@@ -101,14 +104,19 @@ pub fn go_tls_read_return(ctx: ProbeContext) -> u32 {
     let key = goroutine(&ctx);
     // SAFETY: the value is copied out before the entry is removed.
     let Some(call) = (unsafe { GO_TLS_READS.get(&key) }).copied() else {
+        if is_traced() {
+            emit::missing_entry();
+        }
         return 0;
     };
     let _ = GO_TLS_READS.remove(&key);
+    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: `regs` is the probe's own register frame.
     let n = unsafe { (*ctx.regs).rax }.cast_signed();
     if n > 0 {
-        let ret = RetProbeContext::new(ctx.regs.cast());
-        emit_chunks(&ret, &call, bpf_get_current_pid_tgid(), n.cast_unsigned());
+        emit::emit(&call, pid_tgid, n.cast_unsigned());
+    } else {
+        emit::cancel((pid_tgid >> 32) as u32, &call);
     }
     0
 }
@@ -121,32 +129,28 @@ pub fn go_tls_close(ctx: ProbeContext) -> u32 {
     if !is_traced() || to_morestack(&ctx) {
         return 0;
     }
-    let event = FreeEvent {
-        header: header(EventKind::Free),
-        // SAFETY: `regs` is the probe's own register frame.
-        ssl: unsafe { (*ctx.regs).rax },
-    };
-    if EVENTS.output(&event, batched_wakeup()).is_err() {
-        count_drop(DropReason::RingFull);
-    }
+    // SAFETY: `regs` is the probe's own register frame.
+    emit::end(unsafe { (*ctx.regs).rax });
     0
 }
 
-/// The call an entry probe sees, or None when the process is not traced or
-/// the stack check branches to `morestack` (the call starts again after it).
+/// The call an entry probe sees, with its sequence number, or None when the
+/// process is not traced or the stack check branches to `morestack` (the
+/// call starts again after it).
 #[inline(always)]
-fn entry(ctx: &ProbeContext, direction: Direction) -> Option<SslCall> {
+fn entry(ctx: &ProbeContext, direction: Direction) -> Option<Call> {
     if !is_traced() || to_morestack(ctx) {
         return None;
     }
     // SAFETY: `regs` is the probe's own register frame.
     let (conn, buf) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx) };
-    Some(SslCall {
-        ssl: conn,
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    Some(Call {
+        conn,
         buf,
-        out_len: 0,
         // SAFETY: plain helper call without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
+        seq: emit::begin(tgid, conn, direction as u32),
         direction: direction as u32,
         fd: socket_fd(conn),
     })

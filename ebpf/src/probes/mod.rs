@@ -15,7 +15,7 @@ use llmsim_ebpf_common::{EventHeader, EventKind};
     clippy::cast_possible_truncation,
     reason = "the low half of pid_tgid is the thread id"
 )]
-fn header(kind: EventKind) -> EventHeader {
+pub(crate) fn header(kind: EventKind) -> EventHeader {
     let pid_tgid = bpf_get_current_pid_tgid();
     EventHeader {
         kind: kind as u32,

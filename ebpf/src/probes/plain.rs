@@ -6,8 +6,9 @@
 //! A traced process's `connect()` to a selected destination marks the socket
 //! (`tgid`, fd) with a connection id; its read/write/readv/writev/sendto/recvfrom/
 //! sendmsg/recvmsg calls are then copied on return, `ret` bytes from the buffer (or
-//! iovecs) the call was given, through the same chunk records as the TLS probes; its
-//! `close()` ends the connection with a free record. Everything else costs one map
+//! iovecs) the call was given, through the one emit path the TLS probes use
+//! (`crate::emit`), which numbers each call and accounts for what it cannot
+//! deliver; its `close()` ends the connection there. Everything else costs one map
 //! lookup. An HTTP client writes first, and its first byte starts a method (or the
 //! HTTP/2 preface): an uppercase ASCII letter. A socket whose first copied call is a
 //! read, or whose first write starts with anything else, is unmarked at once; that
@@ -15,19 +16,14 @@
 //! plaintext is read at the TLS library, never as ciphertext here.
 
 use aya_ebpf::{
-    EbpfContext as _,
     cty::c_void,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_loop},
-    programs::RawTracePointContext,
 };
-use llmsim_ebpf_common::{
-    ConnKey, Direction, DropReason, EventKind, FreeEvent, PLAIN_CONNECTION, PlainDestination,
-};
+use llmsim_ebpf_common::{Direction, DropReason, PLAIN_CONNECTION, PlainDestination};
 
-use super::{header, ssl::emit_chunks};
-use crate::maps::{
-    EVENTS, PLAIN_CALLS, PLAIN_DESTINATIONS, PLAIN_SOCKETS, PlainCall, PlainSocket, SslCall,
-    count_drop, count_lost,
+use crate::{
+    emit::{self, Call},
+    maps::{PLAIN_CALLS, PLAIN_DESTINATIONS, PLAIN_SOCKETS, PlainCall, PlainSocket},
 };
 
 const SYS_WRITE: u64 = 1;
@@ -37,7 +33,7 @@ const SYS_SENDTO: u64 = 44;
 const SYS_SENDMSG: u64 = 46;
 const SYS_RECVMSG: u64 = 47;
 /// Most iovecs of one `readv`/`writev`/`sendmsg`/`recvmsg` copied; the bytes of the
-/// rest are counted as lost (HTTP clients pass two or three).
+/// rest are lost, for [`DropReason::ChunkCap`] (HTTP clients pass two or three).
 const MAX_IOVECS: u32 = 8;
 /// `offsetof(struct msghdr, msg_iov)` and `msg_iovlen` on `x86_64`.
 const MSG_IOV: u64 = 16;
@@ -126,76 +122,88 @@ pub fn enter(
         }
         _ => (pointer, 0),
     };
+    let tgid = (pid_tgid >> 32) as u32;
     let call = PlainCall {
-        call: SslCall {
-            ssl: socket.conn,
+        call: Call {
+            conn: socket.conn,
             buf,
-            out_len: 0,
             // SAFETY: plain helper call without arguments.
             start_ns: unsafe { bpf_ktime_get_ns() },
+            seq: emit::begin(tgid, socket.conn, direction as u32),
             direction: direction as u32,
             fd: fd as i32,
         },
         syscall: id,
         iovcnt,
     };
+    // An LRU map evicts instead of refusing; a call it refuses all the same
+    // is lost whole, its length unknown.
     if PLAIN_CALLS.insert(&pid_tgid, &call, 0).is_err() {
-        count_drop(DropReason::MissingEntry);
+        emit::lose_whole(tgid, &call.call, DropReason::MissingEntry, 0);
     }
     Ok(())
 }
 
-/// Exit of a syscall on this thread: copies what a remembered call moved.
+/// Exit of a syscall on this thread: hands what a remembered call moved to
+/// [`emit`], or gives its sequence number back when it moved nothing.
 #[inline(always)]
-pub fn exit(ctx: &RawTracePointContext, pid_tgid: u64, ret: i64) -> Result<(), i64> {
+pub fn exit(pid_tgid: u64, ret: i64) {
     // SAFETY: the value is copied out before the entry is removed.
     let Some(plain) = (unsafe { PLAIN_CALLS.get(&pid_tgid) }).copied() else {
-        return Ok(());
+        return;
     };
     let _ = PLAIN_CALLS.remove(&pid_tgid);
-    if ret <= 0 {
-        return Ok(());
-    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let call = plain.call;
+    let key = socket_key(pid_tgid, call.fd.cast_unsigned().into());
+    let socket = PLAIN_SOCKETS.get_ptr_mut(&key);
+    let (Some(socket), true) = (socket, ret > 0) else {
+        emit::cancel(tgid, &call);
+        return;
+    };
     let moved = ret.cast_unsigned();
     let iovecs = matches!(
         plain.syscall,
         SYS_READV | SYS_WRITEV | SYS_SENDMSG | SYS_RECVMSG
     );
-    let call = plain.call;
-    let key = socket_key(pid_tgid, call.fd.cast_unsigned().into());
-    let Some(socket) = PLAIN_SOCKETS.get_ptr_mut(&key) else {
-        return Ok(());
-    };
     // SAFETY: a live map value; only this process's threads use its sockets.
     if unsafe { (*socket).wrote } == 0 {
         let first = if call.direction != Direction::Write as u32 {
-            0
+            Ok(0)
         } else if iovecs {
             // SAFETY: user pointers read fault-tolerantly.
-            let iov = unsafe { bpf_probe_read_user(call.buf as *const Iovec) }?;
-            unsafe { bpf_probe_read_user(iov.base as *const u8) }?
+            unsafe { bpf_probe_read_user(call.buf as *const Iovec) }
+                .and_then(|iov| unsafe { bpf_probe_read_user(iov.base as *const u8) })
         } else {
             // SAFETY: as above.
-            unsafe { bpf_probe_read_user(call.buf as *const u8) }?
+            unsafe { bpf_probe_read_user(call.buf as *const u8) }
+        };
+        let Ok(first) = first else {
+            // Nothing of the connection was emitted yet: its next write is
+            // taken for its first.
+            emit::cancel(tgid, &call);
+            return;
         };
         if !first.is_ascii_uppercase() {
             let _ = PLAIN_SOCKETS.remove(&key);
-            return Ok(());
+            emit::forget(tgid, call.conn);
+            return;
         }
         // SAFETY: as above.
         unsafe { (*socket).wrote = 1 };
     }
     if !iovecs {
-        emit_chunks(ctx, &call, pid_tgid, moved);
-        return Ok(());
+        emit::emit(&call, pid_tgid, moved);
+        return;
     }
     let mut state = IovecLoop {
-        ctx: ctx.as_ptr(),
         call,
         pid_tgid,
         iov: call.buf,
         iovcnt: plain.iovcnt,
         left: moved,
+        emitted: 0,
+        failed: DropReason::ChunkCap as u32,
     };
     // SAFETY: the callback is a BPF subprogram taking `&mut IovecLoop` as its context.
     unsafe {
@@ -207,33 +215,38 @@ pub fn exit(ctx: &RawTracePointContext, pid_tgid: u64, ret: i64) -> Result<(), i
         );
     }
     if state.left > 0 {
-        count_drop(DropReason::ChunkCap);
-        let key = ConnKey {
-            tgid: (pid_tgid >> 32) as u32,
-            pad: 0,
-            ssl: call.ssl,
+        let mut unsent = call;
+        if state.emitted != 0 {
+            unsent.seq = emit::begin(tgid, call.conn, call.direction);
+        }
+        let reason = if state.failed == DropReason::CopyFailed as u32 {
+            DropReason::CopyFailed
+        } else {
+            DropReason::ChunkCap
         };
-        count_lost(&key, state.left);
+        emit::lose_whole(tgid, &unsent, reason, state.left);
     }
-    Ok(())
 }
 
 /// State of the iovec loop of [`exit`], shared with the `bpf_loop` callback.
 #[repr(C)]
 struct IovecLoop {
-    /// The tracepoint's context, for the chunk loop's log lines.
-    ctx: *mut c_void,
-    call: SslCall,
+    /// The call; its sequence number is the first emitted iovec's.
+    call: Call,
     pid_tgid: u64,
     /// The iovec array.
     iov: u64,
     iovcnt: u64,
     /// Bytes of the call not emitted yet.
     left: u64,
+    /// Nonzero once an iovec was handed to [`emit::emit`].
+    emitted: u32,
+    /// The [`DropReason`] of the bytes left when the loop stops.
+    failed: u32,
 }
 
-/// One `bpf_loop` iteration: emits iovec `index` (as a call of its own, in order);
-/// returns 1 to stop.
+/// One `bpf_loop` iteration: emits iovec `index` as a call of its own, in
+/// order, with a sequence number of its own; returns 1 to stop.
 extern "C" fn iovec_step(index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `IovecLoop` on the caller's stack.
     let state = unsafe { &mut *ctx.cast::<IovecLoop>() };
@@ -243,6 +256,7 @@ extern "C" fn iovec_step(index: u32, ctx: *mut c_void) -> i64 {
     }
     // SAFETY: user pointers read fault-tolerantly.
     let Ok(iov) = (unsafe { bpf_probe_read_user((state.iov + index * 16) as *const Iovec) }) else {
+        state.failed = DropReason::CopyFailed as u32;
         return 1;
     };
     let len = if iov.len < state.left {
@@ -253,12 +267,11 @@ extern "C" fn iovec_step(index: u32, ctx: *mut c_void) -> i64 {
     if len > 0 {
         let mut call = state.call;
         call.buf = iov.base;
-        emit_chunks(
-            &RawTracePointContext::new(state.ctx),
-            &call,
-            state.pid_tgid,
-            len,
-        );
+        if state.emitted != 0 {
+            call.seq = emit::begin((state.pid_tgid >> 32) as u32, call.conn, call.direction);
+        }
+        state.emitted = 1;
+        emit::emit(&call, state.pid_tgid, len);
         state.left -= len;
     }
     0
@@ -273,14 +286,5 @@ pub fn close(pid_tgid: u64, fd: u64) {
         return;
     };
     let _ = PLAIN_SOCKETS.remove(&key);
-    match EVENTS.reserve::<FreeEvent>(0) {
-        Some(mut entry) => {
-            entry.write(FreeEvent {
-                header: header(EventKind::Free),
-                ssl: socket.conn,
-            });
-            entry.submit(0);
-        }
-        None => count_drop(DropReason::RingFull),
-    }
+    emit::end(socket.conn);
 }

@@ -1,7 +1,9 @@
 //! Uprobes on OpenSSL's plaintext API (also BoringSSL-compatible builds that
-//! export the same names). Entry probes remember the call's arguments per thread;
-//! one return probe copies what the call actually moved into the ring buffer,
-//! in [`CHUNK_SIZE`] pieces, so calls of many MiB arrive whole.
+//! export the same names). Entry probes remember the call's arguments and its
+//! sequence number per thread; one return probe hands what the call actually
+//! moved to [`crate::emit`], which copies it into the ring buffer in
+//! [`llmsim_ebpf_common::CHUNK_SIZE`] pieces, so calls of many MiB arrive whole,
+//! and accounts for whatever cannot be delivered.
 //!
 //! Userspace chooses where each program is attached (see the agent's
 //! `placement` module): the public functions' entries, the internal worker
@@ -17,27 +19,24 @@
 //! each log branch dead and removes it, so it costs no instruction at all.
 
 use aya_ebpf::{
-    EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         bpf_probe_read_user_str_bytes,
-        generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
     },
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
-use llmsim_ebpf_common::{
-    CHUNK_SIZE, ConnKey, DataEvent, Direction, DropReason, EventKind, FreeEvent,
-    MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES, SNI_LEN, SniEvent,
-};
+use llmsim_ebpf_common::{Direction, DropReason, EventKind, SNI_LEN, SniEvent};
 
 use super::header;
 use crate::{
+    emit::{self, Call},
     filter::is_traced,
-    maps::{EVENTS, SSL_CALLS, SslCall, count_drop, count_lost},
+    maps::{
+        CallKey, EVENTS, MAX_CALL_LEVELS, SSL_CALL_LEVELS, SSL_CALLS, SslCall, count_drop,
+        current_ssl_call,
+    },
 };
 
 /// `SSL_ctrl` command behind the `SSL_set_tlsext_host_name` macro.
@@ -106,15 +105,8 @@ pub fn ssl_free(ctx: ProbeContext) -> u32 {
     if !is_traced() {
         return 0;
     }
-    let Some(ssl) = ctx.arg::<u64>(0) else {
-        return 0;
-    };
-    let event = FreeEvent {
-        header: header(EventKind::Free),
-        ssl,
-    };
-    if EVENTS.output(&event, batched_wakeup()).is_err() {
-        count_drop(DropReason::RingFull);
+    if let Some(ssl) = ctx.arg::<u64>(0) {
+        emit::end(ssl);
     }
     0
 }
@@ -131,45 +123,120 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
     } else {
         0
     };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(outer) = current_ssl_call(pid_tgid) {
+        // SAFETY: a live value of this thread's own entry.
+        unsafe {
+            if (*outer).ssl == ssl && (*outer).direction == direction as u32 && (*outer).done == 0 {
+                // One call through two probed functions: the innermost
+                // return emits it, under the sequence number it has.
+                (*outer).buf = buf;
+                (*outer).out_len = out_len;
+                (*outer).merged += 1;
+                return;
+            }
+        }
+    }
+    // SAFETY: the value is copied.
+    let mut level = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }
+        .copied()
+        .unwrap_or(0);
+    if level >= MAX_CALL_LEVELS {
+        level = 0;
+    }
     let call = SslCall {
         ssl,
         buf,
         out_len,
         // SAFETY: plain helper call without arguments.
         start_ns: unsafe { bpf_ktime_get_ns() },
+        seq: emit::begin((pid_tgid >> 32) as u32, ssl, direction as u32),
         direction: direction as u32,
         fd: -1,
+        merged: 0,
+        done: 0,
     };
-    if SSL_CALLS
-        .insert(&bpf_get_current_pid_tgid(), &call, 0)
-        .is_err()
-    {
-        count_drop(DropReason::MissingEntry);
+    let key = CallKey {
+        pid_tgid,
+        level: u64::from(level),
+    };
+    // LRU maps evict instead of refusing; an insert that fails all the same
+    // shows as a missing entry at the return.
+    let _ = SSL_CALLS.insert(&key, &call, 0);
+    let _ = SSL_CALL_LEVELS.insert(&pid_tgid, &(level + 1), 0);
+}
+
+/// Ends the innermost call of a thread whose calls in progress are `levels`.
+#[inline(always)]
+fn pop_level(pid_tgid: u64, levels: u32) {
+    if levels <= 1 {
+        let _ = SSL_CALL_LEVELS.remove(&pid_tgid);
+    } else {
+        let _ = SSL_CALL_LEVELS.insert(&pid_tgid, &(levels - 1), 0);
     }
 }
 
 fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { SSL_CALLS.get(&pid_tgid) }).copied() else {
+    // SAFETY: the value is copied.
+    let levels = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }
+        .copied()
+        .unwrap_or(0);
+    let key = CallKey {
+        pid_tgid,
+        level: u64::from(levels.wrapping_sub(1)),
+    };
+    let entry = if levels == 0 || levels > MAX_CALL_LEVELS {
+        None
+    } else {
+        SSL_CALLS.get_ptr_mut(&key)
+    };
+    let Some(entry) = entry else {
+        if levels != 0 {
+            pop_level(pid_tgid, levels);
+        }
+        if is_traced() {
+            emit::missing_entry();
+        }
         return Ok(());
     };
-    let _ = SSL_CALLS.remove(&pid_tgid);
-    let ret: i64 = ctx.ret::<i32>().into();
-    let moved = if call.out_len != 0 {
-        if ret <= 0 {
-            return Ok(());
+    // SAFETY: a live value of this thread's own entry, copied before it changes.
+    let call = unsafe { *entry };
+    if call.merged > 0 {
+        // SAFETY: as above.
+        unsafe {
+            (*entry).merged -= 1;
+            (*entry).done = 1;
         }
+    } else {
+        let _ = SSL_CALLS.remove(&key);
+        pop_level(pid_tgid, levels);
+    }
+    if call.done != 0 {
+        return Ok(());
+    }
+    let tgid = (pid_tgid >> 32) as u32;
+    let plaintext = Call {
+        conn: call.ssl,
+        buf: call.buf,
+        start_ns: call.start_ns,
+        seq: call.seq,
+        direction: call.direction,
+        fd: call.fd,
+    };
+    let ret: i64 = ctx.ret::<i32>().into();
+    if ret <= 0 {
+        emit::cancel(tgid, &plaintext);
+        return Ok(());
+    }
+    let moved = if call.out_len != 0 {
         // SAFETY: reading a user pointer with the fault-tolerant helper.
         unsafe { bpf_probe_read_user(call.out_len as *const u64) }.map_err(|_| {
             debug!(ctx, "SSL call on {:x}: its length cannot be read", call.ssl);
-            count_drop(DropReason::CopyFailed);
+            emit::lose_whole(tgid, &plaintext, DropReason::CopyFailed, 0);
             1i64
         })?
     } else {
-        if ret <= 0 {
-            return Ok(());
-        }
         ret.cast_unsigned()
     };
     if call.fd < 0 {
@@ -178,164 +245,13 @@ fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
             "SSL call on {:x}: no socket syscall seen, its connection is unknown", call.ssl
         );
     }
-    emit_chunks(ctx, &call, pid_tgid, moved);
-    Ok(())
-}
-
-/// State of one [`emit_chunks`] loop, shared with the `bpf_loop` callback.
-#[repr(C)]
-struct ChunkLoop {
-    call: SslCall,
-    pid_tgid: u64,
-    moved: u64,
-    /// Bytes emitted so far.
-    offset: u64,
-    /// The [`DropReason`] that stopped the loop, or `u32::MAX`.
-    failed: u32,
-    pad: u32,
-}
-
-/// Emits the `moved` bytes at `call.buf` as consecutive chunk records (of a TLS
-/// call, or of a plain socket's syscall: see `plain.rs`), through
-/// `bpf_loop` (kernel >= 5.17) so the verifier checks one iteration, not each.
-/// Stops at the first record that cannot be delivered: userspace sees fewer
-/// bytes than `call_len` and flags the exchange; the kernel counts the reason
-/// and the connection's lost bytes.
-#[inline(always)]
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "the chunk count is cast only when at most MAX_CHUNKS_PER_CALL"
-)]
-pub(super) fn emit_chunks<C: EbpfContext>(ctx: &C, call: &SslCall, pid_tgid: u64, moved: u64) {
-    let chunks = moved.div_ceil(CHUNK_SIZE as u64);
-    let iterations = if chunks > u64::from(MAX_CHUNKS_PER_CALL) {
-        MAX_CHUNKS_PER_CALL
-    } else {
-        chunks as u32
-    };
-    let mut state = ChunkLoop {
-        call: *call,
-        pid_tgid,
-        moved,
-        offset: 0,
-        failed: u32::MAX,
-        pad: 0,
-    };
-    // SAFETY: the callback is a BPF subprogram taking `&mut ChunkLoop` as its context.
-    unsafe {
-        bpf_loop(
-            iterations,
-            chunk_step as *mut c_void,
-            (&raw mut state).cast(),
-            0,
-        );
-    }
-    if state.failed == DropReason::RingFull as u32 {
-        count_drop(DropReason::RingFull);
-    } else if state.failed != u32::MAX {
+    if let Some(DropReason::CopyFailed) = emit::emit(&plaintext, pid_tgid, moved) {
         debug!(
             ctx,
-            "SSL call on {:x}: plaintext at offset {} of {} cannot be read",
-            call.ssl,
-            state.offset,
-            moved
+            "SSL call on {:x}: its plaintext cannot be read", call.ssl
         );
-        count_drop(DropReason::CopyFailed);
-    } else if state.offset < moved {
-        count_drop(DropReason::ChunkCap);
     }
-    if state.offset < moved {
-        let key = ConnKey {
-            tgid: (pid_tgid >> 32) as u32,
-            pad: 0,
-            ssl: call.ssl,
-        };
-        count_lost(&key, moved - state.offset);
-    }
-}
-
-/// One `bpf_loop` iteration: emits chunk `index`; returns 1 to stop. The
-/// offset is derived from `index`, not carried in the state, so the verifier
-/// sees one imprecise iteration and converges instead of walking all of them.
-extern "C" fn chunk_step(index: u32, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `ChunkLoop` on the caller's stack.
-    let state = unsafe { &mut *ctx.cast::<ChunkLoop>() };
-    let offset = u64::from(index) * CHUNK_SIZE as u64;
-    if offset >= state.moved {
-        return 1;
-    }
-    let mut len = state.moved - offset;
-    if len > CHUNK_SIZE as u64 {
-        len = CHUNK_SIZE as u64;
-    }
-    match emit_chunk(&state.call, state.pid_tgid, state.moved, offset, len) {
-        Ok(()) => {
-            state.offset = offset + len;
-            0
-        }
-        Err(reason) => {
-            state.failed = reason as u32;
-            1
-        }
-    }
-}
-
-#[inline(never)]
-#[expect(
-    clippy::cast_possible_truncation,
-    reason = "callers pass at most CHUNK_SIZE bytes; the clamp after the cast is the bound the verifier checks"
-)]
-fn emit_chunk(
-    call: &SslCall,
-    pid_tgid: u64,
-    moved: u64,
-    offset: u64,
-    len: u64,
-) -> Result<(), DropReason> {
-    let mut len = len as u32;
-    if len > CHUNK_SIZE as u32 {
-        len = CHUNK_SIZE as u32;
-    }
-    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
-        return Err(DropReason::RingFull);
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at an exclusive ring-buffer reservation of
-    // `size_of::<DataEvent>()` bytes; `len` is clamped to the data array's size.
-    let copied = unsafe {
-        (*event).header = header(EventKind::Data);
-        (*event).header.tgid = (pid_tgid >> 32) as u32;
-        (*event).ssl = call.ssl;
-        (*event).call_len = moved;
-        (*event).offset = offset;
-        (*event).start_ns = call.start_ns;
-        (*event).direction = call.direction;
-        (*event).len = len;
-        (*event).fd = call.fd;
-        (*event).pad = 0;
-        probe_read_user_raw(
-            (*event).data.as_mut_ptr().cast(),
-            len,
-            (call.buf + offset) as *const _,
-        )
-    };
-    if copied != 0 {
-        entry.discard(0);
-        return Err(DropReason::CopyFailed);
-    }
-    entry.submit(batched_wakeup());
     Ok(())
-}
-
-/// Submit flags for a record that can wait: wake userspace only when the ring
-/// holds more than [`RING_WAKEUP_BYTES`] (it drains on a timer otherwise).
-#[inline(always)]
-pub(super) fn batched_wakeup() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) > RING_WAKEUP_BYTES {
-        BPF_RB_FORCE_WAKEUP.into()
-    } else {
-        BPF_RB_NO_WAKEUP.into()
-    }
 }
 
 #[expect(

@@ -16,7 +16,7 @@ use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
 use super::{header, plain};
 use crate::{
     filter::is_traced,
-    maps::{CONNECTS, EVENTS, PendingConnect, SSL_CALLS, count_drop},
+    maps::{CONNECTS, EVENTS, PendingConnect, count_drop, current_ssl_call},
 };
 
 /// `x86_64` syscall numbers of the calls a TLS library makes on its socket.
@@ -106,7 +106,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let regs: *const pt_regs = ctx.arg(0);
     let (fd, _) = syscall_args(regs)?;
-    let Some(call) = SSL_CALLS.get_ptr_mut(&pid_tgid) else {
+    let Some(call) = current_ssl_call(pid_tgid) else {
         return plain::enter(id, pid_tgid, fd, || buffer_args(regs));
     };
     // SAFETY: a live value of this thread's own entry.
@@ -121,7 +121,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let ret: i64 = ctx.arg(1);
-    plain::exit(ctx, pid_tgid, ret)?;
+    plain::exit(pid_tgid, ret);
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { CONNECTS.get(&pid_tgid) }).copied() else {
         return Ok(());
