@@ -29,6 +29,9 @@ APT_PACKAGES+=(make gcc)
 # Go crypto/tls capture tests: the test builds a standard-library Go client (Go 1.19 on
 # bookworm).
 APT_PACKAGES+=(golang-go)
+# JVM replay trust tests: a Java HttpClient program run by the single-file source
+# launcher; keytool (in the JDK) writes the truststore replayd hands the JVM.
+APT_PACKAGES+=(default-jdk-headless)
 # Release artifacts (`cargo xtask dist`): the static binaries are built for musl, whose C
 # compiler wrapper (musl-gcc) builds ring's and zstd's C parts; dpkg-deb packs the .deb.
 DIST_APT_PACKAGES=(musl-tools dpkg)

@@ -33,7 +33,7 @@ use llmsim_snapshot::store::{SnapshotDir, StoreError};
 
 use crate::body::ReplayBody;
 use crate::options::{OnMiss, ReplayOptions};
-use crate::report::{Event, MissRecord, Stats};
+use crate::report::{Event, MissRecord, RejectedCa, Stats};
 use crate::request::ReplayRequest;
 use crate::response::{PrepareError, PreparedResponse};
 use crate::upstream::{
@@ -352,6 +352,11 @@ impl Engine {
     /// Counts an answer replayd failed to build through its own fault.
     pub fn count_internal_error(&self) {
         self.stats.record(Event::InternalError);
+    }
+
+    /// Counts a TLS client that refused the replay CA.
+    pub fn count_rejected_ca(&self, rejected: RejectedCa) {
+        self.stats.record(Event::RejectedCa(rejected));
     }
 
     /// Makes an exchange recorded during the run (stored at `path`) servable to later

@@ -10,7 +10,7 @@
 //! which socket errors the server loops ride out; `redirect` attaches the kernel
 //! redirect and runs a command under it; `upstream` forwards misses to the real host
 //! (`--on-miss passthrough|record`, `--budget`); `request` is a request as the app sent
-//! it. As in pingora, downstream is the app and upstream the real provider. The binary
+//! it; `peer` finds the process behind a client connection. As in pingora, downstream is the app and upstream the real provider. The binary
 //! adds the command line.
 #![forbid(unsafe_code)]
 
@@ -24,6 +24,7 @@ pub mod error;
 pub mod explain;
 pub mod io_error;
 pub mod options;
+pub mod peer;
 pub mod redirect;
 pub mod report;
 pub mod request;

@@ -3,7 +3,8 @@
 //! saved against the recorded latencies (recorded `duration_ms` of every served exchange,
 //! less the time replay actually took to serve them), and under `--on-miss
 //! passthrough|record` the requests forwarded to the real host, those recorded, what they
-//! cost live, and forwards that failed or that `--budget` refused. [`Stats`] is shared by every
+//! cost live, and forwards that failed or that `--budget` refused; and TLS clients that
+//! refused the replay CA (apps with roots of their own), which fail the run. [`Stats`] is shared by every
 //! connection and recorded by the engine alone ([`crate::engine`]); [`Report`] is a copy taken
 //! at the end and printed by the binary.
 
@@ -40,6 +41,39 @@ impl fmt::Display for MissRecord {
             write!(f, "\n    {diff}")?;
         }
         Ok(())
+    }
+}
+
+/// The sentence the report gives for a client that refused the replay CA.
+pub const REJECTED_CA_CAUSE: &str = "the client's TLS stack does not read the system trust store";
+
+/// A TLS client that ended the handshake with a certificate alert: it does not trust the
+/// replay CA, whatever replayd put in its environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RejectedCa {
+    /// The client's pid, when its process could be found.
+    pub pid: Option<u32>,
+    /// The client's command name (`/proc/PID/comm`), when its process could be found.
+    pub command: Option<String>,
+    /// The server name the client asked for (SNI), when it sent one.
+    pub sni: Option<String>,
+    /// The TLS alert it sent, as rustls names it (`UnknownCA`, `CertificateUnknown`, ...).
+    pub alert: String,
+}
+
+impl fmt::Display for RejectedCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.pid, &self.command) {
+            (Some(pid), Some(command)) => write!(f, "pid {pid} ({command})")?,
+            (Some(pid), None) => write!(f, "pid {pid}")?,
+            _ => f.write_str("a client (process not found)")?,
+        }
+        write!(
+            f,
+            " rejected the replay CA for {} (alert {}): {REJECTED_CA_CAUSE}",
+            self.sni.as_deref().unwrap_or("a connection without SNI"),
+            self.alert
+        )
     }
 }
 
@@ -89,6 +123,8 @@ pub struct Report {
     pub budget_usd: Option<f64>,
     /// Tokens and cost of the forwarded exchanges: what the run spent live.
     pub live: Totals,
+    /// TLS clients that refused the replay CA, in arrival order.
+    pub rejected_ca: Vec<RejectedCa>,
 }
 
 impl Report {
@@ -104,6 +140,7 @@ impl Report {
             || self.internal_errors > 0
             || self.forward_errors > 0
             || self.budget_refused > 0
+            || !self.rejected_ca.is_empty()
     }
 }
 
@@ -145,6 +182,9 @@ impl fmt::Display for Report {
         }
         if self.internal_errors > 0 {
             writeln!(f, "replayd: {} internal errors", self.internal_errors)?;
+        }
+        for rejected in &self.rejected_ca {
+            writeln!(f, "replayd: {rejected}")?;
         }
         if self.ledger.calls > 0 {
             writeln!(f, "replayd: not spent: {}", self.ledger)?;
@@ -196,6 +236,7 @@ struct Counts {
     budget_refused: u64,
     budget_usd: Option<f64>,
     live: Totals,
+    rejected_ca: Vec<RejectedCa>,
 }
 
 /// What happened to one request, for [`Stats::record`].
@@ -238,6 +279,8 @@ pub enum Event {
         /// The budget in dollars.
         budget_usd: f64,
     },
+    /// A TLS client refused the replay CA (not a request: its handshake failed).
+    RejectedCa(RejectedCa),
 }
 
 /// Statistics shared by every connection of a run.
@@ -290,6 +333,7 @@ impl Stats {
                 counts.budget_refused += 1;
                 counts.budget_usd = Some(budget_usd);
             }
+            Event::RejectedCa(rejected) => counts.rejected_ca.push(rejected),
         }
     }
 
@@ -328,6 +372,7 @@ impl Stats {
             budget_refused: counts.budget_refused,
             budget_usd: counts.budget_usd,
             live: counts.live,
+            rejected_ca: counts.rejected_ca.clone(),
         }
     }
 
