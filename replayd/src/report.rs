@@ -524,6 +524,40 @@ mod tests {
     }
 
     #[test]
+    fn a_client_that_rejects_the_ca_fails_the_run_and_is_named() {
+        let stats = Stats::new();
+        stats.record(Event::RejectedCa(RejectedCa {
+            pid: Some(4242),
+            command: Some("java".into()),
+            sni: Some("api.openai.com".into()),
+            alert: "CertificateUnknown".into(),
+        }));
+        stats.record(Event::RejectedCa(RejectedCa {
+            pid: None,
+            command: None,
+            sni: None,
+            alert: "UnknownCA".into(),
+        }));
+        let report = stats.report();
+        assert!(report.failed());
+        let text = report.to_string();
+        assert!(
+            text.contains(
+                "replayd: pid 4242 (java) rejected the replay CA for api.openai.com \
+                 (alert CertificateUnknown): the client's TLS stack does not read the system trust store\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "replayd: a client (process not found) rejected the replay CA for a connection \
+                 without SNI (alert UnknownCA): the client's TLS stack does not read the system trust store\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn absurd_recorded_latencies_saturate() {
         let stats = Stats::new();
         for recorded_ms in [1e300, 1e300, f64::NAN, -1.0] {
