@@ -36,6 +36,9 @@ APT_PACKAGES+=(golang-go)
 APT_PACKAGES+=(qemu-system-x86 busybox-static kmod)
 # `replayd trust install` tests: p11-kit's `trust` is Arch's and Fedora's trust-store tool.
 APT_PACKAGES+=(p11-kit)
+# JVM replay trust tests: a Java HttpClient program run by the single-file source
+# launcher; keytool (in the JDK) writes the truststore replayd hands the JVM.
+APT_PACKAGES+=(default-jdk-headless)
 # Release artifacts (`cargo xtask dist`): the static binaries are built for musl, whose C
 # compiler wrapper (musl-gcc) builds ring's and zstd's C parts; dpkg-deb packs the .deb.
 DIST_APT_PACKAGES=(musl-tools dpkg)

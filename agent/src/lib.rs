@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod capture;
+pub mod clienthello;
 pub mod connections;
 pub mod events;
 pub mod gotls;

@@ -7,7 +7,9 @@
 //! HTTP/1.1. The kernel redirect, when there is one, tells each connection's original
 //! destination through [`OriginalDestination`]. A handshake for a host with no recording
 //! still completes; its requests then get the miss policy's answer. A connection's failure
-//! (a bad handshake, malformed HTTP) ends that connection only. When the run shuts down
+//! (a bad handshake, malformed HTTP) ends that connection only; a handshake the client
+//! ends with a certificate alert (it does not trust the replay CA) is also counted in the
+//! report, with the client's process and SNI. When the run shuts down
 //! ([`Shutdown`]), listeners stop accepting and every connection closes gracefully: HTTP/2
 //! ones send GOAWAY and finish the streams under way, HTTP/1.1 ones finish the response
 //! under way and close.
@@ -23,11 +25,13 @@ use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::ca::{ALPN, H2_ALPN, LeafResolver};
 use crate::engine::Engine;
 use crate::io_error::{RESOURCE_BACK_OFF, is_resource_exhaustion, is_transient};
+use crate::peer::ClientProcess;
+use crate::report::RejectedCa;
 use crate::service::{ConnInfo, app};
 
 /// How long a new connection may stay silent before its first byte.
@@ -52,6 +56,11 @@ const SNIFF_POLL: Duration = Duration::from_millis(1);
 pub trait OriginalDestination: Send + Sync {
     /// The original destination of the connection from `client`, if the kernel recorded it.
     fn original_destination(&self, client: SocketAddr) -> Option<SocketAddr>;
+
+    /// The process that opened the connection from `client`, when it can be found.
+    fn client_process(&self, _client: SocketAddr) -> Option<ClientProcess> {
+        None
+    }
 }
 
 impl<F> OriginalDestination for F
@@ -202,6 +211,22 @@ async fn sniff_plain(stream: &TcpStream) -> Result<Protocol, ConnectionError> {
         .map_err(|_| ConnectionError::Undecided {
             timeout: HEADER_READ_TIMEOUT,
         })?
+}
+
+/// The alert a client ended the handshake with when it refused the server's certificate:
+/// `unknown_ca` (OpenSSL, rustls), `certificate_unknown` (the JVM), `bad_certificate`
+/// (Go) or `unsupported_certificate`.
+fn certificate_alert(error: &io::Error) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::AlertReceived(
+            alert @ (A::UnknownCA
+            | A::CertificateUnknown
+            | A::BadCertificate
+            | A::UnsupportedCertificate),
+        ) => Some(*alert),
+        _ => None,
+    }
 }
 
 /// Most per-destination TLS configurations kept (`--all-hosts` may see many
@@ -358,15 +383,12 @@ impl Acceptor {
         match &self.tls {
             Some(tls) if first[0] == TLS_HANDSHAKE => {
                 let config = tls.config_for(original_destination);
-                let tls = tokio::time::timeout(
-                    HANDSHAKE_TIMEOUT,
-                    TlsAcceptor::from(config).accept(stream),
-                )
-                .await
-                .map_err(|_| ConnectionError::HandshakeTimeout {
-                    timeout: HANDSHAKE_TIMEOUT,
-                })?
-                .map_err(|source| ConnectionError::Handshake { source })?;
+                let tls =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, self.handshake(stream, peer, config))
+                        .await
+                        .map_err(|_| ConnectionError::HandshakeTimeout {
+                            timeout: HANDSHAKE_TIMEOUT,
+                        })??;
                 info.tls = true;
                 let session = tls.get_ref().1;
                 info.sni = session.server_name().map(str::to_owned);
@@ -380,6 +402,44 @@ impl Acceptor {
             _ => {
                 let protocol = sniff_plain(&stream).await?;
                 self.serve_http(TokioIo::new(stream), info, protocol).await
+            }
+        }
+    }
+
+    /// The TLS handshake with the client at `peer`. When the client ends it with a
+    /// certificate alert, the client is counted as one that rejects the replay CA, named by
+    /// its process and the SNI it sent.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        config: Arc<ServerConfig>,
+    ) -> Result<tokio_rustls::server::TlsStream<TcpStream>, ConnectionError> {
+        let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream)
+            .await
+            .map_err(|source| ConnectionError::Handshake { source })?;
+        let sni = start.client_hello().server_name().map(str::to_owned);
+        // Before the handshake goes on: a client that refuses the certificate closes its
+        // socket right after its alert, and its process is then no longer to be found.
+        let process = match self.original_destination.clone() {
+            Some(lookup) => tokio::task::spawn_blocking(move || lookup.client_process(peer))
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
+        match start.into_stream(config).await {
+            Ok(tls) => Ok(tls),
+            Err(source) => {
+                if let Some(alert) = certificate_alert(&source) {
+                    self.engine.count_rejected_ca(RejectedCa {
+                        pid: process.as_ref().map(|p| p.pid),
+                        command: process.map(|p| p.command),
+                        sni,
+                        alert: format!("{alert:?}"),
+                    });
+                }
+                Err(ConnectionError::Handshake { source })
             }
         }
     }

@@ -4,13 +4,14 @@
 //! later runs. [`LeafResolver`] is a rustls certificate resolver that mints and caches a leaf
 //! per SNI name, so apps that trust the CA accept replayd as api.openai.com and friends.
 //! [`CertificateAuthority::trust_bundle`] writes the files the `-- CMD` child is pointed at
-//! (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`), and
+//! (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, `NODE_EXTRA_CA_CERTS`, which Bun
+//! reads too, `DENO_CERT`, and a JVM truststore passed through `JAVA_TOOL_OPTIONS`), and
 //! [`trust_install`] / [`trust_uninstall`] manage the system store for the daemon modes, in
 //! whichever [`TrustLayout`] the machine has (Debian/Ubuntu, Fedora/RHEL or Arch). Every TLS
 //! object here uses the rustls `ring` provider explicitly.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -65,6 +66,19 @@ pub const BUNDLE_FILE: &str = "llmsim-ca-bundle.pem";
 /// File name of the copy of the CA certificate written by
 /// [`CertificateAuthority::trust_bundle`], for `NODE_EXTRA_CA_CERTS`.
 pub const BUNDLE_CA_FILE: &str = "llmsim-replay-ca.pem";
+/// File name of the JVM truststore (PKCS12: the JVM's system roots plus the replay CA),
+/// kept next to the CA certificate and copied beside the trust bundle.
+pub const JAVA_TRUSTSTORE_FILE: &str = "java-truststore.p12";
+/// Where Debian-style systems keep the JVM's system roots (`ca-certificates-java`).
+pub const SYSTEM_JAVA_CACERTS: &str = "/etc/ssl/certs/java/cacerts";
+/// The password of [`SYSTEM_JAVA_CACERTS`] and of the JVM truststore. A truststore holds
+/// only public certificates; the JVM and `keytool` want a password all the same, and this
+/// is the JDK's well-known default.
+pub const JAVA_TRUSTSTORE_PASSWORD: &str = "changeit";
+/// The JDK's keystore tool, which writes the JVM truststore.
+pub const KEYTOOL: &str = "keytool";
+/// The alias of the replay CA in the JVM truststore.
+const JAVA_CA_ALIAS: &str = "llmsim-replay-ca";
 /// The ALPN protocol name of HTTP/2 over TLS.
 pub const H2_ALPN: &[u8] = b"h2";
 /// ALPN protocols replay offers, in order of preference: HTTP/2, then HTTP/1.1.
@@ -227,6 +241,15 @@ pub enum CaError {
         "no known system trust store: found none of {DEBIAN_ANCHOR_DIR} (Debian, Ubuntu), {FEDORA_ANCHOR_DIR} (Fedora, RHEL), {ARCH_TRUST_SOURCE} (Arch)"
     )]
     NoTrustStore,
+    /// The JVM truststore, written by `keytool`, could not be put in place.
+    #[error("cannot put the JVM truststore at {path}")]
+    JavaTruststore {
+        /// Where it was going.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// The system-store update command could not be started.
     #[error("cannot run {command}")]
     Spawn {
@@ -386,6 +409,40 @@ impl CertificateAuthority {
         self.trust_bundle_with(out_dir, Path::new(SYSTEM_CA_BUNDLE))
     }
 
+    /// Puts the JVM truststore (the JVM's system roots plus this CA) into `out_dir` and
+    /// returns its path, for [`TrustBundle::java_truststore`]; `None` when `keytool` cannot
+    /// be found. The store is written once next to the CA certificate and written again
+    /// only when the certificate or the system roots are newer, so a run pays for the
+    /// `keytool` calls only the first time.
+    pub fn java_truststore(
+        &self,
+        out_dir: &Path,
+        java: &JavaTrust,
+    ) -> Result<Option<PathBuf>, CaError> {
+        let cached = self
+            .cert_path
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(JAVA_TRUSTSTORE_FILE);
+        let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
+        let fresh = modified(&cached).is_some_and(|stored| {
+            [&self.cert_path, &java.system_cacerts]
+                .into_iter()
+                .filter_map(|input| modified(input))
+                .all(|input| input <= stored)
+        });
+        if !fresh && !java.write(self, &cached)? {
+            return Ok(None);
+        }
+        let bytes = fs::read(&cached).map_err(|source| CaError::Read {
+            path: cached.clone(),
+            source,
+        })?;
+        let copy = out_dir.join(JAVA_TRUSTSTORE_FILE);
+        replace_file(&copy, &bytes)?;
+        Ok(Some(copy))
+    }
+
     /// [`Self::trust_bundle`] starting from the system bundle at `system_bundle` instead of
     /// [`SYSTEM_CA_BUNDLE`]; a missing file contributes nothing.
     pub fn trust_bundle_with(
@@ -406,6 +463,7 @@ impl CertificateAuthority {
         let paths = TrustBundle {
             bundle: out_dir.join(BUNDLE_FILE),
             ca_cert: out_dir.join(BUNDLE_CA_FILE),
+            java_truststore: None,
         };
         replace_file(&paths.bundle, bundle.as_bytes())?;
         replace_file(&paths.ca_cert, self.cert_pem.as_bytes())?;
@@ -448,19 +506,153 @@ pub struct TrustBundle {
     /// System CAs plus the replay CA: for `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE` and
     /// `CURL_CA_BUNDLE`, which replace the default store.
     pub bundle: PathBuf,
-    /// The replay CA alone: for `NODE_EXTRA_CA_CERTS`, which adds to node's built-in store.
+    /// The replay CA alone: for `NODE_EXTRA_CA_CERTS` (node and Bun) and `DENO_CERT`
+    /// (Deno), which add to the runtime's built-in store.
     pub ca_cert: PathBuf,
+    /// The JVM truststore (PKCS12, the JVM's system roots plus the replay CA), when
+    /// `keytool` was found to write it: for `JAVA_TOOL_OPTIONS`.
+    pub java_truststore: Option<PathBuf>,
 }
 
 impl TrustBundle {
     /// The environment a child needs to trust the replay CA, as (variable, path) pairs.
-    pub fn env(&self) -> [(&'static str, &Path); 4] {
+    pub fn env(&self) -> [(&'static str, &Path); 5] {
         [
             ("SSL_CERT_FILE", &self.bundle),
             ("REQUESTS_CA_BUNDLE", &self.bundle),
             ("CURL_CA_BUNDLE", &self.bundle),
             ("NODE_EXTRA_CA_CERTS", &self.ca_cert),
+            ("DENO_CERT", &self.ca_cert),
         ]
+    }
+
+    /// Everything the `-- CMD` child gets: [`Self::env`], plus `JAVA_TOOL_OPTIONS` naming
+    /// the JVM truststore when there is one, appended to `inherited` (the variable's value
+    /// in replayd's own environment) so that options the user set still apply.
+    pub fn child_env(&self, inherited: Option<&OsStr>) -> Vec<(&'static str, OsString)> {
+        let mut env: Vec<(&'static str, OsString)> = self
+            .env()
+            .iter()
+            .map(|(name, path)| (*name, path.as_os_str().to_owned()))
+            .collect();
+        if let Some(store) = &self.java_truststore {
+            let mut options = OsString::new();
+            if let Some(inherited) = inherited.filter(|value| !value.is_empty()) {
+                options.push(inherited);
+                options.push(" ");
+            }
+            options.push("-Djavax.net.ssl.trustStore=");
+            options.push(store);
+            options.push(format!(
+                " -Djavax.net.ssl.trustStorePassword={JAVA_TRUSTSTORE_PASSWORD} \
+                 -Djavax.net.ssl.trustStoreType=PKCS12"
+            ));
+            env.push(("JAVA_TOOL_OPTIONS", options));
+        }
+        env
+    }
+}
+
+/// Where the JVM truststore comes from: the tool that writes it and the JVM's system roots.
+/// [`JavaTrust::default`] is the real machine's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JavaTrust {
+    /// The `keytool` command; when it cannot be started, there is no JVM truststore.
+    pub keytool: PathBuf,
+    /// The JVM's system roots (a JKS or PKCS12 store); a missing file contributes nothing.
+    pub system_cacerts: PathBuf,
+}
+
+impl Default for JavaTrust {
+    fn default() -> Self {
+        Self {
+            keytool: PathBuf::from(KEYTOOL),
+            system_cacerts: PathBuf::from(SYSTEM_JAVA_CACERTS),
+        }
+    }
+}
+
+impl JavaTrust {
+    /// Writes the truststore for `ca` at `path` (replacing it whole): the system roots
+    /// imported first, then the replay CA. Returns false, writing nothing, when
+    /// `keytool` cannot be found.
+    fn write(&self, ca: &CertificateAuthority, path: &Path) -> Result<bool, CaError> {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let scratch = tempfile::Builder::new()
+            .prefix(".java-truststore")
+            .tempdir_in(dir)
+            .map_err(|source| CaError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let store = scratch.path().join(JAVA_TRUSTSTORE_FILE);
+        let store_arg = store.as_os_str();
+        if self.system_cacerts.exists() {
+            let imported = self.keytool(&[
+                OsStr::new("-importkeystore"),
+                OsStr::new("-noprompt"),
+                OsStr::new("-srckeystore"),
+                self.system_cacerts.as_os_str(),
+                OsStr::new("-srcstorepass"),
+                OsStr::new(JAVA_TRUSTSTORE_PASSWORD),
+                OsStr::new("-destkeystore"),
+                store_arg,
+                OsStr::new("-deststoretype"),
+                OsStr::new("PKCS12"),
+                OsStr::new("-deststorepass"),
+                OsStr::new(JAVA_TRUSTSTORE_PASSWORD),
+            ])?;
+            if !imported {
+                return Ok(false);
+            }
+        }
+        let added = self.keytool(&[
+            OsStr::new("-importcert"),
+            OsStr::new("-noprompt"),
+            OsStr::new("-alias"),
+            OsStr::new(JAVA_CA_ALIAS),
+            OsStr::new("-file"),
+            ca.cert_path.as_os_str(),
+            OsStr::new("-keystore"),
+            store_arg,
+            OsStr::new("-storetype"),
+            OsStr::new("PKCS12"),
+            OsStr::new("-storepass"),
+            OsStr::new(JAVA_TRUSTSTORE_PASSWORD),
+        ])?;
+        if !added {
+            return Ok(false);
+        }
+        fs::set_permissions(&store, fs::Permissions::from_mode(0o644))
+            .and_then(|()| fs::rename(&store, path))
+            .map_err(|source| CaError::JavaTruststore {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(true)
+    }
+
+    /// Runs `keytool` with `args`. Returns false when it cannot be found.
+    fn keytool(&self, args: &[&OsStr]) -> Result<bool, CaError> {
+        let output = match Command::new(&self.keytool).args(args).output() {
+            Ok(output) => output,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => {
+                return Err(CaError::Spawn {
+                    command: self.keytool.clone(),
+                    source,
+                });
+            }
+        };
+        if output.status.success() {
+            Ok(true)
+        } else {
+            Err(CaError::CommandFailed {
+                command: self.keytool.clone(),
+                status: output.status,
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            })
+        }
     }
 }
 
@@ -1171,6 +1363,90 @@ mod tests {
                 .unwrap()
                 .ends_with(ca.cert_pem())
         );
+    }
+
+    #[test]
+    fn child_env_adds_the_jvm_truststore_after_inherited_java_options() {
+        let bundle = TrustBundle {
+            bundle: PathBuf::from("/t/bundle.pem"),
+            ca_cert: PathBuf::from("/t/ca.pem"),
+            java_truststore: Some(PathBuf::from("/t/java-truststore.p12")),
+        };
+        let env = bundle.child_env(Some(OsStr::new("-Xmx64m")));
+        let get = |name: &str| {
+            env.iter()
+                .find(|(n, _)| *n == name)
+                .map_or_else(|| panic!("{name} missing from {env:?}"), |(_, v)| v.clone())
+        };
+        assert_eq!(get("SSL_CERT_FILE"), OsString::from("/t/bundle.pem"));
+        assert_eq!(get("NODE_EXTRA_CA_CERTS"), OsString::from("/t/ca.pem"));
+        assert_eq!(get("DENO_CERT"), OsString::from("/t/ca.pem"));
+        assert_eq!(
+            get("JAVA_TOOL_OPTIONS"),
+            OsString::from(
+                "-Xmx64m -Djavax.net.ssl.trustStore=/t/java-truststore.p12 \
+                 -Djavax.net.ssl.trustStorePassword=changeit -Djavax.net.ssl.trustStoreType=PKCS12"
+            )
+        );
+        let alone = bundle.child_env(None);
+        assert!(alone.iter().any(|(n, v)| {
+            *n == "JAVA_TOOL_OPTIONS"
+                && v.to_string_lossy()
+                    .starts_with("-Djavax.net.ssl.trustStore=")
+        }));
+        // Without a truststore the JVM's settings are left as they are.
+        let no_java = TrustBundle {
+            java_truststore: None,
+            ..bundle
+        };
+        assert!(
+            no_java
+                .child_env(Some(OsStr::new("-Xmx64m")))
+                .iter()
+                .all(|(n, _)| *n != "JAVA_TOOL_OPTIONS")
+        );
+    }
+
+    #[test]
+    fn java_truststore_holds_the_system_roots_and_the_ca_and_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::load_or_create(&dir.path().join("ca")).unwrap();
+        let out = dir.path().join("out");
+        fs::create_dir_all(&out).unwrap();
+        let no_keytool = JavaTrust {
+            keytool: dir.path().join("no-keytool"),
+            ..JavaTrust::default()
+        };
+        assert_eq!(ca.java_truststore(&out, &no_keytool).unwrap(), None);
+        assert!(!out.join(JAVA_TRUSTSTORE_FILE).exists());
+
+        let java = JavaTrust::default();
+        let Some(store) = ca.java_truststore(&out, &java).unwrap() else {
+            eprintln!("no keytool on this machine: only the case without one is checked");
+            return;
+        };
+        let list = Command::new(KEYTOOL)
+            .args(["-list", "-storetype", "PKCS12", "-storepass"])
+            .arg(JAVA_TRUSTSTORE_PASSWORD)
+            .arg("-keystore")
+            .arg(&store)
+            .output()
+            .unwrap();
+        assert!(list.status.success(), "{list:?}");
+        let listing = String::from_utf8_lossy(&list.stdout);
+        assert!(listing.contains(&format!("{JAVA_CA_ALIAS}, ")), "{listing}");
+        assert!(listing.contains("trustedCertEntry"), "{listing}");
+        let entries = listing.matches("trustedCertEntry").count();
+        if java.system_cacerts.exists() {
+            assert!(entries > 1, "the system roots are missing:\n{listing}");
+        }
+        // The next run copies the stored truststore instead of running keytool again.
+        let cached = ca.cert_path().parent().unwrap().join(JAVA_TRUSTSTORE_FILE);
+        let written = fs::metadata(&cached).unwrap().modified().unwrap();
+        let again = ca.java_truststore(&out, &no_keytool).unwrap();
+        assert_eq!(again, Some(store.clone()));
+        assert_eq!(fs::metadata(&cached).unwrap().modified().unwrap(), written);
+        assert_eq!(fs::read(&store).unwrap(), fs::read(&cached).unwrap());
     }
 
     #[test]

@@ -44,7 +44,7 @@ use crate::latency::{LatencyModel, Schedule};
 use crate::metrics::Metrics;
 use crate::options::{LoadOptions, OnMiss, Pace, ReplayOptions};
 use crate::rate_limit::{Limits, RateLimitError, RateLimiter};
-use crate::report::{Event, MissRecord, Stats};
+use crate::report::{Event, MissRecord, RejectedCa, Stats};
 use crate::request::ReplayRequest;
 use crate::response::{PrepareError, PreparedBody, PreparedResponse};
 use crate::upstream::{
@@ -529,6 +529,11 @@ impl Engine {
     /// Counts an answer replayd failed to build through its own fault.
     pub fn count_internal_error(&self) {
         self.stats.record(Event::InternalError);
+    }
+
+    /// Counts a TLS client that refused the replay CA.
+    pub fn count_rejected_ca(&self, rejected: RejectedCa) {
+        self.stats.record(Event::RejectedCa(rejected));
     }
 
     /// Makes an exchange recorded during the run (stored at `path`) servable to later

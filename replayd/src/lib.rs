@@ -10,10 +10,11 @@
 //! which socket errors the server loops ride out; `redirect` attaches the kernel
 //! redirect and runs a command under it; `upstream` forwards misses to the real host
 //! (`--on-miss passthrough|record`, `--budget`); `request` is a request as the app sent
-//! it; `faults` injects the failures of `[faults]` and `--fault`, `rate_limit` simulates
-//! the providers' rate limits, `latency` synthesises the provider's latency shape for
-//! `--pace model`, and `metrics` serves Prometheus metrics. As in pingora, downstream is
-//! the app and upstream the real provider. The binary adds the command line.
+//! it; `peer` finds the process behind a client connection; `faults` injects the failures
+//! of `[faults]` and `--fault`, `rate_limit` simulates the providers' rate limits,
+//! `latency` synthesises the provider's latency shape for `--pace model`, and `metrics`
+//! serves Prometheus metrics. As in pingora, downstream is the app and upstream the real
+//! provider. The binary adds the command line.
 #![forbid(unsafe_code)]
 
 pub mod accept;
@@ -29,6 +30,7 @@ pub mod io_error;
 pub mod latency;
 pub mod metrics;
 pub mod options;
+pub mod peer;
 pub mod rate_limit;
 pub mod redirect;
 pub mod report;

@@ -4,7 +4,8 @@
 //! kernel redirect; `trust` manages the CA in the system store; `explain`
 //! tells what replay would do with one request. `--on-miss passthrough|record` forward
 //! misses to the real API (`--budget` caps the live spend). Start-up errors print one line and exit 2;
-//! a run with misses (or recordings that could not be sent) exits 1.
+//! a run with misses (or recordings that could not be sent, or a client that rejected the
+//! replay CA) exits 1.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -394,18 +395,22 @@ async fn serve_redirected(
         all_hosts: args.all_hosts,
     };
     let kernel = Arc::new(KernelRedirect::attach(target, &settings, &plain)?);
-    let lookup = kernel.clone();
-    let mut running = server.start(Some(Arc::new(move |peer| {
-        lookup.original_destination(peer)
-    })));
+    let mut running = server.start(Some(kernel.clone()));
     running.watch(dns.serve());
     start_metrics(&mut running, args)?;
     let signal = run::shutdown_signal()?;
     let mut child_code = None;
     if matches!(target, RedirectTarget::Command) {
         let trust_dir = tempfile::tempdir().context("a directory for the CA bundle")?;
-        let bundle = authority.trust_bundle(trust_dir.path())?;
-        let mut child = kernel.spawn(&args.cmd, &bundle.env(), args.as_root)?;
+        let mut bundle = authority.trust_bundle(trust_dir.path())?;
+        bundle.java_truststore = authority
+            .java_truststore(trust_dir.path(), &ca::JavaTrust::default())
+            .unwrap_or_else(|e| {
+                eprintln!("replayd: warning: JVM apps will not trust the replay CA: {e:#}");
+                None
+            });
+        let env = bundle.child_env(std::env::var_os("JAVA_TOOL_OPTIONS").as_deref());
+        let mut child = kernel.spawn(&args.cmd, &env, args.as_root)?;
         let status = running
             .run_until(async {
                 tokio::select! {

@@ -23,6 +23,9 @@ use llmsim_kernel::{
     sys::command_in_cgroup,
 };
 use llmsim_snapshot::provider::KNOWN_HOSTS;
+
+use crate::accept::OriginalDestination;
+use crate::peer::{self, ClientProcess};
 use thiserror::Error;
 
 /// Failures setting up the redirect.
@@ -190,7 +193,7 @@ impl KernelRedirect {
     pub fn spawn(
         &self,
         argv: &[OsString],
-        env: &[(&'static str, &Path)],
+        env: &[(&'static str, OsString)],
         as_root: bool,
     ) -> Result<tokio::process::Child, RedirectSetupError> {
         let program = argv
@@ -209,6 +212,20 @@ impl KernelRedirect {
         if let Some(cgroup) = &self.own_cgroup {
             cgroup.kill_all();
         }
+    }
+}
+
+/// The kernel's record of each redirected connection, and the redirected cgroup's
+/// processes for the client behind one.
+impl OriginalDestination for KernelRedirect {
+    fn original_destination(&self, client: SocketAddr) -> Option<SocketAddr> {
+        KernelRedirect::original_destination(self, client)
+    }
+
+    fn client_process(&self, client: SocketAddr) -> Option<ClientProcess> {
+        let inode = peer::socket_inode(Path::new("/proc/net"), client)?;
+        let pids = peer::cgroup_pids(&self.path).ok()?;
+        peer::process_holding(Path::new("/proc"), inode, pids)
     }
 }
 

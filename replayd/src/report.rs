@@ -4,10 +4,11 @@
 //! less the time replay actually took to serve them), and under `--on-miss
 //! passthrough|record` the requests forwarded to the real host, those recorded, what they
 //! cost live, and forwards that failed or that `--budget` refused; the faults injected, by
-//! kind, and the requests a simulated rate limit refused. [`Stats`] is shared by every
-//! connection and recorded by the engine alone ([`crate::engine`]), which also updates the
-//! Prometheus metrics from the same events when `--metrics` asked for them; [`Report`] is a
-//! copy taken at the end and printed by the binary.
+//! kind, and the requests a simulated rate limit refused; and TLS clients that refused the
+//! replay CA (apps with roots of their own), which fail the run. [`Stats`] is shared by
+//! every connection and recorded by the engine alone ([`crate::engine`]), which also updates
+//! the Prometheus metrics from the same events when `--metrics` asked for them; [`Report`]
+//! is a copy taken at the end and printed by the binary.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -46,6 +47,39 @@ impl fmt::Display for MissRecord {
             write!(f, "\n    {diff}")?;
         }
         Ok(())
+    }
+}
+
+/// The sentence the report gives for a client that refused the replay CA.
+pub const REJECTED_CA_CAUSE: &str = "the client's TLS stack does not read the system trust store";
+
+/// A TLS client that ended the handshake with a certificate alert: it does not trust the
+/// replay CA, whatever replayd put in its environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RejectedCa {
+    /// The client's pid, when its process could be found.
+    pub pid: Option<u32>,
+    /// The client's command name (`/proc/PID/comm`), when its process could be found.
+    pub command: Option<String>,
+    /// The server name the client asked for (SNI), when it sent one.
+    pub sni: Option<String>,
+    /// The TLS alert it sent, as rustls names it (`UnknownCA`, `CertificateUnknown`, ...).
+    pub alert: String,
+}
+
+impl fmt::Display for RejectedCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.pid, &self.command) {
+            (Some(pid), Some(command)) => write!(f, "pid {pid} ({command})")?,
+            (Some(pid), None) => write!(f, "pid {pid}")?,
+            _ => f.write_str("a client (process not found)")?,
+        }
+        write!(
+            f,
+            " rejected the replay CA for {} (alert {}): {REJECTED_CA_CAUSE}",
+            self.sni.as_deref().unwrap_or("a connection without SNI"),
+            self.alert
+        )
     }
 }
 
@@ -99,6 +133,8 @@ pub struct Report {
     pub faults: BTreeMap<FaultKind, u64>,
     /// Requests refused with a 429 by a simulated rate limit (`--rate-limit`).
     pub rate_limited: u64,
+    /// TLS clients that refused the replay CA, in arrival order.
+    pub rejected_ca: Vec<RejectedCa>,
 }
 
 impl Report {
@@ -114,6 +150,7 @@ impl Report {
             || self.internal_errors > 0
             || self.forward_errors > 0
             || self.budget_refused > 0
+            || !self.rejected_ca.is_empty()
     }
 }
 
@@ -176,6 +213,9 @@ impl fmt::Display for Report {
                 self.rate_limited
             )?;
         }
+        for rejected in &self.rejected_ca {
+            writeln!(f, "replayd: {rejected}")?;
+        }
         if self.ledger.calls > 0 {
             writeln!(f, "replayd: not spent: {}", self.ledger)?;
         }
@@ -228,6 +268,7 @@ struct Counts {
     live: Totals,
     faults: BTreeMap<FaultKind, u64>,
     rate_limited: u64,
+    rejected_ca: Vec<RejectedCa>,
 }
 
 /// What happened to one request, for [`Stats::record`].
@@ -280,6 +321,8 @@ pub enum Event {
     },
     /// A simulated rate limit refused the request.
     RateLimited,
+    /// A TLS client refused the replay CA (not a request: its handshake failed).
+    RejectedCa(RejectedCa),
 }
 
 /// Statistics shared by every connection of a run.
@@ -358,6 +401,7 @@ impl Stats {
             }
             Event::Fault { kind, .. } => *counts.faults.entry(kind).or_default() += 1,
             Event::RateLimited => counts.rate_limited += 1,
+            Event::RejectedCa(rejected) => counts.rejected_ca.push(rejected),
         }
     }
 
@@ -398,6 +442,7 @@ impl Stats {
             live: counts.live,
             faults: counts.faults.clone(),
             rate_limited: counts.rate_limited,
+            rejected_ca: counts.rejected_ca.clone(),
         }
     }
 
@@ -429,8 +474,9 @@ fn observe(metrics: &Metrics, event: &Event, facts: Option<&RequestFacts>) {
         }
         Event::SnapshotError => metrics.request(provider, model, "snapshot_error"),
         Event::BadRequest => metrics.request(provider, model, "bad_request"),
-        // Counted besides the request's own outcome.
-        Event::InternalError => {}
+        // Counted besides the request's own outcome; and a client that rejected the replay
+        // CA made no request: its handshake failed, and the end report names it.
+        Event::InternalError | Event::RejectedCa(_) => {}
         Event::Forwarded { provider, call, .. } => {
             metrics.request(
                 Some(*provider),
@@ -649,6 +695,40 @@ mod tests {
                 "no {line} in\n{scraped}"
             );
         }
+    }
+
+    #[test]
+    fn a_client_that_rejects_the_ca_fails_the_run_and_is_named() {
+        let stats = Stats::new();
+        stats.record(Event::RejectedCa(RejectedCa {
+            pid: Some(4242),
+            command: Some("java".into()),
+            sni: Some("api.openai.com".into()),
+            alert: "CertificateUnknown".into(),
+        }));
+        stats.record(Event::RejectedCa(RejectedCa {
+            pid: None,
+            command: None,
+            sni: None,
+            alert: "UnknownCA".into(),
+        }));
+        let report = stats.report();
+        assert!(report.failed());
+        let text = report.to_string();
+        assert!(
+            text.contains(
+                "replayd: pid 4242 (java) rejected the replay CA for api.openai.com \
+                 (alert CertificateUnknown): the client's TLS stack does not read the system trust store\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "replayd: a client (process not found) rejected the replay CA for a connection \
+                 without SNI (alert UnknownCA): the client's TLS stack does not read the system trust store\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]
