@@ -134,13 +134,17 @@ pub fn check_body(
 
 /// What a client sees of an SSE body: its events without their timing, and the tail.
 fn sse_view(body: &llmsim_snapshot::model::Body) -> Option<(Vec<String>, Option<String>)> {
-    let llmsim_snapshot::model::Body::Sse {
-        events,
-        unterminated,
-        ..
-    } = body
-    else {
-        return None;
+    use llmsim_snapshot::model::Body;
+
+    let (events, unterminated) = match body {
+        Body::Sse {
+            events,
+            unterminated,
+            ..
+        } => (events.as_slice(), unterminated),
+        // A stream of comments only replays as no bytes.
+        Body::Empty { .. } => (&[][..], &None),
+        _ => return None,
     };
     let events = events
         .iter()
