@@ -51,6 +51,8 @@ PYTHON_PACKAGES+=(httpx==0.28.1 h2==4.4.1 grpcio==1.85.1)
 PYTHON_PACKAGES+=(ollama==0.6.3)
 # Kernel matrix: virtme-ng boots a kernel over the host's root filesystem.
 PYTHON_PACKAGES+=(virtme-ng==1.42)
+# `cargo xtask fuzz`: libFuzzer targets under fuzz/, built with the eBPF nightly above.
+CARGO_FUZZ_VERSION=0.13.2
 BENCH_APT_PACKAGES=(wrk nginx)
 # oha sends requests at a fixed rate and measures latency from each request's scheduled
 # start (--latency-correction), which wrk cannot; its JSON report's layout is per version.
@@ -124,6 +126,14 @@ install_oha() {
     cargo +"$STABLE_TOOLCHAIN" install oha --version "=$OHA_VERSION" --locked
 }
 
+install_cargo_fuzz() {
+    if command -v cargo-fuzz >/dev/null && [ "$(cargo-fuzz --version 2>/dev/null | awk '{print $2}')" = "$CARGO_FUZZ_VERSION" ]; then
+        return
+    fi
+    log "building cargo-fuzz $CARGO_FUZZ_VERSION"
+    cargo +"$STABLE_TOOLCHAIN" install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked
+}
+
 install_python_packages() {
     if python3 - "${PYTHON_PACKAGES[@]}" <<'PY' 2>/dev/null; then return; fi
 import sys
@@ -164,6 +174,7 @@ install_toolchain "$STABLE_TOOLCHAIN" --component clippy --component rustfmt
 install_target "$STABLE_TOOLCHAIN" "$DIST_TARGET"
 install_toolchain "$EBPF_TOOLCHAIN" --component rust-src
 install_bpf_linker
+install_cargo_fuzz
 install_python_packages
 install_node_clients
 if $BENCH; then

@@ -346,6 +346,16 @@ impl DnsResponder {
         }
     }
 
+    /// The reply to one packet that needs no upstream resolver: `None` for a packet that
+    /// is dropped as malformed or would be forwarded. The fuzz targets' entry point.
+    #[doc(hidden)]
+    pub fn reply_without_upstream(&self, packet: &[u8]) -> Option<Vec<u8>> {
+        match self.handle(packet) {
+            Outcome::Reply(bytes) => Some(bytes),
+            Outcome::Forward(..) | Outcome::Malformed => None,
+        }
+    }
+
     /// Decides what one packet gets.
     fn handle(&self, packet: &[u8]) -> Outcome {
         let Ok(query) = Message::from_vec(packet) else {

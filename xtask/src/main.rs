@@ -1,6 +1,7 @@
 //! Developer tasks cargo cannot express alone: the full check run that CI uses
 //! (formatting, lints, unit and privileged tests), the kernel matrix, the demo,
-//! benchmarks, the generated price table and the release artifacts. Toolchain
+//! benchmarks, the generated price table, the fuzz targets' runs and the release
+//! artifacts. Toolchain
 //! set-up lives in scripts/setup.sh because it must run before any Rust can be
 //! built.
 
@@ -10,6 +11,7 @@ mod bench_replay;
 mod bench_support;
 mod demo;
 mod dist;
+mod fuzz;
 mod kernels;
 mod prices;
 mod totals;
@@ -72,6 +74,21 @@ enum Task {
     /// replay, the redirect kill test) on Debian's kernels under QEMU (virtme-ng) and on
     /// the host's, as a table. Needs root.
     Kernels(kernels::Args),
+    /// Builds the libFuzzer targets under fuzz/ (cargo-fuzz, the eBPF nightly), seeds
+    /// them from the recorded traffic in the repository and runs each for a while, then
+    /// prints per target: executions, exec/s, coverage (`cov`, `ft`), corpus size and
+    /// crashes. Fails on a crash, naming the saved input.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        time: u64,
+        /// Only this target (`cargo fuzz list` names them).
+        #[arg(long, value_name = "NAME")]
+        target: Option<String>,
+        /// Only write the seed corpora into fuzz/corpus/.
+        #[arg(long)]
+        seed: bool,
+    },
     /// Writes snapshot/data/prices.toml from the model price file of the
     /// installed `litellm` Python package (the release pinned in xtask/src/prices.rs).
     Prices {
@@ -89,6 +106,14 @@ fn main() -> ExitCode {
         Task::Bench { name, args } => bench(&name, &args),
         Task::Demo { html } => cargo(&["build", "--bins"]).and_then(|()| demo::run(&html)),
         Task::Kernels(args) => kernels::run(&args),
+        Task::Fuzz { time, target, seed } => fuzz::run(
+            &llmsim_tests::repo_root(),
+            &fuzz::Options {
+                time,
+                target,
+                seed_only: seed,
+            },
+        ),
         Task::Prices { from } => prices::run(from.as_deref()),
         Task::Dist { out } => dist::run(&llmsim_tests::repo_root(), &out),
     };
@@ -107,6 +132,12 @@ fn main() -> ExitCode {
 /// would rebuild them and everything above them whenever a build alternates
 /// between `cargo xtask` and plain `cargo`.
 fn cargo_command() -> Command {
+    without_package_env(Command::new(env!("CARGO")))
+}
+
+/// `command` without the variables cargo sets for the package it runs (see
+/// [`cargo_command`]).
+fn without_package_env(mut command: Command) -> Command {
     const PER_PACKAGE: [&str; 7] = [
         "CARGO_PKG_",
         "CARGO_MANIFEST_",
@@ -116,7 +147,6 @@ fn cargo_command() -> Command {
         "CARGO_TARGET_TMPDIR",
         "OUT_DIR",
     ];
-    let mut command = Command::new(env!("CARGO"));
     for (name, _) in std::env::vars_os() {
         if PER_PACKAGE
             .iter()

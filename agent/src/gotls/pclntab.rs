@@ -104,15 +104,17 @@ pub fn find(
     };
     // (entry, offset of its `_func`) of function `index`.
     let entry = |index: u64| -> Result<(u64, u64), PclntabError> {
-        let at = functab + index * entry_size;
+        // Offsets from a corrupt table saturate, and so fall outside it; entry addresses
+        // wrap, as Go's own uintptr arithmetic does.
+        let at = functab.saturating_add(index.saturating_mul(entry_size));
         match layout {
             Layout::Go118 => Ok((
-                text_start + u64::from(reader.u32(at, "function entry")?),
-                u64::from(reader.u32(at + 4, "function offset")?),
+                text_start.wrapping_add(u64::from(reader.u32(at, "function entry")?)),
+                u64::from(reader.u32(at.saturating_add(4), "function offset")?),
             )),
             Layout::Go116 => Ok((
                 reader.u64(at, "function entry")?,
-                reader.u64(at + 8, "function offset")?,
+                reader.u64(at.saturating_add(8), "function offset")?,
             )),
         }
     };
@@ -123,8 +125,11 @@ pub fn find(
     let mut found = vec![None; names.len()];
     for index in 0..functions {
         let (start, func) = entry(index)?;
-        let name_offset = reader.u32(functab + func + name_field, "function name offset")?;
-        let name = reader.c_str(names_at + u64::from(name_offset))?;
+        let name_offset = reader.u32(
+            functab.saturating_add(func).saturating_add(name_field),
+            "function name offset",
+        )?;
+        let name = reader.c_str(names_at.saturating_add(u64::from(name_offset)))?;
         if let Some(slot) = names.iter().position(|wanted| wanted.as_bytes() == name) {
             let (end, _) = entry(index + 1)?;
             found[slot] = Some((start, end.saturating_sub(start)));
@@ -210,6 +215,25 @@ mod tests {
             find(&table, 0, &["main.b", "main.a", "main.c"]),
             Ok(vec![Some((0x40_1020, 0x40)), Some((0x40_1000, 0x20)), None])
         );
+    }
+
+    /// Found by the `pclntab` fuzz target: a text start near the top of the address
+    /// space overflowed the entry address.
+    #[test]
+    fn offsets_and_addresses_near_the_top_of_u64_do_not_overflow() {
+        let mut table = vec![0xf0, 0xff, 0xff, 0xff, 0x69, 0x69, 0x69, 0x08];
+        // nfunc 0xff, text start 0xff..ff, then offsets 0 (entries at the header).
+        for word in [0xff, 0x1000_0000_0000_0000, u64::MAX, 0, 0, 0, 0, 0] {
+            table.extend(u64::to_le_bytes(word));
+        }
+        assert!(find(&table, 0, &["main.a"]).is_err());
+        let mut far = table.clone();
+        // A function table offset at the top: its entries lie outside the table.
+        far[64..72].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            find(&far, 0, &["main.a"]),
+            Err(PclntabError::OutOfBounds { .. })
+        ));
     }
 
     #[test]

@@ -314,7 +314,16 @@ impl Redactor {
         match json {
             Value::String(s) => self.scrub_in_place(s),
             Value::Array(items) => items.iter_mut().for_each(|v| self.scrub_json(v)),
-            Value::Object(map) => map.values_mut().for_each(|v| self.scrub_json(v)),
+            Value::Object(map) => {
+                // A key pasted as an object's member name is as secret as one in a value.
+                if map.keys().any(|name| self.scrub_text(name).is_some()) {
+                    *map = std::mem::take(map)
+                        .into_iter()
+                        .map(|(name, v)| (self.scrub_text(&name).unwrap_or(name), v))
+                        .collect();
+                }
+                map.values_mut().for_each(|v| self.scrub_json(v));
+            }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
     }

@@ -372,3 +372,28 @@ fn debug_output_hides_the_key() {
     assert!(text.starts_with("Redactor"), "{text}");
     assert!(!text.contains("7, 7"), "{text}");
 }
+
+/// Found by the `redactor` fuzz target: a key used as a JSON member name survived.
+#[test]
+fn a_key_as_a_json_member_name_is_scrubbed_in_place() {
+    let r = redactor();
+    let mut body = Body::Json {
+        content_encoding: None,
+        style: crate::model::JsonStyle::default(),
+        verbatim: None,
+        offsets_ms: None,
+        json: json!({"a": 1, XAI_KEY: {OPENAI_KEY: "x"}, "z": 2}),
+    };
+    r.redact_body(&mut body);
+    let stored = serde_json::to_string(&body).unwrap();
+    assert!(
+        !stored.contains(XAI_KEY) && !stored.contains(OPENAI_KEY),
+        "{stored}"
+    );
+    let xai = r.placeholder(XAI_KEY.as_bytes());
+    let openai = r.placeholder(OPENAI_KEY.as_bytes());
+    let json = body.json().unwrap();
+    let names: Vec<&String> = json.as_object().unwrap().keys().collect();
+    assert_eq!(names, ["a", xai.as_str(), "z"], "member order is kept");
+    assert_eq!(json[&xai][&openai], "x");
+}
