@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use llmsim_ebpf_common::{
     ConnectEvent, DataEvent, Direction, DropReason, EventHeader, EventKind, FreeEvent, LossEvent,
-    SNI_LEN, SniEvent,
+    SNI_LEN, SniEvent, TLS_HELLO_LEN, TlsHelloEvent,
 };
 use std::mem::{offset_of, size_of};
 use thiserror::Error;
@@ -82,6 +82,15 @@ pub enum Event<'a> {
         fd: i32,
         /// Where to.
         peer: SocketAddr,
+    },
+    /// A traced process's connected TCP socket began with a TLS handshake record.
+    TlsHello {
+        /// Who.
+        tgid: u32,
+        /// The socket.
+        fd: i32,
+        /// The start of its first write.
+        bytes: &'a [u8],
     },
 }
 
@@ -243,24 +252,43 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         Some(EventKind::Connect) => {
             need(size_of::<ConnectEvent>())?;
-            let family = u16_at(record, offset_of!(ConnectEvent, family));
-            let port = u16_at(record, offset_of!(ConnectEvent, port));
-            let at = offset_of!(ConnectEvent, addr);
-            let mut raw = [0u8; 16];
-            raw.copy_from_slice(&record[at..at + 16]);
-            let ip = if i32::from(family) == libc::AF_INET6 {
-                IpAddr::V6(Ipv6Addr::from(raw))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-            };
             Ok(Event::Connect {
                 tgid,
                 fd: u32_at(record, offset_of!(ConnectEvent, fd)).cast_signed(),
-                peer: SocketAddr::new(ip, port),
+                peer: peer_at(
+                    record,
+                    offset_of!(ConnectEvent, family),
+                    offset_of!(ConnectEvent, port),
+                    offset_of!(ConnectEvent, addr),
+                ),
+            })
+        }
+        Some(EventKind::TlsHello) => {
+            need(size_of::<TlsHelloEvent>())?;
+            let len = (u32_at(record, offset_of!(TlsHelloEvent, len)) as usize).min(TLS_HELLO_LEN);
+            let at = offset_of!(TlsHelloEvent, data);
+            Ok(Event::TlsHello {
+                tgid,
+                fd: u32_at(record, offset_of!(TlsHelloEvent, fd)).cast_signed(),
+                bytes: &record[at..at + len],
             })
         }
         None => Err(DecodeError::UnknownKind { kind }),
     }
+}
+
+/// The socket address whose family, host-order port and 16-byte address field
+/// are at these offsets.
+fn peer_at(record: &[u8], family: usize, port: usize, addr: usize) -> SocketAddr {
+    let family = u16_at(record, family);
+    let mut raw = [0u8; 16];
+    raw.copy_from_slice(&record[addr..addr + 16]);
+    let ip = if i32::from(family) == libc::AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    };
+    SocketAddr::new(ip, u16_at(record, port))
 }
 
 /// A [`FreeEvent`] of at least its size.
