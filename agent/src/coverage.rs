@@ -181,6 +181,8 @@ impl Coverage {
             Err(_) => None,
         };
         let reason = self.reason_of(process.pid);
+        // An IPv4-mapped IPv6 peer (a dual-stack socket, as the JVM's) is shown as IPv4.
+        let peer = peer.map(|peer| SocketAddr::new(peer.ip().to_canonical(), peer.port()));
         let connection = NotDecrypted {
             pid: process.pid,
             command: process.comm.clone(),
@@ -278,7 +280,12 @@ mod tests {
         let mut coverage = Coverage::default();
         let me = std::process::id();
         coverage.on_hello(&process(me), 5, peer, &hello);
-        coverage.on_hello(&process(me), 6, peer, &hello);
+        coverage.on_hello(
+            &process(me),
+            6,
+            Some("[::ffff:127.0.0.1]:443".parse().unwrap()),
+            &hello,
+        );
         coverage.on_hello(&process(me), 7, peer, b"\x16\x00\x00 not TLS");
         coverage.on_plaintext(me, Some(5));
         let listed = coverage.finish();
