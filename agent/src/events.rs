@@ -83,7 +83,7 @@ pub enum Event<'a> {
         /// Where to.
         peer: SocketAddr,
     },
-    /// A traced process's connected TCP socket began with a TLS handshake record.
+    /// A socket a traced process connected began with a TLS handshake record.
     TlsHello {
         /// Who.
         tgid: u32,
@@ -252,15 +252,20 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         Some(EventKind::Connect) => {
             need(size_of::<ConnectEvent>())?;
+            let family = u16_at(record, offset_of!(ConnectEvent, family));
+            let port = u16_at(record, offset_of!(ConnectEvent, port));
+            let at = offset_of!(ConnectEvent, addr);
+            let mut raw = [0u8; 16];
+            raw.copy_from_slice(&record[at..at + 16]);
+            let ip = if i32::from(family) == libc::AF_INET6 {
+                IpAddr::V6(Ipv6Addr::from(raw))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+            };
             Ok(Event::Connect {
                 tgid,
                 fd: u32_at(record, offset_of!(ConnectEvent, fd)).cast_signed(),
-                peer: peer_at(
-                    record,
-                    offset_of!(ConnectEvent, family),
-                    offset_of!(ConnectEvent, port),
-                    offset_of!(ConnectEvent, addr),
-                ),
+                peer: SocketAddr::new(ip, port),
             })
         }
         Some(EventKind::TlsHello) => {
@@ -275,20 +280,6 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         }
         None => Err(DecodeError::UnknownKind { kind }),
     }
-}
-
-/// The socket address whose family, host-order port and 16-byte address field
-/// are at these offsets.
-fn peer_at(record: &[u8], family: usize, port: usize, addr: usize) -> SocketAddr {
-    let family = u16_at(record, family);
-    let mut raw = [0u8; 16];
-    raw.copy_from_slice(&record[addr..addr + 16]);
-    let ip = if i32::from(family) == libc::AF_INET6 {
-        IpAddr::V6(Ipv6Addr::from(raw))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
-    };
-    SocketAddr::new(ip, u16_at(record, port))
 }
 
 /// A [`FreeEvent`] of at least its size.
