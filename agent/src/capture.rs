@@ -32,6 +32,7 @@ use tokio::{
 
 use crate::{
     connections::{ConnectionExchange, Tracker, TrackerStats},
+    coverage::{Coverage, NotDecrypted},
     events::{Event, SequenceEnd, data_sequence, decode},
     placement::PlacementKind,
     plain, preflight,
@@ -127,6 +128,8 @@ pub struct Summary {
     pub exit_code: Option<i32>,
     /// Where the probes went in each TLS object, in attach order.
     pub probes: Vec<PlacedObject>,
+    /// TLS connections of the targets of which no plaintext was captured.
+    pub not_decrypted: Vec<NotDecrypted>,
 }
 
 impl Summary {
@@ -160,6 +163,7 @@ pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     scanner: Scanner,
     tracker: Tracker,
+    coverage: Coverage,
     recorder: Recorder,
     target: Target,
     out: PathBuf,
@@ -237,6 +241,7 @@ impl Capture {
             ring,
             scanner,
             tracker: Tracker::default(),
+            coverage: Coverage::default(),
             recorder,
             target,
             out: options.out.clone(),
@@ -384,6 +389,7 @@ impl Capture {
             undecodable_records: self.undecodable,
             exit_code: exit_status.map(|status| i32::from(exit_code(status))),
             probes: self.probes.placed().to_vec(),
+            not_decrypted: self.coverage.finish(),
         })
     }
 
@@ -433,6 +439,7 @@ impl Capture {
         let Self {
             ring,
             tracker,
+            coverage,
             processes,
             undecodable,
             probes,
@@ -444,6 +451,7 @@ impl Capture {
                 Ok(Event::Data(data)) => {
                     // Read /proc now, while the process surely exists.
                     let process = known(processes, data.tgid);
+                    coverage.on_plaintext(data.tgid, data.fd);
                     let mut done = match data_sequence(&item) {
                         Some(sequence) => tracker.on_sequence(&data, sequence),
                         None => Vec::new(),
@@ -468,6 +476,11 @@ impl Capture {
                 Ok(Event::Loss(loss)) => tracker.on_loss(&loss),
                 Ok(Event::Connect { tgid, fd, peer }) => {
                     tracker.on_connect(tgid, fd, peer);
+                    continue;
+                }
+                Ok(Event::TlsHello { tgid, fd, bytes }) => {
+                    let peer = tracker.socket_peer(tgid, fd);
+                    coverage.on_hello(&known(processes, tgid), fd, peer, bytes);
                     continue;
                 }
                 Ok(Event::Exec { tgid }) => {

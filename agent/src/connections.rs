@@ -453,6 +453,11 @@ impl Tracker {
 
     fn peer_of(&self, tgid: u32, ssl: u64) -> Option<SocketAddr> {
         let fd = self.connections.get(&(tgid, ssl))?.fd?;
+        self.socket_peer(tgid, fd)
+    }
+
+    /// Where socket `fd` of process `tgid` connected, when its connect was seen.
+    pub fn socket_peer(&self, tgid: u32, fd: i32) -> Option<SocketAddr> {
         self.peers.get(&(tgid, fd)).copied()
     }
 

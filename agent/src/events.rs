@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use llmsim_ebpf_common::{
     ConnectEvent, DataEvent, Direction, DropReason, EventHeader, EventKind, FreeEvent, LossEvent,
-    SNI_LEN, SniEvent,
+    SNI_LEN, SniEvent, TLS_HELLO_LEN, TlsHelloEvent,
 };
 use std::mem::{offset_of, size_of};
 use thiserror::Error;
@@ -82,6 +82,15 @@ pub enum Event<'a> {
         fd: i32,
         /// Where to.
         peer: SocketAddr,
+    },
+    /// A socket a traced process connected began with a TLS handshake record.
+    TlsHello {
+        /// Who.
+        tgid: u32,
+        /// The socket.
+        fd: i32,
+        /// The start of its first write.
+        bytes: &'a [u8],
     },
 }
 
@@ -257,6 +266,16 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 tgid,
                 fd: u32_at(record, offset_of!(ConnectEvent, fd)).cast_signed(),
                 peer: SocketAddr::new(ip, port),
+            })
+        }
+        Some(EventKind::TlsHello) => {
+            need(size_of::<TlsHelloEvent>())?;
+            let len = (u32_at(record, offset_of!(TlsHelloEvent, len)) as usize).min(TLS_HELLO_LEN);
+            let at = offset_of!(TlsHelloEvent, data);
+            Ok(Event::TlsHello {
+                tgid,
+                fd: u32_at(record, offset_of!(TlsHelloEvent, fd)).cast_signed(),
+                bytes: &record[at..at + len],
             })
         }
         None => Err(DecodeError::UnknownKind { kind }),

@@ -8,6 +8,7 @@
 pub mod capture;
 pub mod clienthello;
 pub mod connections;
+pub mod coverage;
 pub mod events;
 pub mod gotls;
 pub mod http1;

@@ -291,6 +291,16 @@ fn print_summary(summary: &Summary, json: bool) {
     for placed in &summary.probes {
         eprintln!("llmsim-agent: {}: {}", placed.object, placed.description);
     }
+    if !summary.not_decrypted.is_empty() {
+        eprintln!(
+            "llmsim-agent: TLS connections not decrypted: {}",
+            summary.not_decrypted.len()
+        );
+        for connection in &summary.not_decrypted {
+            eprintln!("llmsim-agent:   {connection}");
+            eprintln!("llmsim-agent:     hint: {}", connection.hint);
+        }
+    }
     if json {
         match serde_json::to_string_pretty(summary) {
             Ok(text) => println!("{text}"),

@@ -25,6 +25,9 @@ pub const RING_BUFFER_BYTES: u32 = 64 * 1024 * 1024;
 /// traced call several microseconds (an inter-processor interrupt and a
 /// context switch), more than copying the record itself.
 pub const RING_WAKEUP_BYTES: u64 = RING_BUFFER_BYTES as u64 / 8;
+/// Bytes of a TCP connection's first write kept in a [`TlsHelloEvent`]: enough
+/// for the server name of a usual `ClientHello`.
+pub const TLS_HELLO_LEN: usize = 512;
 
 /// What a ring-buffer record is. The first field of every record.
 #[repr(u32)]
@@ -42,6 +45,8 @@ pub enum EventKind {
     Free = 5,
     /// A [`LossEvent`]: some of a call's plaintext could not be delivered.
     Loss = 6,
+    /// A [`TlsHelloEvent`]: a traced process's TCP socket began with a TLS handshake.
+    TlsHello = 7,
 }
 
 impl EventKind {
@@ -54,6 +59,7 @@ impl EventKind {
             4 => Some(Self::Connect),
             5 => Some(Self::Free),
             6 => Some(Self::Loss),
+            7 => Some(Self::TlsHello),
             _ => None,
         }
     }
@@ -264,6 +270,24 @@ pub struct ConnectEvent {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<ConnectEvent>() == 24 + 32);
+
+/// The first write on a socket a traced process connected started with a TLS
+/// handshake record (`0x16`): its first bytes, for the `ClientHello`'s server
+/// name (the peer is the socket's [`ConnectEvent`]'s). Sent once per socket,
+/// whatever library (if any) later decrypts it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsHelloEvent {
+    /// `kind` is [`EventKind::TlsHello`].
+    pub header: EventHeader,
+    /// The socket fd.
+    pub fd: i32,
+    /// Valid bytes in `data`.
+    pub len: u32,
+    /// The start of the first write.
+    pub data: [u8; TLS_HELLO_LEN],
+}
+const _: () = assert!(size_of::<TlsHelloEvent>() == 24 + 8 + TLS_HELLO_LEN);
 
 /// One direction of one connection: the key of the `CONN_LOSS` map. `conn`
 /// is the connection's identity within its process (the `SSL *` for TLS).

@@ -154,6 +154,12 @@ pub struct PlainCall {
 #[map]
 pub static PLAIN_CALLS: LruHashMap<u64, PlainCall> = LruHashMap::with_max_entries(16_384, 0);
 
+/// Sockets traced processes connected and have not written to yet, keyed by
+/// `tgid << 32 | fd` (value unused): their first write is looked at once for a
+/// TLS `ClientHello` (`probes/hello.rs`).
+#[map]
+pub static TLS_CANDIDATES: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16_384, 0);
+
 /// Counts one undeliverable event. Plaintext lost is accounted for by
 /// [`crate::emit`], which calls this too.
 pub fn count_drop(reason: DropReason) {

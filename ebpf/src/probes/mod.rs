@@ -2,6 +2,7 @@
 
 mod cgroup;
 mod gotls;
+mod hello;
 mod plain;
 mod ssl;
 mod syscalls;

@@ -49,7 +49,7 @@ struct Iovec {
 
 /// The `PLAIN_SOCKETS` key of `fd` in the current process.
 #[inline(always)]
-fn socket_key(pid_tgid: u64, fd: u64) -> u64 {
+pub(super) fn socket_key(pid_tgid: u64, fd: u64) -> u64 {
     (pid_tgid & !0xffff_ffff) | (fd & 0xffff_ffff)
 }
 

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
 
-use super::{header, plain};
+use super::{header, hello, plain};
 use crate::{
     filter::is_traced,
     maps::{CONNECTS, EVENTS, PendingConnect, count_drop, current_ssl_call},
@@ -94,11 +94,13 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
         let (fd, addr) = syscall_args(ctx.arg(0))?;
         let _ = CONNECTS.insert(&pid_tgid, &PendingConnect { fd, addr }, 0);
+        hello::on_connect(pid_tgid, fd);
         return Ok(());
     }
     if id == SYS_CLOSE {
         let (fd, _) = syscall_args(ctx.arg(0))?;
         plain::close(pid_tgid, fd);
+        hello::close(pid_tgid, fd);
         return Ok(());
     }
     if !SOCKET_IO_SYSCALLS.contains(&id) {
@@ -106,6 +108,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     }
     let regs: *const pt_regs = ctx.arg(0);
     let (fd, _) = syscall_args(regs)?;
+    let _ = hello::first_write(id, pid_tgid, fd, || buffer_args(regs));
     let Some(call) = current_ssl_call(pid_tgid) else {
         return plain::enter(id, pid_tgid, fd, || buffer_args(regs));
     };

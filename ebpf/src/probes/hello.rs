@@ -1,0 +1,107 @@
+//! The first bytes of every connection a traced process opens, when they are
+//! a TLS handshake record: userspace parses the `ClientHello`'s server name from
+//! them and reports each TLS connection no library probe decrypted (capture's
+//! coverage report); the peer is the one of the socket's connect event. Called
+//! from the raw syscall tracepoints (`syscalls.rs`): a traced `connect()` (at
+//! its entry, so `sys_exit` stays within the verifier's budget) makes the
+//! socket a candidate, and its first
+//! write/writev/sendto/sendmsg is looked at once, at syscall entry, whether or
+//! not a TLS library call is in progress; `close()` forgets a socket never written.
+
+use aya_ebpf::helpers::{
+    bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw,
+};
+use llmsim_ebpf_common::{DropReason, EventKind, TLS_HELLO_LEN, TlsHelloEvent};
+
+use super::{header, plain::socket_key};
+use crate::maps::{EVENTS, TLS_CANDIDATES, count_drop};
+
+const SYS_WRITE: u64 = 1;
+const SYS_WRITEV: u64 = 20;
+const SYS_SENDTO: u64 = 44;
+const SYS_SENDMSG: u64 = 46;
+/// `offsetof(struct msghdr, msg_iov)` on `x86_64`.
+const MSG_IOV: u64 = 16;
+/// The TLS record content type of a handshake record.
+const HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A traced thread connects `fd`: its first write is to be looked at.
+#[inline(always)]
+pub fn on_connect(pid_tgid: u64, fd: u64) {
+    let _ = TLS_CANDIDATES.insert(&socket_key(pid_tgid, fd), &0, 0);
+}
+
+/// `close(fd)`: a socket never written is no candidate any more.
+#[inline(always)]
+pub fn close(pid_tgid: u64, fd: u64) {
+    let _ = TLS_CANDIDATES.remove(&socket_key(pid_tgid, fd));
+}
+
+/// Entry of socket I/O syscall `id` on `fd`: on a candidate's first write, sends
+/// its first [`TLS_HELLO_LEN`] bytes when they start a TLS handshake record.
+/// `read_args` reads the second and third arguments (buffer, iovec array or
+/// `msghdr`; length or iovec count), only then.
+#[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "a syscall's fd argument is an int; the length is clamped before the cast matters"
+)]
+pub fn first_write(
+    id: u64,
+    pid_tgid: u64,
+    fd: u64,
+    read_args: impl FnOnce() -> Result<(u64, u64), i64>,
+) -> Result<(), i64> {
+    if !matches!(id, SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG) {
+        return Ok(());
+    }
+    let key = socket_key(pid_tgid, fd);
+    // SAFETY: the value is only tested for presence.
+    if unsafe { TLS_CANDIDATES.get(&key) }.is_none() {
+        return Ok(());
+    }
+    let _ = TLS_CANDIDATES.remove(&key);
+    let (pointer, count) = read_args()?;
+    // SAFETY: user pointers read fault-tolerantly.
+    let (buf, len) = match id {
+        SYS_WRITEV => unsafe { bpf_probe_read_user(pointer as *const [u64; 2]) }?.into(),
+        SYS_SENDMSG => {
+            let iov = unsafe { bpf_probe_read_user((pointer + MSG_IOV) as *const u64) }?;
+            unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }?.into()
+        }
+        _ => (pointer, count),
+    };
+    // SAFETY: as above.
+    let first = unsafe { bpf_probe_read_user(buf as *const u8) }?;
+    if first != HANDSHAKE_RECORD {
+        return Ok(());
+    }
+    let mut n = if len > TLS_HELLO_LEN as u64 {
+        TLS_HELLO_LEN as u32
+    } else {
+        len as u32
+    };
+    if n > TLS_HELLO_LEN as u32 {
+        n = TLS_HELLO_LEN as u32;
+    }
+    let Some(mut entry) = EVENTS.reserve::<TlsHelloEvent>(0) else {
+        count_drop(DropReason::RingFull);
+        return Ok(());
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at an exclusive ring-buffer reservation of
+    // `size_of::<TlsHelloEvent>()` bytes; `n` is clamped to the data array's size.
+    let copied = unsafe {
+        (*event).header = header(EventKind::TlsHello);
+        (*event).fd = fd as i32;
+        (*event).len = n;
+        probe_read_user_raw((*event).data.as_mut_ptr().cast(), n, buf as *const _)
+    };
+    if copied != 0 {
+        entry.discard(0);
+        count_drop(DropReason::CopyFailed);
+        return Ok(());
+    }
+    entry.submit(0);
+    Ok(())
+}
