@@ -2,7 +2,12 @@
 //! snapshot, and the command that replays a snapshot to a client in an offline
 //! namespace.
 
-use std::{ffi::OsStr, path::Path, process::Command, time::Duration};
+use std::{
+    ffi::{OsStr, OsString},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
 
 use serde_json::Value;
 
@@ -16,6 +21,33 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 /// The key replayed clients get: the SDKs refuse to start without one, and
 /// replay needs no real one.
 pub const REPLAY_API_KEY: (&str, &str) = ("OPENAI_API_KEY", "sk-replay-needs-no-key");
+
+/// `replayd --in SNAPSHOT --on-miss record --as-root -- ARGV`, run in `netns` beside its
+/// fake provider. The app gets a hosts file of its own naming only localhost (written in
+/// `data`), so its lookups go to replayd's DNS, not to the namespace's hosts file, which
+/// names the fake provider. replayd's own forwards trust `ca`, and its state lives in
+/// `data`.
+pub fn replayd_recording_command(
+    netns: &TestNetns,
+    ca: &TestCa,
+    snapshot: &Path,
+    data: &Path,
+    argv: &[OsString],
+) -> Command {
+    let hosts = data.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost\n").expect("write hosts");
+    let mut cmd = netns.command(replayd());
+    cmd.arg("--in")
+        .arg(snapshot)
+        .args(["--on-miss", "record", "--as-root", "--"])
+        .args(["unshare", "-m", "sh", "-c"])
+        .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+        .arg(&hosts)
+        .args(argv);
+    cmd.env("SSL_CERT_FILE", ca.bundle_path())
+        .env("XDG_DATA_HOME", data);
+    cmd
+}
 
 /// Records `client` into `out` with `llmsim-agent capture`, against a fake
 /// provider in a fresh namespace; returns the answers the client reported.

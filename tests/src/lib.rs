@@ -49,6 +49,7 @@ pub mod h2;
 pub mod kernels;
 pub mod listen;
 pub mod netns;
+pub mod paced_stream;
 pub mod paths;
 pub mod privilege;
 pub mod process;

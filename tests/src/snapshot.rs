@@ -56,3 +56,18 @@ pub fn openai_models() -> (tempfile::TempDir, Value) {
     );
     (snapshot, answer)
 }
+
+/// The exchange files of the snapshot at `dir`, in name order; none when it has no
+/// `exchanges/` directory.
+pub fn exchange_paths(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("exchanges"))
+        .map(|entries| {
+            entries
+                .map(|e| e.expect("a directory entry").path())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.retain(|p| p.extension().is_some_and(|e| e == "json"));
+    files.sort();
+    files
+}

@@ -153,6 +153,34 @@ impl Run {
         }
     }
 
+    /// Asserts that every exchange is written whole, byte-for-byte one of the requests sent,
+    /// or flagged with `reason`; returns how many are whole.
+    fn assert_whole_or_flagged(&self, reason: &str) -> usize {
+        let sent = self.sent();
+        let mut whole = 0;
+        for (i, exchange) in self.exchanges.iter().enumerate() {
+            if exchange["incomplete"].is_null() {
+                whole += 1;
+                let request = body_bytes(&exchange["request"]["body"]);
+                let source = sent
+                    .iter()
+                    .find(|s| b64(&s["body_b64"]) == request)
+                    .unwrap_or_else(|| panic!("exchange {i} matches no request sent"));
+                self.assert_whole(exchange, source);
+            } else {
+                assert!(
+                    exchange["incomplete"]
+                        .as_str()
+                        .is_some_and(|why| why.ends_with(reason)),
+                    "exchange {i}: {}\n{}",
+                    exchange["incomplete"],
+                    self.finished.dump()
+                );
+            }
+        }
+        whole
+    }
+
     /// Asserts what a ring buffer too small for the 2 MiB request of `ring` leaves: each
     /// exchange is written whole, byte-for-byte, or flagged for the full ring, at least one
     /// is not whole, and the accounting holds.
@@ -164,27 +192,7 @@ impl Run {
             "{}",
             self.finished.dump()
         );
-        let mut whole = 0;
-        for (i, exchange) in self.exchanges.iter().enumerate() {
-            if exchange["incomplete"].is_null() {
-                whole += 1;
-                // Written whole: byte-for-byte one of the requests sent.
-                let request = body_bytes(&exchange["request"]["body"]);
-                let source = sent
-                    .iter()
-                    .find(|s| b64(&s["body_b64"]) == request)
-                    .unwrap_or_else(|| panic!("exchange {i} matches no request sent"));
-                self.assert_whole(exchange, source);
-            } else {
-                assert!(
-                    exchange["incomplete"]
-                        .as_str()
-                        .is_some_and(|why| why.ends_with(RING_FULL)),
-                    "exchange {i}: {}",
-                    exchange["incomplete"]
-                );
-            }
-        }
+        let whole = self.assert_whole_or_flagged(RING_FULL);
         // The 2 MiB request cannot have come through a 64 KiB ring: its exchange is flagged, or,
         // when its head was lost too, not written at all.
         assert!(whole < sent.len(), "{}", self.finished.dump());
@@ -344,27 +352,7 @@ fn a_call_table_too_small_flags_the_calls_it_lost() {
         run.finished.dump()
     );
     assert_eq!(lost, run.loss("missing_entry", "whole_calls"));
-    let mut whole = 0;
-    for (i, exchange) in run.exchanges.iter().enumerate() {
-        if exchange["incomplete"].is_null() {
-            whole += 1;
-            let request = body_bytes(&exchange["request"]["body"]);
-            let source = sent
-                .iter()
-                .find(|s| b64(&s["body_b64"]) == request)
-                .unwrap_or_else(|| panic!("exchange {i} matches no request sent"));
-            run.assert_whole(exchange, source);
-        } else {
-            assert!(
-                exchange["incomplete"]
-                    .as_str()
-                    .is_some_and(|why| why.ends_with(CALL_TABLE)),
-                "exchange {i}: {}\n{}",
-                exchange["incomplete"],
-                run.finished.dump()
-            );
-        }
-    }
+    let whole = run.assert_whole_or_flagged(CALL_TABLE);
     // Every call lost carried bytes of one of the eight exchanges: that one is flagged, or,
     // when its request was lost, not written at all.
     assert!(

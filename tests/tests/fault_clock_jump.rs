@@ -19,18 +19,14 @@
 //! the test failed. Both jumps are checked to fall between events, since a jump after the
 //! stream (a `date -s` process starting slowly in an emulated guest did that) proves nothing.
 
-use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use llmsim_tests::kernels::{in_kernel_vm, matrix_row, xtask_kernels};
-use llmsim_tests::snapshot::write_exchanges;
+use llmsim_tests::paced_stream::{StreamFetch, write_stream_snapshot};
 use llmsim_tests::{ChildGuard, Lines, on_path, privileged, replayd, requires};
-use serde_json::json;
 
-/// The recorded request.
-const PATH: &str = "/v1/stream";
 /// Events in the recorded stream, and the time between them.
 const EVENTS: u32 = 30;
 const SPACING_MS: f64 = 50.0;
@@ -103,20 +99,7 @@ fn lateness(arrivals: &[Duration], offsets: &[f64]) -> Vec<f64> {
 /// apart.
 fn write_snapshot(dir: &std::path::Path) -> Vec<f64> {
     let offsets: Vec<f64> = (1..=EVENTS).map(|i| f64::from(i) * SPACING_MS).collect();
-    let events: Vec<_> = offsets
-        .iter()
-        .enumerate()
-        .map(|(n, offset)| json!({"offset_ms": offset, "data": json!({"n": n}).to_string()}))
-        .collect();
-    write_exchanges(
-        dir,
-        [json!({
-            "ttfb_ms": offsets[0], "duration_ms": offsets[offsets.len() - 1], "streamed": true,
-            "request": {"method": "GET", "path": PATH, "headers": [], "body": {"kind": "empty"}},
-            "response": {"status": 200, "headers": [["content-type", "text/event-stream"]],
-                         "body": {"kind": "sse", "events": events}}
-        })],
-    );
+    write_stream_snapshot(dir, &offsets);
     offsets
 }
 
@@ -126,16 +109,9 @@ fn write_snapshot(dir: &std::path::Path) -> Vec<f64> {
 /// with a blank line, and no other part of the answer has one (header lines and chunk framing
 /// end in CRLF).
 fn fetch(addr: SocketAddr, jumps: bool) -> (Vec<Duration>, Vec<Duration>) {
-    let mut stream = TcpStream::connect(addr).expect("connect to replayd");
-    stream.set_nodelay(true).expect("TCP_NODELAY");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("read timeout");
-    let request = format!("GET {PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let sent = Instant::now();
-    stream
-        .write_all(request.as_bytes())
-        .expect("send the request");
+    let stream = TcpStream::connect(addr).expect("connect to replayd");
+    let fetch = StreamFetch::start(stream, addr).expect("send the request");
+    let sent = fetch.sent;
     let jumper = jumps.then(|| {
         std::thread::spawn(move || {
             std::thread::sleep(JUMP_AHEAD_AT.saturating_sub(sent.elapsed()));
@@ -145,22 +121,9 @@ fn fetch(addr: SocketAddr, jumps: bool) -> (Vec<Duration>, Vec<Duration>) {
             vec![ahead, behind]
         })
     });
-    let mut arrivals = Vec::new();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    while arrivals.len() < EVENTS as usize {
-        let n = stream.read(&mut buf).unwrap_or_else(|e| {
-            panic!(
-                "reading the stream after {} events: {e} (a pacer on the wall clock waits an hour after the jump behind)",
-                arrivals.len()
-            )
-        });
-        assert!(n > 0, "the stream ended after {} events", arrivals.len());
-        let at = sent.elapsed();
-        answer.extend_from_slice(&buf[..n]);
-        let ended = answer.windows(2).filter(|w| w == b"\n\n").count();
-        arrivals.resize(ended, at);
-    }
+    let arrivals = fetch.arrivals(EVENTS as usize).unwrap_or_else(|e| {
+        panic!("{e} (a pacer on the wall clock waits an hour after the jump behind)")
+    });
     let jump_instants =
         jumper.map_or_else(Vec::new, |thread| thread.join().expect("the clock jumps"));
     (arrivals, jump_instants)

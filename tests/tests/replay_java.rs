@@ -8,12 +8,14 @@
 //! replayed output is byte for byte the recorded one.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use llmsim_tests::{
-    FakeProvider, TestCa, TestNetns, flows::replayd_command, on_path, privileged, replayd,
-    requires, run_command,
+    FakeProvider, TestCa, TestNetns,
+    flows::{replayd_command, replayd_recording_command},
+    on_path, privileged, requires, run_command,
+    snapshot::exchange_paths,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -22,19 +24,6 @@ const API_KEY: &str = "sk-proj-E2EJAVASECRET0123456789abcdef";
 fn java_client() -> Vec<OsString> {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/java/Client.java");
     vec![OsString::from("java"), source.into_os_string()]
-}
-
-fn exchange_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("exchanges"))
-        .map(|entries| {
-            entries
-                .map(|e| e.expect("a directory entry").path())
-                .collect()
-        })
-        .unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|e| e == "json"));
-    files.sort();
-    files
 }
 
 #[test]
@@ -53,23 +42,12 @@ fn a_java_client_records_through_replayd_and_replays_offline_through_the_jvm_tru
     let provider = FakeProvider::start(&netns, &ca);
     let snapshot = tempfile::tempdir().expect("tempdir");
     let data = tempfile::tempdir().expect("tempdir");
-    let hosts = data.path().join("hosts");
-    std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost\n").expect("write hosts");
 
-    // The app must reach replayd, not the fake provider the namespace's hosts file names:
-    // it runs with a hosts file of its own, so its lookups go to replayd's DNS.
-    let mut cmd = netns.command(replayd());
-    cmd.arg("--in")
-        .arg(snapshot.path())
-        .args(["--on-miss", "record", "--as-root", "--"])
-        .args(["unshare", "-m", "sh", "-c"])
-        .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
-        .arg(&hosts)
-        .args(java_client());
-    // replayd's own forwards trust the test CA; the JVM gets only what replayd gives it.
-    cmd.env("SSL_CERT_FILE", ca.bundle_path())
-        .env("XDG_DATA_HOME", data.path())
-        .env("OPENAI_API_KEY", API_KEY)
+    // The app must reach replayd, not the fake provider; the JVM gets only what replayd
+    // gives it.
+    let mut cmd =
+        replayd_recording_command(&netns, &ca, snapshot.path(), data.path(), &java_client());
+    cmd.env("OPENAI_API_KEY", API_KEY)
         .env_remove("JAVA_TOOL_OPTIONS")
         .env_remove("OPENAI_BASE_URL");
     let recorded = run_command(cmd, "replayd --on-miss record -- java Client.java", TIMEOUT);
@@ -103,7 +81,7 @@ fn a_java_client_records_through_replayd_and_replays_offline_through_the_jvm_tru
             .contains("passed through 2 requests to the real API (2 recorded)"),
         "report:\n{recorded}"
     );
-    let files = exchange_files(snapshot.path());
+    let files = exchange_paths(snapshot.path());
     assert_eq!(files.len(), 2, "{files:?}");
     for file in &files {
         let text = std::fs::read_to_string(file).expect("read an exchange file");

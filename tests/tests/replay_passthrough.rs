@@ -9,28 +9,17 @@
 //! namespace of its own with a hosts file that does not name them. Its lookups then go to
 //! replayd's DNS, which answers the known provider hosts when misses are forwarded.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use llmsim_tests::{
-    ClientRun, FakeProvider, TestCa, TestNetns, client_argv, flows::replay_command, privileged,
-    replayd, run_command,
+    ClientRun, FakeProvider, TestCa, TestNetns, client_argv,
+    flows::{replay_command, replayd_recording_command},
+    privileged, run_command,
+    snapshot::exchange_paths,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 const API_KEY: &str = "sk-proj-E2ERECORDSECRET0123456789abcdef";
-
-fn exchange_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(dir.join("exchanges"))
-        .map(|entries| {
-            entries
-                .map(|e| e.expect("a directory entry").path())
-                .collect()
-        })
-        .unwrap_or_default();
-    files.retain(|p| p.extension().is_some_and(|e| e == "json"));
-    files.sort();
-    files
-}
 
 #[test]
 fn record_forwards_misses_to_the_real_host_and_a_later_run_replays_them_offline() {
@@ -42,21 +31,16 @@ fn record_forwards_misses_to_the_real_host_and_a_later_run_replays_them_offline(
     let provider = FakeProvider::start(&netns, &ca);
     let snapshot = tempfile::tempdir().expect("tempdir");
     let data = tempfile::tempdir().expect("tempdir");
-    let hosts = data.path().join("hosts");
-    std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost\n").expect("write hosts");
 
-    let mut cmd = netns.command(replayd());
-    cmd.arg("--in")
-        .arg(snapshot.path())
-        .args(["--on-miss", "record", "--as-root", "--"])
-        .args(["unshare", "-m", "sh", "-c"])
-        .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
-        .arg(&hosts)
-        .args(client_argv("openai_chat.py"));
-    // replayd's own forwards trust the test CA; the app gets replayd's bundle.
-    cmd.env("SSL_CERT_FILE", ca.bundle_path())
-        .env("XDG_DATA_HOME", data.path())
-        .env("OPENAI_API_KEY", API_KEY)
+    // The app gets replayd's bundle.
+    let mut cmd = replayd_recording_command(
+        &netns,
+        &ca,
+        snapshot.path(),
+        data.path(),
+        &client_argv("openai_chat.py"),
+    );
+    cmd.env("OPENAI_API_KEY", API_KEY)
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env_remove("REQUESTS_CA_BUNDLE")
         .env_remove("CURL_CA_BUNDLE");
@@ -84,7 +68,7 @@ fn record_forwards_misses_to_the_real_host_and_a_later_run_replays_them_offline(
         report.contains("passed through 2 requests to the real API (2 recorded)"),
         "report:\n{report}"
     );
-    let files = exchange_files(snapshot.path());
+    let files = exchange_paths(snapshot.path());
     assert_eq!(files.len(), 2, "{files:?}");
     for file in &files {
         let text = std::fs::read_to_string(file).expect("read an exchange file");

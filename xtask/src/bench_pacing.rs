@@ -10,23 +10,17 @@
 //! same two cores.
 
 use std::{
-    io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::Path,
     sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use clap::Parser;
-use serde_json::json;
-
-use llmsim_tests::snapshot::write_exchanges;
+use llmsim_tests::paced_stream::{StreamFetch, write_stream_snapshot};
 
 use crate::bench_support::{Replayd, quantile, release_binary};
 
-/// The recorded request.
-const PATH: &str = "/v1/stream";
 /// How late an event may arrive.
 const TARGET_LATE_MS: f64 = 2.0;
 
@@ -69,7 +63,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .map(|i| f64::from(i + 1) * args.spacing_ms)
         .collect();
     let snapshot = scratch.path().join("snapshot");
-    write_snapshot(&snapshot, &offsets);
+    write_stream_snapshot(&snapshot, &offsets);
     let mut replayd = Replayd::start(
         &replayd_bin,
         &snapshot,
@@ -152,7 +146,9 @@ fn fetch_concurrently(
                 let stream = stream.with_context(|| format!("connecting to {addr}"))?;
                 let at = Instant::now() + stagger * u32::try_from(i).unwrap_or(u32::MAX);
                 std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                fetch_events(stream, addr, count)
+                StreamFetch::start(stream, addr)
+                    .and_then(|fetch| fetch.arrivals(count))
+                    .context("fetching the stream")
             })
             .context("starting a client thread")?;
         clients.push(client);
@@ -166,55 +162,4 @@ fn fetch_concurrently(
                 .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
         })
         .collect()
-}
-
-/// A snapshot of one `GET /v1/stream` answered with events `{"n":i}` at `offsets`.
-fn write_snapshot(dir: &Path, offsets: &[f64]) {
-    let events: Vec<_> = offsets
-        .iter()
-        .enumerate()
-        .map(|(n, offset)| json!({"offset_ms": offset, "data": json!({"n": n}).to_string()}))
-        .collect();
-    write_exchanges(
-        dir,
-        [json!({
-            "ttfb_ms": offsets[0], "duration_ms": offsets[offsets.len() - 1], "streamed": true,
-            "request": {"method": "GET", "path": PATH, "headers": [], "body": {"kind": "empty"}},
-            "response": {"status": 200, "headers": [["content-type", "text/event-stream"]],
-                         "body": {"kind": "sse", "events": events}}
-        })],
-    );
-}
-
-/// Fetches the stream once on the fresh connection `stream`; when each of its `count`
-/// events arrived, from just before the request was written. An event ends with a blank
-/// line, and no other part of the answer has one (header lines end in CRLF, chunk framing
-/// too).
-fn fetch_events(
-    mut stream: TcpStream,
-    addr: SocketAddr,
-    count: usize,
-) -> anyhow::Result<Vec<Duration>> {
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let request = format!("GET {PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let sent = Instant::now();
-    stream.write_all(request.as_bytes())?;
-    let mut arrivals = Vec::new();
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    while arrivals.len() < count {
-        let n = stream.read(&mut buf).context("reading the stream")?;
-        if n == 0 {
-            bail!(
-                "the stream ended after {} of {count} events",
-                arrivals.len()
-            );
-        }
-        let at = sent.elapsed();
-        answer.extend_from_slice(&buf[..n]);
-        let ended = answer.windows(2).filter(|w| w == b"\n\n").count();
-        arrivals.resize(ended, at);
-    }
-    Ok(arrivals)
 }
