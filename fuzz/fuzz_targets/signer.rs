@@ -48,15 +48,6 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let parsed = sign(Body::Json(&json));
-    // serde_json does not parse every float back to the value it printed (its
-    // `float_roundtrip` feature is off); such documents are not equivalent after printing.
-    if serde_json::from_slice::<Value>(&serde_json::to_vec(&json).expect("JSON serializes"))
-        .ok()
-        .as_ref()
-        != Some(&json)
-    {
-        return;
-    }
     assert_eq!(
         as_bytes.hex(),
         parsed.hex(),

@@ -113,11 +113,7 @@ pub fn check_body(
     if content_encoding.is_some() || error.is_some() {
         return;
     }
-    // TODO(#16): serde_json without its `float_roundtrip` feature reads some printed floats
-    // back as a neighbouring value, so such a JSON body replays other digits after storing.
-    if loaded.json() != body.json() {
-        return;
-    }
+    assert_eq!(loaded.json(), body.json(), "the stored document loads as another");
     for (what, body) in [("as built", &body), ("after storing", &loaded)] {
         let replayed = body.to_bytes();
         if let Body::Sse { .. } = body {
