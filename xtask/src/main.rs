@@ -79,7 +79,7 @@ enum Task {
     /// prints per target: executions, exec/s, coverage (`cov`, `ft`), corpus size and
     /// crashes. Fails on a crash, naming the saved input.
     Fuzz {
-        /// Seconds each target runs.
+        /// Seconds each target runs; 0 runs each target's corpus once, with no new inputs.
         #[arg(long, value_name = "SECS", default_value_t = 60)]
         time: u64,
         /// Only this target (`cargo fuzz list` names them).
