@@ -16,7 +16,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use llmsim_ebpf_common::is_plain_connection;
 use llmsim_snapshot::{
     ledger::Totals,
-    model::{Body, Exchange, HttpVersion, ProcessInfo, Scheme, SseEvent},
+    model::{Body, Direction, Exchange, HttpVersion, ProcessInfo, Scheme, SseEvent},
     prices::PriceTable,
     provider::Provider,
     record::{self, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder},
@@ -243,6 +243,7 @@ impl Recorder {
             sni,
             peer,
             process,
+            direction: Direction::Outbound,
             scheme,
             http_version,
             incomplete,

@@ -29,7 +29,7 @@ use http::header::{HeaderName, HeaderValue};
 use llmsim_snapshot::authority::Authority;
 use llmsim_snapshot::config::FaultKind;
 use llmsim_snapshot::ledger::CallLine;
-use llmsim_snapshot::model::{self, Exchange, Scheme};
+use llmsim_snapshot::model::{self, Direction, Exchange, Scheme};
 use llmsim_snapshot::prices::PriceTable;
 use llmsim_snapshot::provider::{ApiFamily, Endpoint, LimitKind, Provider};
 use llmsim_snapshot::signature::{
@@ -236,6 +236,16 @@ pub struct Engine {
 /// peer when it was made over plain HTTP.
 type Loaded = (Arc<RecordedEntry>, Signature, Option<SocketAddr>);
 
+/// What loading made of one exchange file.
+enum Prepared {
+    /// An outbound exchange, ready to serve.
+    Ready(Loaded),
+    /// An incomplete exchange, skipped with a warning.
+    Incomplete,
+    /// A request the app served (`--app-port`): not replayd's to answer.
+    Inbound,
+}
+
 /// The exchanges recorded during the run for one signature, and how many were served.
 #[derive(Debug, Default)]
 struct LiveRecordings {
@@ -263,25 +273,35 @@ impl Engine {
         // threads, and its parsed bodies are dropped there: holding every parsed exchange
         // first took four times the memory, and faulting that in was a large part of
         // start-up.
-        let prepared: Vec<Option<Loaded>> =
+        let prepared: Vec<Prepared> =
             snapshot.load_each(|recorded| {
                 let file = relative(&snapshot.dir, &recorded.path);
                 let exchange = recorded.exchange;
+                if exchange.direction == Direction::Inbound {
+                    // The app's own API: what a driver sends to the app, never served here.
+                    return Prepared::Inbound;
+                }
                 if let Some(why) = &exchange.incomplete {
                     tracing::warn!(file = %file.display(), reason = %why, "skipping an incomplete exchange");
-                    return None;
+                    return Prepared::Incomplete;
                 }
                 let signature = recorded_signature(&exchange, &rules);
                 let plain_peer = exchange.peer.filter(|_| exchange.scheme == Scheme::Http);
-                Some((Arc::new(RecordedEntry::new(file, &exchange, &prices)), signature, plain_peer))
+                Prepared::Ready((Arc::new(RecordedEntry::new(file, &exchange, &prices)), signature, plain_peer))
             })?;
-        let skipped = prepared.iter().filter(|p| p.is_none()).count();
+        let skipped = prepared
+            .iter()
+            .filter(|p| matches!(p, Prepared::Incomplete))
+            .count();
         let faults = snapshot.config.faults;
         let mut entries = Vec::with_capacity(prepared.len());
         let mut signatures = Vec::with_capacity(prepared.len());
         let mut hosts: Vec<String> = Vec::new();
         let mut plain_peers: Vec<SocketAddr> = Vec::new();
-        for (entry, signature, plain_peer) in prepared.into_iter().flatten() {
+        for prepared in prepared {
+            let Prepared::Ready((entry, signature, plain_peer)) = prepared else {
+                continue;
+            };
             plain_peers.extend(plain_peer);
             let host = &signature.canonical().host;
             if !hosts.contains(host) {
@@ -1083,6 +1103,19 @@ mod tests {
         };
         assert!(hit.entry.response.is_err());
         assert_eq!(engine.stats().report().snapshot_errors, 1);
+    }
+
+    #[test]
+    fn inbound_exchanges_are_neither_served_nor_skipped() {
+        let mut inbound = exchange("app", json!({}));
+        inbound.direction = Direction::Inbound;
+        let engine = engine(
+            &[inbound, exchange("llm", json!({}))],
+            ReplayOptions::default(),
+        );
+        assert_eq!((engine.len(), engine.skipped()), (1, 0));
+        assert!(matches!(engine.respond(&request("app")), Outcome::Miss(_)));
+        assert!(matches!(engine.respond(&request("llm")), Outcome::Hit(_)));
     }
 
     #[test]

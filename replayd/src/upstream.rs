@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use llmsim_snapshot::authority::Authority;
 use llmsim_snapshot::config::ConfigError;
 use llmsim_snapshot::ledger::CallLine;
-use llmsim_snapshot::model::{Exchange, Headers, HttpVersion, ProcessInfo, Scheme};
+use llmsim_snapshot::model::{Direction, Exchange, Headers, HttpVersion, ProcessInfo, Scheme};
 use llmsim_snapshot::prices::{PriceError, PriceTable};
 use llmsim_snapshot::record::{
     self, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder,
@@ -424,6 +424,7 @@ impl Upstream {
                     comm: "replayd".to_owned(),
                     exe: None,
                 },
+                direction: Direction::Outbound,
                 scheme: if to.tls { Scheme::Https } else { Scheme::Http },
                 http_version,
                 incomplete: broke_off,

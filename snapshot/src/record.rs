@@ -16,7 +16,8 @@ use crate::atomic::Owner;
 use crate::authority::Authority;
 use crate::config::{ConfigError, SnapshotConfig};
 use crate::model::{
-    Body, Exchange, FORMAT_VERSION, Headers, HttpVersion, ProcessInfo, Request, Response, Scheme,
+    Body, Direction, Exchange, FORMAT_VERSION, Headers, HttpVersion, ProcessInfo, Request,
+    Response, Scheme,
 };
 use crate::paths;
 use crate::provider::{self, Endpoint, Provider};
@@ -120,8 +121,10 @@ pub struct RawExchange<B> {
     pub sni: Option<String>,
     /// The server address connected to, when known.
     pub peer: Option<SocketAddr>,
-    /// The process that made the request.
+    /// The process that made the request (for an inbound exchange: the one that served it).
     pub process: ProcessInfo,
+    /// Whether the target made the request or served it.
+    pub direction: Direction,
     /// Whether the connection was TLS.
     pub scheme: Scheme,
     /// The HTTP version the exchange was made with.
@@ -151,6 +154,7 @@ impl<B: AsRef<[u8]>> RawExchange<B> {
             sni: _,
             peer,
             process,
+            direction,
             scheme,
             http_version,
             mut incomplete,
@@ -177,7 +181,11 @@ impl<B: AsRef<[u8]>> RawExchange<B> {
             };
             (response, 0.0)
         };
-        let provider = Provider::from_host(&host);
+        // A request the target served is the app's own API, not a provider's.
+        let provider = match direction {
+            Direction::Outbound => Provider::from_host(&host),
+            Direction::Inbound => Provider::Generic,
+        };
         let endpoint = Endpoint::classify(&request.method, &request.target);
         let json = request_body.json();
         let model = provider::model_of(endpoint, &request.target, json);
@@ -190,6 +198,8 @@ impl<B: AsRef<[u8]>> RawExchange<B> {
             host,
             scheme,
             http_version,
+            direction,
+            linked: Vec::new(),
             process,
             peer,
             started_at,
@@ -342,6 +352,7 @@ mod tests {
             sni: sni.map(str::to_owned),
             peer: Some("[2606:4700::6810:7b60]:443".parse().unwrap()),
             process,
+            direction: Direction::Outbound,
             scheme: Scheme::Https,
             http_version: HttpVersion::Http11,
             incomplete: None,

@@ -41,7 +41,15 @@ pub struct Exchange {
     /// files written before it existed hold.
     #[serde(default, skip_serializing_if = "HttpVersion::is_http11")]
     pub http_version: HttpVersion,
-    /// The process that made the request.
+    /// Which way the exchange went through the target; left out for outbound, the only kind
+    /// files written before it existed hold.
+    #[serde(default, skip_serializing_if = "Direction::is_outbound")]
+    pub direction: Direction,
+    /// For an inbound exchange, the `seq` of each outbound exchange the target made while
+    /// serving it, in capture order; left out when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub linked: Vec<u64>,
+    /// The process that made the request (for an inbound exchange: the one that served it).
     pub process: ProcessInfo,
     /// The server address the client connected to, when known.
     pub peer: Option<SocketAddr>,
@@ -102,6 +110,25 @@ impl HttpVersion {
     /// Whether this is HTTP/1.1, the version a file that does not say holds.
     pub fn is_http11(&self) -> bool {
         *self == Self::Http11
+    }
+}
+
+/// Which way an exchange went through the target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// The target called an API, such as an LLM provider: what replayd serves back to it.
+    #[default]
+    Outbound,
+    /// The target served the request on one of its own ports (`--app-port`): what a
+    /// regression replay or a load test sends to it again.
+    Inbound,
+}
+
+impl Direction {
+    /// Whether this is outbound, the direction a file that does not say holds.
+    pub fn is_outbound(&self) -> bool {
+        *self == Self::Outbound
     }
 }
 

@@ -1,16 +1,16 @@
-//! Exchange file names: `{seq:06}-{provider}-{slug}.json`, so a plain sort
-//! lists a capture in order and a name says what the request was.
+//! Exchange file names: `{seq:06}-{origin}-{slug}.json`, where the origin is the provider
+//! (`inbound` for a request the target served), so a plain sort lists a capture in order and
+//! a name says what the request was.
 
+use std::fmt::Display;
 use std::path::Path;
-
-use crate::provider::Provider;
 
 /// The longest slug kept in a file name.
 const MAX_SLUG: usize = 60;
 
 /// The file name for an exchange.
-pub(super) fn file_name(seq: u64, provider: Provider, method: &str, path: &str) -> String {
-    format!("{seq:06}-{provider}-{}.json", slug(method, path))
+pub(super) fn file_name(seq: u64, origin: impl Display, method: &str, path: &str) -> String {
+    format!("{seq:06}-{origin}-{}.json", slug(method, path))
 }
 
 /// Whether `name` is an exchange file: visible and ending in `.json`
@@ -56,6 +56,7 @@ fn slug(method: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::Provider;
 
     #[test]
     fn names_sort_and_read_back() {
@@ -67,6 +68,10 @@ mod tests {
         );
         assert_eq!(name, "000007-openai-post-v1-chat-completions.json");
         assert_eq!(seq_of(&name), Some(7));
+        assert_eq!(
+            file_name(3, "inbound", "POST", "/triage"),
+            "000003-inbound-post-triage.json"
+        );
         assert!(
             file_name(9, Provider::Generic, "GET", "/")
                 < file_name(10, Provider::Anthropic, "GET", "/")

@@ -2,12 +2,13 @@
 //! lock on `exchanges/` for its lifetime, continues numbering after the highest
 //! seq already there, and creates each file whole with no-replace semantics.
 
+use std::fmt::Display;
 use std::fs::{self, File, TryLockError};
 use std::path::{Path, PathBuf};
 
 use super::{EXCHANGES_DIR, StoreError, naming, to_file_text};
 use crate::atomic::{self, Mode, Owner, PublishError};
-use crate::model::{Exchange, FORMAT_VERSION};
+use crate::model::{Direction, Exchange, FORMAT_VERSION};
 
 /// Permission bits of exchange files (less the umask): they are committed.
 const FILE_MODE: Mode = Mode::Umasked(0o644);
@@ -105,9 +106,13 @@ impl SnapshotWriter {
             exchange.seq = seq;
             let text =
                 to_file_text(&exchange).map_err(|source| StoreError::Serialize { seq, source })?;
+            let origin: &dyn Display = match exchange.direction {
+                Direction::Inbound => &"inbound",
+                Direction::Outbound => &exchange.provider,
+            };
             let name = naming::file_name(
                 seq,
-                exchange.provider,
+                origin,
                 &exchange.request.method,
                 &exchange.request.path,
             );
