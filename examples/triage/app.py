@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -391,28 +392,122 @@ def timed(run, ticket, step, fn, *args):
     return answer
 
 
+class StepFailed(Exception):
+    """A ticket's step failed: which step, and the provider's or the validator's error."""
+
+    def __init__(self, step, error):
+        super().__init__(f"step {step}: {error}")
+
+
+def triage_ticket(run, backend, ticket):
+    """The three steps for one ticket: its triage, analysis and draft, or StepFailed."""
+    step = "triage"
+    try:
+        triage = parse_triage(timed(run, ticket, step, backend.triage, TRIAGE_SYSTEM, ticket_text(ticket)))
+        step = "analysis"
+        analysis = timed(run, ticket, step, backend.complete, ANALYSIS_SYSTEM,
+                         analysis_prompt(ticket, triage), ANALYSIS_MAX_TOKENS)
+        if not analysis:
+            raise ProviderError("empty answer")
+        step = "draft"
+        draft = timed(run, ticket, step, backend.complete, DRAFT_SYSTEM,
+                      draft_prompt(ticket, triage, analysis), DRAFT_MAX_TOKENS)
+        if not draft:
+            raise ProviderError("empty answer")
+    except (ProviderError, TriageError) as e:
+        raise StepFailed(step, e) from e
+    return {"triage": triage, "analysis": analysis, "draft": draft}
+
+
 def run_provider(run, backend, tickets, progress):
     for ticket in tickets:
-        step = "triage"
         try:
-            triage = parse_triage(timed(run, ticket, step, backend.triage, TRIAGE_SYSTEM, ticket_text(ticket)))
-            step = "analysis"
-            analysis = timed(run, ticket, step, backend.complete, ANALYSIS_SYSTEM,
-                             analysis_prompt(ticket, triage), ANALYSIS_MAX_TOKENS)
-            if not analysis:
-                raise ProviderError("empty answer")
-            step = "draft"
-            draft = timed(run, ticket, step, backend.complete, DRAFT_SYSTEM,
-                          draft_prompt(ticket, triage, analysis), DRAFT_MAX_TOKENS)
-            if not draft:
-                raise ProviderError("empty answer")
-        except (ProviderError, TriageError) as e:
-            run.error = f"{run.name} ({run.model}), ticket {ticket['id']}, step {step}: {e}"
+            result = triage_ticket(run, backend, ticket)
+        except StepFailed as e:
+            run.error = f"{run.name} ({run.model}), ticket {ticket['id']}, {e}"
             print(f"triage: error: {run.error}; skipping {run.name}'s remaining tickets", file=sys.stderr)
             return
-        run.results[ticket["id"]] = {"triage": triage, "analysis": analysis, "draft": draft}
+        run.results[ticket["id"]] = result
         if progress:
-            print(f"triage: {run.name} {ticket['id']} {triage['category']}/{triage['priority']}", file=sys.stderr)
+            print(f"triage: {run.name} {ticket['id']} {result['triage']['category']}/{result['triage']['priority']}",
+                  file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving: the same pipeline as an HTTP API, one ticket per request.
+# ---------------------------------------------------------------------------------------------
+
+def check_ticket(ticket):
+    if not isinstance(ticket, dict):
+        raise ValueError("a ticket is a JSON object")
+    for key in ("id", "customer", "plan", "subject", "body"):
+        if not isinstance(ticket.get(key), str):
+            raise ValueError(f"ticket {ticket.get('id', '?')} has no string {key!r}")
+
+
+def triage_one(backends, ticket):
+    """One ticket through every provider, as the API answers it: the status and the JSON body."""
+    started = time.perf_counter()
+    answer = {"id": ticket["id"], "results": {}, "calls": [], "errors": []}
+    for name, model, backend in backends:
+        run = ProviderRun(name, model)
+        try:
+            answer["results"][name] = triage_ticket(run, backend, ticket)
+        except StepFailed as e:
+            answer["results"][name] = None
+            answer["errors"].append(f"{name} ({model}): {e}")
+        answer["calls"].extend(
+            {"provider": c.provider, "step": c.step, "tokens_in": c.usage.input_tokens,
+             "tokens_out": c.usage.output_tokens,
+             "cost_usd": None if c.cost_usd is None else round(c.cost_usd, 9)}
+            for c in run.calls)
+    # Wall-clock time differs on every run: a regression replay ignores it.
+    answer["elapsed_ms"] = round((time.perf_counter() - started) * 1000, 3)
+    return (502 if answer["errors"] else 200), answer
+
+
+def serve(address, backends):
+    """Serves POST /triage (a ticket as JSON, as in tickets.json) and GET /health until killed."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def reply(self, status, body):
+            data = (json.dumps(body, ensure_ascii=False) + "\n").encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            if self.path == "/health":
+                self.reply(200, {"status": "ok", "providers": [name for name, _, _ in backends]})
+            else:
+                self.reply(404, {"error": f"no such resource: GET {self.path}"})
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            if self.path != "/triage":
+                self.reply(404, {"error": f"no such resource: POST {self.path}"})
+                return
+            try:
+                ticket = json.loads(raw)
+                check_ticket(ticket)
+            except ValueError as e:
+                self.reply(400, {"error": f"bad ticket: {e}"})
+                return
+            self.reply(*triage_one(backends, ticket))
+
+        def log_message(self, format, *args):
+            pass
+
+    host, _, port = address.rpartition(":")
+    server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+    server.daemon_threads = True
+    print(f"triage: serving on {address}: POST /triage, GET /health", file=sys.stderr, flush=True)
+    server.serve_forever()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,6 +645,8 @@ def parse_args(argv):
     parser.add_argument("--no-timings", action="store_true",
                         help="leave out the timings section, so all of stdout is deterministic")
     parser.add_argument("--progress", action="store_true", help="print a line per ticket on stderr")
+    parser.add_argument("--serve", metavar="HOST:PORT",
+                        help="serve the pipeline as an HTTP API instead: POST /triage with one ticket as JSON")
     return parser.parse_args(argv)
 
 
@@ -581,9 +678,7 @@ def main(argv=None):
     try:
         tickets = json.loads(args.tickets.read_text(encoding="utf-8"))
         for t in tickets:
-            for key in ("id", "customer", "plan", "subject", "body"):
-                if not isinstance(t.get(key), str):
-                    raise ValueError(f"ticket {t.get('id', '?')} has no string {key!r}")
+            check_ticket(t)
     except (OSError, ValueError, AttributeError) as e:
         usage_error(f"cannot read tickets from {args.tickets}: {e}")
     if args.limit is not None:
@@ -592,6 +687,14 @@ def main(argv=None):
     for wanted in args.show:
         if wanted not in ids:
             usage_error(f"--show {wanted}: no such ticket")
+
+    if args.serve:
+        port = args.serve.rpartition(":")[2]
+        if not port.isdigit():
+            usage_error(f"--serve expects HOST:PORT, got {args.serve!r}")
+        serve(args.serve, [(name, models[name], make_backend(name, models[name], os.environ[PROVIDERS[name].key_env]))
+                           for name in chosen])
+        return 0
 
     runs = []
     for name in chosen:
