@@ -9,8 +9,10 @@ use regex::bytes::{Captures, Regex};
 /// `Bearer` comes first so the hash covers the token alone, as it does for an
 /// `Authorization` header.
 const BUILTIN: [(&str, usize); 4] = [
-    // Bearer tokens anywhere: keep the scheme, replace the token (group 1).
-    (r"(?i-u)\bbearer[ \t]+([A-Za-z0-9._~+/=-]{8,})", 1),
+    // Bearer tokens anywhere: keep the scheme, replace the token (group 1). The token is
+    // RFC 6750's b64token, `=` only as trailing padding, so `tok=Bearer <key>` does not
+    // take the second `Bearer` into the first token and leave its key behind.
+    (r"(?i-u)\bbearer[ \t]+([A-Za-z0-9._~+/-]{8,}=*)", 1),
     // OpenAI (sk-, sk-proj-, sk-svcacct-), Anthropic (sk-ant-), OpenRouter (sk-or-).
     (r"(?-u)\bsk-[A-Za-z0-9_-]{20,}", 0),
     // xAI.

@@ -143,6 +143,24 @@ fn keys_are_scrubbed_from_other_header_values() {
 }
 
 #[test]
+fn a_bearer_token_followed_by_another_after_an_equals_sign_loses_both() {
+    // Found by the redactor fuzz target: the first token used to run on through `=Bearer`,
+    // so the second token was never seen as one.
+    let r = redactor();
+    let second = "w5Obce9IVXMK11J5c4GpJ0RJ6IGeNJ0N0GXM5";
+    let mut headers: Headers = [("x-note", format!("Bearer odb44a9~=Bearer {second},"))]
+        .into_iter()
+        .collect();
+    r.redact_headers(&mut headers);
+    let value = headers.get("x-note").unwrap();
+    assert!(!value.contains(second), "{value}");
+    assert!(!value.contains("odb44a9~"), "{value}");
+    // Base64 padding stays part of the token it ends.
+    let padded = r.scrub_text("Bearer QWxhZGRpbjpvcGVuc2VzYW1l==").unwrap();
+    assert!(!padded.contains('='), "{padded}");
+}
+
+#[test]
 fn key_query_parameter_is_redacted() {
     let r = redactor();
     let path = format!(
