@@ -376,6 +376,7 @@ mod tests {
             data: data.to_owned(),
             id: None,
             retry: None,
+            wire: None,
         }
     }
 

@@ -296,6 +296,7 @@ mod tests {
             data: data.into(),
             id: None,
             retry: None,
+            wire: None,
         };
         ex.response.body = Body::Sse {
             content_encoding: None,

@@ -378,6 +378,7 @@ fn sse_exchange(offsets: &[f64]) -> Exchange {
             data: format!("{{\"n\":{i}}}"),
             id: None,
             retry: None,
+            wire: None,
         })
         .collect();
     let mut ex = exchange(

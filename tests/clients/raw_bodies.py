@@ -8,7 +8,7 @@ of the bytes it received (after chunked framing, with no Content-Encoding asked 
 Calls, in order: OpenAI chat completion, OpenAI embeddings, OpenAI chat completion without a key
 (a 401 error body), Anthropic message, Gemini generateContent, Gemini streamGenerateContent
 without alt=sse (a JSON array streamed element by element), and with alt=sse (events with CRLF
-line ends).
+line ends), and an OpenRouter chat completion stream (which opens with an SSE comment).
 """
 
 import base64
@@ -43,6 +43,10 @@ CALLS = [
      "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
      {"x-goog-api-key": os.environ.get("GEMINI_API_KEY", "")},
      {"contents": [{"role": "user", "parts": [{"text": "Say hello as server-sent events"}]}]}),
+    ("openrouter.chat.stream", "openrouter.ai", "/api/v1/chat/completions",
+     {"Authorization": "Bearer " + os.environ.get("OPENROUTER_API_KEY", "")},
+     {"model": "openai/gpt-4o-mini", "stream": True,
+      "messages": [{"role": "user", "content": "Say hello through OpenRouter"}]}),
 ]
 
 

@@ -674,6 +674,11 @@ def openai_usage(conv_in, out):
     }
 
 
+# The comment OpenRouter sends on a stream while it waits for the model (its documented
+# keep-alive); a client's SSE parser skips it.
+OPENROUTER_PROCESSING = b": OPENROUTER PROCESSING\n\n"
+
+
 def sse_data(obj):
     return b"data: " + dumps(obj).encode() + b"\n\n"
 
@@ -1200,7 +1205,11 @@ class Handler(BaseHTTPRequestHandler):
             if method == "countTokens":
                 return gemini_count(body, started)
         elif path.endswith("/chat/completions"):
-            return openai_chat(body, started)
+            reply = openai_chat(body, started)
+            if path.startswith("/api/v1/") and reply.events:
+                # OpenRouter keeps a stream alive with SSE comments while the model works.
+                reply.events.insert(0, OPENROUTER_PROCESSING)
+            return reply
         elif path.endswith("/responses"):
             return openai_responses(body, started)
         elif path.endswith("/embeddings"):

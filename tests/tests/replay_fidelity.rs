@@ -3,7 +3,8 @@
 //! provider does (`OpenAI` and Gemini indented with a final newline, Anthropic compact), then
 //! replayed offline by `replayd -- CMD`. Every replayed body must be the recorded bytes, byte for
 //! byte, while the snapshot keeps each body as readable JSON (Gemini's server-sent events, whose
-//! lines end in CRLF, as events). Gemini's JSON-array stream
+//! lines end in CRLF, as events, and `OpenRouter`'s stream, whose SSE comment a client never
+//! sees but replay still sends). Gemini's JSON-array stream
 //! (`streamGenerateContent` without `alt=sse`) is stored with the offset of each element and
 //! replayed element by element at those offsets.
 
@@ -23,7 +24,7 @@ const CLIENT: &str = "raw_bodies.py";
 const CAPTURE_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The calls of `raw_bodies.py`, in order.
-const CALLS: [&str; 7] = [
+const CALLS: [&str; 8] = [
     "openai.chat",
     "openai.embeddings",
     "openai.error",
@@ -31,6 +32,7 @@ const CALLS: [&str; 7] = [
     "gemini.generateContent",
     "gemini.streamGenerateContent",
     "gemini.streamGenerateContent.sse",
+    "openrouter.chat.stream",
 ];
 
 /// The index of the streamed JSON array in [`CALLS`].
@@ -86,6 +88,34 @@ fn element_spread(stream: &Value) -> f64 {
     spread
 }
 
+/// The snapshot keeps every body as JSON (or events) a person can read and edit, and
+/// `OpenRouter`'s comment with the event it came before.
+fn assert_stored_readably(files: &[Value]) {
+    assert_eq!(files.len(), CALLS.len());
+    for (file, name) in files.iter().zip(CALLS) {
+        let kind = if matches!(
+            name,
+            "gemini.streamGenerateContent.sse" | "openrouter.chat.stream"
+        ) {
+            "sse"
+        } else {
+            "json"
+        };
+        assert_eq!(
+            file["response"]["body"]["kind"], kind,
+            "{name}: {}",
+            file["response"]["body"]
+        );
+    }
+    let first_event = &files[7]["response"]["body"]["events"][0];
+    assert!(
+        first_event["wire"]
+            .as_str()
+            .is_some_and(|wire| wire.starts_with(": OPENROUTER PROCESSING\n\ndata: {")),
+        "{first_event}"
+    );
+}
+
 #[test]
 fn replayed_json_bodies_are_the_recorded_bytes() {
     if !privileged("byte-exact replay of JSON bodies") {
@@ -130,6 +160,9 @@ fn replayed_json_bodies_are_the_recorded_bytes() {
             "anthropic.messages" => ("{\"", "}"),
             "gemini.streamGenerateContent" => ("[{\n  \"", "}\n]"),
             "gemini.streamGenerateContent.sse" => ("data: {\"", "}\r\n\r\n"),
+            "openrouter.chat.stream" => {
+                (": OPENROUTER PROCESSING\n\ndata: {\"", "data: [DONE]\n\n")
+            }
             _ => ("{\n  \"", "}\n"),
         };
         assert!(
@@ -139,21 +172,8 @@ fn replayed_json_bodies_are_the_recorded_bytes() {
     }
     assert_eq!(recorded[2].1, 401, "the call without a key is refused");
 
-    // The snapshot keeps every body as JSON (or events) a person can read and edit.
     let files = exchanges(snapshot.path());
-    assert_eq!(files.len(), CALLS.len());
-    for (file, name) in files.iter().zip(CALLS) {
-        let kind = if name == "gemini.streamGenerateContent.sse" {
-            "sse"
-        } else {
-            "json"
-        };
-        assert_eq!(
-            file["response"]["body"]["kind"], kind,
-            "{name}: {}",
-            file["response"]["body"]
-        );
-    }
+    assert_stored_readably(&files);
     let recorded_spread = element_spread(&files[ARRAY_STREAM]["response"]["body"]);
 
     let replay = replay_client(snapshot.path(), &["--repeat", "fail"], CLIENT, &[]);

@@ -144,16 +144,11 @@ impl Body {
         let text = std::str::from_utf8(&bytes).ok();
         if media == "text/event-stream" && text.is_some() {
             let parsed = sse::parse(&decoded);
-            let unterminated = parsed.unterminated.as_deref();
-            // Lines ended in CRLF when that, and not LF, writes the same bytes back.
-            let crlf = bytes.contains(&b'\r')
-                && sse::write(&parsed.events, unterminated, false) != bytes
-                && sse::write(&parsed.events, unterminated, true) == bytes;
             return Ok(Self::Sse {
                 content_encoding: coding,
                 events: parsed.events,
                 unterminated: parsed.unterminated,
-                crlf,
+                crlf: parsed.crlf,
             });
         }
         if media == "application/x-ndjson"
@@ -665,6 +660,7 @@ mod tests {
             data: "x".into(),
             id: None,
             retry: Some(10),
+            wire: None,
         };
         let bodies = [
             Body::default(),

@@ -279,7 +279,10 @@ impl Redactor {
             } => {
                 for event in events {
                     self.scrub_in_place(&mut event.data);
-                    for field in [&mut event.event, &mut event.id].into_iter().flatten() {
+                    for field in [&mut event.event, &mut event.id, &mut event.wire]
+                        .into_iter()
+                        .flatten()
+                    {
                         self.scrub_in_place(field);
                     }
                 }

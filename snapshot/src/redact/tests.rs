@@ -222,6 +222,7 @@ fn planted_keys_are_gone_from_the_serialized_exchange() {
                 data: format!("{{\"text\":\"{OPENAI_KEY}\"}}"),
                 id: None,
                 retry: None,
+                wire: None,
             },
             SseEvent {
                 offset_ms: 2.0,
@@ -229,6 +230,7 @@ fn planted_keys_are_gone_from_the_serialized_exchange() {
                 data: "[DONE]".into(),
                 id: None,
                 retry: None,
+                wire: None,
             },
         ],
         unterminated: Some(format!("data: {GOOGLE_KEY}")),
@@ -305,6 +307,23 @@ fn keys_in_text_and_binary_bodies_are_scrubbed() {
             .any(|w| w == OPENAI_KEY.as_bytes())
     );
     assert_eq!(&bytes[..2], [0xff, 0x00]);
+}
+
+#[test]
+fn a_key_in_an_event_kept_as_it_arrived_is_gone_and_the_comments_stay() {
+    let r = redactor();
+    let wire = format!(": OPENROUTER PROCESSING\n\ndata:{{\"echo\":\"{OPENAI_KEY}\"}}\n\n");
+    let (mut body, _) =
+        Body::for_storage(Some("text/event-stream"), None, &[(0.0, wire.as_bytes())]);
+    r.redact_body(&mut body);
+    let stored = serde_json::to_string(&body).unwrap();
+    assert!(!stored.contains(OPENAI_KEY), "{stored}");
+    let replayed = String::from_utf8(body.to_bytes()).unwrap();
+    assert!(!replayed.contains(OPENAI_KEY), "{replayed}");
+    assert!(
+        replayed.starts_with(": OPENROUTER PROCESSING\n\ndata:{\"echo\":\"<redacted:"),
+        "the event keeps its bytes, the key replaced: {replayed}"
+    );
 }
 
 #[test]

@@ -67,6 +67,7 @@ pub(crate) fn sse_body(events: &[(f64, Option<String>, String)]) -> Body {
                 data: data.clone(),
                 id: None,
                 retry: None,
+                wire: None,
             })
             .collect(),
         unterminated: None,
