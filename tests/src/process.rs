@@ -1,6 +1,7 @@
 //! Child processes for tests: a kill-on-drop guard, a line reader that waits for a readiness
 //! line with a deadline (instead of sleeping), and a runner that collects a command's output with
-//! a timeout and formats everything a failing assertion needs to show.
+//! a timeout and formats everything a failing assertion needs to show. Every deadline here is
+//! [`patient`]: longer in an emulated guest of the kernel matrix.
 
 use std::fmt;
 use std::io::{BufRead as _, BufReader, Read};
@@ -9,6 +10,23 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::kernels::in_kernel_vm;
+
+/// How many times longer a deadline is in a guest of the kernel matrix, where QEMU may emulate
+/// the CPU (TCG) and Python or Node take tens of seconds to start.
+const GUEST_PATIENCE: u32 = 5;
+
+/// `timeout`, or [`GUEST_PATIENCE`] times it in a guest of the kernel matrix. Only deadlines
+/// (how long a test waits before it fails) are stretched, never what a test measures.
+pub fn patient(timeout: Duration) -> Duration {
+    static IN_GUEST: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *IN_GUEST.get_or_init(in_kernel_vm) {
+        timeout * GUEST_PATIENCE
+    } else {
+        timeout
+    }
+}
 
 /// A child process that is killed (SIGKILL) and reaped when the guard drops.
 pub struct ChildGuard {
@@ -74,6 +92,7 @@ impl ChildGuard {
     /// Waits for the child to exit (e.g. after [`ChildGuard::signal`]) within `timeout`;
     /// kills it and panics if it does not.
     pub fn wait_timeout(mut self, timeout: Duration) -> ExitStatus {
+        let timeout = patient(timeout);
         let mut child = self
             .child
             .take()
@@ -148,6 +167,7 @@ impl Lines {
         timeout: Duration,
         context: impl FnOnce() -> String,
     ) -> String {
+        let timeout = patient(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             match self
@@ -243,7 +263,7 @@ pub fn run_command(mut cmd: Command, what: &str, timeout: Duration) -> CommandOu
     let stderr = collect(child.stderr.take().expect("stderr is piped"), tx);
 
     // Both pipes reaching end of file means the child (and anything it left holding them) exited.
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + patient(timeout);
     let mut timed_out = false;
     for _ in 0..2 {
         if rx

@@ -129,6 +129,48 @@ fn a_command_that_does_not_exist_is_refused() {
     assert!(!out.exists(), "no snapshot directory is created");
 }
 
+/// The running kernel's release and its (major, minor).
+fn kernel_release() -> (String, (u32, u32)) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("/proc/sys/kernel/osrelease")
+        .trim()
+        .to_owned();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    (release, version)
+}
+
+/// The kernel matrix runs this on every kernel: below 5.17 the agent must refuse in one line
+/// naming the kernel before anything runs; from 5.17 on the same capture must run.
+#[test]
+fn a_kernel_older_than_5_17_is_refused_in_one_line() {
+    if !privileged("capture on this kernel") {
+        return;
+    }
+    let (release, version) = kernel_release();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    let mut args: Vec<OsString> = vec!["--out".into(), dir.path().join("snap").into()];
+    args.extend(marker_command(&marker));
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
+    let output = capture(&args, "capture of touch");
+    if version < (5, 17) {
+        assert_one_line_exit_2(
+            &output,
+            &format!(
+                "llmsim-agent: this kernel ({release}) is too old: llmsim-agent needs Linux 5.17 or newer"
+            ),
+        );
+        assert!(!marker.exists(), "the command ran");
+    } else {
+        output.assert_success();
+        assert!(marker.exists(), "the command did not run\n{output}");
+        assert!(!output.stderr.contains("too old"), "{output}");
+    }
+}
+
 #[test]
 fn an_invalid_host_pattern_is_refused() {
     if !privileged("capture with an invalid --host") {

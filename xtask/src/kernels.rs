@@ -25,23 +25,78 @@ use llmsim_tests::kernels::{IN_VM_ENV, hardware_kvm};
 
 use crate::cargo_command;
 
-/// The privileged core run on every kernel: (test executable, test name).
-const CORE: &[(&str, &str)] = &[
-    ("capture", "captures_openai_python_plain_and_streamed"),
-    ("capture", "captures_openai_node_with_its_static_openssl"),
-    ("replay", "openai_python_replays_offline_from_its_recording"),
+/// The privileged core: (test executable, test name, whether it needs the agent's probes,
+/// so a kernel older than the agent's minimum runs it only as the refusal check below).
+const CORE: &[(&str, &str, bool)] = &[
+    ("capture", "captures_openai_python_plain_and_streamed", true),
+    (
+        "capture",
+        "captures_openai_node_with_its_static_openssl",
+        true,
+    ),
+    // Records with the agent first, then replays.
+    (
+        "replay",
+        "openai_python_replays_offline_from_its_recording",
+        true,
+    ),
+    // replayd alone (DNS answers, the redirect, TLS, the miss answer), with curl.
+    (
+        "replay_spend_leak",
+        "an_unrecorded_provider_host_is_a_miss_and_never_reached",
+        false,
+    ),
     (
         "replay_daemon",
         "a_cgroup_is_served_until_replayd_is_killed_and_then_not_redirected",
+        true,
+    ),
+    // Every kernel: below 5.17 the agent refuses in one line, from 5.17 on it runs.
+    (
+        "capture_bad_input",
+        "a_kernel_older_than_5_17_is_refused_in_one_line",
+        false,
     ),
 ];
 
-/// The Debian kernel series the matrix knows: (name on the command line, package name
-/// pattern for `apt-cache search --names-only`).
-const SERIES: &[(&str, &str)] = &[
-    ("6.1", r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$"),
-    ("6.12", r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$"),
+/// A Debian kernel series the matrix knows.
+struct Series {
+    /// Its name on the command line.
+    name: &'static str,
+    /// The package name pattern, for `apt-cache search --names-only`.
+    pattern: &'static str,
+    /// Whether it is new enough for the agent's probes (5.17); an older one runs the core's
+    /// tests that do not need them.
+    agent: bool,
+}
+
+/// Oldest first: 5.10 is Debian 11's, the oldest the archive still serves.
+const SERIES: &[Series] = &[
+    Series {
+        name: "5.10",
+        pattern: r"^linux-image-5\.10\.0-[0-9]+-amd64-unsigned$",
+        agent: false,
+    },
+    Series {
+        name: "6.1",
+        pattern: r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+        agent: true,
+    },
+    Series {
+        name: "6.12",
+        pattern: r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
+        agent: true,
+    },
 ];
+
+/// The Debian suites the kernels come from, as an apt sources file of the matrix's own: the
+/// host's apt lists hold only its own release, and the matrix never changes them.
+const APT_SOURCES: &str = "\
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bullseye main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bullseye-security main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main
+deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main
+";
 
 /// Memory given to a guest.
 const GUEST_MEMORY: &str = "3G";
@@ -51,7 +106,7 @@ const GUEST_TIMEOUT: Duration = Duration::from_mins(30);
 /// `cargo xtask kernels` options.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kernels to run on, comma-separated: 6.1, 6.12, host, or all.
+    /// Kernels to run on, comma-separated: 5.10, 6.1, 6.12, host, or all.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     kernel: Vec<String>,
     /// Run this test (`EXECUTABLE::TEST`, repeatable) instead of the privileged core.
@@ -64,28 +119,24 @@ enum Kernel {
     /// The running kernel, without a VM.
     Host,
     /// A Debian series, booted under QEMU.
-    Debian { series: String, pattern: String },
+    Debian(&'static Series),
 }
 
 impl Kernel {
     fn parse(name: &str) -> anyhow::Result<Vec<Self>> {
-        let debian = |(series, pattern): &(&str, &str)| Kernel::Debian {
-            series: (*series).to_owned(),
-            pattern: (*pattern).to_owned(),
-        };
         match name {
             "all" => Ok(SERIES
                 .iter()
-                .map(debian)
+                .map(Kernel::Debian)
                 .chain(std::iter::once(Kernel::Host))
                 .collect()),
             "host" => Ok(vec![Kernel::Host]),
             other => SERIES
                 .iter()
-                .find(|(series, _)| *series == other)
-                .map(|entry| vec![debian(entry)])
+                .find(|series| series.name == other)
+                .map(|series| vec![Kernel::Debian(series)])
                 .with_context(|| {
-                    let known: Vec<&str> = SERIES.iter().map(|(s, _)| *s).collect();
+                    let known: Vec<&str> = SERIES.iter().map(|s| s.name).collect();
                     format!(
                         "unknown kernel `{other}` (known: {}, host, all)",
                         known.join(", ")
@@ -96,10 +147,13 @@ impl Kernel {
 }
 
 /// One test to run: its executable's path and its name.
+#[derive(Clone)]
 struct TestCase {
     executable: PathBuf,
     target: String,
     name: String,
+    /// Whether it needs the agent's probes (run only on kernels new enough for them).
+    needs_agent: bool,
 }
 
 /// What one test did on one kernel.
@@ -125,16 +179,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for name in &args.kernel {
         kernels.extend(Kernel::parse(name)?);
     }
-    let wanted: Vec<(String, String)> = if args.tests.is_empty() {
+    let wanted: Vec<(String, String, bool)> = if args.tests.is_empty() {
         CORE.iter()
-            .map(|(t, n)| ((*t).to_owned(), (*n).to_owned()))
+            .map(|&(t, n, agent)| (t.to_owned(), n.to_owned(), agent))
             .collect()
     } else {
+        // Asked for by name: run everywhere.
         args.tests
             .iter()
             .map(|spec| {
                 spec.split_once("::")
-                    .map(|(t, n)| (t.to_owned(), n.to_owned()))
+                    .map(|(t, n)| (t.to_owned(), n.to_owned(), false))
                     .with_context(|| format!("--test `{spec}` is not EXECUTABLE::TEST"))
             })
             .collect::<anyhow::Result<_>>()?
@@ -144,8 +199,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let tests = build_tests(&wanted)?;
     let cache = root.join("target/kernels");
     let accel = Accel::detect();
-    if kernels.iter().any(|k| matches!(k, Kernel::Debian { .. })) {
+    if kernels.iter().any(|k| matches!(k, Kernel::Debian(_))) {
         eprintln!("xtask: QEMU acceleration: {}", accel.describe());
+        update_apt_lists(&cache)?;
     }
 
     let mut rows = Vec::new();
@@ -156,18 +212,25 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 format!("host {}", host_release()),
                 run_on_host(&tests, &cache.join("run/host")),
             ),
-            Kernel::Debian { series, pattern } => match fetch_kernel(&cache, pattern) {
-                Ok((release, vmlinuz)) => (
-                    format!("{series} ({release})"),
-                    run_in_vm(
-                        &vmlinuz,
-                        &accel,
-                        &tests,
-                        &cache.join(format!("run/{series}")),
+            Kernel::Debian(series) => {
+                let tests: Vec<TestCase> = tests
+                    .iter()
+                    .filter(|t| series.agent || !t.needs_agent)
+                    .cloned()
+                    .collect();
+                match fetch_kernel(&cache, series.pattern) {
+                    Ok((release, vmlinuz)) => (
+                        format!("{} ({release})", series.name),
+                        run_in_vm(
+                            &vmlinuz,
+                            &accel,
+                            &tests,
+                            &cache.join(format!("run/{}", series.name)),
+                        ),
                     ),
-                ),
-                Err(e) => (series.clone(), Err(e)),
-            },
+                    Err(e) => (series.name.to_owned(), Err(e)),
+                }
+            }
         };
         let (outcomes, error) = match result {
             Ok(outcomes) => (outcomes, None),
@@ -197,8 +260,8 @@ fn host_release() -> String {
 
 /// Builds the test executables holding `wanted` (without running them) and returns where
 /// each test is.
-fn build_tests(wanted: &[(String, String)]) -> anyhow::Result<Vec<TestCase>> {
-    let mut targets: Vec<&str> = wanted.iter().map(|(t, _)| t.as_str()).collect();
+fn build_tests(wanted: &[(String, String, bool)]) -> anyhow::Result<Vec<TestCase>> {
+    let mut targets: Vec<&str> = wanted.iter().map(|(t, _, _)| t.as_str()).collect();
     targets.sort_unstable();
     targets.dedup();
     let mut args = vec![
@@ -236,7 +299,7 @@ fn build_tests(wanted: &[(String, String)]) -> anyhow::Result<Vec<TestCase>> {
     }
     wanted
         .iter()
-        .map(|(target, name)| {
+        .map(|(target, name, needs_agent)| {
             let executable = executables
                 .iter()
                 .find(|(t, _)| t == target)
@@ -246,15 +309,53 @@ fn build_tests(wanted: &[(String, String)]) -> anyhow::Result<Vec<TestCase>> {
                 executable,
                 target: target.clone(),
                 name: name.clone(),
+                needs_agent: *needs_agent,
             })
         })
         .collect()
 }
 
-/// The newest package matching `pattern` in apt's lists, downloaded and unpacked under
-/// `cache` unless it already is; returns the kernel release and its `vmlinuz`.
+/// `apt-get` or `apt-cache` reading the matrix's own sources ([`APT_SOURCES`]) and lists
+/// under `cache/apt`, not the host's.
+fn apt(program: &str, cache: &Path) -> Command {
+    let apt = cache.join("apt");
+    let mut cmd = Command::new(program);
+    for (option, path) in [
+        ("Dir::Etc::SourceList", apt.join("sources.list")),
+        ("Dir::Etc::SourceParts", apt.join("sources.list.d")),
+        ("Dir::State::Lists", apt.join("lists")),
+        ("Dir::Cache", apt.join("cache")),
+    ] {
+        cmd.arg("-o").arg(format!("{option}={}", path.display()));
+    }
+    cmd
+}
+
+/// Refreshes the matrix's apt lists, so the newest kernel of each series is found.
+fn update_apt_lists(cache: &Path) -> anyhow::Result<()> {
+    let dir = cache.join("apt");
+    for sub in ["sources.list.d", "lists/partial", "cache/archives/partial"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    std::fs::write(dir.join("sources.list"), APT_SOURCES)?;
+    eprintln!(
+        "xtask: apt-get update (Debian 11 and 12 lists, under {})",
+        dir.display()
+    );
+    let status = apt("apt-get", cache)
+        .args(["update", "-q"])
+        .stdout(Stdio::null())
+        .status()
+        .context("running apt-get update")?;
+    ensure!(status.success(), "apt-get update failed ({status})");
+    Ok(())
+}
+
+/// The newest package matching `pattern` in the matrix's apt lists, downloaded and unpacked
+/// under `cache` unless it already is; returns the kernel release and its `vmlinuz`.
 fn fetch_kernel(cache: &Path, pattern: &str) -> anyhow::Result<(String, PathBuf)> {
-    let output = Command::new("apt-cache")
+    let output = apt("apt-cache", cache)
         .args(["search", "--names-only", pattern])
         .output()
         .context("running apt-cache search")?;
@@ -264,13 +365,13 @@ fn fetch_kernel(cache: &Path, pattern: &str) -> anyhow::Result<(String, PathBuf)
         .filter_map(|line| line.split_whitespace().next())
         .map(str::to_owned)
         .max_by(|a, b| version_key(a).cmp(&version_key(b)))
-        .with_context(|| format!("apt knows no package matching {pattern} (run apt-get update)"))?;
+        .with_context(|| format!("apt knows no package matching {pattern}"))?;
     let unpacked = cache.join("root").join(&package);
     if !unpacked.join("boot").is_dir() {
         let debs = cache.join("debs");
         std::fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
         eprintln!("xtask: downloading {package}");
-        let status = Command::new("apt-get")
+        let status = apt("apt-get", cache)
             .args(["download", "-q", &package])
             .current_dir(&debs)
             .status()
