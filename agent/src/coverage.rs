@@ -27,8 +27,13 @@ pub enum Reason {
     Jvm,
     /// A Go executable whose `crypto/tls` is not probed.
     GoNotProbed,
-    /// The executable links rustls.
+    /// The executable links rustls and has no symbol table to find its functions by
+    /// (stripped): found by rustls's own strings, its panic locations and error text.
     Rustls,
+    /// The executable's symbol table names rustls, yet its connection produced no
+    /// plaintext: the probed functions are missing (an optimised build inlined them),
+    /// or the plaintext could not be attributed to the socket.
+    RustlsNotProbed,
     /// A static executable (it maps no shared TLS library) with no symbols to find its TLS by.
     StaticWithoutSymbols,
     /// Anything else: the process maps no TLS library the probes know.
@@ -47,6 +52,9 @@ impl Reason {
             }
             Self::Rustls => {
                 "build the program with its symbols kept, or record it through replayd: `replayd --on-miss record -- CMD`"
+            }
+            Self::RustlsNotProbed => {
+                "rustls is read at `Writer::write` and `Reader::read`: see the capture's warning on this executable (an optimised build may inline them) and the limits in docs/capture.md, or record it through replayd: `replayd --on-miss record -- CMD`"
             }
             Self::StaticWithoutSymbols => {
                 "link the TLS library dynamically or keep its symbols, or record it through replayd: `replayd --on-miss record -- CMD`"
@@ -79,8 +87,11 @@ impl Reason {
                     .name_bytes()
                     .is_ok_and(|name| contains(name, b"rustls"))
             }) {
-                return Self::Rustls;
+                return Self::RustlsNotProbed;
             }
+        }
+        if executable.is_some_and(|bytes| RUSTLS_STRINGS.iter().any(|s| contains(bytes, s))) {
+            return Self::Rustls;
         }
         if object
             .as_ref()
@@ -91,6 +102,14 @@ impl Reason {
         Self::NoProbeableLibrary
     }
 }
+
+/// Strings every rustls build carries, symbols or not: the path of its sources in
+/// panic locations (`.../rustls-0.23.46/src/...`), and the text of the error a
+/// connection closed without `close_notify` reads as.
+const RUSTLS_STRINGS: [&[u8]; 2] = [
+    b"/rustls-0.",
+    b"peer closed connection without sending TLS close_notify",
+];
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
@@ -104,6 +123,7 @@ impl fmt::Display for Reason {
             Self::Jvm => "JVM (JSSE): TLS inside the JVM",
             Self::GoNotProbed => "Go crypto/tls that was not probed",
             Self::Rustls => "rustls",
+            Self::RustlsNotProbed => "rustls with symbols, not decrypted",
             Self::StaticWithoutSymbols => "static TLS without symbols",
             Self::NoProbeableLibrary => "no TLS library llmsim can probe",
         })
@@ -256,7 +276,10 @@ mod tests {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let reason = Reason::classify(&maps, Some(&exe));
         assert!(
-            matches!(reason, Reason::Rustls | Reason::NoProbeableLibrary),
+            matches!(
+                reason,
+                Reason::Rustls | Reason::RustlsNotProbed | Reason::NoProbeableLibrary
+            ),
             "{reason:?}"
         );
     }
