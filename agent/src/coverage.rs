@@ -34,6 +34,9 @@ pub enum Reason {
     /// plaintext: the probed functions are missing (an optimised build inlined them),
     /// or the plaintext could not be attributed to the socket.
     RustlsNotProbed,
+    /// An executable with `BoringSSL` linked in whose `SSL_read` and `SSL_write` it does not
+    /// name (Bun): found by `BoringSSL`'s own strings; no probe is guessed.
+    BoringSslWithoutSymbols,
     /// A static executable (it maps no shared TLS library) with no symbols to find its TLS by.
     StaticWithoutSymbols,
     /// Anything else: the process maps no TLS library the probes know.
@@ -44,7 +47,7 @@ impl Reason {
     /// One line on what the user can do about it.
     pub const fn hint(self) -> &'static str {
         match self {
-            Self::Jvm | Self::NoProbeableLibrary => {
+            Self::Jvm | Self::NoProbeableLibrary | Self::BoringSslWithoutSymbols => {
                 "record it through replayd: `replayd --on-miss record -- CMD`"
             }
             Self::GoNotProbed => {
@@ -90,7 +93,23 @@ impl Reason {
                 return Self::RustlsNotProbed;
             }
         }
-        if executable.is_some_and(|bytes| RUSTLS_STRINGS.iter().any(|s| contains(bytes, s))) {
+        let holds = |strings: &[&[u8]]| {
+            executable.is_some_and(|bytes| strings.iter().any(|s| contains(bytes, s)))
+        };
+        let names_ssl_functions = object.as_ref().is_some_and(|object| {
+            object
+                .dynamic_symbols()
+                .chain(object.symbols())
+                .any(|symbol| {
+                    symbol
+                        .name_bytes()
+                        .is_ok_and(|name| name == b"SSL_read" || name == b"SSL_write")
+                })
+        });
+        if !names_ssl_functions && holds(&BORINGSSL_STRINGS) {
+            return Self::BoringSslWithoutSymbols;
+        }
+        if holds(&RUSTLS_STRINGS) {
             return Self::Rustls;
         }
         if object
@@ -111,6 +130,11 @@ const RUSTLS_STRINGS: [&[u8]; 2] = [
     b"peer closed connection without sending TLS close_notify",
 ];
 
+/// Strings a `BoringSSL` build carries, symbols or not: the path of its sources in
+/// assertions, and its error string format (`BoringSSL` names every function
+/// `OPENSSL_internal`).
+const BORINGSSL_STRINGS: [&[u8]; 2] = [b"/boringssl/ssl/", b":OPENSSL_internal:"];
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
         .windows(needle.len())
@@ -124,6 +148,9 @@ impl fmt::Display for Reason {
             Self::GoNotProbed => "Go crypto/tls that was not probed",
             Self::Rustls => "rustls",
             Self::RustlsNotProbed => "rustls with symbols, not decrypted",
+            Self::BoringSslWithoutSymbols => {
+                "BoringSSL linked in without symbols: SSL_read and SSL_write cannot be located"
+            }
             Self::StaticWithoutSymbols => "static TLS without symbols",
             Self::NoProbeableLibrary => "no TLS library llmsim can probe",
         })
@@ -281,6 +308,21 @@ mod tests {
                 Reason::Rustls | Reason::RustlsNotProbed | Reason::NoProbeableLibrary
             ),
             "{reason:?}"
+        );
+    }
+
+    #[test]
+    fn stripped_rustls_and_boringssl_are_named_by_their_strings() {
+        let rustls = b"\0/root/.cargo/registry/src/x/rustls-0.23.46/src/conn.rs\0";
+        assert_eq!(Reason::classify("", Some(rustls)), Reason::Rustls);
+        let boringssl = b"\0error:%08x:%s:OPENSSL_internal:%s\0";
+        assert_eq!(
+            Reason::classify("", Some(boringssl)),
+            Reason::BoringSslWithoutSymbols
+        );
+        assert_eq!(
+            Reason::classify("", Some(b"\0nothing known\0")),
+            Reason::NoProbeableLibrary
         );
     }
 
