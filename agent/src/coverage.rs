@@ -200,6 +200,20 @@ impl fmt::Display for NotDecrypted {
     }
 }
 
+/// What `llmsim-agent coverage` reports on live processes: what was decrypted (the
+/// probes placed, the HTTP exchanges read) and what was not, with why.
+#[derive(Debug, Serialize)]
+pub struct LiveReport<'a> {
+    /// The processes watched.
+    pub pids: &'a [u32],
+    /// HTTP exchanges whose plaintext was read.
+    pub exchanges_decrypted: u64,
+    /// Where the probes went in each TLS object.
+    pub probes: &'a [crate::probes::PlacedObject],
+    /// TLS connections of which no plaintext was read.
+    pub not_decrypted: &'a [NotDecrypted],
+}
+
 /// The TLS connections seen and whether each produced plaintext.
 #[derive(Debug, Default)]
 pub struct Coverage {

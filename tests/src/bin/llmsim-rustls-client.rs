@@ -5,11 +5,13 @@
 //! `{"results": [{"stream", "http_version", "sent", "received"}, ...]}`, `received` being
 //! the response body with the chunked framing removed; it exits 1 when a call failed.
 //!
-//! Usage: `llmsim-rustls-client HOST`. Reads `OPENAI_API_KEY`; trusts the certificates of
-//! the PEM file `SSL_CERT_FILE` only.
+//! Usage: `llmsim-rustls-client HOST [steps]`. With `steps`, it prints `ready <pid>`, then
+//! for each line on stdin (`plain` or `stream`) makes that request on a connection of its
+//! own and prints its result as one JSON line; it exits at the end of stdin. Reads
+//! `OPENAI_API_KEY`; trusts the certificates of the PEM file `SSL_CERT_FILE` only.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{BufRead, BufReader, Read, Write, stdin},
     net::TcpStream,
     sync::Arc,
 };
@@ -23,12 +25,27 @@ use serde_json::{Value, json};
 type Tls = BufReader<StreamOwned<ClientConnection, TcpStream>>;
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (Some(host), None) = (args.next(), args.next()) else {
-        eprintln!("usage: llmsim-rustls-client HOST");
-        std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (host, steps) = match args.as_slice() {
+        [host] => (host, false),
+        [host, mode] if mode == "steps" => (host, true),
+        _ => {
+            eprintln!("usage: llmsim-rustls-client HOST [steps]");
+            std::process::exit(2);
+        }
     };
-    match run(&host) {
+    if steps {
+        println!("ready {}", std::process::id());
+        for (n, line) in stdin().lines().map_while(Result::ok).enumerate() {
+            let result = connect(host).map_or_else(
+                |e| json!({ "error": e }),
+                |mut tls| call(&mut tls, host, line == "stream", n),
+            );
+            println!("{result}");
+        }
+        return;
+    }
+    match run(host) {
         Ok(results) => {
             let failed = results.iter().any(|r| r.get("error").is_some());
             println!("{}", json!({ "results": results }));
@@ -44,6 +61,16 @@ fn main() {
 }
 
 fn run(host: &str) -> Result<Vec<Value>, String> {
+    let mut tls = connect(host)?;
+    Ok([false, true]
+        .into_iter()
+        .enumerate()
+        .map(|(n, stream)| call(&mut tls, host, stream, n))
+        .collect())
+}
+
+/// A TLS connection to `HOST:443`.
+fn connect(host: &str) -> Result<Tls, String> {
     let bundle = std::env::var_os("SSL_CERT_FILE").ok_or("SSL_CERT_FILE is not set")?;
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&bundle).map_err(|e| format!("{e:?}"))? {
@@ -60,16 +87,11 @@ fn run(host: &str) -> Result<Vec<Value>, String> {
     let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
     let connection = ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
     let socket = TcpStream::connect((host, 443)).map_err(|e| format!("connect {host}: {e}"))?;
-    let mut tls = BufReader::new(StreamOwned::new(connection, socket));
-    let key = std::env::var("OPENAI_API_KEY").unwrap_or_default();
-    Ok([false, true]
-        .into_iter()
-        .enumerate()
-        .map(|(n, stream)| call(&mut tls, host, &key, stream, n))
-        .collect())
+    Ok(BufReader::new(StreamOwned::new(connection, socket)))
 }
 
-fn call(tls: &mut Tls, host: &str, key: &str, stream: bool, n: usize) -> Value {
+fn call(tls: &mut Tls, host: &str, stream: bool, n: usize) -> Value {
+    let key = std::env::var("OPENAI_API_KEY").unwrap_or_default();
     let mut request = json!({
         "model": "gpt-4o-mini",
         "messages": [{"role": "user", "content": format!("Say hello from rustls ({n}).")}],
@@ -79,7 +101,7 @@ fn call(tls: &mut Tls, host: &str, key: &str, stream: bool, n: usize) -> Value {
     }
     let sent = request.to_string();
     let mut result = json!({ "stream": stream, "http_version": "HTTP/1.1", "sent": sent });
-    match exchange(tls, host, key, &sent) {
+    match exchange(tls, host, &key, &sent) {
         Ok((status, received)) => {
             if status != 200 {
                 result["error"] = Value::from(format!("status {status}"));
