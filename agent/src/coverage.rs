@@ -241,7 +241,7 @@ impl Coverage {
             Err(ClientHelloError::NotClientHello { .. }) => return,
             Err(_) => None,
         };
-        let reason = self.reason_of(process.pid);
+        let reason = self.reason_of(process);
         // An IPv4-mapped IPv6 peer (a dual-stack socket, as the JVM's) is shown as IPv4.
         let peer = peer.map(|peer| SocketAddr::new(peer.ip().to_canonical(), peer.port()));
         let connection = NotDecrypted {
@@ -279,16 +279,26 @@ impl Coverage {
         all
     }
 
-    /// The reason for `pid`, decided once per executable it runs.
-    fn reason_of(&mut self, pid: u32) -> Reason {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    /// The reason for `process`, decided once per executable it runs. A process that
+    /// exited before its connection was looked at is judged by the executable it was
+    /// first seen running, read by path.
+    fn reason_of(&mut self, process: &ProcessInfo) -> Reason {
+        let pid = process.pid;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .or_else(|| process.exe.as_ref().map(PathBuf::from));
         if let Some((seen, reason)) = self.reasons.get(&pid)
             && *seen == exe
         {
             return *reason;
         }
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let executable = std::fs::read(format!("/proc/{pid}/exe")).ok();
+        let executable = std::fs::read(format!("/proc/{pid}/exe"))
+            .ok()
+            .or_else(|| exe.as_ref().and_then(|path| std::fs::read(path).ok()));
+        if executable.is_none() {
+            tracing::debug!(pid, "coverage: the executable cannot be read");
+        }
         let reason = Reason::classify(&maps, executable.as_deref());
         self.reasons.insert(pid, (exe, reason));
         reason
