@@ -91,6 +91,8 @@ pub struct CaptureOptions {
     pub quiet: bool,
     /// Map sizes other than the defaults (tests force losses with small ones).
     pub sizes: MapSizes,
+    /// Stop after this long, as on SIGINT (`llmsim-agent coverage --duration`).
+    pub duration: Option<Duration>,
 }
 
 /// What one drop reason cost, for the summary.
@@ -173,6 +175,7 @@ pub struct Capture {
     /// exec, so exchanges finished after it exited still name it.
     processes: HashMap<u32, ProcessInfo>,
     undecodable: u64,
+    duration: Option<Duration>,
 }
 
 /// Errors that mean "bad input or missing privilege": exit code 2.
@@ -249,6 +252,7 @@ impl Capture {
             cgroup,
             processes: HashMap::new(),
             undecodable: 0,
+            duration: options.duration,
         })
     }
 
@@ -275,6 +279,7 @@ impl Capture {
         drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut exit_status: Option<ExitStatus> = None;
         let mut stop_by: Option<Instant> = None;
+        let deadline = self.duration.map(|duration| Instant::now() + duration);
         loop {
             let signal = tokio::select! {
                 ready = self.ring.readable_mut() => {
@@ -299,6 +304,7 @@ impl Capture {
                     continue;
                 }
                 () = sleep_until(stop_by) => break,
+                () = sleep_until(deadline) => break,
                 _ = interrupt.recv() => libc::SIGINT,
                 _ = terminate.recv() => libc::SIGTERM,
             };

@@ -27,8 +27,16 @@ pub enum Reason {
     Jvm,
     /// A Go executable whose `crypto/tls` is not probed.
     GoNotProbed,
-    /// The executable links rustls.
+    /// The executable links rustls and has no symbol table to find its functions by
+    /// (stripped): found by rustls's own strings, its panic locations and error text.
     Rustls,
+    /// The executable's symbol table names rustls, yet its connection produced no
+    /// plaintext: the probed functions are missing (an optimised build inlined them),
+    /// or the plaintext could not be attributed to the socket.
+    RustlsNotProbed,
+    /// An executable with `BoringSSL` linked in whose `SSL_read` and `SSL_write` it does not
+    /// name (Bun): found by `BoringSSL`'s own strings; no probe is guessed.
+    BoringSslWithoutSymbols,
     /// A static executable (it maps no shared TLS library) with no symbols to find its TLS by.
     StaticWithoutSymbols,
     /// Anything else: the process maps no TLS library the probes know.
@@ -39,7 +47,7 @@ impl Reason {
     /// One line on what the user can do about it.
     pub const fn hint(self) -> &'static str {
         match self {
-            Self::Jvm | Self::NoProbeableLibrary => {
+            Self::Jvm | Self::NoProbeableLibrary | Self::BoringSslWithoutSymbols => {
                 "record it through replayd: `replayd --on-miss record -- CMD`"
             }
             Self::GoNotProbed => {
@@ -47,6 +55,9 @@ impl Reason {
             }
             Self::Rustls => {
                 "build the program with its symbols kept, or record it through replayd: `replayd --on-miss record -- CMD`"
+            }
+            Self::RustlsNotProbed => {
+                "rustls is read at `Writer::write` and `Reader::read`: see the capture's warning on this executable (an optimised build may inline them) and the limits in docs/capture.md, or record it through replayd: `replayd --on-miss record -- CMD`"
             }
             Self::StaticWithoutSymbols => {
                 "link the TLS library dynamically or keep its symbols, or record it through replayd: `replayd --on-miss record -- CMD`"
@@ -79,8 +90,27 @@ impl Reason {
                     .name_bytes()
                     .is_ok_and(|name| contains(name, b"rustls"))
             }) {
-                return Self::Rustls;
+                return Self::RustlsNotProbed;
             }
+        }
+        let holds = |strings: &[&[u8]]| {
+            executable.is_some_and(|bytes| strings.iter().any(|s| contains(bytes, s)))
+        };
+        let names_ssl_functions = object.as_ref().is_some_and(|object| {
+            object
+                .dynamic_symbols()
+                .chain(object.symbols())
+                .any(|symbol| {
+                    symbol
+                        .name_bytes()
+                        .is_ok_and(|name| name == b"SSL_read" || name == b"SSL_write")
+                })
+        });
+        if !names_ssl_functions && holds(&BORINGSSL_STRINGS) {
+            return Self::BoringSslWithoutSymbols;
+        }
+        if holds(&RUSTLS_STRINGS) {
+            return Self::Rustls;
         }
         if object
             .as_ref()
@@ -91,6 +121,19 @@ impl Reason {
         Self::NoProbeableLibrary
     }
 }
+
+/// Strings every rustls build carries, symbols or not: the path of its sources in
+/// panic locations (`.../rustls-0.23.46/src/...`), and the text of the error a
+/// connection closed without `close_notify` reads as.
+const RUSTLS_STRINGS: [&[u8]; 2] = [
+    b"/rustls-0.",
+    b"peer closed connection without sending TLS close_notify",
+];
+
+/// Strings a `BoringSSL` build carries, symbols or not: the path of its sources in
+/// assertions, and its error string format (`BoringSSL` names every function
+/// `OPENSSL_internal`).
+const BORINGSSL_STRINGS: [&[u8]; 2] = [b"/boringssl/ssl/", b":OPENSSL_internal:"];
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack
@@ -104,6 +147,10 @@ impl fmt::Display for Reason {
             Self::Jvm => "JVM (JSSE): TLS inside the JVM",
             Self::GoNotProbed => "Go crypto/tls that was not probed",
             Self::Rustls => "rustls",
+            Self::RustlsNotProbed => "rustls with symbols, not decrypted",
+            Self::BoringSslWithoutSymbols => {
+                "BoringSSL linked in without symbols: SSL_read and SSL_write cannot be located"
+            }
             Self::StaticWithoutSymbols => "static TLS without symbols",
             Self::NoProbeableLibrary => "no TLS library llmsim can probe",
         })
@@ -153,6 +200,20 @@ impl fmt::Display for NotDecrypted {
     }
 }
 
+/// What `llmsim-agent coverage` reports on live processes: what was decrypted (the
+/// probes placed, the HTTP exchanges read) and what was not, with why.
+#[derive(Debug, Serialize)]
+pub struct LiveReport<'a> {
+    /// The processes watched.
+    pub pids: &'a [u32],
+    /// HTTP exchanges whose plaintext was read.
+    pub exchanges_decrypted: u64,
+    /// Where the probes went in each TLS object.
+    pub probes: &'a [crate::probes::PlacedObject],
+    /// TLS connections of which no plaintext was read.
+    pub not_decrypted: &'a [NotDecrypted],
+}
+
 /// The TLS connections seen and whether each produced plaintext.
 #[derive(Debug, Default)]
 pub struct Coverage {
@@ -180,7 +241,7 @@ impl Coverage {
             Err(ClientHelloError::NotClientHello { .. }) => return,
             Err(_) => None,
         };
-        let reason = self.reason_of(process.pid);
+        let reason = self.reason_of(process);
         // An IPv4-mapped IPv6 peer (a dual-stack socket, as the JVM's) is shown as IPv4.
         let peer = peer.map(|peer| SocketAddr::new(peer.ip().to_canonical(), peer.port()));
         let connection = NotDecrypted {
@@ -218,16 +279,26 @@ impl Coverage {
         all
     }
 
-    /// The reason for `pid`, decided once per executable it runs.
-    fn reason_of(&mut self, pid: u32) -> Reason {
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    /// The reason for `process`, decided once per executable it runs. A process that
+    /// exited before its connection was looked at is judged by the executable it was
+    /// first seen running, read by path.
+    fn reason_of(&mut self, process: &ProcessInfo) -> Reason {
+        let pid = process.pid;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .or_else(|| process.exe.as_ref().map(PathBuf::from));
         if let Some((seen, reason)) = self.reasons.get(&pid)
             && *seen == exe
         {
             return *reason;
         }
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        let executable = std::fs::read(format!("/proc/{pid}/exe")).ok();
+        let executable = std::fs::read(format!("/proc/{pid}/exe"))
+            .ok()
+            .or_else(|| exe.as_ref().and_then(|path| std::fs::read(path).ok()));
+        if executable.is_none() {
+            tracing::debug!(pid, "coverage: the executable cannot be read");
+        }
         let reason = Reason::classify(&maps, executable.as_deref());
         self.reasons.insert(pid, (exe, reason));
         reason
@@ -256,8 +327,26 @@ mod tests {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let reason = Reason::classify(&maps, Some(&exe));
         assert!(
-            matches!(reason, Reason::Rustls | Reason::NoProbeableLibrary),
+            matches!(
+                reason,
+                Reason::Rustls | Reason::RustlsNotProbed | Reason::NoProbeableLibrary
+            ),
             "{reason:?}"
+        );
+    }
+
+    #[test]
+    fn stripped_rustls_and_boringssl_are_named_by_their_strings() {
+        let rustls = b"\0/root/.cargo/registry/src/x/rustls-0.23.46/src/conn.rs\0";
+        assert_eq!(Reason::classify("", Some(rustls)), Reason::Rustls);
+        let boringssl = b"\0error:%08x:%s:OPENSSL_internal:%s\0";
+        assert_eq!(
+            Reason::classify("", Some(boringssl)),
+            Reason::BoringSslWithoutSymbols
+        );
+        assert_eq!(
+            Reason::classify("", Some(b"\0nothing known\0")),
+            Reason::NoProbeableLibrary
         );
     }
 

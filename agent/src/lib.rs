@@ -19,5 +19,6 @@ pub mod preflight;
 pub mod probes;
 pub mod procfs;
 pub mod recorder;
+pub mod rustls;
 pub mod sys;
 pub mod tls_libs;

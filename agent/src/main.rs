@@ -1,10 +1,13 @@
 //! `llmsim-agent`: the command line over the capture library and, for
 //! `report`, `verify` and `export`, the offline tools of `llmsim-inspect`.
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
-use llmsim_agent::capture::{Capture, CaptureOptions, Summary, Target, UsageError};
+use llmsim_agent::{
+    capture::{Capture, CaptureOptions, Summary, Target, UsageError},
+    coverage::{LiveReport, NotDecrypted},
+};
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +25,8 @@ struct Cli {
 enum Command {
     /// Record the HTTPS exchanges of processes into a snapshot directory.
     Capture(CaptureArgs),
+    /// Watch running processes and report which of their TLS connections are decrypted, and why not.
+    Coverage(CoverageArgs),
     /// Tokens, cost and latency of a snapshot, per provider and model.
     Report(ReportArgs),
     /// Check a snapshot before committing it: parse errors, secrets, incomplete exchanges, duplicates.
@@ -47,6 +52,40 @@ struct ReportArgs {
     /// Prices overriding the built-in table (same TOML format as snapshot/data/prices.toml).
     #[arg(long, value_name = "FILE")]
     prices: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CoverageArgs {
+    /// Watch this process and its threads (repeatable).
+    #[arg(long = "pid", value_name = "PID", required = true)]
+    pids: Vec<u32>,
+    /// Stop after this long (`30`, `30s`, `5m`, `500ms`); else when every process has exited, or on Ctrl-C.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `N` (seconds), `Nms`, `Ns`, `Nm` or `Nh`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as 30s, 5m or 500ms"))?;
+    let seconds = |factor: u64| Duration::from_secs(number.saturating_mul(factor));
+    match unit {
+        "" | "s" => Ok(seconds(1)),
+        "ms" => Ok(Duration::from_millis(number)),
+        "m" => Ok(seconds(60)),
+        "h" => Ok(seconds(3600)),
+        _ => Err(format!(
+            "`{text}` is not a duration such as 30s, 5m or 500ms"
+        )),
+    }
 }
 
 #[derive(Args)]
@@ -139,6 +178,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Capture(args) => capture(&args),
+        Command::Coverage(args) => coverage(&args),
         Command::Report(args) => report(&args),
         Command::Verify(args) => verify(&args),
         Command::Export(args) => export(&args),
@@ -223,19 +263,9 @@ fn capture(args: &CaptureArgs) -> ExitCode {
             ring_bytes: args.ring_size,
             call_table: args.call_table_size,
         },
+        duration: None,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("llmsim-agent: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async { Capture::prepare(&options)?.run().await });
-    match result {
+    match run_capture(&options, || {}) {
         Ok(summary) => {
             print_summary(&summary, args.json);
             match summary.exit_code {
@@ -243,15 +273,115 @@ fn capture(args: &CaptureArgs) -> ExitCode {
                 None => ExitCode::SUCCESS,
             }
         }
+        Err(code) => code,
+    }
+}
+
+/// Prepares and runs a capture, calling `started` once its probes are attached;
+/// an error is printed, and is the exit code.
+fn run_capture(options: &CaptureOptions, started: impl FnOnce()) -> Result<Summary, ExitCode> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("llmsim-agent: {e:#}");
-            if e.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
+            eprintln!("llmsim-agent: starting the runtime: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        let capture = Capture::prepare(options)?;
+        started();
+        capture.run().await
+    });
+    result.map_err(|e| {
+        eprintln!("llmsim-agent: {e:#}");
+        if e.downcast_ref::<UsageError>().is_some() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// A capture of the processes into a temporary snapshot, every host recorded, that
+/// prints only its coverage: the probes placed, the exchanges read, the connections not
+/// decrypted.
+fn coverage(args: &CoverageArgs) -> ExitCode {
+    let scratch = match tempfile::Builder::new()
+        .prefix("llmsim-coverage-")
+        .tempdir()
+    {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("llmsim-agent: creating a temporary directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = CaptureOptions {
+        out: scratch.path().to_path_buf(),
+        target: Target::Pids(args.pids.clone()),
+        hosts: Vec::new(),
+        any_host: true,
+        quiet: true,
+        sizes: llmsim_kernel::object::MapSizes::default(),
+        duration: args.duration,
+    };
+    let pids: Vec<String> = args.pids.iter().map(u32::to_string).collect();
+    let summary = match run_capture(&options, || {
+        eprintln!(
+            "llmsim-agent: watching pid {}; stops when they exit{} or on Ctrl-C",
+            pids.join(", "),
+            args.duration
+                .map(|d| format!(", after {d:?},"))
+                .unwrap_or_default()
+        );
+    }) {
+        Ok(summary) => summary,
+        Err(code) => return code,
+    };
+    let report = LiveReport {
+        pids: &args.pids,
+        exchanges_decrypted: summary.recorded.exchanges_written,
+        probes: &summary.probes,
+        not_decrypted: &summary.not_decrypted,
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("llmsim-agent: the report as JSON: {e}");
+                return ExitCode::FAILURE;
             }
         }
+    } else {
+        println!("decrypted: {} HTTP exchanges", report.exchanges_decrypted);
+        for placed in report.probes {
+            println!("probes: {}: {}", placed.object, placed.description);
+        }
+        for line in not_decrypted_lines(report.not_decrypted) {
+            println!("{line}");
+        }
     }
+    ExitCode::SUCCESS
+}
+
+/// The coverage report's lines on connections not decrypted: a count, then each
+/// connection and its hint; none when every connection was decrypted.
+fn not_decrypted_lines(not_decrypted: &[NotDecrypted]) -> Vec<String> {
+    if not_decrypted.is_empty() {
+        return Vec::new();
+    }
+    let mut lines = vec![format!(
+        "TLS connections not decrypted: {}",
+        not_decrypted.len()
+    )];
+    for connection in not_decrypted {
+        lines.push(format!("  {connection}"));
+        lines.push(format!("    hint: {}", connection.hint));
+    }
+    lines
 }
 
 fn print_summary(summary: &Summary, json: bool) {
@@ -291,15 +421,8 @@ fn print_summary(summary: &Summary, json: bool) {
     for placed in &summary.probes {
         eprintln!("llmsim-agent: {}: {}", placed.object, placed.description);
     }
-    if !summary.not_decrypted.is_empty() {
-        eprintln!(
-            "llmsim-agent: TLS connections not decrypted: {}",
-            summary.not_decrypted.len()
-        );
-        for connection in &summary.not_decrypted {
-            eprintln!("llmsim-agent:   {connection}");
-            eprintln!("llmsim-agent:     hint: {}", connection.hint);
-        }
+    for line in not_decrypted_lines(&summary.not_decrypted) {
+        eprintln!("llmsim-agent: {line}");
     }
     if json {
         match serde_json::to_string_pretty(summary) {

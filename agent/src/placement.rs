@@ -26,6 +26,10 @@
 //! a probe on each of its `ret` instructions (all of them, found by decoding
 //! the whole function), and each function's entry probe goes on the `jbe` of
 //! its stack-bound check (`cmp 0x10(%r14),%rsp`), which the kernel emulates.
+//!
+//! rustls has one too, **rustls** ([`choose_rustls`]): the entry and return of
+//! `Writer::write` and `Reader::read`, both needed (one without the other would
+//! record requests without answers).
 
 use std::fmt;
 
@@ -33,7 +37,7 @@ use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register}
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::gotls;
+use crate::{gotls, rustls};
 
 /// Environment variable that forces a placement (`worker`, `wrapper` or
 /// `entry`) where the object allows it; for tests and measurements.
@@ -94,9 +98,12 @@ pub enum PlacementError {
         /// The wrapper.
         function: &'static str,
     },
-    /// The go placement was asked for an OpenSSL object.
-    #[error("the go placement is for Go binaries")]
-    NotGo,
+    /// The go or rustls placement was asked for an OpenSSL object.
+    #[error("the {} placement is not for OpenSSL objects", kind.name())]
+    NotOpenSsl {
+        /// The placement asked for.
+        kind: PlacementKind,
+    },
     /// A Go function does not open with the stack-bound check whose `jbe`
     /// its entry probe needs (without it, a call that grows the stack would
     /// be seen twice).
@@ -135,6 +142,8 @@ pub enum PlacementKind {
     Entry,
     /// Go's `crypto/tls`: entries at the stack check, `ret` instructions.
     Go,
+    /// rustls: entries and returns of `Writer::write` and `Reader::read`.
+    Rustls,
 }
 
 impl PlacementKind {
@@ -148,6 +157,7 @@ impl PlacementKind {
             Self::Wrapper => "wrapper",
             Self::Entry => "entry",
             Self::Go => "go",
+            Self::Rustls => "rustls",
         }
     }
 
@@ -195,6 +205,12 @@ pub enum ProbeRole {
     GoReadReturn,
     /// Go's `(*Conn).Close`, at its stack check's `jbe`.
     GoClose,
+    /// Entry of rustls's `Writer::write`.
+    RustlsWrite,
+    /// Entry of rustls's `Reader::read`.
+    RustlsRead,
+    /// Return of either (a uretprobe at the same entry).
+    RustlsReturn,
 }
 
 impl ProbeRole {
@@ -213,6 +229,9 @@ impl ProbeRole {
             Self::GoRead => "go_tls_read",
             Self::GoReadReturn => "go_tls_read_return",
             Self::GoClose => "go_tls_close",
+            Self::RustlsWrite => "rustls_write",
+            Self::RustlsRead => "rustls_read",
+            Self::RustlsReturn => "rustls_return",
         }
     }
 }
@@ -357,13 +376,36 @@ impl Candidate {
     /// Adds an entry probe at `point` and its return probe; `instruction` is the one the
     /// entry probe replaces, when it was decoded.
     fn add_entry(&mut self, point: ProbePoint, instruction: Option<Instruction>) {
+        let role = if matches!(point.role, ProbeRole::RustlsWrite | ProbeRole::RustlsRead) {
+            ProbeRole::RustlsReturn
+        } else {
+            ProbeRole::Return
+        };
         self.undecoded |= instruction.is_none();
         self.replaced.extend(instruction);
         self.returns.push(ProbePoint {
-            role: ProbeRole::Return,
+            role,
             ..point.clone()
         });
         self.entries.push(point);
+    }
+
+    /// What the data probes cost per hit.
+    fn cost(&self, code: &dyn Code) -> Cost {
+        if !code.is_x86_64() {
+            Cost::Unknown
+        } else if all_emulated(self) {
+            let mut mnemonics: Vec<&'static str> = Vec::new();
+            for instruction in &self.replaced {
+                let name = mnemonic_name(instruction);
+                if !mnemonics.contains(&name) {
+                    mnemonics.push(name);
+                }
+            }
+            Cost::Emulated(mnemonics)
+        } else {
+            Cost::SingleStep
+        }
     }
 }
 
@@ -399,20 +441,7 @@ pub fn choose(
     // The entry placement always fits: `chosen` is set.
     let (kind, found) =
         chosen.unwrap_or_else(|| (PlacementKind::Entry, entry_candidate(code, definitions)));
-    let cost = if !code.is_x86_64() {
-        Cost::Unknown
-    } else if all_emulated(&found) {
-        let mut mnemonics: Vec<&'static str> = Vec::new();
-        for instruction in &found.replaced {
-            let name = mnemonic_name(instruction);
-            if !mnemonics.contains(&name) {
-                mnemonics.push(name);
-            }
-        }
-        Cost::Emulated(mnemonics)
-    } else {
-        Cost::SingleStep
-    };
+    let cost = found.cost(code);
     if cost != Cost::SingleStep {
         refusals.clear();
     }
@@ -477,6 +506,47 @@ pub fn choose_go(
         kind: PlacementKind::Go,
         // The entries' `jbe` is emulated; a `ret` never is.
         cost: Cost::SingleStep,
+        points,
+        refusals: Vec::new(),
+        unforced: None,
+    })
+}
+
+/// The placement for rustls in a Rust executable: the entry and return of every
+/// copy of `Writer::write` and `Reader::read`. An error when the executable is not
+/// x86-64 (the kernel programs read its registers) or a function cannot be decoded.
+pub fn choose_rustls(
+    code: &dyn Code,
+    functions: &rustls::Functions,
+) -> Result<Placement, PlacementError> {
+    if !code.is_x86_64() {
+        return Err(PlacementError::NotX86_64);
+    }
+    for (function, copies) in [
+        (rustls::READ, &functions.read),
+        (rustls::WRITE, &functions.write),
+    ] {
+        if copies.is_empty() {
+            return Err(PlacementError::Missing { function });
+        }
+    }
+    let mut found = Candidate::default();
+    for (function, role, copies) in [
+        (rustls::READ, ProbeRole::RustlsRead, &functions.read),
+        (rustls::WRITE, ProbeRole::RustlsWrite, &functions.write),
+    ] {
+        for &at in copies {
+            let (point, instruction) = entry_point(code, function, role, at)
+                .ok_or(PlacementError::Undecodable { function })?;
+            found.add_entry(point, instruction);
+        }
+    }
+    let cost = found.cost(code);
+    let mut points = found.returns;
+    points.extend(found.entries);
+    Ok(Placement {
+        kind: PlacementKind::Rustls,
+        cost,
         points,
         refusals: Vec::new(),
         unforced: None,
@@ -568,7 +638,7 @@ fn candidate(
         PlacementKind::Worker => worker_candidate(code, definitions),
         PlacementKind::Wrapper => wrapper_candidate(code, definitions),
         PlacementKind::Entry => Ok(entry_candidate(code, definitions)),
-        PlacementKind::Go => Err(PlacementError::NotGo),
+        PlacementKind::Go | PlacementKind::Rustls => Err(PlacementError::NotOpenSsl { kind }),
     }
 }
 

@@ -33,6 +33,9 @@ use crate::{
 
 /// Raw tracepoints attached at start: program name = tracepoint name.
 const RAW_TRACEPOINTS: [&str; 3] = ["sys_enter", "sys_exit", "sched_process_exec"];
+/// The syscall program that finds rustls's sockets, on `sys_enter`: attached with the
+/// first rustls object, so captures without one do not run it.
+const RUSTLS_SYSCALLS: &str = "rustls_sys_enter";
 
 /// Failures of the capture probes.
 #[derive(Debug, Error)]
@@ -96,6 +99,8 @@ pub struct Probes {
     attached: HashSet<(u64, u64)>,
     /// Where each attached object's probes went, in attach order.
     placed: Vec<PlacedObject>,
+    /// Whether [`RUSTLS_SYSCALLS`] is attached.
+    rustls_syscalls: bool,
 }
 
 impl Probes {
@@ -117,11 +122,14 @@ impl Probes {
             let program: &mut UProbe = object.program_mut(name)?;
             program.load().map_err(program_error(name))?;
         }
+        let program: &mut RawTracePoint = object.program_mut(RUSTLS_SYSCALLS)?;
+        program.load().map_err(program_error(RUSTLS_SYSCALLS))?;
         Ok(Self {
             object,
             reach: Reach::Everywhere,
             attached: HashSet::new(),
             placed: Vec::new(),
+            rustls_syscalls: false,
         })
     }
 
@@ -198,6 +206,13 @@ impl Probes {
                 .collect(),
         };
         let placement = &library.placement;
+        if placement.kind == PlacementKind::Rustls && !self.rustls_syscalls {
+            let program: &mut RawTracePoint = self.object.program_mut(RUSTLS_SYSCALLS)?;
+            program
+                .attach("sys_enter")
+                .map_err(program_error(RUSTLS_SYSCALLS))?;
+            self.rustls_syscalls = true;
+        }
         for point in &placement.points {
             for &scope in &scopes {
                 self.attach_uprobe(
@@ -327,7 +342,7 @@ fn is_no_such_process(error: &ProgramError) -> bool {
 }
 
 /// Every uprobe program in the object, one per [`ProbeRole`].
-const UPROBE_PROGRAMS: [&str; 12] = [
+const UPROBE_PROGRAMS: [&str; 15] = [
     ProbeRole::WriteEntry.program(),
     ProbeRole::WriteCountedEntry.program(),
     ProbeRole::ReadEntry.program(),
@@ -340,6 +355,9 @@ const UPROBE_PROGRAMS: [&str; 12] = [
     ProbeRole::GoRead.program(),
     ProbeRole::GoReadReturn.program(),
     ProbeRole::GoClose.program(),
+    ProbeRole::RustlsWrite.program(),
+    ProbeRole::RustlsRead.program(),
+    ProbeRole::RustlsReturn.program(),
 ];
 
 /// One warning line when `placement` is not what it should be: a placement

@@ -3,7 +3,9 @@
 //! bundled by a wheel or an app. An object qualifies when it *defines* (not
 //! merely imports) `SSL_write`, `SSL_read`, `SSL_write_ex` or `SSL_read_ex`.
 //! A Go executable that links `crypto/tls` is one more such object (see
-//! [`crate::gotls`]): found as the process's executable mapping, like node.
+//! [`crate::gotls`]): found as the process's executable mapping, like node;
+//! so is a Rust executable that links rustls and keeps its symbols (see
+//! [`crate::rustls`]).
 
 use std::{
     collections::HashMap,
@@ -19,6 +21,7 @@ use thiserror::Error;
 use crate::{
     gotls,
     placement::{self, Definitions, Placement, PlacementKind},
+    rustls,
 };
 
 /// Directories searched for the system's shared libssl.
@@ -210,7 +213,9 @@ pub fn inspect(
         file: &file,
     };
     if !symbols.any_data_function() {
-        return Ok((symbols, go_placement(path, &object, &code)));
+        let placement =
+            go_placement(path, &object, &code).or_else(|| rustls_placement(path, &object, &code));
+        return Ok((symbols, placement));
     }
     Ok((
         symbols,
@@ -236,6 +241,21 @@ fn go_placement(
                 "{}: Go crypto/tls found but not probed: {error:#}",
                 path.display()
             );
+        })
+        .ok()
+}
+
+/// The rustls placement when `object` keeps rustls's plaintext functions in its
+/// symbol table; one warning line when they cannot be probed.
+fn rustls_placement(
+    path: &Path,
+    object: &object::File<'_>,
+    code: &ElfCode<'_, '_>,
+) -> Option<Placement> {
+    let functions = rustls::find(object)?;
+    placement::choose_rustls(code, &functions)
+        .map_err(|error| {
+            tracing::warn!("{}: rustls found but not probed: {error}", path.display());
         })
         .ok()
 }

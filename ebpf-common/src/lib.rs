@@ -425,6 +425,12 @@ pub const fn is_plain_connection(ssl: u64) -> bool {
     ssl & PLAIN_CONNECTION != 0
 }
 
+/// Bit set in the connection id of a rustls connection, which stands where the `SSL *`
+/// does (see [`PLAIN_CONNECTION`]): rustls has no object per socket that both directions
+/// pass through, so the kernel numbers each socket that carries TLS records from the
+/// first such record it sees written, as it numbers plain sockets.
+pub const RUSTLS_CONNECTION: u64 = 1 << 62;
+
 /// A plain TCP destination. Capture: a key of the `PLAIN_DESTINATIONS` map, whose
 /// traffic is copied from the socket syscalls, written by the agent for
 /// `--host HOST:PORT`; there a key with `family` 0 and a zero address matches every

@@ -62,15 +62,7 @@ pub fn first_write(
     }
     let _ = TLS_CANDIDATES.remove(&key);
     let (pointer, count) = read_args()?;
-    // SAFETY: user pointers read fault-tolerantly.
-    let (buf, len) = match id {
-        SYS_WRITEV => unsafe { bpf_probe_read_user(pointer as *const [u64; 2]) }?.into(),
-        SYS_SENDMSG => {
-            let iov = unsafe { bpf_probe_read_user((pointer + MSG_IOV) as *const u64) }?;
-            unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }?.into()
-        }
-        _ => (pointer, count),
-    };
+    let (buf, len) = first_buffer(id, pointer, count)?;
     // SAFETY: as above.
     let first = unsafe { bpf_probe_read_user(buf as *const u8) }?;
     if first != HANDSHAKE_RECORD {
@@ -104,4 +96,20 @@ pub fn first_write(
     }
     entry.submit(0);
     Ok(())
+}
+
+/// The first buffer (address and length) of write syscall `id`, from its second and
+/// third arguments: the buffer itself, the first of `writev`'s iovecs, or the first
+/// iovec of `sendmsg`'s `msghdr`.
+#[inline(always)]
+pub(super) fn first_buffer(id: u64, pointer: u64, count: u64) -> Result<(u64, u64), i64> {
+    // SAFETY: user pointers read fault-tolerantly.
+    Ok(match id {
+        SYS_WRITEV => unsafe { bpf_probe_read_user(pointer as *const [u64; 2]) }?.into(),
+        SYS_SENDMSG => {
+            let iov = unsafe { bpf_probe_read_user((pointer + MSG_IOV) as *const u64) }?;
+            unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }?.into()
+        }
+        _ => (pointer, count),
+    })
 }

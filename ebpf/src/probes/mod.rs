@@ -4,6 +4,7 @@ mod cgroup;
 mod gotls;
 mod hello;
 mod plain;
+mod rustls;
 mod ssl;
 mod syscalls;
 
