@@ -217,12 +217,18 @@ pub fn emit(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
     Some(reason)
 }
 
-/// Sends the [`LossEvent`] of a call; false when it cannot be delivered.
+/// Sends the [`LossEvent`] of a call; false when it cannot be delivered. Written in place
+/// in the ring rather than built on the stack: the programs that inline this are near the
+/// verifier's 512-byte combined stack limit (6.1 and older count every frame of a call
+/// chain against it).
 #[inline(always)]
 fn tell(call: &Call, key: &LossKey, reason: DropReason, delivered: u64, lost_bytes: u64) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<LossEvent>(0) else {
+        return false;
+    };
     let mut header = header(EventKind::Loss);
     header.tgid = key.tgid;
-    let event = LossEvent {
+    entry.write(LossEvent {
         header,
         ssl: call.conn,
         seq: call.seq,
@@ -230,8 +236,9 @@ fn tell(call: &Call, key: &LossKey, reason: DropReason, delivered: u64, lost_byt
         lost_bytes,
         direction: call.direction,
         reason: reason as u32,
-    };
-    EVENTS.output(&event, 0).is_ok()
+    });
+    entry.submit(0);
+    true
 }
 
 /// Accounts for a call that lost `chunks` chunks (`bytes` bytes) for
