@@ -187,6 +187,10 @@ impl Protocol {
 }
 
 #[derive(Default)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about one connection"
+)]
 struct Connection {
     http: Protocol,
     sni: Option<String>,

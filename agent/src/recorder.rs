@@ -480,10 +480,10 @@ mod tests {
         assert!(HostFilter::new(&[], true).unwrap().records("example.com"));
     }
 
-    fn origin(tgid: u32, tid: u32, start_ns: u64, on_serving_thread: bool) -> Origin {
+    fn origin(process: u32, thread: u32, start_ns: u64, on_serving_thread: bool) -> Origin {
         Origin {
-            tgid,
-            tid,
+            tgid: process,
+            tid: thread,
             start_ns,
             end_ns: start_ns + 10,
             on_serving_thread,

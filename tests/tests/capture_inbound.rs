@@ -75,10 +75,10 @@ fn capture(netns: &TestNetns, ca: &TestCa, out: &Path, tls: bool) -> (Finished, 
     );
 
     let scheme = if tls { "https" } else { "http" };
-    let argv = client_argv("triage_post.py");
-    let mut client = netns.command(&argv[0]);
+    let script = client_argv("triage_post.py");
+    let mut client = netns.command(&script[0]);
     client
-        .args(&argv[1..])
+        .args(&script[1..])
         .arg(format!("{scheme}://{APP_HOST}:{APP_PORT}"))
         .arg(repo_root().join("examples/triage/tickets.json"))
         .arg(TICKETS.to_string())
@@ -120,6 +120,35 @@ fn strings(value: &Value, into: &mut String) {
         Value::Object(fields) => fields.values().for_each(|v| strings(v, into)),
         _ => {}
     }
+}
+
+/// The seqs of the outbound exchanges whose prompts carry ticket `id`, checked to be three
+/// per provider.
+fn calls_for(outbound: &[&(String, Exchange)], id: &str) -> Vec<u64> {
+    let marker = format!("Ticket {id} from");
+    let mut seqs = Vec::new();
+    let mut providers = BTreeMap::new();
+    for (_, call) in outbound {
+        let body: Value =
+            serde_json::from_slice(&call.request.body.to_bytes()).expect("a JSON request");
+        let mut prompts = String::new();
+        strings(&body, &mut prompts);
+        if prompts.contains(&marker) {
+            seqs.push(call.seq);
+            *providers.entry(call.provider.to_string()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(seqs.len(), CALLS_PER_TICKET, "calls for {id}");
+    assert_eq!(
+        providers,
+        BTreeMap::from([
+            ("anthropic".to_owned(), 3),
+            ("gemini".to_owned(), 3),
+            ("openai".to_owned(), 3)
+        ]),
+        "calls for {id}"
+    );
+    seqs
 }
 
 /// Checks the snapshot in `out` against what the client posted.
@@ -203,31 +232,7 @@ fn check(out: &Path, finished: &Finished, posted: &[Posted]) {
         );
         assert!(exchange.incomplete.is_none(), "{name}");
 
-        // Its calls are the outbound exchanges whose prompts carry this ticket.
-        let marker = format!("Ticket {} from", ticket.id);
-        let mut expected = Vec::new();
-        let mut providers = BTreeMap::new();
-        for (_, call) in &outbound {
-            let body: Value =
-                serde_json::from_slice(&call.request.body.to_bytes()).expect("a JSON request");
-            let mut prompts = String::new();
-            strings(&body, &mut prompts);
-            if prompts.contains(&marker) {
-                expected.push(call.seq);
-                *providers.entry(call.provider.to_string()).or_insert(0) += 1;
-            }
-        }
-        assert_eq!(expected.len(), CALLS_PER_TICKET, "calls for {}", ticket.id);
-        assert_eq!(
-            providers,
-            BTreeMap::from([
-                ("anthropic".to_owned(), 3),
-                ("gemini".to_owned(), 3),
-                ("openai".to_owned(), 3)
-            ]),
-            "calls for {}",
-            ticket.id
-        );
+        let expected = calls_for(&outbound, &ticket.id);
         assert_eq!(
             exchange.linked, expected,
             "{name} links exactly the calls made for ticket {}",
