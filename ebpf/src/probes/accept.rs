@@ -23,11 +23,9 @@ use llmsim_ebpf_common::{AcceptEvent, DropReason, EventKind};
 use super::{
     header,
     plain::{self, socket_key},
+    syscalls::{AF_INET, AF_INET6},
 };
 use crate::maps::{ACCEPTS, APP_LISTENERS, APP_PORTS, EVENTS, count_drop};
-
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
 
 /// Entry of `bind(fd, addr, len)` in a traced process: marks `fd` an app listener
 /// when `addr` names an app port, and forgets an old mark of the fd otherwise.

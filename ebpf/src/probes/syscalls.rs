@@ -27,8 +27,8 @@ const SYS_ACCEPT: u64 = 43;
 const SYS_BIND: u64 = 49;
 const SYS_ACCEPT4: u64 = 288;
 const SYS_CLOSE: u64 = 3;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub(super) const AF_INET: u16 = 2;
+pub(super) const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = -115;
 
 /// `sys_enter(struct pt_regs *regs, long id)`; kernel >= 4.17.
