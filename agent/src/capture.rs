@@ -87,6 +87,8 @@ pub struct CaptureOptions {
     pub hosts: Vec<String>,
     /// Record every host, plain connections included.
     pub any_host: bool,
+    /// Also record the requests the targets serve on these ports (inbound).
+    pub app_ports: Vec<u16>,
     /// Print no live lines.
     pub quiet: bool,
     /// Map sizes other than the defaults (tests force losses with small ones).
@@ -237,6 +239,7 @@ impl Capture {
         }
         attach_initial(&mut probes, &mut scanner, &target, initial_pids)?;
         probes.select_plain(&plain_destinations)?;
+        probes.select_app_ports(&options.app_ports)?;
         probes.select(&selection)?;
         let ring = sys::poll_readable(probes.take_events()?).context("polling the ring buffer")?;
         Ok(Self {
@@ -482,6 +485,10 @@ impl Capture {
                 Ok(Event::Loss(loss)) => tracker.on_loss(&loss),
                 Ok(Event::Connect { tgid, fd, peer }) => {
                     tracker.on_connect(tgid, fd, peer);
+                    continue;
+                }
+                Ok(Event::Accept { tgid, fd }) => {
+                    tracker.on_accept(tgid, fd);
                     continue;
                 }
                 Ok(Event::TlsHello { tgid, fd, bytes }) => {

@@ -3,8 +3,17 @@
 //! notices bytes the kernel lost, remembers each connection's SNI and peer, tells
 //! HTTP/2 from HTTP/1.1 (the client preface, or a frame header on a connection joined
 //! mid-way) and feeds the plaintext to that version's reassembler.
+//!
+//! The reassemblers take requests as `Write` and responses as `Read`, the client's
+//! view. A connection whose first bytes go through a socket the process accepted on
+//! an `--app-port` (the kernel's accept events) is served by the process: its reads are
+//! the requests, so each direction is flipped once, where the kernel's direction
+//! enters ([`Connection::side`]), and everything else is the same.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
 
 use llmsim_ebpf_common::{Direction, DropReason};
 use llmsim_snapshot::model::HttpVersion;
@@ -22,6 +31,14 @@ pub struct ConnectionExchange {
     pub tgid: u32,
     /// The `SSL *`.
     pub ssl: u64,
+    /// The process served this exchange on an app port (`--app-port`).
+    pub inbound: bool,
+    /// The thread that made the request (the last call that carried request bytes),
+    /// or for an inbound exchange the one that read it.
+    pub tid: u32,
+    /// For an outbound exchange: its thread had read an inbound request by the time
+    /// the exchange ended, so it is taken to work for the request it read.
+    pub on_serving_thread: bool,
     /// The SNI the client asked for, if seen.
     pub sni: Option<String>,
     /// The socket's peer, if the fd was seen and its connect was traced.
@@ -53,8 +70,11 @@ pub struct TrackerStats {
     /// HTTP/2 client streams already under way when the capture joined their
     /// connection: their frames were passed over and no exchange was written for them.
     pub http2_streams_before_join: u64,
-    /// Connections where this process answered requests (a server); skipped.
+    /// Connections where this process answered requests (a server) on a port
+    /// other than the `--app-port`s; skipped.
     pub server_connections: u64,
+    /// Connections the process accepted on an `--app-port`: recorded, inbound.
+    pub inbound_connections: u64,
     /// Connections first seen in the middle of an exchange (the probes were
     /// attached while they were in use); parsing resumed at the next request.
     pub joined_connections: u64,
@@ -129,22 +149,20 @@ impl Default for Protocol {
 }
 
 impl Protocol {
-    /// The reassembler for a connection whose first bytes are `data`'s: HTTP/2 if the
+    /// The reassembler for a connection whose first bytes are `bytes`, on `side`: HTTP/2 if the
     /// client wrote the preface or the server's preface (a SETTINGS frame, which may be
     /// read before a client's first write completes) came first, HTTP/2 joined mid-way if
     /// they are another frame (the probes were attached while the connection was in use),
     /// and HTTP/1.1 otherwise.
-    fn recognise(data: &Data<'_>, stats: &mut TrackerStats) -> Self {
-        let preface = match data.direction {
-            Direction::Write => http2::starts_with_preface(data.bytes),
-            Direction::Read => http2::starts_with_server_preface(data.bytes),
+    fn recognise(side: Direction, bytes: &[u8], stats: &mut TrackerStats) -> Self {
+        let preface = match side {
+            Direction::Write => http2::starts_with_preface(bytes),
+            Direction::Read => http2::starts_with_server_preface(bytes),
         };
         if preface {
             stats.http2_connections += 1;
             Self::Http2(Http2Connection::new())
-        } else if !http1::looks_like_http1_request(data.bytes)
-            && http2::could_start_frame(data.bytes)
-        {
+        } else if !http1::looks_like_http1_request(bytes) && http2::could_start_frame(bytes) {
             stats.http2_connections += 1;
             stats.joined_connections += 1;
             Self::Http2(Http2Connection::joined())
@@ -169,18 +187,38 @@ impl Protocol {
 }
 
 #[derive(Default)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about one connection"
+)]
 struct Connection {
     http: Protocol,
     sni: Option<String>,
     fd: Option<i32>,
-    /// The call whose chunks are arriving: (direction, `call_len`, bytes received).
+    /// The process serves this connection: it reads requests.
+    inbound: bool,
+    /// The thread of the last call that carried request bytes.
+    tid: u32,
+    /// The call whose chunks are arriving: (side, `call_len`, bytes received).
     call: Option<(Direction, u64, u64)>,
     /// Nothing more is parsed: not HTTP, or a server-side connection.
     skipped: bool,
     /// Any plaintext seen yet.
     started: bool,
-    /// Any plaintext read yet.
+    /// Any response bytes seen yet.
     read_seen: bool,
+}
+
+impl Connection {
+    /// Which side of an exchange bytes moving `direction` through the process carry,
+    /// as the reassemblers take them: `Write` for requests, `Read` for responses.
+    fn side(&self, direction: Direction) -> Direction {
+        match (self.inbound, direction) {
+            (false, direction) => direction,
+            (true, Direction::Write) => Direction::Read,
+            (true, Direction::Read) => Direction::Write,
+        }
+    }
 }
 
 /// Every live connection of the traced processes.
@@ -190,6 +228,10 @@ pub struct Tracker {
     peers: HashMap<(u32, i32), SocketAddr>,
     /// The sequence number expected next, per (process, connection, direction).
     sequences: HashMap<(u32, u64, u32), u64>,
+    /// Sockets (process, fd) accepted on an app port.
+    inbound_sockets: HashSet<(u32, i32)>,
+    /// Threads (process, thread) that have read an inbound request.
+    serving_threads: HashSet<(u32, u32)>,
     stats: TrackerStats,
 }
 
@@ -234,6 +276,12 @@ impl Tracker {
         if data.offset != 0 {
             return Vec::new();
         }
+        Self::connection(
+            &mut self.connections,
+            &self.inbound_sockets,
+            &mut self.stats,
+            data,
+        );
         let key = (data.tgid, data.ssl, data.direction as u32);
         let expected = self.sequences.insert(key, sequence.seq + 1).unwrap_or(0);
         if sequence.seq <= expected {
@@ -259,8 +307,9 @@ impl Tracker {
             self.stats.whole_calls_lost += 1;
         }
         let conn = self.connections.entry((loss.tgid, loss.ssl)).or_default();
+        let side = conn.side(loss.direction);
         if let Some((dir, len, got)) = conn.call.as_mut()
-            && *dir == loss.direction
+            && *dir == side
             && loss.delivered > 0
         {
             // Accounted for here: not a gap for the offsets to flag again.
@@ -285,17 +334,18 @@ impl Tracker {
                 .sequences
                 .remove(&(tgid, ssl, direction as u32))
                 .unwrap_or(0);
-            let cut_short = self.connections.get(&(tgid, ssl)).is_some_and(
-                |conn| matches!(conn.call, Some((dir, len, got)) if dir == direction && got < len),
-            );
+            let cut_short = self.connections.get(&(tgid, ssl)).is_some_and(|conn| {
+                matches!(conn.call, Some((dir, len, got)) if dir == conn.side(direction) && got < len)
+            });
             if end.next_seq > expected {
                 self.stats.whole_calls_lost += end.next_seq - expected;
             } else if !(cut_short && end.lost != 0) {
                 continue;
             }
             if let Some(conn) = self.connections.get_mut(&(tgid, ssl))
+                && let side = conn.side(direction)
                 && let Some((dir, len, got)) = conn.call.as_mut()
-                && *dir == direction
+                && *dir == side
             {
                 *got = *len;
             }
@@ -304,7 +354,8 @@ impl Tracker {
         done
     }
 
-    /// Flags what `direction` of a connection was carrying as lost for `reason`.
+    /// Flags what the calls moving `direction` of a connection were carrying as
+    /// lost for `reason`.
     fn mark_lost(
         &mut self,
         tgid: u32,
@@ -316,7 +367,8 @@ impl Tracker {
         if conn.skipped {
             return Vec::new();
         }
-        let done = conn.http.mark_lost(direction, loss_why(reason));
+        let side = conn.side(direction);
+        let done = conn.http.mark_lost(side, loss_why(reason));
         self.finished(tgid, ssl, done)
     }
 
@@ -325,21 +377,53 @@ impl Tracker {
         let Some(conn) = self.connections.get(&(tgid, ssl)) else {
             return Vec::new();
         };
-        let (sni, peer, http_version) = (
-            conn.sni.clone(),
-            self.peer_of(tgid, ssl),
-            conn.http.version(),
-        );
+        let peer = self.peer_of(tgid, ssl);
         done.into_iter()
-            .map(|exchange| ConnectionExchange {
-                tgid,
-                ssl,
-                sni: sni.clone(),
-                peer,
-                http_version,
-                exchange,
-            })
+            .map(|exchange| self.exchange_of(tgid, ssl, conn, peer, exchange))
             .collect()
+    }
+
+    /// A finished exchange of `conn`, with what is known about it.
+    fn exchange_of(
+        &self,
+        tgid: u32,
+        ssl: u64,
+        conn: &Connection,
+        peer: Option<SocketAddr>,
+        exchange: http1::Exchange,
+    ) -> ConnectionExchange {
+        ConnectionExchange {
+            tgid,
+            ssl,
+            inbound: conn.inbound,
+            tid: conn.tid,
+            on_serving_thread: !conn.inbound && self.serving_threads.contains(&(tgid, conn.tid)),
+            sni: conn.sni.clone(),
+            peer,
+            http_version: conn.http.version(),
+            exchange,
+        }
+    }
+
+    /// The connection `data` belongs to; one whose first bytes came through a socket
+    /// accepted on an app port is served by the process.
+    fn connection<'t>(
+        connections: &'t mut HashMap<(u32, u64), Connection>,
+        inbound_sockets: &HashSet<(u32, i32)>,
+        stats: &mut TrackerStats,
+        data: &Data<'_>,
+    ) -> &'t mut Connection {
+        let conn = connections.entry((data.tgid, data.ssl)).or_default();
+        if !conn.started
+            && !conn.inbound
+            && data
+                .fd
+                .is_some_and(|fd| inbound_sockets.contains(&(data.tgid, fd)))
+        {
+            conn.inbound = true;
+            stats.inbound_connections += 1;
+        }
+        conn
     }
 
     /// The connections of a process.
@@ -351,25 +435,46 @@ impl Tracker {
             .collect()
     }
 
-    /// A traced thread connected `fd` to `peer`.
+    /// A traced thread connected `fd` to `peer` (a socket that reuses the number of
+    /// an accepted one is not inbound).
     pub fn on_connect(&mut self, tgid: u32, fd: i32, peer: SocketAddr) {
         self.peers.insert((tgid, fd), peer);
+        self.inbound_sockets.remove(&(tgid, fd));
+    }
+
+    /// A traced thread accepted `fd` on an app port: the connections whose first
+    /// bytes go through it are served by the process.
+    pub fn on_accept(&mut self, tgid: u32, fd: i32) {
+        self.peers.remove(&(tgid, fd));
+        self.inbound_sockets.insert((tgid, fd));
     }
 
     /// A chunk of plaintext.
     pub fn on_data(&mut self, data: &Data<'_>) -> Vec<ConnectionExchange> {
         self.stats.plaintext_bytes += data.bytes.len() as u64;
-        let conn = self.connections.entry((data.tgid, data.ssl)).or_default();
+        let conn = Self::connection(
+            &mut self.connections,
+            &self.inbound_sockets,
+            &mut self.stats,
+            data,
+        );
         if data.fd.is_some() {
             conn.fd = data.fd;
         }
         if conn.skipped {
             return Vec::new();
         }
+        let side = conn.side(data.direction);
+        if side == Direction::Write {
+            conn.tid = data.tid;
+            if conn.inbound {
+                self.serving_threads.insert((data.tgid, data.tid));
+            }
+        }
         let first = !conn.started;
         conn.started = true;
         if first
-            && data.direction == Direction::Read
+            && side == Direction::Read
             && (http1::looks_like_http1_request(data.bytes)
                 || http2::starts_with_preface(data.bytes))
         {
@@ -379,11 +484,11 @@ impl Tracker {
             return Vec::new();
         }
         if first && data.offset == 0 {
-            conn.http = Protocol::recognise(data, &mut self.stats);
+            conn.http = Protocol::recognise(side, data.bytes, &mut self.stats);
         }
         let mut done = Vec::new();
         if let Protocol::Http1(http) = &mut conn.http
-            && data.direction == Direction::Read
+            && side == Direction::Read
             && !conn.read_seen
         {
             conn.read_seen = true;
@@ -399,44 +504,39 @@ impl Tracker {
                 done.extend(http.mark_lost(Direction::Read, JOINED));
                 if data.offset != 0 {
                     // The rest of this call follows; its start is not a gap to flag again.
-                    conn.call = Some((data.direction, data.call_len, data.offset));
+                    conn.call = Some((side, data.call_len, data.offset));
                 }
                 self.stats.joined_connections += 1;
             }
         }
         // Chunks of one call arrive in order; a gap means the kernel dropped some.
-        let continues = matches!(conn.call, Some((dir, len, got)) if dir == data.direction && got == data.offset && got < len);
+        let continues = matches!(conn.call, Some((dir, len, got)) if dir == side && got == data.offset && got < len);
         if data.offset == 0 {
             if let Some((dir, len, got)) = conn.call
                 && got < len
             {
                 done.extend(conn.http.mark_lost(dir, LOST));
             }
-            conn.call = Some((data.direction, data.call_len, 0));
+            conn.call = Some((side, data.call_len, 0));
         } else if !continues {
-            done.extend(conn.http.mark_lost(data.direction, LOST));
-            conn.call = Some((data.direction, data.call_len, data.offset));
+            done.extend(conn.http.mark_lost(side, LOST));
+            conn.call = Some((side, data.call_len, data.offset));
         }
         if let Some((_, _, got)) = conn.call.as_mut() {
             *got = data.offset + data.bytes.len() as u64;
         }
-        let pushed =
-            match &mut conn.http {
-                Protocol::Http1(http) => http
-                    .push(data.direction, data.end_ns, data.bytes)
-                    .map_err(|error| {
-                        if matches!(error, http1::Http1Error::Http2Preface) {
-                            self.stats.http2_connections += 1;
-                        }
-                        error.to_string()
-                    }),
-                Protocol::Http2(http) => http
-                    .push(data.direction, data.end_ns, data.bytes)
-                    .map_err(|error| {
-                        self.stats.http2_malformed_connections += 1;
-                        error.to_string()
-                    }),
-            };
+        let pushed = match &mut conn.http {
+            Protocol::Http1(http) => http.push(side, data.end_ns, data.bytes).map_err(|error| {
+                if matches!(error, http1::Http1Error::Http2Preface) {
+                    self.stats.http2_connections += 1;
+                }
+                error.to_string()
+            }),
+            Protocol::Http2(http) => http.push(side, data.end_ns, data.bytes).map_err(|error| {
+                self.stats.http2_malformed_connections += 1;
+                error.to_string()
+            }),
+        };
         match pushed {
             Ok(exchanges) => done.extend(exchanges),
             Err(error) => {
@@ -485,20 +585,12 @@ impl Tracker {
                 self.stats.http2_streams_before_join += http.streams_before_join();
             }
         }
-        let http_version = conn.http.version();
         done.into_iter()
-            .map(|exchange| ConnectionExchange {
-                tgid,
-                ssl,
-                sni: conn.sni.clone(),
-                peer,
-                http_version,
-                exchange,
-            })
+            .map(|exchange| self.exchange_of(tgid, ssl, &conn, peer, exchange))
             .collect()
     }
 
-    /// Finishes every connection of a process that exited.
+    /// Finishes every connection of a process that exited, in [`in_record_order`].
     pub fn finish_process(&mut self, tgid: u32, now_ns: u64) -> Vec<ConnectionExchange> {
         let keys: Vec<_> = self
             .connections
@@ -508,19 +600,24 @@ impl Tracker {
             .collect();
         self.peers.retain(|(t, _), _| *t != tgid);
         self.sequences.retain(|(t, _, _), _| *t != tgid);
-        keys.into_iter()
+        self.serving_threads.retain(|(t, _)| *t != tgid);
+        self.inbound_sockets.retain(|(t, _)| *t != tgid);
+        let mut done: Vec<_> = keys
+            .into_iter()
             .flat_map(|(t, ssl)| self.finish_connection(t, ssl, now_ns))
-            .collect()
+            .collect();
+        in_record_order(&mut done);
+        done
     }
 
-    /// Finishes everything (end of capture).
+    /// Finishes everything (end of capture), in [`in_record_order`].
     pub fn finish_all(&mut self, now_ns: u64) -> Vec<ConnectionExchange> {
         let keys: Vec<_> = self.connections.keys().copied().collect();
         let mut done: Vec<_> = keys
             .into_iter()
             .flat_map(|(t, ssl)| self.finish_connection(t, ssl, now_ns))
             .collect();
-        done.sort_by_key(|c| c.exchange.request.start_ns);
+        in_record_order(&mut done);
         done
     }
 
@@ -531,6 +628,12 @@ impl Tracker {
         tgids.dedup();
         tgids
     }
+}
+
+/// Sorts exchanges finished together the way they are recorded: outbound ones first, so
+/// the inbound ones that link them come after them, each by request start.
+fn in_record_order(done: &mut [ConnectionExchange]) {
+    done.sort_by_key(|c| (c.inbound, c.exchange.request.start_ns));
 }
 
 /// Whether `bytes`, the first a client read on a connection, can be the start
@@ -765,6 +868,48 @@ mod tests {
         assert!(call(&mut tracker, Direction::Write, RESPONSE, 1 << 14, 2).is_empty());
         assert!(tracker.finish_all(3).is_empty());
         assert_eq!(tracker.stats().server_connections, 1);
+    }
+
+    #[test]
+    fn an_inbound_connection_reads_requests_and_writes_responses() {
+        let mut tracker = Tracker::default();
+        tracker.on_accept(7, 4);
+        let mut done = Vec::new();
+        for (direction, bytes, tid) in [
+            (Direction::Read, REQUEST, 8),
+            (Direction::Write, RESPONSE, 9),
+        ] {
+            done.extend(tracker.on_data(&Data {
+                tgid: 7,
+                tid,
+                ssl: SSL,
+                direction,
+                start_ns: 1,
+                end_ns: 1,
+                call_len: bytes.len() as u64,
+                offset: 0,
+                fd: Some(4),
+                bytes,
+            }));
+        }
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(done[0].inbound);
+        assert_eq!(done[0].tid, 8, "the thread that read the request");
+        assert!(done[0].exchange.incomplete.is_none(), "{done:?}");
+        assert_eq!(done[0].exchange.request.body, b"{}");
+        assert_eq!(done[0].exchange.response.as_ref().unwrap().status, 200);
+        let stats = tracker.stats();
+        assert_eq!(
+            (stats.inbound_connections, stats.server_connections),
+            (1, 0)
+        );
+        // Thread 8 read a request: its calls are taken to serve it; thread 7's are not.
+        assert!(tracker.serving_threads.contains(&(7, 8)));
+        assert!(tracker.on_free(7, SSL, 2).is_empty());
+        let outbound = exchange(&mut tracker, 3);
+        assert_eq!(outbound.len(), 1, "{outbound:?}");
+        assert!(!outbound[0].inbound);
+        assert!(!outbound[0].on_serving_thread, "thread 7 read no request");
     }
 
     #[test]

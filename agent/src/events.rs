@@ -5,8 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use llmsim_ebpf_common::{
-    ConnectEvent, DataEvent, Direction, DropReason, EventHeader, EventKind, FreeEvent, LossEvent,
-    SNI_LEN, SniEvent, TLS_HELLO_LEN, TlsHelloEvent,
+    AcceptEvent, ConnectEvent, DataEvent, Direction, DropReason, EventHeader, EventKind, FreeEvent,
+    LossEvent, SNI_LEN, SniEvent, TLS_HELLO_LEN, TlsHelloEvent,
 };
 use std::mem::{offset_of, size_of};
 use thiserror::Error;
@@ -82,6 +82,13 @@ pub enum Event<'a> {
         fd: i32,
         /// Where to.
         peer: SocketAddr,
+    },
+    /// A traced thread accepted a connection on an app port (`--app-port`).
+    Accept {
+        /// Who.
+        tgid: u32,
+        /// The accepted socket.
+        fd: i32,
     },
     /// A socket a traced process connected began with a TLS handshake record.
     TlsHello {
@@ -266,6 +273,13 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 tgid,
                 fd: u32_at(record, offset_of!(ConnectEvent, fd)).cast_signed(),
                 peer: SocketAddr::new(ip, port),
+            })
+        }
+        Some(EventKind::Accept) => {
+            need(size_of::<AcceptEvent>())?;
+            Ok(Event::Accept {
+                tgid,
+                fd: u32_at(record, offset_of!(AcceptEvent, fd)).cast_signed(),
             })
         }
         Some(EventKind::TlsHello) => {

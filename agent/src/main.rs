@@ -130,6 +130,10 @@ struct CaptureArgs {
     /// Record every HTTP exchange, whatever the host, plain-HTTP connections included.
     #[arg(long)]
     any_host: bool,
+    /// Also record the requests the target serves on this port (repeatable), over plain
+    /// HTTP or TLS, as inbound exchanges linked to the calls made while serving them.
+    #[arg(long = "app-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    app_ports: Vec<u16>,
     /// Under sudo, run CMD as root instead of as the invoking user.
     #[arg(long)]
     as_root: bool,
@@ -258,6 +262,7 @@ fn capture(args: &CaptureArgs) -> ExitCode {
         target,
         hosts: args.hosts.clone(),
         any_host: args.any_host,
+        app_ports: args.app_ports.clone(),
         quiet: false,
         sizes: llmsim_kernel::object::MapSizes {
             ring_bytes: args.ring_size,
@@ -401,6 +406,12 @@ fn print_summary(summary: &Summary, json: bool) {
             String::new()
         },
     );
+    if recorded.inbound_exchanges_written > 0 {
+        eprintln!(
+            "llmsim-agent: of those, {} inbound (served on --app-port)",
+            recorded.inbound_exchanges_written
+        );
+    }
     for line in summary.loss_lines() {
         eprintln!("llmsim-agent: {line}");
     }

@@ -31,8 +31,13 @@ use crate::{
     tls_libs::TlsLibrary,
 };
 
-/// Raw tracepoints attached at start: program name = tracepoint name.
-const RAW_TRACEPOINTS: [&str; 3] = ["sys_enter", "sys_exit", "sched_process_exec"];
+/// Raw tracepoints attached at start: program name, tracepoint name.
+const RAW_TRACEPOINTS: [(&str, &str); 4] = [
+    ("sys_enter", "sys_enter"),
+    ("sys_exit", "sys_exit"),
+    ("sys_exit_accept", "sys_exit"),
+    ("sched_process_exec", "sched_process_exec"),
+];
 /// The syscall program that finds rustls's sockets, on `sys_enter`: attached with the
 /// first rustls object, so captures without one do not run it.
 const RUSTLS_SYSCALLS: &str = "rustls_sys_enter";
@@ -113,10 +118,10 @@ impl Probes {
     /// Like [`Probes::load`], with the maps sized by `sizes`.
     pub fn load_sized(sizes: MapSizes) -> Result<Self, ProbeError> {
         let mut object = Object::load_sized(Purpose::Capture, sizes)?;
-        for name in RAW_TRACEPOINTS {
+        for (name, tracepoint) in RAW_TRACEPOINTS {
             let program: &mut RawTracePoint = object.program_mut(name)?;
             program.load().map_err(program_error(name))?;
-            program.attach(name).map_err(program_error(name))?;
+            program.attach(tracepoint).map_err(program_error(name))?;
         }
         for name in UPROBE_PROGRAMS {
             let program: &mut UProbe = object.program_mut(name)?;
@@ -173,6 +178,15 @@ impl Probes {
         for destination in destinations {
             map.insert(destination, &1, 0)
                 .map_err(map_error("PLAIN_DESTINATIONS"))?;
+        }
+        Ok(())
+    }
+
+    /// Selects the ports whose accepted connections are captured as inbound (`--app-port`).
+    pub fn select_app_ports(&mut self, ports: &[u16]) -> Result<(), ProbeError> {
+        let mut map: HashMap<_, u16, u8> = self.object.map_mut("APP_PORTS")?;
+        for port in ports {
+            map.insert(port, &1, 0).map_err(map_error("APP_PORTS"))?;
         }
         Ok(())
     }

@@ -1,10 +1,18 @@
 //! Capture's side of recording: decides whether a host is recorded, hands each
 //! reassembled exchange to the snapshot's recorder ([`llmsim_snapshot::record`], which
-//! builds, redacts and writes it) on a writer thread, prints the live line and keeps the
-//! figures for the summary.
+//! builds, redacts and writes it) on a writer thread, links each inbound exchange to the
+//! outbound calls made while serving it, prints the live line and keeps the figures for
+//! the summary.
+//!
+//! The link rule ([`Links`]): an outbound exchange belongs to an inbound one when the same
+//! process made it, its request started between the inbound request's first byte and the
+//! inbound response's last, and its thread is the one that read the inbound request, or a
+//! thread that had read no inbound request (a worker the handler handed the call to). A
+//! thread that reads requests is taken to work for the request it read; an inbound
+//! exchange is written once its response ended, after the calls made while serving it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     fmt::Write as _,
     path::{Path, PathBuf},
     sync::mpsc,
@@ -20,6 +28,7 @@ use llmsim_snapshot::{
     prices::PriceTable,
     provider::Provider,
     record::{self, RawExchange, RawRequest, RawResponse, RecordError, SnapshotRecorder},
+    store::seq_of,
 };
 use serde::Serialize;
 use thiserror::Error;
@@ -101,6 +110,8 @@ pub struct RecordStats {
     pub incomplete_by_loss: BTreeMap<&'static str, u64>,
     /// Of those, made over HTTP/2.
     pub http2_exchanges_written: u64,
+    /// Of those, requests the targets served on an `--app-port` (inbound).
+    pub inbound_exchanges_written: u64,
     /// Exchanges with hosts that are not recorded.
     pub exchanges_ignored: u64,
     /// Bytes of exchange files written.
@@ -119,7 +130,7 @@ pub struct Recorder {
     /// Wall clock minus monotonic clock, to date kernel timestamps.
     wall_offset: Duration,
     exchanges_ignored: u64,
-    files: Option<mpsc::Sender<RawExchange<Vec<u8>>>>,
+    files: Option<mpsc::Sender<(RawExchange<Vec<u8>>, Origin)>>,
     writer: Option<thread::JoinHandle<Result<RecordStats, RecorderError>>>,
 }
 
@@ -164,22 +175,27 @@ impl Recorder {
         })
     }
 
-    /// Records one exchange if its host is wanted, or it was made over plain HTTP (only
+    /// Records one exchange if its host is wanted, it was made over plain HTTP (only
     /// the destinations the user selected are read that way, whatever `Host` their
-    /// requests name). `process` is the process that made it, as it was then.
+    /// requests name), or the target served it on an `--app-port` (whatever its host).
+    /// `process` is the process that made it, as it was then.
     pub fn record(
         &mut self,
         done: ConnectionExchange,
         process: ProcessInfo,
     ) -> Result<(), RecorderError> {
+        let origin = Origin::of(&done);
         let raw = self.raw_exchange(done, process);
-        if raw.scheme != Scheme::Http && !self.hosts.records(&raw.host()) {
+        if raw.direction == Direction::Outbound
+            && raw.scheme != Scheme::Http
+            && !self.hosts.records(&raw.host())
+        {
             self.exchanges_ignored += 1;
             return Ok(());
         }
         // A send fails only once the writer stopped on an error: `finish` says which.
         match &self.files {
-            Some(files) if files.send(raw).is_ok() => Ok(()),
+            Some(files) if files.send((raw, origin)).is_ok() => Ok(()),
             _ => self
                 .finish()
                 .map(drop)
@@ -199,6 +215,7 @@ impl Recorder {
             Scheme::Https
         };
         let ConnectionExchange {
+            inbound,
             sni,
             peer,
             http_version,
@@ -243,7 +260,11 @@ impl Recorder {
             sni,
             peer,
             process,
-            direction: Direction::Outbound,
+            direction: if inbound {
+                Direction::Inbound
+            } else {
+                Direction::Outbound
+            },
             scheme,
             http_version,
             incomplete,
@@ -251,19 +272,101 @@ impl Recorder {
     }
 }
 
-/// The writer thread: builds and writes each exchange it is handed, in order, and keeps
-/// the figures; stops at the first failure.
+/// Where and when an exchange happened in its process: what the link rule needs
+/// beside what is stored.
+#[derive(Clone, Copy, Debug)]
+struct Origin {
+    tgid: u32,
+    /// The thread that made the request, or for an inbound one read it.
+    tid: u32,
+    /// Monotonic ns of the request's first byte.
+    start_ns: u64,
+    /// Monotonic ns of the last byte seen of either message.
+    end_ns: u64,
+    /// An outbound exchange whose thread had read an inbound request.
+    on_serving_thread: bool,
+}
+
+impl Origin {
+    fn of(done: &ConnectionExchange) -> Self {
+        let request = &done.exchange.request;
+        Self {
+            tgid: done.tgid,
+            tid: done.tid,
+            start_ns: request.start_ns,
+            end_ns: done
+                .exchange
+                .response
+                .as_ref()
+                .map_or(request.end_ns, |r| r.end_ns),
+            on_serving_thread: done.on_serving_thread,
+        }
+    }
+}
+
+/// Most outbound exchanges kept for linking: a call older than the newest this many
+/// is not linked to an inbound request still being served.
+const LINKABLE: usize = 65_536;
+
+/// The outbound exchanges written, newest last, for the link rule (see the module's
+/// description).
+#[derive(Default)]
+struct Links {
+    outbound: VecDeque<(Origin, u64)>,
+}
+
+impl Links {
+    /// An outbound exchange was written under `seq`.
+    fn written(&mut self, origin: Origin, seq: u64) {
+        if self.outbound.len() == LINKABLE {
+            self.outbound.pop_front();
+        }
+        self.outbound.push_back((origin, seq));
+    }
+
+    /// The seqs of the outbound exchanges made while serving `inbound`, in capture order.
+    fn of(&self, inbound: &Origin) -> Vec<u64> {
+        self.outbound
+            .iter()
+            .filter(|(call, _)| {
+                call.tgid == inbound.tgid
+                    && (inbound.start_ns..=inbound.end_ns).contains(&call.start_ns)
+                    && (call.tid == inbound.tid || !call.on_serving_thread)
+            })
+            .map(|&(_, seq)| seq)
+            .collect()
+    }
+}
+
+/// The writer thread: builds and writes each exchange it is handed, in order, links
+/// inbound exchanges to the outbound ones written before them, and keeps the figures;
+/// stops at the first failure.
 fn write_files(
     mut recorder: SnapshotRecorder,
-    queue: &mpsc::Receiver<RawExchange<Vec<u8>>>,
+    queue: &mpsc::Receiver<(RawExchange<Vec<u8>>, Origin)>,
     quiet: bool,
 ) -> Result<RecordStats, RecorderError> {
     let prices = PriceTable::builtin();
     let mut stats = RecordStats::default();
-    for raw in queue {
+    let mut links = Links::default();
+    for (raw, origin) in queue {
         let mut exchange = recorder.exchange(raw);
         accept_a_stream_read_to_its_last_event(&mut exchange);
+        if exchange.direction == Direction::Inbound {
+            exchange.linked = links.of(&origin);
+        }
         let path = recorder.write(&exchange)?;
+        match exchange.direction {
+            Direction::Inbound => stats.inbound_exchanges_written += 1,
+            Direction::Outbound => {
+                if let Some(seq) = path
+                    .file_name()
+                    .and_then(|name| seq_of(&name.to_string_lossy()))
+                {
+                    links.written(origin, seq);
+                }
+            }
+        }
         stats.usage.add_exchange(&exchange, &prices);
         stats.bytes_written += std::fs::metadata(&path).map_or(0, |m| m.len());
         stats.exchanges_written += 1;
@@ -330,11 +433,16 @@ fn wire_headers(fields: &http1::Headers) -> llmsim_snapshot::model::Headers {
     record::headers(fields.iter().map(|(name, value)| (name, value)))
 }
 
-/// `openai POST /v1/chat/completions gpt-4o 200 812ms streamed pid 4242 (python3)`
+/// `openai POST /v1/chat/completions gpt-4o 200 812ms streamed pid 4242 (python3)`; an
+/// inbound one: `inbound POST /triage - 200 2410ms not-streamed pid 4242 (python3) linked 3`.
 fn live_line(exchange: &Exchange) -> String {
+    let origin: &dyn std::fmt::Display = match exchange.direction {
+        Direction::Inbound => &"inbound",
+        Direction::Outbound => &exchange.provider,
+    };
     let mut line = format!(
         "{} {} {} {} {} {:.0}ms",
-        exchange.provider,
+        origin,
         exchange.request.method,
         exchange.request.path.split('?').next().unwrap_or_default(),
         exchange.model.as_deref().unwrap_or("-"),
@@ -349,6 +457,9 @@ fn live_line(exchange: &Exchange) -> String {
     let _ = write!(line, " pid {}", exchange.process.pid);
     if !exchange.process.comm.is_empty() {
         let _ = write!(line, " ({})", exchange.process.comm);
+    }
+    if exchange.direction == Direction::Inbound {
+        let _ = write!(line, " linked {}", exchange.linked.len());
     }
     if let Some(why) = &exchange.incomplete {
         let _ = write!(line, " INCOMPLETE ({why})");
@@ -367,6 +478,39 @@ mod tests {
         assert!(filter.records("myres.openai.azure.com"));
         assert!(!filter.records("example.com"));
         assert!(HostFilter::new(&[], true).unwrap().records("example.com"));
+    }
+
+    fn origin(process: u32, thread: u32, start_ns: u64, on_serving_thread: bool) -> Origin {
+        Origin {
+            tgid: process,
+            tid: thread,
+            start_ns,
+            end_ns: start_ns + 10,
+            on_serving_thread,
+        }
+    }
+
+    #[test]
+    fn an_inbound_exchange_links_the_calls_its_process_made_while_serving_it() {
+        let mut links = Links::default();
+        // Two requests served at once by threads 11 and 12 of process 1.
+        let first = Origin {
+            end_ns: 200,
+            ..origin(1, 11, 100, false)
+        };
+        let second = Origin {
+            end_ns: 250,
+            ..origin(1, 12, 150, false)
+        };
+        links.written(origin(1, 11, 90, true), 1); // before the first request
+        links.written(origin(1, 11, 110, true), 2);
+        links.written(origin(1, 12, 160, true), 3);
+        links.written(origin(1, 13, 170, false), 4); // a worker thread
+        links.written(origin(2, 11, 120, true), 5); // another process
+        links.written(origin(1, 11, 190, true), 6);
+        links.written(origin(1, 12, 240, true), 7);
+        assert_eq!(links.of(&first), [2, 4, 6]);
+        assert_eq!(links.of(&second), [3, 4, 7]);
     }
 
     fn event(event: Option<&str>, data: &str) -> SseEvent {

@@ -47,6 +47,8 @@ pub enum EventKind {
     Loss = 6,
     /// A [`TlsHelloEvent`]: a traced process's TCP socket began with a TLS handshake.
     TlsHello = 7,
+    /// An [`AcceptEvent`]: a traced thread accepted a connection on an app port.
+    Accept = 8,
 }
 
 impl EventKind {
@@ -60,6 +62,7 @@ impl EventKind {
             5 => Some(Self::Free),
             6 => Some(Self::Loss),
             7 => Some(Self::TlsHello),
+            8 => Some(Self::Accept),
             _ => None,
         }
     }
@@ -270,6 +273,21 @@ pub struct ConnectEvent {
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<ConnectEvent>() == 24 + 32);
+
+/// A traced thread's `accept()`/`accept4()` on a socket bound to an app port
+/// (`--app-port`) returned `fd`: the process serves that connection, reading requests
+/// and writing responses, whether in plain HTTP or through a TLS library.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptEvent {
+    /// `kind` is [`EventKind::Accept`].
+    pub header: EventHeader,
+    /// The accepted socket's fd.
+    pub fd: i32,
+    /// Explicit padding.
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<AcceptEvent>() == 24 + 8);
 
 /// The first write on a socket a traced process connected started with a TLS
 /// handshake record (`0x16`): its first bytes, for the `ClientHello`'s server

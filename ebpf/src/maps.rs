@@ -123,14 +123,17 @@ pub static CONNECTS: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_entr
 #[map]
 pub static PLAIN_DESTINATIONS: HashMap<PlainDestination, u8> = HashMap::with_max_entries(256, 0);
 
-/// A traced socket connected to a selected destination.
+/// A traced socket connected to a selected destination, or accepted on an app port.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PlainSocket {
-    /// The connection id: [`llmsim_ebpf_common::PLAIN_CONNECTION`] | connect time.
+    /// The connection id: [`llmsim_ebpf_common::PLAIN_CONNECTION`] | connect (or accept) time.
     pub conn: u64,
-    /// Nonzero once the client wrote: its first bytes were not a TLS `ClientHello`.
-    pub wrote: u64,
+    /// Nonzero once the request side (the client's writes, or an accepted socket's
+    /// reads) moved bytes that start an HTTP request, not a TLS `ClientHello`.
+    pub checked: u32,
+    /// Nonzero for a socket accepted on an app port: reads carry the requests.
+    pub inbound: u32,
 }
 
 /// Selected sockets, keyed by `tgid << 32 | fd`.
@@ -153,6 +156,21 @@ pub struct PlainCall {
 /// LRU, like [`SSL_CALLS`], for a thread that dies inside a syscall.
 #[map]
 pub static PLAIN_CALLS: LruHashMap<u64, PlainCall> = LruHashMap::with_max_entries(16_384, 0);
+
+/// Ports whose accepted connections are captured as inbound (`--app-port`; value
+/// unused), in host byte order. Written by userspace.
+#[map]
+pub static APP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+/// Sockets traced processes bound to one of the [`APP_PORTS`], keyed by
+/// `tgid << 32 | fd` (value unused).
+#[map]
+pub static APP_LISTENERS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16_384, 0);
+
+/// `accept()`/`accept4()` calls in progress on one of the [`APP_LISTENERS`], keyed by
+/// `bpf_get_current_pid_tgid()` (value unused); LRU, like [`SSL_CALLS`].
+#[map]
+pub static ACCEPTS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16_384, 0);
 
 /// Sockets traced processes connected and have not written to yet, keyed by
 /// `tgid << 32 | fd` (value unused): their first write is looked at once for a

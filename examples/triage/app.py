@@ -25,6 +25,7 @@ skipped, the others carry on), 2 for a usage or configuration error.
 import argparse
 import json
 import os
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -466,8 +467,9 @@ def triage_one(backends, ticket):
     return (502 if answer["errors"] else 200), answer
 
 
-def serve(address, backends):
-    """Serves POST /triage (a ticket as JSON, as in tickets.json) and GET /health until killed."""
+def serve(address, backends, tls=None):
+    """Serves POST /triage (a ticket as JSON, as in tickets.json) and GET /health until killed;
+    over TLS with `tls`, an ssl.SSLContext for the server side."""
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -503,10 +505,22 @@ def serve(address, backends):
         def log_message(self, format, *args):
             pass
 
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def finish_request(self, request, client_address):
+            # On the request's own thread, so a slow handshake holds up no other client.
+            if tls is not None:
+                try:
+                    request = tls.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return
+            super().finish_request(request, client_address)
+
     host, _, port = address.rpartition(":")
-    server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), Handler)
-    server.daemon_threads = True
-    print(f"triage: serving on {address}: POST /triage, GET /health", file=sys.stderr, flush=True)
+    server = Server((host.strip("[]") or "127.0.0.1", int(port)), Handler)
+    scheme = "https" if tls is not None else "http"
+    print(f"triage: serving on {address} ({scheme}): POST /triage, GET /health", file=sys.stderr, flush=True)
     server.serve_forever()
 
 
@@ -645,6 +659,9 @@ def parse_args(argv):
     parser.add_argument("--no-timings", action="store_true",
                         help="leave out the timings section, so all of stdout is deterministic")
     parser.add_argument("--progress", action="store_true", help="print a line per ticket on stderr")
+    parser.add_argument("--tls-cert", type=Path, metavar="FILE",
+                        help="with --serve: serve HTTPS with this certificate (PEM, chain included)")
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="with --serve: the certificate's key (PEM)")
     parser.add_argument("--serve", metavar="HOST:PORT",
                         help="serve the pipeline as an HTTP API instead: POST /triage with one ticket as JSON")
     return parser.parse_args(argv)
@@ -692,8 +709,17 @@ def main(argv=None):
         port = args.serve.rpartition(":")[2]
         if not port.isdigit():
             usage_error(f"--serve expects HOST:PORT, got {args.serve!r}")
+        tls = None
+        if (args.tls_cert is None) != (args.tls_key is None):
+            usage_error("--tls-cert and --tls-key go together")
+        if args.tls_cert is not None:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                tls.load_cert_chain(args.tls_cert, args.tls_key)
+            except (OSError, ssl.SSLError) as e:
+                usage_error(f"cannot load --tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {e}")
         serve(args.serve, [(name, models[name], make_backend(name, models[name], os.environ[PROVIDERS[name].key_env]))
-                           for name in chosen])
+                           for name in chosen], tls)
         return 0
 
     runs = []

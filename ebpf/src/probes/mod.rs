@@ -1,5 +1,6 @@
 //! The kernel programs, one module per hook family.
 
+mod accept;
 mod cgroup;
 mod gotls;
 mod hello;

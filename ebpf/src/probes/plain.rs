@@ -14,6 +14,10 @@
 //! read, or whose first write starts with anything else, is unmarked at once; that
 //! includes every TLS connection (a `ClientHello` record starts with `0x16`), whose
 //! plaintext is read at the TLS library, never as ciphertext here.
+//!
+//! A socket a traced process accepted on an app port (`accept.rs`) is marked the
+//! same way, inbound: there the request side is the reads, so its first copied call
+//! must be a read that starts a method.
 
 use aya_ebpf::{
     cty::c_void,
@@ -80,10 +84,23 @@ pub fn on_connect(pid_tgid: u64, fd: u64, family: u16, port: u16, addr: &[u8; 16
         let _ = PLAIN_SOCKETS.remove(&key);
         return;
     }
+    mark(key, 0);
+}
+
+/// A traced thread accepted `fd` on an app port: marks the socket inbound.
+#[inline(always)]
+pub fn on_accept(pid_tgid: u64, fd: u64) {
+    mark(socket_key(pid_tgid, fd), 1);
+}
+
+/// Marks a socket with a new connection id.
+#[inline(always)]
+fn mark(key: u64, inbound: u32) {
     let socket = PlainSocket {
         // SAFETY: plain helper call without arguments.
         conn: PLAIN_CONNECTION | unsafe { bpf_ktime_get_ns() },
-        wrote: 0,
+        checked: 0,
+        inbound,
     };
     let _ = PLAIN_SOCKETS.insert(&key, &socket, 0);
 }
@@ -167,8 +184,14 @@ pub fn exit(pid_tgid: u64, ret: i64) {
         SYS_READV | SYS_WRITEV | SYS_SENDMSG | SYS_RECVMSG
     );
     // SAFETY: a live map value; only this process's threads use its sockets.
-    if unsafe { (*socket).wrote } == 0 {
-        let first = if call.direction != Direction::Write as u32 {
+    if unsafe { (*socket).checked } == 0 {
+        // SAFETY: as above.
+        let request_side = if unsafe { (*socket).inbound } == 0 {
+            Direction::Write
+        } else {
+            Direction::Read
+        };
+        let first = if call.direction != request_side as u32 {
             Ok(0)
         } else if iovecs {
             // SAFETY: user pointers read fault-tolerantly.
@@ -190,7 +213,7 @@ pub fn exit(pid_tgid: u64, ret: i64) {
             return;
         }
         // SAFETY: as above.
-        unsafe { (*socket).wrote = 1 };
+        unsafe { (*socket).checked = 1 };
     }
     if !iovecs {
         emit::emit(&call, pid_tgid, moved);

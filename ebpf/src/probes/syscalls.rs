@@ -1,9 +1,10 @@
 //! Raw tracepoints on syscall entry and exit and on exec (kernel >= 4.17; no
 //! tracefs needed). They add what the TLS probes cannot see: the socket fd
 //! behind an `SSL_*` call (a nested read/write syscall on the same thread),
-//! connect destinations, and execs that may map a new TLS library; and they
+//! connect destinations, and execs that may map a new TLS library; they
 //! drive the plaintext capture of selected plain TCP destinations (`plain.rs`):
-//! a socket I/O syscall outside any `SSL_*` call is that path's.
+//! a socket I/O syscall outside any `SSL_*` call is that path's; and they follow
+//! `bind()` and `accept()` on app ports (`accept.rs`, whose exit program is its own).
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -13,7 +14,7 @@ use aya_ebpf::{
 };
 use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
 
-use super::{header, hello, plain};
+use super::{accept, header, hello, plain};
 use crate::{
     filter::is_traced,
     maps::{CONNECTS, EVENTS, PendingConnect, count_drop, current_ssl_call},
@@ -22,9 +23,12 @@ use crate::{
 /// `x86_64` syscall numbers of the calls a TLS library makes on its socket.
 const SOCKET_IO_SYSCALLS: [u64; 8] = [0, 1, 19, 20, 44, 45, 46, 47]; // read write readv writev sendto recvfrom sendmsg recvmsg
 const SYS_CONNECT: u64 = 42;
+const SYS_ACCEPT: u64 = 43;
+const SYS_BIND: u64 = 49;
+const SYS_ACCEPT4: u64 = 288;
 const SYS_CLOSE: u64 = 3;
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub(super) const AF_INET: u16 = 2;
+pub(super) const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = -115;
 
 /// `sys_enter(struct pt_regs *regs, long id)`; kernel >= 4.17.
@@ -101,6 +105,19 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         let (fd, _) = syscall_args(ctx.arg(0))?;
         plain::close(pid_tgid, fd);
         hello::close(pid_tgid, fd);
+        accept::close(pid_tgid, fd);
+        return Ok(());
+    }
+    if id == SYS_BIND {
+        if !is_traced() {
+            return Ok(());
+        }
+        let (fd, addr) = syscall_args(ctx.arg(0))?;
+        return accept::bind(pid_tgid, fd, addr);
+    }
+    if id == SYS_ACCEPT || id == SYS_ACCEPT4 {
+        let (fd, _) = syscall_args(ctx.arg(0))?;
+        accept::enter(pid_tgid, fd);
         return Ok(());
     }
     if !SOCKET_IO_SYSCALLS.contains(&id) {

@@ -20,6 +20,7 @@ use crate::atomic::PublishError;
 use crate::config::{ConfigError, SnapshotConfig};
 use crate::model::{Exchange, FORMAT_VERSION};
 
+pub use naming::seq_of;
 pub use writer::SnapshotWriter;
 
 /// The subdirectory holding the exchange files.

@@ -20,7 +20,7 @@ pub(super) fn is_exchange_file(name: &str) -> bool {
 }
 
 /// The capture order encoded in a file name, if it is an exchange file name.
-pub(super) fn seq_of(name: &str) -> Option<u64> {
+pub fn seq_of(name: &str) -> Option<u64> {
     if !is_exchange_file(name) {
         return None;
     }
