@@ -329,6 +329,7 @@ fn coverage(args: &CoverageArgs) -> ExitCode {
         target: Target::Pids(args.pids.clone()),
         hosts: Vec::new(),
         any_host: true,
+        app_ports: Vec::new(),
         quiet: true,
         sizes: llmsim_kernel::object::MapSizes::default(),
         duration: args.duration,
