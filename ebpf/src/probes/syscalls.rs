@@ -141,7 +141,16 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let ret: i64 = ctx.arg(1);
-    plain::exit(pid_tgid, ret);
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: the kernel pointer the tracepoint passes, read fault-tolerantly.
+    let id = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }?;
+    // One path per syscall: the verifier then checks the connect path and the plain path
+    // each once, not the one after every way through the other (which ran past its
+    // million-instruction budget).
+    if id != SYS_CONNECT {
+        plain::exit(pid_tgid, ret);
+        return Ok(());
+    }
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { CONNECTS.get(&pid_tgid) }).copied() else {
         return Ok(());
