@@ -1,7 +1,7 @@
-//! Raw tracepoints on syscall entry and exit and on exec (kernel >= 4.17; no
+//! Raw tracepoints on syscall entry and exit (kernel >= 4.17; no
 //! tracefs needed). They add what the TLS probes cannot see: the socket fd
 //! behind an `SSL_*` call (a nested read/write syscall on the same thread),
-//! connect destinations, and execs that may map a new TLS library; and they
+//! connect destinations, and (through `process.rs`) new processes; and they
 //! drive the plaintext capture of selected plain TCP destinations (`plain.rs`):
 //! a socket I/O syscall outside any `SSL_*` call is that path's.
 
@@ -11,9 +11,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
+use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind};
 
-use super::{header, hello, plain};
+use super::{header, hello, plain, process};
 use crate::{
     filter::is_traced,
     maps::{CONNECTS, EVENTS, PendingConnect, count_drop, current_ssl_call},
@@ -38,23 +38,6 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let _ = try_sys_exit(&ctx);
-    0
-}
-
-/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`; kernel >= 4.17.
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
-    if is_traced() {
-        match EVENTS.reserve::<ExecEvent>(0) {
-            Some(mut entry) => {
-                entry.write(ExecEvent {
-                    header: header(EventKind::Exec),
-                });
-                entry.submit(0);
-            }
-            None => count_drop(DropReason::RingFull),
-        }
-    }
     0
 }
 
@@ -124,6 +107,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let ret: i64 = ctx.arg(1);
+    process::on_sys_exit(ctx.arg(0), ret);
     plain::exit(pid_tgid, ret);
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { CONNECTS.get(&pid_tgid) }).copied() else {
