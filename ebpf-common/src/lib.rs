@@ -217,7 +217,8 @@ pub struct ExecEvent {
 const _: () = assert!(size_of::<ExecEvent>() == 32);
 
 /// A traced process's new child process, seen from the child before its
-/// first instruction (the header names the child).
+/// first instruction (the header names the child); reported only while
+/// [`Filter::hold`] is set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ForkEvent {

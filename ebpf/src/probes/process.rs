@@ -28,9 +28,11 @@ const SIGSTOP: u32 = 19;
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     if is_traced() {
-        let held = hold();
+        // Reserved first: a process is stopped only when its event (which
+        // says to continue it) is sure to reach userspace.
         match EVENTS.reserve::<ExecEvent>(0) {
             Some(mut entry) => {
+                let held = if holding() { stop() } else { 0 };
                 entry.write(ExecEvent {
                     header: header(EventKind::Exec),
                     held,
@@ -48,9 +50,11 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
 /// 4.17 or later): a new task returns from `clone`/`fork`/`vfork`/`clone3`
 /// with 0 through the same exit path, in its own context, before its first
 /// instruction. A new thread (pid != tgid) shares its process's probes.
+/// Reported only while `FILTER.hold` asks for it: without holding, a new
+/// process has its parent's probes (or none is per process).
 #[inline(always)]
 pub fn on_sys_exit(regs: *const pt_regs, ret: i64) {
-    if ret != 0 {
+    if ret != 0 || !holding() {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -64,9 +68,9 @@ pub fn on_sys_exit(regs: *const pt_regs, ret: i64) {
     if !CLONE_SYSCALLS.contains(&id) || !is_traced() {
         return;
     }
-    let held = hold();
     match EVENTS.reserve::<ForkEvent>(0) {
         Some(mut entry) => {
+            let held = stop();
             entry.write(ForkEvent {
                 header: header(EventKind::Fork),
                 held,
@@ -78,12 +82,15 @@ pub fn on_sys_exit(regs: *const pt_regs, ret: i64) {
     }
 }
 
-/// Stops the current process when `FILTER.hold` asks for it; 1 when it was.
+/// Whether `FILTER.hold` asks for new processes to be held.
 #[inline(always)]
-fn hold() -> u32 {
-    if FILTER.get(0).is_none_or(|filter| filter.hold == 0) {
-        return 0;
-    }
+fn holding() -> bool {
+    FILTER.get(0).is_some_and(|filter| filter.hold != 0)
+}
+
+/// Stops the current process; 1 when the signal was sent.
+#[inline(always)]
+fn stop() -> u32 {
     // SAFETY: plain helper call with an integer argument.
     u32::from(unsafe { bpf_send_signal(SIGSTOP) } == 0)
 }
