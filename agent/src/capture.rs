@@ -234,13 +234,28 @@ impl Capture {
         };
         let mut scanner = Scanner::new(forced);
         let mut probes = Probes::load_sized(options.sizes).context("loading the eBPF probes")?;
-        if let Target::Pids(pids) = &target {
-            probes.set_reach(Reach::Processes(pids.clone()));
+        // Breakpoints only in the targets: `--pid`'s always; a cgroup's or a
+        // command's where per-process probes are cheap, and then those
+        // processes that start from now on are held until their probes are
+        // planted (those already there are listed after that, so none slips
+        // between the two).
+        let hold = matches!(target, Target::Cgroup(_) | Target::Command { .. })
+            && probes.cheap_per_process();
+        if hold || matches!(target, Target::Pids(_)) {
+            probes.set_reach(Reach::Processes);
         }
-        attach_initial(&mut probes, &mut scanner, &target, initial_pids)?;
         probes.select_plain(&plain_destinations)?;
         probes.select_app_ports(&options.app_ports)?;
         probes.select(&selection)?;
+        probes.set_holding(hold)?;
+        let initial_pids = match &cgroup {
+            Some(group) if hold => group.pids(),
+            _ => initial_pids,
+        };
+        for &pid in &initial_pids {
+            probes.track(pid)?;
+        }
+        attach_initial(&mut probes, &mut scanner, &target, initial_pids)?;
         let ring = sys::poll_readable(probes.take_events()?).context("polling the ring buffer")?;
         Ok(Self {
             probes,
@@ -319,8 +334,9 @@ impl Capture {
                 _ => break,
             }
         }
-        // Everything the targets did is in the ring by now: drain it, then
-        // close every connection.
+        // Everything the targets did is in the ring by now: drain it (which
+        // continues every process still held), then close every connection.
+        self.probes.set_holding(false)?;
         self.drain()?;
         self.finish_connections()?;
         if let Some(cgroup) = &self.cgroup {
@@ -444,7 +460,8 @@ impl Capture {
     /// Handles every record waiting in the ring buffer.
     fn drain(&mut self) -> anyhow::Result<()> {
         let mut finished: Vec<Finished> = Vec::new();
-        let mut execs = Vec::new();
+        // Processes that started or exec'd, and whether each is held.
+        let mut started: Vec<(u32, bool)> = Vec::new();
         let Self {
             ring,
             tracker,
@@ -496,14 +513,22 @@ impl Capture {
                     coverage.on_hello(&known(processes, tgid), fd, peer, bytes);
                     continue;
                 }
-                Ok(Event::Exec { tgid }) => {
+                Ok(Event::Exec { tgid, held }) => {
                     // The old program's TLS connections died with its image.
                     let mut done = end_sequences(probes, tracker, tgid);
                     done.extend(tracker.finish_process(tgid, sys::monotonic_ns()));
                     let before = known(processes, tgid);
                     finished.extend(done.into_iter().map(|d| (d, before.clone())));
                     processes.insert(tgid, process_info(tgid));
-                    execs.push(tgid);
+                    started.push((tgid, held));
+                    continue;
+                }
+                Ok(Event::Fork { tgid, held }) => {
+                    // A new process: probes still planted for its pid were
+                    // another, exited, process's.
+                    probes.forget(tgid);
+                    processes.insert(tgid, process_info(tgid));
+                    started.push((tgid, held));
                     continue;
                 }
                 Err(error) => {
@@ -517,10 +542,28 @@ impl Capture {
                 finished.push((d, process));
             }
         }
-        for pid in execs {
-            self.attach_libraries_of(pid);
+        for (pid, held) in started {
+            self.track(pid);
+            if held {
+                sys::send_signal(pid, libc::SIGCONT);
+            }
         }
         self.record_all(finished)
+    }
+
+    /// Plants the probes of every known TLS object in `pid`, then attaches to
+    /// the TLS objects it maps that are new (its executable after an exec).
+    fn track(&mut self, pid: u32) {
+        if let Err(error) = self.probes.track(pid)
+            && is_alive(pid)
+        {
+            tracing::warn!(
+                pid,
+                "cannot capture this process: {:#}",
+                anyhow::Error::new(error)
+            );
+        }
+        self.attach_libraries_of(pid);
     }
 
     /// Attaches to the TLS libraries `pid` maps. A process that exits while
@@ -566,8 +609,14 @@ impl Capture {
             Target::All => all_pids(),
         };
         let alive: Vec<u32> = targets.into_iter().filter(|&pid| is_alive(pid)).collect();
+        for tgid in self.probes.tracked() {
+            if !is_alive(tgid) {
+                self.probes.forget(tgid);
+            }
+        }
         for &pid in &alive {
-            self.attach_libraries_of(pid);
+            // A process that moved into the cgroup is tracked from here.
+            self.track(pid);
         }
         let mut exited: Vec<u32> = self
             .tracker

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use llmsim_ebpf_common::{
-    AcceptEvent, ConnectEvent, DataEvent, Direction, DropReason, EventHeader, EventKind, FreeEvent,
-    LossEvent, SNI_LEN, SniEvent, TLS_HELLO_LEN, TlsHelloEvent,
+    AcceptEvent, ConnectEvent, DataEvent, Direction, DropReason, EventHeader, EventKind, ExecEvent,
+    ForkEvent, FreeEvent, LossEvent, SNI_LEN, SniEvent, TLS_HELLO_LEN, TlsHelloEvent,
 };
 use std::mem::{offset_of, size_of};
 use thiserror::Error;
@@ -60,6 +60,15 @@ pub enum Event<'a> {
     Exec {
         /// Who.
         tgid: u32,
+        /// Stopped before its new program runs, to be continued (`SIGCONT`).
+        held: bool,
+    },
+    /// A traced process started a new process.
+    Fork {
+        /// The new process.
+        tgid: u32,
+        /// Stopped before its first instruction, to be continued (`SIGCONT`).
+        held: bool,
     },
     /// A traced process freed an `SSL *`: its connection is over.
     Free {
@@ -248,7 +257,10 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 name: String::from_utf8_lossy(&raw[..end]).into_owned(),
             })
         }
-        Some(EventKind::Exec) => Ok(Event::Exec { tgid }),
+        Some(kind @ (EventKind::Exec | EventKind::Fork)) => {
+            need(size_of::<ExecEvent>())?;
+            Ok(decode_process(record, tgid, kind))
+        }
         Some(EventKind::Free) => {
             need(size_of::<FreeEvent>())?;
             Ok(decode_free(record, tgid))
@@ -293,6 +305,18 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             })
         }
         None => Err(DecodeError::UnknownKind { kind }),
+    }
+}
+
+/// An [`ExecEvent`] or a [`ForkEvent`] (the same layout), whole.
+fn decode_process(record: &[u8], tgid: u32, kind: EventKind) -> Event<'static> {
+    const _: () = assert!(offset_of!(ExecEvent, held) == offset_of!(ForkEvent, held));
+    const _: () = assert!(size_of::<ExecEvent>() == size_of::<ForkEvent>());
+    let held = u32_at(record, offset_of!(ExecEvent, held)) != 0;
+    if kind == EventKind::Fork {
+        Event::Fork { tgid, held }
+    } else {
+        Event::Exec { tgid, held }
     }
 }
 

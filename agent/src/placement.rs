@@ -234,6 +234,46 @@ impl ProbeRole {
             Self::RustlsReturn => "rustls_return",
         }
     }
+
+    /// The multi-uprobe twin of [`ProbeRole::program`] (kernel >= 6.6).
+    pub const fn multi_program(self) -> &'static str {
+        match self {
+            Self::WriteEntry => "ssl_write_multi",
+            Self::ReadEntry => "ssl_read_multi",
+            Self::WriteCountedEntry => "ssl_write_ex_multi",
+            Self::ReadCountedEntry => "ssl_read_ex_multi",
+            Self::Return => "ssl_return_multi",
+            Self::CallReturn => "ssl_call_return_multi",
+            Self::Ctrl => "ssl_ctrl_multi",
+            Self::Free => "ssl_free_multi",
+            Self::GoWrite => "go_tls_write_multi",
+            Self::GoRead => "go_tls_read_multi",
+            Self::GoReadReturn => "go_tls_read_return_multi",
+            Self::GoClose => "go_tls_close_multi",
+            Self::RustlsWrite => "rustls_write_multi",
+            Self::RustlsRead => "rustls_read_multi",
+            Self::RustlsReturn => "rustls_return_multi",
+        }
+    }
+
+    /// Every role.
+    pub const ALL: [Self; 15] = [
+        Self::WriteEntry,
+        Self::WriteCountedEntry,
+        Self::ReadEntry,
+        Self::ReadCountedEntry,
+        Self::Ctrl,
+        Self::Free,
+        Self::Return,
+        Self::CallReturn,
+        Self::GoWrite,
+        Self::GoRead,
+        Self::GoReadReturn,
+        Self::GoClose,
+        Self::RustlsWrite,
+        Self::RustlsRead,
+        Self::RustlsReturn,
+    ];
 }
 
 /// One probe: where, what it runs, and which function it serves (for errors).

@@ -1,23 +1,27 @@
 //! The capture probes, built on `llmsim_kernel`'s loader: sets the process
 //! filter, attaches the raw tracepoints and, per TLS library, the `SSL_*`
 //! uprobes (Go's `crypto/tls` ones in a Go binary) where its [`Placement`]
-//! says, remembers each library's placement for the summary, and reads the
-//! ring buffer and the loss counters.
+//! says, in every process or only in each target process (see [`Reach`]),
+//! detaches a target's probes when it is gone, remembers each library's
+//! placement for the summary, and reads the ring buffer and the loss counters.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap as StdHashMap, HashSet},
+    fs::File,
     io,
     num::NonZeroU32,
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    path::PathBuf,
+    thread::JoinHandle,
 };
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         ProgramError, RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope},
     },
+    sys::UProbeMultiFeature,
 };
 use llmsim_ebpf_common::{
     ConnLoss, DROP_REASONS, DropReason, Filter, FilterMode, LossKey, LossTotals, PlainDestination,
@@ -73,16 +77,34 @@ pub enum Selection {
 }
 
 /// Which processes a TLS library's breakpoints are planted in. A breakpoint
-/// costs every call through it two traps, even in a process the filter then
-/// ignores, so the probes go only into the targets when they are known
-/// processes; targets that start later (a cgroup's, a command's) must find
-/// the probes already in the libraries they map.
-#[derive(Clone, Debug)]
+/// costs every call through it a trap, even in a process the filter then
+/// ignores, so by default the probes go only into the target processes, each
+/// as it is tracked ([`Probes::track`]): a probe planted for a process before
+/// it maps the library is installed by the kernel when the mapping appears.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reach {
-    /// Every process that maps the library (`--all`, `--cgroup`, a command).
+    /// Every process that maps the library (`--all`).
     Everywhere,
-    /// These processes, threads included, across their execs (`--pid`).
-    Processes(Vec<u32>),
+    /// Each tracked process, threads included, across its execs (`--pid`,
+    /// `--cgroup`, a command).
+    Processes,
+}
+
+/// A TLS object probes are attached to: kept open, so a process's path to
+/// it (`/proc/PID/root/...`) may vanish and later processes still get it.
+struct KnownObject {
+    identity: (u64, u64),
+    library: TlsLibrary,
+    file: File,
+}
+
+/// The probes attached in one tracked process.
+#[derive(Default)]
+struct ProcessProbes {
+    /// (device, inode) of the objects attached in it.
+    objects: HashSet<(u64, u64)>,
+    /// Every link, with the program it belongs to.
+    links: Vec<(&'static str, UProbeLinkId)>,
 }
 
 /// Where one object's probes went, for the summary.
@@ -99,13 +121,19 @@ pub struct PlacedObject {
 /// The loaded probes. Dropping it detaches everything.
 pub struct Probes {
     object: Object,
+    /// The multi-uprobe programs are loaded, not the perf-event ones.
+    multi: bool,
     reach: Reach,
-    /// (device, inode) of every object the uprobes are attached to.
-    attached: HashSet<(u64, u64)>,
-    /// Where each attached object's probes went, in attach order.
+    /// Every TLS object found, in the order found.
+    known: Vec<KnownObject>,
+    /// The tracked processes and their probes ([`Reach::Processes`]).
+    processes: StdHashMap<u32, ProcessProbes>,
+    /// Where each object's probes go, in the order found.
     placed: Vec<PlacedObject>,
     /// Whether [`RUSTLS_SYSCALLS`] is attached.
     rustls_syscalls: bool,
+    /// Threads detaching the links of processes that are gone.
+    releasing: Vec<JoinHandle<()>>,
 }
 
 impl Probes {
@@ -123,7 +151,13 @@ impl Probes {
             program.load().map_err(program_error(name))?;
             program.attach(tracepoint).map_err(program_error(name))?;
         }
-        for name in UPROBE_PROGRAMS {
+        // Multi-uprobes where the kernel filters them by process (6.6 and
+        // later): a process's links then detach without the global lock and
+        // grace periods each perf-event uprobe holds on its way out.
+        let multi = aya::sys::is_uprobe_multi_supported(UProbeMultiFeature::ProcessScopedPidFilter)
+            .unwrap_or(false);
+        for role in ProbeRole::ALL {
+            let name = program_of(role, multi);
             let program: &mut UProbe = object.program_mut(name)?;
             program.load().map_err(program_error(name))?;
         }
@@ -131,14 +165,18 @@ impl Probes {
         program.load().map_err(program_error(RUSTLS_SYSCALLS))?;
         Ok(Self {
             object,
+            multi,
             reach: Reach::Everywhere,
-            attached: HashSet::new(),
+            known: Vec::new(),
+            processes: StdHashMap::new(),
             placed: Vec::new(),
             rustls_syscalls: false,
+            releasing: Vec::new(),
         })
     }
 
-    /// Sets which processes the probes report.
+    /// Sets which processes the probes report (new processes are not held:
+    /// see [`Probes::set_holding`]).
     pub fn select(&mut self, selection: &Selection) -> Result<(), ProbeError> {
         let mode = match selection {
             Selection::Tgids(tgids) => {
@@ -163,7 +201,7 @@ impl Probes {
                 0,
                 &Filter {
                     mode: mode as u32,
-                    pad: 0,
+                    hold: 0,
                 },
                 0,
             )
@@ -191,97 +229,176 @@ impl Probes {
         Ok(())
     }
 
-    /// Sets where libraries attached from now on get their probes.
+    /// With `hold`, each selected process that starts or execs from now on
+    /// is stopped before its first instruction and reported held, to be
+    /// continued (`SIGCONT`) once [`Probes::track`] planted its probes;
+    /// without, none is, and those held already are in the ring buffer.
+    pub fn set_holding(&mut self, hold: bool) -> Result<(), ProbeError> {
+        let mut filter: Array<_, Filter> = self.object.map_mut("FILTER")?;
+        let mut current = filter.get(&0, 0).map_err(map_error("FILTER"))?;
+        current.hold = u32::from(hold);
+        filter.set(0, &current, 0).map_err(map_error("FILTER"))?;
+        Ok(())
+    }
+
+    /// Whether this kernel plants per-process probes cheaply (multi-uprobe
+    /// links filtered by process, Linux 6.6 and later): many short-lived
+    /// processes each get and drop their own.
+    pub fn cheap_per_process(&self) -> bool {
+        self.multi
+    }
+
+    /// Sets where libraries get their probes ([`Reach::Everywhere`] unless
+    /// set); call before the first one.
     pub fn set_reach(&mut self, reach: Reach) {
         self.reach = reach;
     }
 
-    /// Attaches the `SSL_*` probes to `library` where its placement says, in
-    /// the processes of the current [`Reach`] (the filter decides what is
-    /// reported). A placement that single-steps, or that was asked for and
-    /// does not fit, is one warning naming the object and why. Returns false
-    /// when it was attached already.
+    /// Attaches the `SSL_*` probes to `library` where its placement says: in
+    /// every process ([`Reach::Everywhere`]), or in every tracked process and
+    /// each one tracked later (the filter decides what is reported). A
+    /// placement that single-steps, or that was asked for and does not fit,
+    /// is one warning naming the object and why. Returns false when the
+    /// object was known already.
     pub fn attach_tls_library(&mut self, library: &TlsLibrary) -> Result<bool, ProbeError> {
-        let meta = std::fs::metadata(&library.path).map_err(|e| ProbeError::Uprobe {
+        let open_error = |source| ProbeError::Uprobe {
             path: library.path.clone(),
             symbol: "(open)",
-            source: ProgramError::IOError(e),
-        })?;
+            source: ProgramError::IOError(source),
+        };
+        let file = File::open(&library.path).map_err(open_error)?;
+        let meta = file.metadata().map_err(open_error)?;
         let identity = (meta.dev(), meta.ino());
-        if self.attached.contains(&identity) {
+        if self.known.iter().any(|known| known.identity == identity) {
             return Ok(false);
         }
-        let scopes: Vec<UProbeScope> = match &self.reach {
-            Reach::Everywhere => vec![UProbeScope::AllProcesses],
-            Reach::Processes(pids) => pids
-                .iter()
-                .filter_map(|&pid| NonZeroU32::new(pid))
-                .map(UProbeScope::OneProcess)
-                .collect(),
+        let known = KnownObject {
+            identity,
+            library: library.clone(),
+            file,
         };
-        let placement = &library.placement;
-        if placement.kind == PlacementKind::Rustls && !self.rustls_syscalls {
+        if library.placement.kind == PlacementKind::Rustls && !self.rustls_syscalls {
             let program: &mut RawTracePoint = self.object.program_mut(RUSTLS_SYSCALLS)?;
             program
                 .attach("sys_enter")
                 .map_err(program_error(RUSTLS_SYSCALLS))?;
             self.rustls_syscalls = true;
         }
-        for point in &placement.points {
-            for &scope in &scopes {
-                self.attach_uprobe(
-                    point.role.program(),
-                    point.function,
-                    point.offset,
-                    &library.path,
-                    scope,
+        // In the tracked processes, one failing is no reason to skip the
+        // others: the first failure is returned once the object is known.
+        let mut failure = Ok(());
+        match self.reach {
+            Reach::Everywhere => {
+                attach_object(
+                    &mut self.object,
+                    self.multi,
+                    &known,
+                    UProbeScope::AllProcesses,
                 )?;
             }
+            Reach::Processes => {
+                for pid in self.tracked() {
+                    if let Err(error) = self.attach_in(pid, &known)
+                        && failure.is_ok()
+                    {
+                        failure = Err(error);
+                    }
+                }
+            }
         }
-        self.attached.insert(identity);
+        self.known.push(known);
         // The file's own name, not a symlink's (`libssl.so` -> `libssl.so.3`).
         let real = std::fs::canonicalize(&library.path).unwrap_or_else(|_| library.path.clone());
         let object = real.file_name().map_or_else(
             || real.display().to_string(),
             |name| name.to_string_lossy().into_owned(),
         );
+        let placement = &library.placement;
         warn_about(&object, placement);
         self.placed.push(PlacedObject {
             object,
             placement: placement.kind,
             description: placement.to_string(),
         });
-        Ok(true)
+        failure.map(|()| true)
+    }
+
+    /// Plants the probes of every known TLS object in process `pid`, and of
+    /// every object found from now on ([`Reach::Processes`]; nothing to do
+    /// with [`Reach::Everywhere`]). Probes planted before the process maps an
+    /// object are installed when it does. A process that is gone is skipped.
+    pub fn track(&mut self, pid: u32) -> Result<(), ProbeError> {
+        if self.reach == Reach::Everywhere {
+            return Ok(());
+        }
+        self.processes.entry(pid).or_default();
+        let known = std::mem::take(&mut self.known);
+        let mut result = Ok(());
+        for object in &known {
+            result = self.attach_in(pid, object);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.known = known;
+        result
+    }
+
+    /// Detaches the probes planted for `pid`: it exited, or its pid now
+    /// names another process. Detaching a uprobe waits for RCU grace
+    /// periods, so it happens on other threads, all links at once, and the
+    /// event loop goes on meanwhile.
+    pub fn forget(&mut self, pid: u32) {
+        let Some(process) = self.processes.remove(&pid) else {
+            return;
+        };
+        let links: Vec<UProbeLink> = process
+            .links
+            .into_iter()
+            .filter_map(|(program, link)| {
+                let probe = self.object.program_mut::<UProbe>(program).ok()?;
+                probe.take_link(link).ok()
+            })
+            .collect();
+        self.releasing.retain(|thread| !thread.is_finished());
+        match std::thread::Builder::new()
+            .name("llmsim-detach".into())
+            .spawn(move || release(links))
+        {
+            Ok(thread) => self.releasing.push(thread),
+            Err(error) => tracing::debug!("detaching on the event loop: {error}"),
+        }
+    }
+
+    /// The processes tracked.
+    pub fn tracked(&self) -> Vec<u32> {
+        self.processes.keys().copied().collect()
+    }
+
+    /// Attaches `known` in process `pid` unless it is there already.
+    fn attach_in(&mut self, pid: u32, known: &KnownObject) -> Result<(), ProbeError> {
+        let Some(scope) = NonZeroU32::new(pid).map(UProbeScope::OneProcess) else {
+            return Ok(());
+        };
+        let process = self.processes.entry(pid).or_default();
+        if !process.objects.insert(known.identity) {
+            return Ok(());
+        }
+        match attach_object(&mut self.object, self.multi, known, scope) {
+            Ok(links) => {
+                process.links.extend(links);
+                Ok(())
+            }
+            Err(error) => {
+                process.objects.remove(&known.identity);
+                Err(error)
+            }
+        }
     }
 
     /// Where each attached object's probes went, in attach order.
     pub fn placed(&self) -> &[PlacedObject] {
         &self.placed
-    }
-
-    /// A process of the scope that exited meanwhile is skipped: it makes no more calls.
-    fn attach_uprobe(
-        &mut self,
-        program: &'static str,
-        symbol: &'static str,
-        offset: u64,
-        path: &Path,
-        scope: UProbeScope,
-    ) -> Result<(), ProbeError> {
-        let probe: &mut UProbe = self.object.program_mut(program)?;
-        match probe.attach([UProbeAttachLocation::AbsoluteOffset(offset)], path, scope) {
-            Ok(_) => Ok(()),
-            Err(error)
-                if matches!(scope, UProbeScope::OneProcess(_)) && is_no_such_process(&error) =>
-            {
-                Ok(())
-            }
-            Err(source) => Err(ProbeError::Uprobe {
-                path: path.to_path_buf(),
-                symbol,
-                source,
-            }),
-        }
     }
 
     /// Takes the ring buffer; call once.
@@ -348,6 +465,82 @@ impl Probes {
     }
 }
 
+impl Drop for Probes {
+    /// Detaches every process's probes at once and waits for that; the
+    /// object's own links go with it.
+    fn drop(&mut self) {
+        for pid in self.tracked() {
+            self.forget(pid);
+        }
+        for thread in self.releasing.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Drops `links`, each on a thread of its own, so their RCU grace periods
+/// overlap; a link whose thread cannot start is dropped here.
+fn release(links: Vec<UProbeLink>) {
+    std::thread::scope(|scope| {
+        for link in links {
+            // The link moves into the closure; if the thread cannot start,
+            // the closure (and the link) is dropped right here.
+            let _ = std::thread::Builder::new().spawn_scoped(scope, move || drop(link));
+        }
+    });
+}
+
+/// Attaches every probe point of `known` in `scope`; returns the links. A
+/// process of the scope that exited meanwhile is skipped: it makes no more calls.
+fn attach_object(
+    object: &mut Object,
+    multi: bool,
+    known: &KnownObject,
+    scope: UProbeScope,
+) -> Result<Vec<(&'static str, UProbeLinkId)>, ProbeError> {
+    // Through the agent's own descriptor: the path the object was found by
+    // may name a process that has exited since.
+    let path = PathBuf::from(format!("/proc/self/fd/{}", known.file.as_raw_fd()));
+    // One link per program, holding all its points (one multi-uprobe link,
+    // or one perf event per point).
+    let mut by_program: Vec<(&'static str, &'static str, Vec<u64>)> = Vec::new();
+    for point in &known.library.placement.points {
+        let program = program_of(point.role, multi);
+        match by_program.iter_mut().find(|(p, _, _)| *p == program) {
+            Some((_, _, offsets)) => offsets.push(point.offset),
+            None => by_program.push((program, point.function, vec![point.offset])),
+        }
+    }
+    let mut links = Vec::new();
+    for (program, symbol, offsets) in by_program {
+        let probe: &mut UProbe = object.program_mut(program)?;
+        let points = offsets
+            .into_iter()
+            .map(UProbeAttachLocation::AbsoluteOffset);
+        match probe.attach(points, &path, scope) {
+            Ok(link) => links.push((program, link)),
+            Err(error)
+                if matches!(scope, UProbeScope::OneProcess(_)) && is_no_such_process(&error) =>
+            {
+                break;
+            }
+            Err(source) => {
+                for (program, link) in links {
+                    if let Ok(probe) = object.program_mut::<UProbe>(program) {
+                        let _ = probe.detach(link);
+                    }
+                }
+                return Err(ProbeError::Uprobe {
+                    path: known.library.path.clone(),
+                    symbol,
+                    source,
+                });
+            }
+        }
+    }
+    Ok(links)
+}
+
 /// True when attaching failed because the process is gone (`ESRCH`).
 fn is_no_such_process(error: &ProgramError) -> bool {
     std::iter::successors(Some(error as &dyn std::error::Error), |e| e.source())
@@ -355,24 +548,14 @@ fn is_no_such_process(error: &ProgramError) -> bool {
         .any(|e| e.raw_os_error() == Some(libc::ESRCH))
 }
 
-/// Every uprobe program in the object, one per [`ProbeRole`].
-const UPROBE_PROGRAMS: [&str; 15] = [
-    ProbeRole::WriteEntry.program(),
-    ProbeRole::WriteCountedEntry.program(),
-    ProbeRole::ReadEntry.program(),
-    ProbeRole::ReadCountedEntry.program(),
-    ProbeRole::Ctrl.program(),
-    ProbeRole::Free.program(),
-    ProbeRole::Return.program(),
-    ProbeRole::CallReturn.program(),
-    ProbeRole::GoWrite.program(),
-    ProbeRole::GoRead.program(),
-    ProbeRole::GoReadReturn.program(),
-    ProbeRole::GoClose.program(),
-    ProbeRole::RustlsWrite.program(),
-    ProbeRole::RustlsRead.program(),
-    ProbeRole::RustlsReturn.program(),
-];
+/// The program of `role`: its multi-uprobe twin, or the perf-event uprobe.
+fn program_of(role: ProbeRole, multi: bool) -> &'static str {
+    if multi {
+        role.multi_program()
+    } else {
+        role.program()
+    }
+}
 
 /// One warning line when `placement` is not what it should be: a placement
 /// asked for that does not fit, or probes that single-step, with the reasons

@@ -49,6 +49,8 @@ pub enum EventKind {
     TlsHello = 7,
     /// An [`AcceptEvent`]: a traced thread accepted a connection on an app port.
     Accept = 8,
+    /// A [`ForkEvent`]: a traced process started a new process (not a thread).
+    Fork = 9,
 }
 
 impl EventKind {
@@ -63,6 +65,7 @@ impl EventKind {
             6 => Some(Self::Loss),
             7 => Some(Self::TlsHello),
             8 => Some(Self::Accept),
+            9 => Some(Self::Fork),
             _ => None,
         }
     }
@@ -207,8 +210,29 @@ const _: () = assert!(size_of::<SniEvent>() == 24 + 8 + SNI_LEN);
 pub struct ExecEvent {
     /// `kind` is [`EventKind::Exec`].
     pub header: EventHeader,
+    /// 1 when the process was stopped (`SIGSTOP`) before its new program's
+    /// first instruction, for userspace to attach its probes and continue it
+    /// (see [`Filter::hold`]); 0 otherwise.
+    pub held: u32,
+    /// Explicit padding.
+    pub pad: u32,
 }
-const _: () = assert!(size_of::<ExecEvent>() == 24);
+const _: () = assert!(size_of::<ExecEvent>() == 32);
+
+/// A traced process's new child process, seen from the child before its
+/// first instruction (the header names the child); reported only while
+/// [`Filter::hold`] is set.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    /// `kind` is [`EventKind::Fork`].
+    pub header: EventHeader,
+    /// As in [`ExecEvent::held`].
+    pub held: u32,
+    /// Explicit padding.
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<ForkEvent>() == 32);
 
 /// `SSL_free(ssl)`: the connection is over, and the pointer may name a new
 /// one from now on.
@@ -365,8 +389,10 @@ const _: () = assert!(size_of::<LossTotals>() == 32);
 pub struct Filter {
     /// A [`FilterMode`].
     pub mode: u32,
-    /// Explicit padding.
-    pub pad: u32,
+    /// 1: every traced process that starts (fork) or execs is stopped with
+    /// `SIGSTOP` before its first instruction, reported held, and continued
+    /// by userspace once its per-process probes are planted; 0: never.
+    pub hold: u32,
 }
 const _: () = assert!(size_of::<Filter>() == 8);
 

@@ -3,6 +3,8 @@
 //! the node binary). Each exchange names the process that made it, as it was then, even when the
 //! exchange only ended with that process. And a TLS binary the agent has never seen (a copy of
 //! node, so a new inode that nothing attached to in advance) is attached when it is exec'd.
+//! A process that makes its first TLS call at once (curl), started directly as `-- CMD` or
+//! exec'd in a `--cgroup`, with nothing holding it, is recorded whole.
 
 mod capture_support;
 
@@ -13,8 +15,8 @@ use capture_support::{
     Agent, TIMEOUT, assert_summary_matches_disk, exchange_with_nonce, exchanges,
 };
 use llmsim_tests::{
-    ClientReport, FakeProvider, TestCa, TestNetns, client_script, ensure_node_client, find_nonce,
-    privileged,
+    ClientReport, FakeProvider, FakeProviderConfig, TEST_API_KEYS, TestCa, TestCgroup, TestNetns,
+    client_script, ensure_node_client, find_nonce, privileged, run_command,
 };
 use serde_json::Value;
 
@@ -166,4 +168,85 @@ fn which_node() -> std::path::PathBuf {
         .map(|dir| dir.join("node"))
         .find(|path| path.is_file())
         .expect("node is installed")
+}
+
+/// curl posting one chat completion straight to `provider`: its first TLS call comes within a
+/// millisecond or so of its exec, with nothing holding it.
+fn curl_argv(provider: &FakeProvider, ca: &TestCa) -> Vec<OsString> {
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"At once."}]}"#;
+    vec![
+        "curl".into(),
+        "-sS".into(),
+        "--fail".into(),
+        "--cacert".into(),
+        ca.ca_cert_path().into(),
+        "-H".into(),
+        format!("Authorization: Bearer {}", TEST_API_KEYS[0].1).into(),
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "-d".into(),
+        body.into(),
+        format!("{}/v1/chat/completions", provider.origin()).into(),
+    ]
+}
+
+/// The one request `provider` served is the one exchange recorded, whole, by curl.
+fn assert_curl_recorded_whole(provider: &FakeProvider, out: &std::path::Path, dump: &str) {
+    let served = provider.requests();
+    assert_eq!(served.len(), 1, "{dump}");
+    let recorded = exchanges(out);
+    assert_eq!(recorded.len(), 1, "{dump}");
+    let exchange = &recorded[0];
+    assert_eq!(exchange["process"]["comm"], "curl", "{exchange:#}");
+    assert!(exchange["incomplete"].is_null(), "{exchange:#}");
+    served[0].assert_recorded_as_sent(exchange);
+}
+
+#[test]
+fn a_command_that_makes_its_tls_call_at_once_is_captured_whole() {
+    if !privileged("capture of a command's first TLS call") {
+        return;
+    }
+    let ca = TestCa::new();
+    let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut args: Vec<OsString> = vec!["--any-host".into(), "--".into()];
+    args.extend(curl_argv(&provider, &ca));
+    let finished = Agent::start(out.path(), &ca, &args).finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
+    assert_curl_recorded_whole(&provider, out.path(), &finished.dump());
+    assert_summary_matches_disk(&finished, out.path());
+}
+
+#[test]
+fn a_process_that_joins_a_cgroup_and_makes_its_tls_call_at_once_is_captured_whole() {
+    if !privileged("capture of a cgroup process's first TLS call") {
+        return;
+    }
+    let ca = TestCa::new();
+    let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
+    let out = tempfile::tempdir().expect("tempdir");
+    let cgroup = TestCgroup::new();
+    let agent = Agent::start(
+        out.path(),
+        &ca,
+        &[
+            "--any-host".into(),
+            "--cgroup".into(),
+            cgroup.relative().into(),
+        ],
+    );
+    // A shell that moves itself into the cgroup, then execs curl.
+    let curl = run_command(
+        cgroup.command(&curl_argv(&provider, &ca)),
+        "curl in the cgroup",
+        TIMEOUT,
+    );
+    curl.assert_success();
+    agent.wait_live_lines(1);
+    let finished = agent.stop("INT");
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert_curl_recorded_whole(&provider, out.path(), &finished.dump());
+    assert_summary_matches_disk(&finished, out.path());
 }

@@ -1,7 +1,7 @@
 //! The capture targets other than `-- CMD`: `--pid` (attach to a client that is already running;
 //! the capture ends by itself when it exits), `--cgroup` (every process of a cgroup v2 the test
 //! creates and of its child cgroups, and nothing outside it) and `--all` (every process on the host, until SIGTERM);
-//! `--pid` also keeps its breakpoints out of every other process.
+//! `--pid`, `--cgroup` and `-- CMD` also keep their breakpoints out of every other process.
 //! Each client is `openai_steps.py`, which waits on stdin, so the capture is attached before it
 //! makes its first request.
 
@@ -23,9 +23,10 @@ use llmsim_tests::{
 };
 use serde_json::Value;
 
-/// Held shared by the tests whose captures plant breakpoints in every process that maps libssl
-/// (`--cgroup`, `--all`), and exclusively by the test that checks `--pid` keeps them out of a
-/// bystander process: any of those captures, running beside it, would plant one there.
+/// Held shared by the tests whose captures may plant breakpoints in every process that maps
+/// libssl (`--all`; `--cgroup` did once), and exclusively by the tests that check a capture keeps
+/// them out of a bystander process: any of those captures, running beside it, would plant one
+/// there.
 static BREAKPOINTS_EVERYWHERE: RwLock<()> = RwLock::new(());
 
 fn breakpoints_everywhere() -> RwLockReadGuard<'static, ()> {
@@ -298,5 +299,110 @@ fn pid_mode_plants_breakpoints_in_its_targets_only() {
     drop(target.child_mut().stdin.take());
     let _ = target.child_mut().wait();
     let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+}
+
+/// Python's `ssl` module reading from an empty memory BIO at once (as in
+/// [`SSL_CALLS_SCRIPT`]), then saying whether the kernel mapped its `[uprobes]`
+/// area into this process, and staying alive until stdin closes.
+const SSL_CALLS_THEN_CHECK_SCRIPT: &str = r"
+import ssl, sys
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+tls = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())
+for _ in range(100):
+    try:
+        tls.read(1)
+    except ssl.SSLWantReadError:
+        pass
+print('breakpoint' if '[uprobes]' in open('/proc/self/maps').read() else 'none', flush=True)
+sys.stdin.read()
+";
+
+fn ssl_calls_then_check_argv() -> Vec<OsString> {
+    vec![
+        "python3".into(),
+        "-c".into(),
+        SSL_CALLS_THEN_CHECK_SCRIPT.into(),
+    ]
+}
+
+/// A process outside the capture, started while it runs, makes its `SSL_read_ex` calls and
+/// carries no breakpoint.
+fn assert_bystander_untouched() {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SSL_CALLS_THEN_CHECK_SCRIPT]);
+    let bystander = run_command(cmd, "python3 ssl calls outside the capture", TIMEOUT);
+    bystander.assert_success();
+    assert_eq!(
+        bystander.stdout.trim(),
+        "none",
+        "a process outside the capture using the same libssl carries no breakpoint"
+    );
+}
+
+#[test]
+fn command_mode_plants_breakpoints_in_its_processes_only() {
+    if !privileged("capture -- CMD") {
+        return;
+    }
+    let _alone = BREAKPOINTS_EVERYWHERE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
+    let ca = TestCa::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut args = vec![OsString::from("--")];
+    args.extend(ssl_calls_then_check_argv());
+    let agent = Agent::spawn_with(out.path(), &ca, &args, |cmd| {
+        cmd.stdin(Stdio::piped());
+    });
+    agent.wait_started();
+    agent
+        .stdout
+        .wait_for(|l| l == "breakpoint" || l == "none", TIMEOUT, String::new);
+    assert_bystander_untouched();
+    let finished = agent.finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert_eq!(
+        finished.command_stdout(),
+        ["breakpoint"],
+        "the command's SSL_read_ex calls, made at once, went through the probes\n{}",
+        finished.dump()
+    );
+}
+
+#[test]
+fn cgroup_mode_plants_breakpoints_in_its_processes_only() {
+    if !privileged("capture --cgroup") {
+        return;
+    }
+    let _alone = BREAKPOINTS_EVERYWHERE
+        .write()
+        .unwrap_or_else(PoisonError::into_inner);
+    let ca = TestCa::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let cgroup = TestCgroup::new();
+    let agent = Agent::start(
+        out.path(),
+        &ca,
+        &["--cgroup".into(), cgroup.relative().into()],
+    );
+    let mut cmd = cgroup.command(&ssl_calls_then_check_argv());
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut target = ChildGuard::spawn(&mut cmd, "python3 ssl calls in the cgroup");
+    let mut line = String::new();
+    BufReader::new(target.child_mut().stdout.as_mut().expect("piped"))
+        .read_line(&mut line)
+        .expect("the target's answer");
+    assert_eq!(
+        line.trim(),
+        "breakpoint",
+        "the cgroup's process's SSL_read_ex calls, made at once, went through the probes"
+    );
+    assert_bystander_untouched();
+    drop(target.child_mut().stdin.take());
+    let _ = target.child_mut().wait();
+    let finished = agent.stop("INT");
     assert!(finished.status.success(), "{}", finished.dump());
 }

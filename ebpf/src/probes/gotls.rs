@@ -33,6 +33,7 @@ use aya_ebpf::{
 };
 use llmsim_ebpf_common::{Direction, DropReason};
 
+use super::uprobe_pair;
 use crate::{
     emit::{self, Call},
     filter::is_traced,
@@ -62,76 +63,92 @@ struct GoroutineKey {
 #[map]
 static GO_TLS_READS: LruHashMap<GoroutineKey, Call> = LruHashMap::with_max_entries(16_384, 0);
 
-/// `func (c *Conn) Write(b []byte) (int, error)` (`c` in `rax`, `b` in
-/// `rbx`/`rcx`), at its stack check's `jbe`; Go >= 1.17, kernel >= 5.17
-/// (`bpf_loop`). Emits the `len(b)` bytes about to be written.
-#[uprobe]
-pub fn go_tls_write(ctx: ProbeContext) -> u32 {
-    let Some(call) = entry(&ctx, Direction::Write) else {
-        return 0;
-    };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: `regs` is the probe's own register frame.
-    let len = unsafe { (*ctx.regs).rcx };
-    if len > 0 {
-        emit::emit(&call, pid_tgid, len);
-    } else {
-        emit::cancel((pid_tgid >> 32) as u32, &call);
-    }
-    0
-}
-
-/// `func (c *Conn) Read(b []byte) (int, error)`, at its stack check's `jbe`;
-/// Go >= 1.17. Remembers the call for [`go_tls_read_return`].
-#[uprobe]
-pub fn go_tls_read(ctx: ProbeContext) -> u32 {
-    let Some(call) = entry(&ctx, Direction::Read) else {
-        return 0;
-    };
-    // An LRU map evicts instead of refusing; a call it refuses all the same
-    // is lost whole, its length unknown.
-    if GO_TLS_READS.insert(&goroutine(&ctx), &call, 0).is_err() {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        emit::lose_whole(tgid, &call, DropReason::MissingEntry, 0);
-    }
-    0
-}
-
-/// A `ret` instruction of `(*Conn).Read`: `n` is in `rax`; emits the first
-/// `n` bytes of the buffer the call was given.
-#[uprobe]
-pub fn go_tls_read_return(ctx: ProbeContext) -> u32 {
-    let key = goroutine(&ctx);
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { GO_TLS_READS.get(&key) }).copied() else {
-        if is_traced() {
-            emit::missing_entry();
+uprobe_pair! {
+    /// `func (c *Conn) Write(b []byte) (int, error)` (`c` in `rax`, `b` in
+    /// `rbx`/`rcx`), at its stack check's `jbe`; Go >= 1.17, kernel >= 5.17
+    /// (`bpf_loop`). Emits the `len(b)` bytes about to be written.
+    uprobe,
+    go_tls_write,
+    go_tls_write_multi,
+    |ctx: ProbeContext| {
+        let Some(call) = entry(&ctx, Direction::Write) else {
+            return 0;
+        };
+        let pid_tgid = bpf_get_current_pid_tgid();
+        // SAFETY: `regs` is the probe's own register frame.
+        let len = unsafe { (*ctx.regs).rcx };
+        if len > 0 {
+            emit::emit(&call, pid_tgid, len);
+        } else {
+            emit::cancel((pid_tgid >> 32) as u32, &call);
         }
-        return 0;
-    };
-    let _ = GO_TLS_READS.remove(&key);
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: `regs` is the probe's own register frame.
-    let n = unsafe { (*ctx.regs).rax }.cast_signed();
-    if n > 0 {
-        emit::emit(&call, pid_tgid, n.cast_unsigned());
-    } else {
-        emit::cancel((pid_tgid >> 32) as u32, &call);
+        0
     }
-    0
 }
 
-/// `func (c *Conn) Close() error`, at its stack check's `jbe`: ends the
-/// connection, as `SSL_free` does, so a later `*Conn` at the same address
-/// starts afresh.
-#[uprobe]
-pub fn go_tls_close(ctx: ProbeContext) -> u32 {
-    if !is_traced() || to_morestack(&ctx) {
-        return 0;
+uprobe_pair! {
+    /// `func (c *Conn) Read(b []byte) (int, error)`, at its stack check's `jbe`;
+    /// Go >= 1.17. Remembers the call for [`go_tls_read_return`].
+    uprobe,
+    go_tls_read,
+    go_tls_read_multi,
+    |ctx: ProbeContext| {
+        let Some(call) = entry(&ctx, Direction::Read) else {
+            return 0;
+        };
+        // An LRU map evicts instead of refusing; a call it refuses all the same
+        // is lost whole, its length unknown.
+        if GO_TLS_READS.insert(&goroutine(&ctx), &call, 0).is_err() {
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            emit::lose_whole(tgid, &call, DropReason::MissingEntry, 0);
+        }
+        0
     }
-    // SAFETY: `regs` is the probe's own register frame.
-    emit::end(unsafe { (*ctx.regs).rax });
-    0
+}
+
+uprobe_pair! {
+    /// A `ret` instruction of `(*Conn).Read`: `n` is in `rax`; emits the first
+    /// `n` bytes of the buffer the call was given.
+    uprobe,
+    go_tls_read_return,
+    go_tls_read_return_multi,
+    |ctx: ProbeContext| {
+        let key = goroutine(&ctx);
+        // SAFETY: the value is copied out before the entry is removed.
+        let Some(call) = (unsafe { GO_TLS_READS.get(&key) }).copied() else {
+            if is_traced() {
+                emit::missing_entry();
+            }
+            return 0;
+        };
+        let _ = GO_TLS_READS.remove(&key);
+        let pid_tgid = bpf_get_current_pid_tgid();
+        // SAFETY: `regs` is the probe's own register frame.
+        let n = unsafe { (*ctx.regs).rax }.cast_signed();
+        if n > 0 {
+            emit::emit(&call, pid_tgid, n.cast_unsigned());
+        } else {
+            emit::cancel((pid_tgid >> 32) as u32, &call);
+        }
+        0
+    }
+}
+
+uprobe_pair! {
+    /// `func (c *Conn) Close() error`, at its stack check's `jbe`: ends the
+    /// connection, as `SSL_free` does, so a later `*Conn` at the same address
+    /// starts afresh.
+    uprobe,
+    go_tls_close,
+    go_tls_close_multi,
+    |ctx: ProbeContext| {
+        if !is_traced() || to_morestack(&ctx) {
+            return 0;
+        }
+        // SAFETY: `regs` is the probe's own register frame.
+        emit::end(unsafe { (*ctx.regs).rax });
+        0
+    }
 }
 
 /// The call an entry probe sees, with its sequence number, or None when the

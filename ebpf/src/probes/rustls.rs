@@ -36,7 +36,7 @@ use aya_ebpf::{
 };
 use llmsim_ebpf_common::{Direction, RUSTLS_CONNECTION};
 
-use super::{hello::first_buffer, plain::socket_key};
+use super::{hello::first_buffer, plain::socket_key, uprobe_pair};
 use crate::{
     emit::{self, Call},
     filter::is_traced,
@@ -80,85 +80,97 @@ struct Pending {
     start_ns: u64,
 }
 
-/// `<Writer as io::Write>::write(&mut self, buf: &[u8]) -> io::Result<usize>` entry;
-/// rustls >= 0.20, kernel >= 5.17 (`bpf_loop`).
-#[uprobe]
-pub fn rustls_write(ctx: ProbeContext) -> u32 {
-    if is_traced() {
+uprobe_pair! {
+    /// `<Writer as io::Write>::write(&mut self, buf: &[u8]) -> io::Result<usize>` entry;
+    /// rustls >= 0.20, kernel >= 5.17 (`bpf_loop`).
+    uprobe,
+    rustls_write,
+    rustls_write_multi,
+    |ctx: ProbeContext| {
+        if is_traced() {
+            // SAFETY: `regs` is the probe's own register frame.
+            let buf = unsafe { (*ctx.regs).rsi };
+            remember(Direction::Write, buf, 0, -1, 0);
+        }
+        0
+    }
+}
+
+uprobe_pair! {
+    /// `<Reader as io::Read>::read(&mut self, buf: &mut [u8]) -> io::Result<usize>` entry;
+    /// rustls >= 0.20. Takes the call's sequence number on the thread's last TLS socket read.
+    uprobe,
+    rustls_read,
+    rustls_read_multi,
+    |ctx: ProbeContext| {
+        if !is_traced() {
+            return 0;
+        }
+        let pid_tgid = bpf_get_current_pid_tgid();
+        // SAFETY: the value is copied.
+        let Some(fd) = (unsafe { RUSTLS_READ_FDS.get(&pid_tgid) }).copied() else {
+            emit::missing_entry();
+            return 0;
+        };
+        let Some(conn) = connection(pid_tgid, fd) else {
+            emit::missing_entry();
+            return 0;
+        };
         // SAFETY: `regs` is the probe's own register frame.
         let buf = unsafe { (*ctx.regs).rsi };
-        remember(Direction::Write, buf, 0, -1, 0);
+        let tgid = (pid_tgid >> 32) as u32;
+        let seq = emit::begin(tgid, conn, Direction::Read as u32);
+        remember(Direction::Read, buf, conn, fd, seq);
+        0
     }
-    0
 }
 
-/// `<Reader as io::Read>::read(&mut self, buf: &mut [u8]) -> io::Result<usize>` entry;
-/// rustls >= 0.20. Takes the call's sequence number on the thread's last TLS socket read.
-#[uprobe]
-pub fn rustls_read(ctx: ProbeContext) -> u32 {
-    if !is_traced() {
-        return 0;
-    }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied.
-    let Some(fd) = (unsafe { RUSTLS_READ_FDS.get(&pid_tgid) }).copied() else {
-        emit::missing_entry();
-        return 0;
-    };
-    let Some(conn) = connection(pid_tgid, fd) else {
-        emit::missing_entry();
-        return 0;
-    };
-    // SAFETY: `regs` is the probe's own register frame.
-    let buf = unsafe { (*ctx.regs).rsi };
-    let tgid = (pid_tgid >> 32) as u32;
-    let seq = emit::begin(tgid, conn, Direction::Read as u32);
-    remember(Direction::Read, buf, conn, fd, seq);
-    0
-}
-
-/// Return of both: a read emits what it returned; a write's accepted bytes wait
-/// for the thread's next record write ([`rustls_sys_enter`]).
-#[uretprobe]
-pub fn rustls_return(ctx: RetProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(call) = (unsafe { RUSTLS_CALLS.get(&pid_tgid) }).copied() else {
-        if is_traced() {
-            emit::missing_entry();
+uprobe_pair! {
+    /// Return of both: a read emits what it returned; a write's accepted bytes wait
+    /// for the thread's next record write ([`rustls_sys_enter`]).
+    uretprobe,
+    rustls_return,
+    rustls_return_multi,
+    |ctx: RetProbeContext| {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        // SAFETY: the value is copied out before the entry is removed.
+        let Some(call) = (unsafe { RUSTLS_CALLS.get(&pid_tgid) }).copied() else {
+            if is_traced() {
+                emit::missing_entry();
+            }
+            return 0;
+        };
+        let _ = RUSTLS_CALLS.remove(&pid_tgid);
+        // SAFETY: `regs` is the probe's own register frame.
+        let (err, n) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rdx) };
+        let moved = if err == 0 { n } else { 0 };
+        let tgid = (pid_tgid >> 32) as u32;
+        if call.direction == Direction::Write as u32 {
+            if moved > 0 {
+                let pending = Pending {
+                    buf: call.buf,
+                    len: moved,
+                    start_ns: call.start_ns,
+                };
+                // Plaintext still waiting (its records were never written on this
+                // thread) is lost: counted as a call whose entry was lost.
+                // SAFETY: the value is only tested for presence.
+                if unsafe { RUSTLS_PENDING.get(&pid_tgid) }.is_some() {
+                    emit::missing_entry();
+                }
+                if RUSTLS_PENDING.insert(&pid_tgid, &pending, 0).is_err() {
+                    emit::missing_entry();
+                }
+            }
+            return 0;
         }
-        return 0;
-    };
-    let _ = RUSTLS_CALLS.remove(&pid_tgid);
-    // SAFETY: `regs` is the probe's own register frame.
-    let (err, n) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rdx) };
-    let moved = if err == 0 { n } else { 0 };
-    let tgid = (pid_tgid >> 32) as u32;
-    if call.direction == Direction::Write as u32 {
         if moved > 0 {
-            let pending = Pending {
-                buf: call.buf,
-                len: moved,
-                start_ns: call.start_ns,
-            };
-            // Plaintext still waiting (its records were never written on this
-            // thread) is lost: counted as a call whose entry was lost.
-            // SAFETY: the value is only tested for presence.
-            if unsafe { RUSTLS_PENDING.get(&pid_tgid) }.is_some() {
-                emit::missing_entry();
-            }
-            if RUSTLS_PENDING.insert(&pid_tgid, &pending, 0).is_err() {
-                emit::missing_entry();
-            }
+            emit::emit(&call, pid_tgid, moved);
+        } else {
+            emit::cancel(tgid, &call);
         }
-        return 0;
+        0
     }
-    if moved > 0 {
-        emit::emit(&call, pid_tgid, moved);
-    } else {
-        emit::cancel(tgid, &call);
-    }
-    0
 }
 
 /// `sys_enter(struct pt_regs *regs, long id)`, kernel >= 4.17: notes TLS sockets,

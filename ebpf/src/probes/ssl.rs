@@ -29,7 +29,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use llmsim_ebpf_common::{Direction, DropReason, EventKind, SNI_LEN, SniEvent};
 
-use super::header;
+use super::{header, uprobe_pair};
 use crate::{
     emit::{self, Call},
     filter::is_traced,
@@ -42,73 +42,105 @@ use crate::{
 /// `SSL_ctrl` command behind the `SSL_set_tlsext_host_name` macro.
 const SSL_CTRL_SET_TLSEXT_HOSTNAME: i32 = 55;
 
-/// `int SSL_write(SSL *ssl, const void *buf, int num)`; OpenSSL >= 0.9.8, kernel >= 5.8 (ring buffer).
-#[uprobe]
-pub fn ssl_write(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Direction::Write, false);
-    0
-}
-
-/// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`; OpenSSL >= 1.1.1.
-#[uprobe]
-pub fn ssl_write_ex(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Direction::Write, true);
-    0
-}
-
-/// `int SSL_read(SSL *ssl, void *buf, int num)`; OpenSSL >= 0.9.8.
-#[uprobe]
-pub fn ssl_read(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Direction::Read, false);
-    0
-}
-
-/// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`; OpenSSL >= 1.1.1.
-#[uprobe]
-pub fn ssl_read_ex(ctx: ProbeContext) -> u32 {
-    enter(&ctx, Direction::Read, true);
-    0
-}
-
-/// Return of all four functions above: `int`, the byte count for the plain
-/// variants; for the `_ex` variants and the worker they call, positive on
-/// success (1 for the `_ex` variants), with the count in `*written`/`*readbytes`.
-#[uretprobe]
-pub fn ssl_return(ctx: RetProbeContext) -> u32 {
-    let _ = try_ssl_return(&ctx);
-    0
-}
-
-/// The instruction a `call` to the worker returns to, inside `SSL_read*` or
-/// `SSL_write*`, while `rax` still holds the worker's `int` result (the
-/// entry was the `call` itself, probed with [`ssl_read_ex`] or [`ssl_write_ex`]).
-/// A plain uprobe: the registers are those of the return, as for a uretprobe.
-#[uprobe]
-pub fn ssl_call_return(ctx: ProbeContext) -> u32 {
-    let _ = try_ssl_return(&RetProbeContext::new(ctx.regs.cast()));
-    0
-}
-
-/// `long SSL_ctrl(SSL *s, int cmd, long larg, void *parg)`; reports the SNI
-/// set by `SSL_set_tlsext_host_name(s, name)`.
-#[uprobe]
-pub fn ssl_ctrl(ctx: ProbeContext) -> u32 {
-    let _ = try_ssl_ctrl(&ctx);
-    0
-}
-
-/// `void SSL_free(SSL *ssl)`: ends the connection, so an exchange waiting for
-/// its end (a stream the client stopped reading) is written while the process
-/// lives, and a later connection reusing the pointer starts afresh.
-#[uprobe]
-pub fn ssl_free(ctx: ProbeContext) -> u32 {
-    if !is_traced() {
-        return 0;
+uprobe_pair! {
+    /// `int SSL_write(SSL *ssl, const void *buf, int num)`; OpenSSL >= 0.9.8, kernel >= 5.8 (ring buffer).
+    uprobe,
+    ssl_write,
+    ssl_write_multi,
+    |ctx: ProbeContext| {
+        enter(&ctx, Direction::Write, false);
+        0
     }
-    if let Some(ssl) = ctx.arg::<u64>(0) {
-        emit::end(ssl);
+}
+
+uprobe_pair! {
+    /// `int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written)`; OpenSSL >= 1.1.1.
+    uprobe,
+    ssl_write_ex,
+    ssl_write_ex_multi,
+    |ctx: ProbeContext| {
+        enter(&ctx, Direction::Write, true);
+        0
     }
-    0
+}
+
+uprobe_pair! {
+    /// `int SSL_read(SSL *ssl, void *buf, int num)`; OpenSSL >= 0.9.8.
+    uprobe,
+    ssl_read,
+    ssl_read_multi,
+    |ctx: ProbeContext| {
+        enter(&ctx, Direction::Read, false);
+        0
+    }
+}
+
+uprobe_pair! {
+    /// `int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes)`; OpenSSL >= 1.1.1.
+    uprobe,
+    ssl_read_ex,
+    ssl_read_ex_multi,
+    |ctx: ProbeContext| {
+        enter(&ctx, Direction::Read, true);
+        0
+    }
+}
+
+uprobe_pair! {
+    /// Return of all four functions above: `int`, the byte count for the plain
+    /// variants; for the `_ex` variants and the worker they call, positive on
+    /// success (1 for the `_ex` variants), with the count in `*written`/`*readbytes`.
+    uretprobe,
+    ssl_return,
+    ssl_return_multi,
+    |ctx: RetProbeContext| {
+        let _ = try_ssl_return(&ctx);
+        0
+    }
+}
+
+uprobe_pair! {
+    /// The instruction a `call` to the worker returns to, inside `SSL_read*` or
+    /// `SSL_write*`, while `rax` still holds the worker's `int` result (the
+    /// entry was the `call` itself, probed with [`ssl_read_ex`] or [`ssl_write_ex`]).
+    /// A plain uprobe: the registers are those of the return, as for a uretprobe.
+    uprobe,
+    ssl_call_return,
+    ssl_call_return_multi,
+    |ctx: ProbeContext| {
+        let _ = try_ssl_return(&RetProbeContext::new(ctx.regs.cast()));
+        0
+    }
+}
+
+uprobe_pair! {
+    /// `long SSL_ctrl(SSL *s, int cmd, long larg, void *parg)`; reports the SNI
+    /// set by `SSL_set_tlsext_host_name(s, name)`.
+    uprobe,
+    ssl_ctrl,
+    ssl_ctrl_multi,
+    |ctx: ProbeContext| {
+        let _ = try_ssl_ctrl(&ctx);
+        0
+    }
+}
+
+uprobe_pair! {
+    /// `void SSL_free(SSL *ssl)`: ends the connection, so an exchange waiting for
+    /// its end (a stream the client stopped reading) is written while the process
+    /// lives, and a later connection reusing the pointer starts afresh.
+    uprobe,
+    ssl_free,
+    ssl_free_multi,
+    |ctx: ProbeContext| {
+        if !is_traced() {
+            return 0;
+        }
+        if let Some(ssl) = ctx.arg::<u64>(0) {
+            emit::end(ssl);
+        }
+        0
+    }
 }
 
 fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {

@@ -1,7 +1,7 @@
-//! Raw tracepoints on syscall entry and exit and on exec (kernel >= 4.17; no
+//! Raw tracepoints on syscall entry and exit (kernel >= 4.17; no
 //! tracefs needed). They add what the TLS probes cannot see: the socket fd
 //! behind an `SSL_*` call (a nested read/write syscall on the same thread),
-//! connect destinations, and execs that may map a new TLS library; they
+//! connect destinations, and (through `process.rs`) new processes; they
 //! drive the plaintext capture of selected plain TCP destinations (`plain.rs`):
 //! a socket I/O syscall outside any `SSL_*` call is that path's; and they follow
 //! `bind()` and `accept()` on app ports (`accept.rs`, whose exit program is its own).
@@ -12,9 +12,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind, ExecEvent};
+use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind};
 
-use super::{accept, header, hello, plain};
+use super::{accept, header, hello, plain, process};
 use crate::{
     filter::is_traced,
     maps::{CONNECTS, EVENTS, PendingConnect, count_drop, current_ssl_call},
@@ -42,23 +42,6 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let _ = try_sys_exit(&ctx);
-    0
-}
-
-/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`; kernel >= 4.17.
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
-    if is_traced() {
-        match EVENTS.reserve::<ExecEvent>(0) {
-            Some(mut entry) => {
-                entry.write(ExecEvent {
-                    header: header(EventKind::Exec),
-                });
-                entry.submit(0);
-            }
-            None => count_drop(DropReason::RingFull),
-        }
-    }
     0
 }
 
@@ -144,9 +127,12 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let regs: *const pt_regs = ctx.arg(0);
     // SAFETY: the kernel pointer the tracepoint passes, read fault-tolerantly.
     let id = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }?;
-    // One path per syscall: the verifier then checks the connect path and the plain path
-    // each once, not the one after every way through the other (which ran past its
-    // million-instruction budget).
+    // One path per syscall: the verifier then checks each path once, not each after every
+    // way through the others (which ran past its million-instruction budget).
+    if process::is_clone(id) {
+        process::on_sys_exit(ret);
+        return Ok(());
+    }
     if id != SYS_CONNECT {
         plain::exit(pid_tgid, ret);
         return Ok(());
