@@ -51,6 +51,9 @@ PYTHON_PACKAGES+=(httpx==0.28.1 h2==4.4.1 grpcio==1.85.1)
 PYTHON_PACKAGES+=(ollama==0.6.3)
 # Kernel matrix: virtme-ng boots a kernel over the host's root filesystem.
 PYTHON_PACKAGES+=(virtme-ng==1.42)
+# `llmsim-agent export --locust` test: the exported locustfile run by Locust's own
+# distributed master and workers.
+PYTHON_PACKAGES+=(locust==2.47.0)
 # `cargo xtask fuzz`: libFuzzer targets under fuzz/, built with the eBPF nightly above.
 CARGO_FUZZ_VERSION=0.13.2
 BENCH_APT_PACKAGES=(wrk nginx)
