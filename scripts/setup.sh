@@ -3,7 +3,8 @@
 # Idempotent: when everything is present it only checks, in a few seconds.
 # Every version is pinned so that a newer nightly or bpf-linker cannot break the build silently.
 # With --bench it also installs the load generators and the reference server that
-# `cargo xtask bench replay` drives (wrk, nginx and h2load from Debian, oha from crates.io).
+# `cargo xtask bench replay` drives (wrk, nginx and h2load from Debian, oha from crates.io,
+# mitmproxy from PyPI in its own virtualenv).
 set -euo pipefail
 
 BENCH=false
@@ -51,12 +52,19 @@ PYTHON_PACKAGES+=(httpx==0.28.1 h2==4.4.1 grpcio==1.85.1)
 PYTHON_PACKAGES+=(ollama==0.6.3)
 # Kernel matrix: virtme-ng boots a kernel over the host's root filesystem.
 PYTHON_PACKAGES+=(virtme-ng==1.42)
+# `llmsim-agent export --locust` test: the exported locustfile run by Locust's own
+# distributed master and workers.
+PYTHON_PACKAGES+=(locust==2.47.0)
 # `cargo xtask fuzz`: libFuzzer targets under fuzz/, built with the eBPF nightly above.
 CARGO_FUZZ_VERSION=0.13.2
 BENCH_APT_PACKAGES=(wrk nginx)
 # oha sends requests at a fixed rate and measures latency from each request's scheduled
 # start (--latency-correction), which wrk cannot; its JSON report's layout is per version.
 OHA_VERSION=1.16.0
+# `cargo xtask bench replay --only mitmproxy`: mitmproxy's server replay. Its h2 pin
+# conflicts with the SDKs' above, so it lives in its own virtualenv, where the bench looks.
+MITMPROXY_VERSION=11.0.2
+MITMPROXY_VENV=${HOME}/.local/share/llmsim/mitmproxy-${MITMPROXY_VERSION}
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -126,6 +134,13 @@ install_oha() {
     cargo +"$STABLE_TOOLCHAIN" install oha --version "=$OHA_VERSION" --locked
 }
 
+install_mitmproxy() {
+    [ -x "$MITMPROXY_VENV/bin/mitmdump" ] && return
+    log "installing mitmproxy $MITMPROXY_VERSION into $MITMPROXY_VENV"
+    python3 -m venv "$MITMPROXY_VENV"
+    "$MITMPROXY_VENV/bin/python" -m pip install -q --disable-pip-version-check "mitmproxy==$MITMPROXY_VERSION"
+}
+
 install_cargo_fuzz() {
     if command -v cargo-fuzz >/dev/null && [ "$(cargo-fuzz --version 2>/dev/null | awk '{print $2}')" = "$CARGO_FUZZ_VERSION" ]; then
         return
@@ -179,5 +194,6 @@ install_python_packages
 install_node_clients
 if $BENCH; then
     install_oha
+    install_mitmproxy
 fi
 log "ready"

@@ -2,7 +2,8 @@
 //! `llmsim-kernel`), finds TLS libraries in target processes, decodes kernel
 //! events into connections and HTTP exchanges, and writes redacted snapshots.
 //! The binary `llmsim-agent` is a thin CLI over it and over `llmsim-inspect`,
-//! which reports on snapshots (cost and latency, the verify gate, HAR export).
+//! which reports on snapshots (cost and latency, the verify gate, HAR export);
+//! `export` writes a snapshot's inbound requests as a Locust load test.
 #![deny(unsafe_code)]
 
 pub mod capture;
@@ -10,6 +11,7 @@ pub mod clienthello;
 pub mod connections;
 pub mod coverage;
 pub mod events;
+pub mod export;
 pub mod gotls;
 pub mod http1;
 pub mod http2;

@@ -31,7 +31,7 @@ enum Command {
     Report(ReportArgs),
     /// Check a snapshot before committing it: parse errors, secrets, incomplete exchanges, duplicates.
     Verify(VerifyArgs),
-    /// Write a snapshot in another format (HAR 1.2, for browser devtools).
+    /// Write a snapshot in another format (HAR 1.2, for browser devtools; a Locust load test).
     Export(ExportArgs),
     /// Write the manual pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
@@ -96,10 +96,17 @@ struct VerifyArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("format").required(true).args(["har", "locust"])))]
 struct ExportArgs {
     /// Write a HAR 1.2 file here.
     #[arg(long, value_name = "FILE")]
-    har: PathBuf,
+    har: Option<PathBuf>,
+    /// Write a locustfile here that sends the inbound requests again (one Locust task each).
+    #[arg(long, value_name = "FILE")]
+    locust: Option<PathBuf>,
+    /// The app's base URL (http://HOST:PORT), the locustfile's default for Locust's --host.
+    #[arg(long, value_name = "URL", requires = "locust")]
+    host: Option<String>,
     /// Snapshot directory.
     #[arg(default_value = "llmsim")]
     dir: PathBuf,
@@ -238,13 +245,24 @@ fn verify(args: &VerifyArgs) -> ExitCode {
 }
 
 fn export(args: &ExportArgs) -> ExitCode {
-    match llmsim_inspect::har::export(&args.dir, &args.har) {
-        Ok(n) => {
-            eprintln!("llmsim-agent: wrote {n} entries to {}", args.har.display());
-            ExitCode::SUCCESS
+    if let Some(har) = &args.har {
+        match llmsim_inspect::har::export(&args.dir, har) {
+            Ok(n) => eprintln!("llmsim-agent: wrote {n} entries to {}", har.display()),
+            Err(e) => return fail(&e),
         }
-        Err(e) => fail(&e),
     }
+    if let Some(locust) = &args.locust {
+        match llmsim_agent::export::locust::export(&args.dir, locust, args.host.as_deref()) {
+            Ok(written) => eprintln!(
+                "llmsim-agent: wrote {} requests to {} ({} incomplete left out)",
+                written.requests,
+                locust.display(),
+                written.incomplete
+            ),
+            Err(e) => return fail(&e),
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {

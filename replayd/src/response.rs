@@ -13,18 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+pub(crate) use llmsim_snapshot::model::is_hop_by_hop;
 use llmsim_snapshot::model::{Body, Exchange, Headers};
-
-/// Headers that describe one connection rather than the message, never replayed
-/// (RFC 9110 section 7.6.1, plus the `proxy-*` family and `keep-alive`).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-];
 
 /// Why a recorded response cannot be sent.
 #[derive(Debug, thiserror::Error)]
@@ -210,11 +200,6 @@ fn header_map(fields: &Headers, skip: impl Fn(&str) -> bool) -> Result<HeaderMap
         map.append(header_name, header_value);
     }
     Ok(map)
-}
-
-/// Whether a header (lowercase name) describes one connection rather than the message.
-pub(crate) fn is_hop_by_hop(lower: &str) -> bool {
-    HOP_BY_HOP.contains(&lower) || lower.starts_with("proxy-")
 }
 
 #[cfg(test)]

@@ -22,7 +22,12 @@
 //! h2load cannot offer a fixed request rate to the whole run (its `--rate` is connections
 //! per second, its `--rps` a rate per connection) nor measure from a scheduled start (it
 //! times each request from its sending, so a stall hides the requests that queued behind
-//! it). `--only h1|h2` runs one variant alone.
+//! it).
+//!
+//! The `sdk-post` and `mitmproxy` variants send what a load test really sends, a recorded
+//! openai-python chat completion POST, to replayd and to nginx returning a fixed body of the
+//! same size, and to mitmproxy's server replay (see `bench_replay/post.rs`). `--only
+//! h1|h2|sdk-post|mitmproxy` runs one variant alone.
 //!
 //! The servers take turns (which one goes first alternates every round) so that drift in the
 //! machine's speed hits both alike.
@@ -47,6 +52,8 @@ use llmsim_tests::{TestCa, snapshot::write_exchanges};
 use crate::bench_support::{
     Nginx, Replayd, bench_tools, median, quantile, release_binary, report_of,
 };
+
+mod post;
 
 /// Size of the recorded answer's body, in bytes.
 const BODY_LEN: usize = 1024;
@@ -92,8 +99,9 @@ struct Args {
     /// rate).
     #[arg(long, default_value_t = 8)]
     h2_streams: u32,
-    /// Run only one variant: `h1` (wrk and oha over HTTP/1.1) or `h2` (h2load and oha over
-    /// h2).
+    /// Run only one variant: `h1` (wrk and oha over HTTP/1.1), `h2` (h2load and oha over
+    /// h2), `sdk-post` (a recorded openai-python POST, against nginx) or `mitmproxy` (the
+    /// same POST, against mitmproxy's server replay).
     #[arg(long, value_enum)]
     only: Option<Variant>,
     /// Use the replayd already in target/release instead of building it first.
@@ -108,6 +116,17 @@ enum Variant {
     H1,
     /// HTTP/2 over TLS.
     H2,
+    /// A recorded openai-python chat completion POST, replayd against nginx.
+    SdkPost,
+    /// The same POST, replayd against mitmproxy's server replay.
+    Mitmproxy,
+}
+
+impl Args {
+    /// Whether this run measures `variant`.
+    fn runs(&self, variant: Variant) -> bool {
+        self.only.is_none_or(|only| only == variant)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -195,7 +214,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     )?;
     let mut nginx = Nginx::start(&tools.nginx, &scratch, &body, &ca)?;
 
-    if args.only != Some(Variant::H1) {
+    if args.runs(Variant::H2) {
         ensure_h2_answers(&[replayd.addr, nginx.h2])?;
     }
     let targets = [
@@ -231,11 +250,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let load = load_average();
     let mut summary = String::new();
 
-    if args.only != Some(Variant::H2) {
+    if args.runs(Variant::H1) {
         // A short warm-up per target: TLS session set-up, page faults, CPU frequency.
         eprintln!("xtask: warming up");
         for (server, scheme, addr) in targets {
-            wrk(&args, 1, &url(scheme, addr))
+            wrk(&args, 1, &url(scheme, addr), None)
                 .with_context(|| format!("warm-up of {} over {}", server.name(), scheme.name()))?;
         }
 
@@ -248,7 +267,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let latencies = latency_runs(&args, &tools.oha, addrs)?;
         summary += &report(&args, &tools.oha_version, &load, &samples, &latencies);
     }
-    if args.only != Some(Variant::H1) {
+    if args.runs(Variant::H2) {
         let h2 = H2Addrs {
             replayd: replayd.addr,
             nginx: nginx.h2,
@@ -256,6 +275,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         let runs = h2_runs(&args, &scratch, &tools.oha, h2)?;
         summary += &h2_report(&args, &tools, &load, &runs);
     }
+    summary += &post::run(&args, &ca, &tools.nginx, &replayd_bin, &scratch)?;
     replayd.child.check_alive()?;
     nginx.child.check_alive()?;
 
@@ -315,7 +335,7 @@ fn turns(rounds: usize) -> impl Iterator<Item = (usize, Scheme, Server)> {
 fn saturation_runs(args: &Args, addrs: Addrs) -> anyhow::Result<Vec<(Server, Scheme, Sample)>> {
     let mut samples = Vec::new();
     for (round, scheme, server) in turns(args.rounds) {
-        let sample = wrk(args, args.duration, &addrs.url(server, scheme))
+        let sample = wrk(args, args.duration, &addrs.url(server, scheme), None)
             .with_context(|| format!("measuring {} over {}", server.name(), scheme.name()))?;
         println!(
             "saturation {}/{}  {:<5} {:<8} {:>10.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms",
@@ -600,12 +620,18 @@ fn write_snapshot(dir: &Path, body: &[u8]) -> anyhow::Result<()> {
 
 /// One plain GET of the bench path; returns the response head and the body (by Content-Length).
 fn fetch_plain(addr: SocketAddr) -> anyhow::Result<(String, Vec<u8>)> {
+    fetch(
+        addr,
+        format!("GET {PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+/// Sends `request` (one message that closes the connection) to `addr`; returns the response
+/// head and the body (by Content-Length), which must be a 200.
+fn fetch(addr: SocketAddr, request: &[u8]) -> anyhow::Result<(String, Vec<u8>)> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET {PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    stream.write_all(request)?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
@@ -640,17 +666,18 @@ fn fetch_plain(addr: SocketAddr) -> anyhow::Result<(String, Vec<u8>)> {
 // wrk
 
 /// Runs wrk against `url` for `seconds` and parses its report; any socket error or non-2xx
-/// answer fails the run.
-fn wrk(args: &Args, seconds: u32, url: &str) -> anyhow::Result<Sample> {
-    let text = report_of(
-        Command::new("wrk")
-            .arg(format!("-t{}", args.threads))
-            .arg(format!("-c{}", args.connections))
-            .arg(format!("-d{seconds}s"))
-            .arg("--latency")
-            .arg(url),
-        &format!("wrk {url}"),
-    )?;
+/// answer fails the run. `script` (Lua) says what to send instead of a bare GET.
+fn wrk(args: &Args, seconds: u32, url: &str, script: Option<&Path>) -> anyhow::Result<Sample> {
+    let mut command = Command::new("wrk");
+    command
+        .arg(format!("-t{}", args.threads))
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{seconds}s"))
+        .arg("--latency");
+    if let Some(script) = script {
+        command.arg("--script").arg(script);
+    }
+    let text = report_of(command.arg(url), &format!("wrk {url}"))?;
     parse_wrk(&text).with_context(|| format!("wrk's report for {url}:\n{text}"))
 }
 

@@ -206,6 +206,22 @@ impl Headers {
     }
 }
 
+/// Headers that describe one connection rather than the message, never replayed or resent
+/// (RFC 9110 section 7.6.1, plus the `proxy-*` family and `keep-alive`).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Whether a header (lowercase name) describes one connection rather than the message.
+pub fn is_hop_by_hop(lower: &str) -> bool {
+    HOP_BY_HOP.contains(&lower) || lower.starts_with("proxy-")
+}
+
 impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
     fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
         Self(

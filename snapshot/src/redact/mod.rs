@@ -23,6 +23,21 @@ use patterns::Pattern;
 
 pub use key::{KEY_FILE, redaction_key};
 
+/// Whether `value` is a placeholder, `<redacted:HASH8>`, as a whole.
+pub fn is_placeholder(value: &str) -> bool {
+    value
+        .strip_prefix("<redacted:")
+        .and_then(|s| s.strip_suffix('>'))
+        .is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Whether `text` holds a placeholder anywhere (a secret header keeps its
+/// `Authorization` scheme before one; scrubbed text has them inside).
+pub fn contains_placeholder(text: &str) -> bool {
+    text.match_indices("<redacted:")
+        .any(|(at, _)| text.get(at..at + 19).is_some_and(is_placeholder))
+}
+
 /// Header names whose values are always secret (compared lowercase).
 pub const SECRET_HEADERS: [&str; 10] = [
     "authorization",
@@ -215,10 +230,7 @@ impl Redactor {
     /// The placeholder for a whole secret value; a value that already is a
     /// placeholder stays as it is, so redacting twice changes nothing.
     fn replace(&self, secret: &str) -> String {
-        let already = secret
-            .strip_prefix("<redacted:")
-            .and_then(|s| s.strip_suffix('>'));
-        if already.is_some_and(|h| h.len() == 8 && h.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if is_placeholder(secret) {
             secret.to_owned()
         } else {
             self.placeholder(secret.as_bytes())
