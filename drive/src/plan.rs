@@ -8,9 +8,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
 use llmsim_snapshot::config::CompareRules;
-use llmsim_snapshot::model::{Direction, Response};
+use llmsim_snapshot::model::Direction;
 use llmsim_snapshot::store::{self, StoreError};
 use serde_json::Value;
+
+use crate::compare::Expected;
 
 /// Why the snapshot cannot be driven.
 #[derive(Debug, thiserror::Error)]
@@ -156,7 +158,7 @@ pub struct Planned {
     /// The body as JSON, when `--unique` rewrites it per copy.
     unique_json: Option<Value>,
     /// The recorded answer.
-    pub expected: Response,
+    pub expected: Expected,
     /// How many outbound (LLM) calls the app made while serving it.
     pub linked: u64,
 }
@@ -241,7 +243,7 @@ impl Plan {
                 headers,
                 body: Bytes::from(body.to_bytes()),
                 unique_json,
-                expected: exchange.response,
+                expected: Expected::new(exchange.response),
                 linked: exchange.linked.len() as u64,
             });
         }
@@ -323,12 +325,12 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::from(serde_json::to_vec(&json).unwrap()),
             unique_json: unique_json(1, Some(&json), &["/id".into()]).unwrap(),
-            expected: Response {
+            expected: Expected::new(llmsim_snapshot::model::Response {
                 status: 200,
                 headers: llmsim_snapshot::model::Headers::default(),
                 body: llmsim_snapshot::model::Body::default(),
                 trailers: llmsim_snapshot::model::Headers::default(),
-            },
+            }),
             linked: 0,
         };
         let unique = ["/id".to_owned()];

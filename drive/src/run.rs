@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http::{Request, header};
+use http::{Request, Uri, header};
 use http_body_util::Full;
 use tokio::time::Instant;
 
@@ -51,6 +51,7 @@ const PROGRESS_LOG: Duration = Duration::from_secs(5);
 /// A loaded plan and where to send it.
 pub struct Driver {
     plan: Arc<Plan>,
+    uris: Vec<Uri>,
     comparer: Arc<Comparer>,
     connector: Connector,
     options: DriveOptions,
@@ -127,8 +128,20 @@ impl Driver {
         let target = Arc::new(Target::parse(target)?);
         let plan = Plan::load(dir, &options.unique)?;
         let comparer = Comparer::new(plan.compare.clone())?;
+        // The recorded paths were checked when the plan was loaded and the prefix comes
+        // from a parsed URL, so each concatenation is a valid URI.
+        let uris = plan
+            .requests
+            .iter()
+            .map(|planned| {
+                format!("{}{}", target.prefix, planned.path)
+                    .parse()
+                    .unwrap_or_default()
+            })
+            .collect();
         Ok(Self {
             plan: Arc::new(plan),
+            uris,
             comparer: Arc::new(comparer),
             connector: Connector::new(target)?,
             options,
@@ -160,6 +173,7 @@ impl Driver {
         let shared = Arc::new(Shared {
             plan: self.plan.clone(),
             target: self.connector.target().clone(),
+            uris: self.uris.clone(),
             comparer: self.comparer.clone(),
             options: self.options.clone(),
             metrics: self.metrics.clone(),
@@ -282,6 +296,8 @@ fn progress_line(tally: &Tally, elapsed: Duration) -> String {
 struct Shared {
     plan: Arc<Plan>,
     target: Arc<Target>,
+    /// Each planned request's URI under the target's prefix.
+    uris: Vec<Uri>,
     comparer: Arc<Comparer>,
     options: DriveOptions,
     metrics: Arc<DriveMetrics>,
@@ -318,11 +334,15 @@ impl Shared {
                 return;
             }
             tokio::time::sleep_until(scheduled).await;
-            let planned = &self.plan.requests[usize::try_from(k % n).unwrap_or_default()];
+            let index = usize::try_from(k % n).unwrap_or_default();
+            let planned = &self.plan.requests[index];
             let copy = k / n;
             self.metrics.started();
             let result = connection
-                .send(self.request(planned, copy), self.options.timeout)
+                .send(
+                    self.request(planned, &self.uris[index], copy),
+                    self.options.timeout,
+                )
                 .await;
             let latency = scheduled.elapsed();
             let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
@@ -374,20 +394,15 @@ impl Shared {
         }
     }
 
-    fn request(&self, planned: &Planned, copy: u64) -> Request<Full<Bytes>> {
-        let target = &self.target;
+    fn request(&self, planned: &Planned, uri: &Uri, copy: u64) -> Request<Full<Bytes>> {
         let mut request =
             Request::new(Full::new(planned.body_for_copy(copy, &self.options.unique)));
         *request.method_mut() = planned.method.clone();
-        // The recorded path was checked when the plan was loaded; the prefix comes from a
-        // parsed URL, so their concatenation is a valid path.
-        *request.uri_mut() = format!("{}{}", target.prefix, planned.path)
-            .parse()
-            .unwrap_or_default();
+        *request.uri_mut() = uri.clone();
         *request.headers_mut() = planned.headers.clone();
         request
             .headers_mut()
-            .insert(header::HOST, target.authority.clone());
+            .insert(header::HOST, self.target.authority.clone());
         request
     }
 }
