@@ -1,9 +1,14 @@
 //! One HTTP/1.1 connection to the target, plain or TLS (verified against the system
 //! roots; `SSL_CERT_FILE` honoured), kept alive across requests and opened again when
-//! the app closes it. Each driver worker owns one.
+//! the app closes it. Each driver worker owns one, and drives hyper's connection future
+//! itself, in its own task, while a request is out: no second task per connection and
+//! no hand-over between them.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -132,10 +137,13 @@ impl Connector {
     }
 }
 
+/// hyper's side of an open connection: reads and writes happen while it is polled.
+type Driving = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
+
 /// One worker's connection, opened on first use and again after the app closed it.
 pub struct Connection {
     connector: Connector,
-    sender: Option<SendRequest<Full<Bytes>>>,
+    open: Option<(SendRequest<Full<Bytes>>, Driving)>,
 }
 
 impl Connection {
@@ -143,7 +151,7 @@ impl Connection {
     pub fn new(connector: Connector) -> Self {
         Self {
             connector,
-            sender: None,
+            open: None,
         }
     }
 
@@ -157,38 +165,59 @@ impl Connection {
         let result = result.unwrap_or(Err(SendError::Timeout { timeout }));
         if result.is_err() {
             // Whatever state the connection is in, the next request gets a fresh one.
-            self.sender = None;
+            self.open = None;
         }
         result
     }
 
     async fn exchange(&mut self, request: Request<Full<Bytes>>) -> Result<Answer, SendError> {
-        let ready = match &mut self.sender {
-            Some(sender) => sender.ready().await.is_ok(),
-            None => false,
+        // A connection the app closed since the last answer has its end of file waiting:
+        // one poll of hyper's side sees it, and the request goes on a fresh connection.
+        let closed = match &mut self.open {
+            Some((_, driving)) => driving
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()))
+                .is_ready(),
+            None => true,
         };
-        if !ready {
-            self.sender = Some(self.open().await?);
+        if closed {
+            self.open = Some(self.open().await?);
         }
-        let sender = self.sender.as_mut().expect("opened above");
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| SendError::Http { source })?;
-        let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(|source| SendError::Http { source })?
-            .to_bytes();
-        Ok(Answer {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
+        let (sender, driving) = self.open.as_mut().expect("opened above");
+        let exchange = async {
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|source| SendError::Http { source })?;
+            let (parts, body) = response.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|source| SendError::Http { source })?
+                .to_bytes();
+            Ok(Answer {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body,
+            })
+        };
+        let mut exchange = std::pin::pin!(exchange);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(answer);
+            }
+            match driving.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                // The connection ended first: the exchange gets its error from the
+                // dispatcher now that hyper's side has gone.
+                Poll::Ready(Err(source)) => Poll::Ready(Err(SendError::Http { source })),
+                Poll::Ready(Ok(())) => exchange.as_mut().poll(cx),
+            }
         })
+        .await
     }
 
-    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, SendError> {
+    async fn open(&self) -> Result<(SendRequest<Full<Bytes>>, Driving), SendError> {
         let connect = |source| SendError::Connect { source };
         let tcp = TcpStream::connect(self.connector.target.address())
             .await
@@ -203,13 +232,12 @@ impl Connection {
     }
 }
 
-async fn handshake<S>(stream: S) -> Result<SendRequest<Full<Bytes>>, SendError>
+async fn handshake<S>(stream: S) -> Result<(SendRequest<Full<Bytes>>, Driving), SendError>
 where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
 {
     let (sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|source| SendError::Http { source })?;
-    tokio::spawn(connection);
-    Ok(sender)
+    Ok((sender, Box::pin(connection)))
 }

@@ -333,7 +333,11 @@ impl Shared {
             if deadline.is_some_and(|deadline| scheduled >= deadline) {
                 return;
             }
-            tokio::time::sleep_until(scheduled).await;
+            // tokio's timer wakes on whole milliseconds: a request due now must not wait
+            // for the next tick.
+            if scheduled > Instant::now() {
+                tokio::time::sleep_until(scheduled).await;
+            }
             let index = usize::try_from(k % n).unwrap_or_default();
             let planned = &self.plan.requests[index];
             let copy = k / n;
