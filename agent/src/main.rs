@@ -1,7 +1,10 @@
-//! `llmsim-agent`: the command line over the capture library and, for
-//! `report`, `verify` and `export`, the offline tools of `llmsim-inspect`.
+//! `llmsim-agent`: the command line over the capture library, for
+//! `report`, `verify` and `export` the offline tools of `llmsim-inspect`, and for
+//! `replay` the driver of `llmsim-drive`.
 
-use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    ffi::OsString, net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration,
+};
 
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use llmsim_agent::{
@@ -33,6 +36,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Write a snapshot in another format (HAR 1.2, for browser devtools; a Locust load test).
     Export(ExportArgs),
+    /// Send the recorded inbound requests to the running app again and compare its answers
+    /// with the recorded ones (exit 1 on any difference); or load-test it.
+    Replay(ReplayArgs),
     /// Write the manual pages and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateManual { dir: PathBuf },
@@ -107,6 +113,21 @@ struct ExportArgs {
     /// The app's base URL (http://HOST:PORT), the locustfile's default for Locust's --host.
     #[arg(long, value_name = "URL", requires = "locust")]
     host: Option<String>,
+    /// Snapshot directory.
+    #[arg(default_value = "llmsim")]
+    dir: PathBuf,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The running app's base URL: http://HOST:PORT or https://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    target: String,
+    /// Serve the driver's Prometheus metrics on ADDR at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    drive: llmsim_drive::DriveOptions,
     /// Snapshot directory.
     #[arg(default_value = "llmsim")]
     dir: PathBuf,
@@ -193,6 +214,7 @@ fn main() -> ExitCode {
         Command::Report(args) => report(&args),
         Command::Verify(args) => verify(&args),
         Command::Export(args) => export(&args),
+        Command::Replay(args) => replay(args),
         Command::GenerateManual { dir } => match llmsim_kernel::manual::write(Cli::command(), &dir)
         {
             Ok(()) => ExitCode::SUCCESS,
@@ -263,6 +285,49 @@ fn export(args: &ExportArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn replay(args: ReplayArgs) -> ExitCode {
+    let bad_input = |e: &dyn std::error::Error| {
+        eprintln!("llmsim-agent: {}", llmsim_snapshot::error_chain(e));
+        ExitCode::from(llmsim_drive::EXIT_BAD_INPUT)
+    };
+    let driver = match llmsim_drive::Driver::new(&args.dir, &args.target, args.drive) {
+        Ok(driver) => driver,
+        Err(e) => return bad_input(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("llmsim-agent: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let metrics = match args.metrics {
+            Some(addr) => {
+                let sources: Vec<Arc<dyn llmsim_drive::exposition::Exposed>> =
+                    vec![driver.metrics().clone()];
+                match llmsim_drive::exposition::start(addr, sources) {
+                    Ok(bound) => {
+                        eprintln!("llmsim-agent: metrics on http://{bound}/metrics");
+                        true
+                    }
+                    Err(e) => return bad_input(&e),
+                }
+            }
+            None => false,
+        };
+        let summary = driver.run().await;
+        summary.print(driver.options().json);
+        if metrics && let Some(linger) = driver.options().metrics_linger {
+            tokio::time::sleep(linger).await;
+        }
+        ExitCode::from(summary.exit_code())
+    })
 }
 
 fn fail(e: &dyn std::error::Error) -> ExitCode {

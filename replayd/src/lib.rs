@@ -12,8 +12,9 @@
 //! (`--on-miss passthrough|record`, `--budget`); `request` is a request as the app sent
 //! it; `peer` finds the process behind a client connection; `faults` injects the failures
 //! of `[faults]` and `--fault`, `rate_limit` simulates the providers' rate limits,
-//! `latency` synthesises the provider's latency shape for `--pace model`, and `metrics`
-//! serves Prometheus metrics. As in pingora, downstream is the app and upstream the real
+//! `latency` synthesises the provider's latency shape for `--pace model`, `metrics`
+//! keeps Prometheus metrics, and `drive` drives the app run under replay with the load
+//! driver (`--drive URL`). As in pingora, downstream is the app and upstream the real
 //! provider. The binary adds the command line.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod body;
 pub mod ca;
 pub mod deadline;
 pub mod dns;
+pub mod drive;
 pub mod engine;
 pub mod error;
 pub mod explain;

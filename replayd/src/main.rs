@@ -3,9 +3,11 @@
 //! snapshot on a plain loopback listener; `-- CMD`, `--cgroup PATH` and `--all` add the
 //! kernel redirect; `trust` manages the CA in the system store; `explain`
 //! tells what replay would do with one request. `--on-miss passthrough|record` forward
-//! misses to the real API (`--budget` caps the live spend). Start-up errors print one line and exit 2;
-//! a run with misses (or recordings that could not be sent, or a client that rejected the
-//! replay CA) exits 1.
+//! misses to the real API (`--budget` caps the live spend). `--drive URL -- CMD` also
+//! sends the snapshot's inbound requests to the app CMD serves at URL and compares its
+//! answers (the driver of `llmsim-drive`, with its load options). Start-up errors print one
+//! line and exit 2; a run with misses (or recordings that could not be sent, or a client
+//! that rejected the replay CA) exits 1, and so does a drive with a difference or an error.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -14,9 +16,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{ArgGroup, Args, CommandFactory as _, Parser, Subcommand};
+use llmsim_drive::exposition::Exposed;
+use llmsim_drive::{DriveOptions, Driver};
 use llmsim_kernel::redirect::RedirectSettings;
 use llmsim_replayd::engine::Engine;
 use llmsim_replayd::explain::{RequestFile, explain};
@@ -132,9 +137,26 @@ struct ServeArgs {
     /// Under sudo, run CMD as root instead of as the invoking user.
     #[arg(long)]
     as_root: bool,
+    /// With -- CMD: once URL's port accepts connections, send the snapshot's inbound
+    /// requests to the app at URL and compare its answers with the recorded ones; the
+    /// exit status is the drive's.
+    #[arg(long, value_name = "URL", requires = "cmd")]
+    drive: Option<String>,
+    /// With --drive: how long the app may take to accept connections.
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = humantime_duration)]
+    drive_wait: Duration,
+    #[command(flatten)]
+    drive_options: DriveOptions,
     /// The command to run under replay.
     #[arg(last = true, value_name = "CMD")]
     cmd: Vec<OsString>,
+}
+
+fn humantime_duration(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<humantime::Duration>()
+        .map(Into::into)
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +226,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 fn serve(args: &ServeArgs) -> Result<ExitCode> {
+    if args.drive.is_none() && args.drive_options != DriveOptions::default() {
+        bail!(
+            "--multiply, --rate, --concurrency, --duration, --unique, --timeout, --json and --metrics-linger need --drive URL"
+        );
+    }
     let Some(addr) = args.listen else {
         return redirect(args);
     };
@@ -254,10 +281,14 @@ fn load_engine(args: &ServeArgs, any_host: bool) -> Result<Engine> {
     })
 }
 
-/// Serves the metrics with `--metrics`, and says where.
-fn start_metrics(running: &mut run::Running, args: &ServeArgs) -> Result<()> {
+/// Serves the metrics with `--metrics` (and the driver's, `more`), and says where.
+fn start_metrics(
+    running: &mut run::Running,
+    args: &ServeArgs,
+    more: Vec<Arc<dyn Exposed>>,
+) -> Result<()> {
     if let Some(addr) = args.metrics
-        && let Some(bound) = run::start_metrics(running, addr)?
+        && let Some(bound) = run::start_metrics(running, addr, more)?
     {
         eprintln!("replayd: metrics on http://{bound}/metrics");
     }
@@ -314,7 +345,7 @@ async fn listen(engine: Arc<Engine>, addr: SocketAddr, args: &ServeArgs) -> Resu
     let signal = run::shutdown_signal()?;
     let addrs = server.local_addrs();
     let mut running = server.start(None);
-    start_metrics(&mut running, args)?;
+    start_metrics(&mut running, args, Vec::new())?;
     for addr in addrs {
         eprintln!("replayd: listening on {addr}");
     }
@@ -351,13 +382,28 @@ fn redirect(args: &ServeArgs) -> Result<ExitCode> {
     for line in engine_summary(&engine) {
         eprintln!("replayd: {line}");
     }
-    runtime.block_on(serve_redirected(engine, &target, args))
+    let driver = match &args.drive {
+        Some(url) => Some(Driver::new(&args.dir, url, args.drive_options.clone())?),
+        None => None,
+    };
+    runtime.block_on(serve_redirected(engine, &target, args, driver))
+}
+
+/// How a `-- CMD` run ended.
+enum Ended {
+    /// The command exited.
+    Exited(std::io::Result<std::process::ExitStatus>),
+    /// `--drive` finished driving it.
+    Driven(Result<llmsim_drive::Summary, llmsim_replayd::drive::DriveAppError>),
+    /// SIGINT or SIGTERM.
+    Interrupted,
 }
 
 async fn serve_redirected(
     engine: Arc<Engine>,
     target: &RedirectTarget,
     args: &ServeArgs,
+    driver: Option<Driver>,
 ) -> Result<ExitCode> {
     let ca_dir = match &args.ca_dir {
         Some(dir) => dir.clone(),
@@ -397,48 +443,130 @@ async fn serve_redirected(
     let kernel = Arc::new(KernelRedirect::attach(target, &settings, &plain)?);
     let mut running = server.start(Some(kernel.clone()));
     running.watch(dns.serve());
-    start_metrics(&mut running, args)?;
+    let driver_metrics: Vec<Arc<dyn Exposed>> = driver
+        .iter()
+        .map(|driver| driver.metrics().clone() as Arc<dyn Exposed>)
+        .collect();
+    start_metrics(&mut running, args, driver_metrics)?;
     let signal = run::shutdown_signal()?;
-    let mut child_code = None;
-    if matches!(target, RedirectTarget::Command) {
-        let trust_dir = tempfile::tempdir().context("a directory for the CA bundle")?;
-        let mut bundle = authority.trust_bundle(trust_dir.path())?;
-        bundle.java_truststore = authority
-            .java_truststore(trust_dir.path(), &ca::JavaTrust::default())
-            .unwrap_or_else(|e| {
-                eprintln!("replayd: warning: JVM apps will not trust the replay CA: {e:#}");
-                None
-            });
-        let env = bundle.child_env(std::env::var_os("JAVA_TOOL_OPTIONS").as_deref());
-        let mut child = kernel.spawn(&args.cmd, &env, args.as_root)?;
-        let status = running
-            .run_until(async {
-                tokio::select! {
-                    status = child.wait() => Some(status),
-                    _ = signal => None,
-                }
-            })
-            .await?;
-        kernel.kill_own_cgroup();
-        child_code = match status {
-            Some(status) => Some(llmsim_kernel::sys::exit_code(
-                status.context("waiting for the command")?,
-            )),
-            None => Some(EXIT_INTERRUPTED),
-        };
+    let ended = if matches!(target, RedirectTarget::Command) {
+        Some(
+            run_command(
+                &mut running,
+                &kernel,
+                &authority,
+                args,
+                driver.as_ref(),
+                signal,
+            )
+            .await?,
+        )
     } else {
         eprintln!(
             "replayd: redirecting cgroup {}",
             kernel.cgroup_path().display()
         );
         running.run_until(signal).await?;
-    }
+        None
+    };
+    let CommandEnd {
+        child_code,
+        drive_code,
+        summary,
+    } = ended.unwrap_or_default();
     let report = running.finish().await;
     let replay_code = finish(&report);
+    if let Some(summary) = &summary {
+        summary.print(args.drive_options.json);
+    }
+    if let Some(code) = drive_code {
+        // The drive decides, and a replay that failed (a miss) fails it too.
+        return Ok(ExitCode::from(if report.failed() {
+            code.max(EXIT_MISSES)
+        } else {
+            code
+        }));
+    }
     Ok(match child_code {
         Some(0) | None => replay_code,
         Some(code) => ExitCode::from(code),
     })
+}
+
+/// How a `-- CMD` run ended.
+#[derive(Default)]
+struct CommandEnd {
+    /// The command's exit code, when it exited or a signal interrupted the run.
+    child_code: Option<u8>,
+    /// With `--drive`: the drive's exit code.
+    drive_code: Option<u8>,
+    /// With `--drive`: its summary, when it ran to the end.
+    summary: Option<llmsim_drive::Summary>,
+}
+
+/// Runs the command (trusting the replay CA) until it exits, `--drive` is done with
+/// it, or `signal`; then stops it.
+async fn run_command(
+    running: &mut run::Running,
+    kernel: &KernelRedirect,
+    authority: &ca::CertificateAuthority,
+    args: &ServeArgs,
+    driver: Option<&Driver>,
+    signal: impl Future<Output = run::Signal>,
+) -> Result<CommandEnd> {
+    let trust_dir = tempfile::tempdir().context("a directory for the CA bundle")?;
+    let mut bundle = authority.trust_bundle(trust_dir.path())?;
+    bundle.java_truststore = authority
+        .java_truststore(trust_dir.path(), &ca::JavaTrust::default())
+        .unwrap_or_else(|e| {
+            eprintln!("replayd: warning: JVM apps will not trust the replay CA: {e:#}");
+            None
+        });
+    let env = bundle.child_env(std::env::var_os("JAVA_TOOL_OPTIONS").as_deref());
+    let mut child = kernel.spawn(&args.cmd, &env, args.as_root)?;
+    let stats = running.engine().stats().clone();
+    let driving = async {
+        match driver {
+            Some(driver) => llmsim_replayd::drive::drive(driver, args.drive_wait, &stats).await,
+            None => std::future::pending().await,
+        }
+    };
+    let ended = running
+        .run_until(async {
+            tokio::select! {
+                exited = child.wait() => Ended::Exited(exited),
+                outcome = driving => Ended::Driven(outcome),
+                _ = signal => Ended::Interrupted,
+            }
+        })
+        .await?;
+    kernel.kill_own_cgroup();
+    let mut end = CommandEnd::default();
+    match ended {
+        Ended::Exited(exited) => {
+            let code = llmsim_kernel::sys::exit_code(exited.context("waiting for the command")?);
+            if driver.is_some() {
+                eprintln!("replayd: the app exited (status {code}) before the drive finished");
+                end.drive_code = Some(llmsim_drive::EXIT_DIFFERENCES);
+            }
+            end.child_code = Some(code);
+        }
+        Ended::Driven(Ok(summary)) => {
+            end.drive_code = Some(summary.exit_code());
+            if args.metrics.is_some()
+                && let Some(linger) = args.drive_options.metrics_linger
+            {
+                tokio::time::sleep(linger).await;
+            }
+            end.summary = Some(summary);
+        }
+        Ended::Driven(Err(e)) => {
+            eprintln!("replayd: {e}");
+            end.drive_code = Some(llmsim_drive::EXIT_DIFFERENCES);
+        }
+        Ended::Interrupted => end.child_code = Some(EXIT_INTERRUPTED),
+    }
+    Ok(end)
 }
 
 /// Answers for the hosts replay answers for; other names go to the machine's resolver,

@@ -18,17 +18,13 @@
 //!
 //! They are updated where the end-of-run report is counted ([`crate::report::Stats`]),
 //! from the same events, so a scrape and the report agree; the timings come from the
-//! served body ([`Observation`]).
+//! served body ([`Observation`]). The endpoint is `llmsim_drive::exposition`'s, shared
+//! with the load driver.
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use llmsim_drive::exposition::{self, Exposed};
 use llmsim_snapshot::config::FaultKind;
 use llmsim_snapshot::provider::Provider;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -37,28 +33,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tokio::net::TcpListener;
-
-/// Why the metrics endpoint stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    /// The address could not be bound.
-    #[error("cannot serve metrics on {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-    /// Accepting a scrape's connection failed.
-    #[error("the metrics listener failed")]
-    Accept {
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// The OpenTelemetry `GenAI` labels of a model call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -244,10 +218,7 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        exposition::encode(&[self])
     }
 
     /// Starts timing a served answer from `arrived`; a stream counts as active until
@@ -307,55 +278,10 @@ impl Drop for Observation {
     }
 }
 
-/// Binds the metrics endpoint on `addr`.
-pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, MetricsError> {
-    let listener =
-        std::net::TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| MetricsError::Bind { addr, source })?;
-    Ok(listener)
-}
-
-/// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(
-    listener: std::net::TcpListener,
-    metrics: Arc<Metrics>,
-) -> Result<(), MetricsError> {
-    let listener =
-        TcpListener::from_std(listener).map_err(|source| MetricsError::Accept { source })?;
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) if crate::io_error::is_transient(&e) => continue,
-            Err(source) => return Err(MetricsError::Accept { source }),
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, std::convert::Infallible>(scrape(&request, &metrics)) }
-                });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+impl Exposed for Metrics {
+    fn registry(&self) -> &Registry {
+        &self.registry
     }
-}
-
-fn scrape<B>(request: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::new()));
-    if request.method() != Method::GET || request.uri().path() != "/metrics" {
-        *response.status_mut() = StatusCode::NOT_FOUND;
-        return response;
-    }
-    *response.body_mut() = Full::new(Bytes::from(metrics.encode()));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
 }
 
 #[cfg(test)]

@@ -22,10 +22,10 @@ use crate::accept::{AcceptError, Acceptor, OriginalDestination, Shutdown};
 use crate::ca::{self, CaError, CertificateAuthority, LeafResolver};
 use crate::dns::{DnsError, DnsResponder};
 use crate::engine::{Engine, EngineError};
-use crate::metrics::{self, MetricsError};
 use crate::options::ReplayOptions;
 use crate::report::Report;
 use crate::upstream::{Upstream, UpstreamSettings, UpstreamSetupError};
+use llmsim_drive::exposition::{self, Exposed, MetricsError};
 
 /// How long [`Running::finish`] lets open connections finish the answers under way.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -82,20 +82,24 @@ pub enum RunError {
     Metrics(#[from] MetricsError),
 }
 
-/// Serves the engine's metrics (`--metrics ADDR`) on `addr` for as long as `running`
-/// runs, and returns the bound address; `None` when the engine keeps no metrics.
+/// Serves the engine's metrics (`--metrics ADDR`), followed by `more` (the driver's under
+/// `--drive`), on `addr` for as long as `running` runs, and returns the bound address;
+/// `None` when the engine keeps no metrics.
 pub fn start_metrics(
     running: &mut Running,
     addr: SocketAddr,
+    more: Vec<Arc<dyn Exposed>>,
 ) -> Result<Option<SocketAddr>, RunError> {
     let Some(metrics) = running.engine().stats().metrics().cloned() else {
         return Ok(None);
     };
-    let listener = metrics::bind(addr)?;
+    let listener = exposition::bind(addr)?;
     let bound = listener
         .local_addr()
         .map_err(|source| MetricsError::Bind { addr, source })?;
-    running.watch(async move { Ok(metrics::serve(listener, metrics).await?) });
+    let mut sources: Vec<Arc<dyn Exposed>> = vec![metrics];
+    sources.extend(more);
+    running.watch(async move { Ok(exposition::serve(listener, sources).await?) });
     Ok(Some(bound))
 }
 

@@ -1,6 +1,7 @@
 //! A snapshot's own settings, `llmsim.toml` beside `exchanges/`: extra
-//! redaction rules for capture, match rules for replay, and the faults replay
-//! injects for load tests ([`FaultRules`]). Committed with the recording so
+//! redaction rules for capture, match rules for replay, the faults replay
+//! injects for load tests ([`FaultRules`]), and what a regression replay of the
+//! app's own API leaves out of its comparison ([`CompareRules`]). Committed with the recording so
 //! every machine redacts, matches and fails alike. Unknown keys are errors: a
 //! misspelt redaction rule must not silently leak a secret.
 
@@ -60,6 +61,56 @@ pub struct SnapshotConfig {
     pub matching: MatchRules,
     /// `[faults]`: failures replay injects, for load tests of the app's retries.
     pub faults: FaultRules,
+    /// `[compare]`: what a regression replay of the inbound requests ignores when it
+    /// compares the app's answers with the recorded ones.
+    pub compare: CompareRules,
+}
+
+/// `[compare]`: the volatile parts of the app's answers, left out when a regression
+/// replay compares each answer with the recorded one.
+///
+/// ```toml
+/// [compare]
+/// headers = ["x-trace-id"]
+/// json_pointers = ["/elapsed_ms", "/calls/*/latency_ms"]
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompareRules {
+    /// Response header names ignored besides [`CompareRules::DEFAULT_HEADERS`],
+    /// case-insensitive.
+    pub headers: Vec<String>,
+    /// RFC 6901 JSON pointers into JSON response bodies whose values are ignored (the
+    /// field may also be missing on either side); a `*` segment stands for any one key
+    /// or array index.
+    pub json_pointers: Vec<String>,
+}
+
+impl CompareRules {
+    /// Headers always ignored: they change on every run or only describe the
+    /// transfer (the body is compared itself).
+    pub const DEFAULT_HEADERS: [&str; 11] = [
+        "date",
+        "server",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "age",
+        "expires",
+        "last-modified",
+        "etag",
+        "x-request-id",
+    ];
+
+    /// Whether a response header of this name is left out of the comparison.
+    pub fn ignores_header(&self, name: &str) -> bool {
+        Self::DEFAULT_HEADERS
+            .iter()
+            .copied()
+            .chain(self.headers.iter().map(String::as_str))
+            .any(|ignored| ignored.eq_ignore_ascii_case(name))
+    }
 }
 
 /// Why a fault rule given on the command line is not one.
@@ -424,6 +475,32 @@ mod tests {
         .unwrap();
         let err = SnapshotConfig::load(dir.path()).unwrap_err();
         assert!(matches!(err, ConfigError::Faults { .. }), "{err}");
+    }
+
+    #[test]
+    fn compare_rules_add_to_the_default_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[compare]\nheaders = [\"X-Trace-Id\"]\njson_pointers = [\"/elapsed_ms\"]\n",
+        )
+        .unwrap();
+        let rules = SnapshotConfig::load(dir.path()).unwrap().compare;
+        assert_eq!(rules.json_pointers, vec!["/elapsed_ms".to_owned()]);
+        for ignored in ["Date", "server", "x-trace-id"] {
+            assert!(rules.ignores_header(ignored), "{ignored}");
+        }
+        assert!(!rules.ignores_header("content-type"));
+        assert!(!CompareRules::default().ignores_header("x-trace-id"));
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[compare]\nheader = [\"x\"]\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            SnapshotConfig::load(dir.path()),
+            Err(ConfigError::Parse { .. })
+        ));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! built.
 
 mod bench_capture;
+mod bench_drive;
 mod bench_pacing;
 mod bench_replay;
 mod bench_support;
@@ -47,11 +48,13 @@ enum Task {
         /// `pacing`: how closely `--pace recorded` keeps recorded event offsets
         /// with 2,000 concurrent streams.
         /// `capture`: an HTTPS request loop with and without the agent.
+        /// `drive`: the load driver against oha, both saturating nginx.
         name: String,
         /// Arguments for the benchmark (`index`: the number of exchanges;
         /// `replay`: --duration, --rounds, --connections, --threads, --rate,
         /// --no-build; `pacing`: --events, --spacing-ms, --streams, --rounds, --no-build;
-        /// `capture`: requests per run and rounds).
+        /// `capture`: requests per run and rounds; `drive`: --duration, --rounds,
+        /// --connections, --no-build).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -197,7 +200,10 @@ fn bench(name: &str, args: &[String]) -> anyhow::Result<()> {
         "replay" => bench_replay::run(args),
         "pacing" => bench_pacing::run(args),
         "capture" => bench_capture::run(args),
-        other => bail!("unknown benchmark `{other}` (known: index, replay, pacing, capture)"),
+        "drive" => bench_drive::run(args),
+        other => {
+            bail!("unknown benchmark `{other}` (known: index, replay, pacing, capture, drive)")
+        }
     }
 }
 

@@ -1,0 +1,168 @@
+//! `cargo xtask bench drive`: the load driver's throughput (`llmsim-agent replay`, closed
+//! loop) against nginx serving one fixed 1 KiB JSON answer over keep-alive HTTP/1.1, with
+//! oha as the reference load generator on the same target in the same run. Both hold the
+//! same number of connections for the same time; the driver also compares every answer
+//! with the recorded one (the snapshot holds one inbound `GET /` and nginx's answer), as a
+//! load test does. The generators take turns, the first alternating every round, so that
+//! drift in the machine's speed hits both alike; the report gives medians over the rounds
+//! and the driver's rate as a ratio of oha's (target >= 0.8).
+//!
+//! Everything stays on loopback. The snapshot and nginx's configuration live in a
+//! temporary directory that is removed afterwards; nginx is killed on the way out.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, ensure};
+use clap::Parser;
+use llmsim_tests::{TestCa, snapshot::write_exchanges};
+use serde_json::{Value, json};
+
+use crate::bench_support::{Nginx, bench_tools, median, release_binary, report_of};
+
+/// Size of the answer's body, in bytes.
+const BODY_LEN: usize = 1024;
+/// The driver's throughput as a share of oha's that the bench aims for.
+const TARGET_RATIO: f64 = 0.8;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask bench drive",
+    about = "the load driver against oha, both saturating nginx serving a 1 KiB JSON answer"
+)]
+struct Args {
+    /// Seconds each run lasts.
+    #[arg(long, default_value_t = 5)]
+    duration: u32,
+    /// Rounds; every round runs each generator once. The report shows medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Keep-alive connections each generator holds open.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Use the release binary as it is instead of building it first.
+    #[arg(long)]
+    no_build: bool,
+}
+
+/// The answer nginx serves and the snapshot records: a JSON object of [`BODY_LEN`] bytes.
+fn body() -> String {
+    let skeleton = json!({"id": "drive-bench", "answer": ""}).to_string();
+    json!({"id": "drive-bench", "answer": "x".repeat(BODY_LEN - skeleton.len())}).to_string()
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    let args = Args::try_parse_from(
+        std::iter::once("cargo xtask bench drive".to_owned()).chain(args.iter().cloned()),
+    )?;
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    ensure!(args.duration > 0, "--duration must be at least 1 second");
+    ensure!(args.connections > 0, "--connections must be at least 1");
+    let [nginx_bin, oha] = bench_tools(["nginx", "oha"])?;
+    let agent = release_binary("llmsim-agent", "llmsim-agent", !args.no_build)?;
+    let scratch = tempfile::tempdir().context("a scratch directory")?;
+    let body = body();
+    ensure!(body.len() == BODY_LEN, "the answer is {} bytes", body.len());
+    let ca = TestCa::new();
+    let nginx = Nginx::start(&nginx_bin, scratch.path(), body.as_bytes(), &ca)?;
+    let snapshot = scratch.path().join("snapshot");
+    write_exchanges(
+        &snapshot,
+        [json!({
+            "direction": "inbound",
+            "request": {"method": "GET", "path": "/", "headers": [], "body": {"kind": "empty"}},
+            "response": {
+                "status": 200,
+                "headers": [["Content-Type", "application/json"]],
+                "body": {"kind": "json", "json": serde_json::from_str::<Value>(&body)?},
+            },
+        })],
+    );
+    let url = format!("http://{}/", nginx.http);
+    let oha_version = report_of(Command::new(&oha).arg("--version"), "oha --version")?;
+    let (mut driver_rates, mut oha_rates) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        for first in [round % 2 == 0, round % 2 == 1] {
+            let (name, rate) = if first {
+                (
+                    "llmsim-agent replay",
+                    driver_rate(&args, &agent, &url, &snapshot)?,
+                )
+            } else {
+                ("oha", oha_rate(&args, &oha, &url)?)
+            };
+            println!(
+                "round {}/{}  {name:<20} {rate:>10.0} req/s",
+                round + 1,
+                args.rounds
+            );
+            if first {
+                driver_rates.push(rate);
+            } else {
+                oha_rates.push(rate);
+            }
+        }
+    }
+    drop(nginx);
+    let (driver, reference) = (median(driver_rates), median(oha_rates));
+    let ratio = driver / reference;
+    println!(
+        "\nsaturating nginx (1 KiB JSON, {} connections, {} s per run, median of {} rounds):",
+        args.connections, args.duration, args.rounds
+    );
+    println!("  llmsim-agent replay  {driver:>10.0} req/s (every answer compared)");
+    println!("  {:<20} {reference:>10.0} req/s", oha_version.trim());
+    println!(
+        "  ratio {ratio:.2}x oha (target >= {TARGET_RATIO}x): {}",
+        if ratio >= TARGET_RATIO {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(())
+}
+
+/// The driver's throughput: a closed loop of `--connections` for `--duration`, every
+/// answer compared with the recorded one, none of them allowed to differ.
+fn driver_rate(args: &Args, agent: &Path, url: &str, snapshot: &Path) -> anyhow::Result<f64> {
+    let text = report_of(
+        Command::new(agent)
+            .arg("replay")
+            .args(["--target", url])
+            .args(["--concurrency", &args.connections.to_string()])
+            .args(["--duration", &format!("{}s", args.duration)])
+            .arg("--json")
+            .arg(snapshot),
+        "llmsim-agent replay",
+    )?;
+    let summary: Value = serde_json::from_str(text.trim()).context("the driver's --json")?;
+    ensure!(
+        summary["requests"].as_u64().is_some_and(|n| n > 0) && summary["ok"] == summary["requests"],
+        "the driver saw differences or errors: {summary}"
+    );
+    summary["throughput_rps"]
+        .as_f64()
+        .context("no throughput_rps in the driver's summary")
+}
+
+/// oha's throughput with the same connections for the same time.
+fn oha_rate(args: &Args, oha: &Path, url: &str) -> anyhow::Result<f64> {
+    let text = report_of(
+        Command::new(oha)
+            .args(["--no-tui", "--output-format", "json"])
+            .args(["-c", &args.connections.to_string()])
+            .args(["-z", &format!("{}s", args.duration)])
+            .arg(url),
+        "oha",
+    )?;
+    let summary: Value = serde_json::from_str(&text).context("oha's JSON output")?;
+    ensure!(
+        summary["summary"]["successRate"].as_f64() == Some(1.0),
+        "oha saw failures: {}",
+        summary["summary"]
+    );
+    summary["summary"]["requestsPerSec"]
+        .as_f64()
+        .context("no summary.requestsPerSec in oha's output")
+}
