@@ -7,7 +7,10 @@
 //! providers) made for its ticket, told apart by the prompts they carry. No key reaches the
 //! snapshot and no kernel event is dropped. Over plain HTTP (the socket syscalls) and over TLS
 //! (Python's `ssl`: OpenSSL's server-side `SSL_read_ex`/`SSL_write_ex`); and replayd serves the
-//! outbound calls of that snapshot to the batch app and leaves the inbound ones alone.
+//! outbound calls of that snapshot to the batch app and leaves the inbound ones alone. The
+//! captured snapshot is then the regression test the product promises: `replayd --drive`
+//! replays its inbound requests to the app under replay with no difference, and to a copy of
+//! the app with one prompt edited, where it prints the difference and exits 1.
 
 mod capture_support;
 
@@ -245,8 +248,65 @@ fn check(out: &Path, finished: &Finished, posted: &[Posted]) {
     }
 }
 
+/// `replayd --in SNAPSHOT --drive URL -- python3 APP --serve`: the captured requests sent to
+/// `app` under replay of the captured calls.
+fn drive_captured(snapshot: &Path, app: &Path) -> llmsim_tests::CommandOutput {
+    let offline = TestNetns::offline();
+    let url = format!("http://{APP_HOST}:{APP_PORT}");
+    let mut cmd = offline.command(replayd());
+    cmd.arg("--in")
+        .arg(snapshot)
+        .args(["--pace", "instant", "--drive", &url, "--"])
+        .arg("python3")
+        .arg(app)
+        .args(["--providers", PROVIDERS, "--serve"])
+        .arg(format!("{APP_HOST}:{APP_PORT}"));
+    cmd.envs(REPLAY_API_KEYS.iter().copied())
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    run_command(cmd, "replayd --drive of the captured snapshot", TIMEOUT)
+}
+
+/// The captured snapshot as a regression test: the unchanged app answers as recorded (its
+/// timing field ignored through `[compare]`), and one edited prompt is a difference, exit 1.
+fn assert_regression_replay(snapshot: &Path) {
+    std::fs::write(
+        snapshot.join("llmsim.toml"),
+        "[compare]\njson_pointers = [\"/elapsed_ms\"]\n",
+    )
+    .expect("llmsim.toml");
+    let app = repo_root().join("examples/triage/app.py");
+    let output = drive_captured(snapshot, &app);
+    assert_eq!(output.status.code(), Some(0), "{output}");
+    let expected = format!("{TICKETS} as recorded, 0 differing, 0 errors");
+    assert!(output.stdout.contains(&expected), "{output}");
+
+    let edited = tempfile::tempdir().expect("tempdir");
+    let source = std::fs::read_to_string(&app).expect("app.py");
+    let prompt = "in at most 80 words";
+    assert!(source.contains(prompt), "app.py no longer says {prompt:?}");
+    let edited_app = edited.path().join("app.py");
+    std::fs::write(&edited_app, source.replace(prompt, "in at most 60 words")).expect("app.py");
+    std::fs::copy(
+        repo_root().join("examples/triage/tickets.json"),
+        edited.path().join("tickets.json"),
+    )
+    .expect("tickets.json");
+    let output = drive_captured(snapshot, &edited_app);
+    assert_eq!(output.status.code(), Some(1), "{output}");
+    for expected in [
+        "  status\n    - 200\n    + 502\n".to_owned(),
+        "  body /results/openai\n".to_owned(),
+        format!("0 as recorded, {TICKETS} differing, 0 errors"),
+    ] {
+        assert!(
+            output.stdout.contains(&expected),
+            "no {expected:?} in\n{output}"
+        );
+    }
+}
+
 #[test]
-fn requests_served_over_plain_http_are_recorded_inbound_and_linked_and_replayd_serves_their_calls()
+fn requests_served_over_plain_http_are_recorded_inbound_and_linked_and_replay_as_a_regression_test()
 {
     if !privileged("inbound capture of an app served over plain HTTP") {
         return;
@@ -283,6 +343,8 @@ fn requests_served_over_plain_http_are_recorded_inbound_and_linked_and_replayd_s
         TICKETS * CALLS_PER_TICKET
     );
     assert!(output.stderr.contains(&served), "{output}");
+
+    assert_regression_replay(out.path());
 }
 
 #[test]
