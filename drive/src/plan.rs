@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
 use llmsim_snapshot::config::CompareRules;
-use llmsim_snapshot::model::Direction;
+use llmsim_snapshot::model::{Direction, is_hop_by_hop};
 use llmsim_snapshot::store::{self, StoreError};
 use serde_json::Value;
 
@@ -127,19 +127,15 @@ impl Target {
     }
 }
 
-/// Request headers not sent again: the connection's own, and the ones the driver sets.
-const HOP_HEADERS: [&str; 10] = [
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "upgrade",
-    "expect",
-    "content-encoding",
-];
+/// Request headers not sent again besides the hop-by-hop ones ([`is_hop_by_hop`]): the ones
+/// the driver sets itself.
+const SET_BY_THE_DRIVER: [&str; 4] = ["host", "content-length", "expect", "content-encoding"];
+
+/// Whether a recorded request header is left out when the request is sent again.
+fn not_resent(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    is_hop_by_hop(&lower) || SET_BY_THE_DRIVER.contains(&lower.as_str())
+}
 
 /// One inbound exchange, ready to send again.
 #[derive(Clone, Debug)]
@@ -150,7 +146,7 @@ pub struct Planned {
     pub method: Method,
     /// The path and query, as recorded.
     pub path: String,
-    /// The recorded headers, less [`HOP_HEADERS`] (the body's wire Content-Encoding
+    /// The recorded headers, less those [`not_resent`] (the body's wire Content-Encoding
     /// put back).
     pub headers: HeaderMap,
     /// The request body as recorded.
@@ -218,7 +214,7 @@ impl Plan {
             }
             let mut headers = HeaderMap::new();
             for (name, value) in exchange.request.headers.iter() {
-                if HOP_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                if not_resent(name) {
                     continue;
                 }
                 let (Ok(name), Ok(value)) = (
