@@ -1,7 +1,9 @@
-//! Locating the built llmsim binaries under test. `cargo test -p llmsim-tests` does not build
-//! other packages' binaries, so a missing binary is reported with the command that builds it.
+//! Locating the built llmsim binaries under test, and stripped copies of the test's own
+//! clients. `cargo test -p llmsim-tests` does not build other packages' binaries, so a missing
+//! binary is reported with the command that builds it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The directory holding the binaries under test: env `LLMSIM_BIN_DIR` if set, else the cargo
 /// profile directory this test executable was built into (`target/debug` for `cargo test`,
@@ -42,4 +44,22 @@ pub fn llmsim_agent() -> PathBuf {
 /// The `replayd` binary (package `replayd`).
 pub fn replayd() -> PathBuf {
     binary("replayd")
+}
+
+/// A copy of `program` without its symbols (`strip -o`, from binutils) in `dir`, named
+/// `<name>-stripped`; panics if `strip` fails.
+pub fn stripped_copy(program: &Path, dir: &Path) -> PathBuf {
+    let name = program
+        .file_name()
+        .expect("a program path names a file")
+        .to_string_lossy();
+    let stripped = dir.join(format!("{name}-stripped"));
+    let status = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(program)
+        .status()
+        .expect("running strip");
+    assert!(status.success(), "strip failed: {status}");
+    stripped
 }

@@ -57,7 +57,7 @@ pub mod provider;
 pub mod snapshot;
 pub mod tmpfs;
 
-pub use bins::{bin_dir, binary, llmsim_agent, replayd};
+pub use bins::{bin_dir, binary, llmsim_agent, replayd, stripped_copy};
 pub use ca::TestCa;
 pub use cgroup::{TestCgroup, cgroup2_mount};
 pub use clients::{

@@ -15,7 +15,6 @@ mod capture_support;
 use std::{
     ffi::OsString,
     path::{Path, PathBuf},
-    process::Command,
     time::Duration,
 };
 
@@ -26,7 +25,7 @@ use capture_support::{
 use llmsim_tests::{
     FakeProvider, TestCa, TestNetns,
     flows::{REPLAY_API_KEY, replayd_command},
-    on_path, privileged, requires, run_command,
+    on_path, privileged, requires, run_command, stripped_copy,
 };
 use serde_json::Value;
 
@@ -158,14 +157,7 @@ fn a_stripped_rustls_client_is_listed_as_not_decrypted() {
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let stripped = work.path().join("llmsim-rustls-client-stripped");
-    let status = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(client())
-        .status()
-        .expect("running strip");
-    assert!(status.success(), "strip failed: {status}");
+    let stripped = stripped_copy(&client(), work.path());
     let ca = TestCa::new();
     let netns = TestNetns::new();
     let provider = FakeProvider::start(&netns, &ca);

@@ -16,7 +16,7 @@ use std::{
 use capture_support::{Output, StepClient};
 use llmsim_tests::{
     ChildGuard, FakeProvider, TestCa, TestNetns, llmsim_agent, on_path, privileged, requires,
-    run_command,
+    run_command, stripped_copy,
 };
 use serde_json::Value;
 
@@ -100,14 +100,7 @@ fn a_running_stripped_rustls_process_is_listed_with_the_reason() {
         return;
     }
     let work = tempfile::tempdir().expect("tempdir");
-    let stripped = work.path().join("llmsim-rustls-client-stripped");
-    let status = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(client())
-        .status()
-        .expect("running strip");
-    assert!(status.success(), "strip failed: {status}");
+    let stripped = stripped_copy(&client(), work.path());
     let ca = TestCa::new();
     let netns = TestNetns::new();
     let provider = FakeProvider::start(&netns, &ca);
