@@ -107,8 +107,15 @@ def with_openai(origin):
     return [plain, {"stream": True, "http_version": version, "received": "".join(text)}]
 
 
+def one_connection():
+    """An h2 client that keeps its connection while the capture attaches: httpx closes a
+    connection idle for 5 s by default, and attaching can take longer on a loaded machine,
+    which would make the later requests open a new connection the capture sees whole."""
+    return httpx.Client(http2=True, timeout=60.0, limits=httpx.Limits(keepalive_expiry=None))
+
+
 def joined(origin):
-    with httpx.Client(http2=True, timeout=60.0) as client:
+    with one_connection() as client:
         results = [call(client, origin, False, 0)]
         print(f"ready {os.getpid()}", flush=True)
         sys.stdin.readline()
@@ -117,7 +124,7 @@ def joined(origin):
 
 
 def joined_streaming(origin):
-    with httpx.Client(http2=True, timeout=60.0) as client:
+    with one_connection() as client:
         results = [call(client, origin, False, 0)]
         sent = body(True, 1)
         with client.stream("POST", f"{origin}/v1/chat/completions", content=sent, headers=headers()) as response:
