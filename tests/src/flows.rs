@@ -17,6 +17,8 @@ use crate::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(180);
+/// A client run through replayd: a JVM or a runtime starting cold takes a while.
+const RUN_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The key replayed clients get: the SDKs refuse to start without one, and
 /// replay needs no real one.
@@ -47,6 +49,104 @@ pub fn replayd_recording_command(
     cmd.env("SSL_CERT_FILE", ca.bundle_path())
         .env("XDG_DATA_HOME", data);
     cmd
+}
+
+/// What [`record_then_replay_through_replayd`] saw: both runs' output.
+pub struct RecordedAndReplayed {
+    /// `replayd --on-miss record -- CLIENT` against the fake provider.
+    pub recorded: CommandOutput,
+    /// `replayd -- CLIENT` offline, from that recording.
+    pub replayed: CommandOutput,
+}
+
+/// For clients capture cannot record: `client` records its two chat completions (plain and
+/// streamed) through `replayd --on-miss record` from a fake provider, with a key holding
+/// `secret`, `env` and without the machine's values of `scrubbed` (so its trust comes from
+/// replayd alone), then
+/// replays them offline with the default `--on-miss fail`. Checks what every such client
+/// must give: both calls reached the provider with the key as sent, two exchanges recorded
+/// without the key, and the replayed output byte for byte the recorded one with 2 served and
+/// 0 misses. The caller checks what the client printed.
+pub fn record_then_replay_through_replayd(
+    client: &[OsString],
+    secret: &str,
+    env: &[(&str, &str)],
+    scrubbed: &[&str],
+) -> RecordedAndReplayed {
+    let api_key = format!("sk-proj-{secret}0123456789abcdef");
+    let what = client
+        .iter()
+        .map(|arg| arg.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let provider = FakeProvider::start(&netns, &ca);
+    let snapshot = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("tempdir");
+
+    // The app must reach replayd, not the fake provider.
+    let mut cmd = replayd_recording_command(&netns, &ca, snapshot.path(), data.path(), client);
+    cmd.env("OPENAI_API_KEY", &api_key)
+        .envs(env.iter().copied())
+        .env_remove("OPENAI_BASE_URL");
+    for name in scrubbed {
+        cmd.env_remove(name);
+    }
+    let recorded = run_command(
+        cmd,
+        &format!("replayd --on-miss record -- {what}"),
+        RUN_TIMEOUT,
+    );
+    assert!(recorded.status.success(), "record run failed:\n{recorded}");
+    let requests = provider.requests();
+    assert_eq!(requests.len(), 2, "both calls reached the provider");
+    for request in &requests {
+        assert_eq!(
+            request.header("authorization"),
+            Some(format!("Bearer {api_key}").as_str()),
+            "the key is forwarded as sent"
+        );
+    }
+    assert!(
+        recorded
+            .stderr
+            .contains("passed through 2 requests to the real API (2 recorded)"),
+        "report:\n{recorded}"
+    );
+    let files = crate::snapshot::exchange_paths(snapshot.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read an exchange file");
+        assert!(
+            !text.contains(secret),
+            "the key leaked into {}",
+            file.display()
+        );
+    }
+    drop(provider);
+
+    let offline = TestNetns::offline();
+    let mut cmd = replayd_command(&offline, snapshot.path(), client);
+    cmd.env("XDG_DATA_HOME", data.path())
+        .env("OPENAI_API_KEY", "sk-replay-needs-no-key")
+        .envs(env.iter().copied())
+        .env_remove("OPENAI_BASE_URL");
+    for name in scrubbed {
+        cmd.env_remove(name);
+    }
+    let replayed = run_command(cmd, &format!("offline replayd -- {what}"), RUN_TIMEOUT);
+    assert!(replayed.status.success(), "replay failed:\n{replayed}");
+    assert_eq!(
+        replayed.stdout, recorded.stdout,
+        "the replayed answers are the recorded bytes"
+    );
+    assert!(
+        replayed.stderr.contains("served 2 requests"),
+        "report:\n{replayed}"
+    );
+    assert!(replayed.stderr.contains(" 0 misses"), "report:\n{replayed}");
+    RecordedAndReplayed { recorded, replayed }
 }
 
 /// Records `client` into `out` with `llmsim-agent capture`, against a fake

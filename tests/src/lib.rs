@@ -72,7 +72,8 @@ pub use h2::{
 pub use listen::ListeningReplayd;
 pub use netns::{PROVIDER_HOSTS, TestNetns};
 pub use paths::{
-    client_script, clients_dir, ensure_node_client, fake_provider_script, repo_root, tests_dir,
+    client_script, clients_dir, ensure_node_client, fake_provider_script, npm_bin, repo_root,
+    tests_dir,
 };
 pub use privilege::{is_root, privileged, requires};
 pub use process::{ChildGuard, CommandOutput, Lines, run_command};

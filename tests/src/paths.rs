@@ -32,6 +32,12 @@ pub fn client_script(name: &str) -> PathBuf {
     existing(clients_dir().join(name))
 }
 
+/// A program the Node clients' dependencies install (`tests/clients/node_modules/.bin/NAME`),
+/// such as the `bun` and `deno` runtimes.
+pub fn npm_bin(name: &str) -> PathBuf {
+    clients_dir().join("node_modules/.bin").join(name)
+}
+
 /// Checks that the Node clients' dependencies (`tests/clients/node_modules`, pinned by
 /// `tests/clients/package-lock.json`) are installed; panics with the command to run otherwise.
 pub fn ensure_node_client() {

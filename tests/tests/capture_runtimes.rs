@@ -7,18 +7,13 @@
 //! nothing, and every connection it made is listed in the coverage report with its reason
 //! (`BoringSSL linked in without symbols`, `rustls`), hint, SNI, peer and executable.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use llmsim_tests::{
-    FakeProvider, TestCa, TestNetns, client_script, clients_dir, configure_client_env,
-    llmsim_agent, privileged, requires, run_command,
+    FakeProvider, TestCa, TestNetns, client_script, configure_client_env, llmsim_agent, npm_bin,
+    privileged, requires, run_command,
 };
 use serde_json::Value;
-
-/// A runtime as `npm ci` installs it (`node_modules/.bin/NAME`).
-fn runtime(name: &str) -> PathBuf {
-    clients_dir().join("node_modules/.bin").join(name)
-}
 
 #[test]
 fn a_bun_fetch_is_listed_as_not_decrypted_with_the_boringssl_reason() {
@@ -46,7 +41,7 @@ fn is_listed(name: &str, args: &[&str], reason: &str, hint: &str) {
     let what = format!("{name} capture coverage");
     if !privileged(&what)
         || !requires(
-            runtime(name).is_file(),
+            npm_bin(name).is_file(),
             &what,
             &format!(
                 "tests/clients/node_modules/.bin/{name} is missing (scripts/setup.sh runs npm ci)"
@@ -67,7 +62,7 @@ fn is_listed(name: &str, args: &[&str], reason: &str, hint: &str) {
         .arg("--json")
         .arg("--")
         .args(netns.exec_prefix())
-        .arg(runtime(name))
+        .arg(npm_bin(name))
         .args(args)
         .arg(client_script("node_fetch.mjs"));
     configure_client_env(&mut cmd, &ca);
@@ -92,7 +87,7 @@ fn is_listed(name: &str, args: &[&str], reason: &str, hint: &str) {
         !listed.is_empty(),
         "{name}'s connections are not listed:\n{output}"
     );
-    let exe = std::fs::canonicalize(runtime(name)).expect("the runtime's executable");
+    let exe = std::fs::canonicalize(npm_bin(name)).expect("the runtime's executable");
     for entry in listed {
         assert_eq!(entry["reason"], reason, "{entry}\n{output}");
         assert_eq!(entry["hint"], hint, "{entry}");
