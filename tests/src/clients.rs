@@ -11,9 +11,32 @@ use serde_json::Value;
 
 use crate::ca::TestCa;
 use crate::netns::TestNetns;
-use crate::paths::{client_script, ensure_node_client};
+use crate::paths::{client_script, ensure_node_client, npm_bin};
+use crate::privilege::{privileged, requires};
 use crate::process::{CommandOutput, run_command};
 use crate::provider::{FakeProvider, Usage};
+
+/// `node_fetch.mjs` run by the JavaScript runtime `name` that npm installs (`bun`, `deno`),
+/// with `args` before the script, for a privileged test `what`; None when the test is
+/// skipped (not root, or the runtime is not installed; under `CI=true` a skip fails).
+pub fn js_runtime_fetch(name: &str, args: &[&str], what: &str) -> Option<Vec<OsString>> {
+    let runnable = privileged(what)
+        && requires(
+            npm_bin(name).is_file(),
+            what,
+            &format!(
+                "tests/clients/node_modules/.bin/{name} is missing (scripts/setup.sh runs npm ci)"
+            ),
+        );
+    runnable.then(|| {
+        std::iter::once(npm_bin(name).into_os_string())
+            .chain(args.iter().map(OsString::from))
+            .chain(std::iter::once(
+                client_script("node_fetch.mjs").into_os_string(),
+            ))
+            .collect()
+    })
+}
 
 /// How long a client run may take before it is killed.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);

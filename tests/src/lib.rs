@@ -62,8 +62,8 @@ pub use ca::TestCa;
 pub use cgroup::{TestCgroup, cgroup2_mount};
 pub use clients::{
     ClientReport, ClientResult, ClientRun, TEST_API_KEYS, client_argv, client_command,
-    clients_argv, configure_client_env, find_nonce, netns_client_argv, run_client,
-    run_client_on_loopback,
+    clients_argv, configure_client_env, find_nonce, js_runtime_fetch, netns_client_argv,
+    run_client, run_client_on_loopback,
 };
 pub use h2::{
     GRPC_SERVER_PORT, GrpcServer, H2_PORT, H2_SERVER_PORT, H2Front, H2Server, ProviderBehindH2,

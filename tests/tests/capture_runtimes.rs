@@ -7,11 +7,15 @@
 //! nothing, and every connection it made is listed in the coverage report with its reason
 //! (`BoringSSL linked in without symbols`, `rustls`), hint, SNI, peer and executable.
 
+mod capture_support;
+
 use std::{process::Command, time::Duration};
 
+use capture_support::assert_not_decrypted;
+
 use llmsim_tests::{
-    FakeProvider, TestCa, TestNetns, client_script, configure_client_env, llmsim_agent, npm_bin,
-    privileged, requires, run_command,
+    FakeProvider, TestCa, TestNetns, configure_client_env, js_runtime_fetch, llmsim_agent, npm_bin,
+    run_command,
 };
 use serde_json::Value;
 
@@ -38,18 +42,9 @@ fn a_deno_fetch_is_listed_as_not_decrypted_with_the_rustls_reason() {
 /// Captures `node_fetch.mjs` run by the runtime `name` (with `args` before the script) and
 /// checks that nothing is recorded and every connection is listed with `reason` and `hint`.
 fn is_listed(name: &str, args: &[&str], reason: &str, hint: &str) {
-    let what = format!("{name} capture coverage");
-    if !privileged(&what)
-        || !requires(
-            npm_bin(name).is_file(),
-            &what,
-            &format!(
-                "tests/clients/node_modules/.bin/{name} is missing (scripts/setup.sh runs npm ci)"
-            ),
-        )
-    {
+    let Some(client) = js_runtime_fetch(name, args, &format!("{name} capture coverage")) else {
         return;
-    }
+    };
     let ca = TestCa::new();
     let netns = TestNetns::new();
     let provider = FakeProvider::start(&netns, &ca);
@@ -62,9 +57,7 @@ fn is_listed(name: &str, args: &[&str], reason: &str, hint: &str) {
         .arg("--json")
         .arg("--")
         .args(netns.exec_prefix())
-        .arg(npm_bin(name))
-        .args(args)
-        .arg(client_script("node_fetch.mjs"));
+        .args(&client);
     configure_client_env(&mut cmd, &ca);
     cmd.env("DENO_CERT", ca.bundle_path())
         .env("DENO_NO_UPDATE_CHECK", "1");
@@ -89,15 +82,8 @@ fn is_listed(name: &str, args: &[&str], reason: &str, hint: &str) {
     );
     let exe = std::fs::canonicalize(npm_bin(name)).expect("the runtime's executable");
     for entry in listed {
-        assert_eq!(entry["reason"], reason, "{entry}\n{output}");
+        assert_not_decrypted(entry, reason, "api.openai.com", &exe, &provider);
         assert_eq!(entry["hint"], hint, "{entry}");
-        assert_eq!(entry["sni"], "api.openai.com", "{entry}");
-        assert_eq!(entry["exe"].as_str(), exe.to_str(), "{entry}");
-        let peer: std::net::SocketAddr = entry["peer"]
-            .as_str()
-            .and_then(|peer| peer.parse().ok())
-            .unwrap_or_else(|| panic!("peer is not an address: {entry}"));
-        assert!(provider.addrs().contains(&peer), "{entry}");
     }
     assert!(
         output.stderr.contains(&format!(

@@ -20,7 +20,7 @@ use std::{
 
 use capture_support::{
     Agent, Finished, assert_bodies_as_exchanged, assert_keys_absent, assert_no_events_dropped,
-    assert_paced_sse, exchanges, figure,
+    assert_not_decrypted, assert_paced_sse, exchanges, figure,
 };
 use llmsim_tests::{
     FakeProvider, TestCa, TestNetns,
@@ -177,24 +177,12 @@ fn a_stripped_rustls_client_is_listed_as_not_decrypted() {
         .unwrap_or_else(|| panic!("no not_decrypted array\n{}", finished.dump()));
     assert_eq!(listed.len(), 1, "one connection\n{}", finished.dump());
     let entry = &listed[0];
-    assert_eq!(entry["reason"], "rustls", "{entry}");
+    assert_not_decrypted(entry, "rustls", HOST, &stripped, &provider);
     assert_eq!(
         entry["hint"],
         "build the program with its symbols kept, or record it through replayd: `replayd --on-miss record -- CMD`",
         "{entry}"
     );
-    assert_eq!(entry["sni"], HOST, "{entry}");
-    assert_eq!(
-        entry["exe"].as_str(),
-        stripped.to_str(),
-        "{entry}\n{}",
-        finished.dump()
-    );
-    let peer: std::net::SocketAddr = entry["peer"]
-        .as_str()
-        .and_then(|peer| peer.parse().ok())
-        .unwrap_or_else(|| panic!("peer is not an address: {entry}"));
-    assert!(provider.addrs().contains(&peer), "{entry}");
     assert!(
         finished
             .stderr

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use capture_support::{Output, StepClient};
+use capture_support::{Output, StepClient, assert_not_decrypted};
 use llmsim_tests::{
     ChildGuard, FakeProvider, TestCa, TestNetns, llmsim_agent, on_path, privileged, requires,
     run_command, stripped_copy,
@@ -111,14 +111,7 @@ fn a_running_stripped_rustls_process_is_listed_with_the_reason() {
     // One connection per request.
     assert_eq!(listed.len(), 2, "{report:#}");
     for entry in listed {
-        assert_eq!(entry["reason"], "rustls", "{entry}");
-        assert_eq!(entry["sni"], "api.openai.com", "{entry}");
-        assert_eq!(entry["exe"].as_str(), stripped.to_str(), "{entry}");
-        let peer: std::net::SocketAddr = entry["peer"]
-            .as_str()
-            .and_then(|peer| peer.parse().ok())
-            .unwrap_or_else(|| panic!("peer is not an address: {entry}"));
-        assert!(provider.addrs().contains(&peer), "{entry}");
+        assert_not_decrypted(entry, "rustls", "api.openai.com", &stripped, &provider);
     }
 }
 

@@ -8,11 +8,7 @@
 //! the machine's own values are removed first), and the replayed output is byte for byte the
 //! recorded one.
 
-use std::ffi::OsString;
-
-use llmsim_tests::{
-    client_script, flows::record_then_replay_through_replayd, npm_bin, privileged, requires,
-};
+use llmsim_tests::{flows::record_then_replay_through_replayd, js_runtime_fetch};
 use serde_json::Value;
 
 #[test]
@@ -28,24 +24,9 @@ fn a_deno_fetch_records_through_replayd_and_replays_offline_trusting_the_replay_
 /// Records `node_fetch.mjs` run by the runtime `name` (with `args` before the script)
 /// through replayd, replays it offline, and checks the answers are the provider's.
 fn records_and_replays(name: &str, args: &[&str]) {
-    let what = format!("replay of a {name} client");
-    if !privileged(&what)
-        || !requires(
-            npm_bin(name).is_file(),
-            &what,
-            &format!(
-                "tests/clients/node_modules/.bin/{name} is missing (scripts/setup.sh runs npm ci)"
-            ),
-        )
-    {
+    let Some(client) = js_runtime_fetch(name, args, &format!("replay of a {name} client")) else {
         return;
-    }
-    let client: Vec<OsString> = std::iter::once(npm_bin(name).into_os_string())
-        .chain(args.iter().map(OsString::from))
-        .chain(std::iter::once(
-            client_script("node_fetch.mjs").into_os_string(),
-        ))
-        .collect();
+    };
     let runs = record_then_replay_through_replayd(
         &client,
         "E2ERUNTIMESECRET",

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use llmsim_snapshot::model::Exchange;
 use llmsim_tests::{
-    ChildGuard, ProviderRequest, TEST_API_KEYS, TestCa, TestNetns, client_argv,
+    ChildGuard, FakeProvider, ProviderRequest, TEST_API_KEYS, TestCa, TestNetns, client_argv,
     configure_client_env, llmsim_agent,
 };
 use serde_json::Value;
@@ -703,4 +703,23 @@ pub fn exchange_with_nonce<'a>(exchanges: &'a [Value], nonce: &str) -> &'a Value
                 exchanges.len()
             )
         })
+}
+
+/// Checks one entry of a coverage report's `not_decrypted` list: its reason, the
+/// `ClientHello`'s server name, the executable, and a peer the fake provider listens on.
+pub fn assert_not_decrypted(
+    entry: &Value,
+    reason: &str,
+    sni: &str,
+    exe: &Path,
+    provider: &FakeProvider,
+) {
+    assert_eq!(entry["reason"], reason, "{entry}");
+    assert_eq!(entry["sni"], sni, "{entry}");
+    assert_eq!(entry["exe"].as_str(), exe.to_str(), "{entry}");
+    let peer: std::net::SocketAddr = entry["peer"]
+        .as_str()
+        .and_then(|peer| peer.parse().ok())
+        .unwrap_or_else(|| panic!("peer is not an address: {entry}"));
+    assert!(provider.addrs().contains(&peer), "{entry}");
 }
