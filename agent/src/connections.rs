@@ -15,7 +15,7 @@ use std::{
     net::SocketAddr,
 };
 
-use llmsim_ebpf_common::{Direction, DropReason};
+use llmsim_ebpf_common::{Direction, DropReason, SkippedConn};
 use llmsim_snapshot::model::HttpVersion;
 
 use crate::{
@@ -87,6 +87,17 @@ pub struct TrackerStats {
     /// Bytes the kernel could not deliver, as it attributed them to the
     /// connections that ended (freed, or their process exited).
     pub lost_bytes_attributed: u64,
+    /// Connections whose SNI names a host the capture does not record: from
+    /// the moment the agent knew, the kernel skipped their calls (no ring
+    /// space, no copy); what arrived before is discarded as before.
+    pub skipped_connections: u64,
+    /// Exchanges on those connections that the kernel skipped, counted from
+    /// its request turns (a write after a read: exact for HTTP/1.1 clients).
+    pub skipped_exchanges: u64,
+    /// Of the skipped connections, those whose kernel entry was evicted (its
+    /// table was full) before they ended: their later plaintext reached the
+    /// agent, to be discarded there.
+    pub skipped_evicted: u64,
 }
 
 /// Why an exchange is flagged when the kernel could not deliver some of its
@@ -207,6 +218,8 @@ struct Connection {
     started: bool,
     /// Any response bytes seen yet.
     read_seen: bool,
+    /// The kernel was told to skip its calls ([`Tracker::skip`]).
+    skipped_in_kernel: bool,
 }
 
 impl Connection {
@@ -260,6 +273,37 @@ impl Tracker {
         }
         self.connections.entry((tgid, ssl)).or_default().sni = Some(name);
         done
+    }
+
+    /// The kernel skips the calls of `ssl` from now on (the agent told it: its host is
+    /// not recorded); what arrived before goes on to the recorder, which discards it.
+    pub fn skip(&mut self, tgid: u32, ssl: u64) {
+        let conn = self.connections.entry((tgid, ssl)).or_default();
+        if !conn.skipped_in_kernel {
+            conn.skipped_in_kernel = true;
+            self.stats.skipped_connections += 1;
+        }
+    }
+
+    /// How the kernel's skipping of `ssl` ended (its entry, removed when the
+    /// connection ended or its process exited): counts the exchanges it skipped.
+    /// A first skipped write that continues a request the agent saw start is not
+    /// a new exchange.
+    pub fn on_skipped_end(&mut self, tgid: u32, ssl: u64, skipped: SkippedConn) {
+        let Some(conn) = self.connections.get(&(tgid, ssl)) else {
+            return;
+        };
+        if !conn.skipped_in_kernel {
+            return;
+        }
+        if skipped.present == 0 {
+            self.stats.skipped_evicted += 1;
+            return;
+        }
+        let continued = skipped.first == Direction::Write as u32
+            && matches!(conn.call, Some((Direction::Write, _, _)));
+        self.stats.skipped_exchanges +=
+            u64::from(skipped.requests).saturating_sub(u64::from(continued));
     }
 
     /// The TLS library freed `ssl`: its connection is over (and the pointer

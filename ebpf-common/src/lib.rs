@@ -250,8 +250,11 @@ pub struct FreeEvent {
     pub lost: [u32; 2],
     /// Per direction: bytes of the connection that could not be delivered.
     pub lost_bytes: [u64; 2],
+    /// The connection's entry of the `SKIPPED_CONNS` map, removed (all zero
+    /// when it had none, or when the map evicted it).
+    pub skipped: SkippedConn,
 }
-const _: () = assert!(size_of::<FreeEvent>() == 24 + 8 + 16 + 8 + 16);
+const _: () = assert!(size_of::<FreeEvent>() == 24 + 8 + 16 + 8 + 16 + 16);
 
 /// Some of one call's plaintext could not be delivered: sent right after the
 /// chunks that were, so userspace flags the exchange with the reason at once.
@@ -365,6 +368,59 @@ pub struct ConnLoss {
     pub pad: u32,
 }
 const _: () = assert!(size_of::<ConnLoss>() == 40);
+
+/// A connection whose plaintext nobody asked for (its SNI names a host the
+/// capture does not record): the value of the `SKIPPED_CONNS` map, keyed by
+/// [`ConnKey`]. Userspace inserts it with `present` set once it knows; from
+/// then on every data probe returns before reserving ring space or copying,
+/// and counts the call in `SKIP_TOTALS` instead. Skipped is not dropped: no
+/// exchange anyone wanted lost a byte. The kernel keeps the rest up to date,
+/// so userspace can still count the exchanges it did not see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkippedConn {
+    /// 1 for an entry userspace inserted; 0 in a [`FreeEvent`] means none was found.
+    pub present: u32,
+    /// The [`Direction`] of the first call skipped, or 0 before any.
+    pub first: u32,
+    /// The [`Direction`] of the last call skipped, or 0 before any.
+    pub last: u32,
+    /// Request turns skipped: write calls that followed a read, or came first.
+    /// For a client speaking HTTP/1.1, the exchanges it made.
+    pub requests: u32,
+}
+const _: () = assert!(size_of::<SkippedConn>() == 16);
+
+/// One connection of one process: the key of the `SKIPPED_CONNS` map, as
+/// the data probes name a connection (the `SSL *`, Go's `*tls.Conn`, or a
+/// kernel-numbered plain or rustls socket; see [`DataEvent::ssl`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Thread group id.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub pad: u32,
+    /// The connection within the process.
+    pub conn: u64,
+}
+const _: () = assert!(size_of::<ConnKey>() == 16);
+
+/// Calls and bytes the data probes skipped on [`SkippedConn`] connections:
+/// the single entry of the `SKIP_TOTALS` per-CPU array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkipTotals {
+    /// Calls whose plaintext was neither copied nor put in the ring.
+    pub calls: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<SkipTotals>() == 16);
+
+/// Entries of the `SKIPPED_CONNS` map (LRU: a connection never closed is
+/// evicted in time, and its plaintext arrives again, to be discarded by userspace).
+pub const SKIPPED_CONNS_ENTRIES: u32 = 16_384;
 
 /// What one [`DropReason`] cost, summed over connections: one entry per
 /// reason in the `LOSS_TOTALS` per-CPU array.
@@ -501,6 +557,9 @@ mod pod {
     unsafe impl aya::Pod for super::LossKey {}
     unsafe impl aya::Pod for super::ConnLoss {}
     unsafe impl aya::Pod for super::LossTotals {}
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::SkippedConn {}
+    unsafe impl aya::Pod for super::SkipTotals {}
     unsafe impl aya::Pod for super::RedirectConfig {}
     unsafe impl aya::Pod for super::OriginalDestination {}
     unsafe impl aya::Pod for super::PlainDestination {}
