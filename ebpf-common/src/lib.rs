@@ -7,9 +7,15 @@
 
 use core::mem::size_of;
 
-/// Bytes of payload carried by one ring-buffer record. Larger `SSL_*` calls are
+/// Most bytes of payload carried by one ring-buffer record. Larger `SSL_*` calls are
 /// split into consecutive chunks of this size.
 pub const CHUNK_SIZE: usize = 16 * 1024;
+/// The payload sizes a data record is reserved with, smallest first: a chunk
+/// takes the smallest that holds it, so a short call costs the ring a short
+/// record (`bpf_ringbuf_reserve` takes only constant sizes, hence classes;
+/// each class is one more path through the copy for the verifier, which is
+/// why there are few).
+pub const DATA_CLASSES: [usize; 3] = [512, 2048, CHUNK_SIZE];
 /// Most chunks one `SSL_*` call may emit (64 MiB). Beyond this, the rest is
 /// counted as dropped under [`DropReason::ChunkCap`] and the call is flagged.
 pub const MAX_CHUNKS_PER_CALL: u32 = 4096;
@@ -153,10 +159,12 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 24);
 
-/// One chunk of plaintext from one `SSL_*` call.
+/// One chunk of plaintext from one `SSL_*` call, in a record whose payload
+/// holds `N` bytes, one of [`DATA_CLASSES`]; the fields before `data` are the
+/// same for every `N`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct DataEvent {
+pub struct DataEvent<const N: usize = CHUNK_SIZE> {
     /// `kind` is [`EventKind::Data`]; the timestamp is when the call returned.
     pub header: EventHeader,
     /// The `SSL *` the call was made on: the connection's identity.
@@ -186,9 +194,10 @@ pub struct DataEvent {
     /// Explicit padding.
     pub pad2: u32,
     /// The plaintext.
-    pub data: [u8; CHUNK_SIZE],
+    pub data: [u8; N],
 }
 const _: () = assert!(size_of::<DataEvent>() == 24 + 64 + CHUNK_SIZE);
+const _: () = assert!(size_of::<DataEvent<512>>() == 24 + 64 + 512);
 
 /// A host name set with `SSL_set_tlsext_host_name`, which OpenSSL implements
 /// as `SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, 0, name)`.

@@ -3,7 +3,8 @@
 //! probes, the plain-HTTP socket syscalls) takes a sequence number for a call
 //! when it enters ([`begin`]), gives it back if the call moved nothing
 //! ([`cancel`]), and hands what it moved to [`emit`], which copies it into
-//! ring-buffer records of [`CHUNK_SIZE`] bytes. A chunk that cannot be
+//! ring-buffer records of at most [`CHUNK_SIZE`] bytes, each sized to its
+//! chunk ([`DATA_CLASSES`]). A chunk that cannot be
 //! delivered ends the call's emission; its reason, chunks and bytes are
 //! counted per reason (`LOSS_TOTALS`) and per connection and direction
 //! (`CONN_LOSS`, with atomic adds), and userspace is told at once by a
@@ -27,8 +28,8 @@ use aya_ebpf::{
     },
 };
 use llmsim_ebpf_common::{
-    CHUNK_SIZE, ConnKey, ConnLoss, DataEvent, Direction, DropReason, EventKind, FreeEvent,
-    LossEvent, LossKey, MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES, SkippedConn,
+    CHUNK_SIZE, ConnKey, ConnLoss, DATA_CLASSES, DataEvent, Direction, DropReason, EventKind,
+    FreeEvent, LossEvent, LossKey, MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES, SkippedConn,
 };
 
 use crate::{
@@ -163,18 +164,20 @@ pub fn emit(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
     if skip(call, pid_tgid, moved) != 0 {
         return None;
     }
-    deliver(call, pid_tgid, moved)
+    deliver::<true>(call, pid_tgid, moved)
 }
 
-/// [`emit`] without the `SKIPPED_CONNS` check, for a plain socket: it was
-/// selected by its destination, so it is never skipped, and the socket
-/// syscall probes that copy it are at the verifier's combined stack limit.
+/// [`emit`] without the `SKIPPED_CONNS` check (`SIZED` false), for a plain
+/// socket: it was selected by its destination, so it is never skipped. The
+/// socket syscall probes that copy it are at the verifier's combined stack
+/// and instruction limits, so their chunks go in records of one class, the
+/// largest; TLS calls (`SIZED` true) get records sized to each chunk.
 #[inline(always)]
 #[expect(
     clippy::cast_possible_truncation,
     reason = "the chunk count is cast only when at most MAX_CHUNKS_PER_CALL"
 )]
-pub fn deliver(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
+pub fn deliver<const SIZED: bool>(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
     let key = LossKey {
         tgid: (pid_tgid >> 32) as u32,
         direction: call.direction,
@@ -201,7 +204,7 @@ pub fn deliver(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
     unsafe {
         bpf_loop(
             iterations,
-            chunk_step as *mut c_void,
+            chunk_step::<SIZED> as *mut c_void,
             (&raw mut run).cast(),
             0,
         );
@@ -357,7 +360,7 @@ unsafe fn atomic_add(counter: *mut u64, n: u64) {
 /// One `bpf_loop` iteration: emits chunk `index`; returns 1 to stop. The
 /// offset is derived from `index`, not carried in the state, so the verifier
 /// sees one imprecise iteration and converges instead of walking all of them.
-extern "C" fn chunk_step(index: u32, ctx: *mut c_void) -> i64 {
+extern "C" fn chunk_step<const SIZED: bool>(index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `ChunkLoop` on the caller's stack.
     let run = unsafe { &mut *ctx.cast::<ChunkLoop>() };
     let offset = u64::from(index) * CHUNK_SIZE as u64;
@@ -368,7 +371,12 @@ extern "C" fn chunk_step(index: u32, ctx: *mut c_void) -> i64 {
     if len > CHUNK_SIZE as u64 {
         len = CHUNK_SIZE as u64;
     }
-    match emit_chunk(run, offset, len) {
+    let emitted = if SIZED {
+        emit_chunk(run, offset, len)
+    } else {
+        emit_full(run, offset, len)
+    };
+    match emitted {
         Ok(()) => {
             run.offset = offset + len;
             0
@@ -380,23 +388,46 @@ extern "C" fn chunk_step(index: u32, ctx: *mut c_void) -> i64 {
     }
 }
 
+/// Emits one chunk of at most [`CHUNK_SIZE`] bytes in the smallest record of
+/// [`DATA_CLASSES`] that holds it.
 #[inline(never)]
+fn emit_chunk(run: &ChunkLoop, offset: u64, len: u64) -> Result<(), DropReason> {
+    const _: () = assert!(DATA_CLASSES.len() == 3 && DATA_CLASSES[2] == CHUNK_SIZE);
+    if len <= DATA_CLASSES[0] as u64 {
+        emit_sized::<{ DATA_CLASSES[0] }>(run, offset, len)
+    } else if len <= DATA_CLASSES[1] as u64 {
+        emit_sized::<{ DATA_CLASSES[1] }>(run, offset, len)
+    } else {
+        emit_sized::<CHUNK_SIZE>(run, offset, len)
+    }
+}
+
+/// Emits one chunk in a record of the largest class, [`CHUNK_SIZE`]: one path
+/// for the verifier, for the programs near its instruction limit.
+#[inline(never)]
+fn emit_full(run: &ChunkLoop, offset: u64, len: u64) -> Result<(), DropReason> {
+    emit_sized::<CHUNK_SIZE>(run, offset, len)
+}
+
+/// Emits one chunk in a record whose payload holds `N` bytes: a constant
+/// reservation, as `bpf_ringbuf_reserve` requires.
+#[inline(always)]
 #[expect(
     clippy::cast_possible_truncation,
-    reason = "callers pass at most CHUNK_SIZE bytes; the clamp after the cast is the bound the verifier checks"
+    reason = "callers pass at most N bytes; the clamp after the cast is the bound the verifier checks"
 )]
-fn emit_chunk(run: &ChunkLoop, offset: u64, len: u64) -> Result<(), DropReason> {
+fn emit_sized<const N: usize>(run: &ChunkLoop, offset: u64, len: u64) -> Result<(), DropReason> {
     let call = &run.call;
     let mut len = len as u32;
-    if len > CHUNK_SIZE as u32 {
-        len = CHUNK_SIZE as u32;
+    if len > N as u32 {
+        len = N as u32;
     }
-    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent<N>>(0) else {
         return Err(DropReason::RingFull);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at an exclusive ring-buffer reservation of
-    // `size_of::<DataEvent>()` bytes; `len` is clamped to the data array's size.
+    // `size_of::<DataEvent<N>>()` bytes; `len` is clamped to the data array's size.
     let copied = unsafe {
         (*event).header = header(EventKind::Data);
         (*event).header.tgid = (run.pid_tgid >> 32) as u32;

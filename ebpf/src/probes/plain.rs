@@ -216,7 +216,7 @@ pub fn exit(pid_tgid: u64, ret: i64) {
         unsafe { (*socket).checked = 1 };
     }
     if !iovecs {
-        emit::deliver(&call, pid_tgid, moved);
+        emit::deliver::<false>(&call, pid_tgid, moved);
         return;
     }
     let mut state = IovecLoop {
@@ -294,7 +294,7 @@ extern "C" fn iovec_step(index: u32, ctx: *mut c_void) -> i64 {
             call.seq = emit::begin((state.pid_tgid >> 32) as u32, call.conn, call.direction);
         }
         state.emitted = 1;
-        emit::deliver(&call, state.pid_tgid, len);
+        emit::deliver::<false>(&call, state.pid_tgid, len);
         state.left -= len;
     }
     0
