@@ -6,8 +6,13 @@
 //! accounted for exactly: what the kernel skipped plus what reached the agent (before it
 //! knew) is what the client moved, the skipped bytes are not drops, and its exchanges are
 //! still counted as ignored.
+//!
+//! Ring records sized to their payload: a ring buffer of 16 KiB, smaller than one record of
+//! the largest class, still carries an SDK's chat completions whole, every event delivered.
 
 mod capture_support;
+
+use std::ffi::OsString;
 
 use base64::Engine as _;
 use capture_support::{Agent, assert_summary_matches_disk, command_args, exchanges, figure};
@@ -88,4 +93,34 @@ fn an_unwanted_connection_is_skipped_in_the_kernel_and_the_wanted_one_recorded_w
     assert_eq!(figure(summary, "events_dropped_total"), 0, "{dump}");
     assert_eq!(figure(connections, "whole_calls_lost"), 0, "{dump}");
     assert_eq!(figure(summary, "exchanges_incomplete"), 0, "{dump}");
+}
+
+#[test]
+fn short_calls_take_short_ring_records() {
+    if !privileged("payload-sized ring records") {
+        return;
+    }
+    let ca = TestCa::new();
+    let netns = TestNetns::new();
+    let provider = FakeProvider::start(&netns, &ca);
+    let out = tempfile::tempdir().expect("tempdir");
+    let mut args: Vec<OsString> = vec!["--ring-size".into(), "16384".into()];
+    args.extend(command_args(&netns, "openai_chat.py"));
+    let finished = Agent::start(out.path(), &ca, &args).finish();
+    let dump = finished.dump();
+    assert!(finished.status.success(), "{dump}");
+    assert_eq!(finished.summary["exit_code"], 0, "{dump}");
+    assert_eq!(provider.requests().len(), 2, "{dump}");
+    assert_summary_matches_disk(&finished, out.path());
+    assert_eq!(
+        figure(&finished.summary, "events_dropped_total"),
+        0,
+        "{dump}"
+    );
+    let recorded = exchanges(out.path());
+    assert_eq!(recorded.len(), 2, "{dump}");
+    for exchange in &recorded {
+        assert!(exchange["incomplete"].is_null(), "{exchange:#}\n{dump}");
+        assert_eq!(exchange["response"]["status"], 200, "{dump}");
+    }
 }
