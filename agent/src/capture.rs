@@ -508,6 +508,11 @@ impl Capture {
                     continue;
                 }
                 Ok(Event::Sni { tgid, ssl, name }) => {
+                    if tracker.skipped_in_kernel(tgid, ssl) {
+                        // A new connection where a skipped one ended unseen
+                        // (its end record was lost): skipping it ends here.
+                        end_skipping(probes, tracker, tgid, ssl);
+                    }
                     let wanted = recorder.records(&name);
                     let done = tracker.on_sni(tgid, ssl, name, sys::monotonic_ns());
                     if !wanted {
@@ -697,9 +702,8 @@ impl Capture {
 fn end_sequences(probes: &mut Probes, tracker: &mut Tracker, tgid: u32) -> Vec<ConnectionExchange> {
     let mut done = Vec::new();
     for ssl in tracker.connections_of(tgid) {
-        match probes.take_skipped(tgid, ssl) {
-            Ok(skipped) => tracker.on_skipped_end(tgid, ssl, skipped),
-            Err(error) => tracing::warn!("{:#}", anyhow::Error::new(error)),
+        if tracker.skipped_in_kernel(tgid, ssl) {
+            end_skipping(probes, tracker, tgid, ssl);
         }
         let mut ends = [SequenceEnd::default(); 2];
         for (end, direction) in ends.iter_mut().zip([Direction::Write, Direction::Read]) {
@@ -725,6 +729,16 @@ fn end_sequences(probes: &mut Probes, tracker: &mut Tracker, tgid: u32) -> Vec<C
 fn skip(probes: &mut Probes, tracker: &mut Tracker, tgid: u32, ssl: u64) {
     match probes.skip_conn(tgid, ssl) {
         Ok(()) => tracker.skip(tgid, ssl),
+        Err(error) => tracing::warn!("{:#}", anyhow::Error::new(error)),
+    }
+}
+
+/// Ends the kernel's skipping of connection `ssl` of `tgid` (its process
+/// exited, or a new connection took its identity): removes its entry and
+/// counts what it skipped.
+fn end_skipping(probes: &mut Probes, tracker: &mut Tracker, tgid: u32, ssl: u64) {
+    match probes.take_skipped(tgid, ssl) {
+        Ok(skipped) => tracker.on_skipped_end(tgid, ssl, skipped),
         Err(error) => tracing::warn!("{:#}", anyhow::Error::new(error)),
     }
 }

@@ -285,17 +285,25 @@ impl Tracker {
         }
     }
 
+    /// Whether the kernel was told to skip `ssl` and its end is not known yet.
+    pub fn skipped_in_kernel(&self, tgid: u32, ssl: u64) -> bool {
+        self.connections
+            .get(&(tgid, ssl))
+            .is_some_and(|conn| conn.skipped_in_kernel)
+    }
+
     /// How the kernel's skipping of `ssl` ended (its entry, removed when the
     /// connection ended or its process exited): counts the exchanges it skipped.
     /// A first skipped write that continues a request the agent saw start is not
     /// a new exchange.
     pub fn on_skipped_end(&mut self, tgid: u32, ssl: u64, skipped: SkippedConn) {
-        let Some(conn) = self.connections.get(&(tgid, ssl)) else {
+        let Some(conn) = self.connections.get_mut(&(tgid, ssl)) else {
             return;
         };
         if !conn.skipped_in_kernel {
             return;
         }
+        conn.skipped_in_kernel = false;
         if skipped.present == 0 {
             self.stats.skipped_evicted += 1;
             return;
@@ -728,6 +736,37 @@ mod tests {
         let mut done = call(tracker, Direction::Write, REQUEST, 1 << 14, ts);
         done.extend(call(tracker, Direction::Read, RESPONSE, 1 << 14, ts + 1));
         done
+    }
+
+    #[test]
+    fn a_skipped_connection_counts_the_exchanges_the_kernel_skipped_once() {
+        let skipped = |first: Direction, requests: u32| SkippedConn {
+            present: 1,
+            first: first as u32,
+            last: Direction::Read as u32,
+            requests,
+        };
+        // Skipped from its first call: every turn the kernel counted is an exchange.
+        let mut tracker = Tracker::default();
+        tracker.skip(7, SSL);
+        assert!(tracker.skipped_in_kernel(7, SSL));
+        tracker.on_skipped_end(7, SSL, skipped(Direction::Write, 3));
+        assert!(!tracker.skipped_in_kernel(7, SSL));
+        assert_eq!(tracker.stats().skipped_exchanges, 3);
+        // A request seen starting before the kernel skipped its rest: that
+        // exchange is the agent's to count, not a turn.
+        let mut tracker = Tracker::default();
+        call(&mut tracker, Direction::Write, &REQUEST[..10], 1 << 14, 1);
+        tracker.skip(7, SSL);
+        tracker.on_skipped_end(7, SSL, skipped(Direction::Write, 3));
+        assert_eq!(tracker.stats().skipped_exchanges, 2);
+        // An entry the map evicted counts no exchange, and says so.
+        let mut tracker = Tracker::default();
+        tracker.skip(7, SSL);
+        tracker.on_skipped_end(7, SSL, SkippedConn::default());
+        let stats = tracker.stats();
+        assert_eq!((stats.skipped_exchanges, stats.skipped_evicted), (0, 1));
+        assert_eq!(stats.skipped_connections, 1);
     }
 
     #[test]
