@@ -1,5 +1,5 @@
 //! `cargo xtask bench capture [REQUESTS] [ROUNDS] [--only PARTS]`: what
-//! attaching the agent costs a TLS client, in five parts (`--only` picks some).
+//! attaching the agent costs a TLS client, in four parts (`--only` picks some).
 //!
 //! 1. `h1`: a keep-alive HTTPS loop (curl, URL globbing: REQUESTS requests over
 //!    one connection through the system `libssl.so.3`) fetches a 1 KiB JSON
@@ -21,13 +21,6 @@
 //!    process involved.
 //! 4. `slow`: the HTTP/1.1 loop against a server that answers after 20 ms, as
 //!    a provider does at best: capture should be within noise there.
-//! 5. `rss`: the agent's memory under `--all` while curl downloads 1 GiB over
-//!    HTTPS from the local nginx (64 fetches of a 16 MiB body on one keep-alive
-//!    connection to `localhost`, a host the default filter does not record):
-//!    its peak RSS (`VmHWM`) once attached and idle, and after the download,
-//!    with the calls and bytes the kernel skipped. The download should not
-//!    grow the agent's memory: the connection is skipped in the kernel once
-//!    its SNI is known.
 //!
 //! Method: the client (a shell that becomes curl) waits on stdin until the
 //! agent is attached; the time of a run is the sum of curl's own per-request
@@ -64,8 +57,7 @@ use crate::bench_support::{
 #[command(
     name = "cargo xtask bench capture",
     about = "what attaching the agent costs a TLS client: curl's keep-alive loops over HTTP/1.1 \
-             and h2, one probed call per probe placement, a loop against a slow server, the agent's \
-             memory during a 1 GiB download"
+             and h2, one probed call per probe placement, a loop against a slow server"
 )]
 struct Args {
     /// Requests per run of the loops against nginx.
@@ -90,8 +82,6 @@ enum Part {
     PerCall,
     /// The HTTP/1.1 loop against a server answering after 20 ms.
     Slow,
-    /// The agent's peak RSS under `--all` during a 1 GiB HTTPS download.
-    Rss,
 }
 
 /// The HTTP version a loop speaks.
@@ -191,9 +181,6 @@ struct AgentSummary {
     ignored: u64,
     dropped: u64,
     plaintext_bytes: u64,
-    /// `skipped.calls` and `skipped.bytes`: what the kernel skipped.
-    skipped_calls: u64,
-    skipped_bytes: u64,
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -286,84 +273,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         )?;
         report(&slow_loop, &samples[0]);
     }
-
-    if runs(Part::Rss) {
-        rss(&agent, &curl, &nginx, &ca)?;
-    }
     Ok(())
-}
-
-/// The body the `rss` part fetches, and how many times: 1 GiB in all.
-const RSS_BODY_BYTES: usize = 16 << 20;
-const RSS_FETCHES: u32 = 64;
-
-/// The `rss` part: the agent's peak RSS under `--all`, idle and after a 1 GiB
-/// download by curl from nginx on `localhost` (see the module's description).
-fn rss(agent: &Path, curl: &Path, nginx: &Path, ca: &TestCa) -> anyhow::Result<()> {
-    let work = ca.dir().join("rss");
-    fs::create_dir_all(&work).context("creating the rss scratch directory")?;
-    let server = Nginx::start_on(nginx, &work, &vec![b'x'; RSS_BODY_BYTES], ca, None)?;
-    let port = server.https.port();
-    let out = work.join("capture");
-    let args: Vec<OsString> = vec![
-        "capture".into(),
-        "--all".into(),
-        "--json".into(),
-        "--out".into(),
-        out.clone().into_os_string(),
-    ];
-    let running = RunningAgent::start(agent, &args, None, Stdio::null())?;
-    let pid = running.child.id();
-    // Settled: the processes already running are attached to.
-    thread::sleep(Duration::from_secs(2));
-    let idle = vm_hwm_kib(pid)?;
-    let status = Command::new(curl)
-        .args([
-            "--http1.1",
-            "--insecure",
-            "--silent",
-            "--fail",
-            "--output",
-            "/dev/null",
-        ])
-        .arg("--resolve")
-        .arg(format!("localhost:{port}:127.0.0.1"))
-        .arg(format!("https://localhost:{port}/x?i=[1-{RSS_FETCHES}]"))
-        .status()
-        .context("starting the download")?;
-    ensure!(status.success(), "the download failed ({status})");
-    // The ring drains every 10 ms: whatever reached it is handled by now.
-    thread::sleep(Duration::from_secs(1));
-    let loaded = vm_hwm_kib(pid)?;
-    let summary = running.finish(true)?;
-    drop(server);
-    let _ = fs::remove_dir_all(&work);
-    let total = RSS_BODY_BYTES as u64 * u64::from(RSS_FETCHES);
-    println!(
-        "
-agent memory under --all during a {} MiB HTTPS download (curl -> localhost, not recorded): \
-         peak RSS {idle} KiB idle, {loaded} KiB after the download ({:+} KiB); the kernel skipped \
-         {} calls, {} bytes; {} plaintext bytes reached the agent, {} exchanges ignored, {} events dropped",
-        total >> 20,
-        i128::from(loaded) - i128::from(idle),
-        summary.skipped_calls,
-        summary.skipped_bytes,
-        summary.plaintext_bytes,
-        summary.ignored,
-        summary.dropped,
-    );
-    Ok(())
-}
-
-/// The peak resident set size (`VmHWM`, KiB) of process `pid`.
-fn vm_hwm_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))
 }
 
 /// One client loop and the modes it runs in; the first mode is [`Mode::Baseline`].
@@ -1033,28 +943,23 @@ impl RunningAgent {
 
 /// Reads the counters out of the agent's `--json` summary (`"key": number`).
 fn parse_summary(json: &str) -> AgentSummary {
-    let skipped = json.find("\"skipped\":").map_or("", |at| &json[at..]);
+    let field = |key: &str| -> u64 {
+        let needle = format!("\"{key}\":");
+        json.find(&needle)
+            .map(|at| &json[at + needle.len()..])
+            .and_then(|rest| {
+                rest.trim_start()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
     AgentSummary {
-        written: field(json, "exchanges_written"),
-        ignored: field(json, "exchanges_ignored"),
-        dropped: field(json, "events_dropped_total"),
-        plaintext_bytes: field(json, "plaintext_bytes"),
-        skipped_calls: field(skipped, "calls"),
-        skipped_bytes: field(skipped, "bytes"),
+        written: field("exchanges_written"),
+        ignored: field("exchanges_ignored"),
+        dropped: field("events_dropped_total"),
+        plaintext_bytes: field("plaintext_bytes"),
     }
-}
-
-/// The first number after `"key":` in `json`, or 0.
-fn field(json: &str, key: &str) -> u64 {
-    let needle = format!("\"{key}\":");
-    json.find(&needle)
-        .map(|at| &json[at + needle.len()..])
-        .and_then(|rest| {
-            rest.trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
