@@ -112,6 +112,15 @@ pub struct LossSummary {
     pub exchanges_incomplete: u64,
 }
 
+/// What the kernel skipped on unwanted connections, for the summary.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct SkipSummary {
+    /// Data calls skipped.
+    pub calls: u64,
+    /// Their plaintext bytes.
+    pub bytes: u64,
+}
+
 /// The end-of-capture figures.
 #[derive(Debug, Serialize)]
 pub struct Summary {
@@ -126,6 +135,10 @@ pub struct Summary {
     pub events_dropped_total: u64,
     /// Plaintext lost, per drop reason, and the exchanges it flagged.
     pub losses: BTreeMap<&'static str, LossSummary>,
+    /// Calls and bytes the kernel skipped on connections to hosts that are not
+    /// recorded, neither copied nor put in the ring. Skipped is not dropped:
+    /// nothing anyone asked for was lost (see `connections.skipped_*`).
+    pub skipped: SkipSummary,
     /// Ring-buffer records that could not be decoded.
     pub undecodable_records: u64,
     /// The command's exit code, in command mode.
@@ -385,7 +398,10 @@ impl Capture {
             .into_iter()
             .map(|(reason, n): (DropReason, u64)| (reason.name(), n))
             .collect();
-        let recorded = self.recorder.finish().context("writing the snapshot")?;
+        let mut recorded = self.recorder.finish().context("writing the snapshot")?;
+        let connections = self.tracker.stats();
+        recorded.exchanges_ignored += connections.skipped_exchanges;
+        let skip_totals = self.probes.skip_totals()?;
         let losses = self
             .probes
             .loss_totals()?
@@ -407,7 +423,11 @@ impl Capture {
             .collect();
         Ok(Summary {
             recorded,
-            connections: self.tracker.stats(),
+            connections,
+            skipped: SkipSummary {
+                calls: skip_totals.calls,
+                bytes: skip_totals.bytes,
+            },
             events_dropped_total: events_dropped.values().sum(),
             events_dropped,
             losses,
@@ -466,6 +486,7 @@ impl Capture {
             ring,
             tracker,
             coverage,
+            recorder,
             processes,
             undecodable,
             probes,
@@ -487,14 +508,26 @@ impl Capture {
                     continue;
                 }
                 Ok(Event::Sni { tgid, ssl, name }) => {
-                    tracker.on_sni(tgid, ssl, name, sys::monotonic_ns())
+                    if tracker.skipped_in_kernel(tgid, ssl) {
+                        // A new connection where a skipped one ended unseen
+                        // (its end record was lost): skipping it ends here.
+                        end_skipping(probes, tracker, tgid, ssl);
+                    }
+                    let wanted = recorder.records(&name);
+                    let done = tracker.on_sni(tgid, ssl, name, sys::monotonic_ns());
+                    if !wanted {
+                        skip(probes, tracker, tgid, ssl);
+                    }
+                    done
                 }
                 Ok(Event::Free {
                     tgid,
                     ssl,
                     at_ns,
                     ends,
+                    skipped,
                 }) => {
+                    tracker.on_skipped_end(tgid, ssl, skipped);
                     let mut done = tracker.on_end(tgid, ssl, ends);
                     done.extend(tracker.on_free(tgid, ssl, at_ns));
                     done
@@ -669,6 +702,9 @@ impl Capture {
 fn end_sequences(probes: &mut Probes, tracker: &mut Tracker, tgid: u32) -> Vec<ConnectionExchange> {
     let mut done = Vec::new();
     for ssl in tracker.connections_of(tgid) {
+        if tracker.skipped_in_kernel(tgid, ssl) {
+            end_skipping(probes, tracker, tgid, ssl);
+        }
         let mut ends = [SequenceEnd::default(); 2];
         for (end, direction) in ends.iter_mut().zip([Direction::Write, Direction::Read]) {
             match probes.take_conn_loss(tgid, ssl, direction) {
@@ -686,6 +722,25 @@ fn end_sequences(probes: &mut Probes, tracker: &mut Tracker, tgid: u32) -> Vec<C
         done.extend(tracker.on_end(tgid, ssl, ends));
     }
     done
+}
+
+/// Tells the kernel to skip connection `ssl` of `tgid`, whose host is not
+/// recorded: its calls cost no ring space and no copy from now on.
+fn skip(probes: &mut Probes, tracker: &mut Tracker, tgid: u32, ssl: u64) {
+    match probes.skip_conn(tgid, ssl) {
+        Ok(()) => tracker.skip(tgid, ssl),
+        Err(error) => tracing::warn!("{:#}", anyhow::Error::new(error)),
+    }
+}
+
+/// Ends the kernel's skipping of connection `ssl` of `tgid` (its process
+/// exited, or a new connection took its identity): removes its entry and
+/// counts what it skipped.
+fn end_skipping(probes: &mut Probes, tracker: &mut Tracker, tgid: u32, ssl: u64) {
+    match probes.take_skipped(tgid, ssl) {
+        Ok(skipped) => tracker.on_skipped_end(tgid, ssl, skipped),
+        Err(error) => tracing::warn!("{:#}", anyhow::Error::new(error)),
+    }
 }
 
 /// Refuses map sizes the kernel would reject, before anything is loaded.

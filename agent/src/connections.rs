@@ -15,7 +15,7 @@ use std::{
     net::SocketAddr,
 };
 
-use llmsim_ebpf_common::{Direction, DropReason};
+use llmsim_ebpf_common::{Direction, DropReason, SkippedConn};
 use llmsim_snapshot::model::HttpVersion;
 
 use crate::{
@@ -87,6 +87,17 @@ pub struct TrackerStats {
     /// Bytes the kernel could not deliver, as it attributed them to the
     /// connections that ended (freed, or their process exited).
     pub lost_bytes_attributed: u64,
+    /// Connections whose SNI names a host the capture does not record: from
+    /// the moment the agent knew, the kernel skipped their calls (no ring
+    /// space, no copy); what arrived before is discarded as before.
+    pub skipped_connections: u64,
+    /// Exchanges on those connections that the kernel skipped, counted from
+    /// its request turns (a write after a read: exact for HTTP/1.1 clients).
+    pub skipped_exchanges: u64,
+    /// Of the skipped connections, those whose kernel entry was evicted (its
+    /// table was full) before they ended: their later plaintext reached the
+    /// agent, to be discarded there.
+    pub skipped_evicted: u64,
 }
 
 /// Why an exchange is flagged when the kernel could not deliver some of its
@@ -207,6 +218,8 @@ struct Connection {
     started: bool,
     /// Any response bytes seen yet.
     read_seen: bool,
+    /// The kernel was told to skip its calls ([`Tracker::skip`]).
+    skipped_in_kernel: bool,
 }
 
 impl Connection {
@@ -260,6 +273,45 @@ impl Tracker {
         }
         self.connections.entry((tgid, ssl)).or_default().sni = Some(name);
         done
+    }
+
+    /// The kernel skips the calls of `ssl` from now on (the agent told it: its host is
+    /// not recorded); what arrived before goes on to the recorder, which discards it.
+    pub fn skip(&mut self, tgid: u32, ssl: u64) {
+        let conn = self.connections.entry((tgid, ssl)).or_default();
+        if !conn.skipped_in_kernel {
+            conn.skipped_in_kernel = true;
+            self.stats.skipped_connections += 1;
+        }
+    }
+
+    /// Whether the kernel was told to skip `ssl` and its end is not known yet.
+    pub fn skipped_in_kernel(&self, tgid: u32, ssl: u64) -> bool {
+        self.connections
+            .get(&(tgid, ssl))
+            .is_some_and(|conn| conn.skipped_in_kernel)
+    }
+
+    /// How the kernel's skipping of `ssl` ended (its entry, removed when the
+    /// connection ended or its process exited): counts the exchanges it skipped.
+    /// A first skipped write that continues a request the agent saw start is not
+    /// a new exchange.
+    pub fn on_skipped_end(&mut self, tgid: u32, ssl: u64, skipped: SkippedConn) {
+        let Some(conn) = self.connections.get_mut(&(tgid, ssl)) else {
+            return;
+        };
+        if !conn.skipped_in_kernel {
+            return;
+        }
+        conn.skipped_in_kernel = false;
+        if skipped.present == 0 {
+            self.stats.skipped_evicted += 1;
+            return;
+        }
+        let continued = skipped.first == Direction::Write as u32
+            && matches!(conn.call, Some((Direction::Write, _, _)));
+        self.stats.skipped_exchanges +=
+            u64::from(skipped.requests).saturating_sub(u64::from(continued));
     }
 
     /// The TLS library freed `ssl`: its connection is over (and the pointer
@@ -684,6 +736,37 @@ mod tests {
         let mut done = call(tracker, Direction::Write, REQUEST, 1 << 14, ts);
         done.extend(call(tracker, Direction::Read, RESPONSE, 1 << 14, ts + 1));
         done
+    }
+
+    #[test]
+    fn a_skipped_connection_counts_the_exchanges_the_kernel_skipped_once() {
+        let skipped = |first: Direction, requests: u32| SkippedConn {
+            present: 1,
+            first: first as u32,
+            last: Direction::Read as u32,
+            requests,
+        };
+        // Skipped from its first call: every turn the kernel counted is an exchange.
+        let mut tracker = Tracker::default();
+        tracker.skip(7, SSL);
+        assert!(tracker.skipped_in_kernel(7, SSL));
+        tracker.on_skipped_end(7, SSL, skipped(Direction::Write, 3));
+        assert!(!tracker.skipped_in_kernel(7, SSL));
+        assert_eq!(tracker.stats().skipped_exchanges, 3);
+        // A request seen starting before the kernel skipped its rest: that
+        // exchange is the agent's to count, not a turn.
+        let mut tracker = Tracker::default();
+        call(&mut tracker, Direction::Write, &REQUEST[..10], 1 << 14, 1);
+        tracker.skip(7, SSL);
+        tracker.on_skipped_end(7, SSL, skipped(Direction::Write, 3));
+        assert_eq!(tracker.stats().skipped_exchanges, 2);
+        // An entry the map evicted counts no exchange, and says so.
+        let mut tracker = Tracker::default();
+        tracker.skip(7, SSL);
+        tracker.on_skipped_end(7, SSL, SkippedConn::default());
+        let stats = tracker.stats();
+        assert_eq!((stats.skipped_exchanges, stats.skipped_evicted), (0, 1));
+        assert_eq!(stats.skipped_connections, 1);
     }
 
     #[test]

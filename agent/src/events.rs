@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use llmsim_ebpf_common::{
     AcceptEvent, ConnectEvent, DataEvent, Direction, DropReason, EventHeader, EventKind, ExecEvent,
-    ForkEvent, FreeEvent, LossEvent, SNI_LEN, SniEvent, TLS_HELLO_LEN, TlsHelloEvent,
+    ForkEvent, FreeEvent, LossEvent, SNI_LEN, SkippedConn, SniEvent, TLS_HELLO_LEN, TlsHelloEvent,
 };
 use std::mem::{offset_of, size_of};
 use thiserror::Error;
@@ -80,6 +80,8 @@ pub enum Event<'a> {
         at_ns: u64,
         /// How each direction's sequence ended, writes first.
         ends: [SequenceEnd; 2],
+        /// The connection's skipped-calls entry, if it had one.
+        skipped: SkippedConn,
     },
     /// Some of one call's plaintext could not be delivered.
     Loss(Loss),
@@ -327,11 +329,19 @@ fn decode_free(record: &[u8], tgid: u32) -> Event<'_> {
         lost: u32_at(record, offset_of!(FreeEvent, lost) + 4 * i),
         lost_bytes: u64_at(record, offset_of!(FreeEvent, lost_bytes) + 8 * i),
     };
+    let skipped_at = offset_of!(FreeEvent, skipped);
+    let skipped = |field: usize| u32_at(record, skipped_at + field);
     Event::Free {
         tgid,
         ssl: u64_at(record, offset_of!(FreeEvent, ssl)),
         at_ns: u64_at(record, offset_of!(EventHeader, timestamp_ns)),
         ends: [end(0), end(1)],
+        skipped: SkippedConn {
+            present: skipped(offset_of!(SkippedConn, present)),
+            first: skipped(offset_of!(SkippedConn, first)),
+            last: skipped(offset_of!(SkippedConn, last)),
+            requests: skipped(offset_of!(SkippedConn, requests)),
+        },
     }
 }
 

@@ -24,7 +24,8 @@ use aya::{
     sys::UProbeMultiFeature,
 };
 use llmsim_ebpf_common::{
-    ConnLoss, DROP_REASONS, DropReason, Filter, FilterMode, LossKey, LossTotals, PlainDestination,
+    ConnKey, ConnLoss, DROP_REASONS, DropReason, Filter, FilterMode, LossKey, LossTotals,
+    PlainDestination, SkipTotals, SkippedConn,
 };
 use llmsim_kernel::object::{MapSizes, Object, ObjectError, Purpose, map_error, program_error};
 use serde::Serialize;
@@ -437,6 +438,59 @@ impl Probes {
             out.push((reason, sum));
         }
         Ok(out)
+    }
+
+    /// Calls and bytes the data probes skipped on unwanted connections, summed over CPUs.
+    pub fn skip_totals(&mut self) -> Result<SkipTotals, ProbeError> {
+        let totals: PerCpuArray<_, SkipTotals> = self.object.map_mut("SKIP_TOTALS")?;
+        let per_cpu = totals.get(&0, 0).map_err(map_error("SKIP_TOTALS"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(SkipTotals::default(), |sum, cpu| SkipTotals {
+                calls: sum.calls + cpu.calls,
+                bytes: sum.bytes + cpu.bytes,
+            }))
+    }
+
+    /// From now on, the data probes skip connection `ssl` of `tgid`: no ring
+    /// space, no copy (see [`SkippedConn`]).
+    pub fn skip_conn(&mut self, tgid: u32, ssl: u64) -> Result<(), ProbeError> {
+        let mut map: HashMap<_, ConnKey, SkippedConn> = self.object.map_mut("SKIPPED_CONNS")?;
+        let entry = SkippedConn {
+            present: 1,
+            ..SkippedConn::default()
+        };
+        map.insert(
+            &ConnKey {
+                tgid,
+                pad: 0,
+                conn: ssl,
+            },
+            &entry,
+            0,
+        )
+        .map_err(map_error("SKIPPED_CONNS"))?;
+        Ok(())
+    }
+
+    /// The skipped-calls entry of connection `ssl` of `tgid`, removed from the
+    /// kernel's map: for a connection of a process that exited; all zero
+    /// when it has none.
+    pub fn take_skipped(&mut self, tgid: u32, ssl: u64) -> Result<SkippedConn, ProbeError> {
+        let mut map: HashMap<_, ConnKey, SkippedConn> = self.object.map_mut("SKIPPED_CONNS")?;
+        let key = ConnKey {
+            tgid,
+            pad: 0,
+            conn: ssl,
+        };
+        match map.get(&key, 0) {
+            Ok(entry) => {
+                let _ = map.remove(&key);
+                Ok(entry)
+            }
+            Err(MapError::KeyNotFound) => Ok(SkippedConn::default()),
+            Err(source) => Err(map_error("SKIPPED_CONNS")(source).into()),
+        }
     }
 
     /// The sequence and loss accounting of one direction of one connection,

@@ -161,6 +161,11 @@ impl Recorder {
         })
     }
 
+    /// Whether exchanges with `host` are recorded (see [`HostFilter::records`]).
+    pub fn records(&self, host: &str) -> bool {
+        self.hosts.records(host)
+    }
+
     /// Waits until every exchange handed over is on disk; the figures.
     pub fn finish(&mut self) -> Result<RecordStats, RecorderError> {
         self.files = None;

@@ -7,9 +7,15 @@
 
 use core::mem::size_of;
 
-/// Bytes of payload carried by one ring-buffer record. Larger `SSL_*` calls are
+/// Most bytes of payload carried by one ring-buffer record. Larger `SSL_*` calls are
 /// split into consecutive chunks of this size.
 pub const CHUNK_SIZE: usize = 16 * 1024;
+/// The payload sizes a data record is reserved with, smallest first: a chunk
+/// takes the smallest that holds it, so a short call costs the ring a short
+/// record (`bpf_ringbuf_reserve` takes only constant sizes, hence classes;
+/// each class is one more path through the copy for the verifier, which is
+/// why there are few).
+pub const DATA_CLASSES: [usize; 3] = [512, 2048, CHUNK_SIZE];
 /// Most chunks one `SSL_*` call may emit (64 MiB). Beyond this, the rest is
 /// counted as dropped under [`DropReason::ChunkCap`] and the call is flagged.
 pub const MAX_CHUNKS_PER_CALL: u32 = 4096;
@@ -153,10 +159,12 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 24);
 
-/// One chunk of plaintext from one `SSL_*` call.
+/// One chunk of plaintext from one `SSL_*` call, in a record whose payload
+/// holds `N` bytes, one of [`DATA_CLASSES`]; the fields before `data` are the
+/// same for every `N`.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct DataEvent {
+pub struct DataEvent<const N: usize = CHUNK_SIZE> {
     /// `kind` is [`EventKind::Data`]; the timestamp is when the call returned.
     pub header: EventHeader,
     /// The `SSL *` the call was made on: the connection's identity.
@@ -186,9 +194,10 @@ pub struct DataEvent {
     /// Explicit padding.
     pub pad2: u32,
     /// The plaintext.
-    pub data: [u8; CHUNK_SIZE],
+    pub data: [u8; N],
 }
 const _: () = assert!(size_of::<DataEvent>() == 24 + 64 + CHUNK_SIZE);
+const _: () = assert!(size_of::<DataEvent<512>>() == 24 + 64 + 512);
 
 /// A host name set with `SSL_set_tlsext_host_name`, which OpenSSL implements
 /// as `SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, 0, name)`.
@@ -250,8 +259,11 @@ pub struct FreeEvent {
     pub lost: [u32; 2],
     /// Per direction: bytes of the connection that could not be delivered.
     pub lost_bytes: [u64; 2],
+    /// The connection's entry of the `SKIPPED_CONNS` map, removed (all zero
+    /// when it had none, or when the map evicted it).
+    pub skipped: SkippedConn,
 }
-const _: () = assert!(size_of::<FreeEvent>() == 24 + 8 + 16 + 8 + 16);
+const _: () = assert!(size_of::<FreeEvent>() == 24 + 8 + 16 + 8 + 16 + 16);
 
 /// Some of one call's plaintext could not be delivered: sent right after the
 /// chunks that were, so userspace flags the exchange with the reason at once.
@@ -365,6 +377,59 @@ pub struct ConnLoss {
     pub pad: u32,
 }
 const _: () = assert!(size_of::<ConnLoss>() == 40);
+
+/// A connection whose plaintext nobody asked for (its SNI names a host the
+/// capture does not record): the value of the `SKIPPED_CONNS` map, keyed by
+/// [`ConnKey`]. Userspace inserts it with `present` set once it knows; from
+/// then on every data probe returns before reserving ring space or copying,
+/// and counts the call in `SKIP_TOTALS` instead. Skipped is not dropped: no
+/// exchange anyone wanted lost a byte. The kernel keeps the rest up to date,
+/// so userspace can still count the exchanges it did not see.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkippedConn {
+    /// 1 for an entry userspace inserted; 0 in a [`FreeEvent`] means none was found.
+    pub present: u32,
+    /// The [`Direction`] of the first call skipped, or 0 before any.
+    pub first: u32,
+    /// The [`Direction`] of the last call skipped, or 0 before any.
+    pub last: u32,
+    /// Request turns skipped: write calls that followed a read, or came first.
+    /// For a client speaking HTTP/1.1, the exchanges it made.
+    pub requests: u32,
+}
+const _: () = assert!(size_of::<SkippedConn>() == 16);
+
+/// One connection of one process: the key of the `SKIPPED_CONNS` map, as
+/// the data probes name a connection (the `SSL *`, Go's `*tls.Conn`, or a
+/// kernel-numbered plain or rustls socket; see [`DataEvent::ssl`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// Thread group id.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub pad: u32,
+    /// The connection within the process.
+    pub conn: u64,
+}
+const _: () = assert!(size_of::<ConnKey>() == 16);
+
+/// Calls and bytes the data probes skipped on [`SkippedConn`] connections:
+/// the single entry of the `SKIP_TOTALS` per-CPU array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SkipTotals {
+    /// Calls whose plaintext was neither copied nor put in the ring.
+    pub calls: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<SkipTotals>() == 16);
+
+/// Entries of the `SKIPPED_CONNS` map (LRU: a connection never closed is
+/// evicted in time, and its plaintext arrives again, to be discarded by userspace).
+pub const SKIPPED_CONNS_ENTRIES: u32 = 16_384;
 
 /// What one [`DropReason`] cost, summed over connections: one entry per
 /// reason in the `LOSS_TOTALS` per-CPU array.
@@ -501,6 +566,9 @@ mod pod {
     unsafe impl aya::Pod for super::LossKey {}
     unsafe impl aya::Pod for super::ConnLoss {}
     unsafe impl aya::Pod for super::LossTotals {}
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::SkippedConn {}
+    unsafe impl aya::Pod for super::SkipTotals {}
     unsafe impl aya::Pod for super::RedirectConfig {}
     unsafe impl aya::Pod for super::OriginalDestination {}
     unsafe impl aya::Pod for super::PlainDestination {}

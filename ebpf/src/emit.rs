@@ -3,7 +3,8 @@
 //! probes, the plain-HTTP socket syscalls) takes a sequence number for a call
 //! when it enters ([`begin`]), gives it back if the call moved nothing
 //! ([`cancel`]), and hands what it moved to [`emit`], which copies it into
-//! ring-buffer records of [`CHUNK_SIZE`] bytes. A chunk that cannot be
+//! ring-buffer records of at most [`CHUNK_SIZE`] bytes, each sized to its
+//! chunk ([`DATA_CLASSES`]). A chunk that cannot be
 //! delivered ends the call's emission; its reason, chunks and bytes are
 //! counted per reason (`LOSS_TOTALS`) and per connection and direction
 //! (`CONN_LOSS`, with atomic adds), and userspace is told at once by a
@@ -13,19 +14,26 @@
 //! unused: userspace sees the gap on the right connection and direction
 //! though the kernel cannot name them. When the connection ends, [`end`]
 //! tells userspace, with its final accounting.
+//!
+//! A connection userspace marked as unwanted (`SKIPPED_CONNS`) costs no ring
+//! space and no copy: [`emit`] counts its calls in `SKIP_TOTALS` and gives
+//! their sequence numbers back, so skipping never looks like loss.
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     cty::c_void,
-    helpers::generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_loop, bpf_probe_read_user as probe_read_user_raw},
+    },
 };
 use llmsim_ebpf_common::{
-    CHUNK_SIZE, ConnLoss, DataEvent, Direction, DropReason, EventKind, FreeEvent, LossEvent,
-    LossKey, MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES,
+    CHUNK_SIZE, ConnKey, ConnLoss, DATA_CLASSES, DataEvent, Direction, DropReason, EventKind,
+    FreeEvent, LossEvent, LossKey, MAX_CHUNKS_PER_CALL, RING_WAKEUP_BYTES, SkippedConn,
 };
 
 use crate::{
-    maps::{CONN_LOSS, EVENTS, LOSS_TOTALS, count_drop},
+    maps::{CONN_LOSS, EVENTS, LOSS_TOTALS, SKIP_TOTALS, SKIPPED_CONNS, count_drop},
     probes::header,
 };
 
@@ -149,13 +157,27 @@ struct ChunkLoop {
 /// Emits the `moved` bytes at `call.buf` as consecutive chunk records, through
 /// `bpf_loop` (kernel >= 5.17) so the verifier checks one iteration, not each.
 /// Stops at the first record that cannot be delivered and accounts for the
-/// rest (see the module's description).
+/// rest (see the module's description). A call on a skipped connection is
+/// only counted.
+#[inline(always)]
+pub fn emit(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
+    if skip(call, pid_tgid, moved) != 0 {
+        return None;
+    }
+    deliver::<true>(call, pid_tgid, moved)
+}
+
+/// [`emit`] without the `SKIPPED_CONNS` check (`SIZED` false), for a plain
+/// socket: it was selected by its destination, so it is never skipped. The
+/// socket syscall probes that copy it are at the verifier's combined stack
+/// and instruction limits, so their chunks go in records of one class, the
+/// largest; TLS calls (`SIZED` true) get records sized to each chunk.
 #[inline(always)]
 #[expect(
     clippy::cast_possible_truncation,
     reason = "the chunk count is cast only when at most MAX_CHUNKS_PER_CALL"
 )]
-pub fn emit(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
+pub fn deliver<const SIZED: bool>(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
     let key = LossKey {
         tgid: (pid_tgid >> 32) as u32,
         direction: call.direction,
@@ -182,7 +204,7 @@ pub fn emit(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
     unsafe {
         bpf_loop(
             iterations,
-            chunk_step as *mut c_void,
+            chunk_step::<SIZED> as *mut c_void,
             (&raw mut run).cast(),
             0,
         );
@@ -215,6 +237,42 @@ pub fn emit(call: &Call, pid_tgid: u64, moved: u64) -> Option<DropReason> {
         told,
     );
     Some(reason)
+}
+
+/// 1 when the call's connection is in `SKIPPED_CONNS`: the call is counted
+/// as skipped, its request turn noted and its sequence number given back.
+/// A subprogram of its own, so the programs that emit keep their frames.
+#[inline(never)]
+fn skip(call: &Call, pid_tgid: u64, moved: u64) -> u32 {
+    let tgid = (pid_tgid >> 32) as u32;
+    let key = ConnKey {
+        tgid,
+        pad: 0,
+        conn: call.conn,
+    };
+    let Some(entry) = SKIPPED_CONNS.get_ptr_mut(&key) else {
+        return 0;
+    };
+    // SAFETY: a live map value; a race between the two directions' calls can
+    // at worst miscount a turn.
+    unsafe {
+        if call.direction == Direction::Write as u32 && (*entry).last != call.direction {
+            (*entry).requests += 1;
+        }
+        if (*entry).first == 0 {
+            (*entry).first = call.direction;
+        }
+        (*entry).last = call.direction;
+    }
+    if let Some(totals) = SKIP_TOTALS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*totals).calls += 1;
+            (*totals).bytes += moved;
+        }
+    }
+    cancel(tgid, call);
+    1
 }
 
 /// Sends the [`LossEvent`] of a call; false when it cannot be delivered. Written in place
@@ -302,7 +360,7 @@ unsafe fn atomic_add(counter: *mut u64, n: u64) {
 /// One `bpf_loop` iteration: emits chunk `index`; returns 1 to stop. The
 /// offset is derived from `index`, not carried in the state, so the verifier
 /// sees one imprecise iteration and converges instead of walking all of them.
-extern "C" fn chunk_step(index: u32, ctx: *mut c_void) -> i64 {
+extern "C" fn chunk_step<const SIZED: bool>(index: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `ChunkLoop` on the caller's stack.
     let run = unsafe { &mut *ctx.cast::<ChunkLoop>() };
     let offset = u64::from(index) * CHUNK_SIZE as u64;
@@ -313,7 +371,12 @@ extern "C" fn chunk_step(index: u32, ctx: *mut c_void) -> i64 {
     if len > CHUNK_SIZE as u64 {
         len = CHUNK_SIZE as u64;
     }
-    match emit_chunk(run, offset, len) {
+    let emitted = if SIZED {
+        emit_chunk(run, offset, len)
+    } else {
+        emit_full(run, offset, len)
+    };
+    match emitted {
         Ok(()) => {
             run.offset = offset + len;
             0
@@ -325,23 +388,46 @@ extern "C" fn chunk_step(index: u32, ctx: *mut c_void) -> i64 {
     }
 }
 
+/// Emits one chunk of at most [`CHUNK_SIZE`] bytes in the smallest record of
+/// [`DATA_CLASSES`] that holds it.
 #[inline(never)]
+fn emit_chunk(run: &ChunkLoop, offset: u64, len: u64) -> Result<(), DropReason> {
+    const _: () = assert!(DATA_CLASSES.len() == 3 && DATA_CLASSES[2] == CHUNK_SIZE);
+    if len <= DATA_CLASSES[0] as u64 {
+        emit_sized::<{ DATA_CLASSES[0] }>(run, offset, len)
+    } else if len <= DATA_CLASSES[1] as u64 {
+        emit_sized::<{ DATA_CLASSES[1] }>(run, offset, len)
+    } else {
+        emit_sized::<CHUNK_SIZE>(run, offset, len)
+    }
+}
+
+/// Emits one chunk in a record of the largest class, [`CHUNK_SIZE`]: one path
+/// for the verifier, for the programs near its instruction limit.
+#[inline(never)]
+fn emit_full(run: &ChunkLoop, offset: u64, len: u64) -> Result<(), DropReason> {
+    emit_sized::<CHUNK_SIZE>(run, offset, len)
+}
+
+/// Emits one chunk in a record whose payload holds `N` bytes: a constant
+/// reservation, as `bpf_ringbuf_reserve` requires.
+#[inline(always)]
 #[expect(
     clippy::cast_possible_truncation,
-    reason = "callers pass at most CHUNK_SIZE bytes; the clamp after the cast is the bound the verifier checks"
+    reason = "callers pass at most N bytes; the clamp after the cast is the bound the verifier checks"
 )]
-fn emit_chunk(run: &ChunkLoop, offset: u64, len: u64) -> Result<(), DropReason> {
+fn emit_sized<const N: usize>(run: &ChunkLoop, offset: u64, len: u64) -> Result<(), DropReason> {
     let call = &run.call;
     let mut len = len as u32;
-    if len > CHUNK_SIZE as u32 {
-        len = CHUNK_SIZE as u32;
+    if len > N as u32 {
+        len = N as u32;
     }
-    let Some(mut entry) = EVENTS.reserve::<DataEvent>(0) else {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent<N>>(0) else {
         return Err(DropReason::RingFull);
     };
     let event = entry.as_mut_ptr();
     // SAFETY: `event` points at an exclusive ring-buffer reservation of
-    // `size_of::<DataEvent>()` bytes; `len` is clamped to the data array's size.
+    // `size_of::<DataEvent<N>>()` bytes; `len` is clamped to the data array's size.
     let copied = unsafe {
         (*event).header = header(EventKind::Data);
         (*event).header.tgid = (run.pid_tgid >> 32) as u32;
@@ -392,19 +478,41 @@ pub fn batched_wakeup() -> u64 {
 pub fn end(conn: u64) {
     let Some(mut entry) = EVENTS.reserve::<FreeEvent>(0) else {
         count_drop(DropReason::RingFull);
+        // Skipping must end with the connection: the identity may be reused.
+        take_skipped((bpf_get_current_pid_tgid() >> 32) as u32, conn, None);
         return;
     };
     let header = header(EventKind::Free);
     let write = end_direction(header.tgid, conn, Direction::Write);
     let read = end_direction(header.tgid, conn, Direction::Read);
-    entry.write(FreeEvent {
-        header,
-        ssl: conn,
-        next_seq: [write.next_seq, read.next_seq],
-        lost: [write.pending, read.pending],
-        lost_bytes: [write.bytes, read.bytes],
-    });
+    let event = entry.as_mut_ptr();
+    // SAFETY: an exclusive reservation of `size_of::<FreeEvent>()` bytes,
+    // written field by field rather than built on the stack (see [`tell`]).
+    unsafe {
+        (*event).header = header;
+        (*event).ssl = conn;
+        (*event).next_seq = [write.next_seq, read.next_seq];
+        (*event).lost = [write.pending, read.pending];
+        (*event).lost_bytes = [write.bytes, read.bytes];
+        take_skipped(header.tgid, conn, Some(&mut (*event).skipped));
+    }
     entry.submit(batched_wakeup());
+}
+
+/// Removes the `SKIPPED_CONNS` entry of `conn` of process `tgid`, first
+/// copying it to `out` (all zero when there is none). A subprogram of its
+/// own, so its key is not on the frames of the programs that end connections,
+/// which are near 6.1's combined stack limit.
+#[inline(never)]
+fn take_skipped(tgid: u32, conn: u64, out: Option<&mut SkippedConn>) {
+    let key = ConnKey { tgid, pad: 0, conn };
+    if let Some(out) = out {
+        // SAFETY: the value is copied.
+        *out = unsafe { SKIPPED_CONNS.get(&key) }
+            .copied()
+            .unwrap_or_default();
+    }
+    let _ = SKIPPED_CONNS.remove(&key);
 }
 
 /// The accounting of one direction of `conn`, removed from the map.

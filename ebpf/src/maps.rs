@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use llmsim_ebpf_common::{
-    ConnLoss, DROP_REASONS, DropReason, Filter, LossKey, LossTotals, OriginalDestination,
-    PlainDestination, RING_BUFFER_BYTES, RedirectConfig,
+    ConnKey, ConnLoss, DROP_REASONS, DropReason, Filter, LossKey, LossTotals, OriginalDestination,
+    PlainDestination, RING_BUFFER_BYTES, RedirectConfig, SKIPPED_CONNS_ENTRIES, SkipTotals,
+    SkippedConn,
 };
 
 use crate::emit::Call;
@@ -29,6 +30,17 @@ pub static LOSS_TOTALS: PerCpuArray<LossTotals> = PerCpuArray::with_max_entries(
 /// rather than kept for ever.
 #[map]
 pub static CONN_LOSS: LruHashMap<LossKey, ConnLoss> = LruHashMap::with_max_entries(65_536, 0);
+
+/// Connections whose plaintext nobody asked for, written by userspace (see
+/// [`SkippedConn`]); every data source checks it in [`crate::emit::emit`]
+/// before it reserves ring space. LRU, so it stays bounded.
+#[map]
+pub static SKIPPED_CONNS: LruHashMap<ConnKey, SkippedConn> =
+    LruHashMap::with_max_entries(SKIPPED_CONNS_ENTRIES, 0);
+
+/// Calls and bytes skipped on [`SKIPPED_CONNS`] connections; index 0 only.
+#[map]
+pub static SKIP_TOTALS: PerCpuArray<SkipTotals> = PerCpuArray::with_max_entries(1, 0);
 
 /// Which processes are reported; index 0 only. Written by userspace.
 #[map]

@@ -216,7 +216,7 @@ pub fn exit(pid_tgid: u64, ret: i64) {
         unsafe { (*socket).checked = 1 };
     }
     if !iovecs {
-        emit::emit(&call, pid_tgid, moved);
+        emit::deliver::<false>(&call, pid_tgid, moved);
         return;
     }
     let mut state = IovecLoop {
@@ -262,7 +262,7 @@ struct IovecLoop {
     iovcnt: u64,
     /// Bytes of the call not emitted yet.
     left: u64,
-    /// Nonzero once an iovec was handed to [`emit::emit`].
+    /// Nonzero once an iovec was handed to [`emit::deliver`].
     emitted: u32,
     /// The [`DropReason`] of the bytes left when the loop stops.
     failed: u32,
@@ -294,7 +294,7 @@ extern "C" fn iovec_step(index: u32, ctx: *mut c_void) -> i64 {
             call.seq = emit::begin((state.pid_tgid >> 32) as u32, call.conn, call.direction);
         }
         state.emitted = 1;
-        emit::emit(&call, state.pid_tgid, len);
+        emit::deliver::<false>(&call, state.pid_tgid, len);
         state.left -= len;
     }
     0
