@@ -386,19 +386,15 @@ fn write_json_str(out: &mut String, s: &str) {
 fn first_to_escape(bytes: &[u8]) -> Option<usize> {
     const BLOCK: usize = 16;
     let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
-    let mut blocks = bytes.chunks_exact(BLOCK);
+    let (blocks, rest) = bytes.as_chunks::<BLOCK>();
     let mut base = 0;
-    for block in &mut blocks {
+    for block in blocks {
         if block.iter().fold(false, |any, &b| any | escaped(b)) {
             return block.iter().position(|&b| escaped(b)).map(|i| base + i);
         }
         base += BLOCK;
     }
-    blocks
-        .remainder()
-        .iter()
-        .position(|&b| escaped(b))
-        .map(|i| base + i)
+    rest.iter().position(|&b| escaped(b)).map(|i| base + i)
 }
 
 /// Integral numbers (`1`, `1.0`, `1e0`, `-0.0`) become integers; others keep their

@@ -138,17 +138,17 @@ impl SignatureIndex {
         };
         for (exchange, signature) in entries {
             let hosts = index.by_digest.entry(signature.digest).or_default();
-            let position = match hosts.iter().position(|e| e.host == signature.host()) {
-                Some(position) => position,
-                None => {
+            let position = hosts
+                .iter()
+                .position(|e| e.host == signature.host())
+                .unwrap_or_else(|| {
                     hosts.push(Entry {
                         host: signature.host().to_owned(),
                         exchanges: Vec::new(),
                         served: AtomicUsize::new(0),
                     });
                     hosts.len() - 1
-                }
-            };
+                });
             hosts[position].exchanges.push(exchange);
             index.recorded.push((exchange, signature.canonical));
         }
