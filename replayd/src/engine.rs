@@ -18,7 +18,6 @@
 //! (an unreadable request, an answer it could not build) when the service reports them.
 //! The engine knows nothing about sockets or HTTP framing; the service module does.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -106,11 +105,11 @@ pub struct RecordedEntry {
     /// The provider it was recorded from.
     pub provider: Provider,
     /// `METHOD /path`, the report's endpoint column.
-    pub endpoint: String,
+    pub endpoint: Arc<str>,
     /// The response ready to send, or why it cannot be sent.
     pub response: Result<PreparedResponse, Arc<PrepareError>>,
     /// Its tokens and cost under the built-in prices, for the report.
-    pub call: CallLine,
+    pub call: Arc<CallLine>,
 }
 
 impl RecordedEntry {
@@ -124,9 +123,9 @@ impl RecordedEntry {
         Self {
             file,
             provider: exchange.provider,
-            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path),
+            endpoint: endpoint_label(&exchange.request.method, &exchange.request.path).into(),
             response,
-            call: CallLine::of(exchange, prices),
+            call: Arc::new(CallLine::of(exchange, prices)),
         }
     }
 }
@@ -219,9 +218,9 @@ pub struct Engine {
     prices: PriceTable,
     /// Forwarding for misses (`--on-miss passthrough|record`).
     upstream: Option<Arc<Upstream>>,
-    /// Exchanges recorded during this run, by signature digest, served to later identical
-    /// requests (`--on-miss record`).
-    live: Mutex<HashMap<[u8; 32], LiveRecordings>>,
+    /// Exchanges recorded during this run, by signature digest and host, served to later
+    /// identical requests (`--on-miss record`).
+    live: Mutex<HashMap<([u8; 32], String), LiveRecordings>>,
     /// Injected faults (`[faults]`, `--fault`).
     faults: Faults,
     /// Simulated rate limits (`--rate-limit`).
@@ -568,16 +567,20 @@ impl Engine {
         self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .entry(*signature.digest())
+            .entry((*signature.digest(), signature.host().to_owned()))
             .or_default()
             .entries
             .push(entry);
     }
 
-    /// The next exchange recorded during the run for `signature`, under the repeat policy.
-    fn live_next(&self, signature: &Signature) -> Option<Hit> {
+    /// The next exchange recorded during the run for `signature`'s request addressed to
+    /// `host`, under the repeat policy.
+    fn live_next(&self, signature: &Signature, host: &str) -> Option<Hit> {
         let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        let recordings = live.get_mut(signature.digest())?;
+        if live.is_empty() {
+            return None;
+        }
+        let recordings = live.get_mut(&(*signature.digest(), host.to_owned()))?;
         let count = recordings.entries.len();
         let n = recordings.served;
         recordings.served += 1;
@@ -696,7 +699,7 @@ impl Engine {
                 provider: hit.entry.provider,
                 endpoint: hit.entry.endpoint.clone(),
                 repeated: hit.repeated,
-                call: Box::new(hit.entry.call.clone()),
+                call: hit.entry.call.clone(),
             },
             // A forwarded miss is counted when the forward ends.
             Outcome::Miss(_) if self.forwards() => return outcome,
@@ -711,36 +714,44 @@ impl Engine {
         self.upstream.is_some() && self.options.on_miss != OnMiss::Fail
     }
 
-    /// Like [`Self::respond`] without counting: for `explain`, and for tests.
+    /// Like [`Self::respond`] without counting: for `explain`, and for tests. The request
+    /// is signed once, whatever the number of hosts it is looked up on.
     pub fn lookup(&self, request: &ReplayRequest) -> Outcome {
         let signature = self.signature(request);
-        let candidates = self.candidates(&signature);
-        for candidate in candidates.iter() {
-            if let Some(served) = self.index.next(candidate) {
+        let hosts = self.candidate_hosts(&signature);
+        for host in hosts {
+            if let Some(served) = self.index.next_at(&signature, host) {
                 return Outcome::Hit(self.hit(served));
             }
         }
-        for candidate in candidates.iter() {
-            if let Some(hit) = self.live_next(candidate) {
+        for host in hosts {
+            if let Some(hit) = self.live_next(&signature, host) {
                 return Outcome::Hit(hit);
             }
         }
-        let used_up = candidates
+        let used_up = hosts
             .iter()
-            .map(|c| self.index.recorded_count(c))
+            .map(|host| self.index.recorded_count_at(&signature, host))
             .max()
             .unwrap_or(0);
-        let nearest = candidates
+        let nearest = hosts
             .iter()
-            .filter_map(|c| self.index.closest(c.canonical()))
+            .filter_map(|host| {
+                if *host == signature.host() {
+                    return self.index.closest(signature.canonical());
+                }
+                // Only a miss compares the request, addressed to each recorded host.
+                self.index.closest(&CanonicalRequest {
+                    host: host.clone(),
+                    ..signature.canonical().clone()
+                })
+            })
             .min_by_key(|(exchange, diffs)| (diffs.len(), *exchange))
             .and_then(|(exchange, diffs)| Some((self.entries.get(exchange)?, diffs)));
         let endpoint = Endpoint::classify(&request.method, &request.path);
         // Through the listener's own address, the provider is the recording's.
         let provider = match (Provider::from_host(&request.host), &nearest) {
-            (Provider::Generic, Some((entry, _)))
-                if candidates.len() > 1 || self.options.any_host =>
-            {
+            (Provider::Generic, Some((entry, _))) if hosts.len() > 1 || self.options.any_host => {
                 entry.provider
             }
             (provider, _) => provider,
@@ -758,24 +769,14 @@ impl Engine {
         }))
     }
 
-    /// The signatures to look up: the request's own, then, when `any_host` is on and its
-    /// host is not a recorded one, the same request addressed to each recorded host.
-    fn candidates<'a>(&self, signature: &'a Signature) -> Cow<'a, [Signature]> {
+    /// The hosts to look the request of `signature` up on: its own, or, when `any_host`
+    /// is on and its host is not a recorded one, each recorded host.
+    fn candidate_hosts<'a>(&'a self, signature: &'a Signature) -> &'a [String] {
         let host = &signature.canonical().host;
-        if !self.options.any_host || self.hosts.iter().any(|h| h == host) {
-            return Cow::Borrowed(std::slice::from_ref(signature));
+        if !self.options.any_host || self.hosts.contains(host) {
+            return std::slice::from_ref(host);
         }
-        self.hosts
-            .iter()
-            .map(|h| {
-                let canonical = CanonicalRequest {
-                    host: h.clone(),
-                    ..signature.canonical().clone()
-                };
-                Signature::from_canonical(canonical)
-            })
-            .collect::<Vec<_>>()
-            .into()
+        &self.hosts
     }
 
     fn hit(&self, served: Served) -> Hit {

@@ -252,7 +252,7 @@ impl fmt::Display for Report {
 
 #[derive(Debug, Default)]
 struct Counts {
-    served: BTreeMap<(Provider, String), u64>,
+    served: BTreeMap<(Provider, Arc<str>), u64>,
     repeats: u64,
     misses: Vec<MissRecord>,
     snapshot_errors: u64,
@@ -274,16 +274,17 @@ struct Counts {
 /// What happened to one request, for [`Stats::record`].
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A recording was served.
+    /// A recording was served. Its endpoint and call line are shared with the recording:
+    /// counting a served request allocates nothing.
     Served {
         /// Its provider.
         provider: Provider,
         /// `METHOD /path`.
-        endpoint: String,
+        endpoint: Arc<str>,
         /// Whether the repeat policy chose it.
         repeated: bool,
         /// The exchange as the ledger sees it: recorded duration, tokens, cost.
-        call: Box<CallLine>,
+        call: Arc<CallLine>,
     },
     /// No recording matched.
     Miss(MissRecord),
@@ -421,7 +422,7 @@ impl Stats {
                 .iter()
                 .map(|((provider, endpoint), count)| ServedRow {
                     provider: *provider,
-                    endpoint: endpoint.clone(),
+                    endpoint: endpoint.to_string(),
                     count: *count,
                 })
                 .collect(),
@@ -525,7 +526,7 @@ mod tests {
             provider,
             endpoint: endpoint.into(),
             repeated,
-            call: call(500.0),
+            call: call(500.0).into(),
         }
     }
 
@@ -739,7 +740,7 @@ mod tests {
                 provider: Provider::Generic,
                 endpoint: "GET /".into(),
                 repeated: false,
-                call: call(recorded_ms),
+                call: call(recorded_ms).into(),
             });
         }
         assert_eq!(stats.report().recorded_latency, Duration::MAX);

@@ -1,7 +1,7 @@
 //! The canonical form of a request ([`CanonicalRequest`]) and the one-pass emitter of
 //! a body's canonical JSON text: keys sorted, numbers normalised, ignored fields
 //! dropped, masked patterns replaced and tool-call ids renamed by order of first
-//! appearance. Also the unambiguous text that a [`Signature`](super::Signature) hashes.
+//! appearance. Also the unambiguous texts that a [`Signature`](super::Signature) hashes.
 
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
@@ -93,10 +93,24 @@ pub struct CanonicalRequest {
 }
 
 impl CanonicalRequest {
-    /// The unambiguous text that is hashed: the JSON array `[method, host, path,
-    /// [[k, v], …] (query), [[k, v], …] (headers), body]`, written directly rather than
-    /// through a `Value`, as every recorded request is signed at start-up.
+    /// The unambiguous text of the whole request, which
+    /// [`Signature::hex`](super::Signature::hex) hashes: the JSON array `[method, host,
+    /// path, [[k, v], …] (query), [[k, v], …] (headers), body]`.
     pub(super) fn hashed_text(&self) -> String {
+        self.text(Some(&self.host))
+    }
+
+    /// The same text without the host, `[method, path, query, headers, body]`, which the
+    /// digest a [`Signature`](super::Signature) is looked up by hashes: the same request
+    /// addressed to another host (`--listen`'s own address, then each recorded host) is a
+    /// lookup with another host, not another digest.
+    pub(super) fn host_free_text(&self) -> String {
+        self.text(None)
+    }
+
+    /// The text of [`Self::hashed_text`], with the host element only when `host` is given;
+    /// written directly rather than through a `Value`, as every request is signed.
+    fn text(&self, host: Option<&str>) -> String {
         let pairs = |text: &mut String, list: &[(String, String)]| {
             text.push_str(",[");
             for (i, (k, v)) in list.iter().enumerate() {
@@ -108,12 +122,18 @@ impl CanonicalRequest {
             }
             text.push(']');
         };
-        let mut text = String::with_capacity(256);
+        let body_len = match &self.body {
+            CanonicalBody::Json(json) => json.len(),
+            CanonicalBody::Empty | CanonicalBody::Raw { .. } => 80,
+        };
+        let mut text = String::with_capacity(128 + self.path.len() + body_len);
         text.push('[');
         write_json_str(&mut text, &self.method);
         text.push(',');
-        write_json_str(&mut text, &self.host);
-        text.push(',');
+        if let Some(host) = host {
+            write_json_str(&mut text, host);
+            text.push(',');
+        }
         write_json_str(&mut text, &self.path);
         pairs(&mut text, &self.query);
         pairs(&mut text, &self.headers);
@@ -154,6 +174,11 @@ impl fmt::Display for CanonicalRequest {
 /// The canonical body of `body` under `rules`.
 pub(super) fn canonical_body(body: Body<'_>, rules: &CompiledRules) -> CanonicalBody {
     let parsed;
+    // The canonical text is about as long as the body sent; a parsed body gets a guess.
+    let capacity = match body {
+        Body::Bytes(bytes) => bytes.len(),
+        Body::Empty | Body::Json(_) => 256,
+    };
     let value = match body {
         Body::Empty | Body::Bytes([]) => return CanonicalBody::Empty,
         Body::Json(value) => value,
@@ -184,7 +209,7 @@ pub(super) fn canonical_body(body: Body<'_>, rules: &CompiledRules) -> Canonical
     };
     let mut emitter = Emitter {
         rules,
-        out: String::with_capacity(256),
+        out: String::with_capacity(capacity),
         ids: HashMap::new(),
     };
     emitter.value(
@@ -325,33 +350,51 @@ impl Emitter<'_> {
     }
 }
 
-/// Appends `s` as a JSON string literal, escaped exactly as `serde_json` does.
+/// Appends `s` as a JSON string literal, escaped exactly as `serde_json` does. Every
+/// string of every signed body passes here: the runs between escapes are found a block at
+/// a time ([`first_to_escape`]) and copied whole.
 fn write_json_str(out: &mut String, s: &str) {
     out.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0x00..=0x1f => "",
-            _ => continue,
-        };
+    while let Some(offset) = first_to_escape(&bytes[start..]) {
+        let i = start + offset;
+        // The escaped bytes are ASCII: `i` is a character boundary.
         out.push_str(&s[start..i]);
-        if escape.is_empty() {
-            // Writing to a String cannot fail.
-            let _ = write!(out, "\\u{b:04x}");
-        } else {
-            out.push_str(escape);
+        match bytes[i] {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            b => {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{b:04x}");
+            }
         }
         start = i + 1;
     }
     out.push_str(&s[start..]);
     out.push('"');
+}
+
+/// The position of the first byte a JSON string escapes (a quote, a backslash or a
+/// control character). Each 16-byte block is tested without a branch per byte, which the
+/// compiler turns into vector compares; only a block with such a byte is searched.
+fn first_to_escape(bytes: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 16;
+    let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    let (blocks, rest) = bytes.as_chunks::<BLOCK>();
+    let mut base = 0;
+    for block in blocks {
+        if block.iter().fold(false, |any, &b| any | escaped(b)) {
+            return block.iter().position(|&b| escaped(b)).map(|i| base + i);
+        }
+        base += BLOCK;
+    }
+    rest.iter().position(|&b| escaped(b)).map(|i| base + i)
 }
 
 /// Integral numbers (`1`, `1.0`, `1e0`, `-0.0`) become integers; others keep their
@@ -508,6 +551,21 @@ mod tests {
             bare.hashed_text(),
             json!(["POST", "h", bare.path, [], [], ["empty"]]).to_string()
         );
+    }
+
+    #[test]
+    fn strings_are_escaped_as_serde_json_does_at_any_offset() {
+        let long = "é plain text that runs over several blocks ".repeat(3);
+        for special in [
+            "\"", "\\", "\n", "\r", "\t", "\u{8}", "\u{c}", "\u{0}", "\u{1f}", "é",
+        ] {
+            for at in [0, 1, 15, 16, 17, 31, 32, long.len()] {
+                let text = format!("{}{special}{}", &long[..long.floor_char_boundary(at)], long);
+                let mut out = String::new();
+                write_json_str(&mut out, &text);
+                assert_eq!(out, Value::String(text.clone()).to_string(), "{text:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! [`Signature`]: the SHA-256 digest of a request's canonical form, with that form kept
 //! for diagnostics. Building one applies the compiled rules to the method, host, path,
-//! query parameters and headers, and has the body emitted canonically.
+//! query parameters and headers, and has the body emitted canonically. The digest leaves
+//! the host out and the signature is its digest and host, so the same request addressed to
+//! another host is looked up without signing it again; the hex shown to users
+//! ([`Signature::hex`]) is the SHA-256 of the whole canonical form, host included.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,8 +13,8 @@ use sha2::{Digest, Sha256};
 use super::canonical::{Body, CanonicalRequest, canonical_body};
 use super::rules::CompiledRules;
 
-/// A request signature: the SHA-256 of the canonical request, plus that canonical form.
-/// Equality and hashing use the digest alone.
+/// A request signature: the SHA-256 of the canonical request without its host, plus that
+/// canonical form. Two signatures are equal when their digests and hosts are.
 #[derive(Clone, Debug)]
 pub struct Signature {
     pub(super) digest: [u8; 32],
@@ -20,7 +23,7 @@ pub struct Signature {
 
 impl PartialEq for Signature {
     fn eq(&self, other: &Self) -> bool {
-        self.digest == other.digest
+        self.digest == other.digest && self.canonical.host == other.canonical.host
     }
 }
 
@@ -113,21 +116,29 @@ impl Signature {
 
     /// The signature of an already canonical request.
     pub fn from_canonical(canonical: CanonicalRequest) -> Self {
-        let digest = Sha256::digest(canonical.hashed_text().as_bytes()).into();
+        let digest = Sha256::digest(canonical.host_free_text().as_bytes()).into();
         Self {
             digest,
             canonical: Arc::new(canonical),
         }
     }
 
-    /// The SHA-256 digest.
+    /// The SHA-256 digest of the canonical request without its host: with
+    /// [`Self::host`], what the signature is looked up by.
     pub fn digest(&self) -> &[u8; 32] {
         &self.digest
     }
 
-    /// The digest, hex.
+    /// The host part of the signature (lower case, no port or trailing dot).
+    pub fn host(&self) -> &str {
+        &self.canonical.host
+    }
+
+    /// The signature as shown to users (`replayd explain`): the SHA-256 of the whole
+    /// canonical request, host included, hex. Computed when asked, as only diagnostics
+    /// show it.
     pub fn hex(&self) -> String {
-        hex::encode(self.digest)
+        hex::encode(Sha256::digest(self.canonical.hashed_text().as_bytes()))
     }
 
     /// The canonical request the digest was computed from.

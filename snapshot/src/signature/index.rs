@@ -1,4 +1,4 @@
-//! [`SignatureIndex`]: recorded signatures looked up by digest, each serving its
+//! [`SignatureIndex`]: recorded signatures looked up by digest and host, each serving its
 //! exchanges in recorded order, then the [`Repeat`] policy once they are used up; and
 //! for a miss, the closest recorded request with a field-level diff ([`FieldDiff`]).
 
@@ -58,18 +58,20 @@ pub struct Served {
     pub repeated: bool,
 }
 
-/// The recorded exchanges of one signature and how many were served.
+/// The recorded exchanges of one signature (a digest on one host) and how many were served.
 #[derive(Debug)]
 struct Entry {
+    host: String,
     exchanges: Vec<usize>,
     served: AtomicUsize,
 }
 
-/// Recorded signatures, looked up by digest (a hash map, never a scan), each serving its
-/// exchanges in recorded order. Lookups take `&self` and are safe from many connections.
+/// Recorded signatures, looked up by digest (a hash map, never a scan), then by host among
+/// the few hosts that recorded that digest; each serves its exchanges in recorded order.
+/// Lookups take `&self`, allocate nothing and are safe from many connections.
 #[derive(Debug)]
 pub struct SignatureIndex {
-    by_digest: HashMap<[u8; 32], Entry, BuildHasherDefault<DigestHasher>>,
+    by_digest: HashMap<[u8; 32], Vec<Entry>, BuildHasherDefault<DigestHasher>>,
     recorded: Vec<(usize, Arc<CanonicalRequest>)>,
     /// Only a miss needs them: built on the first one, not at start-up.
     neighbourhoods: OnceLock<Neighbourhoods>,
@@ -135,18 +137,30 @@ impl SignatureIndex {
             repeat,
         };
         for (exchange, signature) in entries {
-            index
-                .by_digest
-                .entry(signature.digest)
-                .or_insert_with(|| Entry {
-                    exchanges: Vec::new(),
-                    served: AtomicUsize::new(0),
-                })
-                .exchanges
-                .push(exchange);
+            let hosts = index.by_digest.entry(signature.digest).or_default();
+            let position = hosts
+                .iter()
+                .position(|e| e.host == signature.host())
+                .unwrap_or_else(|| {
+                    hosts.push(Entry {
+                        host: signature.host().to_owned(),
+                        exchanges: Vec::new(),
+                        served: AtomicUsize::new(0),
+                    });
+                    hosts.len() - 1
+                });
+            hosts[position].exchanges.push(exchange);
             index.recorded.push((exchange, signature.canonical));
         }
         index
+    }
+
+    /// The recorded exchanges of `signature`'s request addressed to `host`.
+    fn entry(&self, signature: &Signature, host: &str) -> Option<&Entry> {
+        self.by_digest
+            .get(&signature.digest)?
+            .iter()
+            .find(|e| e.host == host)
     }
 
     /// How many exchanges the index holds.
@@ -161,16 +175,26 @@ impl SignatureIndex {
 
     /// How many exchanges were recorded with `signature`.
     pub fn recorded_count(&self, signature: &Signature) -> usize {
-        self.by_digest
-            .get(&signature.digest)
-            .map_or(0, |e| e.exchanges.len())
+        self.recorded_count_at(signature, signature.host())
+    }
+
+    /// How many exchanges were recorded with `signature`'s request addressed to `host`.
+    pub fn recorded_count_at(&self, signature: &Signature, host: &str) -> usize {
+        self.entry(signature, host).map_or(0, |e| e.exchanges.len())
     }
 
     /// The next exchange for `signature`: its recorded exchanges in recorded order, then
     /// what the [`Repeat`] policy says. `None` for a signature never recorded, or used up
     /// under [`Repeat::Fail`] (tell them apart with [`Self::recorded_count`]).
     pub fn next(&self, signature: &Signature) -> Option<Served> {
-        let entry = self.by_digest.get(&signature.digest)?;
+        self.next_at(signature, signature.host())
+    }
+
+    /// [`Self::next`] for `signature`'s request addressed to `host` (lower case): a
+    /// request to an address that is no recorded host is looked up on each recorded one
+    /// without being signed again.
+    pub fn next_at(&self, signature: &Signature, host: &str) -> Option<Served> {
+        let entry = self.entry(signature, host)?;
         let count = entry.exchanges.len();
         let n = entry.served.fetch_add(1, Ordering::Relaxed);
         if n < count {
@@ -192,7 +216,7 @@ impl SignatureIndex {
 
     /// Rewinds every signature to its first recorded exchange.
     pub fn rewind(&self) {
-        for entry in self.by_digest.values() {
+        for entry in self.by_digest.values().flatten() {
             entry.served.store(0, Ordering::Relaxed);
         }
     }
@@ -620,6 +644,37 @@ mod tests {
 
         let empty = SignatureIndex::new(Vec::new(), Repeat::Last);
         assert!(empty.closest(moved.canonical()).is_none());
+    }
+
+    #[test]
+    fn another_host_is_a_lookup_not_another_signing() {
+        let r = rules();
+        let body = chat("hi");
+        let on =
+            |host: &str| Signature::of("POST", host, "/v1/chat/completions", Body::Json(&body), &r);
+        let (recorded, listener) = (on("api.openai.com"), on("127.0.0.1"));
+        // One digest for the request whatever its host; the host tells the signatures apart.
+        assert_eq!(recorded.digest(), listener.digest());
+        assert_ne!(recorded, listener);
+        assert_ne!(recorded.hex(), listener.hex());
+        let index = SignatureIndex::new([(7, recorded.clone())], Repeat::Fail);
+        assert_eq!(index.next(&listener), None);
+        assert_eq!(index.recorded_count(&listener), 0);
+        assert_eq!(index.recorded_count_at(&listener, "api.openai.com"), 1);
+        assert_eq!(
+            index.next_at(&listener, "api.openai.com"),
+            Some(Served {
+                exchange: 7,
+                repeated: false
+            })
+        );
+        assert_eq!(index.next(&recorded), None, "used up under --repeat fail");
+        // What users see stays the SHA-256 of the whole canonical request, host included:
+        // sha256(`["POST","api.openai.com","/v1/models",[],[],["empty"]]`).
+        assert_eq!(
+            Signature::of("POST", "api.openai.com", "/v1/models", Body::Empty, &r).hex(),
+            "7c7cfa85d175e55ac6994afc36b1e187dd50b91d2002bf036f9467166bb7aceb"
+        );
     }
 
     #[test]
