@@ -735,7 +735,12 @@ fn go_function(
 /// follow it in the same call. Refused when there is not exactly one such
 /// call, when it can run twice in one call, or when an indirect jump follows
 /// it (its `ret` instructions would not be known). A call to a function that
-/// never returns (a panic) ends its path.
+/// never returns (a panic) ends its path. The paths that skip the call and
+/// reach a `ret` after it (Go's `copy` skips `memmove` when source and
+/// destination are one; `bytes.Reader` copies nothing when it is empty) are
+/// not taken by `(*Conn).Read`, which reads into the caller's buffer only once
+/// its input holds data; were one taken, the call would show as lost (its
+/// sequence number unused), not be misread.
 fn go_copy<'a>(
     body: &'a [Instruction],
     functions: &gotls::Functions,
