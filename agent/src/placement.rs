@@ -22,16 +22,24 @@
 //! `SSL_ctrl` (the SNI) and `SSL_free` keep their entry probes in every placement.
 //!
 //! Go's `crypto/tls` has a placement of its own, **go** ([`choose_go`]): Go
-//! moves goroutine stacks, so no return probe may be used; `(*Conn).Read` gets
-//! a probe on each of its `ret` instructions (all of them, found by decoding
-//! the whole function), and each function's entry probe goes on the `jbe` of
-//! its stack-bound check (`cmp 0x10(%r14),%rsp`), which the kernel emulates.
+//! moves goroutine stacks, so no return probe may be used, and each function's
+//! entry probe goes on the `jbe` of its stack-bound check (`cmp 0x10(%r14),%rsp`),
+//! which the kernel emulates. `(*Conn).Read`'s result is read on the one
+//! `call runtime.memmove` in it (the inlined `copy(b, ...)` of
+//! `bytes.(*Reader).Read`, an emulated `call`), and its `ret` instructions that
+//! cannot follow that call (the exits that copied nothing) get probes that give
+//! the call's sequence number back; they single-step, once per connection at
+//! most. Without that call, every `ret` gets a probe that reads the result, and
+//! every `Read` single-steps.
 //!
 //! rustls has one too, **rustls** ([`choose_rustls`]): the entry and return of
 //! `Writer::write` and `Reader::read`, both needed (one without the other would
 //! record requests without answers).
 
-use std::fmt;
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+};
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 use serde::Serialize;
@@ -128,6 +136,30 @@ pub enum PlacementError {
         /// The function.
         function: &'static str,
     },
+    /// `(*Conn).Read` does not call `runtime.memmove` exactly once, so no one
+    /// call is known to copy its result.
+    #[error("`{function}` calls `{}` {calls} times, not once", gotls::MEMMOVE)]
+    NoSingleCopy {
+        /// The function.
+        function: &'static str,
+        /// How many direct calls to `runtime.memmove` it makes.
+        calls: usize,
+    },
+    /// The copying call can run more than once in one call of the function.
+    #[error("`{function}` can reach its copy again after it")]
+    CopyInLoop {
+        /// The function.
+        function: &'static str,
+    },
+    /// A jump whose target is not in the instruction follows the copy, so the
+    /// `ret` instructions that follow it are not known.
+    #[error("`{function}` has an indirect jump at {at:#x}")]
+    IndirectJump {
+        /// The function.
+        function: &'static str,
+        /// The jump's address.
+        at: u64,
+    },
 }
 
 /// The three ways of probing the data functions.
@@ -203,6 +235,8 @@ pub enum ProbeRole {
     GoRead,
     /// A `ret` instruction of Go's `(*Conn).Read`.
     GoReadReturn,
+    /// The `call runtime.memmove` in Go's `(*Conn).Read` that copies its result.
+    GoReadCopy,
     /// Go's `(*Conn).Close`, at its stack check's `jbe`.
     GoClose,
     /// Entry of rustls's `Writer::write`.
@@ -228,6 +262,7 @@ impl ProbeRole {
             Self::GoWrite => "go_tls_write",
             Self::GoRead => "go_tls_read",
             Self::GoReadReturn => "go_tls_read_return",
+            Self::GoReadCopy => "go_tls_read_copy",
             Self::GoClose => "go_tls_close",
             Self::RustlsWrite => "rustls_write",
             Self::RustlsRead => "rustls_read",
@@ -249,6 +284,7 @@ impl ProbeRole {
             Self::GoWrite => "go_tls_write_multi",
             Self::GoRead => "go_tls_read_multi",
             Self::GoReadReturn => "go_tls_read_return_multi",
+            Self::GoReadCopy => "go_tls_read_copy_multi",
             Self::GoClose => "go_tls_close_multi",
             Self::RustlsWrite => "rustls_write_multi",
             Self::RustlsRead => "rustls_read_multi",
@@ -257,7 +293,7 @@ impl ProbeRole {
     }
 
     /// Every role.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::WriteEntry,
         Self::WriteCountedEntry,
         Self::ReadEntry,
@@ -269,6 +305,7 @@ impl ProbeRole {
         Self::GoWrite,
         Self::GoRead,
         Self::GoReadReturn,
+        Self::GoReadCopy,
         Self::GoClose,
         Self::RustlsWrite,
         Self::RustlsRead,
@@ -318,19 +355,26 @@ pub struct Placement {
 
 impl fmt::Display for Placement {
     /// `worker probes (emulated push)`, `entry probes (single-step, slower)`,
-    /// `go probes (entries on emulated jcc + 8 ret probes, single-step)`.
+    /// `go probes (entries on emulated jcc + 8 ret probes, single-step)`, `go
+    /// probes (entries on emulated jcc + reads on emulated call + 4 error-exit
+    /// ret probes, single-step)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} probes", self.kind.name())?;
         if self.kind == PlacementKind::Go {
-            let returns = self
-                .points
-                .iter()
-                .filter(|p| p.role == ProbeRole::GoReadReturn)
-                .count();
-            return write!(
-                f,
-                " (entries on emulated jcc + {returns} ret probes, single-step)"
-            );
+            let count = |role| self.points.iter().filter(|p| p.role == role).count();
+            let returns = count(ProbeRole::GoReadReturn);
+            return if count(ProbeRole::GoReadCopy) == 0 {
+                write!(
+                    f,
+                    " (entries on emulated jcc + {returns} ret probes, single-step)"
+                )
+            } else {
+                write!(
+                    f,
+                    " (entries on emulated jcc + reads on emulated call + {returns} error-exit \
+                     ret probes, single-step)"
+                )
+            };
         }
         match &self.cost {
             Cost::Emulated(mnemonics) => write!(f, " (emulated {})", mnemonics.join(", ")),
@@ -508,7 +552,9 @@ pub fn choose(
 
 /// The placement for a Go binary's `crypto/tls`: an entry probe on the
 /// stack check's `jbe` of `(*Conn).Read`, `(*Conn).Write` and, when it has
-/// one, `(*Conn).Close`, and a probe on every `ret` of `(*Conn).Read`. An
+/// one, `(*Conn).Close`; `(*Conn).Read`'s result read on its copy (see
+/// [`go_copy`]) with probes on the `ret` instructions that do not follow it,
+/// or, when it has no such copy, a probe on every `ret` (refusal given). An
 /// error when a data function is missing or laid out otherwise: such a binary
 /// gets no probes rather than probes that could see a call twice or miss its
 /// result.
@@ -525,9 +571,31 @@ pub fn choose_go(
     let write = functions.write.ok_or(PlacementError::Missing {
         function: gotls::WRITE,
     })?;
+    let body = go_function(code, gotls::READ, read)?;
+    let returns: Vec<&Instruction> = body
+        .iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Ret)
+        .collect();
+    if returns.is_empty() {
+        return Err(PlacementError::NoReturn {
+            function: gotls::READ,
+        });
+    }
     let mut points = Vec::new();
-    for ret in go_returns(code, gotls::READ, read)? {
-        points.push(go_point(code, gotls::READ, ProbeRole::GoReadReturn, &ret)?);
+    let mut refusals = Vec::new();
+    match go_copy(&body, functions) {
+        Ok((copy, after)) => {
+            for ret in returns.into_iter().filter(|ret| !after.contains(&ret.ip())) {
+                points.push(go_point(code, gotls::READ, ProbeRole::GoReadReturn, ret)?);
+            }
+            points.push(go_point(code, gotls::READ, ProbeRole::GoReadCopy, copy)?);
+        }
+        Err(why) => {
+            refusals.push((PlacementKind::Go, why));
+            for ret in returns {
+                points.push(go_point(code, gotls::READ, ProbeRole::GoReadReturn, ret)?);
+            }
+        }
     }
     for (function, role, at) in [
         (gotls::READ, ProbeRole::GoRead, read),
@@ -542,12 +610,19 @@ pub fn choose_go(
     {
         points.push(go_point(code, gotls::CLOSE, ProbeRole::GoClose, &check)?);
     }
+    let cost = if refusals.is_empty() {
+        // Every `Read` that returns data hits the entry's `jbe` and the copy's
+        // `call`; only the exits that copied nothing single-step.
+        Cost::Emulated(vec!["jcc", "call"])
+    } else {
+        // The entries' `jbe` is emulated; a `ret` never is.
+        Cost::SingleStep
+    };
     Ok(Placement {
         kind: PlacementKind::Go,
-        // The entries' `jbe` is emulated; a `ret` never is.
-        cost: Cost::SingleStep,
+        cost,
         points,
-        refusals: Vec::new(),
+        refusals,
         unforced: None,
     })
 }
@@ -633,8 +708,8 @@ fn go_stack_check(
         .ok_or(PlacementError::NoStackCheck { function })
 }
 
-/// Every `ret` of a Go function, decoding all of its bytes.
-fn go_returns(
+/// Every instruction of a Go function, decoding all of its bytes.
+fn go_function(
     code: &dyn Code,
     function: &'static str,
     (start, size): (u64, u64),
@@ -650,14 +725,80 @@ fn go_returns(
     if !whole {
         return Err(PlacementError::Undecodable { function });
     }
-    let returns: Vec<Instruction> = instructions
-        .into_iter()
-        .filter(|i| i.mnemonic() == Mnemonic::Ret)
+    Ok(instructions)
+}
+
+/// The copy of `(*Conn).Read`'s result in its decoded `body`: the one direct
+/// `call runtime.memmove` (`bytes.(*Reader).Read` inlined, `copy(b, ...)`),
+/// where `memmove(to, from, n)` has `to`, `from` and `n` in `rax`, `rbx` and
+/// `rcx` (its register ABI), and the addresses of the instructions that can
+/// follow it in the same call. Refused when there is not exactly one such
+/// call, when it can run twice in one call, or when an indirect jump follows
+/// it (its `ret` instructions would not be known). A call to a function that
+/// never returns (a panic) ends its path. The paths that skip the call and
+/// reach a `ret` after it (Go's `copy` skips `memmove` when source and
+/// destination are one; `bytes.Reader` copies nothing when it is empty) are
+/// not taken by `(*Conn).Read`, which reads into the caller's buffer only once
+/// its input holds data; were one taken, the call would show as lost (its
+/// sequence number unused), not be misread.
+fn go_copy<'a>(
+    body: &'a [Instruction],
+    functions: &gotls::Functions,
+) -> Result<(&'a Instruction, HashSet<u64>), PlacementError> {
+    let function = gotls::READ;
+    let (memmove, _) = functions.memmove.ok_or(PlacementError::Missing {
+        function: gotls::MEMMOVE,
+    })?;
+    let calls: Vec<&Instruction> = body
+        .iter()
+        .filter(|i| {
+            i.mnemonic() == Mnemonic::Call
+                && i.op0_kind() == OpKind::NearBranch64
+                && i.near_branch_target() == memmove
+        })
         .collect();
-    if returns.is_empty() {
-        return Err(PlacementError::NoReturn { function });
+    let [copy] = calls[..] else {
+        return Err(PlacementError::NoSingleCopy {
+            function,
+            calls: calls.len(),
+        });
+    };
+    let index: HashMap<u64, usize> = body.iter().enumerate().map(|(n, i)| (i.ip(), n)).collect();
+    let mut after = HashSet::new();
+    let mut pending = vec![copy.next_ip()];
+    while let Some(ip) = pending.pop() {
+        // A jump out of the function (a tail call) ends the walk there.
+        let Some(&n) = index.get(&ip) else { continue };
+        if !after.insert(ip) {
+            continue;
+        }
+        let instruction = &body[n];
+        if instruction.ip() == copy.ip() {
+            return Err(PlacementError::CopyInLoop { function });
+        }
+        match instruction.mnemonic() {
+            Mnemonic::Ret | Mnemonic::Int3 | Mnemonic::Ud2 => {}
+            Mnemonic::Call
+                if instruction.op0_kind() == OpKind::NearBranch64
+                    && functions
+                        .never_return
+                        .contains(&instruction.near_branch_target()) => {}
+            Mnemonic::Jmp if instruction.op0_kind() == OpKind::NearBranch64 => {
+                pending.push(instruction.near_branch_target());
+            }
+            Mnemonic::Jmp => {
+                return Err(PlacementError::IndirectJump {
+                    function,
+                    at: instruction.ip(),
+                });
+            }
+            _ if is_jcc(instruction) => {
+                pending.extend([instruction.near_branch_target(), instruction.next_ip()]);
+            }
+            _ => pending.push(instruction.next_ip()),
+        }
     }
-    Ok(returns)
+    Ok((copy, after))
 }
 
 fn all_emulated(candidate: &Candidate) -> bool {
@@ -1229,6 +1370,7 @@ mod tests {
             read: Some((0x1000, read.len() as u64)),
             write: Some((0x1040, write.len() as u64)),
             close: Some((0x1080, close.len() as u64)),
+            ..gotls::Functions::default()
         };
         (Fake { base: BASE, bytes }, functions)
     }
@@ -1257,6 +1399,117 @@ mod tests {
         assert_eq!(
             placement.to_string(),
             "go probes (entries on emulated jcc + 2 ret probes, single-step)"
+        );
+    }
+
+    /// `(*Conn).Read` at 0x1000 as Go inlines `bytes.(*Reader).Read` into it:
+    /// an exit without copying (0x1024), the one `call runtime.memmove`
+    /// (0x100f) and the exit after it (0x101d), and a bounds check whose
+    /// `runtime.panicIndex` call is followed by a jump back into the loop.
+    fn go_read_with_copy() -> (Fake, gotls::Functions) {
+        let (code, functions) = go_binary(&[0x49, 0x3b, 0x66, 0x10, 0x76, 0x01, 0xc3]);
+        let mut bytes = code.bytes;
+        put(
+            &mut bytes,
+            0x1000,
+            &[
+                &[0x49, 0x3b, 0x66, 0x10, 0x76, 0x26], // cmp 0x10(%r14),%rsp; jbe 0x102c
+                &[0x48, 0x83, 0xec, 0x18],             // sub $0x18,%rsp
+                &[0x48, 0x85, 0xc9, 0x74, 0x0f],       // 0x100a: test %rcx,%rcx; je 0x101e
+                &call(0x100f, 0x1100),                 // call runtime.memmove
+                &[0x48, 0x85, 0xc9, 0x77, 0x0c],       // test %rcx,%rcx; ja 0x1025
+                &[0x48, 0x83, 0xc4, 0x18, 0xc3],       // add $0x18,%rsp; ret
+                &[0x31, 0xc0, 0x48, 0x83, 0xc4, 0x18, 0xc3], // 0x101e: xor; add; ret
+                &call(0x1025, 0x1110),                 // call runtime.panicIndex
+                &[0xeb, 0xde],                         // jmp 0x100a
+                &call(0x102c, 0x1120),                 // call runtime.morestack_noctxt
+                &[0xeb, 0xcd],                         // jmp 0x1000
+            ],
+        );
+        put(&mut bytes, 0x1100, &[&[0xc3]]);
+        put(&mut bytes, 0x1110, &[&[0xcc]]);
+        put(&mut bytes, 0x1120, &[&[0xc3]]);
+        let functions = gotls::Functions {
+            read: Some((0x1000, 0x33)),
+            memmove: Some((0x1100, 1)),
+            never_return: vec![0x1110],
+            ..functions
+        };
+        (Fake { base: BASE, bytes }, functions)
+    }
+
+    #[test]
+    fn go_reads_its_result_on_the_copy_and_probes_only_the_exits_that_skip_it() {
+        let (code, functions) = go_read_with_copy();
+        let placement = choose_go(&code, &functions).unwrap();
+        assert_eq!(placement.refusals, []);
+        assert_eq!(placement.cost, Cost::Emulated(vec!["jcc", "call"]));
+        assert_eq!(at(&placement, ProbeRole::GoReadCopy), [0x100f]);
+        assert_eq!(at(&placement, ProbeRole::GoReadReturn), [0x1024]);
+        assert_eq!(at(&placement, ProbeRole::GoRead), [0x1004]);
+        let roles: Vec<ProbeRole> = placement.points.iter().map(|p| p.role).collect();
+        assert_eq!(
+            roles,
+            [
+                ProbeRole::GoReadReturn,
+                ProbeRole::GoReadCopy,
+                ProbeRole::GoRead,
+                ProbeRole::GoWrite,
+                ProbeRole::GoClose
+            ]
+        );
+        assert_eq!(
+            placement.to_string(),
+            "go probes (entries on emulated jcc + reads on emulated call + 1 error-exit ret \
+             probes, single-step)"
+        );
+    }
+
+    #[test]
+    fn a_go_read_whose_copy_cannot_be_placed_gets_every_ret_and_says_why() {
+        let (code, functions) = go_read_with_copy();
+        let every_ret = |functions: &gotls::Functions, why: PlacementError| {
+            let placement = choose_go(&code, functions).unwrap();
+            assert_eq!(placement.refusals, [(PlacementKind::Go, why)]);
+            assert_eq!(placement.cost, Cost::SingleStep);
+            assert_eq!(at(&placement, ProbeRole::GoReadCopy), Vec::<u64>::new());
+            assert_eq!(at(&placement, ProbeRole::GoReadReturn), [0x101d, 0x1024]);
+            assert_eq!(
+                placement.to_string(),
+                "go probes (entries on emulated jcc + 2 ret probes, single-step)"
+            );
+        };
+        // Without knowing that the panic does not return, the copy could run twice.
+        let panics_return = gotls::Functions {
+            never_return: Vec::new(),
+            ..functions.clone()
+        };
+        every_ret(
+            &panics_return,
+            PlacementError::CopyInLoop {
+                function: gotls::READ,
+            },
+        );
+        let no_memmove = gotls::Functions {
+            memmove: None,
+            ..functions.clone()
+        };
+        every_ret(
+            &no_memmove,
+            PlacementError::Missing {
+                function: gotls::MEMMOVE,
+            },
+        );
+        let other_memmove = gotls::Functions {
+            memmove: Some((0x1130, 1)),
+            ..functions
+        };
+        every_ret(
+            &other_memmove,
+            PlacementError::NoSingleCopy {
+                function: gotls::READ,
+                calls: 0,
+            },
         );
     }
 

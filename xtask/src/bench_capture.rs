@@ -49,6 +49,8 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use llmsim_tests::{TestCa, TestCgroup};
 
+mod go;
+
 use crate::bench_support::{
     Guard, Nginx, READY_TIMEOUT, bench_tools, free_port, is_root, median, release_binary,
 };
@@ -82,6 +84,8 @@ enum Part {
     PerCall,
     /// The HTTP/1.1 loop against a server answering after 20 ms.
     Slow,
+    /// A Go client's HTTP/1.1 loop against nginx, without the agent, `--pid` and `-- CMD`.
+    Go,
 }
 
 /// The HTTP version a loop speaks.
@@ -272,6 +276,17 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             &mut order,
         )?;
         report(&slow_loop, &samples[0]);
+    }
+
+    if runs(Part::Go) {
+        go::run(
+            &agent,
+            &nginx,
+            pinned.then_some(&taskset),
+            requests,
+            rounds,
+            &mut order,
+        )?;
     }
     Ok(())
 }

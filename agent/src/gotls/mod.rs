@@ -19,6 +19,19 @@ pub const WRITE: &str = "crypto/tls.(*Conn).Write";
 pub const READ: &str = "crypto/tls.(*Conn).Read";
 /// `func (c *Conn) Close() error`.
 pub const CLOSE: &str = "crypto/tls.(*Conn).Close";
+/// `func memmove(to, from unsafe.Pointer, n uintptr)`, which `(*Conn).Read`
+/// calls to copy its result into the caller's buffer.
+pub const MEMMOVE: &str = "runtime.memmove";
+
+/// Whether a runtime function of this name never returns: the panics Go's
+/// compiler calls (bounds, nil, division, conversions) and fatal errors. A
+/// call to one ends its path through a function. (`runtime.panicCheck*`
+/// return when the panic is allowed, so they are not among them.)
+pub fn never_returns(name: &[u8]) -> bool {
+    (name.starts_with(b"runtime.panic") && !name.starts_with(b"runtime.panicCheck"))
+        || name.starts_with(b"runtime.goPanic")
+        || [&b"runtime.gopanic"[..], b"runtime.throw", b"runtime.fatal"].contains(&name)
+}
 
 /// Failures finding `crypto/tls` in a Go binary.
 #[derive(Debug, Error)]
@@ -36,7 +49,7 @@ pub enum GoTlsError {
 }
 
 /// Where a Go binary defines the probed functions: virtual address and size.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Functions {
     /// `(*Conn).Write`.
     pub write: Option<(u64, u64)>,
@@ -44,6 +57,10 @@ pub struct Functions {
     pub read: Option<(u64, u64)>,
     /// `(*Conn).Close`.
     pub close: Option<(u64, u64)>,
+    /// `runtime.memmove`.
+    pub memmove: Option<(u64, u64)>,
+    /// The entries of the functions that never return ([`never_returns`]).
+    pub never_return: Vec<u64>,
 }
 
 /// The `crypto/tls` functions of `object` if it is a Go binary that links
@@ -55,14 +72,11 @@ pub fn find(object: &object::File<'_>) -> Result<Option<Functions>, GoTlsError> 
     };
     let mut found = Functions::default();
     for symbol in object.symbols() {
-        let slot = match symbol.name_bytes() {
-            Ok(name) if name == WRITE.as_bytes() => &mut found.write,
-            Ok(name) if name == READ.as_bytes() => &mut found.read,
-            Ok(name) if name == CLOSE.as_bytes() => &mut found.close,
-            _ => continue,
+        let Ok(name) = symbol.name_bytes() else {
+            continue;
         };
         if symbol.is_definition() && symbol.size() > 0 {
-            slot.get_or_insert((symbol.address(), symbol.size()));
+            found.add(name, (symbol.address(), symbol.size()));
         }
     }
     if found.write.is_none() || found.read.is_none() {
@@ -72,15 +86,28 @@ pub fn find(object: &object::File<'_>) -> Result<Option<Functions>, GoTlsError> 
         let text = object
             .section_by_name(".text")
             .map_or(0, |text| text.address());
-        let named = pclntab::find(&data, text, &[WRITE, READ, CLOSE])?;
-        let at = |index: usize| named.get(index).copied().flatten();
-        found = Functions {
-            write: at(0),
-            read: at(1),
-            close: at(2),
-        };
+        found = Functions::default();
+        pclntab::each(&data, text, |name, function| found.add(name, function))?;
     }
     Ok((found.write.is_some() || found.read.is_some()).then_some(found))
+}
+
+impl Functions {
+    /// Notes the function `name` at `function` if it is one of these.
+    fn add(&mut self, name: &[u8], function: (u64, u64)) {
+        let slot = match name {
+            _ if name == WRITE.as_bytes() => &mut self.write,
+            _ if name == READ.as_bytes() => &mut self.read,
+            _ if name == CLOSE.as_bytes() => &mut self.close,
+            _ if name == MEMMOVE.as_bytes() => &mut self.memmove,
+            _ if never_returns(name) => {
+                self.never_return.push(function.0);
+                return;
+            }
+            _ => return,
+        };
+        slot.get_or_insert(function);
+    }
 }
 
 #[cfg(test)]
@@ -173,9 +200,16 @@ mod tests {
         std::fs::write(&path, &corrupt).unwrap();
         assert_eq!(tls_libs::inspect(&path, None).unwrap().1, None);
         let returns = offsets(ProbeRole::GoReadReturn).len();
+        // Debian's Go inlines `bytes.(*Reader).Read` into `(*Conn).Read`: its one
+        // `runtime.memmove` call is where the result is read.
+        assert_eq!(offsets(ProbeRole::GoReadCopy).len(), 1);
+        assert_eq!(with_symbols.refusals, []);
         assert_eq!(
             with_symbols.to_string(),
-            format!("go probes (entries on emulated jcc + {returns} ret probes, single-step)")
+            format!(
+                "go probes (entries on emulated jcc + reads on emulated call + {returns} \
+                 error-exit ret probes, single-step)"
+            )
         );
     }
 }

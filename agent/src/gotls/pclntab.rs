@@ -69,6 +69,22 @@ pub fn find(
     text: u64,
     names: &[&str],
 ) -> Result<Vec<Option<Function>>, PclntabError> {
+    let mut found = vec![None; names.len()];
+    each(table, text, |name, function| {
+        if let Some(slot) = names.iter().position(|wanted| wanted.as_bytes() == name) {
+            found[slot] = Some(function);
+        }
+    })?;
+    Ok(found)
+}
+
+/// Calls `f` with the name, entry and size of every function in `table`
+/// (`text` as for [`find`]).
+pub fn each(
+    table: &[u8],
+    text: u64,
+    mut f: impl FnMut(&[u8], Function),
+) -> Result<(), PclntabError> {
     let reader = Reader(table);
     let magic = reader.u32(0, "magic")?;
     let layout = match magic {
@@ -122,7 +138,6 @@ pub fn find(
         Layout::Go118 => 4,
         Layout::Go116 => 8,
     };
-    let mut found = vec![None; names.len()];
     for index in 0..functions {
         let (start, func) = entry(index)?;
         let name_offset = reader.u32(
@@ -130,12 +145,10 @@ pub fn find(
             "function name offset",
         )?;
         let name = reader.c_str(names_at.saturating_add(u64::from(name_offset)))?;
-        if let Some(slot) = names.iter().position(|wanted| wanted.as_bytes() == name) {
-            let (end, _) = entry(index + 1)?;
-            found[slot] = Some((start, end.saturating_sub(start)));
-        }
+        let (end, _) = entry(index + 1)?;
+        f(name, (start, end.saturating_sub(start)));
     }
-    Ok(found)
+    Ok(())
 }
 
 /// Bounds-checked little-endian reads.

@@ -5,9 +5,11 @@
 //!
 //! Go moves goroutine stacks, so a return probe (which rewrites the return
 //! address on the stack) corrupts Go programs. Instead, userspace (the agent's
-//! `placement` module) attaches [`go_tls_read_return`] to every `ret`
-//! instruction of `(*Conn).Read`, found by disassembly, and calls are keyed by
-//! goroutine (a goroutine may resume on another thread), not by thread. As
+//! `placement` module) attaches [`go_tls_read_copy`] to the `call
+//! runtime.memmove` that copies `(*Conn).Read`'s result, and
+//! [`go_tls_read_return`] to the `ret` instructions that do not follow it (or,
+//! when there is no such call, to every `ret`), found by disassembly; calls are
+//! keyed by goroutine (a goroutine may resume on another thread), not by thread. As
 //! for every data source, a call takes its sequence number at entry and its
 //! plaintext goes through the one emit path (`crate::emit`).
 //!
@@ -114,23 +116,66 @@ uprobe_pair! {
     go_tls_read_return_multi,
     |ctx: ProbeContext| {
         let key = goroutine(&ctx);
-        // SAFETY: the value is copied out before the entry is removed.
-        let Some(call) = (unsafe { GO_TLS_READS.get(&key) }).copied() else {
-            if is_traced() {
-                emit::missing_entry();
-            }
+        let Some(call) = read_call(&key) else {
             return 0;
         };
         let _ = GO_TLS_READS.remove(&key);
-        let pid_tgid = bpf_get_current_pid_tgid();
         // SAFETY: `regs` is the probe's own register frame.
-        let n = unsafe { (*ctx.regs).rax }.cast_signed();
-        if n > 0 {
-            emit::emit(&call, pid_tgid, n.cast_unsigned());
-        } else {
-            emit::cancel((pid_tgid >> 32) as u32, &call);
-        }
+        read_result(&call, unsafe { (*ctx.regs).rax });
         0
+    }
+}
+
+uprobe_pair! {
+    /// The `call runtime.memmove` in `(*Conn).Read` that copies its result
+    /// into `b` (`copy(b, ...)` of the inlined `bytes.(*Reader).Read`):
+    /// `func memmove(to, from unsafe.Pointer, n uintptr)`, register ABI (`to`
+    /// in `rax`, `from` in `rbx`, `n` in `rcx`); Go >= 1.17. The probe runs
+    /// before the copy, so the `n` bytes are read at `from`, once `to` is
+    /// found to be the buffer the call was given; a copy to elsewhere leaves
+    /// the call's entry, and the call shows as lost.
+    uprobe,
+    go_tls_read_copy,
+    go_tls_read_copy_multi,
+    |ctx: ProbeContext| {
+        let key = goroutine(&ctx);
+        let Some(mut call) = read_call(&key) else {
+            return 0;
+        };
+        // SAFETY: `regs` is the probe's own register frame.
+        let (to, from, n) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx) };
+        if to != call.buf {
+            return 0;
+        }
+        let _ = GO_TLS_READS.remove(&key);
+        call.buf = from;
+        read_result(&call, n);
+        0
+    }
+}
+
+/// The `(*Conn).Read` call in progress on goroutine `key`, copied out of the
+/// map; None (counted as a missing entry when the process is traced) when
+/// there is none.
+#[inline(always)]
+fn read_call(key: &GoroutineKey) -> Option<Call> {
+    // SAFETY: the value is copied out before the entry is removed.
+    let call = (unsafe { GO_TLS_READS.get(key) }).copied();
+    if call.is_none() && is_traced() {
+        emit::missing_entry();
+    }
+    call
+}
+
+/// Emits the `n` bytes a read moved (`n` as Go's `int`), or gives the call's
+/// sequence number back when it moved none.
+#[inline(always)]
+fn read_result(call: &Call, n: u64) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if n.cast_signed() > 0 {
+        emit::emit(call, pid_tgid, n);
+    } else {
+        emit::cancel((pid_tgid >> 32) as u32, call);
     }
 }
 
