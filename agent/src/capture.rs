@@ -504,6 +504,9 @@ impl Capture {
                         None => Vec::new(),
                     };
                     done.extend(tracker.on_data(&data));
+                    if tracker.unparsed_yet_delivered(data.tgid, data.ssl) {
+                        skip(probes, tracker, data.tgid, data.ssl);
+                    }
                     finished.extend(done.into_iter().map(|d| (d, process.clone())));
                     continue;
                 }
@@ -725,7 +728,8 @@ fn end_sequences(probes: &mut Probes, tracker: &mut Tracker, tgid: u32) -> Vec<C
 }
 
 /// Tells the kernel to skip connection `ssl` of `tgid`, whose host is not
-/// recorded: its calls cost no ring space and no copy from now on.
+/// recorded or which the agent no longer parses: its calls cost no ring space
+/// and no copy from now on.
 fn skip(probes: &mut Probes, tracker: &mut Tracker, tgid: u32, ssl: u64) {
     match probes.skip_conn(tgid, ssl) {
         Ok(()) => tracker.skip(tgid, ssl),

@@ -15,7 +15,7 @@ use std::{
     net::SocketAddr,
 };
 
-use llmsim_ebpf_common::{Direction, DropReason, SkippedConn};
+use llmsim_ebpf_common::{Direction, DropReason, SkippedConn, is_plain_connection};
 use llmsim_snapshot::model::HttpVersion;
 
 use crate::{
@@ -87,9 +87,11 @@ pub struct TrackerStats {
     /// Bytes the kernel could not deliver, as it attributed them to the
     /// connections that ended (freed, or their process exited).
     pub lost_bytes_attributed: u64,
-    /// Connections whose SNI names a host the capture does not record: from
-    /// the moment the agent knew, the kernel skipped their calls (no ring
-    /// space, no copy); what arrived before is discarded as before.
+    /// TLS connections whose SNI names a host the capture does not record, or
+    /// that the agent stopped parsing (this process serves them, or they are
+    /// not HTTP): from the moment the agent knew, the kernel skipped their
+    /// calls (no ring space, no copy); what arrived before is discarded as
+    /// before.
     pub skipped_connections: u64,
     /// Exchanges on those connections that the kernel skipped, counted from
     /// its request turns (a write after a read: exact for HTTP/1.1 clients).
@@ -285,6 +287,18 @@ impl Tracker {
         }
     }
 
+    /// Whether the agent stopped parsing TLS connection `ssl` of `tgid` (this process is its
+    /// server, or it is not HTTP) while the kernel still delivers its calls: such a
+    /// connection costs ring space and copies for nothing until the kernel skips it too.
+    /// Plain-socket connections are chosen by destination in the kernel already.
+    pub fn unparsed_yet_delivered(&self, tgid: u32, ssl: u64) -> bool {
+        !is_plain_connection(ssl)
+            && self
+                .connections
+                .get(&(tgid, ssl))
+                .is_some_and(|conn| conn.skipped && !conn.skipped_in_kernel)
+    }
+
     /// Whether the kernel was told to skip `ssl` and its end is not known yet.
     pub fn skipped_in_kernel(&self, tgid: u32, ssl: u64) -> bool {
         self.connections
@@ -306,6 +320,11 @@ impl Tracker {
         conn.skipped_in_kernel = false;
         if skipped.present == 0 {
             self.stats.skipped_evicted += 1;
+            return;
+        }
+        if conn.skipped {
+            // Parsing had stopped (a server side, or not HTTP): its exchanges were
+            // never the capture's to count.
             return;
         }
         let continued = skipped.first == Direction::Write as u32
@@ -767,6 +786,48 @@ mod tests {
         let stats = tracker.stats();
         assert_eq!((stats.skipped_exchanges, stats.skipped_evicted), (0, 1));
         assert_eq!(stats.skipped_connections, 1);
+    }
+
+    #[test]
+    fn a_connection_this_process_serves_is_left_to_the_kernel_to_skip() {
+        let mut tracker = Tracker::default();
+        // A client's connection is parsed: nothing for the kernel to skip.
+        call(&mut tracker, Direction::Write, REQUEST, 1 << 14, 1);
+        assert!(!tracker.unparsed_yet_delivered(7, SSL));
+        // This process reads a request first: it is the server, and parsing stops.
+        let mut tracker = Tracker::default();
+        call(&mut tracker, Direction::Read, REQUEST, 1 << 14, 1);
+        assert!(tracker.unparsed_yet_delivered(7, SSL));
+        tracker.skip(7, SSL);
+        assert!(!tracker.unparsed_yet_delivered(7, SSL));
+        // The turns the kernel skipped on it are not exchanges anyone asked for.
+        tracker.on_skipped_end(
+            7,
+            SSL,
+            SkippedConn {
+                present: 1,
+                first: Direction::Read as u32,
+                last: Direction::Write as u32,
+                requests: 5,
+            },
+        );
+        assert_eq!(tracker.stats().skipped_exchanges, 0);
+        assert_eq!(tracker.stats().server_connections, 1);
+        // A plain-socket connection is chosen in the kernel by destination already.
+        let mut tracker = Tracker::default();
+        tracker.on_data(&Data {
+            tgid: 7,
+            tid: 7,
+            ssl: llmsim_ebpf_common::PLAIN_CONNECTION | 5,
+            direction: Direction::Read,
+            start_ns: 1,
+            end_ns: 1,
+            call_len: REQUEST.len() as u64,
+            offset: 0,
+            fd: Some(5),
+            bytes: REQUEST,
+        });
+        assert!(!tracker.unparsed_yet_delivered(7, llmsim_ebpf_common::PLAIN_CONNECTION | 5));
     }
 
     #[test]

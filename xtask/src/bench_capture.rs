@@ -1,5 +1,5 @@
 //! `cargo xtask bench capture [REQUESTS] [ROUNDS] [--only PARTS]`: what
-//! attaching the agent costs a TLS client, in four parts (`--only` picks some).
+//! attaching the agent costs a TLS client, in six parts (`--only` picks some).
 //!
 //! 1. `h1`: a keep-alive HTTPS loop (curl, URL globbing: REQUESTS requests over
 //!    one connection through the system `libssl.so.3`) fetches a 1 KiB JSON
@@ -21,6 +21,9 @@
 //!    process involved.
 //! 4. `slow`: the HTTP/1.1 loop against a server that answers after 20 ms, as
 //!    a provider does at best: capture should be within noise there.
+//! 5. `go`: a Go client's keep-alive loop (see [`go`]).
+//! 6. `rss`: the agent's memory under `--all` during a 1 GiB download (see
+//!    [`rss`]).
 //!
 //! Method: the client (a shell that becomes curl) waits on stdin until the
 //! agent is attached; the time of a run is the sum of curl's own per-request
@@ -50,6 +53,7 @@ use clap::Parser;
 use llmsim_tests::{TestCa, TestCgroup};
 
 mod go;
+mod rss;
 
 use crate::bench_support::{
     Guard, Nginx, READY_TIMEOUT, bench_tools, free_port, is_root, median, release_binary,
@@ -86,6 +90,8 @@ enum Part {
     Slow,
     /// A Go client's HTTP/1.1 loop against nginx, without the agent, `--pid` and `-- CMD`.
     Go,
+    /// The agent's peak RSS under `--all` during a 1 GiB HTTPS download.
+    Rss,
 }
 
 /// The HTTP version a loop speaks.
@@ -185,6 +191,9 @@ struct AgentSummary {
     ignored: u64,
     dropped: u64,
     plaintext_bytes: u64,
+    /// What the kernel skipped on connections to hosts not recorded.
+    skipped_calls: u64,
+    skipped_bytes: u64,
 }
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
@@ -287,6 +296,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             rounds,
             &mut order,
         )?;
+    }
+
+    if runs(Part::Rss) {
+        rss::run(&agent, &curl, &nginx, &ca)?;
     }
     Ok(())
 }
@@ -952,29 +965,26 @@ impl RunningAgent {
         let status = self.child.wait().context("waiting for the agent")?;
         let said = self.stderr.join().unwrap_or_default();
         ensure!(status.success(), "the agent failed ({status}):\n{said}");
-        Ok(parse_summary(&stdout))
+        parse_summary(&stdout)
     }
 }
 
-/// Reads the counters out of the agent's `--json` summary (`"key": number`).
-fn parse_summary(json: &str) -> AgentSummary {
-    let field = |key: &str| -> u64 {
-        let needle = format!("\"{key}\":");
-        json.find(&needle)
-            .map(|at| &json[at + needle.len()..])
-            .and_then(|rest| {
-                rest.trim_start()
-                    .split(|c: char| !c.is_ascii_digit())
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0)
+/// Reads the counters out of the agent's `--json` summary.
+fn parse_summary(json: &str) -> anyhow::Result<AgentSummary> {
+    let summary: serde_json::Value = serde_json::from_str(json.trim())
+        .with_context(|| format!("the agent's summary is not JSON:\n{json}"))?;
+    let field = |pointer: &str| -> anyhow::Result<u64> {
+        summary
+            .pointer(pointer)
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("no {pointer} in the agent's summary:\n{json}"))
     };
-    AgentSummary {
-        written: field("exchanges_written"),
-        ignored: field("exchanges_ignored"),
-        dropped: field("events_dropped_total"),
-        plaintext_bytes: field("plaintext_bytes"),
-    }
+    Ok(AgentSummary {
+        written: field("/exchanges_written")?,
+        ignored: field("/exchanges_ignored")?,
+        dropped: field("/events_dropped_total")?,
+        plaintext_bytes: field("/connections/plaintext_bytes")?,
+        skipped_calls: field("/skipped/calls")?,
+        skipped_bytes: field("/skipped/bytes")?,
+    })
 }

@@ -257,6 +257,9 @@ pub struct Nginx {
     pub https: SocketAddr,
     /// The TLS listener that offers HTTP/2 by ALPN.
     pub h2: SocketAddr,
+    /// Files put here are served under `/files/` (from disk, for answers too large to hold
+    /// in nginx.conf).
+    pub files: PathBuf,
 }
 
 impl Nginx {
@@ -276,7 +279,8 @@ impl Nginx {
         cpu: Option<usize>,
     ) -> anyhow::Result<Self> {
         let dir = scratch.join("nginx");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("files"))
+            .with_context(|| format!("creating {}/files", dir.display()))?;
         let http = free_port()?;
         let https = free_port()?;
         let h2 = free_port()?;
@@ -320,6 +324,9 @@ http {{
         location / {{
             default_type application/json;
             return 200 '{body}';
+        }}
+        location /files/ {{
+            root {d};
         }}
     }}
 }}
@@ -368,6 +375,7 @@ http {{
             http,
             https,
             h2,
+            files: dir.join("files"),
         })
     }
 }
