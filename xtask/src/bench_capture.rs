@@ -8,8 +8,8 @@
 //!    (127.0.0.1 is not a provider: uprobes, ring buffer and reassembly, no
 //!    files; breakpoints in curl only), `--pid --any-host` (every exchange also
 //!    written to disk), `-- CMD` and `--cgroup` with the same filter
-//!    (breakpoints in every process that maps libssl, nginx included, since
-//!    their processes may start later).
+//!    (breakpoints in the target processes only on kernels from 6.6; in every
+//!    process that maps libssl, nginx included, on older ones).
 //! 2. `h2`: the same loop over HTTP/2 (curl negotiates h2 by ALPN with nginx's
 //!    `http2` listener; every request must report HTTP version 2), without the
 //!    agent, under `--pid` and under `--pid --any-host`. When both loops run,
