@@ -27,95 +27,20 @@ lines of a streamed answer.
 import base64
 import json
 import mmap
-import os
-import socket
 import ssl
 import sys
 import threading
+
+from counted import Counted, body_of, head_of
 
 HOST = "api.openai.com"
 # The plain-HTTP local server of `plain-ring`.
 LOCAL_SERVER = ("127.0.0.1", 11434)
 
 
-def body_of(size, tag, stream=False):
-    """A chat completion request body of exactly `size` bytes."""
-    base = {"model": "gpt-4o-mini", "stream": stream,
-            "messages": [{"role": "user", "content": tag + " "}]}
-    pad = size - len(json.dumps(base, separators=(",", ":")))
-    if pad < 0:
-        raise SystemExit(f"body size {size} is too small")
-    base["messages"][0]["content"] = tag + " " + "x" * pad
-    data = json.dumps(base, separators=(",", ":")).encode()
-    assert len(data) == size, (len(data), size)
-    return data
-
-
-def head_of(body):
-    key = os.environ.get("OPENAI_API_KEY", "")
-    return (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {HOST}\r\n"
-            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-
-
-class Counted:
-    """A TLS connection (or, without a context, a plain one to the local server) that counts
-    the plaintext it moves."""
-
-    def __init__(self, ctx, blocking=False):
-        if ctx is None:
-            self.tls = socket.create_connection(LOCAL_SERVER, timeout=30)
-        else:
-            raw = socket.create_connection((HOST, 443), timeout=30)
-            self.tls = ctx.wrap_socket(raw, server_hostname=HOST)
-        if blocking:
-            # Without a timeout Python blocks inside SSL_read rather than polling outside it.
-            self.tls.settimeout(None)
-        self.moved = 0
-        self.buffer = b""
-
-    def send(self, data):
-        self.tls.sendall(data)
-        self.moved += len(data)
-
-    def recv_more(self):
-        data = self.tls.recv(65536)
-        if not data:
-            raise ConnectionError("the server closed the connection")
-        self.moved += len(data)
-        self.buffer += data
-
-    def response(self):
-        """One response: (status, body bytes after chunked framing)."""
-        while b"\r\n\r\n" not in self.buffer:
-            self.recv_more()
-        head, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {k.strip().lower(): v.strip() for k, v in
-                   (line.split(":", 1) for line in lines[1:])}
-        if "content-length" in headers:
-            n = int(headers["content-length"])
-            while len(self.buffer) < n:
-                self.recv_more()
-            body, self.buffer = self.buffer[:n], self.buffer[n:]
-            return status, body
-        body = b""
-        while True:
-            while b"\r\n" not in self.buffer:
-                self.recv_more()
-            size_line, rest = self.buffer.split(b"\r\n", 1)
-            n = int(size_line.split(b";")[0], 16)
-            while len(rest) < n + 2:
-                self.recv_more()
-                size_line, rest = self.buffer.split(b"\r\n", 1)
-            body += rest[:n]
-            self.buffer = rest[n + 2:]
-            if n == 0:
-                return status, body
-
-    def close(self):
-        self.tls.close()
+def connect(ctx, blocking=False):
+    """A counted connection to api.openai.com, or without `ctx` to the local plain server."""
+    return Counted(ctx, HOST, address=LOCAL_SERVER, blocking=blocking)
 
 
 def result(body, status, response):
@@ -138,8 +63,8 @@ def copy_mode(ctx):
     results, moved = [], 0
     for size, drop in ((5000, True), (9000, False), (12000, True)):
         body = body_of(size, f"copy-{size}")
-        conn = Counted(ctx)
-        conn.send(head_of(body))
+        conn = connect(ctx)
+        conn.send(head_of(HOST, body))
         if drop:
             mapped = mmap.mmap(-1, len(body))
             mapped.write(body)
@@ -156,11 +81,11 @@ def copy_mode(ctx):
 
 
 def ring_mode(ctx):
-    conn = Counted(ctx)
+    conn = connect(ctx)
     results = []
     for size in (3000, 2 * 1024 * 1024, 4000):
         body = body_of(size, f"ring-{size}")
-        conn.send(head_of(body) + body)
+        conn.send(head_of(HOST, body) + body)
         status, response = conn.response()
         results.append(result(body, status, response))
     conn.close()
@@ -177,9 +102,9 @@ def table_mode(ctx):
     def run(i):
         try:
             body = body_of(400, f"table-{i}", stream=True)
-            conn = Counted(ctx, blocking=True)
+            conn = connect(ctx, blocking=True)
             barrier.wait(timeout=30)
-            conn.send(head_of(body) + body)
+            conn.send(head_of(HOST, body) + body)
             status, response = conn.response()
             results[i] = result(body, status, response)
             conn.close()
