@@ -14,24 +14,11 @@ mod capture_support;
 
 use std::ffi::OsString;
 
-use base64::Engine as _;
-use capture_support::{Agent, assert_summary_matches_disk, command_args, exchanges, figure};
-use llmsim_snapshot::model::Body;
+use capture_support::{
+    Agent, assert_summary_matches_disk, b64, body_bytes, command_args, exchanges, figure,
+};
 use llmsim_tests::{FakeProvider, TestCa, TestNetns, privileged};
 use serde_json::Value;
-
-fn b64(value: &Value) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(value.as_str().expect("base64 text"))
-        .expect("valid base64")
-}
-
-/// The bytes a stored body stands for.
-fn body_bytes(body: &Value) -> Vec<u8> {
-    serde_json::from_value::<Body>(body.clone())
-        .unwrap_or_else(|e| panic!("stored body ({e}): {body}"))
-        .to_bytes()
-}
 
 #[test]
 fn an_unwanted_connection_is_skipped_in_the_kernel_and_the_wanted_one_recorded_whole() {

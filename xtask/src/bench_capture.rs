@@ -338,20 +338,7 @@ fn rounds_of(
             let (li, mi) = variants[i];
             let (client, mode) = (loops[li].client, loops[li].modes[mi]);
             let sample = client.run(agent, mode, requests)?;
-            let mut line = format!(
-                "round {round}  {:<8} {:<34} {:>9.0} req/s",
-                client.proto.name(),
-                mode.label(),
-                sample.requests_per_second
-            );
-            if let Some(s) = &sample.summary {
-                let _ = write!(
-                    line,
-                    "  (agent: {} written, {} ignored, {} events dropped, {} plaintext bytes)",
-                    s.written, s.ignored, s.dropped, s.plaintext_bytes
-                );
-            }
-            println!("{line}");
+            println!("{}", round_line(round, client.proto.name(), mode, &sample));
             samples[li][mi].push(sample);
         }
     }
@@ -894,6 +881,24 @@ impl SlowServer {
             port,
         })
     }
+}
+
+/// The line a run prints when it ends: its round, client, mode, rate and
+/// what the agent counted.
+fn round_line(round: u32, client: &str, mode: Mode, sample: &Sample) -> String {
+    let mut line = format!(
+        "round {round}  {client:<8} {:<34} {:>9.0} req/s",
+        mode.label(),
+        sample.requests_per_second
+    );
+    if let Some(s) = &sample.summary {
+        let _ = write!(
+            line,
+            "  (agent: {} written, {} ignored, {} events dropped, {} plaintext bytes)",
+            s.written, s.ignored, s.dropped, s.plaintext_bytes
+        );
+    }
+    line
 }
 
 /// The agent, started and attached; its stderr is collected as it comes.

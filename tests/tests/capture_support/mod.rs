@@ -723,3 +723,18 @@ pub fn assert_not_decrypted(
         .unwrap_or_else(|| panic!("peer is not an address: {entry}"));
     assert!(provider.addrs().contains(&peer), "{entry}");
 }
+
+/// The bytes of a client report's base64 field (clients print the exact bytes they moved).
+pub fn b64(value: &Value) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(value.as_str().expect("base64 text"))
+        .expect("valid base64")
+}
+
+/// The bytes a stored body stands for.
+pub fn body_bytes(body: &Value) -> Vec<u8> {
+    serde_json::from_value::<llmsim_snapshot::model::Body>(body.clone())
+        .unwrap_or_else(|e| panic!("stored body ({e}): {body}"))
+        .to_bytes()
+}

@@ -14,7 +14,6 @@
 
 use std::{
     ffi::OsString,
-    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -25,7 +24,7 @@ use llmsim_tests::TestCa;
 
 use super::{
     AgentSummary, BODY_BYTES, CLIENT_CPU, Mode, RunningAgent, SERVER_CPU, Sample, Shuffle, body,
-    pinned_command, range, write_go,
+    pinned_command, range, round_line, write_go,
 };
 use crate::bench_support::{Nginx, median};
 
@@ -82,19 +81,7 @@ pub fn run(
     for round in 1..=rounds {
         for i in order.permutation(MODES.len()) {
             let sample = client.run(agent, MODES[i], requests)?;
-            let mut line = format!(
-                "round {round}  Go       {:<34} {:>9.0} req/s",
-                MODES[i].label(),
-                sample.requests_per_second
-            );
-            if let Some(s) = &sample.summary {
-                let _ = write!(
-                    line,
-                    "  (agent: {} written, {} ignored, {} events dropped, {} plaintext bytes)",
-                    s.written, s.ignored, s.dropped, s.plaintext_bytes
-                );
-            }
-            println!("{line}");
+            println!("{}", round_line(round, "Go", MODES[i], &sample));
             rates[i].push(sample.requests_per_second);
         }
     }
