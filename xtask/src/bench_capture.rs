@@ -720,48 +720,13 @@ impl Client {
             format!("{}?i=[1-{requests}]", self.url).into(),
         ]);
         let _ = fs::remove_file(&codes_file);
-        let out_dir = self.work.join("capture");
-        let _ = fs::remove_dir_all(&out_dir);
-        let mut agent_args: Vec<OsString> = vec![
-            "capture".into(),
-            "--json".into(),
-            "--out".into(),
-            out_dir.clone().into_os_string(),
-        ];
-        if mode == Mode::PidAnyHost {
-            agent_args.push("--any-host".into());
-        }
-        let cgroup = (mode == Mode::Cgroup).then(TestCgroup::new);
-        let summary = if mode == Mode::Command {
-            // The command reads its go line from the agent's stdin, and the
-            // agent exits with it.
-            agent_args.push("--".into());
-            agent_args.extend(client_argv);
-            let mut agent = RunningAgent::start(agent, &agent_args, None, Stdio::piped())?;
-            write_go(agent.child.stdin.take())?;
-            Some(agent.finish(false)?)
-        } else {
-            let mut command = match &cgroup {
-                Some(cgroup) => cgroup.command(&client_argv),
-                None => pinned_command(None, &client_argv),
-            };
-            let mut client = command
-                .stdin(Stdio::piped())
-                .spawn()
-                .context("starting the curl loop")?;
-            match &cgroup {
-                Some(cgroup) => agent_args.extend(["--cgroup".into(), cgroup.relative().into()]),
-                None => agent_args.extend(["--pid".into(), client.id().to_string().into()]),
-            }
-            let agent = (mode != Mode::Baseline)
-                .then(|| RunningAgent::start(agent, &agent_args, None, Stdio::null()))
-                .transpose()?;
-            write_go(client.stdin.take())?;
-            let status = client.wait().context("waiting for the curl loop")?;
-            ensure!(status.success(), "the curl loop failed ({status})");
-            agent.map(|agent| agent.finish(true)).transpose()?
-        };
-        let _ = fs::remove_dir_all(&out_dir);
+        let summary = run_in_mode(
+            agent,
+            mode,
+            &client_argv,
+            &self.work.join("capture"),
+            "curl",
+        )?;
 
         let codes = fs::read_to_string(&codes_file).context("reading curl's status codes")?;
         let seconds = self.seconds(&codes, requests)?;
@@ -881,6 +846,64 @@ impl SlowServer {
             port,
         })
     }
+}
+
+/// Runs a client loop (`client_argv`, which waits for a go line on stdin) in
+/// `mode`, the agent writing to `out_dir`: alone, under the agent as
+/// `-- CMD`, or started first and attached to by pid (or by a cgroup of its
+/// own); the agent's summary when it was attached. `what` names the client in
+/// errors.
+fn run_in_mode(
+    agent: &Path,
+    mode: Mode,
+    client_argv: &[OsString],
+    out_dir: &Path,
+    what: &str,
+) -> anyhow::Result<Option<AgentSummary>> {
+    let _ = fs::remove_dir_all(out_dir);
+    let mut agent_args: Vec<OsString> = vec![
+        "capture".into(),
+        "--json".into(),
+        "--out".into(),
+        out_dir.as_os_str().to_owned(),
+    ];
+    if mode == Mode::PidAnyHost {
+        agent_args.push("--any-host".into());
+    }
+    let cgroup = (mode == Mode::Cgroup).then(TestCgroup::new);
+    let summary = if mode == Mode::Command {
+        // The command reads its go line from the agent's stdin, and the
+        // agent exits with it.
+        agent_args.push("--".into());
+        agent_args.extend(client_argv.iter().cloned());
+        let mut agent = RunningAgent::start(agent, &agent_args, None, Stdio::piped())?;
+        write_go(agent.child.stdin.take())?;
+        Some(agent.finish(false)?)
+    } else {
+        let mut command = match &cgroup {
+            Some(cgroup) => cgroup.command(client_argv),
+            None => pinned_command(None, client_argv),
+        };
+        let mut client = command
+            .stdin(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting the {what} loop"))?;
+        match &cgroup {
+            Some(cgroup) => agent_args.extend(["--cgroup".into(), cgroup.relative().into()]),
+            None => agent_args.extend(["--pid".into(), client.id().to_string().into()]),
+        }
+        let agent = (mode != Mode::Baseline)
+            .then(|| RunningAgent::start(agent, &agent_args, None, Stdio::null()))
+            .transpose()?;
+        write_go(client.stdin.take())?;
+        let status = client
+            .wait()
+            .with_context(|| format!("waiting for the {what} loop"))?;
+        ensure!(status.success(), "the {what} loop failed ({status})");
+        agent.map(|agent| agent.finish(true)).transpose()?
+    };
+    let _ = fs::remove_dir_all(out_dir);
+    Ok(summary)
 }
 
 /// The line a run prints when it ends: its round, client, mode, rate and

@@ -16,15 +16,15 @@ use std::{
     ffi::OsString,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
 };
 
 use anyhow::{Context as _, ensure};
 use llmsim_tests::TestCa;
 
 use super::{
-    AgentSummary, BODY_BYTES, CLIENT_CPU, Mode, RunningAgent, SERVER_CPU, Sample, Shuffle, body,
-    pinned_command, range, round_line, write_go,
+    AgentSummary, BODY_BYTES, CLIENT_CPU, Mode, SERVER_CPU, Sample, Shuffle, body, range,
+    round_line, run_in_mode,
 };
 use crate::bench_support::{Nginx, median};
 
@@ -175,35 +175,13 @@ impl GoClient {
             self.out.clone().into_os_string(),
         ]);
         let _ = fs::remove_file(&self.out);
-        let out_dir = self.out.with_extension("capture");
-        let _ = fs::remove_dir_all(&out_dir);
-        let mut agent_args: Vec<OsString> = vec![
-            "capture".into(),
-            "--json".into(),
-            "--out".into(),
-            out_dir.clone().into_os_string(),
-        ];
-        let summary = if mode == Mode::Command {
-            agent_args.push("--".into());
-            agent_args.extend(argv);
-            let mut agent = RunningAgent::start(agent, &agent_args, None, Stdio::piped())?;
-            write_go(agent.child.stdin.take())?;
-            Some(agent.finish(false)?)
-        } else {
-            let mut client = pinned_command(None, &argv)
-                .stdin(Stdio::piped())
-                .spawn()
-                .context("starting the Go loop")?;
-            agent_args.extend(["--pid".into(), client.id().to_string().into()]);
-            let agent = (mode != Mode::Baseline)
-                .then(|| RunningAgent::start(agent, &agent_args, None, Stdio::null()))
-                .transpose()?;
-            write_go(client.stdin.take())?;
-            let status = client.wait().context("waiting for the Go loop")?;
-            ensure!(status.success(), "the Go loop failed ({status})");
-            agent.map(|agent| agent.finish(true)).transpose()?
-        };
-        let _ = fs::remove_dir_all(&out_dir);
+        let summary = run_in_mode(
+            agent,
+            mode,
+            &argv,
+            &self.out.with_extension("capture"),
+            "Go",
+        )?;
         let line = fs::read_to_string(&self.out).context("reading the Go loop's result")?;
         let fields: Vec<&str> = line.split_whitespace().collect();
         let [seconds, connections, bytes] = fields[..] else {
