@@ -543,22 +543,11 @@ fn report(l: &Loop, samples: &[Vec<Sample>]) {
         "+us/SSL call*"
     );
     for (mode, runs) in l.modes.iter().zip(&rates) {
-        let rps = median(runs.clone());
-        let (low, high) = range(runs);
-        let ratios: Vec<f64> = rates[0].iter().zip(runs).map(|(b, r)| b / r).collect();
-        let (ratio_low, ratio_high) = range(&ratios);
-        let added = added_per_round(&rates[0], runs);
+        let (columns, added) = mode_columns(*mode, &rates[0], runs);
         let (added_low, added_high) = range(&added);
         let added_us = median(added);
         println!(
-            "{:<34} {:>8.0} {:>13} {:>6.0}% {:>8.3}x {:>13} {:>11.2} {:>17} {:>13}",
-            mode.label(),
-            rps,
-            format!("{low:.0}-{high:.0}"),
-            (high - low) / rps * 100.0,
-            median(ratios),
-            format!("{ratio_low:.2}-{ratio_high:.2}x"),
-            added_us,
+            "{columns} {:>17} {:>13}",
             format!("{added_low:+.1} to {added_high:+.1}"),
             proto.ssl_calls_per_request().map_or_else(
                 || "-".to_owned(),
@@ -904,6 +893,29 @@ fn run_in_mode(
     };
     let _ = fs::remove_dir_all(out_dir);
     Ok(summary)
+}
+
+/// The columns every loop's table starts with, for `mode` run at `runs`
+/// req/s against `baseline` in the same rounds: its median rate, the runs'
+/// range and spread, how much slower (median and range over rounds), and the
+/// median time added per request; with the added time of each round.
+fn mode_columns(mode: Mode, baseline: &[f64], runs: &[f64]) -> (String, Vec<f64>) {
+    let rps = median(runs.to_vec());
+    let (low, high) = range(runs);
+    let ratios: Vec<f64> = baseline.iter().zip(runs).map(|(b, r)| b / r).collect();
+    let (ratio_low, ratio_high) = range(&ratios);
+    let added = added_per_round(baseline, runs);
+    let columns = format!(
+        "{:<34} {:>8.0} {:>13} {:>6.0}% {:>8.3}x {:>13} {:>11.2}",
+        mode.label(),
+        rps,
+        format!("{low:.0}-{high:.0}"),
+        (high - low) / rps * 100.0,
+        median(ratios),
+        format!("{ratio_low:.2}-{ratio_high:.2}x"),
+        median(added.clone()),
+    );
+    (columns, added)
 }
 
 /// The line a run prints when it ends: its round, client, mode, rate and

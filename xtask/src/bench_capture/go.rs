@@ -23,10 +23,10 @@ use anyhow::{Context as _, ensure};
 use llmsim_tests::TestCa;
 
 use super::{
-    AgentSummary, BODY_BYTES, CLIENT_CPU, Mode, SERVER_CPU, Sample, Shuffle, body, range,
+    AgentSummary, BODY_BYTES, CLIENT_CPU, Mode, SERVER_CPU, Sample, Shuffle, body, mode_columns,
     round_line, run_in_mode,
 };
-use crate::bench_support::{Nginx, median};
+use crate::bench_support::Nginx;
 
 /// The client's source.
 const SOURCE: &str = include_str!("go_loop.go");
@@ -97,21 +97,7 @@ pub fn run(
         "+us/request"
     );
     for (mode, runs) in MODES.iter().zip(&rates) {
-        let rps = median(runs.clone());
-        let (low, high) = range(runs);
-        let ratios: Vec<f64> = rates[0].iter().zip(runs).map(|(b, r)| b / r).collect();
-        let (ratio_low, ratio_high) = range(&ratios);
-        let added = super::added_per_round(&rates[0], runs);
-        println!(
-            "{:<34} {:>8.0} {:>13} {:>6.0}% {:>8.3}x {:>13} {:>11.2}",
-            mode.label(),
-            rps,
-            format!("{low:.0}-{high:.0}"),
-            (high - low) / rps * 100.0,
-            median(ratios),
-            format!("{ratio_low:.2}-{ratio_high:.2}x"),
-            median(added),
-        );
+        println!("{}", mode_columns(*mode, &rates[0], runs).0);
     }
     println!(
         "x slower: median over rounds of (baseline / mode) within a round; per round: its range. \
