@@ -33,7 +33,7 @@ use llmsim_snapshot::prices::PriceTable;
 use llmsim_snapshot::provider::{ApiFamily, Endpoint, LimitKind, Provider};
 use llmsim_snapshot::signature::{
     self, CanonicalRequest, CompiledRules, FieldDiff, Served, Signature, SignatureError,
-    SignatureIndex,
+    SignatureIndex, SignatureMemo,
 };
 use llmsim_snapshot::store::{SnapshotDir, StoreError};
 
@@ -208,6 +208,8 @@ pub struct Engine {
     entries: Vec<Arc<RecordedEntry>>,
     index: SignatureIndex,
     rules: CompiledRules,
+    /// The signatures of requests already served, under `rules`.
+    memo: SignatureMemo,
     /// Recorded hosts in order of first appearance, lowercase.
     hosts: Vec<String>,
     /// Where recorded plain-HTTP exchanges went (their connections' peers), sorted.
@@ -319,6 +321,7 @@ impl Engine {
             limiter: RateLimiter::default(),
             entries,
             rules,
+            memo: SignatureMemo::default(),
             hosts,
             plain_peers: {
                 plain_peers.sort_unstable();
@@ -645,35 +648,41 @@ impl Engine {
     }
 
     /// The signature of `request` under the snapshot's rules. A body in a
-    /// `Content-Encoding` is decoded first, as capture stored the recorded ones.
+    /// `Content-Encoding` is decoded first, as capture stored the recorded ones; any other is
+    /// signed once and remembered, as load tests send the same requests again and again.
     pub fn signature(&self, request: &ReplayRequest) -> Signature {
+        let headers = request
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()));
         let coding = request
             .headers
             .get(http::header::CONTENT_ENCODING)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
             .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
-        let decoded = coding.map(|coding| {
-            let content_type = request
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok());
-            model::Body::from_http(content_type, Some(&coding), &[(0.0, &request.body)])
-                .unwrap_or_else(|_| model::Body::raw(Some(&coding), request.body.to_vec()))
-        });
-        let mut bytes = Vec::new();
-        let body = match &decoded {
-            None => signature::Body::Bytes(&request.body),
-            Some(decoded) => signature_body(decoded, &mut bytes),
+        let Some(coding) = coding else {
+            return self.memo.sign(
+                &request.method,
+                request.host_name(),
+                &request.path,
+                headers,
+                &request.body,
+                &self.rules,
+            );
         };
+        let content_type = request
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let decoded = model::Body::from_http(content_type, Some(&coding), &[(0.0, &request.body)])
+            .unwrap_or_else(|_| model::Body::raw(Some(&coding), request.body.to_vec()));
+        let mut bytes = Vec::new();
         Signature::with_headers(
             &request.method,
             request.host_name(),
             &request.path,
-            request
-                .headers
-                .iter()
-                .map(|(n, v)| (n.as_str(), v.as_bytes())),
-            body,
+            headers,
+            signature_body(&decoded, &mut bytes),
             &self.rules,
         )
     }

@@ -11,12 +11,14 @@
 //!
 //! One file per concern, each using only those before it: `trie` (the JSON-pointer
 //! trie), `rules` (the match rules and their compiled form), `canonical` (the canonical
-//! request and body emitter), `digest` (the [`Signature`]) and `index` (lookup, repeat
-//! policy and closest-match diff).
+//! request and body emitter), `digest` (the [`Signature`]), `memo` (signatures remembered
+//! by the exact request, for servers that see the same requests again) and `index`
+//! (lookup, repeat policy and closest-match diff).
 
 mod canonical;
 mod digest;
 mod index;
+mod memo;
 mod rules;
 #[cfg(test)]
 mod test_support;
@@ -25,6 +27,7 @@ mod trie;
 pub use canonical::{Body, CanonicalBody, CanonicalRequest};
 pub use digest::Signature;
 pub use index::{FieldDiff, Repeat, Served, SignatureIndex};
+pub use memo::SignatureMemo;
 pub use rules::{
     ALWAYS_DROPPED_QUERY, CompiledRules, DEFAULT_IGNORED_POINTERS, MASKED, MaskRule, MatchRules,
     SignatureError,
