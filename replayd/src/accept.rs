@@ -33,6 +33,7 @@ use crate::io_error::{RESOURCE_BACK_OFF, is_resource_exhaustion, is_transient};
 use crate::peer::ClientProcess;
 use crate::report::RejectedCa;
 use crate::service::{ConnInfo, app};
+use crate::workers::WorkersHandle;
 
 /// How long a new connection may stay silent before its first byte.
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -240,6 +241,8 @@ pub struct Acceptor {
     tls: Option<Arc<Tls>>,
     original_destination: Option<Arc<dyn OriginalDestination>>,
     shutdown: ShutdownWatch,
+    /// Where connections are served; the caller's runtime when `None`.
+    workers: Option<WorkersHandle>,
 }
 
 /// The TLS side: one configuration for clients that send SNI, and one per
@@ -288,6 +291,7 @@ impl Acceptor {
             tls: None,
             original_destination: None,
             shutdown: ShutdownWatch(watch::Sender::new(false).subscribe()),
+            workers: None,
         }
     }
 
@@ -307,6 +311,13 @@ impl Acceptor {
     #[must_use]
     pub fn with_original_destination(mut self, lookup: Arc<dyn OriginalDestination>) -> Self {
         self.original_destination = Some(lookup);
+        self
+    }
+
+    /// Serves each accepted connection on one of `workers`' threads.
+    #[must_use]
+    pub fn with_workers(mut self, workers: WorkersHandle) -> Self {
+        self.workers = Some(workers);
         self
     }
 
@@ -344,11 +355,31 @@ impl Acceptor {
                 Err(source) => return Err(AcceptError::Accept { addr, source }),
             };
             let this = this.clone();
-            tokio::spawn(async move {
-                if let Err(e) = this.serve_connection(stream, peer).await {
-                    tracing::debug!(%peer, error = %llmsim_snapshot::error_chain(&e), "connection ended with an error");
+            let Some(workers) = this.workers.clone() else {
+                tokio::spawn(async move { this.serve_logged(stream, peer).await });
+                continue;
+            };
+            // Moved to the worker's runtime: its reactor is the serving thread's.
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot hand the connection over");
+                    continue;
+                }
+            };
+            workers.spawn(move || async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => this.serve_logged(stream, peer).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "cannot serve the connection"),
                 }
             });
+        }
+    }
+
+    /// [`Self::serve_connection`], its error logged.
+    async fn serve_logged(&self, stream: TcpStream, peer: SocketAddr) {
+        if let Err(e) = self.serve_connection(stream, peer).await {
+            tracing::debug!(%peer, error = %llmsim_snapshot::error_chain(&e), "connection ended with an error");
         }
     }
 

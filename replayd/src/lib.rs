@@ -2,8 +2,8 @@
 //! process, without kernel hooks. `engine` signs and indexes a loaded snapshot and
 //! decides what each request gets; `response` and `body` turn a recorded answer into
 //! bytes on the wire, paced as recorded; `error` classifies failures and maps them to
-//! provider-shaped responses; `service` is the hyper service and `accept` the
-//! TLS-sniffing listener; `report` keeps the run's statistics; `run` ties a run
+//! provider-shaped responses; `service` is the hyper service, `accept` the
+//! TLS-sniffing listener and `workers` the per-core threads serving its connections; `report` keeps the run's statistics; `run` ties a run
 //! together for every mode; `ca` owns the per-machine replay CA and mints TLS leaves
 //! per SNI; `dns` answers the target's DNS queries for recorded and known provider
 //! hosts; `explain` tells what replay would do with one request; `io_error` decides
@@ -41,6 +41,7 @@ pub mod response;
 pub mod run;
 pub mod service;
 pub mod upstream;
+pub mod workers;
 
 #[cfg(test)]
 mod testutil;

@@ -25,6 +25,7 @@ use crate::engine::{Engine, EngineError};
 use crate::options::ReplayOptions;
 use crate::report::Report;
 use crate::upstream::{Upstream, UpstreamSettings, UpstreamSetupError};
+use crate::workers::Workers;
 use llmsim_drive::exposition::{self, Exposed, MetricsError};
 
 /// How long [`Running::finish`] lets open connections finish the answers under way.
@@ -46,6 +47,13 @@ pub enum RunError {
     /// The replay CA could not be loaded or created.
     #[error("cannot set up the replay CA")]
     Ca(#[from] CaError),
+    /// The serving threads could not be started.
+    #[error("cannot start the serving threads")]
+    Workers {
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// A listener could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -170,17 +178,18 @@ impl ListenAddr {
     }
 }
 
-/// Bound listeners, not yet serving.
+/// Bound listeners, not yet serving, and the threads that will serve their connections.
 #[derive(Debug)]
 pub struct Server {
     engine: Arc<Engine>,
     tls: Option<Arc<LeafResolver>>,
     listeners: Vec<(SocketAddr, TcpListener)>,
+    workers: Workers,
 }
 
 impl Server {
-    /// Binds `addrs`. With `tls`, connections that start a TLS handshake get one. Call it
-    /// inside a Tokio runtime.
+    /// Binds `addrs` and starts one serving thread per core. With `tls`, connections that
+    /// start a TLS handshake get one. Call it inside a Tokio runtime.
     pub fn bind(
         engine: Arc<Engine>,
         tls: Option<Arc<LeafResolver>>,
@@ -207,10 +216,12 @@ impl Server {
                 }
             }
         }
+        let workers = Workers::per_core().map_err(|source| RunError::Workers { source })?;
         Ok(Self {
             engine,
             tls,
             listeners,
+            workers,
         })
     }
 
@@ -237,7 +248,9 @@ impl Server {
     /// Starts serving; `original_destination` comes from the kernel redirect, if any.
     pub fn start(self, original_destination: Option<Arc<dyn OriginalDestination>>) -> Running {
         let shutdown = Shutdown::default();
-        let mut acceptor = Acceptor::new(self.engine.clone()).with_shutdown(&shutdown);
+        let mut acceptor = Acceptor::new(self.engine.clone())
+            .with_shutdown(&shutdown)
+            .with_workers(self.workers.handle());
         if let Some(resolver) = self.tls {
             acceptor = acceptor.with_tls(resolver);
         }
@@ -253,6 +266,7 @@ impl Server {
             engine: self.engine,
             tasks,
             shutdown,
+            workers: self.workers,
         }
     }
 }
@@ -274,6 +288,8 @@ pub struct Running {
     engine: Arc<Engine>,
     tasks: JoinSet<Result<(), RunError>>,
     shutdown: Shutdown,
+    /// Kept until the run ends: the connections live on these threads.
+    workers: Workers,
 }
 
 impl Running {
@@ -314,7 +330,9 @@ impl Running {
         self.shutdown.begin();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.shutdown.closed()).await;
         self.tasks.abort_all();
-        self.report()
+        // The connections still open after the grace period close with their threads.
+        drop(self.workers);
+        self.engine.stats().report()
     }
 }
 

@@ -3,6 +3,7 @@
 //! measure, child processes that never outlive a run, medians and quantiles.
 
 use std::{
+    fmt::Write as _,
     io::{BufReader, Read as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
@@ -266,7 +267,7 @@ impl Nginx {
     /// Starts nginx in the foreground under `scratch/nginx`, one worker per core, and waits
     /// until both ports accept.
     pub fn start(bin: &Path, scratch: &Path, body: &[u8], ca: &TestCa) -> anyhow::Result<Self> {
-        Self::start_on(bin, scratch, body, ca, None)
+        Self::launch(bin, scratch, body, &[], ca, None)
     }
 
     /// Like [`Nginx::start`]; with `cpu`, one worker pinned to that CPU
@@ -275,6 +276,29 @@ impl Nginx {
         bin: &Path,
         scratch: &Path,
         body: &[u8],
+        ca: &TestCa,
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Self> {
+        Self::launch(bin, scratch, body, &[], ca, cpu)
+    }
+
+    /// Like [`Nginx::start`], the answer carrying `headers` too, besides nginx's own
+    /// `Server`, `Date`, `Content-Type` and `Content-Length`.
+    pub fn start_answering(
+        bin: &Path,
+        scratch: &Path,
+        body: &[u8],
+        headers: &[(String, String)],
+        ca: &TestCa,
+    ) -> anyhow::Result<Self> {
+        Self::launch(bin, scratch, body, headers, ca, None)
+    }
+
+    fn launch(
+        bin: &Path,
+        scratch: &Path,
+        body: &[u8],
+        headers: &[(String, String)],
         ca: &TestCa,
         cpu: Option<usize>,
     ) -> anyhow::Result<Self> {
@@ -289,6 +313,7 @@ impl Nginx {
             !body.contains(['\'', '\\', '$']),
             "the answer cannot be quoted in nginx.conf"
         );
+        let add_headers = add_header_lines(headers)?;
         let d = dir.display();
         // The answer is returned from memory (`return`), nginx's cheapest path, so the
         // comparison is with the best nginx can do; worker_processes auto is one per core.
@@ -323,7 +348,7 @@ http {{
         listen 127.0.0.1:{h2} ssl http2;
         location / {{
             default_type application/json;
-            return 200 '{body}';
+            {add_headers}return 200 '{body}';
         }}
         location /files/ {{
             root {d};
@@ -378,6 +403,21 @@ http {{
             files: dir.join("files"),
         })
     }
+}
+
+/// nginx.conf's `add_header` lines for `headers`, each followed by the indentation of the
+/// next line.
+fn add_header_lines(headers: &[(String, String)]) -> anyhow::Result<String> {
+    let mut lines = String::new();
+    for (name, value) in headers {
+        ensure!(
+            name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !value.contains(['"', '\\', '$', '{', '}', ';']),
+            "the header {name}: {value} cannot be quoted in nginx.conf"
+        );
+        let _ = write!(lines, "add_header {name} \"{value}\" always;\n            ");
+    }
+    Ok(lines)
 }
 
 /// `replayd --listen` on an ephemeral loopback port, stopped on drop.

@@ -6,7 +6,9 @@
 //!
 //! - `sdk-post`: `replayd --listen` answering it from the recording against nginx returning a
 //!   fixed body of the same size from memory (the recorded answer with the three characters
-//!   nginx.conf cannot quote replaced), nginx's cheapest path.
+//!   nginx.conf cannot quote replaced), nginx's cheapest path, with the recorded answer's
+//!   headers, so that both servers send as many bytes (18 header lines each for the
+//!   recorded answer, not nginx's bare 5).
 //! - `mitmproxy`: mitmproxy's server replay, `mitmdump --server-replay` in reverse-proxy mode,
 //!   serving the same exchange, written as a flow file through mitmproxy's own Python API
 //!   (mitmproxy lives in its own virtualenv, made by `scripts/setup.sh --bench`).
@@ -64,6 +66,8 @@ struct Post {
     body: Vec<u8>,
     /// The recorded answer's body as replay sends it.
     answer: Vec<u8>,
+    /// The recorded answer's headers but `Content-Length` and the hop-by-hop ones.
+    answer_headers: Vec<(String, String)>,
 }
 
 impl Post {
@@ -90,8 +94,19 @@ impl Post {
             })
             .map(|(n, v)| (n.to_owned(), v.to_owned()))
             .collect();
+        let answer_headers = exchange
+            .response
+            .headers
+            .iter()
+            .filter(|(name, _)| {
+                let lower = name.to_ascii_lowercase();
+                !is_hop_by_hop(&lower) && lower != "content-length"
+            })
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
         Ok(Self {
             headers,
+            answer_headers,
             body: exchange.request.body.to_bytes(),
             answer: exchange.response.body.to_bytes(),
             exchange,
@@ -219,10 +234,7 @@ impl Mitmdump {
             "headers": pairs(&exchange.request.headers),
             "body": hex(&post.body),
             "status": exchange.response.status,
-            "answer_headers": pairs(&exchange.response.headers)
-                .into_iter()
-                .filter(|(n, _)| !n.eq_ignore_ascii_case("content-length"))
-                .collect::<Vec<_>>(),
+            "answer_headers": post.answer_headers,
             "answer": hex(&post.answer),
         });
         let spec_path = dir.join("exchange.json");
@@ -321,7 +333,18 @@ pub(super) fn run(
                 }
             })
             .collect();
-        let server = Nginx::start(nginx_bin, &scratch.join("sdk-post"), &fixed, ca)?;
+        // The recorded headers too, so that both answers are the same size; nginx writes
+        // its own of these.
+        let headers: Vec<(String, String)> = post
+            .answer_headers
+            .iter()
+            .filter(|(name, _)| {
+                !["content-type", "date", "server"].contains(&name.to_ascii_lowercase().as_str())
+            })
+            .cloned()
+            .collect();
+        let server =
+            Nginx::start_answering(nginx_bin, &scratch.join("sdk-post"), &fixed, &headers, ca)?;
         addrs.push((Target::Nginx, server.http));
         nginx = Some(server);
     }
