@@ -19,7 +19,7 @@ use clap::Parser;
 use llmsim_tests::{TestCa, snapshot::write_exchanges};
 use serde_json::{Value, json};
 
-use crate::bench_support::{Nginx, bench_tools, median, release_binary, report_of};
+use crate::bench_support::{Nginx, bench_tools, every_round, median, release_binary, report_of};
 
 /// Size of the answer's body, in bytes.
 const BODY_LEN: usize = 1024;
@@ -111,7 +111,6 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         .zip(&oha_rates)
         .map(|(driver, oha)| driver / oha)
         .collect();
-    let rounds_met = ratios.iter().filter(|r| **r >= TARGET_RATIO).count();
     let (driver, reference) = (median(driver_rates), median(oha_rates));
     let ratio = driver / reference;
     println!(
@@ -120,15 +119,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
     println!("  llmsim-agent replay  {driver:>10.0} req/s (every answer compared)");
     println!("  {:<20} {reference:>10.0} req/s", oha_version.trim());
-    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+    let (listed, verdict) = every_round(&ratios, TARGET_RATIO);
     println!(
-        "  ratio {ratio:.2}x oha by the medians; rounds: {} (target >= {TARGET_RATIO}x): {}",
-        listed.join(", "),
-        if rounds_met == ratios.len() {
-            "met in every round".to_owned()
-        } else {
-            format!("NOT met ({rounds_met} of {} rounds)", ratios.len())
-        }
+        "  ratio {ratio:.2}x oha by the medians; rounds: {listed} (target >= {TARGET_RATIO}x): {verdict}"
     );
     Ok(())
 }

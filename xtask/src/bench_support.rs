@@ -35,6 +35,20 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// Each round's ratio listed (`0.912x, 0.781x`) and whether `target` is met, which it is only
+/// when every round meets it (`met in every round`, or `NOT met (3 of 5 rounds)`).
+pub fn every_round(ratios: &[f64], target: f64) -> (String, String) {
+    // Three decimals: a round just under the target must not print as meeting it.
+    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}x")).collect();
+    let met = ratios.iter().filter(|r| **r >= target).count();
+    let verdict = if met == ratios.len() {
+        "met in every round".to_owned()
+    } else {
+        format!("NOT met ({met} of {} rounds)", ratios.len())
+    };
+    (listed.join(", "), verdict)
+}
+
 /// The `q` quantile (0 to 1) of `sorted`, which is sorted and not empty: the value that
 /// a share `q` of the values lie below.
 pub fn quantile(sorted: &[f64], q: f64) -> f64 {

@@ -26,11 +26,11 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use llmsim_snapshot::model::{Exchange, is_hop_by_hop};
+use llmsim_snapshot::model::{Exchange, Headers, is_hop_by_hop};
 use llmsim_tests::{TestCa, paths::repo_root, snapshot::write};
 
 use super::{Args, Sample, Variant, fetch, load_average, wrk};
-use crate::bench_support::{Guard, Nginx, READY_TIMEOUT, Replayd, free_port, median};
+use crate::bench_support::{Guard, Nginx, READY_TIMEOUT, Replayd, every_round, free_port, median};
 
 /// The recording the request and its answer come from, and the request's path.
 const RECORDING: &str = "examples/triage/llmsim";
@@ -84,26 +84,8 @@ impl Post {
                 e.host == "api.openai.com" && e.request.method == "POST" && e.request.path == PATH
             })
             .with_context(|| format!("no POST {PATH} to api.openai.com in {}", dir.display()))?;
-        let headers = exchange
-            .request
-            .headers
-            .iter()
-            .filter(|(name, _)| {
-                let lower = name.to_ascii_lowercase();
-                !is_hop_by_hop(&lower) && lower != "host" && lower != "content-length"
-            })
-            .map(|(n, v)| (n.to_owned(), v.to_owned()))
-            .collect();
-        let answer_headers = exchange
-            .response
-            .headers
-            .iter()
-            .filter(|(name, _)| {
-                let lower = name.to_ascii_lowercase();
-                !is_hop_by_hop(&lower) && lower != "content-length"
-            })
-            .map(|(n, v)| (n.to_owned(), v.to_owned()))
-            .collect();
+        let headers = end_to_end(&exchange.request.headers, &["host", "content-length"]);
+        let answer_headers = end_to_end(&exchange.response.headers, &["content-length"]);
         Ok(Self {
             headers,
             answer_headers,
@@ -143,6 +125,18 @@ impl Post {
         let _ = writeln!(lua, "wrk.body = {}", lua_string(&self.body));
         lua
     }
+}
+
+/// `headers` but the hop-by-hop ones and those named in `dropped` (lower case).
+fn end_to_end(headers: &Headers, dropped: &[&str]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let lower = name.to_ascii_lowercase();
+            !is_hop_by_hop(&lower) && !dropped.contains(&lower.as_str())
+        })
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// `bytes` as a Lua string literal: printable ASCII as itself, the rest as `\ddd`.
@@ -335,14 +329,10 @@ pub(super) fn run(
             .collect();
         // The recorded headers too, so that both answers are the same size; nginx writes
         // its own of these.
-        let headers: Vec<(String, String)> = post
-            .answer_headers
-            .iter()
-            .filter(|(name, _)| {
-                !["content-type", "date", "server"].contains(&name.to_ascii_lowercase().as_str())
-            })
-            .cloned()
-            .collect();
+        let headers = end_to_end(
+            &post.exchange.response.headers,
+            &["content-length", "content-type", "date", "server"],
+        );
         let server =
             Nginx::start_answering(nginx_bin, &scratch.join("sdk-post"), &fixed, &headers, ca)?;
         addrs.push((Target::Nginx, server.http));
@@ -513,17 +503,8 @@ fn report(
             .zip(rates(target))
             .map(|(replayd, other)| replayd / other)
             .collect();
-        let met = ratios.iter().filter(|r| **r >= target_ratio).count();
-        let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
-        verdicts.push(format!(
-            "replayd >= {name}: rounds {}: {}",
-            listed.join(", "),
-            if met == ratios.len() {
-                "met in every round".to_owned()
-            } else {
-                format!("MISSED ({met} of {} rounds)", ratios.len())
-            }
-        ));
+        let (listed, verdict) = every_round(&ratios, target_ratio);
+        verdicts.push(format!("replayd >= {name}: rounds {listed}: {verdict}"));
     }
     let _ = writeln!(out, "\ntarget: {}", verdicts.join("; "));
     out
