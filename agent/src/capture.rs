@@ -33,7 +33,7 @@ use tokio::{
 use crate::{
     connections::{ConnectionExchange, Tracker, TrackerStats},
     coverage::{Coverage, NotDecrypted},
-    events::{Event, SequenceEnd, data_sequence, decode},
+    events::{Data, Event, SequenceEnd, data_sequence, decode},
     placement::PlacementKind,
     plain, preflight,
     probes::{PlacedObject, Probes, Reach, Selection},
@@ -504,7 +504,7 @@ impl Capture {
                         None => Vec::new(),
                     };
                     done.extend(tracker.on_data(&data));
-                    if tracker.unparsed_yet_delivered(data.tgid, data.ssl) {
+                    if skips_from_here(tracker, recorder, &done, &data) {
                         skip(probes, tracker, data.tgid, data.ssl);
                     }
                     finished.extend(done.into_iter().map(|d| (d, process.clone())));
@@ -725,6 +725,32 @@ fn end_sequences(probes: &mut Probes, tracker: &mut Tracker, tgid: u32) -> Vec<C
         done.extend(tracker.on_end(tgid, ssl, ends));
     }
     done
+}
+
+/// Whether the kernel is to skip the rest of the TLS connection `data` arrived on, after the
+/// exchanges it finished (`done`): the agent stopped parsing it (the process is its server,
+/// or it is not HTTP), or it has no SNI event (an address, a client that sets none, Go,
+/// rustls) and a whole exchange on it named a host that is not recorded: its requests' host
+/// is the connection's. An exchange cut short (a capture joined mid-way, a loss) tells
+/// nothing.
+fn skips_from_here(
+    tracker: &Tracker,
+    recorder: &Recorder,
+    done: &[ConnectionExchange],
+    data: &Data<'_>,
+) -> bool {
+    let (tgid, ssl) = (data.tgid, data.ssl);
+    let unwanted = |d: &ConnectionExchange| {
+        d.tgid == tgid
+            && d.ssl == ssl
+            && d.sni.is_none()
+            && d.exchange.incomplete.is_none()
+            && recorder
+                .unrecorded_host(d)
+                .is_some_and(|host| !host.is_empty())
+    };
+    tracker.unparsed_yet_delivered(tgid, ssl)
+        || (!tracker.skipped_in_kernel(tgid, ssl) && done.iter().any(unwanted))
 }
 
 /// Tells the kernel to skip connection `ssl` of `tgid`, whose host is not

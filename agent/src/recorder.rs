@@ -166,6 +166,20 @@ impl Recorder {
         self.hosts.records(host)
     }
 
+    /// The host [`Self::record`] drops `done` for, if it does: an exchange the target made
+    /// (not one it served) over TLS, with a host that is not recorded (its `Host` or
+    /// `:authority`, else its SNI; empty when it has none).
+    pub fn unrecorded_host(&self, done: &ConnectionExchange) -> Option<String> {
+        if done.inbound || is_plain_connection(done.ssl) {
+            return None;
+        }
+        let host = record::addressed_host(
+            &wire_headers(&done.exchange.request.headers),
+            done.sni.as_deref(),
+        );
+        (!self.hosts.records(&host)).then_some(host)
+    }
+
     /// Waits until every exchange handed over is on disk; the figures.
     pub fn finish(&mut self) -> Result<RecordStats, RecorderError> {
         self.files = None;
@@ -189,15 +203,12 @@ impl Recorder {
         done: ConnectionExchange,
         process: ProcessInfo,
     ) -> Result<(), RecorderError> {
-        let origin = Origin::of(&done);
-        let raw = self.raw_exchange(done, process);
-        if raw.direction == Direction::Outbound
-            && raw.scheme != Scheme::Http
-            && !self.hosts.records(&raw.host())
-        {
+        if self.unrecorded_host(&done).is_some() {
             self.exchanges_ignored += 1;
             return Ok(());
         }
+        let origin = Origin::of(&done);
+        let raw = self.raw_exchange(done, process);
         // A send fails only once the writer stopped on an error: `finish` says which.
         match &self.files {
             Some(files) if files.send((raw, origin)).is_ok() => Ok(()),

@@ -30,15 +30,16 @@ def head_of(host, body):
 
 class Counted:
     """A TLS connection to `host`:443 (or, without a context, a plain one to `address`) that
-    counts the plaintext it moves."""
+    counts the plaintext it moves; with `sni=False` its handshake names no server, as a
+    client connecting to an address does (`ctx` must not check host names then)."""
 
-    def __init__(self, ctx, host, address=None, blocking=False):
+    def __init__(self, ctx, host, address=None, blocking=False, sni=True):
         self.host = host
         if ctx is None:
             self.tls = socket.create_connection(address, timeout=30)
         else:
             raw = socket.create_connection((host, 443), timeout=30)
-            self.tls = ctx.wrap_socket(raw, server_hostname=host)
+            self.tls = ctx.wrap_socket(raw, server_hostname=host if sni else None)
         if blocking:
             # Without a timeout Python blocks inside SSL_read rather than polling outside it.
             self.tls.settimeout(None)
