@@ -241,8 +241,8 @@ pub struct Acceptor {
     tls: Option<Arc<Tls>>,
     original_destination: Option<Arc<dyn OriginalDestination>>,
     shutdown: ShutdownWatch,
-    /// Where connections are served; the caller's runtime when `None`.
-    workers: Option<WorkersHandle>,
+    /// The threads accepted connections are served on.
+    workers: WorkersHandle,
 }
 
 /// The TLS side: one configuration for clients that send SNI, and one per
@@ -284,14 +284,14 @@ impl std::fmt::Debug for Acceptor {
 }
 
 impl Acceptor {
-    /// An acceptor serving plain HTTP only.
-    pub fn new(engine: Arc<Engine>) -> Self {
+    /// An acceptor serving plain HTTP only, each connection on one of `workers`' threads.
+    pub fn new(engine: Arc<Engine>, workers: WorkersHandle) -> Self {
         Self {
             engine,
             tls: None,
             original_destination: None,
             shutdown: ShutdownWatch(watch::Sender::new(false).subscribe()),
-            workers: None,
+            workers,
         }
     }
 
@@ -311,13 +311,6 @@ impl Acceptor {
     #[must_use]
     pub fn with_original_destination(mut self, lookup: Arc<dyn OriginalDestination>) -> Self {
         self.original_destination = Some(lookup);
-        self
-    }
-
-    /// Serves each accepted connection on one of `workers`' threads.
-    #[must_use]
-    pub fn with_workers(mut self, workers: WorkersHandle) -> Self {
-        self.workers = Some(workers);
         self
     }
 
@@ -354,11 +347,6 @@ impl Acceptor {
                 }
                 Err(source) => return Err(AcceptError::Accept { addr, source }),
             };
-            let this = this.clone();
-            let Some(workers) = this.workers.clone() else {
-                tokio::spawn(async move { this.serve_logged(stream, peer).await });
-                continue;
-            };
             // Moved to the worker's runtime: its reactor is the serving thread's.
             let stream = match stream.into_std() {
                 Ok(stream) => stream,
@@ -367,9 +355,10 @@ impl Acceptor {
                     continue;
                 }
             };
-            workers.spawn(move || async move {
+            let acceptor = this.clone();
+            this.workers.spawn(move || async move {
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => this.serve_logged(stream, peer).await,
+                    Ok(stream) => acceptor.serve_logged(stream, peer).await,
                     Err(e) => tracing::debug!(%peer, error = %e, "cannot serve the connection"),
                 }
             });

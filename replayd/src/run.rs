@@ -248,9 +248,8 @@ impl Server {
     /// Starts serving; `original_destination` comes from the kernel redirect, if any.
     pub fn start(self, original_destination: Option<Arc<dyn OriginalDestination>>) -> Running {
         let shutdown = Shutdown::default();
-        let mut acceptor = Acceptor::new(self.engine.clone())
-            .with_shutdown(&shutdown)
-            .with_workers(self.workers.handle());
+        let mut acceptor =
+            Acceptor::new(self.engine.clone(), self.workers.handle()).with_shutdown(&shutdown);
         if let Some(resolver) = self.tls {
             acceptor = acceptor.with_tls(resolver);
         }

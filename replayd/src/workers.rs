@@ -123,7 +123,8 @@ impl WorkersHandle {
     }
 
     /// How many connections each thread serves.
-    pub fn serving(&self) -> Vec<usize> {
+    #[cfg(test)]
+    fn serving(&self) -> Vec<usize> {
         self.threads
             .iter()
             .map(|w| w.serving.load(Ordering::Relaxed))
