@@ -74,8 +74,10 @@ struct Remembered {
 }
 
 impl Remembered {
-    fn is(&self, parts: &Parts<'_>) -> bool {
-        *self.body == *parts.body
+    /// Whether this is the request of `parts`, whose hash is `hash`.
+    fn is(&self, hash: u64, parts: &Parts<'_>) -> bool {
+        self.hash == hash
+            && *self.body == *parts.body
             && *self.target == *parts.target
             && *self.host == *parts.host
             && *self.method == *parts.method
@@ -145,7 +147,7 @@ impl SignatureMemo {
             .table
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = table.entries.find(hash, |r| r.hash == hash && r.is(&parts)) {
+        if let Some(known) = table.entries.find(hash, |r| r.is(hash, &parts)) {
             return known.signature.clone();
         }
         drop(table);
@@ -170,11 +172,7 @@ impl SignatureMemo {
             .table
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if table
-            .entries
-            .find(hash, |r| r.hash == hash && r.is(parts))
-            .is_some()
-        {
+        if table.entries.find(hash, |r| r.is(hash, parts)).is_some() {
             return;
         }
         if table.entries.len() >= MAX_ENTRIES || table.bytes + len > MAX_BYTES {
