@@ -29,6 +29,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use crate::ca::{ALPN, H2_ALPN, LeafResolver};
 use crate::engine::Engine;
+use crate::h2_writes::Unvectored;
 use crate::io_error::{RESOURCE_BACK_OFF, is_resource_exhaustion, is_transient};
 use crate::peer::ClientProcess;
 use crate::report::RejectedCa;
@@ -464,7 +465,24 @@ impl Acceptor {
         }
     }
 
+    /// Serves HTTP over `io` as `protocol`; an h2 connection's writes are batched
+    /// ([`crate::h2_writes`]).
     async fn serve_http<I>(
+        &self,
+        io: I,
+        info: ConnInfo,
+        protocol: Protocol,
+    ) -> Result<(), ConnectionError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        match protocol {
+            Protocol::Http1 => self.serve_protocol(io, info, protocol).await,
+            Protocol::Http2 => self.serve_protocol(Unvectored(io), info, protocol).await,
+        }
+    }
+
+    async fn serve_protocol<I>(
         &self,
         io: I,
         info: ConnInfo,
@@ -503,9 +521,19 @@ impl Acceptor {
 
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use serde_json::json;
     use tokio::io::AsyncWriteExt as _;
 
     use super::*;
+    use crate::options::ReplayOptions;
+    use crate::testutil;
+    use crate::workers::Workers;
 
     /// The protocol [`sniff_plain`] tells for a connection whose client wrote `start` and
     /// then waits.
@@ -541,6 +569,119 @@ mod tests {
         assert!(
             matches!(stalled, Err(ConnectionError::Undecided { timeout }) if timeout == HEADER_READ_TIMEOUT),
             "{stalled:?}"
+        );
+    }
+
+    /// A transport with vectored writes (as TCP and TLS have) that counts the writes
+    /// reaching it.
+    struct CountedWrites<T> {
+        inner: T,
+        writes: Arc<AtomicUsize>,
+    }
+
+    impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for CountedWrites<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: hyper::rt::ReadBufCursor<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for CountedWrites<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            Pin::new(&mut self.inner).poll_write(cx, buf)
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            let joined: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            Pin::new(&mut self.inner).poll_write(cx, &joined)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn h2_answers_ready_together_go_out_in_one_write() {
+        const STREAMS: usize = 8;
+        // 8 answers of 1.5 KiB: above h2's chaining threshold, and together within its
+        // 16 KiB frame buffer.
+        let answer = json!({"pad": "x".repeat(1500)});
+        let dir = testutil::snapshot(&[testutil::exchange("batched", answer.clone())]);
+        let engine = crate::run::load_engine(dir.path(), ReplayOptions::default()).unwrap();
+        let workers = Workers::start(1).unwrap();
+        let acceptor = Acceptor::new(Arc::new(engine), workers.handle());
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let writes = Arc::new(AtomicUsize::new(0));
+        let server = CountedWrites {
+            inner: hyper_util::rt::TokioIo::new(server_io),
+            writes: writes.clone(),
+        };
+        let info = ConnInfo {
+            peer: None,
+            original_destination: None,
+            tls: true,
+            sni: Some("api.openai.com".to_owned()),
+        };
+        tokio::spawn(async move { acceptor.serve_http(server, info, Protocol::Http2).await });
+        let (sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client_io))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let ask = move || {
+            let mut sender = sender.clone();
+            async move {
+                let request = http::Request::post("https://api.openai.com/v1/chat/completions")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(
+                        testutil::chat("batched").to_string(),
+                    )))
+                    .unwrap();
+                let response = sender.send_request(request).await.unwrap();
+                assert_eq!(response.status(), http::StatusCode::OK);
+                response.into_body().collect().await.unwrap().to_bytes()
+            }
+        };
+        let expected = serde_json::to_vec(&answer).unwrap();
+        assert_eq!(
+            ask().await,
+            expected,
+            "the first answer, on a settled connection"
+        );
+        let before = writes.load(Ordering::Relaxed);
+        let mut asked = tokio::task::JoinSet::new();
+        for _ in 0..STREAMS {
+            asked.spawn(ask());
+        }
+        for answer in asked.join_all().await {
+            assert_eq!(answer, expected, "every answer whole");
+        }
+        let taken = writes.load(Ordering::Relaxed) - before;
+        assert_eq!(
+            taken, 1,
+            "{STREAMS} answers ready together took {taken} writes"
         );
     }
 }

@@ -11,7 +11,9 @@
 //! as a last frame, after the body; its length is then left open, so HTTP/1.1 sends it
 //! chunked, the only way trailers go there. An injected fault can end a paced body early
 //! ([`Ending`]): cut (an error, so the connection is cut) or stalled (nothing more, ever).
-//! With `--metrics` the body carries the answer's [`Observation`].
+//! With `--metrics` the body carries the answer's [`Observation`]. Over HTTP/2 the body is
+//! handed over in data frames of a bounded size ([`ReplayBody::in_frames_of_at_most`]), so
+//! that the answers ready on a connection go out in one write ([`crate::h2_writes`]).
 
 use std::io;
 use std::pin::Pin;
@@ -37,6 +39,10 @@ pub struct ReplayBody {
     trailers: Option<HeaderMap>,
     timer: Option<ServeTimer>,
     observation: Option<Observation>,
+    /// The largest data frame handed to the server; a bigger piece goes in several.
+    max_frame: usize,
+    /// What is left of the piece being handed over in frames of `max_frame`.
+    rest: Bytes,
 }
 
 /// How a paced body ends once its chunks are sent.
@@ -89,14 +95,20 @@ impl Drop for ServeTimer {
 }
 
 impl ReplayBody {
-    /// A body sent at once.
-    pub fn full(bytes: impl Into<Bytes>) -> Self {
+    fn of(kind: Kind) -> Self {
         Self {
-            kind: Kind::Full(Some(bytes.into())).normalise(),
+            kind,
             trailers: None,
             timer: None,
             observation: None,
+            max_frame: usize::MAX,
+            rest: Bytes::new(),
         }
+    }
+
+    /// A body sent at once.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self::of(Kind::Full(Some(bytes.into())).normalise())
     }
 
     /// An empty body.
@@ -106,20 +118,15 @@ impl ReplayBody {
 
     /// Chunks released at `base` plus their offset under `pace`, timed by `deadline`.
     pub fn paced(chunks: Arc<[TimedChunk]>, base: Instant, pace: Pace, deadline: Deadline) -> Self {
-        Self {
-            kind: Kind::Paced(Paced {
-                chunks,
-                next: 0,
-                base,
-                pace,
-                deadline,
-                ending: Ending::Whole,
-                flushed: false,
-            }),
-            trailers: None,
-            timer: None,
-            observation: None,
-        }
+        Self::of(Kind::Paced(Paced {
+            chunks,
+            next: 0,
+            base,
+            pace,
+            deadline,
+            ending: Ending::Whole,
+            flushed: false,
+        }))
     }
 
     /// Frames sent on the other end of `frames` as they come; an `Err` ends the body
@@ -134,12 +141,7 @@ impl ReplayBody {
         frames: mpsc::Receiver<io::Result<Bytes>>,
         trailers: Option<oneshot::Receiver<HeaderMap>>,
     ) -> Self {
-        Self {
-            kind: Kind::Stream { frames, trailers },
-            trailers: None,
-            timer: None,
-            observation: None,
-        }
+        Self::of(Kind::Stream { frames, trailers })
     }
 
     /// Sends `trailers` after the body, when there are some.
@@ -162,6 +164,13 @@ impl ReplayBody {
     #[must_use]
     pub fn observed(mut self, observation: Option<Observation>) -> Self {
         self.observation = observation;
+        self
+    }
+
+    /// Hands the body over in data frames of at most `max_frame` bytes.
+    #[must_use]
+    pub fn in_frames_of_at_most(mut self, max_frame: usize) -> Self {
+        self.max_frame = max_frame.max(1);
         self
     }
 
@@ -191,6 +200,10 @@ impl http_body::Body for ReplayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
+        if !this.rest.is_empty() {
+            let piece = this.rest.split_to(this.rest.len().min(this.max_frame));
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
         let frame = match &mut this.kind {
             Kind::Stream { frames, trailers } => match ready!(frames.poll_recv(cx)) {
                 Some(Ok(bytes)) => Some(bytes),
@@ -236,9 +249,12 @@ impl http_body::Body for ReplayBody {
                 }
             },
         };
-        if let Some(bytes) = frame {
+        if let Some(mut bytes) = frame {
             if let Some(observation) = &mut this.observation {
                 observation.frame_sent();
+            }
+            if bytes.len() > this.max_frame {
+                this.rest = bytes.split_off(this.max_frame);
             }
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
@@ -252,6 +268,7 @@ impl http_body::Body for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         self.trailers.is_none()
+            && self.rest.is_empty()
             && match &self.kind {
                 Kind::Full(bytes) => bytes.is_none(),
                 Kind::Paced(paced) => {
@@ -263,9 +280,9 @@ impl http_body::Body for ReplayBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(bytes) if self.trailers.is_none() => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
+            Kind::Full(bytes) if self.trailers.is_none() => SizeHint::with_exact(
+                (bytes.as_ref().map_or(0, Bytes::len) + self.rest.len()) as u64,
+            ),
             Kind::Full(_) | Kind::Paced(_) | Kind::Stream { .. } => SizeHint::default(),
         }
     }
@@ -382,6 +399,51 @@ mod tests {
         let frames = all_frames(paced).await;
         assert_eq!(frames.len(), 3);
         assert_eq!(frames[2].trailers_ref(), Some(&trailers));
+    }
+
+    #[tokio::test]
+    async fn a_body_in_bounded_frames_is_the_same_bytes_in_order() {
+        let bytes: Bytes = (0..2500u32)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>()
+            .into();
+        let mut body = ReplayBody::full(bytes.clone()).in_frames_of_at_most(1023);
+        assert_eq!(http_body::Body::size_hint(&body).exact(), Some(2500));
+        let mut sizes = Vec::new();
+        let mut joined = Vec::new();
+        while !http_body::Body::is_end_stream(&body) {
+            let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+            sizes.push(data.len());
+            joined.extend_from_slice(&data);
+            let left = (bytes.len() - joined.len()) as u64;
+            assert_eq!(http_body::Body::size_hint(&body).exact(), Some(left));
+        }
+        assert_eq!(sizes, [1023, 1023, 454]);
+        assert_eq!(joined, bytes);
+        assert!(body.frame().await.is_none());
+
+        // A paced chunk is cut too, each piece before the next chunk and the trailers.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let paced = ReplayBody::paced(
+            chunks(&[0.0, 1.0]),
+            Instant::now(),
+            Pace::Recorded,
+            Deadline::default(),
+        )
+        .with_trailers(Some(trailers.clone()))
+        .in_frames_of_at_most(4);
+        let frames = all_frames(paced).await;
+        let data: Vec<&[u8]> = frames
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| &d[..])
+            .collect();
+        assert_eq!(
+            data,
+            [&b"data"[..], b": 0\n", b"\n", b"data", b": 1\n", b"\n"]
+        );
+        assert_eq!(frames.last().unwrap().trailers_ref(), Some(&trailers));
     }
 
     #[tokio::test]

@@ -28,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod explain;
 pub mod faults;
+pub mod h2_writes;
 pub mod io_error;
 pub mod latency;
 pub mod metrics;

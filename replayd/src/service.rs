@@ -32,6 +32,7 @@ use crate::deadline::Deadline;
 use crate::engine::{Admission, Engine, Miss, NotForwarded, Outcome, RecordedEntry};
 use crate::error::{DownstreamError, ErrorShape, ServeError, error_response};
 use crate::faults::{FaultError, StreamFault};
+use crate::h2_writes::H2_FRAME;
 use crate::metrics::ModelLabels;
 use crate::options::Pace;
 use crate::request::ReplayRequest;
@@ -80,7 +81,15 @@ where
 
     fn call(&self, request: Request<B>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { this.answer(request).await })
+        let h2 = request.version() == Version::HTTP_2;
+        Box::pin(async move {
+            let response = this.answer(request).await?;
+            Ok(if h2 {
+                response.map(|body| body.in_frames_of_at_most(H2_FRAME))
+            } else {
+                response
+            })
+        })
     }
 }
 
