@@ -1,7 +1,8 @@
 //! replayd's library: the pieces of the replay daemon that can be built and tested in
 //! process, without kernel hooks. `engine` signs and indexes a loaded snapshot and
 //! decides what each request gets; `response` and `body` turn a recorded answer into
-//! bytes on the wire, paced as recorded; `error` classifies failures and maps them to
+//! bytes on the wire, paced as recorded (`interned` keeps its header fields for the
+//! process's life, `h2_writes` sends an h2 connection's ready answers together); `error` classifies failures and maps them to
 //! provider-shaped responses; `service` is the hyper service, `accept` the
 //! TLS-sniffing listener and `workers` the per-core threads serving its connections; `report` keeps the run's statistics; `run` ties a run
 //! together for every mode; `ca` owns the per-machine replay CA and mints TLS leaves
@@ -29,6 +30,7 @@ pub mod error;
 pub mod explain;
 pub mod faults;
 pub mod h2_writes;
+mod interned;
 pub mod io_error;
 pub mod latency;
 pub mod metrics;

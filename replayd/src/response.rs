@@ -6,7 +6,8 @@
 //! the message alone, so an exchange recorded over HTTP/1.1 is served over HTTP/2 and the
 //! other way round. Recorded trailers (gRPC's `grpc-status`) are checked the same way and
 //! sent after the body. Server-sent events become one timed chunk per event, so replay can
-//! pace them as recorded. Serving a hit then clones a header map and an `Arc`.
+//! pace them as recorded. Serving a hit then clones a header map (of fields kept for the
+//! process's life, [`crate::interned`]) and an `Arc`.
 
 use std::sync::Arc;
 
@@ -15,6 +16,8 @@ use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 pub(crate) use llmsim_snapshot::model::is_hop_by_hop;
 use llmsim_snapshot::model::{Body, Exchange, Headers};
+
+use crate::interned;
 
 /// Why a recorded response cannot be sent.
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +180,8 @@ impl PreparedResponse {
 }
 
 /// `fields` as a header map, in order, leaving out HTTP/2 pseudo-headers and the names
-/// (lowercase) `skip` says; a name or value HTTP does not allow is an error.
+/// (lowercase) `skip` says; a name or value HTTP does not allow is an error. The fields are
+/// [`interned`], so that serving them costs no reference counting.
 fn header_map(fields: &Headers, skip: impl Fn(&str) -> bool) -> Result<HeaderMap, PrepareError> {
     let mut map = HeaderMap::with_capacity(fields.0.len());
     for (name, value) in fields.iter() {
@@ -197,7 +201,7 @@ fn header_map(fields: &Headers, skip: impl Fn(&str) -> bool) -> Result<HeaderMap
                 source,
             }
         })?;
-        map.append(header_name, header_value);
+        map.append(interned::name(&header_name), interned::value(&header_value));
     }
     Ok(map)
 }
