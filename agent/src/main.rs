@@ -12,6 +12,10 @@ use llmsim_agent::{
     coverage::{LiveReport, NotDecrypted},
 };
 
+/// The allocator for the whole process (see agent/Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "llmsim-agent",
