@@ -53,12 +53,28 @@ impl StreamFetch {
     }
 
     /// Reads until `count` events have ended; when each arrived, after the request was sent.
-    pub fn arrivals(mut self, count: usize) -> io::Result<Vec<Duration>> {
+    pub fn arrivals(self, count: usize) -> io::Result<Vec<Duration>> {
+        let sent = self.sent;
+        let read = self.arrivals_as(count, |stream, buf| {
+            let n = stream.read(buf)?;
+            Ok((n, Instant::now()))
+        })?;
+        Ok(read.into_iter().map(|at| at - sent).collect())
+    }
+
+    /// Reads until `count` events have ended with `read`, which reads what has arrived
+    /// into the buffer and tells when it arrived; for each event, what `read` told for the
+    /// read in which it ended.
+    pub fn arrivals_as<T: Clone>(
+        mut self,
+        count: usize,
+        mut read: impl FnMut(&mut TcpStream, &mut [u8]) -> io::Result<(usize, T)>,
+    ) -> io::Result<Vec<T>> {
         let mut arrivals = Vec::new();
         let mut answer = Vec::new();
         let mut buf = [0u8; 16 * 1024];
         while arrivals.len() < count {
-            let n = self.stream.read(&mut buf).map_err(|e| {
+            let (n, at) = read(&mut self.stream, &mut buf).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("reading the stream after {} events: {e}", arrivals.len()),
@@ -73,7 +89,6 @@ impl StreamFetch {
                     ),
                 ));
             }
-            let at = self.sent.elapsed();
             answer.extend_from_slice(&buf[..n]);
             let ended = answer.windows(2).filter(|w| w == b"\n\n").count();
             arrivals.resize(ended, at);
