@@ -11,9 +11,10 @@
 //! as a last frame, after the body; its length is then left open, so HTTP/1.1 sends it
 //! chunked, the only way trailers go there. An injected fault can end a paced body early
 //! ([`Ending`]): cut (an error, so the connection is cut) or stalled (nothing more, ever).
-//! With `--metrics` the body carries the answer's [`Observation`]. Over HTTP/2 the body is
-//! handed over in data frames of a bounded size ([`ReplayBody::in_frames_of_at_most`]), so
-//! that the answers ready on a connection go out in one write ([`crate::h2_writes`]).
+//! With `--metrics` the body carries the answer's [`Observation`]. Over HTTP/2 a body sent
+//! at once is handed over in data frames of a bounded size
+//! ([`ReplayBody::in_frames_of_at_most`]), so that the answers ready on a connection go out
+//! in one write ([`crate::h2_writes`]); an event stays one frame.
 
 use std::io;
 use std::pin::Pin;
@@ -39,10 +40,8 @@ pub struct ReplayBody {
     trailers: Option<HeaderMap>,
     timer: Option<ServeTimer>,
     observation: Option<Observation>,
-    /// The largest data frame handed to the server; a bigger piece goes in several.
+    /// The largest data frame a body sent at once is handed over in.
     max_frame: usize,
-    /// What is left of the piece being handed over in frames of `max_frame`.
-    rest: Bytes,
 }
 
 /// How a paced body ends once its chunks are sent.
@@ -102,7 +101,6 @@ impl ReplayBody {
             timer: None,
             observation: None,
             max_frame: usize::MAX,
-            rest: Bytes::new(),
         }
     }
 
@@ -167,7 +165,8 @@ impl ReplayBody {
         self
     }
 
-    /// Hands the body over in data frames of at most `max_frame` bytes.
+    /// Hands a body sent at once over in data frames of at most `max_frame` bytes. Paced
+    /// chunks and forwarded frames go as they are: an event is one frame.
     #[must_use]
     pub fn in_frames_of_at_most(mut self, max_frame: usize) -> Self {
         self.max_frame = max_frame.max(1);
@@ -200,10 +199,6 @@ impl http_body::Body for ReplayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        if !this.rest.is_empty() {
-            let piece = this.rest.split_to(this.rest.len().min(this.max_frame));
-            return Poll::Ready(Some(Ok(Frame::data(piece))));
-        }
         let frame = match &mut this.kind {
             Kind::Stream { frames, trailers } => match ready!(frames.poll_recv(cx)) {
                 Some(Ok(bytes)) => Some(bytes),
@@ -220,7 +215,10 @@ impl http_body::Body for ReplayBody {
                     None
                 }
             },
-            Kind::Full(bytes) => bytes.take(),
+            Kind::Full(bytes) => match bytes {
+                Some(whole) if whole.len() > this.max_frame => Some(whole.split_to(this.max_frame)),
+                _ => bytes.take(),
+            },
             Kind::Paced(paced) => match paced.chunks.get(paced.next) {
                 None if paced.ending == Ending::Stall => return Poll::Pending,
                 None if paced.ending == Ending::Cut && !paced.flushed => {
@@ -249,12 +247,9 @@ impl http_body::Body for ReplayBody {
                 }
             },
         };
-        if let Some(mut bytes) = frame {
+        if let Some(bytes) = frame {
             if let Some(observation) = &mut this.observation {
                 observation.frame_sent();
-            }
-            if bytes.len() > this.max_frame {
-                this.rest = bytes.split_off(this.max_frame);
             }
             return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
@@ -268,7 +263,6 @@ impl http_body::Body for ReplayBody {
 
     fn is_end_stream(&self) -> bool {
         self.trailers.is_none()
-            && self.rest.is_empty()
             && match &self.kind {
                 Kind::Full(bytes) => bytes.is_none(),
                 Kind::Paced(paced) => {
@@ -280,9 +274,9 @@ impl http_body::Body for ReplayBody {
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Full(bytes) if self.trailers.is_none() => SizeHint::with_exact(
-                (bytes.as_ref().map_or(0, Bytes::len) + self.rest.len()) as u64,
-            ),
+            Kind::Full(bytes) if self.trailers.is_none() => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Kind::Full(_) | Kind::Paced(_) | Kind::Stream { .. } => SizeHint::default(),
         }
     }
@@ -402,7 +396,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_in_bounded_frames_is_the_same_bytes_in_order() {
+    async fn a_whole_body_in_bounded_frames_is_the_same_bytes_in_order() {
         let bytes: Bytes = (0..2500u32)
             .map(|i| (i % 251) as u8)
             .collect::<Vec<_>>()
@@ -422,7 +416,7 @@ mod tests {
         assert_eq!(joined, bytes);
         assert!(body.frame().await.is_none());
 
-        // A paced chunk is cut too, each piece before the next chunk and the trailers.
+        // A paced chunk is an event, and stays one frame.
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
         let paced = ReplayBody::paced(
@@ -439,10 +433,7 @@ mod tests {
             .filter_map(|f| f.data_ref())
             .map(|d| &d[..])
             .collect();
-        assert_eq!(
-            data,
-            [&b"data"[..], b": 0\n", b"\n", b"data", b": 1\n", b"\n"]
-        );
+        assert_eq!(data, [&b"data: 0\n\n"[..], b"data: 1\n\n"]);
         assert_eq!(frames.last().unwrap().trailers_ref(), Some(&trailers));
     }
 

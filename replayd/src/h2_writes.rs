@@ -4,10 +4,11 @@
 //! record and `writev`, however many streams are ready at once (one `writev` per request
 //! under h2load's 8 streams a connection). The threshold is 256 bytes on a transport with
 //! vectored writes and 1 KiB without, so an h2 connection's transport is wrapped in
-//! [`Unvectored`], which says it has none, and an h2 answer's body is handed over in data
-//! frames of at most [`H2_FRAME`] bytes ([`crate::body::ReplayBody::in_frames_of_at_most`]):
-//! each frame is then copied into the frame buffer, and what is ready goes out in one write
-//! when the connection flushes.
+//! [`Unvectored`], which says it has none, and an h2 answer's body sent at once is handed
+//! over in data frames of at most [`H2_FRAME`] bytes
+//! ([`crate::body::ReplayBody::in_frames_of_at_most`]): each frame is then copied into the
+//! frame buffer, and what is ready goes out in one write when the connection flushes. A
+//! paced event stays one DATA frame, whatever its size: it goes out at its own instant.
 
 use std::io;
 use std::pin::Pin;
