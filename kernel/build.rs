@@ -95,16 +95,28 @@ fn git_commit() -> Option<String> {
 }
 
 /// git's trimmed stdout, run in this crate's directory; `None` when git is
-/// missing, fails, or this is not a git checkout.
+/// missing, fails, or this is not a git checkout, with git's reason, if it gave
+/// one, as a build warning (a failed commit lookup reads `unknown`).
 fn git(args: &[&str]) -> Option<String> {
     let output = Command::new("git")
         .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .ok()?;
-    if !output.status.success() {
-        return None;
-    }
+        .output();
+    let output = match output {
+        Ok(output) if output.status.success() => output,
+        Ok(output) => {
+            // Quiet failures are answers (`symbolic-ref -q` on a detached HEAD).
+            let reason = String::from_utf8_lossy(&output.stderr);
+            if !reason.trim().is_empty() {
+                println!("cargo::warning=git {}: {}", args.join(" "), reason.trim());
+            }
+            return None;
+        }
+        Err(e) => {
+            println!("cargo::warning=git {}: {e}", args.join(" "));
+            return None;
+        }
+    };
     let text = String::from_utf8(output.stdout).ok()?;
     Some(text.trim().to_owned())
 }

@@ -635,7 +635,7 @@ mod tests {
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
         let writes = Arc::new(AtomicUsize::new(0));
         let server = CountedWrites {
-            inner: hyper_util::rt::TokioIo::new(server_io),
+            inner: TokioIo::new(server_io),
             writes: writes.clone(),
         };
         let info = ConnInfo {
