@@ -254,7 +254,7 @@ fn fetch_one(
         .into_iter()
         .map(|[queued, read]| Arrival {
             queued: queued.saturating_duration_since(sent),
-            read: read - sent,
+            read: read.saturating_duration_since(sent),
         })
         .collect())
 }
