@@ -37,12 +37,13 @@ use crate::{
 };
 
 /// Raw tracepoints attached at start: program name, tracepoint name.
-const RAW_TRACEPOINTS: [(&str, &str); 4] = [
+const RAW_TRACEPOINTS: [(&str, &str); 2] = [
     ("sys_enter", "sys_enter"),
-    ("sys_exit", "sys_exit"),
-    ("sys_exit_accept", "sys_exit"),
     ("sched_process_exec", "sched_process_exec"),
 ];
+/// The syscall-exit program, attached only when a capture needs a syscall's result
+/// ([`Probes::need_exits`]): every syscall on the machine runs it once attached.
+const SYSCALL_EXITS: &str = "sys_exit";
 /// The syscall program that finds rustls's sockets, on `sys_enter`: attached with the
 /// first rustls object, so captures without one do not run it.
 const RUSTLS_SYSCALLS: &str = "rustls_sys_enter";
@@ -133,6 +134,8 @@ pub struct Probes {
     placed: Vec<PlacedObject>,
     /// Whether [`RUSTLS_SYSCALLS`] is attached.
     rustls_syscalls: bool,
+    /// Whether [`SYSCALL_EXITS`] is attached.
+    syscall_exits: bool,
     /// Threads detaching the links of processes that are gone.
     releasing: Vec<JoinHandle<()>>,
 }
@@ -162,8 +165,10 @@ impl Probes {
             let program: &mut UProbe = object.program_mut(name)?;
             program.load().map_err(program_error(name))?;
         }
-        let program: &mut RawTracePoint = object.program_mut(RUSTLS_SYSCALLS)?;
-        program.load().map_err(program_error(RUSTLS_SYSCALLS))?;
+        for name in [RUSTLS_SYSCALLS, SYSCALL_EXITS] {
+            let program: &mut RawTracePoint = object.program_mut(name)?;
+            program.load().map_err(program_error(name))?;
+        }
         Ok(Self {
             object,
             multi,
@@ -172,6 +177,7 @@ impl Probes {
             processes: StdHashMap::new(),
             placed: Vec::new(),
             rustls_syscalls: false,
+            syscall_exits: false,
             releasing: Vec::new(),
         })
     }
@@ -218,6 +224,9 @@ impl Probes {
             map.insert(destination, &1, 0)
                 .map_err(map_error("PLAIN_DESTINATIONS"))?;
         }
+        if !destinations.is_empty() {
+            self.need_exits()?;
+        }
         Ok(())
     }
 
@@ -226,6 +235,9 @@ impl Probes {
         let mut map: HashMap<_, u16, u8> = self.object.map_mut("APP_PORTS")?;
         for port in ports {
             map.insert(port, &1, 0).map_err(map_error("APP_PORTS"))?;
+        }
+        if !ports.is_empty() {
+            self.need_exits()?;
         }
         Ok(())
     }
@@ -239,6 +251,23 @@ impl Probes {
         let mut current = filter.get(&0, 0).map_err(map_error("FILTER"))?;
         current.hold = u32::from(hold);
         filter.set(0, &current, 0).map_err(map_error("FILTER"))?;
+        if hold {
+            self.need_exits()?;
+        }
+        Ok(())
+    }
+
+    /// Attaches [`SYSCALL_EXITS`] once: the plain path's reads, accepts on app ports and
+    /// the holding of new processes need syscalls' results. Left attached with the
+    /// object, since a connection it follows may outlive the need.
+    fn need_exits(&mut self) -> Result<(), ProbeError> {
+        if !self.syscall_exits {
+            let program: &mut RawTracePoint = self.object.program_mut(SYSCALL_EXITS)?;
+            program
+                .attach("sys_exit")
+                .map_err(program_error(SYSCALL_EXITS))?;
+            self.syscall_exits = true;
+        }
         Ok(())
     }
 

@@ -289,7 +289,8 @@ pub struct LossEvent {
 }
 const _: () = assert!(size_of::<LossEvent>() == 24 + 40);
 
-/// A traced thread's `connect()` returned 0 or `-EINPROGRESS`.
+/// A traced thread called `connect()` on an IPv4 or IPv6 socket. Reported at the
+/// call's entry: one that fails leaves a socket nothing is sent on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectEvent {
@@ -297,18 +298,14 @@ pub struct ConnectEvent {
     pub header: EventHeader,
     /// The socket fd.
     pub fd: i32,
-    /// The syscall's return value.
-    pub ret: i32,
     /// `AF_INET` or `AF_INET6`.
     pub family: u16,
     /// Port in host byte order.
     pub port: u16,
-    /// Explicit padding.
-    pub pad: u32,
     /// IPv4 address in the first 4 bytes, or the IPv6 address.
     pub addr: [u8; 16],
 }
-const _: () = assert!(size_of::<ConnectEvent>() == 24 + 32);
+const _: () = assert!(size_of::<ConnectEvent>() == 24 + 24);
 
 /// A traced thread's `accept()`/`accept4()` on a socket bound to an app port
 /// (`--app-port`) returned `fd`: the process serves that connection, reading requests

@@ -117,19 +117,6 @@ pub fn current_ssl_call(pid_tgid: u64) -> Option<*mut SslCall> {
     })
 }
 
-/// A `connect()` in progress: its fd and user-space `sockaddr *`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PendingConnect {
-    pub fd: u64,
-    pub addr: u64,
-}
-
-/// Connects in progress, keyed by `bpf_get_current_pid_tgid()`; LRU, like
-/// [`SSL_CALLS`], for a thread that dies inside `connect()`.
-#[map]
-pub static CONNECTS: LruHashMap<u64, PendingConnect> = LruHashMap::with_max_entries(16_384, 0);
-
 /// Destinations whose plaintext is copied from the socket syscalls (value unused).
 /// Written by userspace.
 #[map]

@@ -4,7 +4,7 @@
 //! A traced `bind()` of a socket to an app port (any address, IPv4 or IPv6) marks
 //! it (`tgid`, fd) as an app listener (at the entry, from `syscalls.rs`); an
 //! `accept()`/`accept4()` on an app listener that returns a socket (seen by
-//! [`sys_exit_accept`]) tells userspace with an [`AcceptEvent`], and hands the
+//! [`exit`], from `sys_exit`) tells userspace with an [`AcceptEvent`], and hands the
 //! socket to the plain path (`plain.rs`), which copies its reads (the requests) and
 //! writes (the responses) when its first read starts an HTTP request. A TLS server's
 //! socket (its first read is a `ClientHello`) is let go there; its plaintext comes
@@ -13,11 +13,7 @@
 //! listener bound before the capture began, or bound by another process than the
 //! one accepting, is not seen.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
-};
+use aya_ebpf::helpers::bpf_probe_read_user;
 use llmsim_ebpf_common::{AcceptEvent, DropReason, EventKind};
 
 use super::{
@@ -54,20 +50,15 @@ pub fn enter(pid_tgid: u64, fd: u64) {
     }
 }
 
-/// `sys_exit(struct pt_regs *regs, long ret)`; kernel >= 4.17. A program of its own
-/// beside `syscalls.rs`'s, which is close to the verifier's limits: an accept
-/// remembered by [`enter`] that returned a socket makes it inbound.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn sys_exit_accept(ctx: RawTracePointContext) -> i32 {
-    try_sys_exit_accept(bpf_get_current_pid_tgid(), ctx.arg(1));
-    0
-}
-
+/// Exit of `accept()` or `accept4()`: one remembered by [`enter`] that returned a
+/// socket makes it inbound. A BPF subprogram of its own, so `sys_exit`'s other paths
+/// are verified without it.
+#[inline(never)]
 #[expect(
     clippy::cast_possible_truncation,
     reason = "accept(2) returns an int in a 64-bit register"
 )]
-fn try_sys_exit_accept(pid_tgid: u64, ret: i64) {
+pub fn exit(pid_tgid: u64, ret: i64) {
     // SAFETY: the value is only tested for presence.
     if unsafe { ACCEPTS.get(&pid_tgid) }.is_none() {
         return;

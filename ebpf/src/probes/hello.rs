@@ -2,9 +2,8 @@
 //! a TLS handshake record: userspace parses the `ClientHello`'s server name from
 //! them and reports each TLS connection no library probe decrypted (capture's
 //! coverage report); the peer is the one of the socket's connect event. Called
-//! from the raw syscall tracepoints (`syscalls.rs`): a traced `connect()` (at
-//! its entry, so `sys_exit` stays within the verifier's budget) makes the
-//! socket a candidate, and its first
+//! from the raw syscall tracepoints (`syscalls.rs`): a traced `connect()` makes
+//! the socket a candidate, and its first
 //! write/writev/sendto/sendmsg is looked at once, at syscall entry, whether or
 //! not a TLS library call is in progress; `close()` forgets a socket never written.
 

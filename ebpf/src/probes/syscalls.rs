@@ -4,7 +4,17 @@
 //! connect destinations, and (through `process.rs`) new processes; they
 //! drive the plaintext capture of selected plain TCP destinations (`plain.rs`):
 //! a socket I/O syscall outside any `SSL_*` call is that path's; and they follow
-//! `bind()` and `accept()` on app ports (`accept.rs`, whose exit program is its own).
+//! `bind()` and `accept()` on app ports (`accept.rs`).
+//!
+//! Attaching either tracepoint sends every syscall of every process on the
+//! machine through the kernel's slow syscall path and runs the program on it,
+//! whoever the capture targets; the tracepoint itself cannot be narrowed (these
+//! kernels offer no fentry on one syscall's function). So both programs leave a
+//! syscall they do not follow after reading its number, and only `sys_enter` is
+//! always attached: everything it needs is known at a call's entry, a connect's
+//! destination included. [`sys_exit`] is attached only for what needs a result
+//! (the agent's `Probes::need_exits`): the plain path's byte counts, an accepted
+//! socket, and the first return of a new process that is to be held.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -17,7 +27,7 @@ use llmsim_ebpf_common::{ConnectEvent, DropReason, EventKind};
 use super::{accept, header, hello, plain, process};
 use crate::{
     filter::is_traced,
-    maps::{CONNECTS, EVENTS, PendingConnect, count_drop, current_ssl_call},
+    maps::{EVENTS, count_drop, current_ssl_call},
 };
 
 /// `x86_64` syscall numbers of the calls a TLS library makes on its socket.
@@ -29,7 +39,6 @@ const SYS_ACCEPT4: u64 = 288;
 const SYS_CLOSE: u64 = 3;
 pub(super) const AF_INET: u16 = 2;
 pub(super) const AF_INET6: u16 = 10;
-const EINPROGRESS: i64 = -115;
 
 /// `sys_enter(struct pt_regs *regs, long id)`; kernel >= 4.17.
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -38,7 +47,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sys_exit(struct pt_regs *regs, long ret)`; kernel >= 4.17.
+/// `sys_exit(struct pt_regs *regs, long ret)`; kernel >= 4.17. Attached on demand (see above).
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let _ = try_sys_exit(&ctx);
@@ -74,36 +83,37 @@ fn buffer_args(regs: *const pt_regs) -> Result<(u64, u64), i64> {
 )]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let id: u64 = ctx.arg(1);
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if id == SYS_CONNECT {
-        if !is_traced() {
-            return Ok(());
-        }
-        let (fd, addr) = syscall_args(ctx.arg(0))?;
-        let _ = CONNECTS.insert(&pid_tgid, &PendingConnect { fd, addr }, 0);
-        hello::on_connect(pid_tgid, fd);
+    let connect = id == SYS_CONNECT;
+    let close = id == SYS_CLOSE;
+    let bind = id == SYS_BIND;
+    let accept = id == SYS_ACCEPT || id == SYS_ACCEPT4;
+    if !(connect || close || bind || accept || SOCKET_IO_SYSCALLS.contains(&id)) {
         return Ok(());
     }
-    if id == SYS_CLOSE {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if connect {
+        if is_traced() {
+            connect_enter(pid_tgid, ctx.arg(0));
+        }
+        return Ok(());
+    }
+    if close {
         let (fd, _) = syscall_args(ctx.arg(0))?;
         plain::close(pid_tgid, fd);
         hello::close(pid_tgid, fd);
         accept::close(pid_tgid, fd);
         return Ok(());
     }
-    if id == SYS_BIND {
+    if bind {
         if !is_traced() {
             return Ok(());
         }
         let (fd, addr) = syscall_args(ctx.arg(0))?;
         return accept::bind(pid_tgid, fd, addr);
     }
-    if id == SYS_ACCEPT || id == SYS_ACCEPT4 {
+    if accept {
         let (fd, _) = syscall_args(ctx.arg(0))?;
         accept::enter(pid_tgid, fd);
-        return Ok(());
-    }
-    if !SOCKET_IO_SYSCALLS.contains(&id) {
         return Ok(());
     }
     let regs: *const pt_regs = ctx.arg(0);
@@ -118,61 +128,53 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let ret: i64 = ctx.arg(1);
     let regs: *const pt_regs = ctx.arg(0);
     // SAFETY: the kernel pointer the tracepoint passes, read fault-tolerantly.
     let id = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }?;
+    let ret: i64 = ctx.arg(1);
     // One path per syscall: the verifier then checks each path once, not each after every
     // way through the others (which ran past its million-instruction budget).
     if process::is_clone(id) {
         process::on_sys_exit(ret);
-        return Ok(());
-    }
-    if id == SYS_CONNECT {
-        connect_exit(pid_tgid, ret);
-    } else {
-        plain::exit(pid_tgid, ret);
+    } else if id == SYS_ACCEPT || id == SYS_ACCEPT4 {
+        accept::exit(bpf_get_current_pid_tgid(), ret);
+    } else if SOCKET_IO_SYSCALLS.contains(&id) {
+        plain::exit(bpf_get_current_pid_tgid(), ret);
     }
     Ok(())
 }
 
-/// The exit of a `connect()`: its destination, for the plain path and userspace. A BPF
-/// subprogram of its own, so its locals are not in `sys_exit`'s frame: the plain path's
-/// chain of calls is at the verifier's 512-byte combined stack limit, which 6.1 enforces.
+/// The entry of a `connect()`: its destination, for the hello and plain paths and
+/// userspace. A BPF subprogram of its own, so its locals are not in `sys_enter`'s frame:
+/// the plain path's chain of calls is at the verifier's 512-byte combined stack limit,
+/// which 6.1 enforces.
 #[inline(never)]
-fn connect_exit(pid_tgid: u64, ret: i64) {
-    let _ = try_connect_exit(pid_tgid, ret);
+fn connect_enter(pid_tgid: u64, regs: *const pt_regs) {
+    let _ = try_connect_enter(pid_tgid, regs);
 }
 
 #[inline(always)]
 #[expect(
     clippy::cast_possible_truncation,
-    reason = "connect(2)'s fd argument and return value are ints in 64-bit registers"
+    reason = "connect(2)'s fd argument is an int in a 64-bit register"
 )]
-fn try_connect_exit(pid_tgid: u64, ret: i64) -> Result<(), i64> {
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(pending) = (unsafe { CONNECTS.get(&pid_tgid) }).copied() else {
-        return Ok(());
-    };
-    let _ = CONNECTS.remove(&pid_tgid);
-    if ret != 0 && ret != EINPROGRESS {
-        return Ok(());
-    }
+fn try_connect_enter(pid_tgid: u64, regs: *const pt_regs) -> Result<(), i64> {
+    let (fd, sockaddr) = syscall_args(regs)?;
+    hello::on_connect(pid_tgid, fd);
     // SAFETY: user pointers read fault-tolerantly.
-    let family = unsafe { bpf_probe_read_user(pending.addr as *const u16) }?;
+    let family = unsafe { bpf_probe_read_user(sockaddr as *const u16) }?;
     if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
-    let port = u16::from_be(unsafe { bpf_probe_read_user((pending.addr + 2) as *const u16) }?);
+    let port = u16::from_be(unsafe { bpf_probe_read_user((sockaddr + 2) as *const u16) }?);
     let mut addr = [0u8; 16];
     if family == AF_INET {
-        let v4 = unsafe { bpf_probe_read_user((pending.addr + 4) as *const [u8; 4]) }?;
+        let v4 = unsafe { bpf_probe_read_user((sockaddr + 4) as *const [u8; 4]) }?;
         addr[..4].copy_from_slice(&v4);
     } else {
-        addr = unsafe { bpf_probe_read_user((pending.addr + 8) as *const [u8; 16]) }?;
+        addr = unsafe { bpf_probe_read_user((sockaddr + 8) as *const [u8; 16]) }?;
     }
-    plain::on_connect(pid_tgid, pending.fd, family, port, &addr);
+    plain::on_connect(pid_tgid, fd, family, port, &addr);
     // Written in place in the ring rather than built on the stack.
     let Some(mut entry) = EVENTS.reserve::<ConnectEvent>(0) else {
         count_drop(DropReason::RingFull);
@@ -180,11 +182,9 @@ fn try_connect_exit(pid_tgid: u64, ret: i64) -> Result<(), i64> {
     };
     entry.write(ConnectEvent {
         header: header(EventKind::Connect),
-        fd: pending.fd as i32,
-        ret: ret as i32,
+        fd: fd as i32,
         family,
         port,
-        pad: 0,
         addr,
     });
     entry.submit(0);
