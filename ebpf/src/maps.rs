@@ -89,16 +89,20 @@ pub struct CallKey {
 /// deeper one means return probes were missed, and numbering starts again.
 pub const MAX_CALL_LEVELS: u32 = 8;
 
-/// Calls in progress. An LRU map: the entry of a call whose return probe
-/// never fires (its thread died inside it) is evicted in time instead of
-/// filling the table. When live calls fill it, the least recently entered
-/// one is evicted; its return finds no entry and its sequence number is never
+/// Calls in progress, by thread and nesting level. A slot stays once its
+/// call returned and the thread's next call at that level is written over it
+/// (updating an LRU map's entry in place costs a lookup; inserting and
+/// deleting one cost far more, on every TLS call). An LRU map: the slots of a
+/// thread that is gone are evicted in time instead of filling the table. When
+/// live calls fill it, the least recently used slot is evicted; a return that
+/// finds its call's slot gone counts it, and its sequence number is never
 /// used, so userspace sees the gap. The size is set at load time.
 #[map]
 pub static SSL_CALLS: LruHashMap<CallKey, SslCall> = LruHashMap::with_max_entries(16_384, 0);
 
 /// How many calls each thread (`bpf_get_current_pid_tgid()`) has in
-/// progress: the level of its next call. LRU, like [`SSL_CALLS`].
+/// progress: the level of its next call; 0 stays when none is. LRU, like
+/// [`SSL_CALLS`].
 #[map]
 pub static SSL_CALL_LEVELS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
 
@@ -108,6 +112,12 @@ pub static SSL_CALL_LEVELS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(
 pub fn current_ssl_call(pid_tgid: u64) -> Option<*mut SslCall> {
     // SAFETY: the value is copied.
     let levels = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }.copied()?;
+    innermost_call(pid_tgid, levels)
+}
+
+/// The innermost call in progress on a thread whose calls in progress are `levels`.
+#[inline(always)]
+pub fn innermost_call(pid_tgid: u64, levels: u32) -> Option<*mut SslCall> {
     if levels == 0 || levels > MAX_CALL_LEVELS {
         return None;
     }

@@ -1,5 +1,5 @@
 //! `cargo xtask bench capture [REQUESTS] [ROUNDS] [--only PARTS]`: what
-//! attaching the agent costs a TLS client, in six parts (`--only` picks some).
+//! attaching the agent costs a TLS client, in seven parts (`--only` picks some).
 //!
 //! 1. `h1`: a keep-alive HTTPS loop (curl, URL globbing: REQUESTS requests over
 //!    one connection through the system `libssl.so.3`) fetches a 1 KiB JSON
@@ -24,6 +24,8 @@
 //! 5. `go`: a Go client's keep-alive loop (see [`go`]).
 //! 6. `rss`: the agent's memory under `--all` during a 1 GiB download (see
 //!    [`rss`]).
+//! 7. `bystander`: what a process outside the target pays per syscall (see
+//!    [`bystander`]).
 //!
 //! Method: the client (a shell that becomes curl) waits on stdin until the
 //! agent is attached; the time of a run is the sum of curl's own per-request
@@ -52,6 +54,7 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use llmsim_tests::{TestCa, TestCgroup};
 
+mod bystander;
 mod go;
 mod rss;
 
@@ -92,6 +95,8 @@ enum Part {
     Go,
     /// The agent's peak RSS under `--all` during a 1 GiB HTTPS download.
     Rss,
+    /// What a process outside the target pays per syscall.
+    Bystander,
 }
 
 /// The HTTP version a loop speaks.
@@ -266,25 +271,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
 
     if runs(Part::Slow) {
-        let slow = SlowServer::start(&ca, pin(SERVER_CPU).as_ref())?;
-        let client = client(format!("https://127.0.0.1:{}/x", slow.port), Proto::Http1);
-        let slow_loop = Loop {
-            client: &client,
-            modes: &[Mode::Baseline, Mode::Pid, Mode::Command],
-        };
-        println!(
-            "\nwith a provider's latency: {SLOW_REQUESTS} keep-alive HTTPS requests per run to a server \
-             answering after {} ms (python3 ssl), {rounds} rounds in random order\n",
-            SLOW_ANSWER.as_millis()
-        );
-        let samples = rounds_of(
-            std::slice::from_ref(&slow_loop),
+        slow_part(
+            &client,
             &agent,
-            SLOW_REQUESTS,
             rounds,
+            pin(SERVER_CPU).as_ref(),
+            &ca,
             &mut order,
         )?;
-        report(&slow_loop, &samples[0]);
     }
 
     if runs(Part::Go) {
@@ -301,6 +295,42 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     if runs(Part::Rss) {
         rss::run(&agent, &curl, &nginx, &ca)?;
     }
+
+    if runs(Part::Bystander) {
+        bystander::run(&agent, rounds, &mut order)?;
+    }
+    Ok(())
+}
+
+/// The HTTP/1.1 loop against a server answering after [`SLOW_ANSWER`], as a
+/// provider does at best, without the agent, under `--pid` and `-- CMD`.
+fn slow_part(
+    client: &dyn Fn(String, Proto) -> Client,
+    agent: &Path,
+    rounds: u32,
+    server_pin: Option<&(PathBuf, usize)>,
+    ca: &TestCa,
+    order: &mut Shuffle,
+) -> anyhow::Result<()> {
+    let slow = SlowServer::start(ca, server_pin)?;
+    let client = client(format!("https://127.0.0.1:{}/x", slow.port), Proto::Http1);
+    let slow_loop = Loop {
+        client: &client,
+        modes: &[Mode::Baseline, Mode::Pid, Mode::Command],
+    };
+    println!(
+        "\nwith a provider's latency: {SLOW_REQUESTS} keep-alive HTTPS requests per run to a server \
+         answering after {} ms (python3 ssl), {rounds} rounds in random order\n",
+        SLOW_ANSWER.as_millis()
+    );
+    let samples = rounds_of(
+        std::slice::from_ref(&slow_loop),
+        agent,
+        SLOW_REQUESTS,
+        rounds,
+        order,
+    )?;
+    report(&slow_loop, &samples[0]);
     Ok(())
 }
 

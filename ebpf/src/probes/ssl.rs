@@ -35,7 +35,7 @@ use crate::{
     filter::is_traced,
     maps::{
         CallKey, EVENTS, MAX_CALL_LEVELS, SSL_CALL_LEVELS, SSL_CALLS, SslCall, count_drop,
-        current_ssl_call,
+        innermost_call,
     },
 };
 
@@ -156,7 +156,10 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
         0
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(outer) = current_ssl_call(pid_tgid) {
+    let levels = SSL_CALL_LEVELS.get_ptr_mut(&pid_tgid);
+    // SAFETY: a live value of this thread's own entry.
+    let mut level = levels.map_or(0, |levels| unsafe { *levels });
+    if let Some(outer) = innermost_call(pid_tgid, level) {
         // SAFETY: a live value of this thread's own entry.
         unsafe {
             if (*outer).ssl == ssl && (*outer).direction == direction as u32 && (*outer).done == 0 {
@@ -169,10 +172,6 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
             }
         }
     }
-    // SAFETY: the value is copied.
-    let mut level = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }
-        .copied()
-        .unwrap_or(0);
     if level >= MAX_CALL_LEVELS {
         level = 0;
     }
@@ -192,40 +191,40 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
         pid_tgid,
         level: u64::from(level),
     };
-    // LRU maps evict instead of refusing; an insert that fails all the same
-    // shows as a missing entry at the return.
-    let _ = SSL_CALLS.insert(&key, &call, 0);
-    let _ = SSL_CALL_LEVELS.insert(&pid_tgid, &(level + 1), 0);
-}
-
-/// Ends the innermost call of a thread whose calls in progress are `levels`.
-#[inline(always)]
-fn pop_level(pid_tgid: u64, levels: u32) {
-    if levels <= 1 {
-        let _ = SSL_CALL_LEVELS.remove(&pid_tgid);
-    } else {
-        let _ = SSL_CALL_LEVELS.insert(&pid_tgid, &(levels - 1), 0);
+    // Written over the thread's earlier slots where they are still there. LRU
+    // maps evict instead of refusing; an insert that fails all the same shows
+    // as a missing entry at the return.
+    match SSL_CALLS.get_ptr_mut(&key) {
+        // SAFETY: a slot of this thread's own, which no other thread writes.
+        Some(slot) => unsafe { *slot = call },
+        None => {
+            let _ = SSL_CALLS.insert(&key, &call, 0);
+        }
+    }
+    match levels {
+        // SAFETY: as above.
+        Some(levels) => unsafe { *levels = level + 1 },
+        None => {
+            let _ = SSL_CALL_LEVELS.insert(&pid_tgid, &(level + 1), 0);
+        }
     }
 }
 
 fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied.
-    let levels = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }
-        .copied()
-        .unwrap_or(0);
-    let key = CallKey {
-        pid_tgid,
-        level: u64::from(levels.wrapping_sub(1)),
+    let levels_entry = SSL_CALL_LEVELS.get_ptr_mut(&pid_tgid);
+    // SAFETY: a live value of this thread's own entry.
+    let levels = levels_entry.map_or(0, |levels| unsafe { *levels });
+    // Ends the innermost call; its slot stays for the next one.
+    let pop = || {
+        if let Some(levels_entry) = levels_entry {
+            // SAFETY: as above.
+            unsafe { *levels_entry = levels - 1 };
+        }
     };
-    let entry = if levels == 0 || levels > MAX_CALL_LEVELS {
-        None
-    } else {
-        SSL_CALLS.get_ptr_mut(&key)
-    };
-    let Some(entry) = entry else {
+    let Some(entry) = innermost_call(pid_tgid, levels) else {
         if levels != 0 {
-            pop_level(pid_tgid, levels);
+            pop();
         }
         if is_traced() {
             emit::missing_entry();
@@ -241,8 +240,7 @@ fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
             (*entry).done = 1;
         }
     } else {
-        let _ = SSL_CALLS.remove(&key);
-        pop_level(pid_tgid, levels);
+        pop();
     }
     if call.done != 0 {
         return Ok(());
