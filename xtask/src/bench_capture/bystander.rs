@@ -5,8 +5,8 @@
 //! process (never a target) times two calls on itself: `getppid`, which no
 //! program follows, and a write and read of 16 bytes on a Unix socket pair,
 //! which the socket I/O paths look at. Without the agent, with it attached to
-//! a `sleep` by `--pid`, and running a `sleep` as `-- CMD` (which holds new
-//! processes, so its `sys_exit` program is attached too); each round runs the
+//! a `sleep` by `--pid`, and running a shell that waits for a line as `-- CMD`
+//! (which holds new processes, so its `sys_exit` program is attached too); each round runs the
 //! three in a fresh random order, and a run's figure is the best of
 //! [`REPEATS`] timings of [`CALLS`] calls, the least disturbed by the machine.
 
@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::{Mode, RunningAgent, Shuffle, range};
+use super::{Mode, RunningAgent, Shuffle, range, write_go};
 use crate::bench_support::median;
 
 /// The modes measured, the baseline first.
@@ -83,13 +83,14 @@ pub fn run(agent: &Path, rounds: u32, order: &mut Shuffle) -> anyhow::Result<()>
 }
 
 /// One run in `mode`: the agent started (and attached to a `sleep` of its own for
-/// `--pid`), the calls timed, the agent stopped.
+/// `--pid`), the calls timed, the agent stopped (a command ends when it reads the
+/// line the agent's stdin passes on).
 fn measure_in(agent: &Path, mode: Mode) -> anyhow::Result<Costs> {
     let out = std::env::temp_dir().join(format!("llmsim-bench-bystander-{}", std::process::id()));
     let mut sleeper = None;
     let target: Vec<OsString> = match mode {
         Mode::Baseline => Vec::new(),
-        Mode::Command => ["--", "sleep", "600"].map(OsString::from).to_vec(),
+        Mode::Command => ["--", "sh", "-c", "read line"].map(OsString::from).to_vec(),
         _ => {
             let child = Command::new("sleep")
                 .arg("600")
@@ -109,12 +110,15 @@ fn measure_in(agent: &Path, mode: Mode) -> anyhow::Result<Costs> {
                 out.clone().into_os_string(),
             ];
             args.extend(target);
-            RunningAgent::start(agent, &args, None, Stdio::null())
+            RunningAgent::start(agent, &args, None, Stdio::piped())
         })
         .transpose()?;
     let costs = measure();
-    if let Some(running) = running {
-        running.finish(true)?;
+    if let Some(mut running) = running {
+        if mode == Mode::Command {
+            write_go(running.child.stdin.take())?;
+        }
+        running.finish(mode != Mode::Command)?;
     }
     if let Some(mut child) = sleeper {
         let _ = child.kill();
