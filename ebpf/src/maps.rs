@@ -110,9 +110,17 @@ pub static SSL_CALL_LEVELS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(
 /// its socket to.
 #[inline(always)]
 pub fn current_ssl_call(pid_tgid: u64) -> Option<*mut SslCall> {
-    // SAFETY: the value is copied.
-    let levels = unsafe { SSL_CALL_LEVELS.get(&pid_tgid) }.copied()?;
+    let (_, levels) = call_levels(pid_tgid);
     innermost_call(pid_tgid, levels)
+}
+
+/// A thread's entry in [`SSL_CALL_LEVELS`], if it has one, and its calls in progress
+/// (0 without one).
+#[inline(always)]
+pub fn call_levels(pid_tgid: u64) -> (Option<*mut u32>, u32) {
+    let entry = SSL_CALL_LEVELS.get_ptr_mut(&pid_tgid);
+    // SAFETY: a live value of this thread's own entry.
+    (entry, entry.map_or(0, |levels| unsafe { *levels }))
 }
 
 /// The innermost call in progress on a thread whose calls in progress are `levels`.

@@ -24,6 +24,7 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
     },
     macros::{uprobe, uretprobe},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
@@ -34,8 +35,8 @@ use crate::{
     emit::{self, Call},
     filter::is_traced,
     maps::{
-        CallKey, EVENTS, MAX_CALL_LEVELS, SSL_CALL_LEVELS, SSL_CALLS, SslCall, count_drop,
-        innermost_call,
+        CallKey, EVENTS, MAX_CALL_LEVELS, SSL_CALL_LEVELS, SSL_CALLS, SslCall, call_levels,
+        count_drop, innermost_call,
     },
 };
 
@@ -156,9 +157,7 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
         0
     };
     let pid_tgid = bpf_get_current_pid_tgid();
-    let levels = SSL_CALL_LEVELS.get_ptr_mut(&pid_tgid);
-    // SAFETY: a live value of this thread's own entry.
-    let mut level = levels.map_or(0, |levels| unsafe { *levels });
+    let (levels, mut level) = call_levels(pid_tgid);
     if let Some(outer) = innermost_call(pid_tgid, level) {
         // SAFETY: a live value of this thread's own entry.
         unsafe {
@@ -191,30 +190,27 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
         pid_tgid,
         level: u64::from(level),
     };
-    // Written over the thread's earlier slots where they are still there. LRU
-    // maps evict instead of refusing; an insert that fails all the same shows
-    // as a missing entry at the return.
-    match SSL_CALLS.get_ptr_mut(&key) {
-        // SAFETY: a slot of this thread's own, which no other thread writes.
-        Some(slot) => unsafe { *slot = call },
+    write_over(&SSL_CALLS, &key, SSL_CALLS.get_ptr_mut(&key), &call);
+    write_over(&SSL_CALL_LEVELS, &pid_tgid, levels, &(level + 1));
+}
+
+/// Writes `value` over `slot`, the thread's own entry of `map` under `key`, or
+/// inserts it where the thread has none yet. LRU maps evict instead of refusing;
+/// an insert that fails all the same shows as a missing entry at the return.
+#[inline(always)]
+fn write_over<K, V: Copy>(map: &LruHashMap<K, V>, key: &K, slot: Option<*mut V>, value: &V) {
+    match slot {
+        // SAFETY: an entry of this thread's own, which no other thread writes.
+        Some(slot) => unsafe { *slot = *value },
         None => {
-            let _ = SSL_CALLS.insert(&key, &call, 0);
-        }
-    }
-    match levels {
-        // SAFETY: as above.
-        Some(levels) => unsafe { *levels = level + 1 },
-        None => {
-            let _ = SSL_CALL_LEVELS.insert(&pid_tgid, &(level + 1), 0);
+            let _ = map.insert(key, value, 0);
         }
     }
 }
 
 fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let levels_entry = SSL_CALL_LEVELS.get_ptr_mut(&pid_tgid);
-    // SAFETY: a live value of this thread's own entry.
-    let levels = levels_entry.map_or(0, |levels| unsafe { *levels });
+    let (levels_entry, levels) = call_levels(pid_tgid);
     // Ends the innermost call; its slot stays for the next one.
     let pop = || {
         if let Some(levels_entry) = levels_entry {

@@ -86,7 +86,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let connect = id == SYS_CONNECT;
     let close = id == SYS_CLOSE;
     let bind = id == SYS_BIND;
-    let accept = id == SYS_ACCEPT || id == SYS_ACCEPT4;
+    let accept = is_accept(id);
     if !(connect || close || bind || accept || SOCKET_IO_SYSCALLS.contains(&id)) {
         return Ok(());
     }
@@ -136,12 +136,18 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     // way through the others (which ran past its million-instruction budget).
     if process::is_clone(id) {
         process::on_sys_exit(ret);
-    } else if id == SYS_ACCEPT || id == SYS_ACCEPT4 {
+    } else if is_accept(id) {
         accept::exit(bpf_get_current_pid_tgid(), ret);
     } else if SOCKET_IO_SYSCALLS.contains(&id) {
         plain::exit(bpf_get_current_pid_tgid(), ret);
     }
     Ok(())
+}
+
+/// Whether syscall `id` is `accept` or `accept4`.
+#[inline(always)]
+fn is_accept(id: u64) -> bool {
+    id == SYS_ACCEPT || id == SYS_ACCEPT4
 }
 
 /// The entry of a `connect()`: its destination, for the hello and plain paths and
