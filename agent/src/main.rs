@@ -325,7 +325,13 @@ fn replay(args: ReplayArgs) -> ExitCode {
             }
             None => false,
         };
-        let summary = driver.run().await;
+        let summary = match driver.run().await {
+            Ok(summary) => summary,
+            Err(e) => {
+                eprintln!("llmsim-agent: starting the driver's threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         summary.print(driver.options().json);
         if metrics && let Some(linger) = driver.options().metrics_linger {
             tokio::time::sleep(linger).await;

@@ -4,20 +4,23 @@
 //! send; with `--rate` (open loop) request `k` is scheduled at `k / rate` seconds after
 //! the start and its latency runs from that instant, so a slow app is charged for the
 //! requests that waited (as wrk2 and oha measure). `--duration` cycles the plan until
-//! it is over. Each worker tallies its own outcomes (and updates the metrics from the
-//! same events); the progress line and the [`Summary`] merge the tallies.
+//! it is over. The workers of each thread tally their outcomes together (and update the
+//! metrics from the same events); the progress line and the [`Summary`] merge the
+//! threads' tallies.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Request, Uri, header};
 use http_body_util::Full;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::client::{Connection, Connector, TlsSetupError};
@@ -58,7 +61,8 @@ pub struct Driver {
     metrics: Arc<DriveMetrics>,
 }
 
-/// One worker's outcomes.
+/// The outcomes of one thread's workers. They take turns on the thread and hold the lock
+/// only between two awaits, so only the progress line ever waits for it.
 #[derive(Debug)]
 struct Tally {
     /// Answered requests' latencies, in microseconds.
@@ -165,11 +169,16 @@ impl Driver {
     }
 
     /// Sends the plan as the options say, with the progress line on stderr, and sums up.
-    /// The LLM calls are the ones the recording links to the requests sent.
-    pub async fn run(&self) -> Summary {
-        let connections = self.options.connections();
-        let tallies: Tallies =
-            Arc::new((0..connections).map(|_| Mutex::new(Tally::new())).collect());
+    /// The LLM calls are the ones the recording links to the requests sent. The caller's
+    /// runtime only draws the progress line ([`Self::start_threads`] runs the workers).
+    /// Fails only when the threads cannot be started.
+    pub async fn run(&self) -> std::io::Result<Summary> {
+        let connections = self.options.connections() as usize;
+        let threads = thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(connections)
+            .max(1);
+        let tallies: Tallies = Arc::new((0..threads).map(|_| Mutex::new(Tally::new())).collect());
         let shared = Arc::new(Shared {
             plan: self.plan.clone(),
             target: self.connector.target().clone(),
@@ -181,13 +190,11 @@ impl Driver {
             shown: AtomicUsize::new(0),
             start: Instant::now(),
         });
-        let mut workers = tokio::task::JoinSet::new();
-        for worker in 0..connections as usize {
-            let shared = shared.clone();
-            let tallies = tallies.clone();
-            let connection = Connection::new(self.connector.clone());
-            workers.spawn(async move { shared.work(connection, &tallies[worker]).await });
-        }
+        // Each thread holds a sender and drops it last, however it ends: the channel
+        // closes once every thread is done.
+        let (done, mut all_done) = mpsc::channel::<()>(1);
+        let handles = self.start_threads(&shared, &tallies, connections, &done)?;
+        drop(done);
         let tty = std::io::stderr().is_terminal();
         let mut ticks = tokio::time::interval_at(
             shared.start + if tty { PROGRESS_TTY } else { PROGRESS_LOG },
@@ -195,11 +202,7 @@ impl Driver {
         );
         loop {
             tokio::select! {
-                done = workers.join_next() => match done {
-                    Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Some(_) => {}
-                    None => break,
-                },
+                None = all_done.recv() => break,
                 _ = ticks.tick() => {
                     let line = progress_line(&merged(&tallies), shared.start.elapsed());
                     let mut stderr = std::io::stderr().lock();
@@ -212,10 +215,68 @@ impl Driver {
                 }
             }
         }
+        let elapsed = shared.start.elapsed();
+        for handle in handles {
+            // Every thread has ended but for its last instructions.
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
         if tty {
             eprint!("\r\x1b[2K");
         }
-        self.summary(&merged(&tallies), shared.start.elapsed())
+        Ok(self.summary(&merged(&tallies), elapsed))
+    }
+
+    /// Starts one thread per tally (one per core, at most one per connection), sharing
+    /// the connections out among them. Each runs its connections' workers on a
+    /// single-threaded runtime of its own, as oha does: a worker's exchanges never wait
+    /// on another thread's wake-up nor move between cores, as they did with the
+    /// multi-threaded runtime's work stealing. A worker's panic ends its thread, whose
+    /// handle gives it back.
+    fn start_threads(
+        &self,
+        shared: &Arc<Shared>,
+        tallies: &Tallies,
+        connections: usize,
+        done: &mpsc::Sender<()>,
+    ) -> std::io::Result<Vec<thread::JoinHandle<()>>> {
+        let threads = tallies.len();
+        (0..threads)
+            .map(|first| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let (shared, tallies, connector, done) = (
+                    shared.clone(),
+                    tallies.clone(),
+                    self.connector.clone(),
+                    done.clone(),
+                );
+                thread::Builder::new()
+                    .name(format!("drive-{first}"))
+                    .spawn(move || {
+                        let _done = done;
+                        runtime.block_on(async {
+                            let mut workers = tokio::task::JoinSet::new();
+                            for _ in (first..connections).step_by(threads) {
+                                let (shared, tallies) = (shared.clone(), tallies.clone());
+                                let connection = Connection::new(connector.clone());
+                                workers.spawn(async move {
+                                    shared.work(connection, &tallies[first]).await;
+                                });
+                            }
+                            while let Some(ended) = workers.join_next().await {
+                                if let Err(e) = ended
+                                    && e.is_panic()
+                                {
+                                    std::panic::resume_unwind(e.into_panic());
+                                }
+                            }
+                        });
+                    })
+            })
+            .collect()
     }
 
     fn summary(&self, tally: &Tally, elapsed: Duration) -> Summary {

@@ -28,6 +28,9 @@ pub enum DriveAppError {
         /// How long it was tried.
         waited: Duration,
     },
+    /// The driver's threads could not be started.
+    #[error("starting the driver's threads: {0}")]
+    Threads(#[source] std::io::Error),
 }
 
 /// Waits until the driver's target accepts a connection, at most `wait`.
@@ -57,7 +60,7 @@ pub async fn drive(
     stats: &Stats,
 ) -> Result<Summary, DriveAppError> {
     wait_until_accepting(driver, wait).await?;
-    let mut summary = driver.run().await;
+    let mut summary = driver.run().await.map_err(DriveAppError::Threads)?;
     summary.llm_calls = LlmCalls {
         count: stats.report().total_served,
         source: "replayd",
