@@ -297,6 +297,7 @@ fn replay(args: ReplayArgs) -> ExitCode {
         ExitCode::from(llmsim_drive::EXIT_BAD_INPUT)
     };
     let driver = match llmsim_drive::Driver::new(&args.dir, &args.target, args.drive) {
+        Ok(driver) if args.metrics.is_some() => driver.with_metrics(),
         Ok(driver) => driver,
         Err(e) => return bad_input(&e),
     };
@@ -311,10 +312,9 @@ fn replay(args: ReplayArgs) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let metrics = match args.metrics {
-            Some(addr) => {
-                let sources: Vec<Arc<dyn llmsim_drive::exposition::Exposed>> =
-                    vec![driver.metrics().clone()];
+        let metrics = match args.metrics.zip(driver.metrics()) {
+            Some((addr, kept)) => {
+                let sources: Vec<Arc<dyn llmsim_drive::exposition::Exposed>> = vec![kept.clone()];
                 match llmsim_drive::exposition::start(addr, sources) {
                     Ok(bound) => {
                         eprintln!("llmsim-agent: metrics on http://{bound}/metrics");

@@ -58,7 +58,9 @@ pub struct Driver {
     comparer: Arc<Comparer>,
     connector: Connector,
     options: DriveOptions,
-    metrics: Arc<DriveMetrics>,
+    /// Kept only when they are served ([`Self::with_metrics`]): updating them is the one
+    /// thing every request of every thread would otherwise write to in common.
+    metrics: Option<Arc<DriveMetrics>>,
 }
 
 /// The outcomes of one thread's workers. They take turns on the thread and hold the lock
@@ -149,13 +151,20 @@ impl Driver {
             comparer: Arc::new(comparer),
             connector: Connector::new(target)?,
             options,
-            metrics: Arc::new(DriveMetrics::new()),
+            metrics: None,
         })
     }
 
-    /// The run's metrics.
-    pub fn metrics(&self) -> &Arc<DriveMetrics> {
-        &self.metrics
+    /// Keeps the run's metrics, to be served ([`Self::metrics`]).
+    #[must_use]
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = Some(Arc::new(DriveMetrics::new()));
+        self
+    }
+
+    /// The run's metrics, when kept.
+    pub fn metrics(&self) -> Option<&Arc<DriveMetrics>> {
+        self.metrics.as_ref()
     }
 
     /// The target.
@@ -361,7 +370,7 @@ struct Shared {
     uris: Vec<Uri>,
     comparer: Arc<Comparer>,
     options: DriveOptions,
-    metrics: Arc<DriveMetrics>,
+    metrics: Option<Arc<DriveMetrics>>,
     /// The next request's index `k`.
     next: AtomicU64,
     /// Differing answers kept for the summary so far.
@@ -402,7 +411,9 @@ impl Shared {
             let index = usize::try_from(k % n).unwrap_or_default();
             let planned = &self.plan.requests[index];
             let copy = k / n;
-            self.metrics.started();
+            if let Some(metrics) = &self.metrics {
+                metrics.started();
+            }
             let result = connection
                 .send(
                     self.request(planned, &self.uris[index], copy),
@@ -455,7 +466,9 @@ impl Shared {
                 }
             };
             let answered = matches!(outcome, "ok" | "difference");
-            self.metrics.finished(outcome, answered.then_some(latency));
+            if let Some(metrics) = &self.metrics {
+                metrics.finished(outcome, answered.then_some(latency));
+            }
         }
     }
 

@@ -383,7 +383,14 @@ fn redirect(args: &ServeArgs) -> Result<ExitCode> {
         eprintln!("replayd: {line}");
     }
     let driver = match &args.drive {
-        Some(url) => Some(Driver::new(&args.dir, url, args.drive_options.clone())?),
+        Some(url) => {
+            let driver = Driver::new(&args.dir, url, args.drive_options.clone())?;
+            Some(if args.metrics.is_some() {
+                driver.with_metrics()
+            } else {
+                driver
+            })
+        }
         None => None,
     };
     runtime.block_on(serve_redirected(engine, &target, args, driver))
@@ -445,7 +452,8 @@ async fn serve_redirected(
     running.watch(dns.serve());
     let driver_metrics: Vec<Arc<dyn Exposed>> = driver
         .iter()
-        .map(|driver| driver.metrics().clone() as Arc<dyn Exposed>)
+        .filter_map(|driver| driver.metrics())
+        .map(|metrics| metrics.clone() as Arc<dyn Exposed>)
         .collect();
     start_metrics(&mut running, args, driver_metrics)?;
     let signal = run::shutdown_signal()?;
