@@ -6,7 +6,9 @@
 //! load test does. The generators take turns, the first alternating every round, so that
 //! drift in the machine's speed hits both alike; the report gives medians over the rounds,
 //! the driver's rate as a ratio of oha's, and each round's own ratio: the target (>= 0.8)
-//! is met only when every round meets it.
+//! is met only when every round meets it. Each round also runs oha a second time, never
+//! the reference: its rate over the first run's is the noise floor, the spread a round's
+//! ratio shows between two runs of one generator.
 //!
 //! Everything stays on loopback. The snapshot and nginx's configuration live in a
 //! temporary directory that is removed afterwards; nginx is killed on the way out.
@@ -81,28 +83,29 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     );
     let url = format!("http://{}/", nginx.http);
     let oha_version = report_of(Command::new(&oha).arg("--version"), "oha --version")?;
-    let (mut driver_rates, mut oha_rates) = (Vec::new(), Vec::new());
+    let (mut driver_rates, mut oha_rates, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..args.rounds {
-        for first in [round % 2 == 0, round % 2 == 1] {
-            let (name, rate) = if first {
-                (
-                    "llmsim-agent replay",
-                    driver_rate(&args, &agent, &url, &snapshot)?,
-                )
-            } else {
-                ("oha", oha_rate(&args, &oha, &url)?)
+        // The generators' order turns every round; the second oha run measures the
+        // noise floor and is never the reference.
+        let mut turns = [Turn::Driver, Turn::Oha, Turn::OhaAgain];
+        turns.rotate_left(round % 2);
+        let mut rates = [0.0; 3];
+        for turn in turns {
+            let rate = match turn {
+                Turn::Driver => driver_rate(&args, &agent, &url, &snapshot)?,
+                Turn::Oha | Turn::OhaAgain => oha_rate(&args, &oha, &url)?,
             };
             println!(
-                "round {}/{}  {name:<20} {rate:>10.0} req/s",
+                "round {}/{}  {:<20} {rate:>10.0} req/s",
                 round + 1,
-                args.rounds
+                args.rounds,
+                turn.name()
             );
-            if first {
-                driver_rates.push(rate);
-            } else {
-                oha_rates.push(rate);
-            }
+            rates[turn as usize] = rate;
         }
+        driver_rates.push(rates[Turn::Driver as usize]);
+        oha_rates.push(rates[Turn::Oha as usize]);
+        floor.push(rates[Turn::OhaAgain as usize] / rates[Turn::Oha as usize]);
     }
     drop(nginx);
     // Each round's ratio, from the two runs that took turns in it.
@@ -123,7 +126,31 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     println!(
         "  ratio {ratio:.2}x oha by the medians; rounds: {listed} (target >= {TARGET_RATIO}x): {verdict}"
     );
+    let floor: Vec<String> = floor.iter().map(|r| format!("{r:.3}x")).collect();
+    println!(
+        "  noise floor, oha against itself in the same rounds: {}",
+        floor.join(", ")
+    );
     Ok(())
+}
+
+/// One generator's turn in a round.
+#[derive(Clone, Copy)]
+enum Turn {
+    Driver,
+    Oha,
+    /// oha once more, against the first: how far apart two runs of one generator fall.
+    OhaAgain,
+}
+
+impl Turn {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Driver => "llmsim-agent replay",
+            Self::Oha => "oha",
+            Self::OhaAgain => "oha (again)",
+        }
+    }
 }
 
 /// The driver's throughput: a closed loop of `--connections` for `--duration`, every
