@@ -15,13 +15,15 @@
 //! under way and close.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -127,9 +129,9 @@ pub enum ConnectionError {
     /// HTTP on the connection failed (malformed request, client gone).
     #[error("HTTP connection error")]
     Http {
-        /// hyper's error (boxed by the HTTP/1.1-or-HTTP/2 connection).
+        /// hyper's error.
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: hyper::Error,
     },
 }
 
@@ -465,8 +467,8 @@ impl Acceptor {
         }
     }
 
-    /// Serves HTTP over `io` as `protocol`; an h2 connection's writes are batched
-    /// ([`crate::h2_writes`]).
+    /// Serves HTTP over `io` as `protocol` until the connection ends; an h2 connection's
+    /// writes are batched ([`crate::h2_writes`]).
     async fn serve_http<I>(
         &self,
         io: I,
@@ -476,42 +478,44 @@ impl Acceptor {
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
+        let service = app(self.engine.clone(), info);
         match protocol {
-            Protocol::Http1 => self.serve_protocol(io, info, protocol).await,
-            Protocol::Http2 => self.serve_protocol(Unvectored(io), info, protocol).await,
+            Protocol::Http1 => {
+                let connection = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .keep_alive(true)
+                    .serve_connection(io, service);
+                self.until_shutdown(connection, http1::Connection::graceful_shutdown)
+                    .await
+            }
+            Protocol::Http2 => {
+                let connection = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                    .serve_connection(Unvectored(io), service);
+                self.until_shutdown(connection, http2::Connection::graceful_shutdown)
+                    .await
+            }
         }
     }
 
-    async fn serve_protocol<I>(
+    /// Runs `connection` to its end, asking it to close gracefully (`graceful`) once
+    /// shutdown begins.
+    async fn until_shutdown<C>(
         &self,
-        io: I,
-        info: ConnInfo,
-        protocol: Protocol,
+        connection: C,
+        graceful: fn(Pin<&mut C>),
     ) -> Result<(), ConnectionError>
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        C: Future<Output = hyper::Result<()>>,
     {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
-        let builder = match protocol {
-            Protocol::Http1 => builder.http1_only(),
-            Protocol::Http2 => builder.http2_only(),
-        };
         let mut shutdown = self.shutdown.clone();
-        let connection = builder.serve_connection(io, app(self.engine.clone(), info));
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
             () = shutdown.begun() => {
-                connection.as_mut().graceful_shutdown();
+                graceful(connection.as_mut());
                 connection.await
             }
         };
@@ -521,7 +525,6 @@ impl Acceptor {
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll};
 
@@ -570,6 +573,62 @@ mod tests {
             matches!(stalled, Err(ConnectionError::Undecided { timeout }) if timeout == HEADER_READ_TIMEOUT),
             "{stalled:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_head_that_stalls_is_cut_off_after_the_header_read_timeout() {
+        let answer = json!({"ok": true});
+        let dir = testutil::snapshot(&[testutil::exchange("stall", answer.clone())]);
+        let engine = crate::run::load_engine(dir.path(), ReplayOptions::default()).unwrap();
+        let workers = Workers::start(1).unwrap();
+        let acceptor = Acceptor::new(Arc::new(engine), workers.handle());
+        let (mut client, server_io) = tokio::io::duplex(1 << 16);
+        let info = ConnInfo {
+            peer: None,
+            original_destination: None,
+            tls: true,
+            sni: Some("api.openai.com".to_owned()),
+        };
+        let served = tokio::spawn(async move {
+            acceptor
+                .serve_http(TokioIo::new(server_io), info, Protocol::Http1)
+                .await
+        });
+        let body = testutil::chat("stall").to_string();
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: api.openai.com\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // hyper times each head from the end of the answer before it: a connection idle
+        // for most of the timeout, twice, is still served...
+        let mut answered_at = tokio::time::Instant::now();
+        for idle in [HEADER_READ_TIMEOUT.saturating_sub(Duration::from_secs(1)); 2] {
+            tokio::time::advance(idle).await;
+            client.write_all(request.as_bytes()).await.unwrap();
+            let mut received = Vec::new();
+            while !received.ends_with(&serde_json::to_vec(&answer).unwrap()) {
+                let mut chunk = [0u8; 4096];
+                let n = tokio::io::AsyncReadExt::read(&mut client, &mut chunk)
+                    .await
+                    .unwrap();
+                assert!(n > 0, "the connection closed before the answer");
+                received.extend_from_slice(&chunk[..n]);
+            }
+            assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+            answered_at = tokio::time::Instant::now();
+        }
+        // ...and a head that stops halfway ends it when the timeout runs out.
+        client
+            .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: api.o")
+            .await
+            .unwrap();
+        let ended = served.await.unwrap();
+        assert!(
+            matches!(&ended, Err(ConnectionError::Http { source }) if source.is_timeout()),
+            "{ended:?}"
+        );
+        assert_eq!(answered_at.elapsed(), HEADER_READ_TIMEOUT);
     }
 
     /// A transport with vectored writes (as TCP and TLS have) that counts the writes
