@@ -8,7 +8,10 @@
 //!   fixed body of the same size from memory (the recorded answer with the three characters
 //!   nginx.conf cannot quote replaced), nginx's cheapest path, with the recorded answer's
 //!   headers, so that both servers send as many bytes (18 header lines each for the
-//!   recorded answer, not nginx's bare 5).
+//!   recorded answer, not nginx's bare 5). Beside them, hyper answering the recorded answer
+//!   with nothing of replayd in it (`llmsim-bare-hyper`, a binary of the tests crate): the
+//!   ceiling for a server built on hyper, which tells replayd's own cost apart from its
+//!   HTTP stack's.
 //! - `mitmproxy`: mitmproxy's server replay, `mitmdump --server-replay` in reverse-proxy mode,
 //!   serving the same exchange, written as a flow file through mitmproxy's own Python API
 //!   (mitmproxy lives in its own virtualenv, made by `scripts/setup.sh --bench`).
@@ -30,7 +33,9 @@ use llmsim_snapshot::model::{Exchange, Headers, is_hop_by_hop};
 use llmsim_tests::{TestCa, paths::repo_root, snapshot::write};
 
 use super::{Args, Sample, Variant, fetch, load_average, wrk};
-use crate::bench_support::{Guard, Nginx, READY_TIMEOUT, Replayd, every_round, free_port, median};
+use crate::bench_support::{
+    Guard, Nginx, READY_TIMEOUT, Replayd, every_round, free_port, median, release_binary,
+};
 
 /// The recording the request and its answer come from, and the request's path.
 const RECORDING: &str = "examples/triage/llmsim";
@@ -45,6 +50,8 @@ const TARGET_VS_MITMPROXY: f64 = 100.0;
 enum Target {
     Replayd,
     Nginx,
+    /// `llmsim-bare-hyper`, run with nginx.
+    Hyper,
     Mitmproxy,
 }
 
@@ -53,6 +60,7 @@ impl Target {
         match self {
             Target::Replayd => "replayd",
             Target::Nginx => "nginx",
+            Target::Hyper => "hyper",
             Target::Mitmproxy => "mitmproxy",
         }
     }
@@ -312,6 +320,7 @@ pub(super) fn run(
         "instant",
     )?;
     let mut nginx = None;
+    let mut bare_hyper = None;
     let mut mitmdump = None;
     let mut addrs = vec![(Target::Replayd, replayd.addr)];
     if targets.contains(&Target::Nginx) {
@@ -337,6 +346,10 @@ pub(super) fn run(
             Nginx::start_answering(nginx_bin, &scratch.join("sdk-post"), &fixed, &headers, ca)?;
         addrs.push((Target::Nginx, server.http));
         nginx = Some(server);
+        let bin = release_binary("llmsim-tests", "llmsim-bare-hyper", !args.no_build)?;
+        let server = BareHyper::start(&bin, &snapshot)?;
+        addrs.push((Target::Hyper, server.addr));
+        bare_hyper = Some(server);
     }
     if targets.contains(&Target::Mitmproxy) {
         let server = Mitmdump::start(scratch, &post)?;
@@ -354,13 +367,38 @@ pub(super) fn run(
     if let Some(nginx) = &mut nginx {
         nginx.child.check_alive()?;
     }
+    if let Some(bare_hyper) = &mut bare_hyper {
+        bare_hyper.child.check_alive()?;
+    }
     if let Some(mitmdump) = &mut mitmdump {
         mitmdump.child.check_alive()?;
     }
     Ok(report(args, &load, &post, &addrs, &samples))
 }
 
-/// One request to each server, checked: replayd and mitmproxy answer the recorded bytes,
+/// `llmsim-bare-hyper` serving the snapshot's answer.
+struct BareHyper {
+    child: Guard,
+    addr: SocketAddr,
+}
+
+impl BareHyper {
+    fn start(bin: &Path, snapshot: &Path) -> anyhow::Result<Self> {
+        let child = Command::new(bin)
+            .arg(snapshot)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut child = Guard::new(child, "llmsim-bare-hyper");
+        let addr =
+            child.wait_for_line(|line| line.strip_prefix("listening on ")?.trim().parse().ok())?;
+        Ok(Self { child, addr })
+    }
+}
+
+/// One request to each server, checked: replayd, hyper and mitmproxy answer the recorded bytes,
 /// nginx as many bytes.
 fn check_answers(post: &Post, addrs: &[(Target, SocketAddr)]) -> anyhow::Result<()> {
     for &(target, addr) in addrs {
@@ -491,7 +529,7 @@ fn report(
             ours / rps
         );
         let (name, target_ratio) = match target {
-            Target::Replayd => continue,
+            Target::Replayd | Target::Hyper => continue,
             Target::Nginx => (format!("{TARGET_VS_NGINX:.1}x nginx"), TARGET_VS_NGINX),
             Target::Mitmproxy => (
                 format!("{TARGET_VS_MITMPROXY:.0}x mitmproxy"),
@@ -507,6 +545,17 @@ fn report(
         verdicts.push(format!("replayd >= {name}: rounds {listed}: {verdict}"));
     }
     let _ = writeln!(out, "\ntarget: {}", verdicts.join("; "));
+    if addrs.iter().any(|(t, _)| *t == Target::Hyper) {
+        let ceiling: Vec<String> = rates(Target::Hyper)
+            .zip(rates(Target::Nginx))
+            .map(|(hyper, nginx)| format!("{:.3}x", hyper / nginx))
+            .collect();
+        let _ = writeln!(
+            out,
+            "hyper alone against nginx, the ceiling for a server built on it: rounds {}",
+            ceiling.join(", ")
+        );
+    }
     out
 }
 

@@ -1,0 +1,125 @@
+//! hyper with nothing of replayd in it, for `cargo xtask bench replay --only sdk-post`:
+//! the ceiling for a server built on hyper, which tells replayd's own cost per request
+//! apart from its HTTP stack's. It answers every request with the first exchange of a
+//! snapshot as replayd sends it (the recorded status, the recorded headers but
+//! `Content-Length` and the hop-by-hop ones, the body), after reading the request whole
+//! as replayd must before it can match one, with no signature, lookup, statistics or
+//! pacing. It serves as replayd does: one thread per core, each with a single-threaded
+//! Tokio runtime, accepting from one shared listening socket, no Nagle.
+//!
+//! Usage: `llmsim-bare-hyper SNAPSHOT_DIR`; prints `listening on ADDR` (a free loopback
+//! port) on stderr, as replayd does, and serves until killed.
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use llmsim_snapshot::model::is_hop_by_hop;
+
+/// The answer every request gets.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+fn main() -> ExitCode {
+    let Some(dir) = std::env::args_os().nth(1) else {
+        eprintln!("usage: llmsim-bare-hyper SNAPSHOT_DIR");
+        return ExitCode::from(2);
+    };
+    match answer(dir.as_ref()).and_then(serve) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llmsim-bare-hyper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first exchange's answer, as replayd sends it.
+fn answer(dir: &std::path::Path) -> Result<Answer, String> {
+    let snapshot = llmsim_snapshot::store::load(dir).map_err(|e| e.to_string())?;
+    let exchange = &snapshot
+        .exchanges
+        .first()
+        .ok_or("the snapshot holds no exchange")?
+        .exchange;
+    let mut headers = HeaderMap::new();
+    for (name, value) in exchange.response.headers.iter() {
+        let lower = name.to_ascii_lowercase();
+        if is_hop_by_hop(&lower) || lower == "content-length" {
+            continue;
+        }
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?,
+            HeaderValue::from_str(value).map_err(|e| format!("{name}: {e}"))?,
+        );
+    }
+    Ok(Answer {
+        status: StatusCode::from_u16(exchange.response.status).map_err(|e| e.to_string())?,
+        headers,
+        body: Bytes::from(exchange.response.body.to_bytes()),
+    })
+}
+
+fn serve(answer: Answer) -> Result<(), String> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    eprintln!(
+        "listening on {}",
+        listener.local_addr().map_err(|e| e.to_string())?
+    );
+    let answer = Arc::new(answer);
+    let threads = (0..thread::available_parallelism().map_or(1, usize::from))
+        .map(|_| {
+            let listener = listener.try_clone().map_err(|e| e.to_string())?;
+            let answer = answer.clone();
+            Ok(thread::spawn(move || accept(listener, &answer)))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    for thread in threads {
+        thread.join().map_err(|_| "a serving thread panicked")??;
+    }
+    Ok(())
+}
+
+/// One serving thread: accepts and serves connections on its own runtime, for ever.
+fn accept(listener: TcpListener, answer: &Arc<Answer>) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        loop {
+            let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+            tokio::spawn(connection(stream, answer.clone()));
+        }
+    })
+}
+
+async fn connection(stream: tokio::net::TcpStream, answer: Arc<Answer>) {
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let answer = answer.clone();
+        async move {
+            let _ = request.into_body().collect().await;
+            let mut response = Response::new(Full::new(answer.body.clone()));
+            *response.status_mut() = answer.status;
+            *response.headers_mut() = answer.headers.clone();
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+}
