@@ -199,8 +199,8 @@ impl Driver {
             shown: AtomicUsize::new(0),
             start: Instant::now(),
         });
-        // Each thread holds a sender and drops it last, however it ends: the channel
-        // closes once every thread is done.
+        // Each thread holds a sender until its workers are done, however they end: the
+        // channel closes once every thread's are.
         let (done, mut all_done) = mpsc::channel::<()>(1);
         let handles = self.start_threads(&shared, &tallies, connections, &done)?;
         drop(done);
@@ -226,7 +226,7 @@ impl Driver {
         }
         let elapsed = shared.start.elapsed();
         for handle in handles {
-            // Every thread has ended but for its last instructions.
+            // Every thread has ended but for dropping its runtime.
             if let Err(panic) = handle.join() {
                 std::panic::resume_unwind(panic);
             }
