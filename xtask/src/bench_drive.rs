@@ -8,17 +8,21 @@
 //! the driver's rate as a ratio of oha's, and each round's own ratio: the target (>= 0.8)
 //! is met only when every round meets it. Each round also runs oha a second time, never
 //! the reference: its rate over the first run's is the noise floor, the spread a round's
-//! ratio shows between two runs of one generator.
+//! ratio shows between two runs of one generator. Each run's CPU time a request (its
+//! process's user and system time, from `getrusage`) is reported too: how much work each
+//! generator does for a request.
 //!
 //! Everything stays on loopback. The snapshot and nginx's configuration live in a
 //! temporary directory that is removed afterwards; nginx is killed on the way out.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use clap::Parser;
 use llmsim_tests::{TestCa, snapshot::write_exchanges};
+use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::{Value, json};
 
 use crate::bench_support::{Nginx, bench_tools, every_round, median, release_binary, report_of};
@@ -84,28 +88,34 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let url = format!("http://{}/", nginx.http);
     let oha_version = report_of(Command::new(&oha).arg("--version"), "oha --version")?;
     let (mut driver_rates, mut oha_rates, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut driver_cpu, mut oha_cpu) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         // The generators' order turns every round; the second oha run measures the
         // noise floor and is never the reference.
         let mut turns = [Turn::Driver, Turn::Oha, Turn::OhaAgain];
         turns.rotate_left(round % 2);
-        let mut rates = [0.0; 3];
+        let mut runs = [(0.0, 0.0); 3];
         for turn in turns {
+            let before = children_cpu()?;
             let rate = match turn {
                 Turn::Driver => driver_rate(&args, &agent, &url, &snapshot)?,
                 Turn::Oha | Turn::OhaAgain => oha_rate(&args, &oha, &url)?,
             };
+            let cpu_us = children_cpu()?.saturating_sub(before).as_secs_f64() * 1e6
+                / (rate * f64::from(args.duration)).max(1.0);
             println!(
-                "round {}/{}  {:<20} {rate:>10.0} req/s",
+                "round {}/{}  {:<20} {rate:>10.0} req/s  {cpu_us:>6.2} us CPU a request",
                 round + 1,
                 args.rounds,
                 turn.name()
             );
-            rates[turn as usize] = rate;
+            runs[turn as usize] = (rate, cpu_us);
         }
-        driver_rates.push(rates[Turn::Driver as usize]);
-        oha_rates.push(rates[Turn::Oha as usize]);
-        floor.push(rates[Turn::OhaAgain as usize] / rates[Turn::Oha as usize]);
+        driver_rates.push(runs[Turn::Driver as usize].0);
+        oha_rates.push(runs[Turn::Oha as usize].0);
+        floor.push(runs[Turn::OhaAgain as usize].0 / runs[Turn::Oha as usize].0);
+        driver_cpu.push(runs[Turn::Driver as usize].1);
+        oha_cpu.push(runs[Turn::Oha as usize].1);
     }
     drop(nginx);
     // Each round's ratio, from the two runs that took turns in it.
@@ -131,7 +141,24 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         "  noise floor, oha against itself in the same rounds: {}",
         floor.join(", ")
     );
+    let (driver_cpu, oha_cpu) = (median(driver_cpu), median(oha_cpu));
+    println!(
+        "  CPU a request (user + system), medians: llmsim-agent replay {driver_cpu:.2} us, \
+         oha {oha_cpu:.2} us ({:.2}x)",
+        driver_cpu / oha_cpu
+    );
     Ok(())
+}
+
+/// The CPU time (user and system) of this process's children that have been waited for:
+/// taken before and after a generator's run, what the run used.
+fn children_cpu() -> anyhow::Result<Duration> {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).context("getrusage")?;
+    let time = |t: nix::sys::time::TimeVal| {
+        Duration::from_secs(u64::try_from(t.tv_sec()).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec()).unwrap_or(0))
+    };
+    Ok(time(usage.user_time()) + time(usage.system_time()))
 }
 
 /// One generator's turn in a round.
