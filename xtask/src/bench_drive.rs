@@ -25,7 +25,9 @@ use llmsim_tests::{TestCa, snapshot::write_exchanges};
 use nix::sys::resource::{UsageWho, getrusage};
 use serde_json::{Value, json};
 
-use crate::bench_support::{Nginx, bench_tools, every_round, median, release_binary, report_of};
+use crate::bench_support::{
+    Nginx, bench_tools, every_round, list_ratios, median, release_binary, report_of,
+};
 
 /// Size of the answer's body, in bytes.
 const BODY_LEN: usize = 1024;
@@ -136,10 +138,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     println!(
         "  ratio {ratio:.2}x oha by the medians; rounds: {listed} (target >= {TARGET_RATIO}x): {verdict}"
     );
-    let floor: Vec<String> = floor.iter().map(|r| format!("{r:.3}x")).collect();
     println!(
         "  noise floor, oha against itself in the same rounds: {}",
-        floor.join(", ")
+        list_ratios(&floor)
     );
     let (driver_cpu, oha_cpu) = (median(driver_cpu), median(oha_cpu));
     println!(

@@ -38,15 +38,20 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 /// Each round's ratio listed (`0.912x, 0.781x`) and whether `target` is met, which it is only
 /// when every round meets it (`met in every round`, or `NOT met (3 of 5 rounds)`).
 pub fn every_round(ratios: &[f64], target: f64) -> (String, String) {
-    // Three decimals: a round just under the target must not print as meeting it.
-    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}x")).collect();
     let met = ratios.iter().filter(|r| **r >= target).count();
     let verdict = if met == ratios.len() {
         "met in every round".to_owned()
     } else {
         format!("NOT met ({met} of {} rounds)", ratios.len())
     };
-    (listed.join(", "), verdict)
+    (list_ratios(ratios), verdict)
+}
+
+/// Ratios listed as a report prints them: `0.912x, 0.781x`.
+pub fn list_ratios(ratios: &[f64]) -> String {
+    // Three decimals: a round just under a target must not print as meeting it.
+    let listed: Vec<String> = ratios.iter().map(|r| format!("{r:.3}x")).collect();
+    listed.join(", ")
 }
 
 /// The `q` quantile (0 to 1) of `sorted`, which is sorted and not empty: the value that
@@ -203,6 +208,28 @@ impl Guard {
     /// What the child printed on stderr so far.
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Starts `command` (stdin and stdout null, stderr collected) and waits for the stderr
+    /// line that starts with `prefix` and gives the address it listens on.
+    pub fn listening(
+        command: &mut Command,
+        what: &'static str,
+        prefix: &str,
+    ) -> anyhow::Result<(Self, SocketAddr)> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        let mut guard = Self::new(child, what);
+        let addr = guard
+            .wait_for_line(|line| line.strip_prefix(prefix).map(|addr| addr.trim().to_owned()))?;
+        let addr = addr
+            .parse()
+            .with_context(|| format!("{what}'s listening address `{addr}`"))?;
+        Ok((guard, addr))
     }
 
     /// The first stderr line (so far or within [`READY_TIMEOUT`]) that `ready` makes
@@ -444,27 +471,16 @@ impl Replayd {
     /// Starts replayd serving `snapshot` with `--pace pace`, its CA in `ca_dir`, and waits
     /// for its `listening on` line.
     pub fn start(bin: &Path, snapshot: &Path, ca_dir: &Path, pace: &str) -> anyhow::Result<Self> {
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--in")
             .arg(snapshot)
             .args(["--pace", pace])
             .arg("--ca-dir")
-            .arg(ca_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut guard = Guard::new(child, "replayd");
-        let addr = guard.wait_for_line(|line| {
-            line.strip_prefix("replayd: listening on ")
-                .map(|addr| addr.trim().to_owned())
-        })?;
-        let addr: SocketAddr = addr
-            .parse()
-            .with_context(|| format!("replayd's listening address `{addr}`"))?;
-        Ok(Replayd { child: guard, addr })
+            .arg(ca_dir);
+        let (child, addr) = Guard::listening(&mut command, "replayd", "replayd: listening on ")?;
+        Ok(Replayd { child, addr })
     }
 }

@@ -34,7 +34,8 @@ use llmsim_tests::{TestCa, paths::repo_root, snapshot::write};
 
 use super::{Args, Sample, Variant, fetch, load_average, wrk};
 use crate::bench_support::{
-    Guard, Nginx, READY_TIMEOUT, Replayd, every_round, free_port, median, release_binary,
+    Guard, Nginx, READY_TIMEOUT, Replayd, every_round, free_port, list_ratios, median,
+    release_binary,
 };
 
 /// The recording the request and its answer come from, and the request's path.
@@ -384,16 +385,11 @@ struct BareHyper {
 
 impl BareHyper {
     fn start(bin: &Path, snapshot: &Path) -> anyhow::Result<Self> {
-        let child = Command::new(bin)
-            .arg(snapshot)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut child = Guard::new(child, "llmsim-bare-hyper");
-        let addr =
-            child.wait_for_line(|line| line.strip_prefix("listening on ")?.trim().parse().ok())?;
+        let (child, addr) = Guard::listening(
+            Command::new(bin).arg(snapshot),
+            "llmsim-bare-hyper",
+            "listening on ",
+        )?;
         Ok(Self { child, addr })
     }
 }
@@ -546,14 +542,14 @@ fn report(
     }
     let _ = writeln!(out, "\ntarget: {}", verdicts.join("; "));
     if addrs.iter().any(|(t, _)| *t == Target::Hyper) {
-        let ceiling: Vec<String> = rates(Target::Hyper)
+        let ceiling: Vec<f64> = rates(Target::Hyper)
             .zip(rates(Target::Nginx))
-            .map(|(hyper, nginx)| format!("{:.3}x", hyper / nginx))
+            .map(|(hyper, nginx)| hyper / nginx)
             .collect();
         let _ = writeln!(
             out,
             "hyper alone against nginx, the ceiling for a server built on it: rounds {}",
-            ceiling.join(", ")
+            list_ratios(&ceiling)
         );
     }
     out
