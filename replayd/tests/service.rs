@@ -406,15 +406,17 @@ fn sse_exchange(offsets: &[f64]) -> Exchange {
 struct Streamed {
     /// Just before the request was sent.
     sent: Instant,
+    /// When the answer's head arrived: replayd took the instant it paces from before then.
+    answered: Instant,
     /// Per event, when its last byte arrived and its text.
     events: Vec<(Instant, String)>,
     /// The response's headers.
     headers: http::HeaderMap,
 }
 
-/// Sends the streamed request and reads its events as they arrive.
-async fn stream_events(replay: &Replay) -> Streamed {
-    let mut client = connect(replay.addr).await;
+/// Sends the streamed request on `client` and reads its events as they arrive.
+async fn stream_events(client: &mut Sender) -> Streamed {
+    client.ready().await.unwrap();
     let sent = Instant::now();
     let response = client
         .send_request(post(
@@ -424,6 +426,7 @@ async fn stream_events(replay: &Replay) -> Streamed {
         ))
         .await
         .unwrap();
+    let answered = Instant::now();
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
     let mut body = response.into_body();
@@ -442,6 +445,7 @@ async fn stream_events(replay: &Replay) -> Streamed {
     assert!(pending.is_empty(), "trailing bytes: {pending:?}");
     Streamed {
         sent,
+        answered,
         events,
         headers,
     }
@@ -451,7 +455,9 @@ async fn stream_events(replay: &Replay) -> Streamed {
 /// was sent.
 const PACING_TOLERANCE: Duration = Duration::from_millis(2);
 /// How many events of a run may arrive later than `PACING_TOLERANCE`, each only if a
-/// recorded machine stall overlaps the time from when it was due to when it arrived.
+/// recorded machine stall overlaps the time from when it was due to when it arrived, or
+/// the time from sending the request to the answer's head (replayd paces from when it read
+/// the request, so a stall then shifts every event).
 const STALL_EXCUSES: usize = 1;
 /// How many times the stream is run when machine stalls hold up more events than
 /// `STALL_EXCUSES`.
@@ -471,11 +477,27 @@ enum PacedRun {
     Failed(String),
 }
 
+/// The request that opens a paced run's connection, answered at once.
+fn opening_exchange() -> Exchange {
+    chat_exchange("open the connection", json!({"opened": true}))
+}
+
 /// Streams the paced answer once under a stall watch and holds each event to the tolerance.
+/// The stream is asked on a connection replayd already serves (the opening exchange first),
+/// so that what is timed is the pacing, not how the connection was accepted and handed to a
+/// serving thread.
 async fn paced_run(replay: &Replay, offsets: &[f64], expected: &[String]) -> PacedRun {
-    // The client and server run on this thread; replayd's timer wakes them from its own.
-    let watch = StallWatch::start(&["replayd-pacer"]);
-    let streamed = stream_events(replay).await;
+    let mut client = connect(replay.addr).await;
+    let opening = post(
+        OPENAI,
+        "/v1/chat/completions",
+        &chat("open the connection", false),
+    );
+    assert_eq!(send_json(&mut client, opening).await.0, StatusCode::OK);
+    // The client runs on this thread, the server on replayd's serving threads, and replayd's
+    // timer thread wakes the server at each event.
+    let watch = StallWatch::start(&["replayd-pacer", "replayd-serve-"]);
+    let streamed = stream_events(&mut client).await;
     let stalls = watch.stop();
     assert_eq!(streamed.headers["content-type"], "text/event-stream");
     assert_eq!(streamed.headers["transfer-encoding"], "chunked");
@@ -484,6 +506,7 @@ async fn paced_run(replay: &Replay, offsets: &[f64], expected: &[String]) -> Pac
     assert_eq!(texts, expected);
 
     let sent = streamed.sent;
+    let answered = streamed.answered;
     let tolerance_ms = PACING_TOLERANCE.as_secs_f64() * 1e3;
     let mut arrivals = Vec::new();
     let mut early = 0;
@@ -500,7 +523,7 @@ async fn paced_run(replay: &Replay, offsets: &[f64], expected: &[String]) -> Pac
         } else if late_ms > tolerance_ms {
             let during: Vec<String> = stalls
                 .iter()
-                .filter(|stall| stall.overlaps(due, *at))
+                .filter(|stall| stall.overlaps(due, *at) || stall.overlaps(sent, answered))
                 .map(|stall| stall.since(sent).to_string())
                 .collect();
             if during.is_empty() {
@@ -541,31 +564,32 @@ async fn paced_run(replay: &Replay, offsets: &[f64], expected: &[String]) -> Pac
 /// Under `--pace recorded` every event arrives no earlier than its recorded offset and no
 /// more than `PACING_TOLERANCE` (2 ms) after it. The allowance is for the machine rather
 /// than for replayd: a stall watch (see `stalls`) runs alongside the stream and records
-/// when the process was not run (a paused virtual machine, or this test's thread or
-/// replayd's timer thread kept waiting for a CPU). An event later than the tolerance is
-/// excused when a recorded stall overlaps the time from the event's due instant to its
-/// arrival, at most `STALL_EXCUSES` (1) of the 10 events of a run (they are at least 15 ms
-/// apart, so that a short stall holds up only one). A run with more events held up by
-/// stalls says nothing about replayd (other events of it may be late too, held up by waits
-/// too short for the watch to see): it is reported and run again, up to `STALLED_RUNS` (5)
-/// runs. Every excuse and every
-/// stalled run is written to stderr past the test harness's capture, so a passing test
-/// still shows them. An early event, or a late one with no stall recorded, fails the test at
-/// once, with every event and every stall in the message. A first, unmeasured request warms
-/// the connection path and starts replayd's timer thread, whose waits the watch then counts
-/// from the start. Under `--pace instant` the same events arrive, in order.
+/// when the process was not run (a paused virtual machine, or this test's thread, replayd's
+/// serving threads or its timer thread kept waiting for a CPU). An event later than the
+/// tolerance is excused when a recorded stall overlaps the time from the event's due instant
+/// to its arrival, or the time from sending the request to the answer's head (replayd paces
+/// from when it read the request, so a stall before then shifts every event), at most
+/// `STALL_EXCUSES` (1) of the 10 events of a run (they are at least 15 ms apart, so that a
+/// short stall holds up only one). A run with more events held up by stalls says nothing
+/// about replayd (other events of it may be late too, held up by waits too short for the
+/// watch to see): it is reported and run again, up to `STALLED_RUNS` (5) runs. Every excuse
+/// and every stalled run is written to stderr past the test harness's capture, so a passing
+/// test still shows them. An early event, or a late one with no stall recorded, fails the
+/// test at once, with every event and every stall in the message. A first, unmeasured stream
+/// warms the connection path and starts replayd's timer thread, whose waits the watch then
+/// counts from the start. Under `--pace instant` the same events arrive, in order.
 #[tokio::test]
 async fn sse_is_paced_as_recorded_or_at_once() {
     let offsets = [
         20.0, 45.0, 70.0, 95.0, 120.0, 150.0, 180.0, 220.0, 260.0, 300.0,
     ];
-    let recorded = [sse_exchange(&offsets)];
+    let recorded = [sse_exchange(&offsets), opening_exchange()];
     let expected: Vec<String> = (0..offsets.len())
         .map(|i| format!("data: {{\"n\":{i}}}\n\n"))
         .collect();
 
     let replay = serve(&recorded, ReplayOptions::default(), false);
-    let warm_up = stream_events(&replay).await;
+    let warm_up = stream_events(&mut connect(replay.addr).await).await;
     assert_eq!(warm_up.events.len(), offsets.len());
     let mut stalled = Vec::new();
     let excused = loop {
@@ -608,7 +632,7 @@ async fn sse_is_paced_as_recorded_or_at_once() {
         ..ReplayOptions::default()
     };
     let replay = serve(&recorded, instant, false);
-    let streamed = stream_events(&replay).await;
+    let streamed = stream_events(&mut connect(replay.addr).await).await;
     let texts: Vec<&str> = streamed.events.iter().map(|(_, t)| t.as_str()).collect();
     assert_eq!(texts, expected);
 }

@@ -84,8 +84,8 @@ pub struct StallWatch {
 
 impl StallWatch {
     /// Starts the watch thread and returns once its first step has begun. The threads whose
-    /// waits for a CPU count are the calling one and those, started before or after, named
-    /// one of `named`.
+    /// waits for a CPU count are the calling one and those, started before or after, whose
+    /// names begin with one of `named`.
     pub fn start(named: &'static [&'static str]) -> Self {
         let caller = std::fs::read_link("/proc/thread-self")
             .ok()
@@ -185,7 +185,7 @@ fn watch(stop: &AtomicBool, running: &mpsc::Sender<()>, mut threads: Threads) ->
 struct Threads {
     /// The id of the thread that started the watch, if the kernel told it.
     caller: Option<String>,
-    /// The names of the other threads to count.
+    /// The beginnings of the names of the other threads to count.
     named: &'static [&'static str],
     /// Each thread seen so far, by id: its name and whether it is counted.
     known: HashMap<String, (String, bool)>,
@@ -206,8 +206,8 @@ impl Threads {
                     let name = std::fs::read_to_string(task.path().join("comm"))
                         .map(|comm| comm.trim_end().to_owned())
                         .unwrap_or_default();
-                    let counted =
-                        self.caller.as_ref() == Some(&tid) || self.named.contains(&name.as_str());
+                    let counted = self.caller.as_ref() == Some(&tid)
+                        || self.named.iter().any(|named| name.starts_with(named));
                     (name, counted)
                 });
                 if !*counted {
