@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 pub use llmsim_snapshot::fixtures::exchange;
-use llmsim_snapshot::{model::Exchange, store::SnapshotWriter};
+use llmsim_snapshot::model::{Exchange, Headers, is_hop_by_hop};
+use llmsim_snapshot::store::SnapshotWriter;
 use serde_json::{Value, json};
 
 /// Writes `exchanges`, in order, into the snapshot in `dir` and returns their paths. Each
@@ -70,4 +71,17 @@ pub fn exchange_paths(dir: &Path) -> Vec<PathBuf> {
     files.retain(|p| p.extension().is_some_and(|e| e == "json"));
     files.sort();
     files
+}
+
+/// `headers` but the hop-by-hop ones and those named in `dropped` (lower case), as
+/// name-value pairs: what a server standing in for a recorded one sends of them.
+pub fn end_to_end(headers: &Headers, dropped: &[&str]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let lower = name.to_ascii_lowercase();
+            !is_hop_by_hop(&lower) && !dropped.contains(&lower.as_str())
+        })
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect()
 }

@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use llmsim_snapshot::model::is_hop_by_hop;
+use llmsim_tests::snapshot::end_to_end;
 
 /// The answer every request gets.
 struct Answer {
@@ -53,14 +53,10 @@ fn answer(dir: &std::path::Path) -> Result<Answer, String> {
         .ok_or("the snapshot holds no exchange")?
         .exchange;
     let mut headers = HeaderMap::new();
-    for (name, value) in exchange.response.headers.iter() {
-        let lower = name.to_ascii_lowercase();
-        if is_hop_by_hop(&lower) || lower == "content-length" {
-            continue;
-        }
+    for (name, value) in end_to_end(&exchange.response.headers, &["content-length"]) {
         headers.append(
             HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?,
-            HeaderValue::from_str(value).map_err(|e| format!("{name}: {e}"))?,
+            HeaderValue::from_str(&value).map_err(|e| format!("{name}: {e}"))?,
         );
     }
     Ok(Answer {

@@ -29,8 +29,12 @@ use std::{
 };
 
 use anyhow::{Context as _, ensure};
-use llmsim_snapshot::model::{Exchange, Headers, is_hop_by_hop};
-use llmsim_tests::{TestCa, paths::repo_root, snapshot::write};
+use llmsim_snapshot::model::Exchange;
+use llmsim_tests::{
+    TestCa,
+    paths::repo_root,
+    snapshot::{end_to_end, write},
+};
 
 use super::{Args, Sample, Variant, fetch, load_average, wrk};
 use crate::bench_support::{
@@ -136,18 +140,6 @@ impl Post {
     }
 }
 
-/// `headers` but the hop-by-hop ones and those named in `dropped` (lower case).
-fn end_to_end(headers: &Headers, dropped: &[&str]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|(name, _)| {
-            let lower = name.to_ascii_lowercase();
-            !is_hop_by_hop(&lower) && !dropped.contains(&lower.as_str())
-        })
-        .map(|(n, v)| (n.to_owned(), v.to_owned()))
-        .collect()
-}
-
 /// `bytes` as a Lua string literal: printable ASCII as itself, the rest as `\ddd`.
 fn lua_string(bytes: &[u8]) -> String {
     let mut literal = String::from("\"");
@@ -224,17 +216,10 @@ impl Mitmdump {
         let dir = scratch.join("mitmproxy");
         std::fs::create_dir_all(&dir)?;
         let exchange = &post.exchange;
-        let pairs = |headers: &llmsim_snapshot::model::Headers| -> Vec<(String, String)> {
-            headers
-                .iter()
-                .filter(|(n, _)| !is_hop_by_hop(&n.to_ascii_lowercase()))
-                .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                .collect()
-        };
         let spec = serde_json::json!({
             "host": exchange.host,
             "url": format!("https://{}{PATH}", exchange.host),
-            "headers": pairs(&exchange.request.headers),
+            "headers": end_to_end(&exchange.request.headers, &[]),
             "body": hex(&post.body),
             "status": exchange.response.status,
             "answer_headers": post.answer_headers,
