@@ -477,9 +477,11 @@ enum PacedRun {
     Failed(String),
 }
 
-/// The request that opens a paced run's connection, answered at once.
+/// The prompt of the request that opens a paced run's connection, answered at once.
+const OPENING: &str = "open the connection";
+
 fn opening_exchange() -> Exchange {
-    chat_exchange("open the connection", json!({"opened": true}))
+    chat_exchange(OPENING, json!({"opened": true}))
 }
 
 /// Streams the paced answer once under a stall watch and holds each event to the tolerance.
@@ -488,11 +490,7 @@ fn opening_exchange() -> Exchange {
 /// serving thread.
 async fn paced_run(replay: &Replay, offsets: &[f64], expected: &[String]) -> PacedRun {
     let mut client = connect(replay.addr).await;
-    let opening = post(
-        OPENAI,
-        "/v1/chat/completions",
-        &chat("open the connection", false),
-    );
+    let opening = post(OPENAI, "/v1/chat/completions", &chat(OPENING, false));
     assert_eq!(send_json(&mut client, opening).await.0, StatusCode::OK);
     // The client runs on this thread, the server on replayd's serving threads, and replayd's
     // timer thread wakes the server at each event.
