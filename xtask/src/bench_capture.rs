@@ -34,7 +34,9 @@
 //! order, after a warm-up run, so no variant always follows the same one or
 //! meets the CPU at the same frequency; with two or more CPUs the client runs
 //! on CPU 0 and nginx (one worker) on CPU 1, so the scheduler cannot move
-//! them onto one core in some runs and not in others. Each variant reports its
+//! them onto one core in some runs and not in others; idle CPUs poll rather
+//! than halt (see [`IdlePolling`]), so a wakeup costs the same in every run
+//! whatever else keeps a CPU busy. Each variant reports its
 //! median, its fastest and slowest run, and the spread between those. A
 //! `--pid --any-host` run must write one exchange per request.
 
@@ -59,7 +61,8 @@ mod go;
 mod rss;
 
 use crate::bench_support::{
-    Guard, Nginx, READY_TIMEOUT, bench_tools, free_port, is_root, median, release_binary,
+    Guard, IdlePolling, Nginx, READY_TIMEOUT, bench_tools, free_port, is_root, median,
+    release_binary,
 };
 
 #[derive(Parser)]
@@ -216,6 +219,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let pinned = thread::available_parallelism().map_or(1, usize::from) >= 2;
     let pin = |cpu: usize| pinned.then(|| (taskset.clone(), cpu));
     let mut order = Shuffle::seeded();
+    let idle = IdlePolling::hold();
+    match &idle {
+        Ok(_) => println!("idle CPUs poll for the whole benchmark (a CPU latency limit of 0 us)"),
+        Err(e) => println!(
+            "idle CPUs halt, as the machine sets them, which makes loops slower and noisier ({e})"
+        ),
+    }
 
     let ca = TestCa::new();
     let work = ca.dir().to_path_buf();
