@@ -41,12 +41,20 @@ const RAW_TRACEPOINTS: [(&str, &str); 2] = [
     ("sys_enter", "sys_enter"),
     ("sched_process_exec", "sched_process_exec"),
 ];
-/// The syscall-exit program, attached only when a capture needs a syscall's result
-/// ([`Probes::need_exits`]): every syscall on the machine runs it once attached.
-const SYSCALL_EXITS: &str = "sys_exit";
-/// The syscall program that finds rustls's sockets, on `sys_enter`: attached with the
-/// first rustls object, so captures without one do not run it.
-const RUSTLS_SYSCALLS: &str = "rustls_sys_enter";
+/// Raw tracepoints attached only once a capture needs them ([`Probes::attach_once`]),
+/// since every syscall, or every task created or exiting, on the machine runs them once
+/// attached: program name, tracepoint name.
+type OnDemand = (&'static str, &'static str);
+/// The syscall-exit program, for a syscall's result ([`Probes::need_exits`]).
+const SYSCALL_EXITS: OnDemand = ("sys_exit", "sys_exit");
+/// The programs that note a traced process's new tasks, so that each new process is held
+/// at its first syscall: attached with the first [`Probes::set_holding`].
+const NEW_TASK_WATCH: [OnDemand; 2] = [
+    ("sched_process_fork", "sched_process_fork"),
+    ("sched_process_exit", "sched_process_exit"),
+];
+/// The syscall program that finds rustls's sockets: attached with the first rustls object.
+const RUSTLS_SYSCALLS: OnDemand = ("rustls_sys_enter", "sys_enter");
 
 /// Failures of the capture probes.
 #[derive(Debug, Error)]
@@ -132,10 +140,8 @@ pub struct Probes {
     processes: StdHashMap<u32, ProcessProbes>,
     /// Where each object's probes go, in the order found.
     placed: Vec<PlacedObject>,
-    /// Whether [`RUSTLS_SYSCALLS`] is attached.
-    rustls_syscalls: bool,
-    /// Whether [`SYSCALL_EXITS`] is attached.
-    syscall_exits: bool,
+    /// The [`OnDemand`] programs attached so far.
+    attached_on_demand: Vec<&'static str>,
     /// Threads detaching the links of processes that are gone.
     releasing: Vec<JoinHandle<()>>,
 }
@@ -165,7 +171,10 @@ impl Probes {
             let program: &mut UProbe = object.program_mut(name)?;
             program.load().map_err(program_error(name))?;
         }
-        for name in [RUSTLS_SYSCALLS, SYSCALL_EXITS] {
+        for (name, _) in [RUSTLS_SYSCALLS, SYSCALL_EXITS]
+            .into_iter()
+            .chain(NEW_TASK_WATCH)
+        {
             let program: &mut RawTracePoint = object.program_mut(name)?;
             program.load().map_err(program_error(name))?;
         }
@@ -176,8 +185,7 @@ impl Probes {
             known: Vec::new(),
             processes: StdHashMap::new(),
             placed: Vec::new(),
-            rustls_syscalls: false,
-            syscall_exits: false,
+            attached_on_demand: Vec::new(),
             releasing: Vec::new(),
         })
     }
@@ -243,7 +251,9 @@ impl Probes {
     }
 
     /// With `hold`, each selected process that starts or execs from now on
-    /// is stopped before its first instruction and reported held, to be
+    /// is stopped before it can make a TLS call (an exec before the new
+    /// program's first instruction, a new child at its first syscall, before
+    /// `fork()` returns in it) and reported held, to be
     /// continued (`SIGCONT`) once [`Probes::track`] planted its probes;
     /// without, none is, and those held already are in the ring buffer.
     pub fn set_holding(&mut self, hold: bool) -> Result<(), ProbeError> {
@@ -252,21 +262,26 @@ impl Probes {
         current.hold = u32::from(hold);
         filter.set(0, &current, 0).map_err(map_error("FILTER"))?;
         if hold {
-            self.need_exits()?;
+            for program in NEW_TASK_WATCH {
+                self.attach_once(program)?;
+            }
         }
         Ok(())
     }
 
-    /// Attaches [`SYSCALL_EXITS`] once: the plain path's reads, accepts on app ports and
-    /// the holding of new processes need syscalls' results. Left attached with the
-    /// object, since a connection it follows may outlive the need.
+    /// Attaches [`SYSCALL_EXITS`]: the plain path's reads and accepts on app ports need
+    /// syscalls' results.
     fn need_exits(&mut self) -> Result<(), ProbeError> {
-        if !self.syscall_exits {
-            let program: &mut RawTracePoint = self.object.program_mut(SYSCALL_EXITS)?;
-            program
-                .attach("sys_exit")
-                .map_err(program_error(SYSCALL_EXITS))?;
-            self.syscall_exits = true;
+        self.attach_once(SYSCALL_EXITS)
+    }
+
+    /// Attaches an [`OnDemand`] program unless it is already. Left attached with the
+    /// object: what it follows (a connection, a held process) may outlive the need.
+    fn attach_once(&mut self, (name, tracepoint): OnDemand) -> Result<(), ProbeError> {
+        if !self.attached_on_demand.contains(&name) {
+            let program: &mut RawTracePoint = self.object.program_mut(name)?;
+            program.attach(tracepoint).map_err(program_error(name))?;
+            self.attached_on_demand.push(name);
         }
         Ok(())
     }
@@ -307,12 +322,8 @@ impl Probes {
             library: library.clone(),
             file,
         };
-        if library.placement.kind == PlacementKind::Rustls && !self.rustls_syscalls {
-            let program: &mut RawTracePoint = self.object.program_mut(RUSTLS_SYSCALLS)?;
-            program
-                .attach("sys_enter")
-                .map_err(program_error(RUSTLS_SYSCALLS))?;
-            self.rustls_syscalls = true;
+        if library.placement.kind == PlacementKind::Rustls {
+            self.attach_once(RUSTLS_SYSCALLS)?;
         }
         // In the tracked processes, one failing is no reason to skip the
         // others: the first failure is returned once the object is known.

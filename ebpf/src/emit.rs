@@ -33,7 +33,7 @@ use llmsim_ebpf_common::{
 };
 
 use crate::{
-    maps::{CONN_LOSS, EVENTS, LOSS_TOTALS, SKIP_TOTALS, SKIPPED_CONNS, count_drop},
+    maps::{CONN_LOSS, EVENTS, LOSS_TOTALS, SKIP_TOTALS, SKIPPED_CONNS, atomic_add, count_drop},
     probes::header,
 };
 
@@ -332,28 +332,6 @@ fn lose(
                 (*state).pending |= reason.bit();
             }
         }
-    }
-}
-
-/// `*counter += n` as one atomic instruction (`BPF_ATOMIC | BPF_ADD`; the
-/// BPF target has no `AtomicU64`, so through the intrinsic behind it).
-///
-/// # Safety
-/// `counter` points at a live, aligned map value.
-#[inline(always)]
-unsafe fn atomic_add(counter: *mut u64, n: u64) {
-    #[cfg(target_arch = "bpf")]
-    // SAFETY: the caller's guarantee.
-    unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            counter, n,
-        );
-    }
-    // The host build exists only for clippy; it is never run.
-    #[cfg(not(target_arch = "bpf"))]
-    // SAFETY: the caller's guarantee.
-    unsafe {
-        *counter += n;
     }
 }
 

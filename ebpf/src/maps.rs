@@ -204,6 +204,41 @@ pub fn count_drop(reason: DropReason) {
     }
 }
 
+/// `*counter += n` (wrapping: `n.wrapping_neg()` subtracts) as one atomic
+/// instruction (`BPF_ATOMIC | BPF_ADD`; the BPF target has no `AtomicU64`, so
+/// through the intrinsic behind it).
+///
+/// # Safety
+/// `counter` points at a live, aligned map value.
+#[inline(always)]
+pub unsafe fn atomic_add(counter: *mut u64, n: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            counter, n,
+        );
+    }
+    // The host build exists only for clippy; it is never run.
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        *counter = (*counter).wrapping_add(n);
+    }
+}
+
+/// New tasks of traced processes, by the address of their `task_struct`, from
+/// their creation (`sched_process_fork`, in the parent) to their first syscall
+/// or their exit, whichever comes first: a new process is held at that first
+/// syscall (see `probes::process`). Entries live for microseconds.
+#[map]
+pub static NEW_TASKS: HashMap<u64, u8> = HashMap::with_max_entries(8_192, 0);
+
+/// How many entries [`NEW_TASKS`] holds; index 0 only. Every syscall reads it
+/// and looks the current task up only while it is not zero.
+#[map]
+pub static NEW_TASK_COUNT: Array<u64> = Array::with_max_entries(1, 0);
+
 /// replayd's listener and DNS addresses; index 0 only. Written by replayd.
 #[map]
 pub static REDIRECT: Array<RedirectConfig> = Array::with_max_entries(1, 0);

@@ -4,15 +4,17 @@
 //! exchange only ended with that process. And a TLS binary the agent has never seen (a copy of
 //! node, so a new inode that nothing attached to in advance) is attached when it is exec'd.
 //! A process that makes its first TLS call at once (curl), started directly as `-- CMD` or
-//! exec'd in a `--cgroup`, with nothing holding it, is recorded whole.
+//! exec'd in a `--cgroup`, with nothing holding it, is recorded whole, and so is a child forked
+//! with a TLS connection open, which writes on it at once, without an exec.
 
 mod capture_support;
 
 use std::ffi::OsString;
+use std::path::Path;
 use std::process::Stdio;
 
 use capture_support::{
-    Agent, TIMEOUT, assert_summary_matches_disk, exchange_with_nonce, exchanges,
+    Agent, Finished, TIMEOUT, assert_summary_matches_disk, exchange_with_nonce, exchanges,
 };
 use llmsim_tests::{
     ClientReport, FakeProvider, FakeProviderConfig, TEST_API_KEYS, TestCa, TestCgroup, TestNetns,
@@ -190,16 +192,105 @@ fn curl_argv(provider: &FakeProvider, ca: &TestCa) -> Vec<OsString> {
     ]
 }
 
-/// The one request `provider` served is the one exchange recorded, whole, by curl.
-fn assert_curl_recorded_whole(provider: &FakeProvider, out: &std::path::Path, dump: &str) {
+/// Python that opens a TLS connection (handshake done, libssl mapped and probed in the
+/// parent), then forks: the child posts one chat completion on that connection at once and
+/// exits, so its first TLS call is an `SSL_write` microseconds after `fork()`, with no exec
+/// and no connect to announce it. The parent writes the child's pid to `argv[5]` and exits
+/// with its status. The child's own probes must be planted before that call: a forked child
+/// is held at its first syscall, inside `fork()`.
+const FORKING_CLIENT: &str = r#"
+import http.client, json, os, ssl, sys
+host, port, cafile, key, pid_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+connection = http.client.HTTPSConnection(host, port, context=ssl.create_default_context(cafile=cafile))
+connection.connect()
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "From a forked child."}]})
+pid = os.fork()
+if pid == 0:
+    connection.request("POST", "/v1/chat/completions", body,
+                       {"Authorization": "Bearer " + key, "Content-Type": "application/json"})
+    response = connection.getresponse()
+    response.read()
+    os._exit(0 if response.status == 200 else 1)
+with open(pid_file, "w") as f:
+    f.write(str(pid))
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+
+/// [`FORKING_CLIENT`]'s argv against `provider`, writing the child's pid to `pid_file`.
+fn forking_client_argv(provider: &FakeProvider, ca: &TestCa, pid_file: &Path) -> Vec<OsString> {
+    let addr = provider.addr();
+    vec![
+        "python3".into(),
+        "-c".into(),
+        FORKING_CLIENT.into(),
+        addr.ip().to_string().into(),
+        addr.port().to_string().into(),
+        ca.ca_cert_path().into(),
+        TEST_API_KEYS[0].1.into(),
+        pid_file.into(),
+    ]
+}
+
+/// `argv` run as `-- CMD` by an agent recording every host into `out`; it must succeed.
+fn captured_as_command(out: &Path, ca: &TestCa, command: Vec<OsString>) -> Finished {
+    let mut args: Vec<OsString> = vec!["--any-host".into(), "--".into()];
+    args.extend(command);
+    let finished = Agent::start(out, ca, &args).finish();
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
+    finished
+}
+
+/// `argv` run in a cgroup that an agent captures (`--cgroup`), recording every host into
+/// `out`; it must succeed and make one exchange.
+fn captured_in_cgroup(out: &Path, ca: &TestCa, argv: &[OsString]) -> Finished {
+    let cgroup = TestCgroup::new();
+    let agent = Agent::start(
+        out,
+        ca,
+        &[
+            "--any-host".into(),
+            "--cgroup".into(),
+            cgroup.relative().into(),
+        ],
+    );
+    // A shell that moves itself into the cgroup, then execs the client.
+    run_command(cgroup.command(argv), "a client in the cgroup", TIMEOUT).assert_success();
+    agent.wait_live_lines(1);
+    let finished = agent.stop("INT");
+    assert!(finished.status.success(), "{}", finished.dump());
+    finished
+}
+
+/// The one request `provider` served is the one exchange `finished` recorded into `out`,
+/// whole, by the process `process` names (a field of the exchange's `process` and its value).
+fn assert_recorded_whole(
+    provider: &FakeProvider,
+    out: &Path,
+    finished: &Finished,
+    process: (&str, &Value),
+) {
+    let dump = finished.dump();
     let served = provider.requests();
     assert_eq!(served.len(), 1, "{dump}");
     let recorded = exchanges(out);
     assert_eq!(recorded.len(), 1, "{dump}");
     let exchange = &recorded[0];
-    assert_eq!(exchange["process"]["comm"], "curl", "{exchange:#}");
+    assert_eq!(&exchange["process"][process.0], process.1, "{exchange:#}");
     assert!(exchange["incomplete"].is_null(), "{exchange:#}");
     served[0].assert_recorded_as_sent(exchange);
+    assert_summary_matches_disk(finished, out);
+}
+
+/// The pid [`FORKING_CLIENT`] wrote.
+fn child_pid(pid_file: &Path) -> Value {
+    let pid: u64 = std::fs::read_to_string(pid_file)
+        .expect("the child's pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    pid.into()
 }
 
 #[test]
@@ -210,13 +301,8 @@ fn a_command_that_makes_its_tls_call_at_once_is_captured_whole() {
     let ca = TestCa::new();
     let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
     let out = tempfile::tempdir().expect("tempdir");
-    let mut args: Vec<OsString> = vec!["--any-host".into(), "--".into()];
-    args.extend(curl_argv(&provider, &ca));
-    let finished = Agent::start(out.path(), &ca, &args).finish();
-    assert!(finished.status.success(), "{}", finished.dump());
-    assert_eq!(finished.summary["exit_code"], 0, "{}", finished.dump());
-    assert_curl_recorded_whole(&provider, out.path(), &finished.dump());
-    assert_summary_matches_disk(&finished, out.path());
+    let finished = captured_as_command(out.path(), &ca, curl_argv(&provider, &ca));
+    assert_recorded_whole(&provider, out.path(), &finished, ("comm", &"curl".into()));
 }
 
 #[test]
@@ -227,26 +313,36 @@ fn a_process_that_joins_a_cgroup_and_makes_its_tls_call_at_once_is_captured_whol
     let ca = TestCa::new();
     let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
     let out = tempfile::tempdir().expect("tempdir");
-    let cgroup = TestCgroup::new();
-    let agent = Agent::start(
-        out.path(),
-        &ca,
-        &[
-            "--any-host".into(),
-            "--cgroup".into(),
-            cgroup.relative().into(),
-        ],
-    );
-    // A shell that moves itself into the cgroup, then execs curl.
-    let curl = run_command(
-        cgroup.command(&curl_argv(&provider, &ca)),
-        "curl in the cgroup",
-        TIMEOUT,
-    );
-    curl.assert_success();
-    agent.wait_live_lines(1);
-    let finished = agent.stop("INT");
-    assert!(finished.status.success(), "{}", finished.dump());
-    assert_curl_recorded_whole(&provider, out.path(), &finished.dump());
-    assert_summary_matches_disk(&finished, out.path());
+    let finished = captured_in_cgroup(out.path(), &ca, &curl_argv(&provider, &ca));
+    assert_recorded_whole(&provider, out.path(), &finished, ("comm", &"curl".into()));
+}
+
+#[test]
+fn a_forked_child_of_a_command_that_makes_its_tls_call_at_once_is_captured_whole() {
+    if !privileged("capture of a forked child's first TLS call") {
+        return;
+    }
+    let ca = TestCa::new();
+    let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
+    let out = tempfile::tempdir().expect("tempdir");
+    let pid_file = out.path().join("child.pid");
+    let argv = forking_client_argv(&provider, &ca, &pid_file);
+    let finished = captured_as_command(out.path(), &ca, argv);
+    let child = child_pid(&pid_file);
+    assert_recorded_whole(&provider, out.path(), &finished, ("pid", &child));
+}
+
+#[test]
+fn a_forked_child_in_a_cgroup_that_makes_its_tls_call_at_once_is_captured_whole() {
+    if !privileged("capture of a cgroup process's forked child's first TLS call") {
+        return;
+    }
+    let ca = TestCa::new();
+    let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
+    let out = tempfile::tempdir().expect("tempdir");
+    let pid_file = out.path().join("child.pid");
+    let argv = forking_client_argv(&provider, &ca, &pid_file);
+    let finished = captured_in_cgroup(out.path(), &ca, &argv);
+    let child = child_pid(&pid_file);
+    assert_recorded_whole(&provider, out.path(), &finished, ("pid", &child));
 }

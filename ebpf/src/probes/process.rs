@@ -1,13 +1,24 @@
 //! Process lifecycle: a traced process's exec, and the new processes it
 //! starts. Both are reported so userspace plants per-process probes in them;
 //! when `FILTER.hold` asks for it, the task is first stopped with `SIGSTOP`
-//! (delivered on its way back to user space, so before the new program's or
-//! the new child's first instruction), and userspace continues it once its
-//! probes are in place: a process cannot make a TLS call before that.
+//! (delivered on its way back to user space), and userspace continues it once
+//! its probes are in place: a process cannot make a TLS call before that.
+//!
+//! An exec is stopped before the new program's first instruction. A new child
+//! is stopped at its first syscall, which it makes before `fork()` returns in
+//! it (glibc's `set_robust_list`, musl's `set_tid_address`): the one hook that
+//! runs in the child before its first instruction is the `sys_exit`
+//! tracepoint, and every syscall on the machine would pay for that. The
+//! child's task is noted at its creation instead ([`sched_process_fork`], in
+//! the parent), and `sys_enter` looks the current task up only while some
+//! are noted.
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_send_signal},
+    helpers::{
+        bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_task, bpf_send_signal},
+    },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
@@ -16,11 +27,11 @@ use llmsim_ebpf_common::{DropReason, EventKind, ExecEvent, ForkEvent};
 use super::header;
 use crate::{
     filter::is_traced,
-    maps::{EVENTS, FILTER, count_drop},
+    maps::{EVENTS, FILTER, NEW_TASK_COUNT, NEW_TASKS, atomic_add, count_drop},
 };
 
-/// `x86_64` syscall numbers that start a task: clone, fork, vfork, clone3.
-const CLONE_SYSCALLS: [u64; 4] = [56, 57, 58, 435];
+/// `x86_64` syscall numbers of `execve` and `execveat`.
+const EXEC_SYSCALLS: [u64; 2] = [59, 322];
 const SIGSTOP: u32 = 19;
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`; kernel >= 4.17.
@@ -46,30 +57,67 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Whether syscall `id` is `clone`, `fork`, `vfork` or `clone3`.
-#[inline(always)]
-pub fn is_clone(id: u64) -> bool {
-    CLONE_SYSCALLS.contains(&id)
+/// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`;
+/// kernel >= 4.17. Runs in the parent, for every new task (threads too),
+/// before the child can run: a child of a traced process is noted, to be
+/// looked at in its first syscall ([`on_syscall`]). A child the table has no
+/// room for is not held, and counted as an event the ring could not take.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    if holding() && is_traced() {
+        let child: u64 = ctx.arg(1);
+        if NEW_TASKS.insert(&child, &0, 0).is_ok() {
+            count_new_tasks(1);
+        } else {
+            count_drop(DropReason::RingFull);
+        }
+    }
+    0
 }
 
-/// Called from `sys_exit` (`sys_exit(struct pt_regs *regs, long ret)`; kernel
-/// 4.17 or later) for the syscalls of [`is_clone`]: a new task returns from `clone`/`fork`/`vfork`/`clone3`
-/// with 0 through the same exit path, in its own context, before its first
-/// instruction. A new thread (pid != tgid) shares its process's probes.
-/// Reported only while `FILTER.hold` asks for it: without holding, a new
-/// process has its parent's probes (or none is per process).
+/// `sched_process_exit(struct task_struct *p, ...)`; kernel >= 4.17. Runs in
+/// the exiting task: one that dies before its first syscall leaves
+/// [`NEW_TASKS`], so that its address, reused by a later task, holds nothing.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
+    if new_tasks_noted() {
+        // SAFETY: plain helper call without arguments.
+        forget(unsafe { bpf_get_current_task() });
+    }
+    0
+}
+
+/// Whether some new task waits for its first syscall: one array read, which
+/// is all that `sys_enter` adds to a syscall the rest of the time.
 #[inline(always)]
-pub fn on_sys_exit(ret: i64) {
-    if ret != 0 || !holding() {
+pub fn new_tasks_noted() -> bool {
+    NEW_TASK_COUNT.get(0).is_some_and(|count| *count != 0)
+}
+
+/// Called from `sys_enter` (syscall `id`) while [`new_tasks_noted`]: the
+/// current task's first syscall, if it is a noted new task. A new process is
+/// reported, so that userspace drops what it planted for an exited process of
+/// the same pid, and stopped, unless that first syscall is an exec (a `vfork`
+/// child's, say), which [`sched_process_exec`] stops in the new program. A new
+/// thread shares its process's probes. A BPF subprogram of its own, so
+/// `sys_enter`'s other paths are verified without it.
+#[inline(never)]
+pub fn on_syscall(id: u64) {
+    // SAFETY: plain helper call without arguments.
+    if !forget(unsafe { bpf_get_current_task() }) {
         return;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if pid_tgid >> 32 != pid_tgid & 0xffff_ffff || !is_traced() {
+    if pid_tgid >> 32 != pid_tgid & 0xffff_ffff || !holding() || !is_traced() {
         return;
     }
     match EVENTS.reserve::<ForkEvent>(0) {
         Some(mut entry) => {
-            let held = stop();
+            let held = if EXEC_SYSCALLS.contains(&id) {
+                0
+            } else {
+                stop()
+            };
             entry.write(ForkEvent {
                 header: header(EventKind::Fork),
                 held,
@@ -78,6 +126,25 @@ pub fn on_sys_exit(ret: i64) {
             entry.submit(BPF_RB_FORCE_WAKEUP.into());
         }
         None => count_drop(DropReason::RingFull),
+    }
+}
+
+/// Takes `task` out of [`NEW_TASKS`]; whether it was there.
+#[inline(always)]
+fn forget(task: u64) -> bool {
+    if NEW_TASKS.remove(&task).is_err() {
+        return false;
+    }
+    count_new_tasks(1u64.wrapping_neg());
+    true
+}
+
+/// Adds `n` (wrapping) to [`NEW_TASK_COUNT`].
+#[inline(always)]
+fn count_new_tasks(n: u64) {
+    if let Some(count) = NEW_TASK_COUNT.get_ptr_mut(0) {
+        // SAFETY: index 0 of an array map, a live and aligned value.
+        unsafe { atomic_add(count, n) };
     }
 }
 

@@ -1,10 +1,11 @@
 //! Raw tracepoints on syscall entry and exit (kernel >= 4.17; no
 //! tracefs needed). They add what the TLS probes cannot see: the socket fd
 //! behind an `SSL_*` call (a nested read/write syscall on the same thread),
-//! connect destinations, and (through `process.rs`) new processes; they
-//! drive the plaintext capture of selected plain TCP destinations (`plain.rs`):
-//! a socket I/O syscall outside any `SSL_*` call is that path's; and they follow
-//! `bind()` and `accept()` on app ports (`accept.rs`).
+//! connect destinations, and (through `process.rs`) a new process's first
+//! syscall, where it is held; they drive the plaintext capture of selected
+//! plain TCP destinations (`plain.rs`): a socket I/O syscall outside any
+//! `SSL_*` call is that path's; and they follow `bind()` and `accept()` on app
+//! ports (`accept.rs`).
 //!
 //! Attaching either tracepoint sends every syscall of every process on the
 //! machine through the kernel's slow syscall path and runs the program on it,
@@ -13,8 +14,8 @@
 //! syscall they do not follow after reading its number, and only `sys_enter` is
 //! always attached: everything it needs is known at a call's entry, a connect's
 //! destination included. [`sys_exit`] is attached only for what needs a result
-//! (the agent's `Probes::need_exits`): the plain path's byte counts, an accepted
-//! socket, and the first return of a new process that is to be held.
+//! (the agent's `Probes::need_exits`): the plain path's byte counts and an
+//! accepted socket.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -83,6 +84,9 @@ fn buffer_args(regs: *const pt_regs) -> Result<(u64, u64), i64> {
 )]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
     let id: u64 = ctx.arg(1);
+    if process::new_tasks_noted() {
+        process::on_syscall(id);
+    }
     let connect = id == SYS_CONNECT;
     let close = id == SYS_CLOSE;
     let bind = id == SYS_BIND;
@@ -134,9 +138,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), i64> {
     let ret: i64 = ctx.arg(1);
     // One path per syscall: the verifier then checks each path once, not each after every
     // way through the others (which ran past its million-instruction budget).
-    if process::is_clone(id) {
-        process::on_sys_exit(ret);
-    } else if is_accept(id) {
+    if is_accept(id) {
         accept::exit(bpf_get_current_pid_tgid(), ret);
     } else if SOCKET_IO_SYSCALLS.contains(&id) {
         plain::exit(bpf_get_current_pid_tgid(), ret);
