@@ -179,12 +179,12 @@ pub fn is_root() -> anyhow::Result<bool> {
 
 /// Idle CPUs poll instead of halting for as long as this is held: a CPU
 /// latency limit of 0 us written to `/dev/cpu_dma_latency`, which the kernel
-/// lifts when the file closes. On a virtual machine a halted vCPU is woken through the
-/// hypervisor, and a request loop whose client and server take turns on two
-/// CPUs wakes one at each turn: on the machines this is measured on (guest
-/// halt polling off), curl's HTTPS loop against nginx takes 85-105 us a
-/// request with halting and 28-30 us with polling. Halting also makes the loop
-/// depend on what else keeps a CPU awake: the agent's own activity made a
+/// lifts when the file closes. On a virtual machine a halted vCPU is woken
+/// through the hypervisor, and a request loop whose client and server take
+/// turns on two CPUs wakes one at each turn: on the machines this is measured
+/// on (guest halt polling off), curl's HTTPS loop against nginx takes 85-105
+/// us a request with halting and 28-30 us with polling. Halting also makes the
+/// loop depend on what else keeps a CPU awake: the agent's own activity made a
 /// capture run faster than the run without it.
 pub struct IdlePolling {
     _request: File,
