@@ -135,6 +135,21 @@ pub fn innermost_call(pid_tgid: u64, levels: u32) -> Option<*mut SslCall> {
     })
 }
 
+/// Writes `value` over `slot`, a thread's (or goroutine's) own entry of `map`
+/// under `key`, or inserts it where it has none yet: an LRU insert is most of
+/// an entry probe's cost. LRU maps evict instead of refusing;
+/// an insert that fails all the same shows as a missing entry at the return.
+#[inline(always)]
+pub fn write_over<K, V: Copy>(map: &LruHashMap<K, V>, key: &K, slot: Option<*mut V>, value: &V) {
+    match slot {
+        // SAFETY: the caller's own entry, which nothing else writes.
+        Some(slot) => unsafe { *slot = *value },
+        None => {
+            let _ = map.insert(key, value, 0);
+        }
+    }
+}
+
 /// Destinations whose plaintext is copied from the socket syscalls (value unused).
 /// Written by userspace.
 #[map]

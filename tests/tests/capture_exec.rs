@@ -293,38 +293,41 @@ fn child_pid(pid_file: &Path) -> Value {
     pid.into()
 }
 
-#[test]
-fn a_command_that_makes_its_tls_call_at_once_is_captured_whole() {
-    if !privileged("capture of a command's first TLS call") {
-        return;
+/// What each test of a first TLS call made at once needs: the test CA, a fake provider on
+/// loopback serving TLS with it, and a capture directory; None when the test is skipped
+/// (unprivileged, outside CI).
+fn at_once(what: &str) -> Option<(TestCa, FakeProvider, tempfile::TempDir)> {
+    if !privileged(what) {
+        return None;
     }
     let ca = TestCa::new();
     let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
-    let out = tempfile::tempdir().expect("tempdir");
+    Some((ca, provider, tempfile::tempdir().expect("tempdir")))
+}
+
+#[test]
+fn a_command_that_makes_its_tls_call_at_once_is_captured_whole() {
+    let Some((ca, provider, out)) = at_once("capture of a command's first TLS call") else {
+        return;
+    };
     let finished = captured_as_command(out.path(), &ca, curl_argv(&provider, &ca));
     assert_recorded_whole(&provider, out.path(), &finished, ("comm", &"curl".into()));
 }
 
 #[test]
 fn a_process_that_joins_a_cgroup_and_makes_its_tls_call_at_once_is_captured_whole() {
-    if !privileged("capture of a cgroup process's first TLS call") {
+    let Some((ca, provider, out)) = at_once("capture of a cgroup process's first TLS call") else {
         return;
-    }
-    let ca = TestCa::new();
-    let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
-    let out = tempfile::tempdir().expect("tempdir");
+    };
     let finished = captured_in_cgroup(out.path(), &ca, &curl_argv(&provider, &ca));
     assert_recorded_whole(&provider, out.path(), &finished, ("comm", &"curl".into()));
 }
 
 #[test]
 fn a_forked_child_of_a_command_that_makes_its_tls_call_at_once_is_captured_whole() {
-    if !privileged("capture of a forked child's first TLS call") {
+    let Some((ca, provider, out)) = at_once("capture of a forked child's first TLS call") else {
         return;
-    }
-    let ca = TestCa::new();
-    let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
-    let out = tempfile::tempdir().expect("tempdir");
+    };
     let pid_file = out.path().join("child.pid");
     let argv = forking_client_argv(&provider, &ca, &pid_file);
     let finished = captured_as_command(out.path(), &ca, argv);
@@ -334,12 +337,11 @@ fn a_forked_child_of_a_command_that_makes_its_tls_call_at_once_is_captured_whole
 
 #[test]
 fn a_forked_child_in_a_cgroup_that_makes_its_tls_call_at_once_is_captured_whole() {
-    if !privileged("capture of a cgroup process's forked child's first TLS call") {
+    let Some((ca, provider, out)) =
+        at_once("capture of a cgroup process's forked child's first TLS call")
+    else {
         return;
-    }
-    let ca = TestCa::new();
-    let provider = FakeProvider::start_on_loopback(Some(&ca), &FakeProviderConfig::default());
-    let out = tempfile::tempdir().expect("tempdir");
+    };
     let pid_file = out.path().join("child.pid");
     let argv = forking_client_argv(&provider, &ca, &pid_file);
     let finished = captured_in_cgroup(out.path(), &ca, &argv);

@@ -33,12 +33,13 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::ProbeContext,
 };
-use llmsim_ebpf_common::{Direction, DropReason};
+use llmsim_ebpf_common::Direction;
 
 use super::uprobe_pair;
 use crate::{
     emit::{self, Call},
     filter::is_traced,
+    maps::write_over,
 };
 
 /// Offset of the `net.Conn` interface's data word in `tls.Conn`.
@@ -60,10 +61,21 @@ struct GoroutineKey {
     g: u64,
 }
 
-/// `(*Conn).Read` calls in progress, from the entry probe to a `ret` probe.
-/// LRU: a goroutine that never returns (a panic) leaves an entry behind.
+/// A goroutine's slot in [`GO_TLS_READS`]: its last `(*Conn).Read` call, and
+/// whether that call still waits for its result. The slot stays when the call
+/// ends and the goroutine's next call is written over it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ReadSlot {
+    call: Call,
+    /// Nonzero from the call's entry until its result is read.
+    waiting: u64,
+}
+
+/// Each goroutine's `(*Conn).Read` calls, from the entry probe to the probe
+/// that reads the result. LRU: a goroutine that ends leaves its slot behind.
 #[map]
-static GO_TLS_READS: LruHashMap<GoroutineKey, Call> = LruHashMap::with_max_entries(16_384, 0);
+static GO_TLS_READS: LruHashMap<GoroutineKey, ReadSlot> = LruHashMap::with_max_entries(16_384, 0);
 
 uprobe_pair! {
     /// `func (c *Conn) Write(b []byte) (int, error)` (`c` in `rax`, `b` in
@@ -98,12 +110,9 @@ uprobe_pair! {
         let Some(call) = entry(&ctx, Direction::Read) else {
             return 0;
         };
-        // An LRU map evicts instead of refusing; a call it refuses all the same
-        // is lost whole, its length unknown.
-        if GO_TLS_READS.insert(&goroutine(&ctx), &call, 0).is_err() {
-            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-            emit::lose_whole(tgid, &call, DropReason::MissingEntry, 0);
-        }
+        let key = goroutine(&ctx);
+        let slot = ReadSlot { call, waiting: 1 };
+        write_over(&GO_TLS_READS, &key, GO_TLS_READS.get_ptr_mut(&key), &slot);
         0
     }
 }
@@ -115,12 +124,14 @@ uprobe_pair! {
     go_tls_read_return,
     go_tls_read_return_multi,
     |ctx: ProbeContext| {
-        let key = goroutine(&ctx);
-        let Some(call) = read_call(&key) else {
+        let Some(slot) = waiting_read(&goroutine(&ctx)) else {
             return 0;
         };
-        let _ = GO_TLS_READS.remove(&key);
-        // SAFETY: `regs` is the probe's own register frame.
+        // SAFETY: the goroutine's own slot; `regs` is the probe's own register frame.
+        let call = unsafe {
+            (*slot).waiting = 0;
+            (*slot).call
+        };
         read_result(&call, unsafe { (*ctx.regs).rax });
         0
     }
@@ -138,33 +149,36 @@ uprobe_pair! {
     go_tls_read_copy,
     go_tls_read_copy_multi,
     |ctx: ProbeContext| {
-        let key = goroutine(&ctx);
-        let Some(mut call) = read_call(&key) else {
+        let Some(slot) = waiting_read(&goroutine(&ctx)) else {
             return 0;
         };
-        // SAFETY: `regs` is the probe's own register frame.
-        let (to, from, n) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx) };
+        // SAFETY: the goroutine's own slot; `regs` is the probe's own register frame.
+        let (mut call, (to, from, n)) =
+            unsafe { ((*slot).call, ((*ctx.regs).rax, (*ctx.regs).rbx, (*ctx.regs).rcx)) };
         if to != call.buf {
             return 0;
         }
-        let _ = GO_TLS_READS.remove(&key);
+        // SAFETY: as above.
+        unsafe { (*slot).waiting = 0 };
         call.buf = from;
         read_result(&call, n);
         0
     }
 }
 
-/// The `(*Conn).Read` call in progress on goroutine `key`, copied out of the
-/// map; None (counted as a missing entry when the process is traced) when
-/// there is none.
+/// The slot of goroutine `key` while its `(*Conn).Read` call waits for its
+/// result; None (counted as a missing entry when the process is traced) when
+/// no call waits.
 #[inline(always)]
-fn read_call(key: &GoroutineKey) -> Option<Call> {
-    // SAFETY: the value is copied out before the entry is removed.
-    let call = (unsafe { GO_TLS_READS.get(key) }).copied();
-    if call.is_none() && is_traced() {
+fn waiting_read(key: &GoroutineKey) -> Option<*mut ReadSlot> {
+    // SAFETY: a live value of the goroutine's own slot.
+    let slot = GO_TLS_READS
+        .get_ptr_mut(key)
+        .filter(|&slot| unsafe { (*slot).waiting } != 0);
+    if slot.is_none() && is_traced() {
         emit::missing_entry();
     }
-    call
+    slot
 }
 
 /// Emits the `n` bytes a read moved (`n` as Go's `int`), or gives the call's

@@ -24,7 +24,6 @@ use aya_ebpf::{
         bpf_probe_read_user_str_bytes,
     },
     macros::{uprobe, uretprobe},
-    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
@@ -36,7 +35,7 @@ use crate::{
     filter::is_traced,
     maps::{
         CallKey, EVENTS, MAX_CALL_LEVELS, SSL_CALL_LEVELS, SSL_CALLS, SslCall, call_levels,
-        count_drop, innermost_call,
+        count_drop, innermost_call, write_over,
     },
 };
 
@@ -192,20 +191,6 @@ fn enter(ctx: &ProbeContext, direction: Direction, ex: bool) {
     };
     write_over(&SSL_CALLS, &key, SSL_CALLS.get_ptr_mut(&key), &call);
     write_over(&SSL_CALL_LEVELS, &pid_tgid, levels, &(level + 1));
-}
-
-/// Writes `value` over `slot`, the thread's own entry of `map` under `key`, or
-/// inserts it where the thread has none yet. LRU maps evict instead of refusing;
-/// an insert that fails all the same shows as a missing entry at the return.
-#[inline(always)]
-fn write_over<K, V: Copy>(map: &LruHashMap<K, V>, key: &K, slot: Option<*mut V>, value: &V) {
-    match slot {
-        // SAFETY: an entry of this thread's own, which no other thread writes.
-        Some(slot) => unsafe { *slot = *value },
-        None => {
-            let _ = map.insert(key, value, 0);
-        }
-    }
 }
 
 fn try_ssl_return(ctx: &RetProbeContext) -> Result<(), i64> {
