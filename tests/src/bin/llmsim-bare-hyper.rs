@@ -5,7 +5,8 @@
 //! `Content-Length` and the hop-by-hop ones, the body), after reading the request whole
 //! as replayd must before it can match one, with no signature, lookup, statistics or
 //! pacing. It serves as replayd does: one thread per core, each with a single-threaded
-//! Tokio runtime, accepting from one shared listening socket, no Nagle.
+//! Tokio runtime, accepting from one shared listening socket, no Nagle, an answer's head and
+//! body sent with one `write`.
 //!
 //! Usage: `llmsim-bare-hyper SNAPSHOT_DIR`; prints `listening on ADDR` (a free loopback
 //! port) on stderr, as replayd does, and serves until killed.
@@ -116,6 +117,7 @@ async fn connection(stream: tokio::net::TcpStream, answer: Arc<Answer>) {
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .writev(false)
         .serve_connection(TokioIo::new(stream), service)
         .await;
 }
