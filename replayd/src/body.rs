@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::deadline::Deadline;
 use crate::metrics::Observation;
 use crate::options::Pace;
-use crate::report::Stats;
+use crate::report::ServeClock;
 use crate::response::TimedChunk;
 
 /// A replayed response body.
@@ -38,7 +38,7 @@ use crate::response::TimedChunk;
 pub struct ReplayBody {
     kind: Kind,
     trailers: Option<HeaderMap>,
-    timer: Option<ServeTimer>,
+    timer: Option<ServeClock>,
     observation: Option<Observation>,
     /// The largest data frame a body sent at once is handed over in.
     max_frame: usize,
@@ -78,19 +78,6 @@ struct Paced {
     /// Whether a cut body has let the server flush its last chunk (by returning
     /// `Pending` once) before the error that cuts the connection.
     flushed: bool,
-}
-
-/// Adds the time from the request's arrival to the body's end to the statistics.
-#[derive(Debug)]
-struct ServeTimer {
-    stats: Arc<Stats>,
-    started: Instant,
-}
-
-impl Drop for ServeTimer {
-    fn drop(&mut self) {
-        self.stats.add_serve_time(self.started.elapsed());
-    }
 }
 
 impl ReplayBody {
@@ -173,10 +160,10 @@ impl ReplayBody {
         self
     }
 
-    /// Counts the time until this body is done (from `started`) as serve time in `stats`.
+    /// Counts the time until this body is done as serve time, on `clock`.
     #[must_use]
-    pub fn timed(mut self, stats: Arc<Stats>, started: Instant) -> Self {
-        self.timer = Some(ServeTimer { stats, started });
+    pub fn timed(mut self, clock: ServeClock) -> Self {
+        self.timer = Some(clock);
         self
     }
 }
@@ -285,6 +272,7 @@ impl http_body::Body for ReplayBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::Stats;
     use http_body_util::BodyExt;
     use std::time::Duration;
 
@@ -474,7 +462,7 @@ mod tests {
             Pace::Recorded,
             Deadline::default(),
         )
-        .timed(stats.clone(), base);
+        .timed(stats.serve_clock(base));
         let got = arrivals(body, base).await;
         let serve_time = stats.report().serve_time;
         assert!(serve_time >= got[1].0 && serve_time < got[1].0 + Duration::from_millis(50));

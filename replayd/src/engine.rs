@@ -43,7 +43,7 @@ use crate::latency::{LatencyModel, Schedule};
 use crate::metrics::Metrics;
 use crate::options::{LoadOptions, OnMiss, Pace, ReplayOptions};
 use crate::rate_limit::{Limits, RateLimitError, RateLimiter};
-use crate::report::{Event, MissRecord, RejectedCa, Stats};
+use crate::report::{Event, MissRecord, RejectedCa, ServedCall, Stats};
 use crate::request::ReplayRequest;
 use crate::response::{PrepareError, PreparedBody, PreparedResponse};
 use crate::upstream::{
@@ -704,12 +704,16 @@ impl Engine {
         }
         let event = match &outcome {
             Outcome::Hit(hit) if hit.entry.response.is_err() => Event::SnapshotError,
-            Outcome::Hit(hit) => Event::Served {
-                provider: hit.entry.provider,
-                endpoint: hit.entry.endpoint.clone(),
-                repeated: hit.repeated,
-                call: hit.entry.call.clone(),
-            },
+            Outcome::Hit(hit) => {
+                let served = ServedCall {
+                    provider: hit.entry.provider,
+                    endpoint: &hit.entry.endpoint,
+                    repeated: hit.repeated,
+                    call: &hit.entry.call,
+                };
+                self.stats.served(served, facts);
+                return outcome;
+            }
             // A forwarded miss is counted when the forward ends.
             Outcome::Miss(_) if self.forwards() => return outcome,
             Outcome::Miss(miss) => Event::Miss(miss.record()),

@@ -12,9 +12,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use llmsim_snapshot::config::FaultKind;
 use llmsim_snapshot::ledger::{CallLine, Totals};
@@ -250,16 +250,69 @@ impl fmt::Display for Report {
     }
 }
 
+/// What every served request adds: the counts on the hot path.
+#[derive(Debug, Default)]
+struct Served {
+    /// By provider, then by endpoint: looked up by the endpoint's text, its reference count
+    /// is added to only when a thread first counts it.
+    by_endpoint: BTreeMap<Provider, BTreeMap<Arc<str>, u64>>,
+    repeats: u64,
+    recorded_latency: Duration,
+    ledger: Totals,
+    /// From each answer's arrival to its last byte, in nanoseconds.
+    serve_nanos: u64,
+}
+
+impl Served {
+    fn merge(&mut self, other: &Self) {
+        for (provider, endpoints) in &other.by_endpoint {
+            let mine = self.by_endpoint.entry(*provider).or_default();
+            for (endpoint, count) in endpoints {
+                *mine.entry(endpoint.clone()).or_default() += count;
+            }
+        }
+        self.repeats += other.repeats;
+        self.recorded_latency = self.recorded_latency.saturating_add(other.recorded_latency);
+        self.ledger += other.ledger;
+        self.serve_nanos = self.serve_nanos.saturating_add(other.serve_nanos);
+    }
+}
+
+/// One thread's [`Served`], alone on its cache lines with its reference counts. Every
+/// served request adds to it twice (when it is matched and when its answer ends), from the
+/// thread serving it; one lock and one reference count shared by the serving threads moved
+/// between their cores at every request.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct ServedShard(Mutex<Served>);
+
+impl ServedShard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Served> {
+        // Counters hold no invariant a panic elsewhere could break.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Shards of [`Served`]; a thread takes the one at its index, so threads share one only
+/// past this many.
+const SERVED_SHARDS: usize = 64;
+
+/// This thread's shard of [`Served`]: threads are numbered as they first count.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SERVED_SHARDS;
+    }
+    INDEX.with(|index| *index)
+}
+
+/// Everything else, rare: one lock.
 #[derive(Debug, Default)]
 struct Counts {
-    served: BTreeMap<(Provider, Arc<str>), u64>,
-    repeats: u64,
     misses: Vec<MissRecord>,
     snapshot_errors: u64,
     bad_requests: u64,
     internal_errors: u64,
-    recorded_latency: Duration,
-    ledger: Totals,
     forwarded: u64,
     recorded: u64,
     forward_errors: u64,
@@ -271,21 +324,23 @@ struct Counts {
     rejected_ca: Vec<RejectedCa>,
 }
 
-/// What happened to one request, for [`Stats::record`].
+/// A served recording, for [`Stats::served`]. Borrowed from the recording: counting one
+/// allocates nothing and touches no reference count that other serving threads touch too.
+#[derive(Clone, Copy, Debug)]
+pub struct ServedCall<'a> {
+    /// Its provider.
+    pub provider: Provider,
+    /// `METHOD /path`.
+    pub endpoint: &'a Arc<str>,
+    /// Whether the repeat policy chose it.
+    pub repeated: bool,
+    /// The exchange as the ledger sees it: recorded duration, tokens, cost.
+    pub call: &'a CallLine,
+}
+
+/// What happened to one request other than a served recording, for [`Stats::record`].
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A recording was served. Its endpoint and call line are shared with the recording:
-    /// counting a served request allocates nothing.
-    Served {
-        /// Its provider.
-        provider: Provider,
-        /// `METHOD /path`.
-        endpoint: Arc<str>,
-        /// Whether the repeat policy chose it.
-        repeated: bool,
-        /// The exchange as the ledger sees it: recorded duration, tokens, cost.
-        call: Arc<CallLine>,
-    },
     /// No recording matched.
     Miss(MissRecord),
     /// The matched recording could not be sent.
@@ -327,14 +382,22 @@ pub enum Event {
 }
 
 /// Statistics shared by every connection of a run.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
+    served: Box<[Arc<ServedShard>]>,
     counts: Mutex<Counts>,
-    /// Serve time in nanoseconds, apart from the counts: added at the end of every answer,
-    /// from whichever connection, without taking the lock.
-    serve_nanos: AtomicU64,
     /// The Prometheus metrics updated from the same events, with `--metrics`.
     metrics: Option<Arc<Metrics>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            served: (0..SERVED_SHARDS).map(|_| Arc::default()).collect(),
+            counts: Mutex::default(),
+            metrics: None,
+        }
+    }
 }
 
 impl Stats {
@@ -369,23 +432,6 @@ impl Stats {
         }
         let mut counts = self.lock();
         match event {
-            Event::Served {
-                provider,
-                endpoint,
-                repeated,
-                call,
-            } => {
-                *counts.served.entry((provider, endpoint)).or_default() += 1;
-                counts.repeats += u64::from(repeated);
-                counts.ledger.add(&call);
-                let recorded_ms = call.duration_ms;
-                if recorded_ms.is_finite() && recorded_ms > 0.0 {
-                    // A hand-edited file may hold any number: saturate, never panic.
-                    let recorded =
-                        Duration::try_from_secs_f64(recorded_ms / 1e3).unwrap_or(Duration::MAX);
-                    counts.recorded_latency = counts.recorded_latency.saturating_add(recorded);
-                }
-            }
             Event::Miss(miss) => counts.misses.push(miss),
             Event::SnapshotError => counts.snapshot_errors += 1,
             Event::BadRequest => counts.bad_requests += 1,
@@ -406,35 +452,84 @@ impl Stats {
         }
     }
 
-    /// Adds the time one served answer took, from the request's arrival to its last byte.
-    pub fn add_serve_time(&self, elapsed: Duration) {
-        // 2^64 ns is 584 years of serving: the total does not wrap.
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.serve_nanos.fetch_add(nanos, Ordering::Relaxed);
+    /// Counts one served recording, on the counts of the thread serving it (the engine's to
+    /// call), with `facts` for the metrics' labels.
+    pub fn served(&self, served: ServedCall<'_>, facts: Option<&RequestFacts>) {
+        let ServedCall {
+            provider,
+            endpoint,
+            repeated,
+            call,
+        } = served;
+        if let Some(metrics) = &self.metrics {
+            let model = call
+                .model
+                .as_deref()
+                .or_else(|| facts.and_then(|f| f.model.as_deref()));
+            metrics.request(Some(provider), model, "served");
+            if let Some(usage) = &call.usage {
+                metrics.tokens(
+                    &ModelLabels::new(provider, model),
+                    usage.input_tokens,
+                    usage.output_tokens,
+                );
+            }
+        }
+        let mut counts = self.served[shard_index()].lock();
+        let endpoints = counts.by_endpoint.entry(provider).or_default();
+        match endpoints.get_mut(&**endpoint) {
+            Some(count) => *count += 1,
+            None => {
+                endpoints.insert(endpoint.clone(), 1);
+            }
+        }
+        counts.repeats += u64::from(repeated);
+        counts.ledger.add(call);
+        let recorded_ms = call.duration_ms;
+        if recorded_ms.is_finite() && recorded_ms > 0.0 {
+            // A hand-edited file may hold any number: saturate, never panic.
+            let recorded = Duration::try_from_secs_f64(recorded_ms / 1e3).unwrap_or(Duration::MAX);
+            counts.recorded_latency = counts.recorded_latency.saturating_add(recorded);
+        }
+    }
+
+    /// A clock for one answer, started at its request's arrival: dropped at the answer's
+    /// end, it adds the time in between to the serve time, on this thread's counts.
+    pub fn serve_clock(&self, started: Instant) -> ServeClock {
+        ServeClock {
+            counts: self.served[shard_index()].clone(),
+            started,
+        }
     }
 
     /// A copy of the statistics so far.
     pub fn report(&self) -> Report {
+        let mut served = Served::default();
+        for shard in &self.served {
+            served.merge(&shard.lock());
+        }
         let counts = self.lock();
         Report {
-            served: counts
-                .served
+            served: served
+                .by_endpoint
                 .iter()
-                .map(|((provider, endpoint), count)| ServedRow {
-                    provider: *provider,
-                    endpoint: endpoint.to_string(),
-                    count: *count,
+                .flat_map(|(provider, endpoints)| {
+                    endpoints.iter().map(|(endpoint, count)| ServedRow {
+                        provider: *provider,
+                        endpoint: endpoint.to_string(),
+                        count: *count,
+                    })
                 })
                 .collect(),
-            total_served: counts.served.values().sum(),
-            repeats: counts.repeats,
+            total_served: served.by_endpoint.values().flat_map(BTreeMap::values).sum(),
+            repeats: served.repeats,
             misses: counts.misses.clone(),
             snapshot_errors: counts.snapshot_errors,
             bad_requests: counts.bad_requests,
             internal_errors: counts.internal_errors,
-            recorded_latency: counts.recorded_latency,
-            serve_time: Duration::from_nanos(self.serve_nanos.load(Ordering::Relaxed)),
-            ledger: counts.ledger,
+            recorded_latency: served.recorded_latency,
+            serve_time: Duration::from_nanos(served.serve_nanos),
+            ledger: served.ledger,
             forwarded: counts.forwarded,
             recorded: counts.recorded,
             forward_errors: counts.forward_errors,
@@ -453,22 +548,28 @@ impl Stats {
     }
 }
 
+/// Adds the time from a request's arrival to its answer's end to the serve time, when
+/// dropped ([`Stats::serve_clock`]).
+#[derive(Debug)]
+pub struct ServeClock {
+    counts: Arc<ServedShard>,
+    started: Instant,
+}
+
+impl Drop for ServeClock {
+    fn drop(&mut self) {
+        // 2^64 ns is 584 years of serving: the total does not wrap.
+        let nanos = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let mut counts = self.counts.lock();
+        counts.serve_nanos = counts.serve_nanos.saturating_add(nanos);
+    }
+}
+
 /// Updates the metrics from one event.
 fn observe(metrics: &Metrics, event: &Event, facts: Option<&RequestFacts>) {
     let provider = facts.map(|f| f.provider);
     let model = facts.and_then(|f| f.model.as_deref());
     match event {
-        Event::Served { provider, call, .. } => {
-            let model = call.model.as_deref().or(model);
-            metrics.request(Some(*provider), model, "served");
-            if let Some(usage) = &call.usage {
-                metrics.tokens(
-                    &ModelLabels::new(*provider, model),
-                    usage.input_tokens,
-                    usage.output_tokens,
-                );
-            }
-        }
         Event::Miss(_) => {
             metrics.miss();
             metrics.request(provider, model, "miss");
@@ -521,23 +622,38 @@ mod tests {
         })
     }
 
-    fn served(provider: Provider, endpoint: &str, repeated: bool) -> Event {
-        Event::Served {
+    /// Counts one served recording of `recorded_ms`.
+    fn serve(stats: &Stats, provider: Provider, endpoint: &str, repeated: bool, recorded_ms: f64) {
+        let served = ServedCall {
             provider,
-            endpoint: endpoint.into(),
+            endpoint: &endpoint.into(),
             repeated,
-            call: call(500.0).into(),
-        }
+            call: &call(recorded_ms),
+        };
+        stats.served(served, None);
     }
 
     #[test]
     fn counts_per_provider_and_endpoint() {
         let stats = Stats::new();
-        stats.record(served(Provider::OpenAi, "POST /v1/chat/completions", false));
-        stats.record(served(Provider::OpenAi, "POST /v1/chat/completions", true));
-        stats.record(served(Provider::Anthropic, "POST /v1/messages", false));
+        let chat = "POST /v1/chat/completions";
+        serve(&stats, Provider::OpenAi, chat, false, 500.0);
+        // From another thread: its counts are merged into the report.
+        std::thread::scope(|s| {
+            s.spawn(|| serve(&stats, Provider::OpenAi, chat, true, 500.0));
+        });
+        serve(
+            &stats,
+            Provider::Anthropic,
+            "POST /v1/messages",
+            false,
+            500.0,
+        );
         stats.record(Event::BadRequest);
-        stats.add_serve_time(Duration::from_millis(100));
+        let started = Instant::now()
+            .checked_sub(Duration::from_millis(100))
+            .unwrap();
+        drop(stats.serve_clock(started));
         let report = stats.report();
         assert_eq!(report.total_served, 3);
         assert_eq!(report.repeats, 1);
@@ -557,7 +673,12 @@ mod tests {
             ]
         );
         assert_eq!(report.recorded_latency, Duration::from_millis(1500));
-        assert_eq!(report.wall_time_saved(), Duration::from_millis(1400));
+        // The clock ran for 100 ms and the few microseconds until its drop.
+        let saved = report.wall_time_saved();
+        assert!(
+            saved <= Duration::from_millis(1400) && saved > Duration::from_millis(1399),
+            "{saved:?}"
+        );
         assert!(
             !report.failed(),
             "a refused malformed request is the app's problem"
@@ -736,12 +857,7 @@ mod tests {
     fn absurd_recorded_latencies_saturate() {
         let stats = Stats::new();
         for recorded_ms in [1e300, 1e300, f64::NAN, -1.0] {
-            stats.record(Event::Served {
-                provider: Provider::Generic,
-                endpoint: "GET /".into(),
-                repeated: false,
-                call: call(recorded_ms).into(),
-            });
+            serve(&stats, Provider::Generic, "GET /", false, recorded_ms);
         }
         assert_eq!(stats.report().recorded_latency, Duration::MAX);
     }

@@ -52,19 +52,31 @@ pub struct ConnInfo {
     pub sni: Option<String>,
 }
 
-/// The service answering one connection's requests from the engine.
+/// The service answering one connection's requests from the engine. hyper clones it for
+/// every request (the request's future owns it), which adds to a reference count of the
+/// connection's own: adding to the engine's, shared by every connection of every serving
+/// thread, moved that count between cores at every request.
 #[derive(Clone, Debug)]
-pub struct ReplayService {
+pub struct ReplayService(Arc<Answering>);
+
+/// What a [`ReplayService`] answers with.
+#[derive(Debug)]
+pub struct Answering {
     engine: Arc<Engine>,
-    conn: Arc<ConnInfo>,
+    conn: ConnInfo,
+}
+
+impl std::ops::Deref for ReplayService {
+    type Target = Answering;
+
+    fn deref(&self) -> &Answering {
+        &self.0
+    }
 }
 
 /// The replay service for one connection.
 pub fn app(engine: Arc<Engine>, conn: ConnInfo) -> ReplayService {
-    ReplayService {
-        engine,
-        conn: Arc::new(conn),
-    }
+    ReplayService(Arc::new(Answering { engine, conn }))
 }
 
 type BoxedBodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -311,7 +323,7 @@ impl ReplayService {
         let body = body
             .with_trailers(prepared.trailers.clone())
             .observed(observation)
-            .timed(self.engine.stats().clone(), arrived);
+            .timed(self.engine.stats().serve_clock(arrived));
         let mut response = Response::builder()
             .status(prepared.status)
             .body(body)
@@ -425,7 +437,7 @@ mod tests {
     #[tokio::test]
     async fn the_host_comes_from_sni_then_the_host_header() {
         let sni = app(
-            service(ReplayOptions::default()).engine,
+            service(ReplayOptions::default()).engine.clone(),
             ConnInfo {
                 sni: Some("api.openai.com".into()),
                 tls: true,

@@ -147,6 +147,20 @@ impl Totals {
     }
 }
 
+/// Totals of two sets of calls together (replayd's per-thread counts, merged).
+impl std::ops::AddAssign for Totals {
+    fn add_assign(&mut self, other: Self) {
+        self.calls += other.calls;
+        self.failed += other.failed;
+        self.incomplete += other.incomplete;
+        self.with_usage += other.with_usage;
+        self.usage += other.usage;
+        self.cost_usd += other.cost_usd;
+        self.unpriced += other.unpriced;
+        self.recorded_ms += other.recorded_ms;
+    }
+}
+
 impl fmt::Display for Totals {
     /// `3 calls, 1,234 input tokens (1,024 cached), 56 output tokens, $0.0042`
     /// plus `(2 calls unpriced)` when some model had no price.
