@@ -5,8 +5,8 @@
 //! `Content-Length` and the hop-by-hop ones, the body), after reading the request whole
 //! as replayd must before it can match one, with no signature, lookup, statistics or
 //! pacing. It serves as replayd does: one thread per core, each with a single-threaded
-//! Tokio runtime, accepting from one shared listening socket, no Nagle, an answer's head and
-//! body sent with one `write`.
+//! Tokio runtime, the accepted connections handed to them in turn, no Nagle, an answer's head
+//! and body sent with one `write`.
 //!
 //! Usage: `llmsim-bare-hyper SNAPSHOT_DIR`; prints `listening on ADDR` (a free loopback
 //! port) on stderr, as replayd does, and serves until killed.
@@ -23,6 +23,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use llmsim_tests::snapshot::end_to_end;
+use tokio::sync::mpsc;
 
 /// The answer every request gets.
 struct Answer {
@@ -69,7 +70,6 @@ fn answer(dir: &std::path::Path) -> Result<Answer, String> {
 
 fn serve(answer: Answer) -> Result<(), String> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     eprintln!(
         "listening on {}",
         listener.local_addr().map_err(|e| e.to_string())?
@@ -77,30 +77,36 @@ fn serve(answer: Answer) -> Result<(), String> {
     let answer = Arc::new(answer);
     let threads = (0..thread::available_parallelism().map_or(1, usize::from))
         .map(|_| {
-            let listener = listener.try_clone().map_err(|e| e.to_string())?;
+            let (queue, accepted) = mpsc::unbounded_channel();
             let answer = answer.clone();
-            Ok(thread::spawn(move || accept(listener, &answer)))
+            thread::spawn(move || serve_thread(accepted, &answer));
+            queue
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    for thread in threads {
-        thread.join().map_err(|_| "a serving thread panicked")??;
+        .collect::<Vec<_>>();
+    // Handed out in turn, as replayd's acceptor hands each connection to its least busy
+    // thread: threads accepting from the shared socket themselves left every connection
+    // of a load generator's burst to whichever thread woke first.
+    for (stream, queue) in listener.incoming().zip(threads.iter().cycle()) {
+        let stream = stream.map_err(|e| e.to_string())?;
+        stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+        queue.send(stream).map_err(|_| "a serving thread stopped")?;
     }
     Ok(())
 }
 
-/// One serving thread: accepts and serves connections on its own runtime, for ever.
-fn accept(listener: TcpListener, answer: &Arc<Answer>) -> Result<(), String> {
+/// One serving thread: serves the connections handed to it on its own runtime, for ever.
+fn serve_thread(mut accepted: mpsc::UnboundedReceiver<std::net::TcpStream>, answer: &Arc<Answer>) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .expect("a Tokio runtime");
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
-        loop {
-            let (stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
-            tokio::spawn(connection(stream, answer.clone()));
+        while let Some(stream) = accepted.recv().await {
+            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                tokio::spawn(connection(stream, answer.clone()));
+            }
         }
-    })
+    });
 }
 
 async fn connection(stream: tokio::net::TcpStream, answer: Arc<Answer>) {
