@@ -1,6 +1,7 @@
 //! Every map the kernel programs share with each other and with userspace.
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -249,10 +250,62 @@ pub unsafe fn atomic_add(counter: *mut u64, n: u64) {
 #[map]
 pub static NEW_TASKS: HashMap<u64, u8> = HashMap::with_max_entries(8_192, 0);
 
-/// How many entries [`NEW_TASKS`] holds; index 0 only. Every syscall reads it
-/// and looks the current task up only while it is not zero.
+/// The maps [`ENTRY_COUNTS`] counts, by index.
+#[repr(u32)]
+#[derive(Clone, Copy)]
+pub enum Counted {
+    /// [`NEW_TASKS`], looked up at every syscall.
+    NewTasks,
+    /// [`TLS_CANDIDATES`], looked up at every socket write.
+    TlsCandidates,
+    /// [`PLAIN_SOCKETS`], looked up at every socket call outside a TLS call.
+    PlainSockets,
+}
+
+/// How many entries the maps `sys_enter` would otherwise look up for every
+/// (socket) syscall on the machine hold, by [`Counted`]: while a map's count is
+/// zero, its lookup is skipped for one array read. Added to by an insertion
+/// that adds a key and taken from by a removal that finds one; an LRU map's
+/// evictions leave its count too high, which costs lookups and never skips one.
 #[map]
-pub static NEW_TASK_COUNT: Array<u64> = Array::with_max_entries(1, 0);
+pub static ENTRY_COUNTS: Array<u64> = Array::with_max_entries(3, 0);
+
+/// Whether the map counted as `which` may hold an entry.
+#[inline(always)]
+pub fn holds_entries(which: Counted) -> bool {
+    ENTRY_COUNTS
+        .get(which as u32)
+        .is_some_and(|count| *count != 0)
+}
+
+/// Adds `n` (wrapping) to the count of `which`.
+#[inline(always)]
+pub fn count_entries(which: Counted, n: u64) {
+    if let Some(count) = ENTRY_COUNTS.get_ptr_mut(which as u32) {
+        // SAFETY: a live, aligned array value.
+        unsafe { atomic_add(count, n) };
+    }
+}
+
+/// Sets `key` to `value` in `map`, which is counted as `which`.
+#[inline(always)]
+pub fn insert_counted<V>(map: &LruHashMap<u64, V>, which: Counted, key: &u64, value: &V) {
+    if map.insert(key, value, BPF_NOEXIST.into()).is_ok() {
+        count_entries(which, 1);
+    } else {
+        let _ = map.insert(key, value, 0);
+    }
+}
+
+/// Removes `key` from `map`, which is counted as `which`; whether it was there.
+#[inline(always)]
+pub fn remove_counted<V>(map: &LruHashMap<u64, V>, which: Counted, key: &u64) -> bool {
+    let removed = map.remove(key).is_ok();
+    if removed {
+        count_entries(which, 1u64.wrapping_neg());
+    }
+    removed
+}
 
 /// replayd's listener and DNS addresses; index 0 only. Written by replayd.
 #[map]

@@ -13,7 +13,9 @@ use aya_ebpf::helpers::{
 use llmsim_ebpf_common::{DropReason, EventKind, TLS_HELLO_LEN, TlsHelloEvent};
 
 use super::{header, plain::socket_key};
-use crate::maps::{EVENTS, TLS_CANDIDATES, count_drop};
+use crate::maps::{
+    Counted, EVENTS, TLS_CANDIDATES, count_drop, holds_entries, insert_counted, remove_counted,
+};
 
 const SYS_WRITE: u64 = 1;
 const SYS_WRITEV: u64 = 20;
@@ -24,16 +26,33 @@ const MSG_IOV: u64 = 16;
 /// The TLS record content type of a handshake record.
 const HANDSHAKE_RECORD: u8 = 0x16;
 
+/// Whether some socket's first write is still to be looked at: one array read.
+#[inline(always)]
+pub fn watching() -> bool {
+    holds_entries(Counted::TlsCandidates)
+}
+
 /// A traced thread connects `fd`: its first write is to be looked at.
 #[inline(always)]
 pub fn on_connect(pid_tgid: u64, fd: u64) {
-    let _ = TLS_CANDIDATES.insert(&socket_key(pid_tgid, fd), &0, 0);
+    insert_counted(
+        &TLS_CANDIDATES,
+        Counted::TlsCandidates,
+        &socket_key(pid_tgid, fd),
+        &0,
+    );
 }
 
 /// `close(fd)`: a socket never written is no candidate any more.
 #[inline(always)]
 pub fn close(pid_tgid: u64, fd: u64) {
-    let _ = TLS_CANDIDATES.remove(&socket_key(pid_tgid, fd));
+    if watching() {
+        remove_counted(
+            &TLS_CANDIDATES,
+            Counted::TlsCandidates,
+            &socket_key(pid_tgid, fd),
+        );
+    }
 }
 
 /// Entry of socket I/O syscall `id` on `fd`: on a candidate's first write, sends
@@ -51,18 +70,19 @@ pub fn first_write(
     fd: u64,
     read_args: impl FnOnce() -> Result<(u64, u64), i64>,
 ) -> Result<(), i64> {
-    if !matches!(id, SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG) {
+    if !matches!(id, SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG) || !watching() {
         return Ok(());
     }
-    let key = socket_key(pid_tgid, fd);
-    // SAFETY: the value is only tested for presence.
-    if unsafe { TLS_CANDIDATES.get(&key) }.is_none() {
+    if !remove_counted(
+        &TLS_CANDIDATES,
+        Counted::TlsCandidates,
+        &socket_key(pid_tgid, fd),
+    ) {
         return Ok(());
     }
-    let _ = TLS_CANDIDATES.remove(&key);
     let (pointer, count) = read_args()?;
     let (buf, len) = first_buffer(id, pointer, count)?;
-    // SAFETY: as above.
+    // SAFETY: a user pointer, read fault-tolerantly.
     let first = unsafe { bpf_probe_read_user(buf as *const u8) }?;
     if first != HANDSHAKE_RECORD {
         return Ok(());

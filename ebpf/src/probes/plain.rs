@@ -9,8 +9,9 @@
 //! iovecs) the call was given, through the one emit path the TLS probes use
 //! (`crate::emit`), which numbers each call and accounts for what it cannot
 //! deliver; its `close()` ends the connection there. Everything else costs one map
-//! lookup. An HTTP client writes first, and its first byte starts a method (or the
-//! HTTP/2 preface): an uppercase ASCII letter. A socket whose first copied call is a
+//! lookup, and one array read while no socket is selected. An HTTP client writes
+//! first, and its first byte starts a method (or the HTTP/2 preface): an uppercase
+//! ASCII letter. A socket whose first copied call is a
 //! read, or whose first write starts with anything else, is unmarked at once; that
 //! includes every TLS connection (a `ClientHello` record starts with `0x16`), whose
 //! plaintext is read at the TLS library, never as ciphertext here.
@@ -27,7 +28,10 @@ use llmsim_ebpf_common::{Direction, DropReason, PLAIN_CONNECTION, PlainDestinati
 
 use crate::{
     emit::{self, Call},
-    maps::{PLAIN_CALLS, PLAIN_DESTINATIONS, PLAIN_SOCKETS, PlainCall, PlainSocket},
+    maps::{
+        Counted, PLAIN_CALLS, PLAIN_DESTINATIONS, PLAIN_SOCKETS, PlainCall, PlainSocket,
+        holds_entries, insert_counted, remove_counted,
+    },
 };
 
 const SYS_WRITE: u64 = 1;
@@ -57,6 +61,12 @@ pub(super) fn socket_key(pid_tgid: u64, fd: u64) -> u64 {
     (pid_tgid & !0xffff_ffff) | (fd & 0xffff_ffff)
 }
 
+/// Whether some socket is selected: one array read.
+#[inline(always)]
+pub fn selecting() -> bool {
+    holds_entries(Counted::PlainSockets)
+}
+
 /// A traced thread connected `fd` to `addr`:`port`: marks the socket when the
 /// destination is selected, and forgets an old mark of the same fd otherwise.
 #[inline(always)]
@@ -81,7 +91,9 @@ pub fn on_connect(pid_tgid: u64, fd: u64, family: u16, port: u16, addr: &[u8; 16
                 .is_some()
     };
     if !selected {
-        let _ = PLAIN_SOCKETS.remove(&key);
+        if selecting() {
+            remove_counted(&PLAIN_SOCKETS, Counted::PlainSockets, &key);
+        }
         return;
     }
     mark(key, 0);
@@ -102,7 +114,7 @@ fn mark(key: u64, inbound: u32) {
         checked: 0,
         inbound,
     };
-    let _ = PLAIN_SOCKETS.insert(&key, &socket, 0);
+    insert_counted(&PLAIN_SOCKETS, Counted::PlainSockets, &key, &socket);
 }
 
 /// Entry of a socket I/O syscall `id` outside any TLS call: remembers the call when
@@ -119,6 +131,9 @@ pub fn enter(
     fd: u64,
     read_args: impl FnOnce() -> Result<(u64, u64), i64>,
 ) -> Result<(), i64> {
+    if !selecting() {
+        return Ok(());
+    }
     // SAFETY: the value is copied out.
     let Some(socket) = (unsafe { PLAIN_SOCKETS.get(&socket_key(pid_tgid, fd)) }).copied() else {
         return Ok(());
@@ -208,7 +223,7 @@ pub fn exit(pid_tgid: u64, ret: i64) {
             return;
         };
         if !first.is_ascii_uppercase() {
-            let _ = PLAIN_SOCKETS.remove(&key);
+            remove_counted(&PLAIN_SOCKETS, Counted::PlainSockets, &key);
             emit::forget(tgid, call.conn);
             return;
         }
@@ -303,11 +318,14 @@ extern "C" fn iovec_step(index: u32, ctx: *mut c_void) -> i64 {
 /// `close(fd)`: a selected socket's connection is over.
 #[inline(always)]
 pub fn close(pid_tgid: u64, fd: u64) {
+    if !selecting() {
+        return;
+    }
     let key = socket_key(pid_tgid, fd);
     // SAFETY: the value is copied out before the entry is removed.
     let Some(socket) = (unsafe { PLAIN_SOCKETS.get(&key) }).copied() else {
         return;
     };
-    let _ = PLAIN_SOCKETS.remove(&key);
+    remove_counted(&PLAIN_SOCKETS, Counted::PlainSockets, &key);
     emit::end(socket.conn);
 }

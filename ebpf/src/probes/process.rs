@@ -27,7 +27,7 @@ use llmsim_ebpf_common::{DropReason, EventKind, ExecEvent, ForkEvent};
 use super::header;
 use crate::{
     filter::is_traced,
-    maps::{EVENTS, FILTER, NEW_TASK_COUNT, NEW_TASKS, atomic_add, count_drop},
+    maps::{Counted, EVENTS, FILTER, NEW_TASKS, count_drop, count_entries, holds_entries},
 };
 
 /// `x86_64` syscall numbers of `execve` and `execveat`.
@@ -67,7 +67,7 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     if holding() && is_traced() {
         let child: u64 = ctx.arg(1);
         if NEW_TASKS.insert(&child, &0, 0).is_ok() {
-            count_new_tasks(1);
+            count_entries(Counted::NewTasks, 1);
         } else {
             count_drop(DropReason::RingFull);
         }
@@ -91,7 +91,7 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
 /// is all that `sys_enter` adds to a syscall the rest of the time.
 #[inline(always)]
 pub fn new_tasks_noted() -> bool {
-    NEW_TASK_COUNT.get(0).is_some_and(|count| *count != 0)
+    holds_entries(Counted::NewTasks)
 }
 
 /// Called from `sys_enter` (syscall `id`) while [`new_tasks_noted`]: the
@@ -135,17 +135,8 @@ fn forget(task: u64) -> bool {
     if NEW_TASKS.remove(&task).is_err() {
         return false;
     }
-    count_new_tasks(1u64.wrapping_neg());
+    count_entries(Counted::NewTasks, 1u64.wrapping_neg());
     true
-}
-
-/// Adds `n` (wrapping) to [`NEW_TASK_COUNT`].
-#[inline(always)]
-fn count_new_tasks(n: u64) {
-    if let Some(count) = NEW_TASK_COUNT.get_ptr_mut(0) {
-        // SAFETY: index 0 of an array map, a live and aligned value.
-        unsafe { atomic_add(count, n) };
-    }
 }
 
 /// Whether `FILTER.hold` asks for new processes to be held.

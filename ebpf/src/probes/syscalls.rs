@@ -55,6 +55,13 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The first syscall argument from a kernel `pt_regs`: the fd of a socket call.
+#[inline(always)]
+fn syscall_fd(regs: *const pt_regs) -> Result<u64, i64> {
+    // SAFETY: `regs` is the kernel pointer the tracepoint passes; read fault-tolerantly.
+    Ok(unsafe { bpf_probe_read_kernel(&raw const (*regs).rdi) }?)
+}
+
 /// The first two syscall arguments from a kernel `pt_regs`.
 #[inline(always)]
 fn syscall_args(regs: *const pt_regs) -> Result<(u64, u64), i64> {
@@ -102,7 +109,7 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     if close {
-        let (fd, _) = syscall_args(ctx.arg(0))?;
+        let fd = syscall_fd(ctx.arg(0))?;
         plain::close(pid_tgid, fd);
         hello::close(pid_tgid, fd);
         accept::close(pid_tgid, fd);
@@ -116,14 +123,24 @@ fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
         return accept::bind(pid_tgid, fd, addr);
     }
     if accept {
-        let (fd, _) = syscall_args(ctx.arg(0))?;
+        let fd = syscall_fd(ctx.arg(0))?;
         accept::enter(pid_tgid, fd);
         return Ok(());
     }
+    // Most socket calls on the machine are neither inside a TLS call nor on a
+    // socket the hello or plain paths follow: those leave before reading anything.
+    let ssl_call = current_ssl_call(pid_tgid);
+    let hello = hello::watching();
+    let plain = plain::selecting();
+    if ssl_call.is_none() && !hello && !plain {
+        return Ok(());
+    }
     let regs: *const pt_regs = ctx.arg(0);
-    let (fd, _) = syscall_args(regs)?;
-    let _ = hello::first_write(id, pid_tgid, fd, || buffer_args(regs));
-    let Some(call) = current_ssl_call(pid_tgid) else {
+    let fd = syscall_fd(regs)?;
+    if hello {
+        let _ = hello::first_write(id, pid_tgid, fd, || buffer_args(regs));
+    }
+    let Some(call) = ssl_call else {
         return plain::enter(id, pid_tgid, fd, || buffer_args(regs));
     };
     // SAFETY: a live value of this thread's own entry.
