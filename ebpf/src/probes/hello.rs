@@ -87,6 +87,11 @@ pub fn first_write(
     if first != HANDSHAKE_RECORD {
         return Ok(());
     }
+    // An iovec's length lies in stack memory a helper wrote, whose reloads 6.1's
+    // verifier does not bound even after a comparison: loaded once here, the clamp
+    // below bounds the register that is passed on.
+    // SAFETY: a live local.
+    let len = unsafe { core::ptr::read_volatile(&raw const len) };
     let mut n = if len > TLS_HELLO_LEN as u64 {
         TLS_HELLO_LEN as u32
     } else {
