@@ -298,8 +298,12 @@ pub fn insert_counted<V>(map: &LruHashMap<u64, V>, which: Counted, key: &u64, va
 }
 
 /// Removes `key` from `map`, which is counted as `which`; whether it was there.
+/// No lookup while the count is zero.
 #[inline(always)]
 pub fn remove_counted<V>(map: &LruHashMap<u64, V>, which: Counted, key: &u64) -> bool {
+    if !holds_entries(which) {
+        return false;
+    }
     let removed = map.remove(key).is_ok();
     if removed {
         count_entries(which, 1u64.wrapping_neg());

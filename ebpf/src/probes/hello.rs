@@ -46,13 +46,11 @@ pub fn on_connect(pid_tgid: u64, fd: u64) {
 /// `close(fd)`: a socket never written is no candidate any more.
 #[inline(always)]
 pub fn close(pid_tgid: u64, fd: u64) {
-    if watching() {
-        remove_counted(
-            &TLS_CANDIDATES,
-            Counted::TlsCandidates,
-            &socket_key(pid_tgid, fd),
-        );
-    }
+    remove_counted(
+        &TLS_CANDIDATES,
+        Counted::TlsCandidates,
+        &socket_key(pid_tgid, fd),
+    );
 }
 
 /// Entry of socket I/O syscall `id` on `fd`: on a candidate's first write, sends
@@ -70,7 +68,7 @@ pub fn first_write(
     fd: u64,
     read_args: impl FnOnce() -> Result<(u64, u64), i64>,
 ) -> Result<(), i64> {
-    if !matches!(id, SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG) || !watching() {
+    if !matches!(id, SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG) {
         return Ok(());
     }
     if !remove_counted(

@@ -91,9 +91,7 @@ pub fn on_connect(pid_tgid: u64, fd: u64, family: u16, port: u16, addr: &[u8; 16
                 .is_some()
     };
     if !selected {
-        if selecting() {
-            remove_counted(&PLAIN_SOCKETS, Counted::PlainSockets, &key);
-        }
+        remove_counted(&PLAIN_SOCKETS, Counted::PlainSockets, &key);
         return;
     }
     mark(key, 0);
