@@ -35,6 +35,14 @@ fn main() -> anyhow::Result<()> {
         root_dir: root_dir.as_str(),
         ..Default::default()
     };
+    // The nested `cargo build --release` would read the workspace's release profile, whose
+    // whole-program LTO is for the host binaries: the eBPF object keeps cargo's defaults
+    // (bpf-linker links its bitcode itself), so it is the same object with or without them.
+    // SAFETY: a build script runs on one thread; nothing reads the environment concurrently.
+    unsafe {
+        std::env::set_var("CARGO_PROFILE_RELEASE_LTO", "false");
+        std::env::set_var("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16");
+    }
     // aya-build runs `rustup run <toolchain> cargo build`: rustup's
     // RUSTUP_TOOLCHAIN then outranks every rust-toolchain.toml on the way.
     aya_build::build_ebpf([package], Toolchain::Custom(&toolchain))
