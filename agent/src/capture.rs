@@ -27,12 +27,13 @@ use serde::Serialize;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    time::{Instant, MissedTickBehavior},
+    time::Instant,
 };
 
 use crate::{
     connections::{ConnectionExchange, Tracker, TrackerStats},
     coverage::{Coverage, NotDecrypted},
+    drain_pace::DrainPace,
     events::{Data, Event, SequenceEnd, data_sequence, decode},
     placement::PlacementKind,
     plain, preflight,
@@ -46,10 +47,6 @@ use crate::{
 /// How often target processes are rescanned for TLS libraries loaded with
 /// `dlopen` and for exits.
 const RESCAN_INTERVAL: Duration = Duration::from_millis(500);
-
-/// How often the ring buffer is drained when nothing woke the agent: data
-/// records wake it only once `RING_WAKEUP_BYTES` are waiting.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Runtimes that usually link OpenSSL into their own binary.
 const STATIC_TLS_RUNTIMES: [&str; 4] = ["node", "nodejs", "bun", "deno"];
@@ -306,8 +303,7 @@ impl Capture {
         };
         let child_pid = child.as_ref().and_then(tokio::process::Child::id);
         let mut rescan = tokio::time::interval(RESCAN_INTERVAL);
-        let mut drain = tokio::time::interval(DRAIN_INTERVAL);
-        drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut pace = DrainPace::new(Instant::now());
         let mut exit_status: Option<ExitStatus> = None;
         let mut stop_by: Option<Instant> = None;
         let deadline = self.duration.map(|duration| Instant::now() + duration);
@@ -317,11 +313,11 @@ impl Capture {
                     let mut guard = ready.context("polling the ring buffer")?;
                     guard.clear_ready();
                     drop(guard);
-                    self.drain()?;
+                    pace.drained(Instant::now(), self.drain()?);
                     continue;
                 }
-                _ = drain.tick() => {
-                    self.drain()?;
+                () = tokio::time::sleep_until(pace.due()) => {
+                    pace.drained(Instant::now(), self.drain()?);
                     continue;
                 }
                 status = async { child.as_mut().expect("guarded").wait().await }, if child.is_some() && exit_status.is_none() => {
@@ -477,8 +473,8 @@ impl Capture {
         known(&mut self.processes, tgid)
     }
 
-    /// Handles every record waiting in the ring buffer.
-    fn drain(&mut self) -> anyhow::Result<()> {
+    /// Handles every record waiting in the ring buffer; how many there were.
+    fn drain(&mut self) -> anyhow::Result<usize> {
         let mut finished: Vec<Finished> = Vec::new();
         // Processes that started or exec'd, and whether each is held.
         let mut started: Vec<(u32, bool)> = Vec::new();
@@ -493,7 +489,9 @@ impl Capture {
             ..
         } = self;
         let ring = ring.get_mut();
+        let mut records = 0;
         while let Some(item) = ring.next() {
+            records += 1;
             let done = match decode(&item) {
                 Ok(Event::Data(data)) => {
                     // Read /proc now, while the process surely exists.
@@ -578,13 +576,19 @@ impl Capture {
                 finished.push((d, process));
             }
         }
+        self.track_started(started);
+        self.record_all(finished)?;
+        Ok(records)
+    }
+
+    /// Tracks processes that started or exec'd, continuing each one held for it.
+    fn track_started(&mut self, started: Vec<(u32, bool)>) {
         for (pid, held) in started {
             self.track(pid);
             if held {
                 sys::send_signal(pid, libc::SIGCONT);
             }
         }
-        self.record_all(finished)
     }
 
     /// Plants the probes of every known TLS object in `pid`, then attaches to

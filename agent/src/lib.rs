@@ -10,6 +10,7 @@ pub mod capture;
 pub mod clienthello;
 pub mod connections;
 pub mod coverage;
+pub mod drain_pace;
 pub mod events;
 pub mod export;
 pub mod gotls;

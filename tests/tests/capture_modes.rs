@@ -12,6 +12,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::time::Duration;
 
 use capture_support::{
     Agent, StepClient, TIMEOUT, assert_summary_matches_disk, exchange_with_nonce, exchanges,
@@ -405,4 +406,52 @@ fn cgroup_mode_plants_breakpoints_in_its_processes_only() {
     let _ = target.child_mut().wait();
     let finished = agent.stop("INT");
     assert!(finished.status.success(), "{}", finished.dump());
+}
+
+/// A capture whose target makes no TLS call sleeps: the ring buffer is drained on a timer
+/// that backs off while nothing arrives (`agent/src/drain_pace.rs`). Over 3 s of a quiet
+/// target the agent wakes about 50 times (drains and rescans), where a fixed 10 ms drain
+/// woke it more than 300 times.
+#[test]
+fn an_idle_capture_wakes_rarely() {
+    if !privileged("capture --pid") {
+        return;
+    }
+    let ca = TestCa::new();
+    let out = tempfile::tempdir().expect("tempdir");
+    let sleeper = ChildGuard::spawn(Command::new("sleep").arg("60"), "sleep 60");
+    let agent = Agent::start(
+        out.path(),
+        &ca,
+        &["--pid".into(), sleeper.id().to_string().into()],
+    );
+    // Long enough for the drain's wait to reach its longest.
+    std::thread::sleep(Duration::from_secs(1));
+    let agent_pid = agent.child.id();
+    let before = voluntary_switches(agent_pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let woken = voluntary_switches(agent_pid) - before;
+    let finished = agent.stop("INT");
+    assert!(finished.status.success(), "{}", finished.dump());
+    assert!(
+        woken <= 100,
+        "the capture of a quiet process woke {woken} times in 3 s\n{}",
+        finished.dump()
+    );
+}
+
+/// The times every thread of `pid` gave up its CPU to wait (`voluntary_ctxt_switches`).
+fn voluntary_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the agent's threads");
+    tasks
+        .flatten()
+        .map(|task| {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
 }
