@@ -1,6 +1,7 @@
 //! Checks, before anything is loaded, that this machine and this user can run
 //! the probes, so a missing piece is one clear line instead of a verifier dump:
-//! privileges, a kernel new enough for the probes' helpers, BTF and uprobes.
+//! privileges, a kernel new enough for the probes' helpers, BTF, uprobes and the
+//! syscall tracepoints (tracefs is mounted if nothing did).
 
 use std::path::Path;
 
@@ -45,9 +46,13 @@ pub enum PreflightError {
         "this kernel has no uprobes (/sys/bus/event_source/devices/uprobe is missing): use a kernel built with CONFIG_UPROBE_EVENTS=y"
     )]
     NoUprobes,
+    /// tracefs out of reach, or no syscall tracepoints.
+    #[error("{0}")]
+    Tracefs(String),
 }
 
-/// Checks privileges, the kernel's version, BTF and uprobe support.
+/// Checks privileges, the kernel's version, BTF, uprobe support and the syscall
+/// tracepoints.
 pub fn check() -> Result<(), PreflightError> {
     check_privileges(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())?;
     check_release(
@@ -61,7 +66,8 @@ pub fn check() -> Result<(), PreflightError> {
     if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
         return Err(PreflightError::NoUprobes);
     }
-    Ok(())
+    llmsim_kernel::tracefs::ensure_syscall_tracepoints()
+        .map_err(|e| PreflightError::Tracefs(e.to_string()))
 }
 
 /// Refuses a kernel release older than [`MIN_KERNEL`]. A release that does not start with

@@ -1,9 +1,10 @@
 //! The capture probes, built on `llmsim_kernel`'s loader: sets the process
-//! filter, attaches the raw tracepoints and, per TLS library, the `SSL_*`
-//! uprobes (Go's `crypto/tls` ones in a Go binary) where its [`Placement`]
-//! says, in every process or only in each target process (see [`Reach`]),
-//! detaches a target's probes when it is gone, remembers each library's
-//! placement for the summary, and reads the ring buffer and the loss counters.
+//! filter, attaches the tracepoints (raw ones on the process lifecycle, syscall ones
+//! on the syscalls followed) and, per TLS library, the `SSL_*` uprobes (Go's
+//! `crypto/tls` ones in a Go binary) where its [`Placement`] says, in every process or
+//! only in each target process (see [`Reach`]), detaches a target's probes when it is
+//! gone, remembers each library's placement for the summary, and reads the ring buffer
+//! and the loss counters.
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
@@ -18,16 +19,19 @@ use std::{
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        ProgramError, RawTracePoint, UProbe,
+        ProgramError, RawTracePoint, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope},
     },
     sys::UProbeMultiFeature,
 };
 use llmsim_ebpf_common::{
     ConnKey, ConnLoss, DROP_REASONS, DropReason, Filter, FilterMode, LossKey, LossTotals,
-    PlainDestination, SkipTotals, SkippedConn,
+    PlainDestination, SkipTotals, SkippedConn, syscall,
 };
-use llmsim_kernel::object::{MapSizes, Object, ObjectError, Purpose, map_error, program_error};
+use llmsim_kernel::{
+    object::{MapSizes, Object, ObjectError, Purpose, map_error, program_error},
+    tracefs::{self, TracefsError},
+};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -36,25 +40,55 @@ use crate::{
     tls_libs::TlsLibrary,
 };
 
-/// Raw tracepoints attached at start: program name, tracepoint name.
-const RAW_TRACEPOINTS: [(&str, &str); 2] = [
-    ("sys_enter", "sys_enter"),
-    ("sched_process_exec", "sched_process_exec"),
+/// Where a kernel program is attached.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hook {
+    /// A raw tracepoint, by name.
+    Raw(&'static str),
+    /// The entry tracepoints (`syscalls/sys_enter_*`) of these syscalls.
+    Entries(&'static [u64]),
+    /// Their exit tracepoints (`syscalls/sys_exit_*`).
+    Exits(&'static [u64]),
+}
+
+/// A program and where it goes, attached once ([`Probes::attach_once`]): some only once
+/// a capture needs them, since every syscall, or every task created or exiting, on the
+/// machine runs them once attached.
+type Attachment = (&'static str, Hook);
+/// Attached at start: execs of traced processes, the socket calls and `close()`.
+const AT_START: [Attachment; 3] = [
+    ("sched_process_exec", Hook::Raw("sched_process_exec")),
+    ("sys_enter", Hook::Entries(&syscall::SOCKET_CALLS)),
+    ("sys_enter_close", Hook::Entries(&[syscall::CLOSE])),
 ];
-/// Raw tracepoints attached only once a capture needs them ([`Probes::attach_once`]),
-/// since every syscall, or every task created or exiting, on the machine runs them once
-/// attached: program name, tracepoint name.
-type OnDemand = (&'static str, &'static str);
 /// The syscall-exit program, for a syscall's result ([`Probes::need_exits`]).
-const SYSCALL_EXITS: OnDemand = ("sys_exit", "sys_exit");
-/// The programs that note a traced process's new tasks, so that each new process is held
-/// at its first syscall: attached with the first [`Probes::set_holding`].
-const NEW_TASK_WATCH: [OnDemand; 2] = [
-    ("sched_process_fork", "sched_process_fork"),
-    ("sched_process_exit", "sched_process_exit"),
+const SYSCALL_EXITS: Attachment = ("sys_exit", Hook::Exits(&syscall::EXITS));
+/// The programs that note a traced process's new tasks and catch each one's first
+/// syscall, where a new process is held: attached with the first [`Probes::set_holding`].
+const NEW_TASK_WATCH: [Attachment; 3] = [
+    ("sched_process_fork", Hook::Raw("sched_process_fork")),
+    ("sched_process_exit", Hook::Raw("sched_process_exit")),
+    ("sys_enter_first", Hook::Entries(&syscall::FIRST_CALLS)),
 ];
-/// The syscall program that finds rustls's sockets: attached with the first rustls object.
-const RUSTLS_SYSCALLS: OnDemand = ("rustls_sys_enter", "sys_enter");
+/// The syscall programs that find rustls's sockets: attached with the first rustls object.
+const RUSTLS_SYSCALLS: [Attachment; 2] = [
+    ("rustls_sys_enter", Hook::Entries(&syscall::SOCKET_IO)),
+    ("rustls_sys_enter_close", Hook::Entries(&[syscall::CLOSE])),
+];
+/// The raw tracepoint programs and the syscall tracepoint programs, loaded at start.
+const RAW_PROGRAMS: [&str; 3] = [
+    "sched_process_exec",
+    "sched_process_fork",
+    "sched_process_exit",
+];
+const SYSCALL_PROGRAMS: [&str; 6] = [
+    "sys_enter",
+    "sys_enter_close",
+    "sys_enter_first",
+    "sys_exit",
+    "rustls_sys_enter",
+    "rustls_sys_enter_close",
+];
 
 /// Failures of the capture probes.
 #[derive(Debug, Error)]
@@ -62,6 +96,9 @@ pub enum ProbeError {
     /// The object could not be loaded, or a program or map in it used.
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// The syscall tracepoints are out of reach.
+    #[error(transparent)]
+    Tracefs(TracefsError),
     /// A uprobe could not be attached to a TLS library.
     #[error("attaching `{symbol}` in {} failed", path.display())]
     Uprobe {
@@ -140,14 +177,14 @@ pub struct Probes {
     processes: StdHashMap<u32, ProcessProbes>,
     /// Where each object's probes go, in the order found.
     placed: Vec<PlacedObject>,
-    /// The [`OnDemand`] programs attached so far.
-    attached_on_demand: Vec<&'static str>,
+    /// The [`Attachment`]s made so far.
+    attached: Vec<Attachment>,
     /// Threads detaching the links of processes that are gone.
     releasing: Vec<JoinHandle<()>>,
 }
 
 impl Probes {
-    /// Loads the object and attaches the raw tracepoints. Uprobes come later,
+    /// Loads the object and attaches the tracepoints. Uprobes come later,
     /// per TLS library, through [`Probes::attach_tls_library`].
     pub fn load() -> Result<Self, ProbeError> {
         Self::load_sized(MapSizes::default())
@@ -155,11 +192,15 @@ impl Probes {
 
     /// Like [`Probes::load`], with the maps sized by `sizes`.
     pub fn load_sized(sizes: MapSizes) -> Result<Self, ProbeError> {
+        tracefs::ensure_syscall_tracepoints().map_err(ProbeError::Tracefs)?;
         let mut object = Object::load_sized(Purpose::Capture, sizes)?;
-        for (name, tracepoint) in RAW_TRACEPOINTS {
+        for name in RAW_PROGRAMS {
             let program: &mut RawTracePoint = object.program_mut(name)?;
             program.load().map_err(program_error(name))?;
-            program.attach(tracepoint).map_err(program_error(name))?;
+        }
+        for name in SYSCALL_PROGRAMS {
+            let program: &mut TracePoint = object.program_mut(name)?;
+            program.load().map_err(program_error(name))?;
         }
         // Multi-uprobes where the kernel filters them by process (6.6 and
         // later): a process's links then detach without the global lock and
@@ -171,23 +212,20 @@ impl Probes {
             let program: &mut UProbe = object.program_mut(name)?;
             program.load().map_err(program_error(name))?;
         }
-        for (name, _) in [RUSTLS_SYSCALLS, SYSCALL_EXITS]
-            .into_iter()
-            .chain(NEW_TASK_WATCH)
-        {
-            let program: &mut RawTracePoint = object.program_mut(name)?;
-            program.load().map_err(program_error(name))?;
-        }
-        Ok(Self {
+        let mut probes = Self {
             object,
             multi,
             reach: Reach::Everywhere,
             known: Vec::new(),
             processes: StdHashMap::new(),
             placed: Vec::new(),
-            attached_on_demand: Vec::new(),
+            attached: Vec::new(),
             releasing: Vec::new(),
-        })
+        };
+        for attachment in AT_START {
+            probes.attach_once(attachment)?;
+        }
+        Ok(probes)
     }
 
     /// Sets which processes the probes report (new processes are not held:
@@ -275,14 +313,31 @@ impl Probes {
         self.attach_once(SYSCALL_EXITS)
     }
 
-    /// Attaches an [`OnDemand`] program unless it is already. Left attached with the
-    /// object: what it follows (a connection, a held process) may outlive the need.
-    fn attach_once(&mut self, (name, tracepoint): OnDemand) -> Result<(), ProbeError> {
-        if !self.attached_on_demand.contains(&name) {
-            let program: &mut RawTracePoint = self.object.program_mut(name)?;
-            program.attach(tracepoint).map_err(program_error(name))?;
-            self.attached_on_demand.push(name);
+    /// Makes an [`Attachment`] unless it is made already. Left attached with the object:
+    /// what it follows (a connection, a held process) may outlive the need.
+    fn attach_once(&mut self, attachment: Attachment) -> Result<(), ProbeError> {
+        if self.attached.contains(&attachment) {
+            return Ok(());
         }
+        let (name, hook) = attachment;
+        let (end, calls) = match hook {
+            Hook::Raw(tracepoint) => {
+                let program: &mut RawTracePoint = self.object.program_mut(name)?;
+                program.attach(tracepoint).map_err(program_error(name))?;
+                self.attached.push(attachment);
+                return Ok(());
+            }
+            Hook::Entries(calls) => ("enter", calls),
+            Hook::Exits(calls) => ("exit", calls),
+        };
+        let program: &mut TracePoint = self.object.program_mut(name)?;
+        for &nr in calls {
+            let tracepoint = format!("sys_{end}_{}", syscall::name(nr));
+            program
+                .attach("syscalls", &tracepoint)
+                .map_err(program_error(name))?;
+        }
+        self.attached.push(attachment);
         Ok(())
     }
 
@@ -323,7 +378,9 @@ impl Probes {
             file,
         };
         if library.placement.kind == PlacementKind::Rustls {
-            self.attach_once(RUSTLS_SYSCALLS)?;
+            for attachment in RUSTLS_SYSCALLS {
+                self.attach_once(attachment)?;
+            }
         }
         // In the tracked processes, one failing is no reason to skip the
         // others: the first failure is returned once the object is known.

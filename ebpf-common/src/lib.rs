@@ -7,6 +7,8 @@
 
 use core::mem::size_of;
 
+pub mod syscall;
+
 /// Most bytes of payload carried by one ring-buffer record. Larger `SSL_*` calls are
 /// split into consecutive chunks of this size.
 pub const CHUNK_SIZE: usize = 16 * 1024;

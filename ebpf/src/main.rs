@@ -1,6 +1,6 @@
 //! llmsim's kernel programs. Uprobes on the TLS library's `SSL_*` functions
 //! (and on Go's `crypto/tls` in Go binaries) copy plaintext into one ring
-//! buffer; raw tracepoints on syscalls add each call's socket fd, connect
+//! buffer; syscall tracepoints add each call's socket fd, connect
 //! destinations and execs. Only processes selected by the `FILTER` map are
 //! reported; everything that cannot be delivered is counted.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]

@@ -244,8 +244,8 @@ pub unsafe fn atomic_add(counter: *mut u64, n: u64) {
 }
 
 /// New tasks of traced processes, by the address of their `task_struct`, from
-/// their creation (`sched_process_fork`, in the parent) to their first syscall
-/// or their exit, whichever comes first: a new process is held at that first
+/// their creation (`sched_process_fork`, in the parent) to their first followed
+/// syscall or their exit, whichever comes first: a new process is held at that
 /// syscall (see `probes::process`). Entries live for microseconds.
 #[map]
 pub static NEW_TASKS: HashMap<u64, u8> = HashMap::with_max_entries(8_192, 0);
@@ -254,7 +254,7 @@ pub static NEW_TASKS: HashMap<u64, u8> = HashMap::with_max_entries(8_192, 0);
 #[repr(u32)]
 #[derive(Clone, Copy)]
 pub enum Counted {
-    /// [`NEW_TASKS`], looked up at every syscall.
+    /// [`NEW_TASKS`], looked up at every followed syscall.
     NewTasks,
     /// [`TLS_CANDIDATES`], looked up at every socket write.
     TlsCandidates,
@@ -263,7 +263,7 @@ pub enum Counted {
 }
 
 /// How many entries the maps `sys_enter` would otherwise look up for every
-/// (socket) syscall on the machine hold, by [`Counted`]: while a map's count is
+/// followed (socket) syscall on the machine hold, by [`Counted`]: while a map's count is
 /// zero, its lookup is skipped for one array read. Added to by an insertion
 /// that adds a key and taken from by a removal that finds one; an LRU map's
 /// evictions leave its count too high, which costs lookups and never skips one.

@@ -54,7 +54,7 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     }
     let own = PathBuf::from(OWN_MOUNT);
     std::fs::create_dir_all(&own).map_err(|_| CgroupError::NoCgroup2)?;
-    crate::sys::mount_cgroup2(&own).map_err(|_| CgroupError::NoCgroup2)?;
+    crate::sys::mount_kernel_fs(c"cgroup2", &own).map_err(|_| CgroupError::NoCgroup2)?;
     Ok(own)
 }
 

@@ -1,7 +1,7 @@
 //! Starting a command inside a cgroup, and the system calls that takes which std
 //! does not wrap: what the child does between fork and exec (join the cgroup,
-//! drop to the invoking user, die with its parent), and mounting cgroup2 where
-//! none is visible. Also the exit code a shell reports for the child, and a
+//! drop to the invoking user, die with its parent), and mounting cgroup2 or tracefs
+//! where none is visible. Also the exit code a shell reports for the child, and a
 //! blocking wait for a readable fd (the probes' log ring).
 //! The only `unsafe` in this crate.
 #![expect(unsafe_code, reason = "libc calls without safe std equivalents")]
@@ -22,8 +22,8 @@ use std::{
 
 use llmsim_snapshot::atomic::Owner;
 
-/// Mounts the cgroup2 filesystem at `target`.
-pub fn mount_cgroup2(target: &Path) -> io::Result<()> {
+/// Mounts the kernel filesystem `fstype` (`cgroup2`, `tracefs`) at `target`.
+pub fn mount_kernel_fs(fstype: &CStr, target: &Path) -> io::Result<()> {
     let target = CString::new(target.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: all pointers are valid NUL-terminated strings; data is null.
@@ -31,7 +31,7 @@ pub fn mount_cgroup2(target: &Path) -> io::Result<()> {
         libc::mount(
             c"none".as_ptr(),
             target.as_ptr(),
-            c"cgroup2".as_ptr(),
+            fstype.as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             std::ptr::null(),
         )

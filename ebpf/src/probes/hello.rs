@@ -2,7 +2,7 @@
 //! a TLS handshake record: userspace parses the `ClientHello`'s server name from
 //! them and reports each TLS connection no library probe decrypted (capture's
 //! coverage report); the peer is the one of the socket's connect event. Called
-//! from the raw syscall tracepoints (`syscalls.rs`): a traced `connect()` makes
+//! from the syscall tracepoints (`syscalls.rs`): a traced `connect()` makes
 //! the socket a candidate, and its first
 //! write/writev/sendto/sendmsg is looked at once, at syscall entry, whether or
 //! not a TLS library call is in progress; `close()` forgets a socket never written.
@@ -10,17 +10,16 @@
 use aya_ebpf::helpers::{
     bpf_probe_read_user, generated::bpf_probe_read_user as probe_read_user_raw,
 };
-use llmsim_ebpf_common::{DropReason, EventKind, TLS_HELLO_LEN, TlsHelloEvent};
+use llmsim_ebpf_common::{
+    DropReason, EventKind, TLS_HELLO_LEN, TlsHelloEvent,
+    syscall::{SENDMSG, SENDTO, WRITE, WRITEV},
+};
 
 use super::{header, plain::socket_key};
 use crate::maps::{
     Counted, EVENTS, TLS_CANDIDATES, count_drop, holds_entries, insert_counted, remove_counted,
 };
 
-const SYS_WRITE: u64 = 1;
-const SYS_WRITEV: u64 = 20;
-const SYS_SENDTO: u64 = 44;
-const SYS_SENDMSG: u64 = 46;
 /// `offsetof(struct msghdr, msg_iov)` on `x86_64`.
 const MSG_IOV: u64 = 16;
 /// The TLS record content type of a handshake record.
@@ -66,9 +65,9 @@ pub fn first_write(
     id: u64,
     pid_tgid: u64,
     fd: u64,
-    read_args: impl FnOnce() -> Result<(u64, u64), i64>,
+    read_args: impl FnOnce() -> (u64, u64),
 ) -> Result<(), i64> {
-    if !matches!(id, SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG) {
+    if !matches!(id, WRITE | WRITEV | SENDTO | SENDMSG) {
         return Ok(());
     }
     if !remove_counted(
@@ -78,7 +77,7 @@ pub fn first_write(
     ) {
         return Ok(());
     }
-    let (pointer, count) = read_args()?;
+    let (pointer, count) = read_args();
     let (buf, len) = first_buffer(id, pointer, count)?;
     // SAFETY: a user pointer, read fault-tolerantly.
     let first = unsafe { bpf_probe_read_user(buf as *const u8) }?;
@@ -127,8 +126,8 @@ pub fn first_write(
 pub(super) fn first_buffer(id: u64, pointer: u64, count: u64) -> Result<(u64, u64), i64> {
     // SAFETY: user pointers read fault-tolerantly.
     Ok(match id {
-        SYS_WRITEV => unsafe { bpf_probe_read_user(pointer as *const [u64; 2]) }?.into(),
-        SYS_SENDMSG => {
+        WRITEV => unsafe { bpf_probe_read_user(pointer as *const [u64; 2]) }?.into(),
+        SENDMSG => {
             let iov = unsafe { bpf_probe_read_user((pointer + MSG_IOV) as *const u64) }?;
             unsafe { bpf_probe_read_user(iov as *const [u64; 2]) }?.into()
         }

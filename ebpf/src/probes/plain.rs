@@ -1,7 +1,7 @@
 //! Plaintext TCP from the socket syscalls, for destinations userspace selected in
 //! `PLAIN_DESTINATIONS` (`--host HOST:PORT`, `--any-host`): local model servers
 //! (Ollama, vLLM, llama.cpp) speak plain HTTP, so there is no TLS library to probe.
-//! Called from the raw syscall tracepoints (`syscalls.rs`), not hooks of their own.
+//! Called from the syscall tracepoints (`syscalls.rs`), not hooks of their own.
 //!
 //! A traced process's `connect()` to a selected destination marks the socket
 //! (`tgid`, fd) with a connection id; its read/write/readv/writev/sendto/recvfrom/
@@ -24,7 +24,10 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user, generated::bpf_loop},
 };
-use llmsim_ebpf_common::{Direction, DropReason, PLAIN_CONNECTION, PlainDestination};
+use llmsim_ebpf_common::{
+    Direction, DropReason, PLAIN_CONNECTION, PlainDestination,
+    syscall::{READV, RECVMSG, SENDMSG, SENDTO, WRITE, WRITEV},
+};
 
 use crate::{
     emit::{self, Call},
@@ -34,12 +37,6 @@ use crate::{
     },
 };
 
-const SYS_WRITE: u64 = 1;
-const SYS_READV: u64 = 19;
-const SYS_WRITEV: u64 = 20;
-const SYS_SENDTO: u64 = 44;
-const SYS_SENDMSG: u64 = 46;
-const SYS_RECVMSG: u64 = 47;
 /// Most iovecs of one `readv`/`writev`/`sendmsg`/`recvmsg` copied; the bytes of the
 /// rest are lost, for [`DropReason::ChunkCap`] (HTTP clients pass two or three).
 const MAX_IOVECS: u32 = 8;
@@ -127,7 +124,7 @@ pub fn enter(
     id: u64,
     pid_tgid: u64,
     fd: u64,
-    read_args: impl FnOnce() -> Result<(u64, u64), i64>,
+    read_args: impl FnOnce() -> (u64, u64),
 ) -> Result<(), i64> {
     if !selecting() {
         return Ok(());
@@ -136,15 +133,15 @@ pub fn enter(
     let Some(socket) = (unsafe { PLAIN_SOCKETS.get(&socket_key(pid_tgid, fd)) }).copied() else {
         return Ok(());
     };
-    let (pointer, count) = read_args()?;
+    let (pointer, count) = read_args();
     // The rest are read (0) and recvfrom (45), whose buffer is `pointer` too.
     let direction = match id {
-        SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG => Direction::Write,
+        WRITE | WRITEV | SENDTO | SENDMSG => Direction::Write,
         _ => Direction::Read,
     };
     let (buf, iovcnt) = match id {
-        SYS_READV | SYS_WRITEV => (pointer, count),
-        SYS_SENDMSG | SYS_RECVMSG => {
+        READV | WRITEV => (pointer, count),
+        SENDMSG | RECVMSG => {
             // SAFETY: user pointers read fault-tolerantly.
             let iov = unsafe { bpf_probe_read_user((pointer + MSG_IOV) as *const u64) }?;
             let iovlen = unsafe { bpf_probe_read_user((pointer + MSG_IOVLEN) as *const u64) }?;
@@ -192,10 +189,7 @@ pub fn exit(pid_tgid: u64, ret: i64) {
         return;
     };
     let moved = ret.cast_unsigned();
-    let iovecs = matches!(
-        plain.syscall,
-        SYS_READV | SYS_WRITEV | SYS_SENDMSG | SYS_RECVMSG
-    );
+    let iovecs = matches!(plain.syscall, READV | WRITEV | SENDMSG | RECVMSG);
     // SAFETY: a live map value; only this process's threads use its sockets.
     if unsafe { (*socket).checked } == 0 {
         // SAFETY: as above.

@@ -10,8 +10,11 @@
 //! runs in the child before its first instruction is the `sys_exit`
 //! tracepoint, and every syscall on the machine would pay for that. The
 //! child's task is noted at its creation instead ([`sched_process_fork`], in
-//! the parent), and `sys_enter` looks the current task up only while some
-//! are noted.
+//! the parent), and `sys_enter`, attached while processes are held to the calls
+//! new tasks make first as well as to the socket calls
+//! (`llmsim_ebpf_common::syscall::FIRST_CALLS`), looks the current task up only
+//! while some are noted. A child whose first syscall is none of those is held
+//! at its first socket call or exec, before it can open or write to a connection.
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
@@ -22,7 +25,10 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use llmsim_ebpf_common::{DropReason, EventKind, ExecEvent, ForkEvent};
+use llmsim_ebpf_common::{
+    DropReason, EventKind, ExecEvent, ForkEvent,
+    syscall::{EXECVE, EXECVEAT},
+};
 
 use super::header;
 use crate::{
@@ -30,8 +36,6 @@ use crate::{
     maps::{Counted, EVENTS, FILTER, NEW_TASKS, count_drop, count_entries, holds_entries},
 };
 
-/// `x86_64` syscall numbers of `execve` and `execveat`.
-const EXEC_SYSCALLS: [u64; 2] = [59, 322];
 const SIGSTOP: u32 = 19;
 
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`; kernel >= 4.17.
@@ -88,21 +92,29 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
 }
 
 /// Whether some new task waits for its first syscall: one array read, which
-/// is all that `sys_enter` adds to a syscall the rest of the time.
+/// is all that [`on_syscall`] adds to a followed syscall the rest of the time.
 #[inline(always)]
-pub fn new_tasks_noted() -> bool {
+fn new_tasks_noted() -> bool {
     holds_entries(Counted::NewTasks)
 }
 
-/// Called from `sys_enter` (syscall `id`) while [`new_tasks_noted`]: the
-/// current task's first syscall, if it is a noted new task. A new process is
+/// Called at the entry of every followed syscall (`id`): the current task's first,
+/// if it is a noted new task; see [`first_syscall`].
+#[inline(always)]
+pub fn on_syscall(id: u64) {
+    if new_tasks_noted() {
+        first_syscall(id);
+    }
+}
+
+/// The current task's first followed syscall, if it is a noted new task. A new process is
 /// reported, so that userspace drops what it planted for an exited process of
 /// the same pid, and stopped, unless that first syscall is an exec (a `vfork`
 /// child's, say), which [`sched_process_exec`] stops in the new program. A new
 /// thread shares its process's probes. A BPF subprogram of its own, so
 /// `sys_enter`'s other paths are verified without it.
 #[inline(never)]
-pub fn on_syscall(id: u64) {
+fn first_syscall(id: u64) {
     // SAFETY: plain helper call without arguments.
     if !forget(unsafe { bpf_get_current_task() }) {
         return;
@@ -113,7 +125,7 @@ pub fn on_syscall(id: u64) {
     }
     match EVENTS.reserve::<ForkEvent>(0) {
         Some(mut entry) => {
-            let held = if EXEC_SYSCALLS.contains(&id) {
+            let held = if id == EXECVE || id == EXECVEAT {
                 0
             } else {
                 stop()

@@ -26,27 +26,24 @@
 //! call whose entry was lost.
 
 use aya_ebpf::{
-    bindings::pt_regs,
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
-    },
-    macros::{map, raw_tracepoint, uprobe, uretprobe},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, tracepoint, uprobe, uretprobe},
     maps::LruHashMap,
-    programs::{ProbeContext, RawTracePointContext, RetProbeContext},
+    programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
-use llmsim_ebpf_common::{Direction, RUSTLS_CONNECTION};
+use llmsim_ebpf_common::{Direction, RUSTLS_CONNECTION, syscall::SOCKET_READS};
 
-use super::{hello::first_buffer, plain::socket_key, uprobe_pair};
+use super::{
+    hello::first_buffer,
+    plain::socket_key,
+    syscalls::{syscall_arg, syscall_nr},
+    uprobe_pair,
+};
 use crate::{
     emit::{self, Call},
     filter::is_traced,
 };
 
-/// `x86_64` syscall numbers: read, readv, recvfrom, recvmsg.
-const READ_SYSCALLS: [u64; 4] = [0, 19, 45, 47];
-/// write, writev, sendto, sendmsg.
-const WRITE_SYSCALLS: [u64; 4] = [1, 20, 44, 46];
-const SYS_CLOSE: u64 = 3;
 /// TLS record content types: `change_cipher_spec`, alert, handshake, application data.
 const RECORD_TYPES: core::ops::RangeInclusive<u8> = 20..=23;
 
@@ -173,54 +170,55 @@ uprobe_pair! {
     }
 }
 
-/// `sys_enter(struct pt_regs *regs, long id)`, kernel >= 4.17: notes TLS sockets,
-/// the thread's last one read from, emits accepted plaintext at the thread's next
-/// record write, and ends a TLS socket's connection at its `close()`.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn rustls_sys_enter(ctx: RawTracePointContext) -> i32 {
+/// Entry of a socket I/O syscall (`syscall::SOCKET_IO`): notes TLS sockets, the thread's
+/// last one read from, and emits accepted plaintext at the thread's next record write.
+#[tracepoint]
+pub fn rustls_sys_enter(ctx: TracePointContext) -> u32 {
     let _ = try_sys_enter(&ctx);
     0
 }
 
-fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let id: u64 = ctx.arg(1);
-    let is_read = READ_SYSCALLS.contains(&id);
-    let is_write = WRITE_SYSCALLS.contains(&id);
-    if !(is_read || is_write || id == SYS_CLOSE) || !is_traced() {
-        return Ok(());
+/// Entry of `close()`: ends a TLS socket's connection.
+#[tracepoint]
+pub fn rustls_sys_enter_close(ctx: TracePointContext) -> u32 {
+    let Some(pid_tgid) = rustls_thread() else {
+        return 0;
+    };
+    let key = socket_key(pid_tgid, syscall_arg(&ctx, 0));
+    // SAFETY: the value is copied.
+    if let Some(conn) = (unsafe { RUSTLS_SOCKETS.get(&key) }).copied() {
+        let _ = RUSTLS_SOCKETS.remove(&key);
+        emit::end(conn);
+    }
+    0
+}
+
+/// The current thread's `pid_tgid`, if its process is traced and called rustls.
+#[inline(always)]
+fn rustls_thread() -> Option<u64> {
+    if !is_traced() {
+        return None;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: the value is only tested for presence.
-    if unsafe { RUSTLS_PROCESSES.get(&((pid_tgid >> 32) as u32)) }.is_none() {
+    unsafe { RUSTLS_PROCESSES.get(&((pid_tgid >> 32) as u32)) }.map(|_| pid_tgid)
+}
+
+fn try_sys_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(pid_tgid) = rustls_thread() else {
         return Ok(());
-    }
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: `regs` is the kernel pointer the tracepoint passes; read fault-tolerantly.
-    let fd = unsafe { bpf_probe_read_kernel(&raw const (*regs).rdi) }?;
+    };
+    let id = syscall_nr(ctx);
+    let fd = syscall_arg(ctx, 0);
     let key = socket_key(pid_tgid, fd);
-    if id == SYS_CLOSE {
-        // SAFETY: the value is copied.
-        if let Some(conn) = (unsafe { RUSTLS_SOCKETS.get(&key) }).copied() {
-            let _ = RUSTLS_SOCKETS.remove(&key);
-            emit::end(conn);
-        }
-        return Ok(());
-    }
-    if is_read {
+    if SOCKET_READS.contains(&id) {
         // SAFETY: the value is only tested for presence.
         if unsafe { RUSTLS_SOCKETS.get(&key) }.is_some() {
             let _ = RUSTLS_READ_FDS.insert(&pid_tgid, &(fd.cast_signed()), 0);
         }
         return Ok(());
     }
-    // SAFETY: as above.
-    let (pointer, count) = unsafe {
-        (
-            bpf_probe_read_kernel(&raw const (*regs).rsi)?,
-            bpf_probe_read_kernel(&raw const (*regs).rdx)?,
-        )
-    };
-    let (buf, len) = first_buffer(id, pointer, count)?;
+    let (buf, len) = first_buffer(id, syscall_arg(ctx, 1), syscall_arg(ctx, 2))?;
     // SAFETY: a user pointer read fault-tolerantly.
     if len == 0 || !RECORD_TYPES.contains(&unsafe { bpf_probe_read_user(buf as *const u8) }?) {
         return Ok(());
