@@ -58,8 +58,8 @@ pub const EXITS: [u64; 10] = [
 /// process is stopped before `fork()` returns in it. glibc's child makes
 /// `set_robust_list` first, musl's `set_tid_address`; a glibc thread `rseq` or
 /// `set_robust_list`, a Go thread `gettid`; a `vfork` child execs. A task that makes none
-/// of these first is held at its first socket call or `close()` instead, before it can
-/// connect or write to a socket.
+/// of these first is held at its first socket call or `close()` instead, before that
+/// call runs.
 pub const FIRST_CALLS: [u64; 6] = [
     SET_ROBUST_LIST,
     SET_TID_ADDRESS,

@@ -10,11 +10,11 @@
 //! runs in the child before its first instruction is the `sys_exit`
 //! tracepoint, and every syscall on the machine would pay for that. The
 //! child's task is noted at its creation instead ([`sched_process_fork`], in
-//! the parent), and `sys_enter`, attached while processes are held to the calls
-//! new tasks make first as well as to the socket calls
-//! (`llmsim_ebpf_common::syscall::FIRST_CALLS`), looks the current task up only
-//! while some are noted. A child whose first syscall is none of those is held
-//! at its first socket call or exec, before it can open or write to a connection.
+//! the parent), and the syscall programs (`sys_enter_first`, attached while
+//! processes are held to the calls new tasks make first,
+//! `llmsim_ebpf_common::syscall::FIRST_CALLS`, and those on the socket calls) look
+//! the current task up only while some are noted. A child whose first syscall is none of those is held
+//! at its first socket call, `close()` or exec, before that call runs.
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
