@@ -28,10 +28,7 @@ use llmsim_ebpf_common::{
     ConnKey, ConnLoss, DROP_REASONS, DropReason, Filter, FilterMode, LossKey, LossTotals,
     PlainDestination, SkipTotals, SkippedConn, syscall,
 };
-use llmsim_kernel::{
-    object::{MapSizes, Object, ObjectError, Purpose, map_error, program_error},
-    tracefs::{self, TracefsError},
-};
+use llmsim_kernel::object::{MapSizes, Object, ObjectError, Purpose, map_error, program_error};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -96,9 +93,6 @@ pub enum ProbeError {
     /// The object could not be loaded, or a program or map in it used.
     #[error(transparent)]
     Object(#[from] ObjectError),
-    /// The syscall tracepoints are out of reach.
-    #[error(transparent)]
-    Tracefs(TracefsError),
     /// A uprobe could not be attached to a TLS library.
     #[error("attaching `{symbol}` in {} failed", path.display())]
     Uprobe {
@@ -184,15 +178,15 @@ pub struct Probes {
 }
 
 impl Probes {
-    /// Loads the object and attaches the tracepoints. Uprobes come later,
-    /// per TLS library, through [`Probes::attach_tls_library`].
+    /// Loads the object and attaches the tracepoints, which needs tracefs reachable
+    /// (`crate::preflight::check` sees to it). Uprobes come later, per TLS library,
+    /// through [`Probes::attach_tls_library`].
     pub fn load() -> Result<Self, ProbeError> {
         Self::load_sized(MapSizes::default())
     }
 
     /// Like [`Probes::load`], with the maps sized by `sizes`.
     pub fn load_sized(sizes: MapSizes) -> Result<Self, ProbeError> {
-        tracefs::ensure_syscall_tracepoints().map_err(ProbeError::Tracefs)?;
         let mut object = Object::load_sized(Purpose::Capture, sizes)?;
         for name in RAW_PROGRAMS {
             let program: &mut RawTracePoint = object.program_mut(name)?;
@@ -320,16 +314,25 @@ impl Probes {
             return Ok(());
         }
         let (name, hook) = attachment;
-        let (end, calls) = match hook {
+        match hook {
             Hook::Raw(tracepoint) => {
                 let program: &mut RawTracePoint = self.object.program_mut(name)?;
                 program.attach(tracepoint).map_err(program_error(name))?;
-                self.attached.push(attachment);
-                return Ok(());
             }
-            Hook::Entries(calls) => ("enter", calls),
-            Hook::Exits(calls) => ("exit", calls),
-        };
+            Hook::Entries(calls) => self.attach_syscalls(name, "enter", calls)?,
+            Hook::Exits(calls) => self.attach_syscalls(name, "exit", calls)?,
+        }
+        self.attached.push(attachment);
+        Ok(())
+    }
+
+    /// Attaches program `name` to the `syscalls/sys_{end}_*` tracepoint of each of `calls`.
+    fn attach_syscalls(
+        &mut self,
+        name: &'static str,
+        end: &str,
+        calls: &[u64],
+    ) -> Result<(), ProbeError> {
         let program: &mut TracePoint = self.object.program_mut(name)?;
         for &nr in calls {
             let tracepoint = format!("sys_{end}_{}", syscall::name(nr));
@@ -337,7 +340,6 @@ impl Probes {
                 .attach("syscalls", &tracepoint)
                 .map_err(program_error(name))?;
         }
-        self.attached.push(attachment);
         Ok(())
     }
 

@@ -12,6 +12,7 @@ use std::{
 
 use llmsim_agent::{
     events::{Event, decode},
+    preflight,
     probes::{Probes, Selection},
     tls_libs::Scanner,
 };
@@ -63,6 +64,8 @@ fn plaintext_of_a_real_curl_request_arrives_through_the_ring_buffer() {
     if !llmsim_tests::privileged("uprobe_smoke") {
         return;
     }
+    // What a capture checks first; it also makes the syscall tracepoints reachable.
+    preflight::check().expect("preflight");
     let mut probes = Probes::load().unwrap_or_else(|e| panic!("loading probes: {e:#?}"));
     let libssl = Scanner::default()
         .system_libraries()

@@ -13,8 +13,9 @@
 //! the parent), and the syscall programs (`sys_enter_first`, attached while
 //! processes are held to the calls new tasks make first,
 //! `llmsim_ebpf_common::syscall::FIRST_CALLS`, and those on the socket calls) look
-//! the current task up only while some are noted. A child whose first syscall is none of those is held
-//! at its first socket call, `close()` or exec, before that call runs.
+//! the current task up only while some are noted. A child whose first syscall is
+//! none of those is held at its first socket call, `close()` or exec, before that
+//! call runs.
 
 use aya_ebpf::{
     bindings::BPF_RB_FORCE_WAKEUP,
@@ -107,8 +108,8 @@ pub fn on_syscall(id: u64) {
     }
 }
 
-/// The current task's first followed syscall, if it is a noted new task. A new process is
-/// reported, so that userspace drops what it planted for an exited process of
+/// The current task's first followed syscall, if it is a noted new task. A new process
+/// is reported, so that userspace drops what it planted for an exited process of
 /// the same pid, and stopped, unless that first syscall is an exec (a `vfork`
 /// child's, say), which [`sched_process_exec`] stops in the new program. A new
 /// thread shares its process's probes. A BPF subprogram of its own, so
