@@ -20,6 +20,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -32,6 +33,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use crate::ca::{ALPN, H2_ALPN, LeafResolver};
 use crate::engine::Engine;
 use crate::h2_writes::Unvectored;
+use crate::head_timeout;
 use crate::io_error::{RESOURCE_BACK_OFF, is_resource_exhaustion, is_transient};
 use crate::peer::ClientProcess;
 use crate::report::RejectedCa;
@@ -42,7 +44,8 @@ use crate::workers::WorkersHandle;
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a request head may take to arrive.
+/// How long a request head may take to arrive whole, from the connection's start or (on
+/// HTTP/1.1) from the end of the answer before it.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many streams an HTTP/2 client may have open at once on one connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 200;
@@ -123,6 +126,12 @@ pub enum ConnectionError {
     /// did not come in time.
     #[error("the client's first bytes did not tell HTTP/1.1 from HTTP/2 within {timeout:?}")]
     Undecided {
+        /// The limit.
+        timeout: Duration,
+    },
+    /// An HTTP/1.1 request head did not come in whole in time ([`crate::head_timeout`]).
+    #[error("the client sent no whole request head within {timeout:?}")]
+    HeadTimeout {
         /// The limit.
         timeout: Duration,
     },
@@ -488,9 +497,8 @@ impl Acceptor {
         let service = app(self.engine.clone(), info);
         match protocol {
             Protocol::Http1 => {
+                let (service, mut head) = head_timeout::watch(service, HEADER_READ_TIMEOUT);
                 let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
                     .keep_alive(true)
                     // An answer's head and body copied into one buffer and sent with one
                     // `write`, rather than gathered by `writev`: a recorded answer is small,
@@ -498,29 +506,33 @@ impl Acceptor {
                     // requests a second in `bench replay --only sdk-post`'s load).
                     .writev(false)
                     .serve_connection(io, service);
-                self.until_shutdown(connection, http1::Connection::graceful_shutdown)
-                    .await
+                self.until_shutdown(connection, http1::Connection::graceful_shutdown, |cx| {
+                    head.poll_overdue(cx)
+                })
+                .await
             }
             Protocol::Http2 => {
                 let connection = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
                     .serve_connection(Unvectored(io), service);
-                self.until_shutdown(connection, http2::Connection::graceful_shutdown)
+                self.until_shutdown(connection, http2::Connection::graceful_shutdown, |_| false)
                     .await
             }
         }
     }
 
     /// Runs `connection` to its end, asking it to close gracefully (`graceful`) once
-    /// shutdown begins. The shutdown's future is polled once, which is enough for it to wake
-    /// the task when shutdown begins; every later wake-up only reads [`ShutdownWatch::has_begun`].
+    /// shutdown begins, and ending it when `head_overdue` tells that a request head came
+    /// too late. The shutdown's future is polled once, which is enough for it to wake the
+    /// task when shutdown begins; every later wake-up only reads [`ShutdownWatch::has_begun`].
     /// Polling that future at each of the connection's wake-ups took a lock shared by every
     /// connection of every serving thread: about 3% of the requests a second under load.
     async fn until_shutdown<C>(
         &self,
         connection: C,
         graceful: fn(Pin<&mut C>),
+        mut head_overdue: impl FnMut(&mut Context<'_>) -> bool,
     ) -> Result<(), ConnectionError>
     where
         C: Future<Output = hyper::Result<()>>,
@@ -530,7 +542,7 @@ impl Acceptor {
         tokio::pin!(connection, begun);
         let mut watching = true;
         let mut closing = false;
-        let result = std::future::poll_fn(|cx| {
+        std::future::poll_fn(|cx| {
             if watching {
                 watching = false;
                 let _ = begun.as_mut().poll(cx);
@@ -539,17 +551,25 @@ impl Acceptor {
                 closing = true;
                 graceful(connection.as_mut());
             }
-            connection.as_mut().poll(cx)
+            match connection.as_mut().poll(cx) {
+                Poll::Ready(result) => {
+                    Poll::Ready(result.map_err(|source| ConnectionError::Http { source }))
+                }
+                Poll::Pending if head_overdue(cx) => {
+                    Poll::Ready(Err(ConnectionError::HeadTimeout {
+                        timeout: HEADER_READ_TIMEOUT,
+                    }))
+                }
+                Poll::Pending => Poll::Pending,
+            }
         })
-        .await;
-        result.map_err(|source| ConnectionError::Http { source })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Context, Poll};
 
     use bytes::Bytes;
     use http_body_util::{BodyExt as _, Full};
@@ -674,7 +694,7 @@ mod tests {
             .unwrap();
         let ended = served.await.unwrap();
         assert!(
-            matches!(&ended, Err(ConnectionError::Http { source }) if source.is_timeout()),
+            matches!(&ended, Err(ConnectionError::HeadTimeout { timeout }) if *timeout == HEADER_READ_TIMEOUT),
             "{ended:?}"
         );
         assert_eq!(answered_at.elapsed(), HEADER_READ_TIMEOUT);

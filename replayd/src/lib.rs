@@ -30,6 +30,7 @@ pub mod error;
 pub mod explain;
 pub mod faults;
 pub mod h2_writes;
+pub mod head_timeout;
 mod interned;
 pub mod io_error;
 pub mod latency;

@@ -161,8 +161,8 @@ struct Arrival {
 
 /// Reads what has arrived on `stream` into `buf`, and tells when it reached the socket
 /// (the receive timestamp of the last segment read, taken from the real-time clock and
-/// put on the monotonic one) and when it was read. With no timestamp, the read's own
-/// instant stands for both.
+/// put on the monotonic one by [`clock_pair`]) and when it was read. With no timestamp,
+/// the read's own instant stands for both.
 fn timestamped_read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<(usize, [Instant; 2])> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!(TimeSpec);
@@ -172,10 +172,7 @@ fn timestamped_read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<(usize
         Some(&mut space),
         MsgFlags::empty(),
     )?;
-    let read = Instant::now();
-    let wall = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let (read, wall) = clock_pair();
     let mut queued = read;
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmTimestampns(stamp) = cmsg {
@@ -184,6 +181,33 @@ fn timestamped_read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<(usize
         }
     }
     Ok((msg.bytes, [queued, read]))
+}
+
+/// How many times [`clock_pair`] reads the clocks, keeping the closest pair.
+const CLOCK_PAIR_TRIES: usize = 3;
+
+/// The real-time clock's reading (since the epoch) and a monotonic instant taken just after
+/// it: the closest of [`CLOCK_PAIR_TRIES`] pairs, each the wall clock between two monotonic
+/// readings. The later monotonic reading is the one kept, so a timestamp put on the
+/// monotonic clock through the pair can only come out later than it was, by the gap,
+/// never earlier. A thread preempted between the two reads (2,000 client threads share two
+/// cores) widened that gap to tens of microseconds; read the other way round, the
+/// monotonic clock first, such a gap made an event look that much early.
+fn clock_pair() -> (Instant, Duration) {
+    let mut closest: Option<(Duration, Instant, Duration)> = None;
+    for _ in 0..CLOCK_PAIR_TRIES {
+        let before = Instant::now();
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let after = Instant::now();
+        let gap = after - before;
+        if closest.is_none_or(|(best, ..)| gap < best) {
+            closest = Some((gap, after, wall));
+        }
+    }
+    let (_, after, wall) = closest.expect("at least one try");
+    (after, wall)
 }
 
 /// Fetches the stream on `args.streams` connections at once, their requests spread evenly
