@@ -390,9 +390,10 @@ impl Nginx {
         // comparison is with the best nginx can do; worker_processes auto is one per core.
         // Each listener is `reuseport`, so the kernel splits the connections between the
         // workers, about evenly, as replayd's acceptor does. Without it each worker took
-        // whatever it woke first for, and a round in which one worker held nearly all of a
-        // load generator's 64 connections ran a third faster on two cores (228k against
-        // 155-166k req/s), which moved the comparison by chance.
+        // whatever it woke first for, and the more of a load generator's 64 connections one
+        // worker held, the faster nginx ran on two cores (by hand: 177k req/s with 56 of
+        // them, 140-159k with even splits; one benchmark round at 228k against 155-166k),
+        // which moved the comparison by chance.
         let workers = match cpu {
             Some(cpu) => format!(
                 "worker_processes 1;\nworker_cpu_affinity {mask:b};",
