@@ -33,6 +33,32 @@ pub fn write_stream_snapshot(dir: &Path, offsets: &[f64]) {
     );
 }
 
+/// The request for the stream, to replayd at `addr`.
+pub fn stream_request(addr: SocketAddr) -> String {
+    format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+}
+
+/// Counts the events that have ended (a blank line, `\n\n`) in an answer read in pieces.
+#[derive(Clone, Debug, Default)]
+pub struct EndedEvents {
+    ended: usize,
+    /// The last byte taken in, so a blank line split between two reads is counted.
+    last: u8,
+}
+
+impl EndedEvents {
+    /// Takes in the next bytes read; how many events have ended so far.
+    pub fn feed(&mut self, bytes: &[u8]) -> usize {
+        for &byte in bytes {
+            if byte == b'\n' && self.last == b'\n' {
+                self.ended += 1;
+            }
+            self.last = byte;
+        }
+        self.ended
+    }
+}
+
 /// One request for the stream, sent; its events are read with [`StreamFetch::arrivals`].
 pub struct StreamFetch {
     stream: TcpStream,
@@ -45,36 +71,19 @@ impl StreamFetch {
     pub fn start(mut stream: TcpStream, addr: SocketAddr) -> io::Result<Self> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let request =
-            format!("GET {STREAM_PATH} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request = stream_request(addr);
         let sent = Instant::now();
         stream.write_all(request.as_bytes())?;
         Ok(StreamFetch { stream, sent })
     }
 
     /// Reads until `count` events have ended; when each arrived, after the request was sent.
-    pub fn arrivals(self, count: usize) -> io::Result<Vec<Duration>> {
-        let sent = self.sent;
-        let read = self.arrivals_as(count, |stream, buf| {
-            let n = stream.read(buf)?;
-            Ok((n, Instant::now()))
-        })?;
-        Ok(read.into_iter().map(|at| at - sent).collect())
-    }
-
-    /// Reads until `count` events have ended with `read`, which reads what has arrived
-    /// into the buffer and tells when it arrived; for each event, what `read` told for the
-    /// read in which it ended.
-    pub fn arrivals_as<T: Clone>(
-        mut self,
-        count: usize,
-        mut read: impl FnMut(&mut TcpStream, &mut [u8]) -> io::Result<(usize, T)>,
-    ) -> io::Result<Vec<T>> {
+    pub fn arrivals(mut self, count: usize) -> io::Result<Vec<Duration>> {
         let mut arrivals = Vec::new();
-        let mut answer = Vec::new();
+        let mut ended = EndedEvents::default();
         let mut buf = [0u8; 16 * 1024];
         while arrivals.len() < count {
-            let (n, at) = read(&mut self.stream, &mut buf).map_err(|e| {
+            let n = self.stream.read(&mut buf).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("reading the stream after {} events: {e}", arrivals.len()),
@@ -89,10 +98,26 @@ impl StreamFetch {
                     ),
                 ));
             }
-            answer.extend_from_slice(&buf[..n]);
-            let ended = answer.windows(2).filter(|w| w == b"\n\n").count();
-            arrivals.resize(ended, at);
+            arrivals.resize(ended.feed(&buf[..n]), self.sent.elapsed());
         }
         Ok(arrivals)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EndedEvents;
+
+    #[test]
+    fn events_are_counted_at_their_blank_line_even_split_between_reads() {
+        let mut ended = EndedEvents::default();
+        assert_eq!(
+            ended.feed(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"),
+            0,
+            "the head's end is not an event's"
+        );
+        assert_eq!(ended.feed(b"data: {\"n\":0}\n"), 0);
+        assert_eq!(ended.feed(b"\ndata: {\"n\":1}\n\ndata: "), 2);
+        assert_eq!(ended.feed(b"{\"n\":2}\n\n"), 3);
     }
 }

@@ -7,23 +7,25 @@
 //! from just before its request was written, as an app would see it. Arrival is when the
 //! event reached the client's socket, by the kernel's receive timestamp (`SO_TIMESTAMPNS`):
 //! on loopback, the instant replayd wrote it. An event may never arrive early; the target
-//! is that 99% arrive within 2 ms of their offset. When the client thread read each event
-//! is reported too: the clients are 2,000 threads blocked in `recvmsg` on the same two
-//! cores, so that figure adds their own wake-ups, which are not replayd's pacing. A read
-//! that takes in several events gives them all the timestamp of its last segment, which
-//! can only make an event look later.
+//! is that 99% arrive within 2 ms of their offset. The client is built as a load generator
+//! is: one thread writes the requests, one reads every connection as it becomes readable.
+//! When that thread read each event is reported too, for information: it adds the client's
+//! own wake-ups, which are not replayd's pacing. A read that takes in several events gives
+//! them all the timestamp of its last segment, which can only make an event look later.
 
 use std::{
-    io::{self, IoSliceMut},
+    io::{IoSliceMut, Write as _},
     net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
-    sync::{Arc, Barrier},
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, ensure};
 use clap::Parser;
-use llmsim_tests::paced_stream::{StreamFetch, write_stream_snapshot};
+use llmsim_tests::paced_stream::{EndedEvents, stream_request, write_stream_snapshot};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use nix::sys::time::TimeSpec;
 
@@ -31,10 +33,8 @@ use crate::bench_support::{Replayd, quantile, release_binary};
 
 /// How late an event may arrive.
 const TARGET_LATE_MS: f64 = 2.0;
-/// How long after the shared start the first request goes out: the 2,000 client threads
-/// all wake from the barrier at that start and take the cores for a few milliseconds,
-/// which would delay replayd's reading of the first requests, and so every event of
-/// their streams.
+/// How long after the connections are open the first request goes out, so that
+/// replayd has set every connection up before it paces anything.
 const SETTLE: Duration = Duration::from_millis(200);
 
 #[derive(Parser)]
@@ -155,22 +155,22 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 struct Arrival {
     /// On the client's socket (the kernel's receive timestamp).
     queued: Duration,
-    /// When the client thread read it.
+    /// When the client's reading thread read it.
     read: Duration,
 }
 
-/// Reads what has arrived on `stream` into `buf`, and tells when it reached the socket
-/// (the receive timestamp of the last segment read, taken from the real-time clock and
-/// put on the monotonic one by [`clock_pair`]) and when it was read. With no timestamp,
-/// the read's own instant stands for both.
-fn timestamped_read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<(usize, [Instant; 2])> {
+/// Reads what has arrived on `stream` into `buf` without waiting, and tells when it reached
+/// the socket (the receive timestamp of the last segment read, taken from the real-time
+/// clock and put on the monotonic one by [`clock_pair`]) and when it was read. With no
+/// timestamp, the read's own instant stands for both. `EAGAIN` when nothing has arrived.
+fn timestamped_read(stream: &TcpStream, buf: &mut [u8]) -> nix::Result<(usize, [Instant; 2])> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!(TimeSpec);
     let msg = recvmsg::<()>(
         stream.as_raw_fd(),
         &mut iov,
         Some(&mut space),
-        MsgFlags::empty(),
+        MsgFlags::MSG_DONTWAIT,
     )?;
     let (read, wall) = clock_pair();
     let mut queued = read;
@@ -190,8 +190,8 @@ const CLOCK_PAIR_TRIES: usize = 3;
 /// it: the closest of [`CLOCK_PAIR_TRIES`] pairs, each the wall clock between two monotonic
 /// readings. The later monotonic reading is the one kept, so a timestamp put on the
 /// monotonic clock through the pair can only come out later than it was, by the gap,
-/// never earlier. A thread preempted between the two reads (2,000 client threads share two
-/// cores) widened that gap to tens of microseconds; read the other way round, the
+/// never earlier. A thread preempted between the two reads (2,000 client threads shared two
+/// cores once) widened that gap to tens of microseconds; read the other way round, the
 /// monotonic clock first, such a gap made an event look that much early.
 fn clock_pair() -> (Instant, Duration) {
     let mut closest: Option<(Duration, Instant, Duration)> = None;
@@ -210,75 +210,116 @@ fn clock_pair() -> (Instant, Duration) {
     (after, wall)
 }
 
+/// How long the reading thread waits for any connection to have something before it
+/// gives up.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Fetches the stream on `args.streams` connections at once, their requests spread evenly
-/// over one event spacing; each stream's event arrivals. The client threads end together
-/// once every stream has: 2,000 threads exiting as their own streams end would take the
-/// cores from replayd while it still paces the others (the last event of each stream came
-/// out 5 ms late at the median that way).
+/// over one event spacing; each stream's event arrivals. The client is built as a load
+/// generator is: this thread writes each request at its instant, and one thread reads
+/// every connection as it becomes readable (epoll). It used to be a thread per stream,
+/// and those 2,000 threads, each woken for each of its events, took the cores from
+/// replayd at the very instants it paced events.
 fn fetch_concurrently(
     addr: SocketAddr,
     args: &Args,
     count: usize,
 ) -> anyhow::Result<Vec<Vec<Arrival>>> {
-    let connected = Arc::new(Barrier::new(args.streams + 1));
-    let finished = Arc::new(Barrier::new(args.streams + 1));
+    let streams = (0..args.streams)
+        .map(|_| {
+            let stream =
+                TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+            stream.set_nodelay(true)?;
+            setsockopt(&stream, sockopt::ReceiveTimestampns, &true)
+                .context("asking for receive timestamps (SO_TIMESTAMPNS)")?;
+            Ok(stream)
+        })
+        .collect::<anyhow::Result<Arc<[TcpStream]>>>()?;
+    let reading = {
+        let streams = Arc::clone(&streams);
+        std::thread::Builder::new()
+            .spawn(move || read_events(&streams, count))
+            .context("starting the reading thread")?
+    };
     #[expect(
         clippy::cast_precision_loss,
         reason = "stream counts are far below 2^52"
     )]
     let stagger = Duration::from_secs_f64(args.spacing_ms / 1e3 / args.streams as f64);
-    let mut clients = Vec::with_capacity(args.streams);
-    for i in 0..args.streams {
-        let connected = Arc::clone(&connected);
-        let finished = Arc::clone(&finished);
-        let delay = SETTLE + stagger * u32::try_from(i).unwrap_or(u32::MAX);
-        let client = std::thread::Builder::new()
-            .stack_size(128 * 1024)
-            .spawn(move || -> anyhow::Result<Vec<Arrival>> {
-                let stream = TcpStream::connect(addr);
-                // Every client waits here, connected or not, so the start is shared.
-                connected.wait();
-                let arrivals = stream
-                    .with_context(|| format!("connecting to {addr}"))
-                    .and_then(|stream| fetch_one(stream, addr, Instant::now() + delay, count));
-                finished.wait();
-                arrivals
-            })
-            .context("starting a client thread")?;
-        clients.push(client);
+    let first = Instant::now() + SETTLE;
+    let request = stream_request(addr);
+    let mut sent = Vec::with_capacity(streams.len());
+    for (i, mut stream) in streams.iter().enumerate() {
+        let start = first + stagger * u32::try_from(i).unwrap_or(u32::MAX);
+        std::thread::sleep(start.saturating_duration_since(Instant::now()));
+        sent.push(Instant::now());
+        stream
+            .write_all(request.as_bytes())
+            .context("sending the request")?;
     }
-    connected.wait();
-    finished.wait();
-    clients
+    let read = reading
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reading thread panicked"))??;
+    Ok(read
         .into_iter()
-        .map(|client| {
-            client
-                .join()
-                .map_err(|_| anyhow::anyhow!("a client thread panicked"))?
-        })
-        .collect()
-}
-
-/// Sends the request on `stream` at `start` and reads the `count` events of the answer.
-fn fetch_one(
-    stream: TcpStream,
-    addr: SocketAddr,
-    start: Instant,
-    count: usize,
-) -> anyhow::Result<Vec<Arrival>> {
-    setsockopt(&stream, sockopt::ReceiveTimestampns, &true)
-        .context("asking for receive timestamps (SO_TIMESTAMPNS)")?;
-    std::thread::sleep(start.saturating_duration_since(Instant::now()));
-    let fetch = StreamFetch::start(stream, addr).context("sending the request")?;
-    let sent = fetch.sent;
-    let arrivals = fetch
-        .arrivals_as(count, timestamped_read)
-        .context("fetching the stream")?;
-    Ok(arrivals
-        .into_iter()
-        .map(|[queued, read]| Arrival {
-            queued: queued.saturating_duration_since(sent),
-            read: read.saturating_duration_since(sent),
+        .zip(sent)
+        .map(|(arrivals, sent)| {
+            arrivals
+                .into_iter()
+                .map(|[queued, read]| Arrival {
+                    queued: queued.saturating_duration_since(sent),
+                    read: read.saturating_duration_since(sent),
+                })
+                .collect()
         })
         .collect())
+}
+
+/// Reads every connection of `streams` as it becomes readable until each has delivered
+/// `count` events; for each, when each event reached the socket and when it was read.
+fn read_events(streams: &[TcpStream], count: usize) -> anyhow::Result<Vec<Vec<[Instant; 2]>>> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("creating an epoll")?;
+    for (i, stream) in streams.iter().enumerate() {
+        epoll
+            .add(stream, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+            .context("watching a connection")?;
+    }
+    let mut ended = vec![EndedEvents::default(); streams.len()];
+    let mut arrivals: Vec<Vec<[Instant; 2]>> = vec![Vec::with_capacity(count); streams.len()];
+    let mut unfinished = streams.len();
+    let mut ready = vec![EpollEvent::empty(); 256];
+    let mut buf = [0u8; 16 * 1024];
+    let timeout = EpollTimeout::try_from(READ_TIMEOUT).context("the read timeout")?;
+    while unfinished > 0 {
+        let n = epoll
+            .wait(&mut ready, timeout)
+            .context("waiting for events")?;
+        ensure!(
+            n > 0,
+            "no connection delivered anything for {READ_TIMEOUT:?}, with {unfinished} streams unfinished"
+        );
+        for event in &ready[..n] {
+            let i = usize::try_from(event.data()).context("a connection's index")?;
+            while arrivals[i].len() < count {
+                let (read, at) = match timestamped_read(&streams[i], &mut buf) {
+                    Ok(read) => read,
+                    Err(Errno::EAGAIN) => break,
+                    Err(e) => return Err(e).context("reading a stream"),
+                };
+                ensure!(
+                    read > 0,
+                    "a stream ended after {} of {count} events",
+                    arrivals[i].len()
+                );
+                arrivals[i].resize(ended[i].feed(&buf[..read]), at);
+                if arrivals[i].len() >= count {
+                    epoll
+                        .delete(&streams[i])
+                        .context("unwatching a connection")?;
+                    unfinished -= 1;
+                }
+            }
+        }
+    }
+    Ok(arrivals)
 }
