@@ -2,7 +2,8 @@
 //! does not wrap: what the child does between fork and exec (join the cgroup,
 //! drop to the invoking user, die with its parent), and mounting cgroup2 or tracefs
 //! where none is visible. Also the exit code a shell reports for the child, and a
-//! blocking wait for a readable fd (the probes' log ring).
+//! blocking wait for a readable fd (the probes' log ring), and the limit on open files a
+//! server of thousands of connections needs.
 //! The only `unsafe` in this crate.
 #![expect(unsafe_code, reason = "libc calls without safe std equivalents")]
 
@@ -18,6 +19,7 @@ use std::{
     },
     path::Path,
     process::{Command, ExitStatus},
+    sync::OnceLock,
 };
 
 use llmsim_snapshot::atomic::Owner;
@@ -43,11 +45,42 @@ pub fn mount_kernel_fs(fstype: &CStr, target: &Path) -> io::Result<()> {
     }
 }
 
+/// The limit on open files this process started with, once [`raise_open_file_limit`] has
+/// raised it.
+static STARTING_FILE_LIMIT: OnceLock<libc::rlimit> = OnceLock::new();
+
+/// Raises this process's soft limit on open files to its hard limit and returns the new
+/// soft limit, as Go's runtime and nginx's `worker_rlimit_nofile` do: the common default of
+/// 1,024 would turn a load test away at about a thousand connections. Commands started
+/// with [`command_in_cgroup`] get the starting limit back, so an app under replay runs
+/// with the limits it would have had.
+pub fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit to write to.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let starting = *STARTING_FILE_LIMIT.get_or_init(|| limit);
+    let raised = libc::rlimit {
+        rlim_cur: starting.rlim_max,
+        rlim_max: starting.rlim_max,
+    };
+    // SAFETY: `raised` is a valid rlimit to read.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(raised.rlim_cur)
+}
+
 /// A command for `argv` whose child joins the cgroup whose `cgroup.procs` is
 /// given before it execs (so not one instruction of it runs outside), receives
 /// SIGKILL if its parent dies, and, under sudo, runs as the invoking user
 /// (`SUDO_UID`/`SUDO_GID`, with that user's supplementary groups, `HOME`,
-/// `USER` and `LOGNAME`) unless `as_root`. `argv` must not be empty.
+/// `USER` and `LOGNAME`) unless `as_root`, with the limit on open files this process
+/// started with ([`raise_open_file_limit`]). `argv` must not be empty.
 ///
 /// The order between fork and exec matters: the child joins the cgroup while
 /// it is still root (the cgroup is root's), then drops its groups, gid and uid,
@@ -65,11 +98,18 @@ pub fn command_in_cgroup(argv: &[OsString], cgroup_procs: &Path, as_root: bool) 
     }
     let procs = CString::new(cgroup_procs.as_os_str().as_encoded_bytes()).unwrap_or_default();
     let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    let file_limit = STARTING_FILE_LIMIT.get().copied();
     // SAFETY: the closure only makes async-signal-safe calls (open, write,
-    // close, setgroups, setgid, setuid, prctl, getppid) and does not allocate:
-    // everything it needs was prepared above.
+    // close, setgroups, setgid, setuid, prctl, getppid, setrlimit) and does not
+    // allocate: everything it needs was prepared above.
     unsafe {
         command.pre_exec(move || {
+            // Lowering a soft limit is always allowed.
+            if let Some(limit) = &file_limit
+                && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
                 return Err(io::Error::last_os_error());
@@ -225,5 +265,49 @@ mod tests {
         assert_eq!(super::exit_code(ExitStatus::from_raw(255 << 8)), 255);
         assert_eq!(super::exit_code(ExitStatus::from_raw(libc::SIGKILL)), 137);
         assert_eq!(super::exit_code(ExitStatus::from_raw(libc::SIGTERM)), 143);
+    }
+
+    fn soft_file_limit() -> u64 {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a valid rlimit to write to.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) },
+            0
+        );
+        limit.rlim_cur
+    }
+
+    #[test]
+    fn a_raised_file_limit_is_the_hard_one_and_a_command_gets_the_starting_one_back() {
+        // Start from a soft limit below the hard one, as a login session's 1,024 is.
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: valid rlimits to write and read; lowering a soft limit is allowed.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit), 0);
+            limit.rlim_cur = limit.rlim_max.min(512);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit), 0);
+        }
+        let raised = super::raise_open_file_limit().unwrap();
+        assert_eq!(raised, limit.rlim_max);
+        assert_eq!(soft_file_limit(), limit.rlim_max);
+
+        // The "cgroup.procs" the child joins is a plain file here: it only takes the write.
+        let procs = tempfile::NamedTempFile::new().unwrap();
+        let argv = ["sh", "-c", "ulimit -Sn"].map(std::ffi::OsString::from);
+        let output = super::command_in_cgroup(&argv, procs.path(), true)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let child: u64 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(child, limit.rlim_cur);
     }
 }

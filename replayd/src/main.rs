@@ -226,6 +226,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 fn serve(args: &ServeArgs) -> Result<ExitCode> {
+    // Each connection takes a file, and each paced stream a timer too.
+    if let Err(e) = llmsim_kernel::sys::raise_open_file_limit() {
+        tracing::warn!("cannot raise the limit on open files: {e}");
+    }
     if args.drive.is_none() && args.drive_options != DriveOptions::default() {
         bail!(
             "--multiply, --rate, --concurrency, --duration, --unique, --timeout, --json and --metrics-linger need --drive URL"
