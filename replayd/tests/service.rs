@@ -492,9 +492,9 @@ async fn paced_run(replay: &Replay, offsets: &[f64], expected: &[String]) -> Pac
     let mut client = connect(replay.addr).await;
     let opening = post(OPENAI, "/v1/chat/completions", &chat(OPENING, false));
     assert_eq!(send_json(&mut client, opening).await.0, StatusCode::OK);
-    // The client runs on this thread, the server on replayd's serving threads, and replayd's
-    // timer thread wakes the server at each event.
-    let watch = StallWatch::start(&["replayd-pacer", "replayd-serve-"]);
+    // The client runs on this thread, the server on replayd's serving threads, each woken by
+    // its own timer at each event.
+    let watch = StallWatch::start(&["replayd-serve-"]);
     let streamed = stream_events(&mut client).await;
     let stalls = watch.stop();
     assert_eq!(streamed.headers["content-type"], "text/event-stream");
@@ -562,8 +562,8 @@ async fn paced_run(replay: &Replay, offsets: &[f64], expected: &[String]) -> Pac
 /// Under `--pace recorded` every event arrives no earlier than its recorded offset and no
 /// more than `PACING_TOLERANCE` (2 ms) after it. The allowance is for the machine rather
 /// than for replayd: a stall watch (see `stalls`) runs alongside the stream and records
-/// when the process was not run (a paused virtual machine, or this test's thread, replayd's
-/// serving threads or its timer thread kept waiting for a CPU). An event later than the
+/// when the process was not run (a paused virtual machine, or this test's thread or replayd's
+/// serving threads kept waiting for a CPU). An event later than the
 /// tolerance is excused when a recorded stall overlaps the time from the event's due instant
 /// to its arrival, or the time from sending the request to the answer's head (replayd paces
 /// from when it read the request, so a stall before then shifts every event), at most
@@ -574,8 +574,7 @@ async fn paced_run(replay: &Replay, offsets: &[f64], expected: &[String]) -> Pac
 /// and every stalled run is written to stderr past the test harness's capture, so a passing
 /// test still shows them. An early event, or a late one with no stall recorded, fails the
 /// test at once, with every event and every stall in the message. A first, unmeasured stream
-/// warms the connection path and starts replayd's timer thread, whose waits the watch then
-/// counts from the start. Under `--pace instant` the same events arrive, in order.
+/// warms the connection path and starts the serving thread's timer. Under `--pace instant` the same events arrive, in order.
 #[tokio::test]
 async fn sse_is_paced_as_recorded_or_at_once() {
     let offsets = [
