@@ -226,7 +226,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
 }
 
 fn serve(args: &ServeArgs) -> Result<ExitCode> {
-    // Each connection takes a file, and each paced stream a timer too.
+    // Each connection takes a file.
     if let Err(e) = llmsim_kernel::sys::raise_open_file_limit() {
         tracing::warn!("cannot raise the limit on open files: {e}");
     }
