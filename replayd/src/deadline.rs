@@ -28,8 +28,8 @@ use tokio::io::unix::AsyncFd;
 /// A wait for one instant at a time; a body keeps one and waits for each event in turn.
 #[derive(Debug, Default)]
 pub struct Deadline {
-    /// The instant and task last handed to a timer.
-    registered: Option<(Instant, Waker)>,
+    /// The instant and task last handed to a timer, and that timer.
+    registered: Option<(Instant, Waker, Arc<Timer>)>,
 }
 
 impl Deadline {
@@ -45,13 +45,13 @@ impl Deadline {
             self.registered = None;
             return Poll::Ready(Ok(()));
         }
-        let current = self
-            .registered
-            .as_ref()
-            .is_some_and(|(at, waker)| *at == due && waker.will_wake(cx.waker()));
+        let current = self.registered.as_ref().is_some_and(|(at, waker, timer)| {
+            *at == due && waker.will_wake(cx.waker()) && timer.is_driven()
+        });
         if !current {
-            this_threads_timer()?.add(due, cx.waker().clone())?;
-            self.registered = Some((due, cx.waker().clone()));
+            let timer = this_threads_timer()?;
+            timer.add(due, cx.waker().clone())?;
+            self.registered = Some((due, cx.waker().clone(), timer));
         }
         Poll::Pending
     }
@@ -66,7 +66,7 @@ thread_local! {
 /// last one has shut down.
 fn this_threads_timer() -> io::Result<Arc<Timer>> {
     TIMER.with_borrow_mut(|slot| {
-        if let Some(timer) = slot.as_ref().filter(|t| t.driven.load(Ordering::Acquire)) {
+        if let Some(timer) = slot.as_ref().filter(|t| t.is_driven()) {
             return Ok(Arc::clone(timer));
         }
         let timer = Timer::start()?;
@@ -75,20 +75,13 @@ fn this_threads_timer() -> io::Result<Arc<Timer>> {
     })
 }
 
-/// A thread's deadlines and the timer set for the earliest.
+/// A thread's deadlines and the timer, always set for the earliest of them.
 #[derive(Debug)]
 struct Timer {
     fd: AsyncFd<OwnedFd>,
-    state: Mutex<State>,
+    pending: Mutex<BinaryHeap<Reverse<Pending>>>,
     /// Whether the task that wakes the waiting tasks still runs.
     driven: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    pending: BinaryHeap<Reverse<Pending>>,
-    /// The instant the timer is set for.
-    armed: Option<Instant>,
 }
 
 /// A task to wake at `due`.
@@ -134,20 +127,24 @@ impl Timer {
         let fd = AsyncFd::with_interest(fd, Interest::READABLE)?;
         let timer = Arc::new(Self {
             fd,
-            state: Mutex::default(),
+            pending: Mutex::default(),
             driven: AtomicBool::new(true),
         });
         runtime.spawn(Arc::clone(&timer).drive());
         Ok(timer)
     }
 
+    fn is_driven(&self) -> bool {
+        self.driven.load(Ordering::Acquire)
+    }
+
     /// Adds a task to wake at `due`, moving the timer earlier if `due` is the earliest.
     fn add(&self, due: Instant, waker: Waker) -> io::Result<()> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.pending.push(Reverse(Pending { due, waker }));
-        if state.armed.is_none_or(|armed| due < armed) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let earliest = pending.peek().is_none_or(|Reverse(first)| due < first.due);
+        pending.push(Reverse(Pending { due, waker }));
+        if earliest {
             self.set(due)?;
-            state.armed = Some(due);
         }
         Ok(())
     }
@@ -176,14 +173,25 @@ impl Timer {
     /// At each expiry, wakes every task then due and sets the timer for the next; runs
     /// until its runtime shuts down.
     async fn drive(self: Arc<Self>) {
-        /// Marks the timer as no longer driven when the task ends, whichever way.
-        struct Driving<'a>(&'a AtomicBool);
+        /// When the task ends, whichever way, marks the timer as no longer driven and wakes
+        /// every task still waiting, which then waits on a new timer instead of for ever.
+        struct Driving<'a>(&'a Timer);
         impl Drop for Driving<'_> {
             fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
+                self.0.driven.store(false, Ordering::Release);
+                let pending = std::mem::take(
+                    &mut *self
+                        .0
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+                for Reverse(waiting) in pending {
+                    waiting.waker.wake();
+                }
             }
         }
-        let _driving = Driving(&self.driven);
+        let _driving = Driving(&self);
         let mut due_now = Vec::new();
         loop {
             let Ok(mut ready) = self.fd.readable().await else {
@@ -191,33 +199,29 @@ impl Timer {
             };
             // The expiry count; `WouldBlock` means the readiness was stale.
             let mut expiries = [0_u8; 8];
-            match rustix::io::read(self.fd.get_ref(), &mut expiries) {
+            let read = rustix::io::read(self.fd.get_ref(), &mut expiries);
+            ready.clear_ready();
+            match read {
                 Ok(_) => {}
-                Err(rustix::io::Errno::AGAIN) => {
-                    ready.clear_ready();
-                    continue;
-                }
+                Err(rustix::io::Errno::AGAIN) => continue,
                 Err(e) => {
                     tracing::error!("pacing timer: {e}");
                     return;
                 }
             }
-            ready.clear_ready();
             {
-                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = Instant::now();
-                while state
-                    .pending
+                while pending
                     .peek()
                     .is_some_and(|Reverse(first)| first.due <= now)
                 {
-                    if let Some(Reverse(pending)) = state.pending.pop() {
-                        due_now.push(pending.waker);
+                    if let Some(Reverse(waiting)) = pending.pop() {
+                        due_now.push(waiting.waker);
                     }
                 }
-                state.armed = state.pending.peek().map(|Reverse(first)| first.due);
-                if let Some(next) = state.armed
-                    && let Err(e) = self.set(next)
+                if let Some(Reverse(next)) = pending.peek()
+                    && let Err(e) = self.set(next.due)
                 {
                     tracing::error!("pacing timer: {e}");
                     return;
