@@ -55,6 +55,17 @@ static STARTING_FILE_LIMIT: OnceLock<libc::rlimit> = OnceLock::new();
 /// with [`command_in_cgroup`] get the starting limit back, so an app under replay runs
 /// with the limits it would have had.
 pub fn raise_open_file_limit() -> io::Result<u64> {
+    let limit = open_file_limit()?;
+    let starting = *STARTING_FILE_LIMIT.get_or_init(|| limit);
+    set_open_file_limit(&libc::rlimit {
+        rlim_cur: starting.rlim_max,
+        rlim_max: starting.rlim_max,
+    })?;
+    Ok(starting.rlim_max)
+}
+
+/// This process's limit on open files, soft and hard.
+fn open_file_limit() -> io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -63,16 +74,15 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let starting = *STARTING_FILE_LIMIT.get_or_init(|| limit);
-    let raised = libc::rlimit {
-        rlim_cur: starting.rlim_max,
-        rlim_max: starting.rlim_max,
-    };
-    // SAFETY: `raised` is a valid rlimit to read.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const raised) } != 0 {
+    Ok(limit)
+}
+
+fn set_open_file_limit(limit: &libc::rlimit) -> io::Result<()> {
+    // SAFETY: `limit` is a valid rlimit to read.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, limit) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(raised.rlim_cur)
+    Ok(())
 }
 
 /// A command for `argv` whose child joins the cgroup whose `cgroup.procs` is
@@ -267,35 +277,15 @@ mod tests {
         assert_eq!(super::exit_code(ExitStatus::from_raw(libc::SIGTERM)), 143);
     }
 
-    fn soft_file_limit() -> u64 {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `limit` is a valid rlimit to write to.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) },
-            0
-        );
-        limit.rlim_cur
-    }
-
     #[test]
     fn a_raised_file_limit_is_the_hard_one_and_a_command_gets_the_starting_one_back() {
         // Start from a soft limit below the hard one, as a login session's 1,024 is.
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: valid rlimits to write and read; lowering a soft limit is allowed.
-        unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit), 0);
-            limit.rlim_cur = limit.rlim_max.min(512);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit), 0);
-        }
+        let mut limit = super::open_file_limit().unwrap();
+        limit.rlim_cur = limit.rlim_max.min(512);
+        super::set_open_file_limit(&limit).unwrap();
         let raised = super::raise_open_file_limit().unwrap();
         assert_eq!(raised, limit.rlim_max);
-        assert_eq!(soft_file_limit(), limit.rlim_max);
+        assert_eq!(super::open_file_limit().unwrap().rlim_cur, limit.rlim_max);
 
         // The "cgroup.procs" the child joins is a plain file here: it only takes the write.
         let procs = tempfile::NamedTempFile::new().unwrap();
